@@ -1,0 +1,135 @@
+//! The protocol's error codes (in `error` messages) and close codes.
+
+/// The `data.code` of an `error` message. The connection stays open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ErrorCode {
+    /// Not JSON, not an object, no string `action`, binary frame, wrong field types.
+    InvalidMessage,
+    /// join/leave with a missing, empty or malformed room name.
+    InvalidSubscription,
+    /// An action the server does not know.
+    UnknownAction,
+    /// An internal fault while handling one message.
+    ServerError,
+    /// The connection may not join, publish to or see that room.
+    Forbidden,
+    /// The client sends faster than its allowance.
+    RateLimited,
+    /// Over the per-connection room limit.
+    TooManyRooms,
+    /// A `refresh` whose token is invalid, expired or for another `sub`.
+    InvalidToken,
+    /// A publish with an unknown message type (client `publish` action).
+    UnknownType,
+    /// A series event (`download_*`, `scan_*`) without a valid URL-safe `data.key`.
+    InvalidKey,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation tests and fuzz dictionaries.
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::InvalidMessage,
+        ErrorCode::InvalidSubscription,
+        ErrorCode::UnknownAction,
+        ErrorCode::ServerError,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::TooManyRooms,
+        ErrorCode::InvalidToken,
+        ErrorCode::UnknownType,
+        ErrorCode::InvalidKey,
+    ];
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidMessage => "INVALID_MESSAGE",
+            ErrorCode::InvalidSubscription => "INVALID_SUBSCRIPTION",
+            ErrorCode::UnknownAction => "UNKNOWN_ACTION",
+            ErrorCode::ServerError => "SERVER_ERROR",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::TooManyRooms => "TOO_MANY_ROOMS",
+            ErrorCode::InvalidToken => "INVALID_TOKEN",
+            ErrorCode::UnknownType => "UNKNOWN_TYPE",
+            ErrorCode::InvalidKey => "INVALID_KEY",
+        }
+    }
+}
+
+/// Why the server closes a connection: the WebSocket close code and its reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CloseCode {
+    /// 1000: normal close.
+    Normal,
+    /// 1001: the server is shutting down.
+    GoingAway,
+    /// 1008: the client kept violating its rate limit after being warned.
+    PolicyViolation,
+    /// 1009: a message over the configured maximum size.
+    MessageTooBig,
+    /// 1011: unexpected server fault on this connection.
+    InternalError,
+    /// 4001: the token expired and was not refreshed.
+    TokenExpired,
+    /// 4002: nothing (not even a pong) arrived within the idle timeout.
+    IdleTimeout,
+    /// 4008: slow consumer, the bounded outbound queue overflowed.
+    SlowConsumer,
+}
+
+impl CloseCode {
+    /// Every close code, for documentation tests.
+    pub const ALL: [CloseCode; 8] = [
+        CloseCode::Normal,
+        CloseCode::GoingAway,
+        CloseCode::PolicyViolation,
+        CloseCode::MessageTooBig,
+        CloseCode::InternalError,
+        CloseCode::TokenExpired,
+        CloseCode::IdleTimeout,
+        CloseCode::SlowConsumer,
+    ];
+
+    /// The numeric WebSocket close code.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::GoingAway => 1001,
+            CloseCode::PolicyViolation => 1008,
+            CloseCode::MessageTooBig => 1009,
+            CloseCode::InternalError => 1011,
+            CloseCode::TokenExpired => 4001,
+            CloseCode::IdleTimeout => 4002,
+            CloseCode::SlowConsumer => 4008,
+        }
+    }
+
+    /// The close reason sent with the code (short: a close reason is at most 123 bytes).
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal close",
+            CloseCode::GoingAway => "server shutting down",
+            CloseCode::PolicyViolation => "rate limit violated repeatedly",
+            CloseCode::MessageTooBig => "message too big",
+            CloseCode::InternalError => "internal server error",
+            CloseCode::TokenExpired => "token expired",
+            CloseCode::IdleTimeout => "idle timeout",
+            CloseCode::SlowConsumer => "slow consumer: outbound queue overflowed",
+        }
+    }
+
+    /// A short label for metrics (`disconnects_total{reason=...}`).
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal",
+            CloseCode::GoingAway => "shutdown",
+            CloseCode::PolicyViolation => "rate_limit",
+            CloseCode::MessageTooBig => "oversize",
+            CloseCode::InternalError => "server_error",
+            CloseCode::TokenExpired => "token_expired",
+            CloseCode::IdleTimeout => "idle",
+            CloseCode::SlowConsumer => "slow_consumer",
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! What the caller tells the core.
+
+use crate::access::Identity;
+use crate::codes::CloseCode;
+use crate::names::ConnectionId;
+use crate::publish::{DirectMessage, Publish};
+
+/// Who a direct message (`POST /api/send`) is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendTarget {
+    /// Every open connection of this user id.
+    User(String),
+    /// One connection.
+    Connection(ConnectionId),
+}
+
+/// One event, handed to `Core::handle` with the time it happened.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input<'a> {
+    /// A WebSocket connection finished its upgrade. The id is chosen by the
+    /// caller and must be new; the identity comes from its verified token.
+    Open {
+        /// The new connection's id.
+        conn: ConnectionId,
+        /// Anonymous or the token's user.
+        identity: Identity,
+    },
+    /// A complete text message from the client.
+    Text {
+        /// Sender.
+        conn: ConnectionId,
+        /// The message.
+        text: &'a str,
+    },
+    /// A complete binary message from the client (always refused).
+    Binary {
+        /// Sender.
+        conn: ConnectionId,
+    },
+    /// A pong (or any other sign of life below the message layer).
+    Pong {
+        /// Sender.
+        conn: ConnectionId,
+    },
+    /// The caller finished writing `bytes` of this connection's frames to its
+    /// socket (slow-consumer accounting; see the crate docs).
+    Written {
+        /// The connection.
+        conn: ConnectionId,
+        /// Bytes of `Send` frames written since the last report.
+        bytes: usize,
+    },
+    /// The caller wants a connection closed for a reason only it can see
+    /// (an oversize message → 1009, an internal fault → 1011). The core
+    /// emits the `Close` and forgets the connection.
+    Abort {
+        /// The connection.
+        conn: ConnectionId,
+        /// Why.
+        code: CloseCode,
+    },
+    /// The socket is gone (client closed, network error). No output follows.
+    Closed {
+        /// The connection.
+        conn: ConnectionId,
+    },
+    /// Server-side publish to one or more rooms (validated by `publish::parse_broadcast_body`).
+    Broadcast(Publish),
+    /// Server-side message to a user's connections or to one connection.
+    Send(DirectMessage),
+    /// Time has passed: fire every deadline up to `now`.
+    Timeout,
+    /// The server is shutting down: close every connection with 1001.
+    Shutdown,
+}

@@ -1,0 +1,101 @@
+//! [`Core::check_invariants`]: the structural truths of the state machine,
+//! checked after every step by the property tests, the simulator and the
+//! fuzzers. Delivery properties (gapless `seq`, no message to non-members)
+//! are checked on the outputs by the reference model and the sim's oracle.
+
+use crate::machine::Core;
+
+impl Core {
+    /// Checks every structural invariant; `Err` names the first one broken.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let limits = &self.config.limits;
+        let mut live = 0usize;
+        for (slot, connection) in self.conns.iter().enumerate() {
+            let Some(connection) = connection else {
+                continue;
+            };
+            live += 1;
+            let id = connection.id;
+            if self.slot_of.get(&id) != Some(&(slot as u32)) {
+                return Err(format!("{id:?} in slot {slot} is not indexed there"));
+            }
+            if connection.rooms.len() > limits.rooms_per_connection_max {
+                return Err(format!(
+                    "{id:?} is in {} rooms, over the limit",
+                    connection.rooms.len()
+                ));
+            }
+            if connection.queued_bytes > limits.outbound_queue_bytes_max {
+                return Err(format!(
+                    "{id:?} has {} bytes queued, over the bound",
+                    connection.queued_bytes
+                ));
+            }
+            for room in &connection.rooms {
+                let member = self.rooms.get(room).and_then(|r| r.members.get(&id));
+                if member != Some(&(slot as u32)) {
+                    return Err(format!(
+                        "{id:?} believes it is in {room:?} but the room disagrees"
+                    ));
+                }
+            }
+            if !self.timers.contains(&(connection.timer_at_us, id)) {
+                return Err(format!("{id:?} has no timer"));
+            }
+            if let Some(user) = connection.identity.user() {
+                if !self
+                    .users
+                    .get(&user.id)
+                    .is_some_and(|set| set.contains(&id))
+                {
+                    return Err(format!("{id:?} is missing from user {:?}", user.id));
+                }
+            }
+        }
+        if live != self.slot_of.len() {
+            return Err(format!(
+                "{live} live connections but {} indexed",
+                self.slot_of.len()
+            ));
+        }
+        if live + self.free_slots.len() != self.conns.len() {
+            return Err("slab slots leaked".into());
+        }
+        if self.timers.len() != live {
+            return Err(format!(
+                "{} timers for {live} connections",
+                self.timers.len()
+            ));
+        }
+        for (name, room) in &self.rooms {
+            if room.members.is_empty() && !room.log.retain_when_empty() {
+                return Err(format!("{name:?} has no members but is kept"));
+            }
+            for (id, &slot) in &room.members {
+                let connection = self.conns.get(slot as usize).and_then(|c| c.as_ref());
+                if !connection.is_some_and(|c| c.id == *id && c.rooms.contains(name)) {
+                    return Err(format!("{name:?} lists {id:?}, which is not a live member"));
+                }
+            }
+        }
+        for (user, conns) in &self.users {
+            if conns.is_empty() {
+                return Err(format!("user {user:?} kept with no connections"));
+            }
+            for id in conns {
+                let identity = self
+                    .slot_of
+                    .get(id)
+                    .and_then(|&s| self.conns[s as usize].as_ref())
+                    .map(|c| &c.identity);
+                if !identity
+                    .and_then(|i| i.user())
+                    .is_some_and(|u| &u.id == user)
+                {
+                    return Err(format!("user {user:?} lists {id:?}, which is not theirs"));
+                }
+            }
+        }
+        Ok(())
+    }
+}

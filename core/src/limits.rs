@@ -1,0 +1,66 @@
+//! The one table of limits. Every bound roomcast enforces lives here, with its
+//! default; the server's config file and environment map onto these fields.
+//!
+//! Some limits are enforced by the shell because they apply before a
+//! connection exists or below the message layer (marked *shell*); the rest are
+//! decisions of the core.
+
+/// Every bound, with production defaults (see `Limits::default`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// *shell*: largest client message in bytes, also across fragments (→ close 1009).
+    pub message_bytes_max: usize,
+    /// *shell*: tungstenite read buffer per connection in bytes.
+    pub read_buffer_bytes: usize,
+    /// *shell*: tungstenite write buffer in bytes before it writes through.
+    pub write_buffer_bytes: usize,
+    /// Outbound backlog per connection in bytes before close 4008 (slow consumer).
+    pub outbound_queue_bytes_max: usize,
+    /// Rooms one connection may be in at once (→ `TOO_MANY_ROOMS`).
+    pub rooms_per_connection_max: usize,
+    /// Sustained client messages per second (token-bucket refill rate).
+    pub messages_per_second: u32,
+    /// Client messages allowed in one burst (token-bucket capacity).
+    pub message_burst: u32,
+    /// Rate-limit violations tolerated before close 1008; one is forgiven per second.
+    pub rate_violations_max: u32,
+    /// *shell*: open connections in total (→ 503 before the upgrade).
+    pub connections_max: usize,
+    /// *shell*: open connections per client IP (→ 503 before the upgrade).
+    pub connections_per_ip_max: usize,
+    /// *shell*: time to receive the request head and finish the upgrade, in ms.
+    pub handshake_timeout_ms: u64,
+    /// Silence after which the server pings a connection, in ms.
+    pub ping_interval_ms: u64,
+    /// Silence (no frame, no pong) after which a connection is closed with 4002, in ms.
+    pub idle_timeout_ms: u64,
+    /// *shell*: largest HTTP API request body in bytes (→ 413).
+    pub api_body_bytes_max: usize,
+    /// Rooms one broadcast may target.
+    pub broadcast_rooms_max: usize,
+    /// User ids one `presence` reply lists at most (the rest are paginated).
+    pub presence_page_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            message_bytes_max: 64 * 1024,
+            read_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 16 * 1024,
+            outbound_queue_bytes_max: 1024 * 1024,
+            rooms_per_connection_max: 64,
+            messages_per_second: 50,
+            message_burst: 100,
+            rate_violations_max: 20,
+            connections_max: 18_000,
+            connections_per_ip_max: 18_000,
+            handshake_timeout_ms: 10_000,
+            ping_interval_ms: 25_000,
+            idle_timeout_ms: 60_000,
+            api_body_bytes_max: 1024 * 1024,
+            broadcast_rooms_max: 100,
+            presence_page_max: 100,
+        }
+    }
+}

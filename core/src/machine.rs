@@ -1,0 +1,756 @@
+//! [`Core`]: the roomcast state machine. See the crate docs for the contract.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::access::{AccessRules, Identity};
+use crate::codes::{CloseCode, ErrorCode};
+use crate::envelope::{self, RoomStamp};
+use crate::input::{Input, SendTarget};
+use crate::limits::Limits;
+use crate::names::{ConnectionId, RoomName};
+use crate::output::{Output, TextFrame};
+use crate::publish::{
+    validate_message, DirectMessage, MessageTypes, Publish, PublishError, PublishReceipt,
+};
+use crate::rate::{RateLimiter, Verdict};
+use crate::request::{parse_request, Action, Rejection, RequestId};
+use crate::room_log::RoomLog;
+use crate::time::Now;
+
+/// Everything the core is configured with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// The one limits table.
+    pub limits: Limits,
+    /// Who may join which room.
+    pub access: AccessRules,
+    /// Supported message types.
+    pub types: MessageTypes,
+    /// Prefix of every epoch this node creates. Must differ between server
+    /// lifetimes (the shell draws it at random; the simulator from its seed).
+    pub epoch_prefix: String,
+    /// Shown in the `connected` message: "Connected to {server_name} WebSocket".
+    pub server_name: String,
+}
+
+impl Default for CoreConfig {
+    fn default() -> CoreConfig {
+        CoreConfig {
+            limits: Limits::default(),
+            access: AccessRules::default(),
+            types: MessageTypes::default(),
+            epoch_prefix: "e".to_owned(),
+            server_name: "roomcast".to_owned(),
+        }
+    }
+}
+
+/// The answer to the caller's own inputs (clients get outputs instead).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// Nothing to report.
+    Done,
+    /// A broadcast was numbered and fanned out.
+    Published(PublishReceipt),
+    /// A direct message reached this many connections.
+    Sent {
+        /// Frames handed to connections.
+        delivered: u64,
+    },
+}
+
+/// One open connection.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    pub(crate) id: ConnectionId,
+    pub(crate) identity: Identity,
+    pub(crate) rooms: BTreeSet<RoomName>,
+    /// Bytes of `Send` frames emitted but not yet reported written.
+    pub(crate) queued_bytes: usize,
+    limiter: RateLimiter,
+    /// Last time anything (frame or pong) arrived.
+    last_heard_us: u64,
+    /// Last time we pinged (0 = never).
+    last_ping_us: u64,
+    /// When the token expires, on the monotonic clock.
+    token_deadline_us: Option<u64>,
+    /// The key of this connection's entry in `Core::timers`.
+    pub(crate) timer_at_us: u64,
+}
+
+/// One room with at least one member (or a log worth keeping).
+#[derive(Debug)]
+pub(crate) struct Room {
+    /// Members, in id order, with their slot in `Core::conns` so fan-out
+    /// touches no map but the slab.
+    pub(crate) members: BTreeMap<ConnectionId, u32>,
+    pub(crate) log: RoomLog,
+}
+
+/// The state machine. Feed it with [`Core::handle`]; drain it with
+/// [`Core::poll_output`] and [`Core::poll_timeout`].
+#[derive(Debug)]
+pub struct Core {
+    pub(crate) config: CoreConfig,
+    /// Connection slab: fan-out reaches a member's state by index.
+    pub(crate) conns: Vec<Option<Connection>>,
+    pub(crate) free_slots: Vec<u32>,
+    /// Id → slab slot. Only ever looked up, never iterated, so its order
+    /// cannot leak into outputs.
+    pub(crate) slot_of: HashMap<ConnectionId, u32>,
+    pub(crate) rooms: BTreeMap<RoomName, Room>,
+    /// User id → its open connections (for `/api/send` to a user and presence).
+    pub(crate) users: BTreeMap<String, BTreeSet<ConnectionId>>,
+    /// One entry per connection: when to look at it next (heartbeat, token).
+    pub(crate) timers: BTreeSet<(u64, ConnectionId)>,
+    outputs: VecDeque<Output>,
+    epochs_created: u64,
+    /// Latest `now` seen: time never goes backwards inside the core.
+    now: Now,
+}
+
+impl Core {
+    /// A core with no connections and no rooms.
+    pub fn new(config: CoreConfig) -> Core {
+        Core {
+            config,
+            conns: Vec::new(),
+            free_slots: Vec::new(),
+            slot_of: HashMap::new(),
+            rooms: BTreeMap::new(),
+            users: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            outputs: VecDeque::new(),
+            epochs_created: 0,
+            now: Now::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        self.slot_of.len()
+    }
+
+    /// Rooms currently held.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Members of `room` (0 when it does not exist).
+    pub fn member_count(&self, room: &RoomName) -> usize {
+        self.rooms.get(room).map_or(0, |r| r.members.len())
+    }
+
+    /// The next output, in the order decided.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When `handle(now, Input::Timeout)` is next needed (monotonic µs).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Applies one input at `now`.
+    pub fn handle(&mut self, now: Now, input: Input<'_>) -> Response {
+        // Time only moves forward, whatever the caller passes.
+        if now.monotonic_us >= self.now.monotonic_us {
+            self.now = now;
+        }
+        let now = self.now;
+        match input {
+            Input::Open { conn, identity } => self.open(now, conn, identity),
+            Input::Text { conn, text } => self.client_message(now, conn, Some(text)),
+            Input::Binary { conn } => self.client_message(now, conn, None),
+            Input::Pong { conn } => {
+                if let Some(c) = self.conn_mut(conn) {
+                    c.last_heard_us = now.monotonic_us;
+                }
+            }
+            Input::Written { conn, bytes } => {
+                if let Some(c) = self.conn_mut(conn) {
+                    c.queued_bytes = c.queued_bytes.saturating_sub(bytes);
+                }
+            }
+            Input::Abort { conn, code } => self.close(conn, Some(code)),
+            Input::Closed { conn } => self.close(conn, None),
+            Input::Broadcast(publish) => return Response::Published(self.broadcast(now, publish)),
+            Input::Send(message) => {
+                return Response::Sent {
+                    delivered: self.direct(now, message),
+                }
+            }
+            Input::Timeout => self.fire_timers(now),
+            Input::Shutdown => {
+                let all: Vec<ConnectionId> = self.conns.iter().flatten().map(|c| c.id).collect();
+                let mut all = all;
+                all.sort();
+                for conn in all {
+                    self.close(conn, Some(CloseCode::GoingAway));
+                }
+            }
+        }
+        Response::Done
+    }
+
+    // ----- connections -------------------------------------------------
+
+    fn conn_mut(&mut self, conn: ConnectionId) -> Option<&mut Connection> {
+        let slot = *self.slot_of.get(&conn)?;
+        self.conns[slot as usize].as_mut()
+    }
+
+    fn conn(&self, conn: ConnectionId) -> Option<&Connection> {
+        let slot = *self.slot_of.get(&conn)?;
+        self.conns[slot as usize].as_ref()
+    }
+
+    fn open(&mut self, now: Now, conn: ConnectionId, identity: Identity) {
+        if self.slot_of.contains_key(&conn) {
+            // A caller bug (ids must be new); refuse rather than corrupt state.
+            return;
+        }
+        let expires_unix_ms = identity.user().and_then(|u| u.expires_unix_ms);
+        let token_deadline_us = expires_unix_ms.map(|exp| {
+            let remaining_ms = exp.saturating_sub(now.unix_ms).max(0) as u64;
+            now.monotonic_us
+                .saturating_add(remaining_ms.saturating_mul(1000))
+        });
+        let connection = Connection {
+            id: conn,
+            identity,
+            rooms: BTreeSet::new(),
+            queued_bytes: 0,
+            limiter: RateLimiter::new(&self.config.limits, now.monotonic_us),
+            last_heard_us: now.monotonic_us,
+            last_ping_us: 0,
+            token_deadline_us,
+            timer_at_us: 0,
+        };
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.conns[slot as usize] = Some(connection);
+                slot
+            }
+            None => {
+                self.conns.push(Some(connection));
+                (self.conns.len() - 1) as u32
+            }
+        };
+        self.slot_of.insert(conn, slot);
+        let user = self.conns[slot as usize]
+            .as_ref()
+            .and_then(|c| c.identity.user())
+            .map(|u| u.id.clone());
+        if let Some(user) = &user {
+            self.users.entry(user.clone()).or_default().insert(conn);
+        }
+        self.schedule(slot);
+
+        if token_deadline_us.is_some_and(|deadline| deadline <= now.monotonic_us) {
+            self.close(conn, Some(CloseCode::TokenExpired));
+            return;
+        }
+        #[derive(Serialize)]
+        struct Connected<'a> {
+            connection_id: String,
+            message: String,
+            authenticated: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            user_id: Option<&'a str>,
+        }
+        let data = Connected {
+            connection_id: conn.to_string(),
+            message: format!("Connected to {} WebSocket", self.config.server_name),
+            authenticated: user.is_some(),
+            user_id: user.as_deref(),
+        };
+        let frame = envelope::envelope("connected", now.unix_ms, None, &data, None);
+        self.send(slot, frame);
+    }
+
+    /// Forgets a connection; with `code`, tells the caller to close it.
+    fn close(&mut self, conn: ConnectionId, code: Option<CloseCode>) {
+        let Some(slot) = self.slot_of.remove(&conn) else {
+            return;
+        };
+        let Some(connection) = self.conns[slot as usize].take() else {
+            return;
+        };
+        self.free_slots.push(slot);
+        self.timers.remove(&(connection.timer_at_us, conn));
+        for room in &connection.rooms {
+            self.remove_member(room, conn);
+        }
+        if let Some(user) = connection.identity.user() {
+            if let Some(set) = self.users.get_mut(&user.id) {
+                set.remove(&conn);
+                if set.is_empty() {
+                    self.users.remove(&user.id);
+                }
+            }
+        }
+        if let Some(code) = code {
+            self.outputs.push_back(Output::Close { conn, code });
+        }
+    }
+
+    fn remove_member(&mut self, room: &RoomName, conn: ConnectionId) {
+        if let Some(state) = self.rooms.get_mut(room) {
+            state.members.remove(&conn);
+            if state.members.is_empty() && !state.log.retain_when_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    /// Queues `frame` for the connection in `slot`, or reports that its
+    /// backlog would overflow (the caller must then close it with 4008).
+    #[must_use]
+    fn try_send(
+        outputs: &mut VecDeque<Output>,
+        limits: &Limits,
+        connection: &mut Connection,
+        frame: &TextFrame,
+    ) -> bool {
+        let queued = connection.queued_bytes + frame.len();
+        if queued > limits.outbound_queue_bytes_max {
+            return false;
+        }
+        connection.queued_bytes = queued;
+        outputs.push_back(Output::Send {
+            conn: connection.id,
+            frame: frame.clone(),
+        });
+        true
+    }
+
+    /// Sends one reply, closing the connection as a slow consumer if it cannot take it.
+    fn send(&mut self, slot: u32, frame: TextFrame) {
+        let Some(connection) = self.conns[slot as usize].as_mut() else {
+            return;
+        };
+        if !Self::try_send(&mut self.outputs, &self.config.limits, connection, &frame) {
+            let id = connection.id;
+            self.close(id, Some(CloseCode::SlowConsumer));
+        }
+    }
+
+    // ----- client messages ---------------------------------------------
+
+    fn client_message(&mut self, now: Now, conn: ConnectionId, text: Option<&str>) {
+        let Some(&slot) = self.slot_of.get(&conn) else {
+            return;
+        };
+        let Some(connection) = self.conns[slot as usize].as_mut() else {
+            return;
+        };
+        connection.last_heard_us = now.monotonic_us;
+        let verdict = connection
+            .limiter
+            .check(&self.config.limits, now.monotonic_us);
+
+        let parsed = match text {
+            Some(text) => parse_request(text),
+            None => Err(Rejection {
+                id: None,
+                code: ErrorCode::InvalidMessage,
+                message: "binary frames are not supported; send JSON text".to_owned(),
+            }),
+        };
+        match verdict {
+            Verdict::Allow => {}
+            Verdict::Warn => {
+                let id = match &parsed {
+                    Ok(request) => request.id.as_ref(),
+                    Err(rejection) => rejection.id.as_ref(),
+                };
+                let frame = envelope::error(
+                    now.unix_ms,
+                    ErrorCode::RateLimited,
+                    "rate limit exceeded; slow down",
+                    id,
+                );
+                return self.send(slot, frame);
+            }
+            Verdict::Close => return self.close(conn, Some(CloseCode::PolicyViolation)),
+        }
+        let request = match parsed {
+            Ok(request) => request,
+            Err(rejection) => {
+                let frame = envelope::error(
+                    now.unix_ms,
+                    rejection.code,
+                    &rejection.message,
+                    rejection.id.as_ref(),
+                );
+                return self.send(slot, frame);
+            }
+        };
+        let id = request.id.as_ref();
+        let reply = match request.action {
+            Action::Ping => envelope::pong(now.unix_ms, id),
+            Action::Join { room, since: _ } => self.join(now, slot, room, id),
+            Action::Leave { room } => self.leave(now, slot, room, id),
+            Action::Presence { room, after } => self.presence(now, slot, &room, after.as_deref(), id),
+            Action::Publish { room, kind, data } => self.client_publish(now, slot, room, kind, data, id),
+            Action::Refresh { token: _ } => envelope::error(
+                now.unix_ms,
+                ErrorCode::InvalidToken,
+                "in-band token refresh is not available on this server yet; reconnect with a new token",
+                id,
+            ),
+        };
+        self.send(slot, reply);
+    }
+
+    fn join(&mut self, now: Now, slot: u32, room: RoomName, id: Option<&RequestId>) -> TextFrame {
+        let Some(connection) = self.conns[slot as usize].as_mut() else {
+            unreachable_slot()
+        };
+        if !self.config.access.can_join(&connection.identity, &room) {
+            return envelope::error(
+                now.unix_ms,
+                ErrorCode::Forbidden,
+                &format!("not allowed to join room: {room}"),
+                id,
+            );
+        }
+        if !connection.rooms.contains(&room) {
+            if connection.rooms.len() >= self.config.limits.rooms_per_connection_max {
+                let message = format!(
+                    "at most {} rooms per connection",
+                    self.config.limits.rooms_per_connection_max
+                );
+                return envelope::error(now.unix_ms, ErrorCode::TooManyRooms, &message, id);
+            }
+            connection.rooms.insert(room.clone());
+            let conn = connection.id;
+            let state = match self.rooms.get_mut(&room) {
+                Some(state) => state,
+                None => {
+                    let log = RoomLog::new(self.next_epoch());
+                    self.rooms.entry(room.clone()).or_insert(Room {
+                        members: BTreeMap::new(),
+                        log,
+                    })
+                }
+            };
+            state.members.insert(conn, slot);
+        }
+        let log = &self.rooms[&room].log;
+        #[derive(Serialize)]
+        struct Joined<'a> {
+            message: String,
+            room: &'a str,
+            seq: u64,
+            epoch: &'a str,
+        }
+        let data = Joined {
+            message: format!("Joined room: {room}"),
+            room: room.as_str(),
+            seq: log.last_seq(),
+            epoch: log.epoch(),
+        };
+        envelope::envelope("system_info", now.unix_ms, None, &data, id)
+    }
+
+    fn leave(&mut self, now: Now, slot: u32, room: RoomName, id: Option<&RequestId>) -> TextFrame {
+        let Some(connection) = self.conns[slot as usize].as_mut() else {
+            unreachable_slot()
+        };
+        if connection.rooms.remove(&room) {
+            let conn = connection.id;
+            self.remove_member(&room, conn);
+        }
+        #[derive(Serialize)]
+        struct Left<'a> {
+            message: String,
+            room: &'a str,
+        }
+        let data = Left {
+            message: format!("Left room: {room}"),
+            room: room.as_str(),
+        };
+        envelope::envelope("system_info", now.unix_ms, None, &data, id)
+    }
+
+    fn presence(
+        &self,
+        now: Now,
+        slot: u32,
+        room: &RoomName,
+        after: Option<&str>,
+        id: Option<&RequestId>,
+    ) -> TextFrame {
+        let member = self.conns[slot as usize]
+            .as_ref()
+            .is_some_and(|c| c.rooms.contains(room));
+        let Some(state) = self.rooms.get(room).filter(|_| member) else {
+            return envelope::error(
+                now.unix_ms,
+                ErrorCode::Forbidden,
+                &format!("not a member of room: {room}"),
+                id,
+            );
+        };
+        let users: BTreeSet<&str> = state
+            .members
+            .values()
+            .filter_map(|&s| self.conns[s as usize].as_ref())
+            .filter_map(|c| c.identity.user())
+            .map(|u| u.id.as_str())
+            .collect();
+        let page_max = self.config.limits.presence_page_max;
+        let page: Vec<&str> = users
+            .iter()
+            .copied()
+            .filter(|u| after.is_none_or(|a| *u > a))
+            .take(page_max + 1)
+            .collect();
+        let more = page.len() > page_max;
+        let page = &page[..page.len().min(page_max)];
+        #[derive(Serialize)]
+        struct Presence<'a> {
+            room: &'a str,
+            connections: usize,
+            user_count: usize,
+            users: &'a [&'a str],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            next: Option<&'a str>,
+        }
+        let data = Presence {
+            room: room.as_str(),
+            connections: state.members.len(),
+            user_count: users.len(),
+            users: page,
+            next: if more { page.last().copied() } else { None },
+        };
+        envelope::envelope("presence", now.unix_ms, None, &data, id)
+    }
+
+    fn client_publish(
+        &mut self,
+        now: Now,
+        slot: u32,
+        room: RoomName,
+        kind: String,
+        data: Map<String, Value>,
+        id: Option<&RequestId>,
+    ) -> TextFrame {
+        let allowed = self.conns[slot as usize]
+            .as_ref()
+            .and_then(|c| c.identity.user())
+            .is_some_and(|u| u.can_publish(&room));
+        if !allowed {
+            return envelope::error(
+                now.unix_ms,
+                ErrorCode::Forbidden,
+                &format!("no publish grant for room: {room}"),
+                id,
+            );
+        }
+        if let Err(error) = validate_message(&self.config.types, &kind, &data) {
+            let code = match error {
+                PublishError::UnknownType(_) => ErrorCode::UnknownType,
+                PublishError::InvalidKey(_) => ErrorCode::InvalidKey,
+                PublishError::InvalidRoom(_) => ErrorCode::InvalidSubscription,
+                PublishError::InvalidBody(_) => ErrorCode::InvalidMessage,
+            };
+            return envelope::error(now.unix_ms, code, error.message(), id);
+        }
+        let receipt = self.broadcast(
+            now,
+            Publish {
+                rooms: vec![room.clone()],
+                kind,
+                data,
+            },
+        );
+        #[derive(Serialize)]
+        struct Published<'a> {
+            message: String,
+            room: &'a str,
+            seq: u64,
+            delivered: u64,
+        }
+        let seq = receipt.seqs.first().map_or(0, |(_, seq)| *seq);
+        let data = Published {
+            message: format!("Published to room: {room}"),
+            room: room.as_str(),
+            seq,
+            delivered: receipt.delivered,
+        };
+        envelope::envelope("system_info", now.unix_ms, None, &data, id)
+    }
+
+    // ----- server-side publishing --------------------------------------
+
+    fn next_epoch(&mut self) -> String {
+        self.epochs_created += 1;
+        format!("{}-{}", self.config.epoch_prefix, self.epochs_created)
+    }
+
+    /// Numbers and fans out one broadcast per room: one serialization per
+    /// room, one shared frame for every member.
+    fn broadcast(&mut self, now: Now, publish: Publish) -> PublishReceipt {
+        let mut receipt = PublishReceipt {
+            delivered: 0,
+            seqs: Vec::with_capacity(publish.rooms.len()),
+        };
+        let mut overflowed = Vec::new();
+        for room in publish.rooms {
+            if !self.rooms.contains_key(&room) {
+                let log = RoomLog::new(self.next_epoch());
+                self.rooms.insert(
+                    room.clone(),
+                    Room {
+                        members: BTreeMap::new(),
+                        log,
+                    },
+                );
+            }
+            let Some(state) = self.rooms.get_mut(&room) else {
+                continue;
+            };
+            let seq = state.log.append();
+            let frame = envelope::envelope(
+                &publish.kind,
+                now.unix_ms,
+                Some(RoomStamp {
+                    room: room.as_str(),
+                    seq,
+                }),
+                &publish.data,
+                None,
+            );
+            for &slot in state.members.values() {
+                // Members always occupy their slot (checked by `check_invariants`).
+                let Some(connection) = self.conns[slot as usize].as_mut() else {
+                    continue;
+                };
+                if Self::try_send(&mut self.outputs, &self.config.limits, connection, &frame) {
+                    receipt.delivered += 1;
+                } else {
+                    overflowed.push(connection.id);
+                }
+            }
+            if state.members.is_empty() && !state.log.retain_when_empty() {
+                // Nobody to deliver to and no history to keep it in.
+                self.rooms.remove(&room);
+            }
+            receipt.seqs.push((room, seq));
+            // Close overflowing members before the next room so they get
+            // nothing after their gap.
+            for conn in overflowed.drain(..) {
+                self.close(conn, Some(CloseCode::SlowConsumer));
+            }
+        }
+        receipt
+    }
+
+    fn direct(&mut self, now: Now, message: DirectMessage) -> u64 {
+        let targets: Vec<ConnectionId> = match &message.target {
+            SendTarget::Connection(conn) => self.conn(*conn).map(|c| c.id).into_iter().collect(),
+            SendTarget::User(user) => self
+                .users
+                .get(user)
+                .map(|set| set.iter().copied().collect())
+                .unwrap_or_default(),
+        };
+        if targets.is_empty() {
+            return 0;
+        }
+        let frame = envelope::envelope(&message.kind, now.unix_ms, None, &message.data, None);
+        let mut delivered = 0;
+        for conn in targets {
+            let Some(&slot) = self.slot_of.get(&conn) else {
+                continue;
+            };
+            self.send(slot, frame.clone());
+            delivered += u64::from(self.slot_of.contains_key(&conn));
+        }
+        delivered
+    }
+
+    // ----- timers --------------------------------------------------------
+
+    /// When the connection in `slot` next needs a look: a ping, an idle
+    /// close, or its token expiry.
+    fn next_check_us(&self, connection: &Connection) -> u64 {
+        let limits = &self.config.limits;
+        let idle_at = connection
+            .last_heard_us
+            .saturating_add(limits.idle_timeout_ms * 1000);
+        let ping_at = connection
+            .last_heard_us
+            .max(connection.last_ping_us)
+            .saturating_add(limits.ping_interval_ms * 1000);
+        let mut at = idle_at.min(ping_at);
+        if let Some(deadline) = connection.token_deadline_us {
+            at = at.min(deadline);
+        }
+        at
+    }
+
+    fn schedule(&mut self, slot: u32) {
+        let Some(connection) = self.conns[slot as usize].as_ref() else {
+            return;
+        };
+        let at = self.next_check_us(connection);
+        let (old, id) = (connection.timer_at_us, connection.id);
+        self.timers.remove(&(old, id));
+        self.timers.insert((at, id));
+        if let Some(connection) = self.conns[slot as usize].as_mut() {
+            connection.timer_at_us = at;
+        }
+    }
+
+    fn fire_timers(&mut self, now: Now) {
+        let now_us = now.monotonic_us;
+        while let Some(&(at, conn)) = self.timers.first() {
+            if at > now_us {
+                break;
+            }
+            self.timers.remove(&(at, conn));
+            let Some(&slot) = self.slot_of.get(&conn) else {
+                continue;
+            };
+            let Some(connection) = self.conns[slot as usize].as_mut() else {
+                continue;
+            };
+            let limits = &self.config.limits;
+            if connection.token_deadline_us.is_some_and(|d| d <= now_us) {
+                self.close(conn, Some(CloseCode::TokenExpired));
+                continue;
+            }
+            let silent_us = now_us.saturating_sub(connection.last_heard_us);
+            if silent_us >= limits.idle_timeout_ms * 1000 {
+                self.close(conn, Some(CloseCode::IdleTimeout));
+                continue;
+            }
+            let since_ping_us =
+                now_us.saturating_sub(connection.last_heard_us.max(connection.last_ping_us));
+            if since_ping_us >= limits.ping_interval_ms * 1000 {
+                connection.last_ping_us = now_us;
+                self.outputs.push_back(Output::Ping { conn });
+            }
+            self.schedule(slot);
+        }
+    }
+}
+
+#[track_caller]
+fn unreachable_slot() -> ! {
+    // Only called with the slot of the connection whose message is being
+    // handled, which is live for the whole call.
+    unreachable!("handler called for an empty slot")
+}
