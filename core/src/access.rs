@@ -45,8 +45,9 @@ impl User {
     }
 }
 
-/// The access class of a room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The access class of a room (`"public"`, `"authenticated"`, `"private_user"` in config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RoomAccess {
     /// Anyone may join, anonymous connections included.
     Public,
@@ -57,7 +58,8 @@ pub enum RoomAccess {
 }
 
 /// One rule: rooms whose names start with `prefix` have `access`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AccessRule {
     /// Name prefix this rule covers (`""` matches every room).
     pub prefix: String,
@@ -70,7 +72,8 @@ pub struct AccessRule {
 ///
 /// The default mirrors the seed: every room is public except `user:<sub>`,
 /// which only that user may join.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AccessRules {
     /// Rules, matched by longest prefix.
     pub rules: Vec<AccessRule>,

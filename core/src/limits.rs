@@ -5,8 +5,10 @@
 //! connection exists or below the message layer (marked *shell*); the rest are
 //! decisions of the core.
 
-/// Every bound, with production defaults (see `Limits::default`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Every bound, with production defaults (see `Limits::default`). Field
+/// names are the keys of the `[limits]` table of the server's config file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// *shell*: largest client message in bytes, also across fragments (→ close 1009).
     pub message_bytes_max: usize,

@@ -1,1 +1,39 @@
+//! # roomcast-net: the `roomcast` server
+//!
+//! A thin shell around [`roomcast_core`]: it owns sockets, timers, tokens and
+//! HTTP; the core owns every protocol decision. Data flows one way:
+//! socket → [`session`] → bounded channel → [`hub`] (the one task that owns
+//! the core) → [`outbox`] → [`session`] → socket.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`server`] | [`serve`]: accept loop, admission control (503), graceful shutdown |
+//! | [`http`] | routing: `/ws/connect`, `/ws/status`, `/api/broadcast`, `/api/send`, `/metrics`, `/healthz` |
+//! | [`session`] | one WebSocket connection: reads into the hub, writes batched frames |
+//! | [`hub`] | the task that owns the core and routes its outputs |
+//! | [`outbox`] | the hub → session hand-off (bounded in bytes by the core) |
+//! | [`auth`] | token extraction (query, header, subprotocol) and JWT verification |
+//! | [`config`] | configuration: defaults, TOML file, `ROOMCAST_*` environment |
+//! | [`clock`] | the only time and id sources (replaced by the simulator) |
+//! | [`listener`] | [`Listener`]: what `serve` accepts from (tokio or turmoil) |
+//! | [`metrics`] | Prometheus metrics |
+//!
+//! The server is generic over its [`Listener`] and uses only `tokio::time`,
+//! so the simulator runs exactly this code over turmoil's network.
 
+pub mod auth;
+pub mod clock;
+pub mod config;
+mod http;
+pub mod hub;
+pub mod listener;
+pub mod metrics;
+pub mod outbox;
+pub mod server;
+pub mod session;
+
+pub use clock::{Clock, IdSource};
+pub use config::ServerConfig;
+pub use listener::Listener;
+pub use metrics::Metrics;
+pub use server::{serve, ServeOptions};

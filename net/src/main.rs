@@ -1,1 +1,165 @@
-fn main() {}
+//! The `roomcast` command: `roomcast serve` runs the server, `roomcast token`
+//! prints a development token. See `roomcast --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use roomcast_net::auth::{Claims, TokenVerifier};
+use roomcast_net::config::LogFormat;
+use roomcast_net::{serve, ServeOptions, ServerConfig};
+
+/// roomcast: a real-time WebSocket rooms server.
+///
+/// Configuration comes from defaults, then --config FILE (TOML), then
+/// ROOMCAST_* environment variables, then flags. See
+/// config/roomcast.example.toml for every key.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (in-memory engine; no external service needed).
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:8080; env: ROOMCAST_LISTEN].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Log format [default: text; env: ROOMCAST_LOG_FORMAT].
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+        /// Runtime worker threads (0 = one per CPU).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+    },
+    /// Print a JWT signed with the configured HS256 secret (development and tests).
+    Token {
+        /// The user id (`sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes; "publish" allows publishing to every room,
+        /// "publish:<room>" to one room.
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// TOML configuration file (for auth.jwt_secret).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            listen,
+            config,
+            log_format,
+            workers,
+        } => run_server(listen, config, log_format, workers),
+        Command::Token {
+            sub,
+            scope,
+            ttl,
+            config,
+        } => print_token(sub, scope, ttl, config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("roomcast: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(config: Option<PathBuf>) -> Result<ServerConfig, String> {
+    ServerConfig::load(config.as_deref(), std::env::vars())
+}
+
+fn run_server(
+    listen: Option<std::net::SocketAddr>,
+    config: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    workers: usize,
+) -> Result<(), String> {
+    let mut config = load(config)?;
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    if let Some(format) = log_format {
+        config.log_format = format;
+    }
+    init_logging(config.log_format);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        runtime.worker_threads(workers);
+    }
+    let runtime = runtime.enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        serve(
+            listener,
+            config,
+            ServeOptions::production(),
+            shutdown_signal(),
+        )
+        .await
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    tokio::select! {
+        _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+        _ = async { match int.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ROOMCAST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn print_token(
+    sub: String,
+    scope: String,
+    ttl: u64,
+    config: Option<PathBuf>,
+) -> Result<(), String> {
+    let config = load(config)?;
+    let verifier = TokenVerifier::from_config(&config.auth)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let claims = Claims {
+        sub,
+        exp: (now + ttl) as f64,
+        nbf: None,
+        iat: Some(now as f64),
+        scope: (!scope.trim().is_empty()).then(|| scope.trim().to_owned()),
+    };
+    println!("{}", verifier.sign(&claims)?);
+    Ok(())
+}

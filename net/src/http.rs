@@ -1,0 +1,389 @@
+//! HTTP routing: the WebSocket upgrade, status, publish API, metrics and
+//! health. Every error is a JSON body `{"error":{"code","message"}}`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use roomcast_core::{Identity, User};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::auth::{extract_token, offers_subprotocol, redact_uri, TokenError, SUBPROTOCOL};
+use crate::config::InvalidTokenPolicy;
+use crate::hub::HubInput;
+use crate::outbox::Outbox;
+use crate::server::{App, Refusal};
+
+type HttpResponse = Response<Full<Bytes>>;
+
+/// Handles one HTTP request.
+pub(crate) async fn handle(
+    app: Arc<App>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, Infallible> {
+    let path = request.uri().path().to_owned();
+    let response = match (request.method(), path.as_str()) {
+        (&Method::GET, "/ws/connect") => ws_connect(&app, peer, request).await,
+        (&Method::GET, "/ws/status") => status(&app).await,
+        (&Method::POST, "/api/broadcast") => broadcast(&app, request).await,
+        (&Method::POST, "/api/send") => send(&app, request).await,
+        (&Method::GET, "/metrics") => Ok(metrics(&app)),
+        (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (
+            _,
+            "/ws/connect" | "/ws/status" | "/api/broadcast" | "/api/send" | "/metrics" | "/healthz",
+        ) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "method not allowed on this path",
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no such endpoint",
+        )),
+    };
+    Ok(response.unwrap_or_else(ApiError::into_response))
+}
+
+/// An HTTP error answer.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn into_response(self) -> HttpResponse {
+        let mut response = json_response(
+            self.status,
+            &json!({"error": {"code": self.code, "message": self.message}}),
+        );
+        if self.status == StatusCode::UPGRADE_REQUIRED {
+            response
+                .headers_mut()
+                .insert(UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        response
+    }
+
+    fn unavailable() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SHUTTING_DOWN",
+            "the server is shutting down",
+        )
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+// ----- WebSocket upgrade ----------------------------------------------------
+
+async fn ws_connect(
+    app: &Arc<App>,
+    peer: SocketAddr,
+    mut request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    if !hyper_tungstenite::is_upgrade_request(&request) {
+        return Err(ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "UPGRADE_REQUIRED",
+            "this endpoint speaks WebSocket: send a GET with 'Connection: Upgrade' and 'Upgrade: websocket'",
+        ));
+    }
+    if !app.config.allowed_origins.is_empty() {
+        let origin = request.headers().get(ORIGIN).and_then(|o| o.to_str().ok());
+        if !origin.is_some_and(|o| {
+            app.config
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed == o)
+        }) {
+            app.metrics.reject("origin");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "ORIGIN_NOT_ALLOWED",
+                "this Origin may not connect",
+            ));
+        }
+    }
+    let identity = match extract_token(request.headers(), request.uri().query()) {
+        None => Identity::Anonymous,
+        Some((token, source)) => match app.verifier.verify(&token, app.clock.unix_ms()) {
+            Ok(user) => Identity::User(user),
+            Err(error) if app.config.auth.invalid_token == InvalidTokenPolicy::Reject => {
+                app.metrics.reject("invalid_token");
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "INVALID_TOKEN",
+                    error.to_string(),
+                ));
+            }
+            Err(error) => {
+                warn!(peer = %peer, ?source, %error, uri = %redact_uri(request.uri()), "invalid WebSocket token: connecting as anonymous");
+                Identity::Anonymous
+            }
+        },
+    };
+    let permit = app.gate.admit(peer.ip()).map_err(|refusal| {
+        let (reason, message) = match refusal {
+            Refusal::Total => ("capacity", "the server is at its connection limit"),
+            Refusal::PerIp => ("per_ip", "too many connections from this address"),
+        };
+        app.metrics.reject(reason);
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "TOO_MANY_CONNECTIONS",
+            message,
+        )
+    })?;
+    let wants_subprotocol = offers_subprotocol(request.headers());
+    let (mut response, websocket) = hyper_tungstenite::upgrade(&mut request, Some(app.ws_config))
+        .map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BAD_UPGRADE",
+            format!("invalid WebSocket handshake: {e}"),
+        )
+    })?;
+    if wants_subprotocol {
+        response.headers_mut().insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+
+    let app = app.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _session = app.sessions.enter();
+        let handshake = Duration::from_millis(app.config.limits.handshake_timeout_ms);
+        let socket = match tokio::time::timeout(handshake, websocket).await {
+            Ok(Ok(socket)) => socket,
+            Ok(Err(error)) => return debug!(peer = %peer, %error, "upgrade failed"),
+            Err(_) => return debug!(peer = %peer, "upgrade timed out"),
+        };
+        let conn = app
+            .ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_connection_id();
+        let user_id = identity.user().map(|u| u.id.clone());
+        info!(conn = %conn, user = user_id.as_deref().unwrap_or("-"), peer = %peer, "client connected");
+        let outbox = Arc::new(Outbox::default());
+        if app
+            .hub
+            .send(HubInput::Open {
+                conn,
+                identity,
+                outbox: outbox.clone(),
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let flush = Duration::from_millis(app.config.close_flush_timeout_ms);
+        crate::session::run(
+            socket,
+            conn,
+            outbox,
+            app.hub.clone(),
+            app.metrics.clone(),
+            flush,
+        )
+        .await;
+        info!(conn = %conn, user = user_id.as_deref().unwrap_or("-"), "client disconnected");
+    });
+    Ok(response)
+}
+
+// ----- status, metrics --------------------------------------------------
+
+async fn status(app: &App) -> Result<HttpResponse, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    app.hub
+        .send(HubInput::Status { reply })
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    let snapshot = answer.await.map_err(|_| ApiError::unavailable())?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "status": "operational",
+            "active_connections": snapshot.connections,
+            "supported_message_types": app.types.names(),
+            "rooms": snapshot.rooms,
+            "node_id": app.node_id,
+            "uptime_seconds": app.started.elapsed().as_secs(),
+        }),
+    ))
+}
+
+fn metrics(app: &App) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(app.metrics.encode())));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+// ----- publish API ------------------------------------------------------
+
+/// The caller of a publish endpoint: a bearer token with publishing rights.
+fn api_caller(app: &App, request: &Request<Incoming>) -> Result<User, ApiError> {
+    let token = match extract_token(request.headers(), None) {
+        Some((token, _)) => token,
+        None => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "send 'Authorization: Bearer <jwt>' with a token whose scope includes publish",
+            ))
+        }
+    };
+    let user = app
+        .verifier
+        .verify(&token, app.clock.unix_ms())
+        .map_err(|error| {
+            let code = if error == TokenError::Expired {
+                "TOKEN_EXPIRED"
+            } else {
+                "INVALID_TOKEN"
+            };
+            ApiError::new(StatusCode::UNAUTHORIZED, code, error.to_string())
+        })?;
+    if !user
+        .scopes
+        .iter()
+        .any(|s| s == "publish" || s.starts_with("publish:"))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "the token's scope does not grant publish",
+        ));
+    }
+    Ok(user)
+}
+
+/// Reads the body within the configured limit (413 beyond it).
+async fn read_body(app: &App, request: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let limit = app.config.limits.api_body_bytes_max;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("bodies are limited to {limit} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_BODY",
+            "could not read the request body",
+        )),
+    }
+}
+
+fn invalid(error: roomcast_core::PublishError) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, error.code(), error.message())
+}
+
+async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let received = Instant::now();
+    let user = api_caller(app, &request)?;
+    let body = read_body(app, request).await?;
+    let publish =
+        roomcast_core::publish::parse_broadcast_body(&body, &app.types, &app.config.limits)
+            .map_err(invalid)?;
+    if let Some(room) = publish.rooms.iter().find(|room| !user.can_publish(room)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            format!("no publish grant for room: {room}"),
+        ));
+    }
+    let (reply, answer) = oneshot::channel();
+    app.hub
+        .send(HubInput::Broadcast {
+            publish,
+            received,
+            reply,
+        })
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    let receipt = answer.await.map_err(|_| ApiError::unavailable())?;
+    let seqs: serde_json::Map<String, Value> = receipt
+        .seqs
+        .iter()
+        .map(|(room, seq)| (room.to_string(), json!(seq)))
+        .collect();
+    let mut body = json!({"delivered": receipt.delivered, "seqs": seqs});
+    if let [(_, seq)] = receipt.seqs.as_slice() {
+        body["seq"] = json!(seq);
+    }
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+async fn send(app: &App, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let user = api_caller(app, &request)?;
+    if !user.scopes.iter().any(|s| s == "publish") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "/api/send needs the unrestricted publish scope",
+        ));
+    }
+    let body = read_body(app, request).await?;
+    let message = roomcast_core::publish::parse_send_body(&body, &app.types).map_err(invalid)?;
+    let (reply, answer) = oneshot::channel();
+    app.hub
+        .send(HubInput::Send { message, reply })
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    let delivered = answer.await.map_err(|_| ApiError::unavailable())?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"delivered": delivered}),
+    ))
+}

@@ -1,0 +1,256 @@
+//! The hub: the one task that owns the [`Core`]. Everything reaches it
+//! through one bounded channel of [`HubInput`]s; it turns them into core
+//! inputs stamped with the clock, then routes the core's outputs to the
+//! connections' [`Outbox`]es and the callers' reply channels.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use roomcast_core::publish::DirectMessage;
+use roomcast_core::{
+    CloseCode, ConnectionId, Core, Identity, Input, Output, Publish, PublishReceipt, Response,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, Outgoing};
+
+/// Capacity of the hub's input channel. Senders wait when it is full, which
+/// slows readers and API callers rather than growing memory.
+pub const HUB_CHANNEL_CAPACITY: usize = 4096;
+
+/// Inputs processed per wake-up before outputs are routed (keeps latency
+/// bounded while amortising the routing work).
+const BATCH_MAX: usize = 256;
+
+/// What the hub answers `/ws/status` with.
+#[derive(Clone, Debug)]
+pub struct StatusSnapshot {
+    /// Open connections.
+    pub connections: usize,
+    /// Rooms held.
+    pub rooms: usize,
+}
+
+/// A message to the hub.
+pub enum HubInput {
+    /// A connection finished its upgrade.
+    Open {
+        /// Its id.
+        conn: ConnectionId,
+        /// Who it is.
+        identity: Identity,
+        /// Where its frames go.
+        outbox: Arc<Outbox>,
+    },
+    /// A text message.
+    Text {
+        /// Sender.
+        conn: ConnectionId,
+        /// The message.
+        text: hyper_tungstenite::tungstenite::Utf8Bytes,
+    },
+    /// A binary message.
+    Binary {
+        /// Sender.
+        conn: ConnectionId,
+    },
+    /// A pong or ping: the connection is alive.
+    Alive {
+        /// The connection.
+        conn: ConnectionId,
+    },
+    /// Frames totalling `bytes` were written to the socket.
+    Written {
+        /// The connection.
+        conn: ConnectionId,
+        /// Bytes written.
+        bytes: usize,
+    },
+    /// Close the connection for a reason the session saw (oversize, fault).
+    Abort {
+        /// The connection.
+        conn: ConnectionId,
+        /// Why.
+        code: CloseCode,
+    },
+    /// The socket is gone.
+    Closed {
+        /// The connection.
+        conn: ConnectionId,
+    },
+    /// `POST /api/broadcast`.
+    Broadcast {
+        /// The validated publish.
+        publish: Publish,
+        /// When the request arrived (latency histogram).
+        received: Instant,
+        /// Where the receipt goes.
+        reply: oneshot::Sender<PublishReceipt>,
+    },
+    /// `POST /api/send`.
+    Send {
+        /// The validated message.
+        message: DirectMessage,
+        /// Where the delivered count goes.
+        reply: oneshot::Sender<u64>,
+    },
+    /// `/ws/status`.
+    Status {
+        /// Where the snapshot goes.
+        reply: oneshot::Sender<StatusSnapshot>,
+    },
+    /// Close every connection with 1001.
+    Shutdown,
+}
+
+/// Runs the hub until every sender is gone.
+pub async fn run(
+    mut core: Core,
+    clock: Clock,
+    mut inbox: mpsc::Receiver<HubInput>,
+    metrics: Metrics,
+) {
+    let mut outboxes: HashMap<ConnectionId, Arc<Outbox>> = HashMap::new();
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    loop {
+        let deadline = core.poll_timeout().map(|us| clock.instant_of(us));
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                core.handle(clock.now(), Input::Timeout);
+            }
+            received = inbox.recv_many(&mut batch, BATCH_MAX) => {
+                if received == 0 {
+                    break;
+                }
+                for input in batch.drain(..) {
+                    let published_at = handle(&mut core, &clock, input, &mut outboxes, &metrics);
+                    route(&mut core, &mut outboxes, &metrics, published_at);
+                }
+            }
+        }
+        route(&mut core, &mut outboxes, &metrics, None);
+        metrics.connections.set(core.connection_count() as i64);
+        metrics.rooms.set(core.room_count() as i64);
+    }
+    debug!("hub stopped");
+}
+
+/// Applies one hub input to the core. Returns the publish time when the
+/// input was a broadcast, so its deliveries can be stamped.
+fn handle(
+    core: &mut Core,
+    clock: &Clock,
+    input: HubInput,
+    outboxes: &mut HashMap<ConnectionId, Arc<Outbox>>,
+    metrics: &Metrics,
+) -> Option<Instant> {
+    let now = clock.now();
+    match input {
+        HubInput::Open {
+            conn,
+            identity,
+            outbox,
+        } => {
+            outboxes.insert(conn, outbox);
+            metrics.connections_opened.inc();
+            core.handle(now, Input::Open { conn, identity });
+        }
+        HubInput::Text { conn, text } => {
+            metrics.messages_in.inc();
+            metrics.bytes_in.inc_by(text.len() as u64);
+            core.handle(
+                now,
+                Input::Text {
+                    conn,
+                    text: text.as_str(),
+                },
+            );
+        }
+        HubInput::Binary { conn } => {
+            metrics.messages_in.inc();
+            core.handle(now, Input::Binary { conn });
+        }
+        HubInput::Alive { conn } => {
+            core.handle(now, Input::Pong { conn });
+        }
+        HubInput::Written { conn, bytes } => {
+            core.handle(now, Input::Written { conn, bytes });
+        }
+        HubInput::Abort { conn, code } => {
+            core.handle(now, Input::Abort { conn, code });
+        }
+        HubInput::Closed { conn } => {
+            if outboxes.remove(&conn).is_some() {
+                metrics.disconnect("client");
+            }
+            core.handle(now, Input::Closed { conn });
+        }
+        HubInput::Broadcast {
+            publish,
+            received,
+            reply,
+        } => {
+            let rooms = publish.rooms.len() as u64;
+            if let Response::Published(receipt) = core.handle(now, Input::Broadcast(publish)) {
+                metrics.broadcasts.inc_by(rooms);
+                metrics.deliveries.inc_by(receipt.delivered);
+                let _ = reply.send(receipt);
+            }
+            return Some(received);
+        }
+        HubInput::Send { message, reply } => {
+            if let Response::Sent { delivered } = core.handle(now, Input::Send(message)) {
+                let _ = reply.send(delivered);
+            }
+        }
+        HubInput::Status { reply } => {
+            let _ = reply.send(StatusSnapshot {
+                connections: core.connection_count(),
+                rooms: core.room_count(),
+            });
+        }
+        HubInput::Shutdown => {
+            info!(
+                connections = core.connection_count(),
+                "closing every connection with 1001"
+            );
+            core.handle(now, Input::Shutdown);
+        }
+    }
+    None
+}
+
+/// Hands every pending core output to its connection's outbox.
+fn route(
+    core: &mut Core,
+    outboxes: &mut HashMap<ConnectionId, Arc<Outbox>>,
+    metrics: &Metrics,
+    published_at: Option<Instant>,
+) {
+    while let Some(output) = core.poll_output() {
+        match output {
+            Output::Send { conn, frame } => {
+                if let Some(outbox) = outboxes.get(&conn) {
+                    outbox.push(Outgoing::Text(frame, published_at));
+                }
+            }
+            Output::Ping { conn } => {
+                if let Some(outbox) = outboxes.get(&conn) {
+                    outbox.push(Outgoing::Ping);
+                }
+            }
+            Output::Close { conn, code } => {
+                if let Some(outbox) = outboxes.remove(&conn) {
+                    debug!(conn = %conn, code = code.code(), reason = code.reason(), "closing connection");
+                    metrics.disconnect(code.metric_label());
+                    outbox.close(code);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text format).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label of a per-reason counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// e.g. `slow_consumer`, `rate_limit`, `idle`, `token_expired`, `oversize`.
+    pub reason: &'static str,
+}
+
+/// Every metric the server exports. Cheap to clone (shared counters).
+#[derive(Clone)]
+pub struct Metrics {
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// Rooms held by the core.
+    pub rooms: Gauge,
+    /// Connections accepted since start.
+    pub connections_opened: Counter,
+    /// Upgrades refused before the connection existed, by reason.
+    pub connections_rejected: Family<Reason, Counter>,
+    /// Connections ended, by reason (`client` when the client left).
+    pub disconnects: Family<Reason, Counter>,
+    /// Client messages received.
+    pub messages_in: Counter,
+    /// Bytes of client messages received.
+    pub bytes_in: Counter,
+    /// Frames written to clients.
+    pub messages_out: Counter,
+    /// Bytes of frames written to clients.
+    pub bytes_out: Counter,
+    /// Broadcasts accepted (per room).
+    pub broadcasts: Counter,
+    /// Broadcast frames handed to members.
+    pub deliveries: Counter,
+    /// Seconds from a publish reaching the server to its frame being written.
+    pub publish_to_write_seconds: Histogram,
+    registry: std::sync::Arc<Registry>,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("roomcast");
+        let connections = Gauge::default();
+        let rooms = Gauge::default();
+        let connections_opened = Counter::default();
+        let connections_rejected = Family::<Reason, Counter>::default();
+        let disconnects = Family::<Reason, Counter>::default();
+        let messages_in = Counter::default();
+        let bytes_in = Counter::default();
+        let messages_out = Counter::default();
+        let bytes_out = Counter::default();
+        let broadcasts = Counter::default();
+        let deliveries = Counter::default();
+        // 50 µs .. ~3.3 s
+        let publish_to_write_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 17));
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
+        registry.register("rooms", "Rooms held", rooms.clone());
+        registry.register(
+            "connections_opened",
+            "WebSocket connections accepted",
+            connections_opened.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Upgrades refused, by reason",
+            connections_rejected.clone(),
+        );
+        registry.register(
+            "disconnects",
+            "Connections ended, by reason",
+            disconnects.clone(),
+        );
+        registry.register(
+            "messages_in",
+            "Client messages received",
+            messages_in.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "Bytes of client messages received",
+            bytes_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "Frames written to clients",
+            messages_out.clone(),
+        );
+        registry.register(
+            "bytes_out",
+            "Bytes of frames written to clients",
+            bytes_out.clone(),
+        );
+        registry.register(
+            "broadcasts",
+            "Room broadcasts published",
+            broadcasts.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Broadcast frames handed to room members",
+            deliveries.clone(),
+        );
+        registry.register(
+            "publish_to_write_seconds",
+            "Time from a publish reaching the server to its frame being written to a client",
+            publish_to_write_seconds.clone(),
+        );
+        Metrics {
+            connections,
+            rooms,
+            connections_opened,
+            connections_rejected,
+            disconnects,
+            messages_in,
+            bytes_in,
+            messages_out,
+            bytes_out,
+            broadcasts,
+            deliveries,
+            publish_to_write_seconds,
+            registry: std::sync::Arc::new(registry),
+        }
+    }
+
+    /// Counts one disconnect.
+    pub fn disconnect(&self, reason: &'static str) {
+        self.disconnects.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Counts one refused upgrade.
+    pub fn reject(&self, reason: &'static str) {
+        self.connections_rejected
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}

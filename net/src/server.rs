@@ -1,0 +1,277 @@
+//! Serving: the accept loop, admission control, and graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_tungstenite::tungstenite::protocol::WebSocketConfig;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use roomcast_core::{Core, CoreConfig, MessageTypes};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::auth::TokenVerifier;
+use crate::clock::{Clock, IdSource};
+use crate::config::ServerConfig;
+use crate::hub::{self, HubInput, HUB_CHANNEL_CAPACITY};
+use crate::listener::Listener;
+use crate::metrics::Metrics;
+
+/// What varies between production and simulation: the clock and the ids.
+pub struct ServeOptions {
+    /// The server's clock.
+    pub clock: Clock,
+    /// Connection ids and the epoch prefix.
+    pub ids: IdSource,
+    /// Metrics registry (pass one in to read it from outside, as tests do).
+    pub metrics: Metrics,
+}
+
+impl ServeOptions {
+    /// Production: system wall clock, random ids.
+    pub fn production() -> ServeOptions {
+        ServeOptions {
+            clock: Clock::system(),
+            ids: IdSource::Random,
+            metrics: Metrics::new(),
+        }
+    }
+}
+
+/// Shared state of every request handler.
+pub(crate) struct App {
+    pub(crate) config: ServerConfig,
+    pub(crate) verifier: TokenVerifier,
+    pub(crate) types: MessageTypes,
+    pub(crate) hub: mpsc::Sender<HubInput>,
+    pub(crate) metrics: Metrics,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) ids: Mutex<IdSource>,
+    pub(crate) clock: Clock,
+    pub(crate) started: Instant,
+    pub(crate) node_id: String,
+    pub(crate) sessions: Sessions,
+    pub(crate) ws_config: WebSocketConfig,
+}
+
+/// Serves on `listener` until `shutdown` resolves, then closes every client
+/// with 1001 and returns once they are gone (or `shutdown_drain_ms` passed).
+pub async fn serve<L: Listener>(
+    mut listener: L,
+    config: ServerConfig,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), String> {
+    config.validate()?;
+    let verifier = TokenVerifier::from_config(&config.auth)?;
+    if !verifier.is_configured() {
+        warn!(
+            "no JWT key configured: every connection is anonymous and the publish API answers 401"
+        );
+    }
+    let types = MessageTypes::with_custom(config.custom_types.iter().map(String::as_str))
+        .map_err(|bad| format!("invalid custom type {bad:?}"))?;
+    let ServeOptions {
+        clock,
+        mut ids,
+        metrics,
+    } = options;
+    let node_id = ids.epoch_prefix();
+    let core = Core::new(CoreConfig {
+        limits: config.limits.clone(),
+        access: config.access.clone(),
+        types: types.clone(),
+        epoch_prefix: node_id.clone(),
+        server_name: config.server_name.clone(),
+    });
+    let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
+    let hub_task = tokio::spawn(hub::run(core, clock, hub_rx, metrics.clone()));
+
+    let limits = &config.limits;
+    let mut ws_config = WebSocketConfig::default();
+    ws_config.read_buffer_size = limits.read_buffer_bytes;
+    ws_config.write_buffer_size = limits.write_buffer_bytes;
+    // Bounded: room for one full write buffer plus the largest message we
+    // may queue; beyond it writes fail instead of growing memory.
+    ws_config.max_write_buffer_size =
+        limits.write_buffer_bytes + limits.outbound_queue_bytes_max + 1024;
+    ws_config.max_message_size = Some(limits.message_bytes_max);
+    ws_config.max_frame_size = Some(limits.message_bytes_max);
+    ws_config.accept_unmasked_frames = false;
+
+    let app = Arc::new(App {
+        gate: Arc::new(Gate::new(
+            limits.connections_max,
+            limits.connections_per_ip_max,
+        )),
+        verifier,
+        types,
+        hub: hub_tx,
+        metrics,
+        ids: Mutex::new(ids),
+        clock,
+        started: Instant::now(),
+        node_id,
+        sessions: Sessions::default(),
+        ws_config,
+        config,
+    });
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    info!(listen = %local, node = %app.node_id, "roomcast listening");
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((io, peer)) => {
+                    let app = app.clone();
+                    let handshake = Duration::from_millis(app.config.limits.handshake_timeout_ms);
+                    tokio::spawn(async move {
+                        let service = service_fn(move |request| crate::http::handle(app.clone(), peer, request));
+                        let connection = http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(handshake)
+                            .serve_connection(TokioIo::new(io), service)
+                            .with_upgrades();
+                        if let Err(error) = connection.await {
+                            debug!(peer = %peer, %error, "http connection ended with an error");
+                        }
+                    });
+                }
+                Err(error) => {
+                    // Usually fd exhaustion: back off briefly instead of spinning.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+
+    info!("shutting down: no new connections; closing clients with 1001");
+    drop(listener);
+    let drain = Duration::from_millis(app.config.shutdown_drain_ms);
+    let _ = app.hub.send(HubInput::Shutdown).await;
+    if tokio::time::timeout(drain, app.sessions.all_gone())
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = app.sessions.count(),
+            "drain time over; dropping remaining connections"
+        );
+    }
+    drop(app);
+    hub_task.abort();
+    info!("stopped");
+    Ok(())
+}
+
+/// Admission control: total and per-IP connection counts, taken before the
+/// upgrade so an overloaded server answers 503 instead of accepting.
+pub(crate) struct Gate {
+    total_max: usize,
+    per_ip_max: usize,
+    /// Lookup only; never iterated.
+    counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Why admission was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Total,
+    PerIp,
+}
+
+impl Gate {
+    fn new(total_max: usize, per_ip_max: usize) -> Gate {
+        Gate {
+            total_max,
+            per_ip_max,
+            counts: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// Takes a slot for `ip`, released when the permit drops.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.0 >= self.total_max {
+            return Err(Refusal::Total);
+        }
+        let per_ip = counts.1.entry(ip).or_insert(0);
+        if *per_ip >= self.per_ip_max {
+            return Err(Refusal::PerIp);
+        }
+        *per_ip += 1;
+        counts.0 += 1;
+        Ok(Permit {
+            gate: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// A held connection slot.
+pub(crate) struct Permit {
+    gate: Arc<Gate>,
+    ip: IpAddr,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut counts = self.gate.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.0 -= 1;
+        if let Some(n) = counts.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Counts live sessions so shutdown can wait for them.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    live: AtomicUsize,
+    gone: Notify,
+}
+
+/// Held by a session task for its lifetime.
+pub(crate) struct SessionGuard<'a>(&'a Sessions);
+
+impl Sessions {
+    pub(crate) fn enter(&self) -> SessionGuard<'_> {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        SessionGuard(self)
+    }
+
+    fn count(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    async fn all_gone(&self) {
+        loop {
+            let notified = self.gone.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.gone.notify_waiters();
+        }
+    }
+}
