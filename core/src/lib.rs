@@ -37,6 +37,7 @@
 //! | [`names`] | validated room names and connection ids |
 //! | [`time`] | [`Now`] and the RFC 3339 timestamp formatter |
 //! | [`invariants`] | [`Core::check_invariants`], used by tests, the simulator and the fuzzers |
+//! | [`oracle`] | the client-side delivery oracle shared by the simulator and the fuzzers |
 //!
 //! ## Slow consumers
 //!
@@ -55,6 +56,7 @@ pub mod invariants;
 pub mod limits;
 pub mod machine;
 pub mod names;
+pub mod oracle;
 pub mod output;
 pub mod publish;
 pub mod rate;

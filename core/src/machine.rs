@@ -13,7 +13,7 @@ use crate::limits::Limits;
 use crate::names::{ConnectionId, RoomName};
 use crate::output::{Output, TextFrame};
 use crate::publish::{
-    validate_message, DirectMessage, MessageTypes, Publish, PublishError, PublishReceipt,
+    validate_message, DirectMessage, MessageTypes, Publish, PublishError, PublishReceipt, RoomSeq,
 };
 use crate::rate::{RateLimiter, Verdict};
 use crate::request::{parse_request, Action, Rejection, RequestId};
@@ -582,7 +582,7 @@ impl Core {
             seq: u64,
             delivered: u64,
         }
-        let seq = receipt.seqs.first().map_or(0, |(_, seq)| *seq);
+        let seq = receipt.rooms.first().map_or(0, |r| r.seq);
         let data = Published {
             message: format!("Published to room: {room}"),
             room: room.as_str(),
@@ -604,7 +604,7 @@ impl Core {
     fn broadcast(&mut self, now: Now, publish: Publish) -> PublishReceipt {
         let mut receipt = PublishReceipt {
             delivered: 0,
-            seqs: Vec::with_capacity(publish.rooms.len()),
+            rooms: Vec::with_capacity(publish.rooms.len()),
         };
         let mut overflowed = Vec::new();
         for room in publish.rooms {
@@ -643,11 +643,12 @@ impl Core {
                     overflowed.push(connection.id);
                 }
             }
+            let epoch = state.log.epoch().to_owned();
             if state.members.is_empty() && !state.log.retain_when_empty() {
                 // Nobody to deliver to and no history to keep it in.
                 self.rooms.remove(&room);
             }
-            receipt.seqs.push((room, seq));
+            receipt.rooms.push(RoomSeq { room, epoch, seq });
             // Close overflowing members before the next room so they get
             // nothing after their gap.
             for conn in overflowed.drain(..) {

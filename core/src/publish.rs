@@ -116,8 +116,19 @@ pub struct DirectMessage {
 pub struct PublishReceipt {
     /// Frames handed to local connections.
     pub delivered: u64,
-    /// The `seq` each room assigned, in request order.
-    pub seqs: Vec<(RoomName, u64)>,
+    /// Where each room numbered it, in request order.
+    pub rooms: Vec<RoomSeq>,
+}
+
+/// The position one room gave a broadcast.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomSeq {
+    /// The room.
+    pub room: RoomName,
+    /// The room log's epoch at the time.
+    pub epoch: String,
+    /// The broadcast's `seq` in that epoch.
+    pub seq: u64,
 }
 
 /// Why a publish was refused (HTTP 400, or an `error` reply to a client).

@@ -354,13 +354,19 @@ async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse
         .map_err(|_| ApiError::unavailable())?;
     let receipt = answer.await.map_err(|_| ApiError::unavailable())?;
     let seqs: serde_json::Map<String, Value> = receipt
-        .seqs
+        .rooms
         .iter()
-        .map(|(room, seq)| (room.to_string(), json!(seq)))
+        .map(|r| (r.room.to_string(), json!(r.seq)))
         .collect();
-    let mut body = json!({"delivered": receipt.delivered, "seqs": seqs});
-    if let [(_, seq)] = receipt.seqs.as_slice() {
-        body["seq"] = json!(seq);
+    let epochs: serde_json::Map<String, Value> = receipt
+        .rooms
+        .iter()
+        .map(|r| (r.room.to_string(), json!(r.epoch)))
+        .collect();
+    let mut body = json!({"delivered": receipt.delivered, "seqs": seqs, "epochs": epochs});
+    if let [only] = receipt.rooms.as_slice() {
+        body["seq"] = json!(only.seq);
+        body["epoch"] = json!(only.epoch);
     }
     Ok(json_response(StatusCode::OK, &body))
 }

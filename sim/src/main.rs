@@ -1,1 +1,94 @@
-fn main() {}
+//! `roomcast-sim`: run one seed or sweep many. Exit status 1 on any violation.
+
+use std::process::ExitCode;
+
+use roomcast_sim::{core_tier, net_tier};
+
+const USAGE: &str = "usage: roomcast-sim [--seed N | --seeds A..B] [--tier core|net|both] [--clients N] [--events N] [--net-seconds S]
+
+  --seed N         run one seed (default 42)
+  --seeds A..B     sweep seeds A to B-1
+  --tier T         core (pure core), net (real server in turmoil) or both (default)
+  --clients N      clients per run (0 = drawn from the seed; default: core 0, net 2000)
+  --events N       core-tier inputs per run (default 200000)
+  --net-seconds S  simulated seconds of net-tier workload (default 20)";
+
+struct Args {
+    seeds: std::ops::Range<u64>,
+    tier: String,
+    clients: Option<usize>,
+    events: u64,
+    net_seconds: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        seeds: 42..43,
+        tier: "both".into(),
+        clients: None,
+        events: 200_000,
+        net_seconds: 20,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<u64>().map_err(|_| format!("not a number: {v}"));
+        match flag.as_str() {
+            "--seed" => {
+                let seed = number(value()?)?;
+                args.seeds = seed..seed + 1;
+            }
+            "--seeds" => {
+                let v = value()?;
+                let (a, b) = v.split_once("..").ok_or("--seeds takes A..B")?;
+                args.seeds = number(a.to_owned())?..number(b.to_owned())?;
+            }
+            "--tier" => args.tier = value()?,
+            "--clients" => args.clients = Some(number(value()?)? as usize),
+            "--events" => args.events = number(value()?)?,
+            "--net-seconds" => args.net_seconds = number(value()?)?,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    if !matches!(args.tier.as_str(), "core" | "net" | "both") {
+        return Err(format!("--tier must be core, net or both\n{USAGE}"));
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut failed = false;
+    for seed in args.seeds.clone() {
+        if args.tier != "net" {
+            match core_tier::run(seed, args.clients.unwrap_or(0), args.events) {
+                Ok(summary) => println!("{summary}"),
+                Err(failure) => {
+                    eprintln!("{failure}");
+                    failed = true;
+                }
+            }
+        }
+        if args.tier != "core" {
+            match net_tier::run(seed, args.clients.unwrap_or(2000), args.net_seconds) {
+                Ok(summary) => println!("{summary}"),
+                Err(failure) => {
+                    eprintln!("{failure}");
+                    failed = true;
+                }
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

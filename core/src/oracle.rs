@@ -1,0 +1,472 @@
+//! The delivery oracle: checks, from the clients' side, that roomcast keeps
+//! its promises. One checker shared by the simulator's two tiers and the
+//! fuzzers (the structural checker is [`Core::check_invariants`](crate::Core::check_invariants)).
+//!
+//! Promises checked:
+//! - a member receives its rooms' broadcasts exactly once, in `seq` order,
+//!   with no gap between its confirmed join and its leave or disconnect;
+//! - no broadcast arrives for a room the client is not in;
+//! - every request gets exactly one reply carrying its `id`;
+//! - once the workload is quiet, every open member has caught up with the
+//!   last broadcast of each of its rooms, and the server counts exactly the
+//!   open clients.
+//!
+//! A server close with an explaining code (4008, 1008, 1009, 4001, 4002,
+//! 1001) ends the client's obligations: whatever it missed after that is
+//! explained. A silent gap or a duplicate is always a violation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Identifies one client connection in the oracle (the caller's numbering).
+pub type ClientKey = u64;
+
+/// Close codes that explain why a client stopped receiving.
+pub const EXPLAINING_CLOSE_CODES: [u16; 6] = [1001, 1008, 1009, 4001, 4002, 4008];
+
+/// A broken promise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The client that observed it.
+    pub client: ClientKey,
+    /// Which promise (a short stable name).
+    pub invariant: &'static str,
+    /// What exactly was seen.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "client {}: {}: {}",
+            self.client, self.invariant, self.detail
+        )
+    }
+}
+
+/// What a client asked for (the oracle needs to know joins and leaves).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// `join` of this room.
+    Join(String),
+    /// `leave` of this room.
+    Leave(String),
+    /// Anything else (ping, presence, garbage with an id...).
+    Other,
+}
+
+/// The fields of a server message the oracle reads.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct Observed {
+    /// Message type.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Broadcast room.
+    #[serde(default)]
+    pub room: Option<String>,
+    /// Broadcast sequence number.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    /// Echoed request id.
+    #[serde(default)]
+    pub id: Option<Value>,
+    /// Reply details.
+    #[serde(default)]
+    pub data: ObservedData,
+}
+
+/// The `data` fields of replies the oracle reads.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct ObservedData {
+    /// Join/leave reply room.
+    #[serde(default)]
+    pub room: Option<Value>,
+    /// Join reply seq.
+    #[serde(default)]
+    pub seq: Option<Value>,
+    /// Join reply epoch.
+    #[serde(default)]
+    pub epoch: Option<Value>,
+    /// Error code.
+    #[serde(default)]
+    pub code: Option<Value>,
+}
+
+impl Observed {
+    /// Parses a server frame; `None` when it is not a JSON object.
+    pub fn parse(text: &str) -> Option<Observed> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Membership {
+    epoch: String,
+    /// `seq` of the join reply: the client owes nothing before it.
+    joined_at: u64,
+    /// The next `seq` the client must receive.
+    next_seq: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct ClientView {
+    rooms: BTreeMap<String, Membership>,
+    /// Request id (JSON text) → what it asked.
+    pending: BTreeMap<String, Sent>,
+    /// Set once the connection ended: the server's close code, or `None` for a transport loss.
+    ended: Option<Option<u16>>,
+}
+
+/// The oracle. Feed it what clients send and receive; it reports the first
+/// violation of each call.
+#[derive(Clone, Debug, Default)]
+pub struct Oracle {
+    clients: BTreeMap<ClientKey, ClientView>,
+    /// (room, epoch) → last `seq` the publisher was told.
+    published: BTreeMap<(String, String), u64>,
+}
+
+impl Oracle {
+    /// An oracle with no clients.
+    pub fn new() -> Oracle {
+        Oracle::default()
+    }
+
+    fn view(&mut self, client: ClientKey) -> &mut ClientView {
+        self.clients.entry(client).or_default()
+    }
+
+    /// A client connection opened.
+    pub fn opened(&mut self, client: ClientKey) {
+        self.clients.insert(client, ClientView::default());
+    }
+
+    /// The client sent a request with `id` (JSON text of the id).
+    pub fn sent(&mut self, client: ClientKey, id: String, what: Sent) -> Result<(), Violation> {
+        let view = self.view(client);
+        if view.pending.insert(id.clone(), what).is_some() {
+            return Err(violation(
+                client,
+                "unique request ids",
+                format!("id {id} reused while pending (workload bug)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The publisher was told `seq` in `epoch` for `room`.
+    pub fn published(&mut self, room: &str, epoch: &str, seq: u64) {
+        let last = self
+            .published
+            .entry((room.to_owned(), epoch.to_owned()))
+            .or_insert(0);
+        *last = (*last).max(seq);
+    }
+
+    /// The client received `message`.
+    pub fn received(&mut self, client: ClientKey, message: &Observed) -> Result<(), Violation> {
+        let view = self.view(client);
+        if view.ended.is_some() {
+            return Err(violation(
+                client,
+                "nothing after close",
+                format!("{} arrived after the connection ended", message.kind),
+            ));
+        }
+        if let (Some(room), Some(seq)) = (&message.room, message.seq) {
+            let Some(member) = view.rooms.get_mut(room) else {
+                return Err(violation(
+                    client,
+                    "no message to non-members",
+                    format!("{} seq {seq} of room {room}", message.kind),
+                ));
+            };
+            if seq != member.next_seq {
+                let what = if seq < member.next_seq {
+                    "duplicate or reordered"
+                } else {
+                    "gap"
+                };
+                return Err(violation(
+                    client,
+                    "gapless in-order delivery",
+                    format!(
+                        "room {room}: expected seq {}, got {seq} ({what})",
+                        member.next_seq
+                    ),
+                ));
+            }
+            member.next_seq += 1;
+            return Ok(());
+        }
+        let Some(id) = &message.id else { return Ok(()) };
+        let key = id.to_string();
+        let Some(asked) = view.pending.remove(&key) else {
+            return Err(violation(
+                client,
+                "one reply per request",
+                format!(
+                    "reply {} with id {key} matches no pending request",
+                    message.kind
+                ),
+            ));
+        };
+        match asked {
+            Sent::Join(room) if message.kind == "system_info" => {
+                let seq = message.data.seq.as_ref().and_then(Value::as_u64);
+                let epoch = message.data.epoch.as_ref().and_then(Value::as_str);
+                let (Some(seq), Some(epoch)) = (seq, epoch) else {
+                    return Err(violation(
+                        client,
+                        "join reply shape",
+                        format!("join reply for {room} lacks seq/epoch"),
+                    ));
+                };
+                if let Some(member) = view.rooms.get(&room) {
+                    // An idempotent re-join: membership continues unchanged.
+                    if member.epoch != epoch || member.next_seq != seq + 1 {
+                        return Err(violation(
+                            client,
+                            "idempotent join",
+                            format!(
+                                "re-join of {room} reports {epoch}/{seq}, client is at {}/{}",
+                                member.epoch,
+                                member.next_seq - 1
+                            ),
+                        ));
+                    }
+                } else {
+                    view.rooms.insert(
+                        room,
+                        Membership {
+                            epoch: epoch.to_owned(),
+                            joined_at: seq,
+                            next_seq: seq + 1,
+                        },
+                    );
+                }
+            }
+            Sent::Leave(room) if message.kind == "system_info" => {
+                view.rooms.remove(&room);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The client's connection ended: `Some(code)` for a server close frame,
+    /// `None` for a transport loss or the client's own close.
+    pub fn ended(&mut self, client: ClientKey, code: Option<u16>) -> Result<(), Violation> {
+        let view = self.view(client);
+        view.ended = Some(code);
+        view.rooms.clear();
+        view.pending.clear();
+        match code {
+            Some(code) if !EXPLAINING_CLOSE_CODES.contains(&code) && code != 1000 => {
+                Err(violation(
+                    client,
+                    "explained closes",
+                    format!("closed with unexpected code {code}"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Clients whose connection is still open.
+    pub fn open_clients(&self) -> usize {
+        self.clients.values().filter(|v| v.ended.is_none()).count()
+    }
+
+    /// Checks the quiet state: every open client got every reply and has
+    /// caught up with every room it is in, and the server counts
+    /// `server_connections` = the open clients.
+    pub fn check_quiescent(&self, server_connections: usize) -> Result<(), Violation> {
+        for (&client, view) in &self.clients {
+            if view.ended.is_some() {
+                continue;
+            }
+            if let Some((id, asked)) = view.pending.iter().next() {
+                return Err(violation(
+                    client,
+                    "one reply per request",
+                    format!("request {id} ({asked:?}) never answered"),
+                ));
+            }
+            for (room, member) in &view.rooms {
+                let last = self
+                    .published
+                    .get(&(room.clone(), member.epoch.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                let expected = last.max(member.joined_at);
+                if member.next_seq != expected + 1 {
+                    return Err(violation(
+                        client,
+                        "gapless in-order delivery",
+                        format!(
+                            "room {room}: last received seq {}, last published {expected}",
+                            member.next_seq - 1
+                        ),
+                    ));
+                }
+            }
+        }
+        let open = self.open_clients();
+        if open != server_connections {
+            return Err(violation(
+                0,
+                "no leaked connections",
+                format!("server counts {server_connections} connections, {open} clients are open"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn violation(client: ClientKey, invariant: &'static str, detail: String) -> Violation {
+    Violation {
+        client,
+        invariant,
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The oracle's self-test: every check fails on a trace with its planted defect.
+    use super::*;
+
+    fn msg(text: &str) -> Observed {
+        Observed::parse(text).unwrap()
+    }
+
+    fn broadcast(room: &str, seq: u64) -> Observed {
+        msg(&format!(
+            r#"{{"type":"queue_status","room":"{room}","seq":{seq},"data":{{}}}}"#
+        ))
+    }
+
+    /// Client 1 joined room r at seq 0 of epoch e.
+    fn joined() -> Oracle {
+        let mut oracle = Oracle::new();
+        oracle.opened(1);
+        oracle.sent(1, "1".into(), Sent::Join("r".into())).unwrap();
+        oracle
+            .received(
+                1,
+                &msg(r#"{"type":"system_info","id":1,"data":{"room":"r","seq":0,"epoch":"e"}}"#),
+            )
+            .unwrap();
+        oracle
+    }
+
+    #[test]
+    fn a_clean_trace_passes() {
+        let mut oracle = joined();
+        for seq in 1..=3 {
+            oracle.published("r", "e", seq);
+            oracle.received(1, &broadcast("r", seq)).unwrap();
+        }
+        oracle.check_quiescent(1).unwrap();
+        oracle.ended(1, Some(4008)).unwrap();
+        oracle.check_quiescent(0).unwrap();
+    }
+
+    #[test]
+    fn planted_missing_message_in_the_middle() {
+        let mut oracle = joined();
+        oracle.received(1, &broadcast("r", 1)).unwrap();
+        let v = oracle.received(1, &broadcast("r", 3)).unwrap_err();
+        assert_eq!(v.invariant, "gapless in-order delivery");
+    }
+
+    #[test]
+    fn planted_missing_message_at_the_tail() {
+        let mut oracle = joined();
+        oracle.published("r", "e", 1);
+        oracle.published("r", "e", 2);
+        oracle.received(1, &broadcast("r", 1)).unwrap();
+        assert_eq!(
+            oracle.check_quiescent(1).unwrap_err().invariant,
+            "gapless in-order delivery"
+        );
+    }
+
+    #[test]
+    fn planted_duplicate() {
+        let mut oracle = joined();
+        oracle.received(1, &broadcast("r", 1)).unwrap();
+        let v = oracle.received(1, &broadcast("r", 1)).unwrap_err();
+        assert!(v.detail.contains("duplicate"), "{v}");
+    }
+
+    #[test]
+    fn planted_reordering() {
+        let mut oracle = joined();
+        oracle.received(1, &broadcast("r", 2)).unwrap_err();
+        let mut oracle = joined();
+        oracle.received(1, &broadcast("r", 1)).unwrap();
+        oracle.received(1, &broadcast("r", 2)).unwrap();
+        assert!(oracle.received(1, &broadcast("r", 1)).is_err());
+    }
+
+    #[test]
+    fn planted_message_to_non_member() {
+        let mut oracle = joined();
+        let v = oracle.received(1, &broadcast("other", 1)).unwrap_err();
+        assert_eq!(v.invariant, "no message to non-members");
+        // After a confirmed leave, the room's messages are violations too.
+        let mut oracle = joined();
+        oracle.sent(1, "2".into(), Sent::Leave("r".into())).unwrap();
+        oracle
+            .received(
+                1,
+                &msg(r#"{"type":"system_info","id":2,"data":{"room":"r"}}"#),
+            )
+            .unwrap();
+        assert!(oracle.received(1, &broadcast("r", 1)).is_err());
+    }
+
+    #[test]
+    fn planted_leaked_connection() {
+        let mut oracle = joined();
+        oracle.ended(1, None).unwrap();
+        let v = oracle.check_quiescent(1).unwrap_err();
+        assert_eq!(v.invariant, "no leaked connections");
+    }
+
+    #[test]
+    fn planted_missing_and_unknown_replies() {
+        let mut oracle = joined();
+        oracle.sent(1, "\"p\"".into(), Sent::Other).unwrap();
+        assert_eq!(
+            oracle.check_quiescent(1).unwrap_err().invariant,
+            "one reply per request"
+        );
+        let v = oracle
+            .received(1, &msg(r#"{"type":"pong","id":"q","data":{}}"#))
+            .unwrap_err();
+        assert_eq!(v.invariant, "one reply per request");
+    }
+
+    #[test]
+    fn planted_unexplained_close_and_late_message() {
+        let mut oracle = joined();
+        assert_eq!(
+            oracle.ended(1, Some(1011)).unwrap_err().invariant,
+            "explained closes"
+        );
+        assert_eq!(
+            oracle
+                .received(1, &broadcast("r", 1))
+                .unwrap_err()
+                .invariant,
+            "nothing after close"
+        );
+    }
+}

@@ -1,0 +1,553 @@
+//! Tier 1: the pure core driven by a seeded workload on a virtual clock that
+//! jumps from event to event. Thousands of virtual clients join, leave,
+//! ping, send garbage, crash, stall (stop reading) and resume, while the
+//! publisher broadcasts; every output goes through the [`Oracle`], and
+//! [`Core::check_invariants`] runs periodically and at the end.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use roomcast_core::oracle::{ClientKey, Observed, Oracle, Sent, Violation};
+use roomcast_core::publish::DirectMessage;
+use roomcast_core::{
+    ConnectionId, Core, CoreConfig, Identity, Input, Now, Output, Publish, Response, RoomName,
+    SendTarget, TextFrame, User,
+};
+use serde_json::{json, Map};
+
+use crate::report::{Failure, Recent, Summary};
+use crate::rng::{SimRng, TraceHash};
+use crate::swarm::{Action, Mix, ACTIONS};
+
+/// Wall-clock origin of simulated envelopes (fixed: runs must repeat).
+const START_UNIX_MS: i64 = 1_760_000_000_000;
+/// Structural invariants are checked every this many events (and at the end).
+const INVARIANT_EVERY: u64 = 4096;
+
+/// Messages no server should accept, with whether they carry an id.
+const GARBAGE: [(&str, bool); 8] = [
+    ("not json at all", false),
+    ("[1,2,3]", false),
+    ("{\"action\":5}", false),
+    (
+        "{\"action\":\"join\",\"data\":{\"room\":\"bad room\"},\"id\":ID}",
+        true,
+    ),
+    ("{\"action\":\"fly\",\"id\":ID}", true),
+    ("{\"action\":\"join\",\"data\":[],\"id\":ID}", true),
+    ("{\"action\":\"leave\",\"id\":ID}", true),
+    ("{\"id\":ID}", true),
+];
+
+struct SimClient {
+    conn: ConnectionId,
+    next_request: u64,
+    /// Frames the server wrote that the stalled client has not read.
+    unread: Vec<TextFrame>,
+    stalled: bool,
+}
+
+struct CoreSim {
+    mix: Mix,
+    rng: SimRng,
+    core: Core,
+    oracle: Oracle,
+    clients: BTreeMap<ClientKey, SimClient>,
+    /// Open client keys, for uniform picks.
+    open: Vec<ClientKey>,
+    by_conn: HashMap<ConnectionId, ClientKey>,
+    next_client: ClientKey,
+    now_us: u64,
+    events: u64,
+    deliveries: u64,
+    closes: BTreeMap<u16, u64>,
+    trace: TraceHash,
+    recent: Recent,
+}
+
+/// Runs one core-tier simulation of `events` inputs.
+pub fn run(seed: u64, clients: usize, events: u64) -> Result<Summary, Failure> {
+    let started = Instant::now();
+    let mut rng = SimRng::new(seed ^ 0xC0DE);
+    let mix = Mix::draw(&mut rng, clients);
+    let config = CoreConfig {
+        limits: mix.limits.clone(),
+        epoch_prefix: format!("s{seed}"),
+        ..CoreConfig::default()
+    };
+    let mut sim = CoreSim {
+        rng,
+        core: Core::new(config),
+        oracle: Oracle::new(),
+        clients: BTreeMap::new(),
+        open: Vec::new(),
+        by_conn: HashMap::new(),
+        next_client: 1,
+        now_us: 0,
+        events: 0,
+        deliveries: 0,
+        closes: BTreeMap::new(),
+        trace: TraceHash::default(),
+        recent: Recent::default(),
+        mix,
+    };
+    let reproduce = format!("cargo run --release -p roomcast-sim -- --tier core --seed {seed} --clients {clients} --events {events}");
+    sim.run(events).map_err(|(invariant, detail)| Failure {
+        tier: "core",
+        seed,
+        invariant,
+        detail,
+        recent: sim.recent.lines(),
+        reproduce,
+    })?;
+    Ok(Summary {
+        tier: "core",
+        seed,
+        clients: sim.next_client - 1,
+        events: sim.events,
+        deliveries: sim.deliveries,
+        closes: sim.closes,
+        trace_hash: sim.trace.hex(),
+        wall: started.elapsed(),
+    })
+}
+
+type SimError = (String, String);
+
+fn oracle_error(v: Violation) -> SimError {
+    (v.invariant.to_owned(), v.to_string())
+}
+
+impl CoreSim {
+    fn now(&self) -> Now {
+        Now::from_start(START_UNIX_MS, self.now_us)
+    }
+
+    fn run(&mut self, events: u64) -> Result<(), SimError> {
+        while self.events < events {
+            self.now_us += self.rng.below(self.mix.event_gap_us_max) + 1;
+            if self.core.poll_timeout().is_some_and(|at| at <= self.now_us) {
+                self.input(0, "timeout", Input::Timeout)?;
+            }
+            let action = ACTIONS[self.rng.weighted(&self.mix.weights)];
+            self.act(action)?;
+            if self.events % INVARIANT_EVERY < 2 {
+                self.core
+                    .check_invariants()
+                    .map_err(|e| ("core invariants".to_owned(), e))?;
+            }
+        }
+        self.quiesce()
+    }
+
+    /// Heal and settle: every client reads what it was sent, then the oracle
+    /// checks completeness; then everyone leaves and nothing may remain.
+    fn quiesce(&mut self) -> Result<(), SimError> {
+        let stalled: Vec<ClientKey> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.stalled)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stalled {
+            self.unstall(key)?;
+        }
+        self.core
+            .check_invariants()
+            .map_err(|e| ("core invariants".to_owned(), e))?;
+        self.oracle
+            .check_quiescent(self.core.connection_count())
+            .map_err(oracle_error)?;
+        let keys: Vec<ClientKey> = self.clients.keys().copied().collect();
+        for key in keys {
+            self.crash(key)?;
+        }
+        self.core
+            .check_invariants()
+            .map_err(|e| ("core invariants".to_owned(), e))?;
+        if self.core.connection_count() != 0 || self.core.room_count() != 0 {
+            return Err((
+                "nothing left after everyone leaves".into(),
+                format!(
+                    "{} connections and {} rooms remain",
+                    self.core.connection_count(),
+                    self.core.room_count()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Feeds one input, then routes every output to its client.
+    fn input(
+        &mut self,
+        client: ClientKey,
+        what: &'static str,
+        input: Input<'_>,
+    ) -> Result<Response, SimError> {
+        self.events += 1;
+        self.recent.push(self.now_us, client, what, 0);
+        self.trace.bytes(what.as_bytes());
+        self.trace.number(client);
+        let response = self.core.handle(self.now(), input);
+        self.route()?;
+        Ok(response)
+    }
+
+    fn route(&mut self) -> Result<(), SimError> {
+        // Broadcast frames are shared: parse each distinct frame once. The
+        // map holds the frame so its address cannot be reused meanwhile.
+        let mut parsed: HashMap<*const u8, (TextFrame, Observed)> = HashMap::new();
+        let mut acks: Vec<(ConnectionId, usize)> = Vec::new();
+        let mut pongs: Vec<ConnectionId> = Vec::new();
+        while let Some(output) = self.core.poll_output() {
+            let Some(&key) = self.by_conn.get(&output.conn()) else {
+                return Err((
+                    "outputs only for open connections".into(),
+                    format!("{output:?}"),
+                ));
+            };
+            self.trace.number(key);
+            match output {
+                Output::Send { conn, frame } => {
+                    self.trace.bytes(frame.bytes());
+                    let client = self
+                        .clients
+                        .get_mut(&key)
+                        .ok_or_else(|| ("client table".to_owned(), String::new()))?;
+                    if client.stalled {
+                        client.unread.push(frame);
+                        continue;
+                    }
+                    let length = frame.len();
+                    let (_, observed) = parsed.entry(frame.bytes().as_ptr()).or_insert_with(|| {
+                        (
+                            frame.clone(),
+                            Observed::parse(frame.as_str()).unwrap_or_default(),
+                        )
+                    });
+                    if observed.seq.is_some() {
+                        self.deliveries += 1;
+                        self.recent
+                            .push(self.now_us, key, "recv-seq", observed.seq.unwrap_or(0));
+                    }
+                    self.oracle.received(key, observed).map_err(oracle_error)?;
+                    acks.push((conn, length));
+                }
+                Output::Ping { conn } => {
+                    self.trace.bytes(b"ping");
+                    if !self.clients.get(&key).is_some_and(|c| c.stalled) {
+                        pongs.push(conn);
+                    }
+                }
+                Output::Close { conn: _, code } => {
+                    let code = code.code();
+                    self.trace.number(u64::from(code));
+                    self.recent
+                        .push(self.now_us, key, "server-close", u64::from(code));
+                    *self.closes.entry(code).or_default() += 1;
+                    // The client reads what was written before the close frame.
+                    let unread = self
+                        .clients
+                        .get_mut(&key)
+                        .map(|c| std::mem::take(&mut c.unread))
+                        .unwrap_or_default();
+                    for frame in unread {
+                        let observed = Observed::parse(frame.as_str()).unwrap_or_default();
+                        self.oracle.received(key, &observed).map_err(oracle_error)?;
+                    }
+                    self.oracle.ended(key, Some(code)).map_err(oracle_error)?;
+                    self.forget(key);
+                }
+            }
+        }
+        // The client read those frames: report them written (slow-consumer accounting).
+        let now = self.now();
+        for (conn, bytes) in acks {
+            self.events += 1;
+            self.core.handle(now, Input::Written { conn, bytes });
+        }
+        for conn in pongs {
+            self.events += 1;
+            self.core.handle(now, Input::Pong { conn });
+        }
+        Ok(())
+    }
+
+    fn forget(&mut self, key: ClientKey) {
+        if let Some(client) = self.clients.remove(&key) {
+            self.by_conn.remove(&client.conn);
+            if let Some(index) = self.open.iter().position(|k| *k == key) {
+                self.open.swap_remove(index);
+            }
+        }
+    }
+
+    fn pick_client(&mut self) -> Option<ClientKey> {
+        if self.open.is_empty() {
+            return None;
+        }
+        Some(self.open[self.rng.below(self.open.len() as u64) as usize])
+    }
+
+    fn room(&mut self) -> String {
+        format!("room-{}", self.rng.below(self.mix.rooms as u64))
+    }
+
+    fn act(&mut self, action: Action) -> Result<(), SimError> {
+        if action == Action::Open {
+            return self.open_client();
+        }
+        if action == Action::Broadcast {
+            return self.broadcast();
+        }
+        if action == Action::Direct {
+            let user = format!("user-{}", self.rng.below(self.mix.users as u64));
+            let message = DirectMessage {
+                target: SendTarget::User(user),
+                kind: "system_info".into(),
+                data: Map::new(),
+            };
+            self.input(0, "direct", Input::Send(message))?;
+            return Ok(());
+        }
+        let Some(key) = self.pick_client() else {
+            return Ok(());
+        };
+        match action {
+            Action::Join | Action::Leave | Action::Presence => {
+                let room = self.room();
+                let (verb, sent) = match action {
+                    Action::Join => ("join", Sent::Join(room.clone())),
+                    Action::Leave => ("leave", Sent::Leave(room.clone())),
+                    _ => ("presence", Sent::Other),
+                };
+                let top_level = action != Action::Presence && self.rng.chance(200_000);
+                let id = self.next_request(key);
+                let text = if top_level {
+                    json!({"action": verb, "room": room, "id": id}).to_string()
+                } else {
+                    json!({"action": verb, "data": {"room": room}, "id": id}).to_string()
+                };
+                self.request(key, verb_tag(verb), id, sent, &text)
+            }
+            Action::Ping => {
+                let id = self.next_request(key);
+                self.request(
+                    key,
+                    "ping",
+                    id,
+                    Sent::Other,
+                    &format!("{{\"action\":\"ping\",\"id\":{id}}}"),
+                )
+            }
+            Action::Garbage => {
+                let (template, has_id) = GARBAGE[self.rng.below(GARBAGE.len() as u64) as usize];
+                if has_id {
+                    let id = self.next_request(key);
+                    self.request(
+                        key,
+                        "garbage",
+                        id,
+                        Sent::Other,
+                        &template.replace("ID", &id.to_string()),
+                    )
+                } else {
+                    let conn = self.clients[&key].conn;
+                    self.input(
+                        key,
+                        "garbage",
+                        Input::Text {
+                            conn,
+                            text: template,
+                        },
+                    )
+                    .map(drop)
+                }
+            }
+            Action::Binary => {
+                let conn = self.clients[&key].conn;
+                self.input(key, "binary", Input::Binary { conn }).map(drop)
+            }
+            Action::Crash => self.crash(key),
+            Action::Stall => {
+                if let Some(client) = self.clients.get_mut(&key) {
+                    client.stalled = true;
+                }
+                self.recent.push(self.now_us, key, "stall", 0);
+                Ok(())
+            }
+            Action::Unstall => {
+                // Unstall a random stalled client, if any (a random open client would rarely be one).
+                let stalled: Vec<ClientKey> = self
+                    .clients
+                    .iter()
+                    .filter(|(_, c)| c.stalled)
+                    .map(|(k, _)| *k)
+                    .collect();
+                match stalled.len() {
+                    0 => Ok(()),
+                    n => {
+                        let pick = stalled[self.rng.below(n as u64) as usize];
+                        self.unstall(pick)
+                    }
+                }
+            }
+            Action::Burst => {
+                for _ in 0..self.rng.range(10, 80) {
+                    if !self.clients.contains_key(&key) {
+                        break;
+                    }
+                    let id = self.next_request(key);
+                    self.request(
+                        key,
+                        "burst-ping",
+                        id,
+                        Sent::Other,
+                        &format!("{{\"action\":\"ping\",\"id\":{id}}}"),
+                    )?;
+                }
+                Ok(())
+            }
+            Action::Open | Action::Broadcast | Action::Direct => Ok(()),
+        }
+    }
+
+    fn next_request(&mut self, key: ClientKey) -> u64 {
+        let client = self.clients.get_mut(&key).expect("picked clients are open");
+        client.next_request += 1;
+        client.next_request
+    }
+
+    fn request(
+        &mut self,
+        key: ClientKey,
+        what: &'static str,
+        id: u64,
+        sent: Sent,
+        text: &str,
+    ) -> Result<(), SimError> {
+        self.oracle
+            .sent(key, id.to_string(), sent)
+            .map_err(oracle_error)?;
+        let conn = self.clients[&key].conn;
+        self.input(key, what, Input::Text { conn, text }).map(drop)
+    }
+
+    fn open_client(&mut self) -> Result<(), SimError> {
+        if self.open.len() >= self.mix.clients {
+            return Ok(());
+        }
+        let key = self.next_client;
+        self.next_client += 1;
+        let conn =
+            ConnectionId::from_u128((u128::from(self.rng.next_u64()) << 64) | u128::from(key));
+        let identity = if self.rng.below(100) < self.mix.authenticated_percent {
+            let expires = if self.rng.below(100) < self.mix.expiring_percent {
+                Some(
+                    START_UNIX_MS
+                        + (self.now_us / 1000) as i64
+                        + self.rng.range(100, 20_000) as i64,
+                )
+            } else {
+                None
+            };
+            Identity::User(User {
+                id: format!("user-{}", self.rng.below(self.mix.users as u64)),
+                scopes: Vec::new(),
+                expires_unix_ms: expires,
+            })
+        } else {
+            Identity::Anonymous
+        };
+        self.clients.insert(
+            key,
+            SimClient {
+                conn,
+                next_request: 0,
+                unread: Vec::new(),
+                stalled: false,
+            },
+        );
+        self.open.push(key);
+        self.by_conn.insert(conn, key);
+        self.oracle.opened(key);
+        self.input(key, "open", Input::Open { conn, identity })
+            .map(drop)
+    }
+
+    fn crash(&mut self, key: ClientKey) -> Result<(), SimError> {
+        let Some(conn) = self.clients.get(&key).map(|c| c.conn) else {
+            return Ok(());
+        };
+        self.oracle.ended(key, None).map_err(oracle_error)?;
+        self.forget(key);
+        self.input(key, "crash", Input::Closed { conn }).map(drop)
+    }
+
+    fn unstall(&mut self, key: ClientKey) -> Result<(), SimError> {
+        let Some(client) = self.clients.get_mut(&key) else {
+            return Ok(());
+        };
+        client.stalled = false;
+        let conn = client.conn;
+        let unread = std::mem::take(&mut client.unread);
+        self.recent
+            .push(self.now_us, key, "unstall", unread.len() as u64);
+        let mut bytes = 0;
+        for frame in &unread {
+            let observed = Observed::parse(frame.as_str()).unwrap_or_default();
+            if observed.seq.is_some() {
+                self.deliveries += 1;
+            }
+            self.oracle.received(key, &observed).map_err(oracle_error)?;
+            bytes += frame.len();
+        }
+        self.input(key, "written", Input::Written { conn, bytes })
+            .map(drop)
+    }
+
+    fn broadcast(&mut self) -> Result<(), SimError> {
+        let count = self.rng.range(1, 3);
+        let mut rooms = Vec::new();
+        for _ in 0..count {
+            let room = RoomName::new(&self.room()).expect("generated room names are valid");
+            if !rooms.contains(&room) {
+                rooms.push(room);
+            }
+        }
+        let (kind, data) = if self.rng.chance(500_000) {
+            (
+                "download_progress",
+                json!({"key": "attack-on-titan", "download_id": self.events, "percent": 50}),
+            )
+        } else {
+            ("queue_status", json!({"pending": self.events}))
+        };
+        let serde_json::Value::Object(data) = data else {
+            unreachable!("json! object")
+        };
+        let publish = Publish {
+            rooms,
+            kind: kind.into(),
+            data,
+        };
+        if let Response::Published(receipt) =
+            self.input(0, "broadcast", Input::Broadcast(publish))?
+        {
+            for room in receipt.rooms {
+                self.oracle
+                    .published(room.room.as_str(), &room.epoch, room.seq);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn verb_tag(verb: &str) -> &'static str {
+    match verb {
+        "join" => "join",
+        "leave" => "leave",
+        _ => "presence",
+    }
+}
