@@ -24,6 +24,8 @@
 pub mod auth;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod http;
 pub mod hub;
 pub mod listener;

@@ -1,0 +1,520 @@
+//! The bodies of roomcast's fuzz targets (feature `fuzzing`).
+//!
+//! Each is a `fn(&[u8])` that panics on a broken property. cargo-fuzz
+//! (`fuzz/`) calls them with generated inputs; `cargo test` replays the
+//! checked-in corpus and every crash artifact through the same functions
+//! (`sim/tests/fuzz_corpus.rs`), so a fixed crash cannot come back.
+
+use arbitrary::{Arbitrary, Unstructured};
+use hyper::header::{HeaderValue, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
+use hyper::HeaderMap;
+use roomcast_core::envelope::{envelope, RoomStamp};
+use roomcast_core::oracle::{Observed, Oracle, Sent};
+use roomcast_core::publish::{
+    is_url_safe_key, parse_broadcast_body, parse_send_body, validate_message,
+};
+use roomcast_core::request::parse_request;
+use roomcast_core::{
+    CloseCode, ConnectionId, Core, CoreConfig, ErrorCode, Identity, Input, Limits, MessageTypes,
+    Now, Output, Publish, Response, RoomName, User,
+};
+use serde_json::{Map, Value};
+
+use crate::auth::{extract_token, Claims, TokenVerifier};
+use crate::config::AuthConfig;
+
+/// Every target, by name (the fuzz crate's binaries and the corpus folders).
+pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+    ("client_message", client_message),
+    ("core_events", core_events),
+    ("publish_body", publish_body),
+    ("token", token),
+    ("envelope", envelope_round_trip),
+];
+
+fn generous_limits() -> Limits {
+    Limits {
+        messages_per_second: 1_000_000,
+        message_burst: 1_000_000,
+        ..Limits::default()
+    }
+}
+
+/// Client message parsing: every input maps to exactly one request or one
+/// protocol error; valid requests round-trip; the core answers it with
+/// exactly one well-formed reply.
+pub fn client_message(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match parse_request(&text) {
+        Ok(request) => {
+            let again = parse_request(&request.to_json());
+            assert_eq!(
+                again.as_ref(),
+                Ok(&request),
+                "valid requests re-parse to the same value"
+            );
+        }
+        Err(rejection) => {
+            assert!(ErrorCode::ALL.contains(&rejection.code));
+            assert!(!rejection.message.is_empty(), "errors explain themselves");
+        }
+    }
+    let mut core = Core::new(CoreConfig {
+        limits: generous_limits(),
+        ..CoreConfig::default()
+    });
+    let conn = ConnectionId::from_u128(1);
+    core.handle(
+        Now::default(),
+        Input::Open {
+            conn,
+            identity: Identity::Anonymous,
+        },
+    );
+    while core.poll_output().is_some() {}
+    core.handle(Now::default(), Input::Text { conn, text: &text });
+    let mut replies = 0;
+    while let Some(output) = core.poll_output() {
+        let Output::Send { frame, .. } = output else {
+            panic!("a client message never closes: {output:?}")
+        };
+        let reply: Value = serde_json::from_str(frame.as_str()).expect("replies are JSON");
+        assert!(reply["type"].is_string() && reply["timestamp"].is_string());
+        replies += 1;
+    }
+    assert_eq!(replies, 1, "exactly one reply per message");
+    core.check_invariants().expect("invariants hold");
+}
+
+/// One step of a structured core workload.
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Open {
+        client: u8,
+        user: Option<u8>,
+        expires_in_ms: Option<u16>,
+    },
+    Join {
+        client: u8,
+        room: u8,
+        top_level: bool,
+    },
+    Leave {
+        client: u8,
+        room: u8,
+    },
+    Ping {
+        client: u8,
+    },
+    Presence {
+        client: u8,
+        room: u8,
+    },
+    Raw {
+        client: u8,
+        text: String,
+    },
+    Binary {
+        client: u8,
+    },
+    Close {
+        client: u8,
+    },
+    Abort {
+        client: u8,
+    },
+    Broadcast {
+        rooms: Vec<u8>,
+        progress: bool,
+    },
+    Send {
+        user: u8,
+    },
+    Written {
+        client: u8,
+        bytes: u16,
+    },
+    Advance {
+        ms: u16,
+    },
+    Shutdown,
+}
+
+const CLIENTS: u8 = 6;
+const ROOMS: u8 = 4;
+
+/// Core event sequences: any sequence of opens, frames, closes, broadcasts
+/// and time steps keeps the structural invariants after every step, and the
+/// delivery oracle sees no gap, duplicate, stray message or missing reply.
+pub fn core_events(data: &[u8]) {
+    let mut source = Unstructured::new(data);
+    let Ok(ops) = Vec::<Op>::arbitrary(&mut source) else {
+        return;
+    };
+    let limits = Limits {
+        rooms_per_connection_max: 2,
+        outbound_queue_bytes_max: 4_096,
+        messages_per_second: 20,
+        message_burst: 5,
+        rate_violations_max: 3,
+        ping_interval_ms: 1_000,
+        idle_timeout_ms: 3_000,
+        ..Limits::default()
+    };
+    let mut core = Core::new(CoreConfig {
+        limits,
+        ..CoreConfig::default()
+    });
+    let mut oracle = Oracle::new();
+    // client index → (oracle key, connection) of its current connection
+    let mut live: [Option<(u64, ConnectionId)>; CLIENTS as usize] = [None; CLIENTS as usize];
+    let mut next_key = 1u64;
+    let mut next_id = 0u64;
+    let mut now_us = 0u64;
+    let room = |r: u8| format!("r{}", r % ROOMS);
+    for op in ops {
+        let now = Now::from_start(0, now_us);
+        let slot = |c: u8| (c % CLIENTS) as usize;
+        let mut request = |oracle: &mut Oracle, key: u64, sent: Sent| {
+            next_id += 1;
+            oracle
+                .sent(key, next_id.to_string(), sent)
+                .expect("ids are fresh");
+            next_id
+        };
+        match op {
+            Op::Open {
+                client,
+                user,
+                expires_in_ms,
+            } => {
+                if live[slot(client)].is_some() {
+                    continue;
+                }
+                let conn = ConnectionId::from_u128(u128::from(next_key));
+                let identity = match user {
+                    None => Identity::Anonymous,
+                    Some(u) => Identity::User(User {
+                        id: format!("u{}", u % 3),
+                        scopes: vec!["publish".into()],
+                        expires_unix_ms: expires_in_ms.map(|ms| now.unix_ms + i64::from(ms)),
+                    }),
+                };
+                live[slot(client)] = Some((next_key, conn));
+                oracle.opened(next_key);
+                next_key += 1;
+                core.handle(now, Input::Open { conn, identity });
+            }
+            Op::Join {
+                client,
+                room: r,
+                top_level,
+            } => {
+                let Some((key, conn)) = live[slot(client)] else {
+                    continue;
+                };
+                let id = request(&mut oracle, key, Sent::Join(room(r)));
+                let text = if top_level {
+                    format!(r#"{{"action":"join","room":"{}","id":{id}}}"#, room(r))
+                } else {
+                    format!(
+                        r#"{{"action":"join","data":{{"room":"{}"}},"id":{id}}}"#,
+                        room(r)
+                    )
+                };
+                core.handle(now, Input::Text { conn, text: &text });
+            }
+            Op::Leave { client, room: r } => {
+                let Some((key, conn)) = live[slot(client)] else {
+                    continue;
+                };
+                let id = request(&mut oracle, key, Sent::Leave(room(r)));
+                let text = format!(
+                    r#"{{"action":"leave","data":{{"room":"{}"}},"id":{id}}}"#,
+                    room(r)
+                );
+                core.handle(now, Input::Text { conn, text: &text });
+            }
+            Op::Ping { client } | Op::Presence { client, .. } => {
+                let Some((key, conn)) = live[slot(client)] else {
+                    continue;
+                };
+                let id = request(&mut oracle, key, Sent::Other);
+                let text = match op {
+                    Op::Presence { room: r, .. } => format!(
+                        r#"{{"action":"presence","data":{{"room":"{}"}},"id":{id}}}"#,
+                        room(r)
+                    ),
+                    _ => format!(r#"{{"action":"ping","id":{id}}}"#),
+                };
+                core.handle(now, Input::Text { conn, text: &text });
+            }
+            Op::Raw { client, text } => {
+                let Some((_, conn)) = live[slot(client)] else {
+                    continue;
+                };
+                // Only texts the server rejects without an id: anything else
+                // would change membership or expect a reply behind the oracle's back.
+                match parse_request(&text) {
+                    Err(rejection) if rejection.id.is_none() => {}
+                    _ => continue,
+                }
+                core.handle(now, Input::Text { conn, text: &text });
+            }
+            Op::Binary { client } => {
+                let Some((_, conn)) = live[slot(client)] else {
+                    continue;
+                };
+                core.handle(now, Input::Binary { conn });
+            }
+            Op::Close { client } => {
+                let Some((key, conn)) = live[slot(client)].take() else {
+                    continue;
+                };
+                oracle
+                    .ended(key, None)
+                    .expect("a client's own close is always fine");
+                core.handle(now, Input::Closed { conn });
+            }
+            Op::Abort { client } => {
+                // The one abort a healthy shell sends (1011 would be a server fault).
+                let Some((_, conn)) = live[slot(client)] else {
+                    continue;
+                };
+                core.handle(
+                    now,
+                    Input::Abort {
+                        conn,
+                        code: CloseCode::MessageTooBig,
+                    },
+                );
+            }
+            Op::Broadcast { rooms, progress } => {
+                let mut names: Vec<RoomName> = rooms
+                    .iter()
+                    .take(3)
+                    .filter_map(|r| RoomName::new(&room(*r)))
+                    .collect();
+                names.dedup();
+                if names.is_empty() {
+                    continue;
+                }
+                let (kind, data) = if progress {
+                    (
+                        "download_progress",
+                        serde_json::json!({"key": "k", "percent": now_us % 100}),
+                    )
+                } else {
+                    ("queue_status", serde_json::json!({"n": now_us}))
+                };
+                let Value::Object(data) = data else { continue };
+                let publish = Publish {
+                    rooms: names,
+                    kind: kind.into(),
+                    data,
+                };
+                if let Response::Published(receipt) = core.handle(now, Input::Broadcast(publish)) {
+                    for r in receipt.rooms {
+                        oracle.published(r.room.as_str(), &r.epoch, r.seq);
+                    }
+                }
+            }
+            Op::Send { user } => {
+                let message = roomcast_core::publish::DirectMessage {
+                    target: roomcast_core::SendTarget::User(format!("u{}", user % 3)),
+                    kind: "system_info".into(),
+                    data: Map::new(),
+                };
+                core.handle(now, Input::Send(message));
+            }
+            Op::Written { client, bytes } => {
+                let Some((_, conn)) = live[slot(client)] else {
+                    continue;
+                };
+                core.handle(
+                    now,
+                    Input::Written {
+                        conn,
+                        bytes: usize::from(bytes),
+                    },
+                );
+            }
+            Op::Advance { ms } => {
+                now_us += u64::from(ms) * 1000;
+                core.handle(Now::from_start(0, now_us), Input::Timeout);
+            }
+            Op::Shutdown => {
+                core.handle(now, Input::Shutdown);
+            }
+        }
+        // Deliver every output to the oracle.
+        while let Some(output) = core.poll_output() {
+            let index = live
+                .iter()
+                .position(|l| l.is_some_and(|(_, c)| c == output.conn()));
+            let Some(index) = index else {
+                panic!("output for a connection that is not open: {output:?}")
+            };
+            let (key, conn) = live[index].expect("found above");
+            match output {
+                Output::Send { frame, .. } => {
+                    let observed =
+                        Observed::parse(frame.as_str()).expect("server frames are JSON objects");
+                    if let Err(violation) = oracle.received(key, &observed) {
+                        panic!("{violation}");
+                    }
+                    // The client reads promptly: acknowledge the write.
+                    core.handle(
+                        now_at(now_us),
+                        Input::Written {
+                            conn,
+                            bytes: frame.len(),
+                        },
+                    );
+                }
+                Output::Ping { .. } => {
+                    core.handle(now_at(now_us), Input::Pong { conn });
+                }
+                Output::Close { code, .. } => {
+                    live[index] = None;
+                    if let Err(violation) = oracle.ended(key, Some(code.code())) {
+                        panic!("{violation}");
+                    }
+                }
+            }
+        }
+        if let Err(broken) = core.check_invariants() {
+            panic!("invariant broken: {broken}");
+        }
+    }
+    if let Err(violation) = oracle.check_quiescent(core.connection_count()) {
+        panic!("{violation}");
+    }
+    for (_, conn) in live.iter().flatten() {
+        core.handle(now_at(now_us), Input::Closed { conn: *conn });
+    }
+    assert_eq!(
+        (core.connection_count(), core.room_count()),
+        (0, 0),
+        "nothing left after everyone leaves"
+    );
+    core.check_invariants().expect("invariants hold when empty");
+}
+
+fn now_at(us: u64) -> Now {
+    Now::from_start(0, us)
+}
+
+/// HTTP publish/send bodies: no panic; whatever is accepted satisfies the
+/// room-name, message-type and series-`key` rules.
+pub fn publish_body(data: &[u8]) {
+    let types = MessageTypes::default();
+    let limits = Limits::default();
+    if let Ok(publish) = parse_broadcast_body(data, &types, &limits) {
+        assert!(!publish.rooms.is_empty() && publish.rooms.len() <= limits.broadcast_rooms_max);
+        for room in &publish.rooms {
+            assert_eq!(RoomName::new(room.as_str()).as_ref(), Some(room));
+        }
+        assert!(validate_message(&types, &publish.kind, &publish.data).is_ok());
+        if publish.kind.starts_with("download_") {
+            let key = publish
+                .data
+                .get("key")
+                .and_then(Value::as_str)
+                .expect("download events carry a key");
+            assert!(is_url_safe_key(key));
+        }
+    }
+    if let Ok(message) = parse_send_body(data, &types) {
+        assert!(validate_message(&types, &message.kind, &message.data).is_ok());
+    }
+}
+
+const FUZZ_SECRET: &str = "fuzz-secret";
+
+fn fuzz_verifier() -> TokenVerifier {
+    TokenVerifier::from_config(&AuthConfig {
+        jwt_secret: Some(FUZZ_SECRET.into()),
+        ..AuthConfig::default()
+    })
+    .expect("HS256 with a secret is a valid configuration")
+}
+
+/// Token extraction and verification: never a panic, never an accepted
+/// forgery. Input: three newline-separated parts (Authorization header,
+/// subprotocol header, query string); the extracted token is verified.
+pub fn token(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(3, '\n');
+    let (authorization, protocols, query) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next(),
+    );
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(authorization) {
+        headers.insert(AUTHORIZATION, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(protocols) {
+        headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
+    }
+    let verifier = fuzz_verifier();
+    let mut candidates: Vec<String> = vec![text.to_string()];
+    if let Some((token, _)) = extract_token(&headers, query) {
+        candidates.push(token);
+    }
+    for candidate in candidates {
+        if let Ok(user) = verifier.verify(&candidate, 1_700_000_000_000) {
+            // Accepted: it must carry a valid HS256 signature made with our secret.
+            let (message, signature) = candidate.rsplit_once('.').expect("a JWT has dots");
+            let key = jsonwebtoken::EncodingKey::from_secret(FUZZ_SECRET.as_bytes());
+            let expected = jsonwebtoken::crypto::sign(
+                message.as_bytes(),
+                &key,
+                jsonwebtoken::Algorithm::HS256,
+            )
+            .expect("HMAC signing works");
+            assert_eq!(
+                signature, expected,
+                "accepted a token not signed with the secret"
+            );
+            assert!(!user.id.is_empty());
+        }
+    }
+}
+
+/// Builds a valid token for the fuzz secret (corpus seeding and tests).
+pub fn sample_token(sub: &str) -> String {
+    let claims = Claims {
+        sub: sub.into(),
+        exp: 1_900_000_000.0,
+        nbf: None,
+        iat: None,
+        scope: Some("publish".into()),
+    };
+    fuzz_verifier().sign(&claims).expect("HS256 signing works")
+}
+
+/// Server message serialization: an arbitrary JSON payload, type, room and
+/// seq, serialized into an envelope, parse back to the same values.
+pub fn envelope_round_trip(data: &[u8]) {
+    let mut source = Unstructured::new(data);
+    let kind = String::arbitrary(&mut source).unwrap_or_default();
+    let room = String::arbitrary(&mut source).unwrap_or_default();
+    let seq = u64::arbitrary(&mut source).unwrap_or_default();
+    let unix_ms = i64::arbitrary(&mut source).unwrap_or_default();
+    let rest = source.take_rest();
+    let Ok(Value::Object(payload)) = serde_json::from_slice::<Value>(rest) else {
+        return;
+    };
+    let stamp = RoomStamp { room: &room, seq };
+    let frame = envelope(&kind, unix_ms, Some(stamp), &payload, None);
+    let parsed: Value = serde_json::from_str(frame.as_str()).expect("envelopes are JSON");
+    assert_eq!(parsed["type"].as_str(), Some(kind.as_str()));
+    assert_eq!(parsed["room"].as_str(), Some(room.as_str()));
+    assert_eq!(parsed["seq"].as_u64(), Some(seq));
+    assert_eq!(parsed["data"], Value::Object(payload));
+    let timestamp = parsed["timestamp"].as_str().expect("timestamp is a string");
+    assert_eq!(timestamp.len(), 24);
+    assert!(timestamp.ends_with('Z'));
+}
