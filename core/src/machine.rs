@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::access::{AccessRules, Identity};
@@ -60,7 +61,14 @@ pub enum Response {
         /// Frames handed to connections.
         delivered: u64,
     },
+    /// The publish or send was refused (nothing was numbered or sent).
+    Rejected(PublishError),
 }
+
+/// Room for the envelope around a payload (type, timestamp, room, seq, id):
+/// a payload bigger than the outbound bound minus this could never be
+/// delivered, so it is refused up front.
+const ENVELOPE_OVERHEAD_MAX: usize = 512;
 
 /// One open connection.
 #[derive(Debug)]
@@ -108,6 +116,8 @@ pub struct Core {
     pub(crate) timers: BTreeSet<(u64, ConnectionId)>,
     outputs: VecDeque<Output>,
     epochs_created: u64,
+    /// Set by `Input::Shutdown`: connections opened afterwards are closed with 1001 at once.
+    shutting_down: bool,
     /// Latest `now` seen: time never goes backwards inside the core.
     now: Now,
 }
@@ -125,6 +135,7 @@ impl Core {
             timers: BTreeSet::new(),
             outputs: VecDeque::new(),
             epochs_created: 0,
+            shutting_down: false,
             now: Now::default(),
         }
     }
@@ -182,14 +193,21 @@ impl Core {
             }
             Input::Abort { conn, code } => self.close(conn, Some(code)),
             Input::Closed { conn } => self.close(conn, None),
-            Input::Broadcast(publish) => return Response::Published(self.broadcast(now, publish)),
+            Input::Broadcast(publish) => {
+                return match self.broadcast(now, publish) {
+                    Ok(receipt) => Response::Published(receipt),
+                    Err(error) => Response::Rejected(error),
+                }
+            }
             Input::Send(message) => {
-                return Response::Sent {
-                    delivered: self.direct(now, message),
+                return match self.direct(now, message) {
+                    Ok(delivered) => Response::Sent { delivered },
+                    Err(error) => Response::Rejected(error),
                 }
             }
             Input::Timeout => self.fire_timers(now),
             Input::Shutdown => {
+                self.shutting_down = true;
                 let all: Vec<ConnectionId> = self.conns.iter().flatten().map(|c| c.id).collect();
                 let mut all = all;
                 all.sort();
@@ -255,6 +273,10 @@ impl Core {
         }
         self.schedule(slot);
 
+        if self.shutting_down {
+            self.close(conn, Some(CloseCode::GoingAway));
+            return;
+        }
         if token_deadline_us.is_some_and(|deadline| deadline <= now.monotonic_us) {
             self.close(conn, Some(CloseCode::TokenExpired));
             return;
@@ -563,18 +585,23 @@ impl Core {
                 PublishError::UnknownType(_) => ErrorCode::UnknownType,
                 PublishError::InvalidKey(_) => ErrorCode::InvalidKey,
                 PublishError::InvalidRoom(_) => ErrorCode::InvalidSubscription,
-                PublishError::InvalidBody(_) => ErrorCode::InvalidMessage,
+                PublishError::InvalidBody(_) | PublishError::TooLarge(_) => {
+                    ErrorCode::InvalidMessage
+                }
             };
             return envelope::error(now.unix_ms, code, error.message(), id);
         }
-        let receipt = self.broadcast(
-            now,
-            Publish {
-                rooms: vec![room.clone()],
-                kind,
-                data,
-            },
-        );
+        let publish = Publish {
+            rooms: vec![room.clone()],
+            kind,
+            data,
+        };
+        let receipt = match self.broadcast(now, publish) {
+            Ok(receipt) => receipt,
+            Err(error) => {
+                return envelope::error(now.unix_ms, ErrorCode::InvalidMessage, error.message(), id)
+            }
+        };
         #[derive(Serialize)]
         struct Published<'a> {
             message: String,
@@ -599,9 +626,26 @@ impl Core {
         format!("{}-{}", self.config.epoch_prefix, self.epochs_created)
     }
 
-    /// Numbers and fans out one broadcast per room: one serialization per
-    /// room, one shared frame for every member.
-    fn broadcast(&mut self, now: Now, publish: Publish) -> PublishReceipt {
+    /// The payload serialized once, or `TooLarge` when no connection could
+    /// ever take a frame carrying it.
+    fn serialize_payload(&self, data: &Map<String, Value>) -> Result<Box<RawValue>, PublishError> {
+        let raw = serde_json::value::to_raw_value(data)
+            .map_err(|_| PublishError::InvalidBody("payload cannot be serialized".into()))?;
+        let bound = self.config.limits.outbound_queue_bytes_max;
+        if raw.get().len() + ENVELOPE_OVERHEAD_MAX > bound {
+            return Err(PublishError::TooLarge(format!(
+                "payload of {} bytes does not fit the outbound queue bound of {bound} bytes",
+                raw.get().len()
+            )));
+        }
+        Ok(raw)
+    }
+
+    /// Numbers and fans out one broadcast per room: the payload is
+    /// serialized once, each room's envelope once, and every member shares
+    /// that room's frame.
+    fn broadcast(&mut self, now: Now, publish: Publish) -> Result<PublishReceipt, PublishError> {
+        let payload = self.serialize_payload(&publish.data)?;
         let mut receipt = PublishReceipt {
             delivered: 0,
             rooms: Vec::with_capacity(publish.rooms.len()),
@@ -629,7 +673,7 @@ impl Core {
                     room: room.as_str(),
                     seq,
                 }),
-                &publish.data,
+                &payload,
                 None,
             );
             for &slot in state.members.values() {
@@ -655,10 +699,11 @@ impl Core {
                 self.close(conn, Some(CloseCode::SlowConsumer));
             }
         }
-        receipt
+        Ok(receipt)
     }
 
-    fn direct(&mut self, now: Now, message: DirectMessage) -> u64 {
+    fn direct(&mut self, now: Now, message: DirectMessage) -> Result<u64, PublishError> {
+        let payload = self.serialize_payload(&message.data)?;
         let targets: Vec<ConnectionId> = match &message.target {
             SendTarget::Connection(conn) => self.conn(*conn).map(|c| c.id).into_iter().collect(),
             SendTarget::User(user) => self
@@ -668,9 +713,9 @@ impl Core {
                 .unwrap_or_default(),
         };
         if targets.is_empty() {
-            return 0;
+            return Ok(0);
         }
-        let frame = envelope::envelope(&message.kind, now.unix_ms, None, &message.data, None);
+        let frame = envelope::envelope(&message.kind, now.unix_ms, None, &payload, None);
         let mut delivered = 0;
         for conn in targets {
             let Some(&slot) = self.slot_of.get(&conn) else {
@@ -679,7 +724,7 @@ impl Core {
             self.send(slot, frame.clone());
             delivered += u64::from(self.slot_of.contains_key(&conn));
         }
-        delivered
+        Ok(delivered)
     }
 
     // ----- timers --------------------------------------------------------
@@ -687,19 +732,28 @@ impl Core {
     /// When the connection in `slot` next needs a look: a ping, an idle
     /// close, or its token expiry.
     fn next_check_us(&self, connection: &Connection) -> u64 {
-        let limits = &self.config.limits;
-        let idle_at = connection
-            .last_heard_us
-            .saturating_add(limits.idle_timeout_ms * 1000);
+        let (idle_us, ping_us) = self.heartbeat_us();
+        let idle_at = connection.last_heard_us.saturating_add(idle_us);
         let ping_at = connection
             .last_heard_us
             .max(connection.last_ping_us)
-            .saturating_add(limits.ping_interval_ms * 1000);
+            .saturating_add(ping_us);
         let mut at = idle_at.min(ping_at);
         if let Some(deadline) = connection.token_deadline_us {
             at = at.min(deadline);
         }
         at
+    }
+
+    /// (idle timeout, ping interval) in µs: at least 1 ms each, so a
+    /// misconfigured zero cannot make a timer fire forever at the same instant.
+    fn heartbeat_us(&self) -> (u64, u64) {
+        let limits = &self.config.limits;
+        let micros = |ms: u64| ms.max(1).saturating_mul(1000);
+        (
+            micros(limits.idle_timeout_ms),
+            micros(limits.ping_interval_ms),
+        )
     }
 
     fn schedule(&mut self, slot: u32) {
@@ -717,6 +771,7 @@ impl Core {
 
     fn fire_timers(&mut self, now: Now) {
         let now_us = now.monotonic_us;
+        let (idle_us, ping_us) = self.heartbeat_us();
         while let Some(&(at, conn)) = self.timers.first() {
             if at > now_us {
                 break;
@@ -728,19 +783,18 @@ impl Core {
             let Some(connection) = self.conns[slot as usize].as_mut() else {
                 continue;
             };
-            let limits = &self.config.limits;
             if connection.token_deadline_us.is_some_and(|d| d <= now_us) {
                 self.close(conn, Some(CloseCode::TokenExpired));
                 continue;
             }
             let silent_us = now_us.saturating_sub(connection.last_heard_us);
-            if silent_us >= limits.idle_timeout_ms * 1000 {
+            if silent_us >= idle_us {
                 self.close(conn, Some(CloseCode::IdleTimeout));
                 continue;
             }
             let since_ping_us =
                 now_us.saturating_sub(connection.last_heard_us.max(connection.last_ping_us));
-            if since_ping_us >= limits.ping_interval_ms * 1000 {
+            if since_ping_us >= ping_us {
                 connection.last_ping_us = now_us;
                 self.outputs.push_back(Output::Ping { conn });
             }

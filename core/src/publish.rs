@@ -142,6 +142,8 @@ pub enum PublishError {
     InvalidRoom(String),
     /// A series event without a valid URL-safe `data.key`.
     InvalidKey(String),
+    /// A payload too big to ever fit a connection's outbound queue (HTTP 413).
+    TooLarge(String),
 }
 
 impl PublishError {
@@ -152,6 +154,7 @@ impl PublishError {
             PublishError::UnknownType(_) => "UNKNOWN_TYPE",
             PublishError::InvalidRoom(_) => "INVALID_ROOM",
             PublishError::InvalidKey(_) => "INVALID_KEY",
+            PublishError::TooLarge(_) => "PAYLOAD_TOO_LARGE",
         }
     }
 
@@ -161,7 +164,8 @@ impl PublishError {
             PublishError::InvalidBody(m)
             | PublishError::UnknownType(m)
             | PublishError::InvalidRoom(m)
-            | PublishError::InvalidKey(m) => m,
+            | PublishError::InvalidKey(m)
+            | PublishError::TooLarge(m) => m,
         }
     }
 }

@@ -259,6 +259,15 @@ impl Harness {
     }
 }
 
+/// (room, seq) of each room a broadcast went to, in request order.
+fn seqs(receipt: &PublishReceipt) -> Vec<(RoomName, u64)> {
+    receipt
+        .rooms
+        .iter()
+        .map(|r| (r.room.clone(), r.seq))
+        .collect()
+}
+
 fn error_code(v: &Value) -> &str {
     assert_eq!(v["type"], "error", "not an error: {v}");
     let message = v["data"]["message"].as_str().unwrap_or_default();
@@ -1032,21 +1041,19 @@ fn broadcast_seq_counts_1_2_3_per_room() {
     h.join(c(1), "b");
     for expected in 1..=3u64 {
         let (receipt, outs) = h.broadcast(&["a"], "queue_status", json!({"i": expected}));
-        assert_eq!(receipt.seqs, vec![(room("a"), expected)]);
+        assert_eq!(seqs(&receipt), vec![(room("a"), expected)]);
         assert_eq!(receipt.delivered, 1);
+        assert_eq!(outs.len(), 1);
+        assert_eq!(outs[0].conn(), c(1));
         assert_eq!(
-            outs,
-            vec![Out::Send(
-                c(1),
-                json!({"type": "queue_status", "timestamp": "2025-10-17T10:30:00.000Z",
-                       "room": "a", "seq": expected, "data": {"i": expected}}),
-                outs[0].clone().msg().to_string().len(),
-            )]
+            outs[0].msg(),
+            &json!({"type": "queue_status", "timestamp": "2025-10-17T10:30:00.000Z",
+                    "room": "a", "seq": expected, "data": {"i": expected}})
         );
     }
     // Room b has its own numbering.
     let (receipt, outs) = h.broadcast(&["b"], "queue_status", json!({}));
-    assert_eq!(receipt.seqs, vec![(room("b"), 1)]);
+    assert_eq!(seqs(&receipt), vec![(room("b"), 1)]);
     assert_eq!(outs[0].msg()["seq"], 1);
     h.finish();
 }
@@ -1079,7 +1086,7 @@ fn members_receive_every_broadcast_in_order_without_gaps() {
             "download_progress",
             json!({"key": "attack-on-titan", "percent": i}),
         );
-        assert!(receipt.seqs.contains(&(room("downloads"), i)));
+        assert!(seqs(&receipt).contains(&(room("downloads"), i)));
         for out in outs {
             let msg = out.msg();
             if msg["room"] == "downloads" {
@@ -1104,18 +1111,23 @@ fn one_broadcast_to_several_rooms_reaches_each_member_once_per_room() {
     let mut h = Harness::new(CoreConfig::default());
     h.open(c(1), anon());
     h.open(c(2), anon());
-    h.join(c(1), "a");
-    h.join(c(1), "b");
+    let epoch_a = h.join(c(1), "a")["data"]["epoch"].clone();
+    let epoch_b = h.join(c(1), "b")["data"]["epoch"].clone();
+    assert_ne!(epoch_a, epoch_b);
     h.join(c(2), "b");
     h.broadcast(&["b"], "queue_status", json!({}));
     let (receipt, outs) = h.broadcast(&["a", "b", "c"], "queue_paused", json!({"why": "x"}));
+    assert_eq!(receipt.delivered, 3);
     assert_eq!(
-        receipt,
-        PublishReceipt {
-            delivered: 3,
-            seqs: vec![(room("a"), 1), (room("b"), 2), (room("c"), 1)],
-        }
+        seqs(&receipt),
+        vec![(room("a"), 1), (room("b"), 2), (room("c"), 1)]
     );
+    // The receipt names each room's epoch: that of the live rooms' join replies.
+    assert_eq!(receipt.rooms[0].epoch, epoch_a);
+    assert_eq!(receipt.rooms[1].epoch, epoch_b);
+    assert!(!receipt.rooms[2].epoch.is_empty());
+    assert_ne!(receipt.rooms[2].epoch, epoch_a);
+    assert_ne!(receipt.rooms[2].epoch, epoch_b);
     let summary: Vec<(ConnectionId, String, u64)> = outs
         .iter()
         .map(|o| {
@@ -1236,7 +1248,7 @@ fn slow_consumer_is_closed_4008_and_others_keep_receiving() {
     loop {
         seq += 1;
         let (receipt, outs) = h.broadcast(&["r"], "queue_status", json!({"pad": padding}));
-        assert_eq!(receipt.seqs, vec![(room("r"), seq)]);
+        assert_eq!(seqs(&receipt), vec![(room("r"), seq)]);
         // Both members get the same frame, so c(2)'s copy tells its length.
         let to_2 = outs.iter().find(|o| o.conn() == c(2)).expect("c2 served");
         let Out::Send(_, msg, len) = to_2 else {
@@ -1526,7 +1538,7 @@ fn shutdown_closes_every_connection_1001_in_id_order() {
 #[test]
 fn after_every_connection_closes_no_room_remains() {
     let mut h = Harness::with_limits(Limits {
-        outbound_queue_bytes_max: 600,
+        outbound_queue_bytes_max: 2_000,
         idle_timeout_ms: 30_000,
         ping_interval_ms: 10_000,
         ..Limits::default()
@@ -1540,7 +1552,7 @@ fn after_every_connection_closes_no_room_remains() {
         };
         h.open(c(n), identity);
         for (i, name) in names.iter().enumerate() {
-            if (n as usize + i) % 3 != 0 {
+            if !(n as usize + i).is_multiple_of(3) {
                 h.text(c(n), &format!(r#"{{"action":"join","room":"{name}"}}"#));
             }
         }
@@ -1562,12 +1574,12 @@ fn after_every_connection_closes_no_room_remains() {
             bytes: usize::MAX,
         });
     }
-    // The others overflow their 600-byte queues.
+    // The others (30..40) never report writes and overflow their queues.
     for _ in 0..6 {
         h.broadcast(
             &["a", "b", "c", "d"],
             "queue_status",
-            json!({"pad": "x".repeat(40)}),
+            json!({"pad": "x".repeat(300)}),
         );
         for n in 20..30 {
             h.run(Input::Written {
@@ -1582,4 +1594,44 @@ fn after_every_connection_closes_no_room_remains() {
     assert_eq!(h.core.room_count(), 0);
     h.check();
     h.finish();
+}
+
+/// Regression: a zero ping interval once made `Input::Timeout` loop forever,
+/// and huge intervals overflowed `ms * 1000`.
+#[test]
+fn degenerate_heartbeat_limits_neither_hang_nor_overflow() {
+    use roomcast_core::{ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now};
+    for (ping_interval_ms, idle_timeout_ms) in
+        [(0, 60_000), (u64::MAX, u64::MAX), (1, u64::MAX / 999)]
+    {
+        let limits = Limits {
+            ping_interval_ms,
+            idle_timeout_ms,
+            ..Limits::default()
+        };
+        let mut core = Core::new(CoreConfig {
+            limits,
+            ..CoreConfig::default()
+        });
+        let conn = ConnectionId::from_u128(9);
+        core.handle(
+            Now::default(),
+            Input::Open {
+                conn,
+                identity: Identity::Anonymous,
+            },
+        );
+        let mut outputs = 0;
+        for step in 1..=5u64 {
+            core.handle(Now::from_start(0, step * 1_000), Input::Timeout);
+            while core.poll_output().is_some() {
+                outputs += 1;
+            }
+        }
+        assert!(
+            outputs < 20,
+            "bounded work per timeout ({ping_interval_ms}, {idle_timeout_ms}): {outputs} outputs"
+        );
+        core.check_invariants().unwrap();
+    }
 }

@@ -125,7 +125,7 @@ impl ServerConfig {
         };
         let mut env: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("ROOMCAST_"))
+            .filter(|(k, _)| k.starts_with("ROOMCAST_") && !NOT_CONFIG_KEYS.contains(&k.as_str()))
             .collect();
         env.sort();
         for (key, value) in env {
@@ -148,12 +148,27 @@ impl ServerConfig {
         if l.message_bytes_max == 0 || l.outbound_queue_bytes_max == 0 || l.read_buffer_bytes == 0 {
             return Err("limits: message_bytes_max, outbound_queue_bytes_max and read_buffer_bytes must be > 0".into());
         }
+        if l.ping_interval_ms == 0
+            || l.ping_interval_ms > 86_400_000
+            || l.idle_timeout_ms > 86_400_000
+        {
+            return Err(
+                "limits: ping_interval_ms and idle_timeout_ms must be between 1 ms and one day"
+                    .into(),
+            );
+        }
         if l.idle_timeout_ms <= l.ping_interval_ms {
             return Err("limits: idle_timeout_ms must be greater than ping_interval_ms".into());
         }
         Ok(())
     }
 }
+
+/// `ROOMCAST_*` variables that are not configuration keys.
+const NOT_CONFIG_KEYS: [&str; 1] = [
+    // The log filter (tracing `EnvFilter` syntax), read by `roomcast serve`.
+    "ROOMCAST_LOG",
+];
 
 /// Applies one `ROOMCAST_*` variable to the TOML tree.
 fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<(), String> {

@@ -41,14 +41,10 @@ pub(crate) async fn handle(
         (&Method::POST, "/api/send") => send(&app, request).await,
         (&Method::GET, "/metrics") => Ok(metrics(&app)),
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        (
-            _,
-            "/ws/connect" | "/ws/status" | "/api/broadcast" | "/api/send" | "/metrics" | "/healthz",
-        ) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "METHOD_NOT_ALLOWED",
-            "method not allowed on this path",
-        )),
+        (_, "/ws/connect" | "/ws/status" | "/metrics" | "/healthz") => {
+            Err(ApiError::not_allowed("GET"))
+        }
+        (_, "/api/broadcast" | "/api/send") => Err(ApiError::not_allowed("POST")),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
@@ -63,6 +59,8 @@ struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// The `Allow` header of a 405.
+    allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -71,6 +69,19 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            allow: None,
+        }
+    }
+
+    fn not_allowed(allow: &'static str) -> ApiError {
+        let message = format!("this path only answers {allow}");
+        ApiError {
+            allow: Some(allow),
+            ..ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                message,
+            )
         }
     }
 
@@ -79,6 +90,11 @@ impl ApiError {
             self.status,
             &json!({"error": {"code": self.code, "message": self.message}}),
         );
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+        }
         if self.status == StatusCode::UPGRADE_REQUIRED {
             response
                 .headers_mut()
@@ -118,6 +134,9 @@ async fn ws_connect(
             "UPGRADE_REQUIRED",
             "this endpoint speaks WebSocket: send a GET with 'Connection: Upgrade' and 'Upgrade: websocket'",
         ));
+    }
+    if app.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::unavailable());
     }
     if !app.config.allowed_origins.is_empty() {
         let origin = request.headers().get(ORIGIN).and_then(|o| o.to_str().ok());
@@ -326,7 +345,11 @@ async fn read_body(app: &App, request: Request<Incoming>) -> Result<Bytes, ApiEr
 }
 
 fn invalid(error: roomcast_core::PublishError) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, error.code(), error.message())
+    let status = match error {
+        roomcast_core::PublishError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, error.code(), error.message())
 }
 
 async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
@@ -352,7 +375,10 @@ async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse
         })
         .await
         .map_err(|_| ApiError::unavailable())?;
-    let receipt = answer.await.map_err(|_| ApiError::unavailable())?;
+    let receipt = answer
+        .await
+        .map_err(|_| ApiError::unavailable())?
+        .map_err(invalid)?;
     let seqs: serde_json::Map<String, Value> = receipt
         .rooms
         .iter()
@@ -387,7 +413,10 @@ async fn send(app: &App, request: Request<Incoming>) -> Result<HttpResponse, Api
         .send(HubInput::Send { message, reply })
         .await
         .map_err(|_| ApiError::unavailable())?;
-    let delivered = answer.await.map_err(|_| ApiError::unavailable())?;
+    let delivered = answer
+        .await
+        .map_err(|_| ApiError::unavailable())?
+        .map_err(invalid)?;
     Ok(json_response(
         StatusCode::OK,
         &json!({"delivered": delivered}),

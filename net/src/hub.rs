@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use roomcast_core::publish::DirectMessage;
 use roomcast_core::{
-    CloseCode, ConnectionId, Core, Identity, Input, Output, Publish, PublishReceipt, Response,
+    CloseCode, ConnectionId, Core, Identity, Input, Output, Publish, PublishError, PublishReceipt,
+    Response,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -89,14 +90,14 @@ pub enum HubInput {
         /// When the request arrived (latency histogram).
         received: Instant,
         /// Where the receipt goes.
-        reply: oneshot::Sender<PublishReceipt>,
+        reply: oneshot::Sender<Result<PublishReceipt, PublishError>>,
     },
     /// `POST /api/send`.
     Send {
         /// The validated message.
         message: DirectMessage,
         /// Where the delivered count goes.
-        reply: oneshot::Sender<u64>,
+        reply: oneshot::Sender<Result<u64, PublishError>>,
     },
     /// `/ws/status`.
     Status {
@@ -196,17 +197,29 @@ fn handle(
             reply,
         } => {
             let rooms = publish.rooms.len() as u64;
-            if let Response::Published(receipt) = core.handle(now, Input::Broadcast(publish)) {
-                metrics.broadcasts.inc_by(rooms);
-                metrics.deliveries.inc_by(receipt.delivered);
-                let _ = reply.send(receipt);
-            }
+            let answer = match core.handle(now, Input::Broadcast(publish)) {
+                Response::Published(receipt) => {
+                    metrics.broadcasts.inc_by(rooms);
+                    metrics.deliveries.inc_by(receipt.delivered);
+                    Ok(receipt)
+                }
+                Response::Rejected(error) => Err(error),
+                other => Err(PublishError::InvalidBody(format!(
+                    "unexpected core answer {other:?}"
+                ))),
+            };
+            let _ = reply.send(answer);
             return Some(received);
         }
         HubInput::Send { message, reply } => {
-            if let Response::Sent { delivered } = core.handle(now, Input::Send(message)) {
-                let _ = reply.send(delivered);
-            }
+            let answer = match core.handle(now, Input::Send(message)) {
+                Response::Sent { delivered } => Ok(delivered),
+                Response::Rejected(error) => Err(error),
+                other => Err(PublishError::InvalidBody(format!(
+                    "unexpected core answer {other:?}"
+                ))),
+            };
+            let _ = reply.send(answer);
         }
         HubInput::Status { reply } => {
             let _ = reply.send(StatusSnapshot {

@@ -58,6 +58,9 @@ pub(crate) struct App {
     pub(crate) node_id: String,
     pub(crate) sessions: Sessions,
     pub(crate) ws_config: WebSocketConfig,
+    /// Set when shutdown begins: upgrades still arriving on kept-alive HTTP
+    /// connections get 503 instead of a session nobody will close.
+    pub(crate) shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// Serves on `listener` until `shutdown` resolves, then closes every client
@@ -120,6 +123,7 @@ pub async fn serve<L: Listener>(
         node_id,
         sessions: Sessions::default(),
         ws_config,
+        shutting_down: std::sync::atomic::AtomicBool::new(false),
         config,
     });
     let local = listener.local_addr().map_err(|e| e.to_string())?;
@@ -157,6 +161,7 @@ pub async fn serve<L: Listener>(
 
     info!("shutting down: no new connections; closing clients with 1001");
     drop(listener);
+    app.shutting_down.store(true, Ordering::SeqCst);
     let drain = Duration::from_millis(app.config.shutdown_drain_ms);
     let _ = app.hub.send(HubInput::Shutdown).await;
     if tokio::time::timeout(drain, app.sessions.all_gone())

@@ -81,8 +81,14 @@ pub async fn run(
                         reading = false;
                         HubInput::Abort { conn, code: CloseCode::MessageTooBig }
                     }
-                    // The client closed, the socket failed, or the stream ended.
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the echo of the client's close
+                        // frame: deliver it so the handshake completes.
+                        let _ = timeout(close_flush_timeout, socket.flush()).await;
+                        break None;
+                    }
+                    // The socket failed or the stream ended.
+                    Some(Err(_)) | None => break None,
                 };
                 if hub.send(input).await.is_err() {
                     break Some(CloseCode::GoingAway);
