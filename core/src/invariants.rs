@@ -67,9 +67,22 @@ impl Core {
                 self.timers.len()
             ));
         }
+        let bounds = self.history_bounds();
         for (name, room) in &self.rooms {
+            room.log
+                .check(bounds)
+                .map_err(|e| format!("{name:?}: {e}"))?;
             if room.members.is_empty() && !room.log.retain_when_empty() {
-                return Err(format!("{name:?} has no members but is kept"));
+                return Err(format!(
+                    "{name:?} has no members and no history but is kept"
+                ));
+            }
+            let timer = room.expiry_at_us.map(|at| (at, name.clone()));
+            let scheduled = timer.as_ref().is_some_and(|t| self.room_timers.contains(t));
+            if room.members.is_empty() != scheduled {
+                return Err(format!(
+                    "{name:?}: an expiry timer must run exactly while it has no members"
+                ));
             }
             for (id, &slot) in &room.members {
                 let connection = self.conns.get(slot as usize).and_then(|c| c.as_ref());
@@ -77,6 +90,12 @@ impl Core {
                     return Err(format!("{name:?} lists {id:?}, which is not a live member"));
                 }
             }
+        }
+        if self.room_timers.len() != self.rooms.values().filter(|r| r.members.is_empty()).count() {
+            return Err(format!(
+                "{} room timers for the memberless rooms",
+                self.room_timers.len()
+            ));
         }
         for (user, conns) in &self.users {
             if conns.is_empty() {

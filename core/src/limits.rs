@@ -42,6 +42,11 @@ pub struct Limits {
     pub broadcast_rooms_max: usize,
     /// User ids one `presence` reply lists at most (the rest are paginated).
     pub presence_page_max: usize,
+    /// Broadcasts each room keeps for recovery (`join` with `since`); 0 turns history off.
+    pub history_messages_max: usize,
+    /// Age after which a broadcast leaves the history, in ms. A room without
+    /// members is kept until its newest broadcast reaches this age.
+    pub history_age_ms: u64,
 }
 
 impl Default for Limits {
@@ -63,6 +68,8 @@ impl Default for Limits {
             api_body_bytes_max: 1024 * 1024,
             broadcast_rooms_max: 100,
             presence_page_max: 100,
+            history_messages_max: 100,
+            history_age_ms: 300_000,
         }
     }
 }

@@ -17,8 +17,8 @@ use crate::publish::{
     validate_message, DirectMessage, MessageTypes, Publish, PublishError, PublishReceipt, RoomSeq,
 };
 use crate::rate::{RateLimiter, Verdict};
-use crate::request::{parse_request, Action, Rejection, RequestId};
-use crate::room_log::RoomLog;
+use crate::request::{parse_request, Action, Rejection, RequestId, Since};
+use crate::room_log::{HistoryBounds, Replay, RoomLog};
 use crate::time::Now;
 
 /// Everything the core is configured with.
@@ -96,6 +96,8 @@ pub(crate) struct Room {
     /// touches no map but the slab.
     pub(crate) members: BTreeMap<ConnectionId, u32>,
     pub(crate) log: RoomLog,
+    /// Key in `Core::room_timers` while the room is kept without members.
+    pub(crate) expiry_at_us: Option<u64>,
 }
 
 /// The state machine. Feed it with [`Core::handle`]; drain it with
@@ -114,6 +116,8 @@ pub struct Core {
     pub(crate) users: BTreeMap<String, BTreeSet<ConnectionId>>,
     /// One entry per connection: when to look at it next (heartbeat, token).
     pub(crate) timers: BTreeSet<(u64, ConnectionId)>,
+    /// Rooms kept without members (for their history): when to look again.
+    pub(crate) room_timers: BTreeSet<(u64, RoomName)>,
     outputs: VecDeque<Output>,
     epochs_created: u64,
     /// Set by `Input::Shutdown`: connections opened afterwards are closed with 1001 at once.
@@ -133,6 +137,7 @@ impl Core {
             rooms: BTreeMap::new(),
             users: BTreeMap::new(),
             timers: BTreeSet::new(),
+            room_timers: BTreeSet::new(),
             outputs: VecDeque::new(),
             epochs_created: 0,
             shutting_down: false,
@@ -167,7 +172,17 @@ impl Core {
 
     /// When `handle(now, Input::Timeout)` is next needed (monotonic µs).
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.timers.first().map(|(at, _)| *at)
+        let connections = self.timers.first().map(|(at, _)| *at);
+        let rooms = self.room_timers.first().map(|(at, _)| *at);
+        connections.into_iter().chain(rooms).min()
+    }
+
+    /// The history bounds from the limits table.
+    pub(crate) fn history_bounds(&self) -> HistoryBounds {
+        HistoryBounds {
+            messages_max: self.config.limits.history_messages_max,
+            age_max_us: self.config.limits.history_age_ms.saturating_mul(1000),
+        }
     }
 
     /// Applies one input at `now`.
@@ -328,10 +343,53 @@ impl Core {
     fn remove_member(&mut self, room: &RoomName, conn: ConnectionId) {
         if let Some(state) = self.rooms.get_mut(room) {
             state.members.remove(&conn);
-            if state.members.is_empty() && !state.log.retain_when_empty() {
+        }
+        self.settle_if_empty(room);
+    }
+
+    /// A room that has no members is dropped, or kept until its history
+    /// ages out (with a timer to look again then).
+    fn settle_if_empty(&mut self, room: &RoomName) {
+        let bounds = self.history_bounds();
+        let Some(state) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if !state.members.is_empty() {
+            return;
+        }
+        if let Some(at) = state.expiry_at_us.take() {
+            self.room_timers.remove(&(at, room.clone()));
+        }
+        match state.log.history_expires_at_us(bounds) {
+            Some(at) if state.log.retain_when_empty() => {
+                state.expiry_at_us = Some(at);
+                self.room_timers.insert((at, room.clone()));
+            }
+            _ => {
                 self.rooms.remove(room);
             }
         }
+    }
+
+    /// The room, created with a fresh epoch when it does not exist; a kept
+    /// room stops its expiry timer (it is about to have a member or a broadcast).
+    fn room_mut(&mut self, room: &RoomName) -> &mut Room {
+        if !self.rooms.contains_key(room) {
+            let log = RoomLog::new(self.next_epoch());
+            self.rooms.insert(
+                room.clone(),
+                Room {
+                    members: BTreeMap::new(),
+                    log,
+                    expiry_at_us: None,
+                },
+            );
+        }
+        let state = self.rooms.get_mut(room).expect("inserted above");
+        if let Some(at) = state.expiry_at_us.take() {
+            self.room_timers.remove(&(at, room.clone()));
+        }
+        state
     }
 
     /// Queues `frame` for the connection in `slot`, or reports that its
@@ -420,7 +478,14 @@ impl Core {
         let id = request.id.as_ref();
         let reply = match request.action {
             Action::Ping => envelope::pong(now.unix_ms, id),
-            Action::Join { room, since: _ } => self.join(now, slot, room, id),
+            Action::Join { room, since } => {
+                let (reply, replay) = self.join(now, slot, room, since, id);
+                self.send(slot, reply);
+                for frame in replay {
+                    self.send(slot, frame);
+                }
+                return;
+            }
             Action::Leave { room } => self.leave(now, slot, room, id),
             Action::Presence { room, after } => self.presence(now, slot, &room, after.as_deref(), id),
             Action::Publish { room, kind, data } => self.client_publish(now, slot, room, kind, data, id),
@@ -434,55 +499,76 @@ impl Core {
         self.send(slot, reply);
     }
 
-    fn join(&mut self, now: Now, slot: u32, room: RoomName, id: Option<&RequestId>) -> TextFrame {
+    /// Joins `room`; with `since`, also the missed broadcasts to replay
+    /// after the reply (all of them, or none when history cannot cover the gap).
+    fn join(
+        &mut self,
+        now: Now,
+        slot: u32,
+        room: RoomName,
+        since: Option<Since>,
+        id: Option<&RequestId>,
+    ) -> (TextFrame, Vec<TextFrame>) {
         let Some(connection) = self.conns[slot as usize].as_mut() else {
             unreachable_slot()
         };
         if !self.config.access.can_join(&connection.identity, &room) {
-            return envelope::error(
-                now.unix_ms,
-                ErrorCode::Forbidden,
-                &format!("not allowed to join room: {room}"),
-                id,
+            let message = format!("not allowed to join room: {room}");
+            return (
+                envelope::error(now.unix_ms, ErrorCode::Forbidden, &message, id),
+                Vec::new(),
             );
         }
-        if !connection.rooms.contains(&room) {
-            if connection.rooms.len() >= self.config.limits.rooms_per_connection_max {
-                let message = format!(
-                    "at most {} rooms per connection",
-                    self.config.limits.rooms_per_connection_max
-                );
-                return envelope::error(now.unix_ms, ErrorCode::TooManyRooms, &message, id);
-            }
-            connection.rooms.insert(room.clone());
-            let conn = connection.id;
-            let state = match self.rooms.get_mut(&room) {
-                Some(state) => state,
-                None => {
-                    let log = RoomLog::new(self.next_epoch());
-                    self.rooms.entry(room.clone()).or_insert(Room {
-                        members: BTreeMap::new(),
-                        log,
-                    })
-                }
-            };
-            state.members.insert(conn, slot);
+        let already_member = connection.rooms.contains(&room);
+        if !already_member && connection.rooms.len() >= self.config.limits.rooms_per_connection_max
+        {
+            let message = format!(
+                "at most {} rooms per connection",
+                self.config.limits.rooms_per_connection_max
+            );
+            return (
+                envelope::error(now.unix_ms, ErrorCode::TooManyRooms, &message, id),
+                Vec::new(),
+            );
         }
-        let log = &self.rooms[&room].log;
+        connection.rooms.insert(room.clone());
+        let conn = connection.id;
+        let bounds = self.history_bounds();
+        let state = self.room_mut(&room);
+        state.members.insert(conn, slot);
+        state.log.expire(bounds, now.monotonic_us);
+        let log = &state.log;
+        // A member already has everything since its join: nothing to replay.
+        let (recovered, replay) = match &since {
+            None => (None, Vec::new()),
+            Some(since) => match log.replay_after(&since.epoch, since.seq) {
+                Replay::Complete(frames) if !already_member => {
+                    (Some(true), frames.into_iter().cloned().collect())
+                }
+                Replay::Complete(frames) => (Some(frames.is_empty()), Vec::new()),
+                Replay::Unavailable => (Some(false), Vec::new()),
+            },
+        };
         #[derive(Serialize)]
         struct Joined<'a> {
             message: String,
             room: &'a str,
             seq: u64,
             epoch: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            recovered: Option<bool>,
         }
         let data = Joined {
             message: format!("Joined room: {room}"),
             room: room.as_str(),
             seq: log.last_seq(),
             epoch: log.epoch(),
+            recovered,
         };
-        envelope::envelope("system_info", now.unix_ms, None, &data, id)
+        (
+            envelope::envelope("system_info", now.unix_ms, None, &data, id),
+            replay,
+        )
     }
 
     fn leave(&mut self, now: Now, slot: u32, room: RoomName, id: Option<&RequestId>) -> TextFrame {
@@ -651,21 +737,15 @@ impl Core {
             rooms: Vec::with_capacity(publish.rooms.len()),
         };
         let mut overflowed = Vec::new();
+        let bounds = self.history_bounds();
         for room in publish.rooms {
-            if !self.rooms.contains_key(&room) {
-                let log = RoomLog::new(self.next_epoch());
-                self.rooms.insert(
-                    room.clone(),
-                    Room {
-                        members: BTreeMap::new(),
-                        log,
-                    },
-                );
-            }
+            self.room_mut(&room);
+            // Split borrow: the room (here) and the connection slab (in the loop).
             let Some(state) = self.rooms.get_mut(&room) else {
                 continue;
             };
-            let seq = state.log.append();
+            state.log.expire(bounds, now.monotonic_us);
+            let seq = state.log.next_seq();
             let frame = envelope::envelope(
                 &publish.kind,
                 now.unix_ms,
@@ -676,6 +756,7 @@ impl Core {
                 &payload,
                 None,
             );
+            state.log.append(bounds, now.monotonic_us, frame.clone());
             for &slot in state.members.values() {
                 // Members always occupy their slot (checked by `check_invariants`).
                 let Some(connection) = self.conns[slot as usize].as_mut() else {
@@ -688,10 +769,7 @@ impl Core {
                 }
             }
             let epoch = state.log.epoch().to_owned();
-            if state.members.is_empty() && !state.log.retain_when_empty() {
-                // Nobody to deliver to and no history to keep it in.
-                self.rooms.remove(&room);
-            }
+            self.settle_if_empty(&room);
             receipt.rooms.push(RoomSeq { room, epoch, seq });
             // Close overflowing members before the next room so they get
             // nothing after their gap.
@@ -771,6 +849,18 @@ impl Core {
 
     fn fire_timers(&mut self, now: Now) {
         let now_us = now.monotonic_us;
+        while let Some((at, room)) = self.room_timers.first().cloned() {
+            if at > now_us {
+                break;
+            }
+            self.room_timers.remove(&(at, room.clone()));
+            let bounds = self.history_bounds();
+            if let Some(state) = self.rooms.get_mut(&room) {
+                state.expiry_at_us = None;
+                state.log.expire(bounds, now_us);
+            }
+            self.settle_if_empty(&room);
+        }
         let (idle_us, ping_us) = self.heartbeat_us();
         while let Some(&(at, conn)) = self.timers.first() {
             if at > now_us {

@@ -53,6 +53,8 @@ impl fmt::Display for Violation {
 pub enum Sent {
     /// `join` of this room.
     Join(String),
+    /// `join` of this room with `since: {epoch, seq}` (recovery).
+    Recover(String, String, u64),
     /// `leave` of this room.
     Leave(String),
     /// Anything else (ping, presence, garbage with an id...).
@@ -94,6 +96,9 @@ pub struct ObservedData {
     /// Error code.
     #[serde(default)]
     pub code: Option<Value>,
+    /// Join-with-since outcome.
+    #[serde(default)]
+    pub recovered: Option<Value>,
 }
 
 impl Observed {
@@ -128,12 +133,33 @@ pub struct Oracle {
     clients: BTreeMap<ClientKey, ClientView>,
     /// (room, epoch) → last `seq` the publisher was told.
     published: BTreeMap<(String, String), u64>,
+    /// When set, a recovery whose gap is at most this many broadcasts in the
+    /// same epoch must succeed (use only when history never ages out during the run).
+    history_window: Option<u64>,
 }
 
 impl Oracle {
     /// An oracle with no clients.
     pub fn new() -> Oracle {
         Oracle::default()
+    }
+
+    /// Requires recoveries of gaps up to `messages` broadcasts to succeed.
+    pub fn expect_recovery_within(&mut self, messages: u64) {
+        self.history_window = Some(messages);
+    }
+
+    /// Where the client is in each of its rooms: (room, epoch, last seq received).
+    pub fn positions(&self, client: ClientKey) -> Vec<(String, String, u64)> {
+        self.clients
+            .get(&client)
+            .map(|view| {
+                view.rooms
+                    .iter()
+                    .map(|(room, m)| (room.clone(), m.epoch.clone(), m.next_seq - 1))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn view(&mut self, client: ClientKey) -> &mut ClientView {
@@ -215,7 +241,50 @@ impl Oracle {
                 ),
             ));
         };
+        let history_window = self.history_window;
+        let view = self.clients.entry(client).or_default();
         match asked {
+            Sent::Recover(room, epoch, since) if message.kind == "system_info" => {
+                let recovered = message.data.recovered.as_ref().and_then(Value::as_bool);
+                let seq = message.data.seq.as_ref().and_then(Value::as_u64);
+                let current = message.data.epoch.as_ref().and_then(Value::as_str);
+                let (Some(recovered), Some(seq), Some(current)) = (recovered, seq, current) else {
+                    return Err(violation(
+                        client,
+                        "join reply shape",
+                        format!("recovery reply for {room} lacks recovered/seq/epoch"),
+                    ));
+                };
+                if view.rooms.contains_key(&room) {
+                    return Ok(()); // a re-join by a member: nothing replayed
+                }
+                let in_window = history_window
+                    .is_some_and(|w| current == epoch && seq >= since && seq - since <= w);
+                if !recovered && in_window {
+                    return Err(violation(
+                        client,
+                        "recovery within the history window",
+                        format!("room {room}: since {epoch}/{since} with the room at {current}/{seq} was refused"),
+                    ));
+                }
+                if recovered && (current != epoch || since > seq) {
+                    return Err(violation(
+                        client,
+                        "recovery is honest",
+                        format!("room {room}: recovered from {epoch}/{since} at {current}/{seq}"),
+                    ));
+                }
+                // Recovered: the replay (since+1 ..= seq) follows the reply, then live messages.
+                let next_seq = if recovered { since + 1 } else { seq + 1 };
+                view.rooms.insert(
+                    room,
+                    Membership {
+                        epoch: current.to_owned(),
+                        joined_at: if recovered { since } else { seq },
+                        next_seq,
+                    },
+                );
+            }
             Sent::Join(room) if message.kind == "system_info" => {
                 let seq = message.data.seq.as_ref().and_then(Value::as_u64);
                 let epoch = message.data.epoch.as_ref().and_then(Value::as_str);
@@ -452,6 +521,69 @@ mod tests {
             .received(1, &msg(r#"{"type":"pong","id":"q","data":{}}"#))
             .unwrap_err();
         assert_eq!(v.invariant, "one reply per request");
+    }
+
+    /// Client 2 comes back after seq 1 of epoch e, asking to recover.
+    fn recovering(window: Option<u64>) -> Oracle {
+        let mut oracle = Oracle::new();
+        if let Some(w) = window {
+            oracle.expect_recovery_within(w);
+        }
+        oracle.opened(2);
+        oracle
+            .sent(2, "1".into(), Sent::Recover("r".into(), "e".into(), 1))
+            .unwrap();
+        oracle
+    }
+
+    #[test]
+    fn a_complete_recovery_passes_and_a_replay_gap_fails() {
+        let reply = msg(
+            r#"{"type":"system_info","id":1,"data":{"room":"r","seq":3,"epoch":"e","recovered":true}}"#,
+        );
+        let mut oracle = recovering(Some(10));
+        oracle.received(2, &reply).unwrap();
+        oracle.received(2, &broadcast("r", 2)).unwrap();
+        oracle.received(2, &broadcast("r", 3)).unwrap();
+        oracle.published("r", "e", 3);
+        oracle.check_quiescent(1).unwrap();
+        // Planted: the replay skips seq 2.
+        let mut oracle = recovering(Some(10));
+        oracle.received(2, &reply).unwrap();
+        assert_eq!(
+            oracle
+                .received(2, &broadcast("r", 3))
+                .unwrap_err()
+                .invariant,
+            "gapless in-order delivery"
+        );
+        // Planted: the replay stops short (seq 3 never comes).
+        let mut oracle = recovering(Some(10));
+        oracle.received(2, &reply).unwrap();
+        oracle.received(2, &broadcast("r", 2)).unwrap();
+        oracle.published("r", "e", 3);
+        assert!(oracle.check_quiescent(1).is_err());
+    }
+
+    #[test]
+    fn planted_refused_recovery_inside_the_window() {
+        let refused = msg(
+            r#"{"type":"system_info","id":1,"data":{"room":"r","seq":3,"epoch":"e","recovered":false}}"#,
+        );
+        let v = recovering(Some(10)).received(2, &refused).unwrap_err();
+        assert_eq!(v.invariant, "recovery within the history window");
+        // Outside the window (or without one) a refusal is fine, and delivery goes on from seq 4.
+        let mut oracle = recovering(Some(1));
+        oracle.received(2, &refused).unwrap();
+        oracle.received(2, &broadcast("r", 4)).unwrap();
+        // Planted: claiming recovery across epochs.
+        let lie = msg(
+            r#"{"type":"system_info","id":1,"data":{"room":"r","seq":3,"epoch":"e2","recovered":true}}"#,
+        );
+        assert_eq!(
+            recovering(None).received(2, &lie).unwrap_err().invariant,
+            "recovery is honest"
+        );
     }
 
     #[test]

@@ -507,6 +507,10 @@ fn config(tight: bool) -> CoreConfig {
             rate_violations_max: rate.violations_max,
             ping_interval_ms: 3_600_000,
             idle_timeout_ms: 7_200_000,
+            // The model covers live delivery: rooms drop when their last
+            // member leaves. History and recovery are covered by the unit
+            // tests in protocol.rs and by the simulator's oracle.
+            history_messages_max: 0,
             ..Limits::default()
         },
         access: AccessRules {

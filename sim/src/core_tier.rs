@@ -63,6 +63,11 @@ struct CoreSim {
     closes: BTreeMap<u16, u64>,
     trace: TraceHash,
     recent: Recent,
+    /// Clients that dropped and will come back, recovering from these (room, epoch, seq) positions.
+    returning: Vec<Vec<(String, String, u64)>>,
+    /// Set while settling at the end: nobody comes back any more.
+    quiescing: bool,
+    recoveries: (u64, u64),
 }
 
 /// Runs one core-tier simulation of `events` inputs.
@@ -89,8 +94,15 @@ pub fn run(seed: u64, clients: usize, events: u64) -> Result<Summary, Failure> {
         closes: BTreeMap::new(),
         trace: TraceHash::default(),
         recent: Recent::default(),
+        returning: Vec::new(),
+        quiescing: false,
+        recoveries: (0, 0),
         mix,
     };
+    // History never ages out during a run (a day of virtual time), so every
+    // gap within the count bound must be recovered.
+    sim.oracle
+        .expect_recovery_within(sim.mix.limits.history_messages_max as u64);
     let reproduce = format!("cargo run --release -p roomcast-sim -- --tier core --seed {seed} --clients {clients} --events {events}");
     sim.run(events).map_err(|(invariant, detail)| Failure {
         tier: "core",
@@ -107,6 +119,7 @@ pub fn run(seed: u64, clients: usize, events: u64) -> Result<Summary, Failure> {
         events: sim.events,
         deliveries: sim.deliveries,
         closes: sim.closes,
+        recoveries: sim.recoveries,
         trace_hash: sim.trace.hex(),
         wall: started.elapsed(),
     })
@@ -131,6 +144,7 @@ impl CoreSim {
             }
             let action = ACTIONS[self.rng.weighted(&self.mix.weights)];
             self.act(action)?;
+            self.serve_returning()?;
             if self.events % INVARIANT_EVERY < 2 {
                 self.core
                     .check_invariants()
@@ -143,6 +157,8 @@ impl CoreSim {
     /// Heal and settle: every client reads what it was sent, then the oracle
     /// checks completeness; then everyone leaves and nothing may remain.
     fn quiesce(&mut self) -> Result<(), SimError> {
+        self.quiescing = true;
+        self.returning.clear();
         let stalled: Vec<ClientKey> = self
             .clients
             .iter()
@@ -162,6 +178,9 @@ impl CoreSim {
         for key in keys {
             self.crash(key)?;
         }
+        // Rooms outlive their members while they hold history: let it age out.
+        self.now_us += self.mix.limits.history_age_ms * 1000 + 1;
+        self.input(0, "timeout", Input::Timeout)?;
         self.core
             .check_invariants()
             .map_err(|e| ("core invariants".to_owned(), e))?;
@@ -226,6 +245,16 @@ impl CoreSim {
                             Observed::parse(frame.as_str()).unwrap_or_default(),
                         )
                     });
+                    match observed
+                        .data
+                        .recovered
+                        .as_ref()
+                        .and_then(serde_json::Value::as_bool)
+                    {
+                        Some(true) => self.recoveries.0 += 1,
+                        Some(false) => self.recoveries.1 += 1,
+                        None => {}
+                    }
                     if observed.seq.is_some() {
                         self.deliveries += 1;
                         self.recent
@@ -256,6 +285,7 @@ impl CoreSim {
                         let observed = Observed::parse(frame.as_str()).unwrap_or_default();
                         self.oracle.received(key, &observed).map_err(oracle_error)?;
                     }
+                    self.remember_positions(key);
                     self.oracle.ended(key, Some(code)).map_err(oracle_error)?;
                     self.forget(key);
                 }
@@ -296,7 +326,7 @@ impl CoreSim {
 
     fn act(&mut self, action: Action) -> Result<(), SimError> {
         if action == Action::Open {
-            return self.open_client();
+            return self.open_client(false).map(drop);
         }
         if action == Action::Broadcast {
             return self.broadcast();
@@ -434,9 +464,10 @@ impl CoreSim {
         self.input(key, what, Input::Text { conn, text }).map(drop)
     }
 
-    fn open_client(&mut self) -> Result<(), SimError> {
-        if self.open.len() >= self.mix.clients {
-            return Ok(());
+    /// Opens a client (up to the target, unless `returning`); its key.
+    fn open_client(&mut self, returning: bool) -> Result<Option<ClientKey>, SimError> {
+        if self.open.len() >= self.mix.clients && !returning {
+            return Ok(None);
         }
         let key = self.next_client;
         self.next_client += 1;
@@ -472,17 +503,45 @@ impl CoreSim {
         self.open.push(key);
         self.by_conn.insert(conn, key);
         self.oracle.opened(key);
-        self.input(key, "open", Input::Open { conn, identity })
-            .map(drop)
+        self.input(key, "open", Input::Open { conn, identity })?;
+        Ok(self.clients.contains_key(&key).then_some(key))
     }
 
     fn crash(&mut self, key: ClientKey) -> Result<(), SimError> {
         let Some(conn) = self.clients.get(&key).map(|c| c.conn) else {
             return Ok(());
         };
+        self.remember_positions(key);
         self.oracle.ended(key, None).map_err(oracle_error)?;
         self.forget(key);
         self.input(key, "crash", Input::Closed { conn }).map(drop)
+    }
+
+    /// Most dropped clients come back and recover their rooms.
+    fn remember_positions(&mut self, key: ClientKey) {
+        let positions = self.oracle.positions(key);
+        if !self.quiescing && !positions.is_empty() && self.rng.chance(700_000) {
+            self.returning.push(positions);
+        }
+    }
+
+    /// Reconnects the dropped clients, each joining its rooms with `since`.
+    fn serve_returning(&mut self) -> Result<(), SimError> {
+        while let Some(positions) = self.returning.pop() {
+            let Some(key) = self.open_client(true)? else {
+                continue;
+            };
+            for (room, epoch, seq) in positions {
+                if !self.clients.contains_key(&key) {
+                    break;
+                }
+                let id = self.next_request(key);
+                let text = json!({"action": "join", "data": {"room": room, "since": {"epoch": epoch, "seq": seq}}, "id": id})
+                    .to_string();
+                self.request(key, "recover", id, Sent::Recover(room, epoch, seq), &text)?;
+            }
+        }
+        Ok(())
     }
 
     fn unstall(&mut self, key: ClientKey) -> Result<(), SimError> {

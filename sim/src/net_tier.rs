@@ -68,6 +68,8 @@ struct World {
     next_key: ClientKey,
     deliveries: u64,
     closes: BTreeMap<u16, u64>,
+    /// Joins with `since` answered (recovered, refused).
+    recoveries: (u64, u64),
     /// Per client host: bumped at each partition; clients abandon
     /// connections opened under an older generation.
     partition_generation: Vec<u64>,
@@ -164,6 +166,7 @@ pub fn run(seed: u64, clients: usize, seconds: u64) -> Result<Summary, Failure> 
         next_key: 1,
         deliveries: 0,
         closes: BTreeMap::new(),
+        recoveries: (0, 0),
         partition_generation: vec![0; CLIENT_HOSTS],
         clients_running: clients,
         finished: false,
@@ -351,6 +354,7 @@ pub fn run(seed: u64, clients: usize, seconds: u64) -> Result<Summary, Failure> 
         events: steps,
         deliveries: w.deliveries,
         closes: w.closes.clone(),
+        recoveries: w.recoveries,
         trace_hash: w.trace.hex(),
         wall: started.elapsed(),
     })

@@ -62,6 +62,8 @@ pub struct Summary {
     pub deliveries: u64,
     /// Server closes seen by clients, by code.
     pub closes: BTreeMap<u16, u64>,
+    /// Joins with `since` answered (recovered, refused).
+    pub recoveries: (u64, u64),
     /// Hash of the ordered event trace.
     pub trace_hash: String,
     /// Wall-clock time of the run.
@@ -78,13 +80,15 @@ impl fmt::Display for Summary {
         let per_sec = self.events as f64 / self.wall.as_secs_f64().max(1e-9);
         write!(
             f,
-            "tier={} seed={} clients={} events={} deliveries={} closes={} events_per_sec={:.0} wall_ms={} trace_hash={} ok",
+            "tier={} seed={} clients={} events={} deliveries={} closes={} recovered={} refused={} events_per_sec={:.0} wall_ms={} trace_hash={} ok",
             self.tier,
             self.seed,
             self.clients,
             self.events,
             self.deliveries,
             if closes.is_empty() { "-".to_owned() } else { closes.join(",") },
+            self.recoveries.0,
+            self.recoveries.1,
             per_sec,
             self.wall.as_millis(),
             self.trace_hash,

@@ -110,6 +110,8 @@ impl Mix {
             ping_interval_ms,
             idle_timeout_ms: ping_interval_ms * rng.range(2, 4),
             presence_page_max: rng.range(1, 20) as usize,
+            history_messages_max: [0, 3, 50, 1000][rng.below(4) as usize],
+            history_age_ms: 86_400_000,
             ..Limits::default()
         };
         Mix {
