@@ -127,6 +127,8 @@ fn draw_limits(rng: &mut SimRng) -> Limits {
         handshake_timeout_ms: 5_000,
         connections_max: 100_000,
         connections_per_ip_max: 100_000,
+        history_messages_max: [0, 5, 100][rng.below(3) as usize],
+        history_age_ms: rng.range(1_000, 4_000),
         ..Limits::default()
     }
 }
@@ -239,6 +241,7 @@ pub fn run(seed: u64, clients: usize, seconds: u64) -> Result<Summary, Failure> 
                 token,
                 rooms,
                 host,
+                resume: Vec::new(),
             });
         }
         let world = world.clone();
@@ -430,6 +433,8 @@ struct ClientSpec {
     token: Option<String>,
     rooms: u64,
     host: usize,
+    /// Where the last connection left off: (room, epoch, seq) to recover on reconnect.
+    resume: Vec<(String, String, u64)>,
 }
 
 /// How one connection ended.
@@ -488,8 +493,28 @@ async fn connection(world: &Shared, spec: &mut ClientSpec) -> Ended {
     };
     let mut next_request: u64 = 0;
     let mut stalled = false;
+    // Reconnect with recovery: rejoin where the last connection left off.
+    for (room, epoch, seq) in std::mem::take(&mut spec.resume) {
+        next_request += 1;
+        let id = next_request;
+        {
+            let mut w = world.borrow_mut();
+            let result = w.oracle.sent(
+                key,
+                id.to_string(),
+                Sent::Recover(room.clone(), epoch.clone(), seq),
+            );
+            w.check(result);
+        }
+        let text = json!({"action": "join", "data": {"room": room, "since": {"epoch": epoch, "seq": seq}}, "id": id});
+        if ws.send(Message::text(text.to_string())).await.is_err() {
+            break;
+        }
+    }
+    // Ends this connection in the oracle; returns where the client was, to resume from.
     let end = |world: &Shared, code: Option<u16>, what: &'static str| {
         let mut w = world.borrow_mut();
+        let positions = w.oracle.positions(key);
         let result = w.oracle.ended(key, code);
         w.check(result);
         if let Some(code) = code {
@@ -499,6 +524,7 @@ async fn connection(world: &Shared, spec: &mut ClientSpec) -> Ended {
         w.trace.bytes(what.as_bytes());
         let at = w.now_ms * 1000;
         w.recent.push(at, key, what, u64::from(code.unwrap_or(0)));
+        positions
     };
     loop {
         let (phase, abandoned) = {
@@ -507,7 +533,7 @@ async fn connection(world: &Shared, spec: &mut ClientSpec) -> Ended {
         };
         if abandoned {
             // The network was cut: a real client's keepalive gives up on the socket.
-            end(world, None, "abandoned");
+            spec.resume = end(world, None, "abandoned");
             return Ended::Reconnect;
         }
         if phase >= Phase::Quiet {
@@ -531,19 +557,24 @@ async fn connection(world: &Shared, spec: &mut ClientSpec) -> Ended {
                             let at = w.now_ms * 1000;
                             w.recent.push(at, key, "recv-seq", seq);
                         }
+                        match observed.data.recovered.as_ref().and_then(Value::as_bool) {
+                            Some(true) => w.recoveries.0 += 1,
+                            Some(false) => w.recoveries.1 += 1,
+                            None => {}
+                        }
                         let result = w.oracle.received(key, &observed);
                         w.check(result);
                     }
                     Some(Ok(Message::Close(frame))) => {
                         let code = frame.map(|f| u16::from(f.code));
-                        end(world, code, "server-close");
+                        spec.resume = end(world, code, "server-close");
                         // Finish the close handshake.
                         let _ = tokio::time::timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = ws.next().await {} }).await;
                         return if world.borrow().phase == Phase::Closing { Ended::Done } else { Ended::Reconnect };
                     }
                     Some(Ok(_)) => {}
                     Some(Err(_)) | None => {
-                        end(world, None, "lost");
+                        spec.resume = end(world, None, "lost");
                         return Ended::Reconnect;
                     }
                 }
@@ -624,6 +655,7 @@ async fn act(
         980..=989 => {
             // Crash: drop the socket without a close handshake.
             let mut w = world.borrow_mut();
+            spec.resume = w.oracle.positions(key);
             let result = w.oracle.ended(key, None);
             w.check(result);
             let at = w.now_ms * 1000;
