@@ -70,6 +70,16 @@ pub enum Input<'a> {
     Send(DirectMessage),
     /// Time has passed: fire every deadline up to `now`.
     Timeout,
+    /// The answer to `Output::VerifyToken`: the new token's user, or why it
+    /// was refused (expired, bad signature...).
+    TokenVerified {
+        /// The connection that asked.
+        conn: ConnectionId,
+        /// The refresh request's id.
+        id: Option<crate::request::RequestId>,
+        /// The verified user, or the reason for refusal.
+        result: Result<crate::access::User, String>,
+    },
     /// The server is shutting down: close every connection with 1001.
     Shutdown,
 }

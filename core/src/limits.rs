@@ -47,6 +47,8 @@ pub struct Limits {
     /// Age after which a broadcast leaves the history, in ms. A room without
     /// members is kept until its newest broadcast reaches this age.
     pub history_age_ms: u64,
+    /// How long before its token expires a connection is warned (`system_warning`), in ms.
+    pub token_warning_ms: u64,
 }
 
 impl Default for Limits {
@@ -70,6 +72,7 @@ impl Default for Limits {
             presence_page_max: 100,
             history_messages_max: 100,
             history_age_ms: 300_000,
+            token_warning_ms: 60_000,
         }
     }
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::access::{AccessRules, Identity};
+use crate::access::{AccessRules, Identity, User};
 use crate::codes::{CloseCode, ErrorCode};
 use crate::envelope::{self, RoomStamp};
 use crate::input::{Input, SendTarget};
@@ -85,6 +85,8 @@ pub(crate) struct Connection {
     last_ping_us: u64,
     /// When the token expires, on the monotonic clock.
     token_deadline_us: Option<u64>,
+    /// Whether the client was already warned that this token is about to expire.
+    token_warned: bool,
     /// The key of this connection's entry in `Core::timers`.
     pub(crate) timer_at_us: u64,
 }
@@ -221,6 +223,7 @@ impl Core {
                 }
             }
             Input::Timeout => self.fire_timers(now),
+            Input::TokenVerified { conn, id, result } => self.token_verified(now, conn, id, result),
             Input::Shutdown => {
                 self.shutting_down = true;
                 let all: Vec<ConnectionId> = self.conns.iter().flatten().map(|c| c.id).collect();
@@ -266,6 +269,7 @@ impl Core {
             last_heard_us: now.monotonic_us,
             last_ping_us: 0,
             token_deadline_us,
+            token_warned: false,
             timer_at_us: 0,
         };
         let slot = match self.free_slots.pop() {
@@ -487,14 +491,28 @@ impl Core {
                 return;
             }
             Action::Leave { room } => self.leave(now, slot, room, id),
-            Action::Presence { room, after } => self.presence(now, slot, &room, after.as_deref(), id),
-            Action::Publish { room, kind, data } => self.client_publish(now, slot, room, kind, data, id),
-            Action::Refresh { token: _ } => envelope::error(
-                now.unix_ms,
-                ErrorCode::InvalidToken,
-                "in-band token refresh is not available on this server yet; reconnect with a new token",
-                id,
-            ),
+            Action::Presence { room, after } => {
+                self.presence(now, slot, &room, after.as_deref(), id)
+            }
+            Action::Publish { room, kind, data } => {
+                self.client_publish(now, slot, room, kind, data, id)
+            }
+            Action::Refresh { token } => {
+                if connection_user(&self.conns, slot).is_none() {
+                    let message =
+                        "an anonymous connection has no token to refresh; reconnect with a token";
+                    envelope::error(now.unix_ms, ErrorCode::InvalidToken, message, id)
+                } else {
+                    // Verification is the shell's (it holds the keys); the
+                    // answer comes back as `Input::TokenVerified`.
+                    self.outputs.push_back(Output::VerifyToken {
+                        conn,
+                        token,
+                        id: request.id.clone(),
+                    });
+                    return;
+                }
+            }
         };
         self.send(slot, reply);
     }
@@ -705,6 +723,54 @@ impl Core {
         envelope::envelope("system_info", now.unix_ms, None, &data, id)
     }
 
+    /// The shell's verdict on a `refresh`: same user → new expiry and
+    /// scopes; anything else → `INVALID_TOKEN` and the old token stays.
+    fn token_verified(
+        &mut self,
+        now: Now,
+        conn: ConnectionId,
+        id: Option<RequestId>,
+        result: Result<User, String>,
+    ) {
+        let Some(&slot) = self.slot_of.get(&conn) else {
+            return;
+        };
+        let Some(connection) = self.conns[slot as usize].as_mut() else {
+            return;
+        };
+        let current = connection.identity.user().map(|u| u.id.clone());
+        let frame = match result {
+            Err(why) => envelope::error(
+                now.unix_ms,
+                ErrorCode::InvalidToken,
+                &format!("token refused: {why}"),
+                id.as_ref(),
+            ),
+            Ok(user) if Some(&user.id) != current.as_ref() => {
+                let message =
+                    "the new token is for another user (sub); the old token stays in force";
+                envelope::error(now.unix_ms, ErrorCode::InvalidToken, message, id.as_ref())
+            }
+            Ok(user) => {
+                connection.token_deadline_us = user.expires_unix_ms.map(|exp| {
+                    let remaining_ms = exp.saturating_sub(now.unix_ms).max(0) as u64;
+                    now.monotonic_us
+                        .saturating_add(remaining_ms.saturating_mul(1000))
+                });
+                connection.token_warned = false;
+                let expires_at = user.expires_unix_ms.map(|ms| {
+                    String::from_utf8_lossy(&crate::time::format_rfc3339_ms(ms)).into_owned()
+                });
+                connection.identity = Identity::User(user);
+                let data =
+                    serde_json::json!({"message": "Token refreshed", "expires_at": expires_at});
+                self.schedule(slot);
+                envelope::envelope("system_info", now.unix_ms, None, &data, id.as_ref())
+            }
+        };
+        self.send(slot, frame);
+    }
+
     // ----- server-side publishing --------------------------------------
 
     fn next_epoch(&mut self) -> String {
@@ -819,6 +885,12 @@ impl Core {
         let mut at = idle_at.min(ping_at);
         if let Some(deadline) = connection.token_deadline_us {
             at = at.min(deadline);
+            if !connection.token_warned {
+                at = at.min(
+                    deadline
+                        .saturating_sub(self.config.limits.token_warning_ms.saturating_mul(1000)),
+                );
+            }
         }
         at
     }
@@ -877,6 +949,30 @@ impl Core {
                 self.close(conn, Some(CloseCode::TokenExpired));
                 continue;
             }
+            let warn_at = connection.token_deadline_us.map(|d| {
+                d.saturating_sub(self.config.limits.token_warning_ms.saturating_mul(1000))
+            });
+            if !connection.token_warned && warn_at.is_some_and(|w| w <= now_us) {
+                connection.token_warned = true;
+                let expires_in_ms = connection
+                    .token_deadline_us
+                    .unwrap_or(now_us)
+                    .saturating_sub(now_us)
+                    / 1000;
+                let data = serde_json::json!({
+                    "code": "TOKEN_EXPIRING",
+                    "message": format!("your token expires in {} s: send a refresh with a new token", expires_in_ms / 1000),
+                    "expires_in_ms": expires_in_ms,
+                });
+                let frame = envelope::envelope("system_warning", now.unix_ms, None, &data, None);
+                self.send(slot, frame);
+                if !self.slot_of.contains_key(&conn) {
+                    continue;
+                }
+            }
+            let Some(connection) = self.conns[slot as usize].as_mut() else {
+                continue;
+            };
             let silent_us = now_us.saturating_sub(connection.last_heard_us);
             if silent_us >= idle_us {
                 self.close(conn, Some(CloseCode::IdleTimeout));
@@ -891,6 +987,11 @@ impl Core {
             self.schedule(slot);
         }
     }
+}
+
+/// The user behind the connection in `slot`, if authenticated.
+fn connection_user(conns: &[Option<Connection>], slot: u32) -> Option<&User> {
+    conns.get(slot as usize)?.as_ref()?.identity.user()
 }
 
 #[track_caller]

@@ -64,6 +64,16 @@ pub enum Output {
         /// Recipient.
         conn: ConnectionId,
     },
+    /// Verify this token (a client's `refresh`) and answer with
+    /// `Input::TokenVerified` carrying the same connection and id.
+    VerifyToken {
+        /// The connection that asked.
+        conn: ConnectionId,
+        /// The new token, as the client sent it.
+        token: String,
+        /// The request id to echo in the reply.
+        id: Option<crate::request::RequestId>,
+    },
     /// Send a close frame with this code and reason, then drop the socket.
     /// The core has already forgotten the connection.
     Close {
@@ -78,7 +88,10 @@ impl Output {
     /// The connection this output is for.
     pub fn conn(&self) -> ConnectionId {
         match self {
-            Output::Send { conn, .. } | Output::Ping { conn } | Output::Close { conn, .. } => *conn,
+            Output::Send { conn, .. }
+            | Output::Ping { conn }
+            | Output::VerifyToken { conn, .. }
+            | Output::Close { conn, .. } => *conn,
         }
     }
 }

@@ -1088,6 +1088,9 @@ fn decode(output: Output) -> Result<Ev, String> {
         ),
         Output::Ping { conn } => Ev::Ping(conn_index(conn)),
         Output::Close { conn, code } => Ev::Close(conn_index(conn), code),
+        Output::VerifyToken { .. } => {
+            return Err("VerifyToken must be answered by the harness".into())
+        }
     })
 }
 
@@ -1181,6 +1184,12 @@ fn run_against_model(case: &Case, coverage: &Coverage) -> Result<(), TestCaseErr
         check_invariants(&core, &step)?;
         let mut actual = Vec::new();
         while let Some(output) = core.poll_output() {
+            if let Output::VerifyToken { conn, id, .. } = output {
+                // The shell's part of `refresh`: this harness refuses every token.
+                let result = Err("the model harness refuses every token".to_owned());
+                core.handle(model.now(), Input::TokenVerified { conn, id, result });
+                continue;
+            }
             let mut ev = decode(output).map_err(TestCaseError::fail)?;
             model
                 .normalize(&mut ev)
@@ -1345,6 +1354,7 @@ fn raw(output: &Output) -> (ConnectionId, u8, Vec<u8>) {
         Output::Send { conn, frame } => (*conn, 0, frame.bytes().to_vec()),
         Output::Ping { conn } => (*conn, 1, Vec::new()),
         Output::Close { conn, code } => (*conn, 2, code.code().to_be_bytes().to_vec()),
+        Output::VerifyToken { conn, token, .. } => (*conn, 3, token.as_bytes().to_vec()),
     }
 }
 

@@ -23,12 +23,14 @@ enum Out {
     Send(ConnectionId, Value, usize),
     Ping(ConnectionId),
     Close(ConnectionId, CloseCode),
+    /// A `refresh` token handed to the shell for verification.
+    Verify(ConnectionId, String),
 }
 
 impl Out {
     fn conn(&self) -> ConnectionId {
         match self {
-            Out::Send(c, ..) | Out::Ping(c) | Out::Close(c, _) => *c,
+            Out::Send(c, ..) | Out::Ping(c) | Out::Close(c, _) | Out::Verify(c, _) => *c,
         }
     }
 
@@ -50,6 +52,7 @@ fn decode(output: Output) -> Out {
         }
         Output::Ping { conn } => Out::Ping(conn),
         Output::Close { conn, code } => Out::Close(conn, code),
+        Output::VerifyToken { conn, token, .. } => Out::Verify(conn, token),
     }
 }
 

@@ -375,6 +375,9 @@ pub fn core_events(data: &[u8]) {
                 Output::Ping { .. } => {
                     core.handle(now_at(now_us), Input::Pong { conn });
                 }
+                Output::VerifyToken { .. } => {
+                    panic!("no refresh was sent, yet the core asks to verify a token: {output:?}");
+                }
                 Output::Close { code, .. } => {
                     live[index] = None;
                     if let Err(violation) = oracle.ended(key, Some(code.code())) {

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use crate::auth::TokenVerifier;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Outgoing};
@@ -114,7 +115,13 @@ pub async fn run(
     clock: Clock,
     mut inbox: mpsc::Receiver<HubInput>,
     metrics: Metrics,
+    verifier: Arc<TokenVerifier>,
 ) {
+    let shell = Shell {
+        clock,
+        metrics: metrics.clone(),
+        verifier,
+    };
     let mut outboxes: HashMap<ConnectionId, Arc<Outbox>> = HashMap::new();
     let mut batch = Vec::with_capacity(BATCH_MAX);
     loop {
@@ -130,11 +137,11 @@ pub async fn run(
                 }
                 for input in batch.drain(..) {
                     let published_at = handle(&mut core, &clock, input, &mut outboxes, &metrics);
-                    route(&mut core, &mut outboxes, &metrics, published_at);
+                    route(&mut core, &mut outboxes, &shell, published_at);
                 }
             }
         }
-        route(&mut core, &mut outboxes, &metrics, None);
+        route(&mut core, &mut outboxes, &shell, None);
         metrics.connections.set(core.connection_count() as i64);
         metrics.rooms.set(core.room_count() as i64);
     }
@@ -238,13 +245,21 @@ fn handle(
     None
 }
 
+/// What routing needs from the shell besides the outboxes.
+struct Shell {
+    clock: Clock,
+    metrics: Metrics,
+    verifier: Arc<TokenVerifier>,
+}
+
 /// Hands every pending core output to its connection's outbox.
 fn route(
     core: &mut Core,
     outboxes: &mut HashMap<ConnectionId, Arc<Outbox>>,
-    metrics: &Metrics,
+    shell: &Shell,
     published_at: Option<Instant>,
 ) {
+    let metrics = &shell.metrics;
     while let Some(output) = core.poll_output() {
         match output {
             Output::Send { conn, frame } => {
@@ -256,6 +271,14 @@ fn route(
                 if let Some(outbox) = outboxes.get(&conn) {
                     outbox.push(Outgoing::Ping);
                 }
+            }
+            Output::VerifyToken { conn, token, id } => {
+                // Checked here, in order, so the reply keeps its place among the connection's messages.
+                let result = shell
+                    .verifier
+                    .verify(&token, shell.clock.unix_ms())
+                    .map_err(|e| e.to_string());
+                core.handle(shell.clock.now(), Input::TokenVerified { conn, id, result });
             }
             Output::Close { conn, code } => {
                 if let Some(outbox) = outboxes.remove(&conn) {

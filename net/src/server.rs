@@ -47,7 +47,7 @@ impl ServeOptions {
 /// Shared state of every request handler.
 pub(crate) struct App {
     pub(crate) config: ServerConfig,
-    pub(crate) verifier: TokenVerifier,
+    pub(crate) verifier: Arc<TokenVerifier>,
     pub(crate) types: MessageTypes,
     pub(crate) hub: mpsc::Sender<HubInput>,
     pub(crate) metrics: Metrics,
@@ -72,7 +72,7 @@ pub async fn serve<L: Listener>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
     config.validate()?;
-    let verifier = TokenVerifier::from_config(&config.auth)?;
+    let verifier = Arc::new(TokenVerifier::from_config(&config.auth)?);
     if !verifier.is_configured() {
         warn!(
             "no JWT key configured: every connection is anonymous and the publish API answers 401"
@@ -94,7 +94,13 @@ pub async fn serve<L: Listener>(
         server_name: config.server_name.clone(),
     });
     let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
-    let hub_task = tokio::spawn(hub::run(core, clock, hub_rx, metrics.clone()));
+    let hub_task = tokio::spawn(hub::run(
+        core,
+        clock,
+        hub_rx,
+        metrics.clone(),
+        verifier.clone(),
+    ));
 
     let limits = &config.limits;
     let mut ws_config = WebSocketConfig::default();

@@ -263,6 +263,10 @@ impl CoreSim {
                     self.oracle.received(key, observed).map_err(oracle_error)?;
                     acks.push((conn, length));
                 }
+                Output::VerifyToken { .. } => {
+                    // The workload sends no `refresh`; a verification request is a core bug.
+                    return Err(("no unsolicited outputs".into(), format!("{output:?}")));
+                }
                 Output::Ping { conn } => {
                     self.trace.bytes(b"ping");
                     if !self.clients.get(&key).is_some_and(|c| c.stalled) {

@@ -425,7 +425,6 @@ async fn broadcast_metrics_count_publishes_and_deliveries() {
 /// empty (core/src/room_log.rs, `retain_when_empty` is `false`), so every
 /// publish to an empty room is seq 1 of a new epoch.
 #[tokio::test]
-#[ignore = "room history (PROTOCOL section 7) is not implemented yet: core/src/room_log.rs"]
 async fn publishes_to_an_empty_room_are_numbered_and_kept() {
     let server = TestServer::start_default().await;
     for expected in 1..=3u64 {
@@ -446,7 +445,6 @@ async fn publishes_to_an_empty_room_are_numbered_and_kept() {
 /// PROTOCOL section 7: a join with `since` gets `recovered` and the missed
 /// broadcasts in order.
 #[tokio::test]
-#[ignore = "recovery (PROTOCOL section 7) is not implemented yet: core/src/machine.rs ignores `since`"]
 async fn a_returning_client_recovers_missed_broadcasts() {
     let server = TestServer::start_default().await;
     let mut keeper = server.client().await;

@@ -195,15 +195,21 @@ async fn an_oversize_message_in_small_fragments_is_closed_with_1009() {
 
 #[tokio::test]
 async fn an_expired_token_closes_the_connection_with_4001() {
-    let server = TestServer::start_default().await;
+    let mut config = test_config();
+    // Warn one second ahead of the two-second token.
+    config.limits.token_warning_ms = 1_000;
+    let server = TestServer::start(config).await;
     let mut c = server
         .client_with_token(&token_ttl("shortlived", "", 2))
         .await;
     assert_eq!(c.connected["data"]["authenticated"], true);
     c.join("user:shortlived").await;
-    // Keep answering (pings included) until the server closes.
+    // Keep answering (pings included) until the server closes: the only
+    // message before the close is the expiry warning.
     let before = c.expect_close(4001).await;
-    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0]["type"], "system_warning");
+    assert_eq!(before[0]["data"]["code"], "TOKEN_EXPIRING");
     server.assert_connections(0).await;
     assert_eq!(disconnects(&server, "token_expired").await, 1.0);
 }

@@ -564,7 +564,6 @@ async fn refresh_with_an_invalid_token_is_invalid_token() {
 /// reconnecting". The server answers every refresh with INVALID_TOKEN
 /// ("not available on this server yet").
 #[tokio::test]
-#[ignore = "in-band token refresh is not implemented yet (core/src/machine.rs, Action::Refresh)"]
 async fn refresh_with_a_valid_token_is_accepted() {
     let server = TestServer::start_default().await;
     let mut c = server.client_with_token(&token("alice", "")).await;
