@@ -39,6 +39,29 @@ impl Core {
                     ));
                 }
             }
+            if let Some(room) = connection
+                .held
+                .rooms()
+                .find(|room| !connection.rooms.contains(*room))
+            {
+                return Err(format!(
+                    "{id:?} holds frames for {room:?}, which it is not in"
+                ));
+            }
+            if connection.held.is_empty() != connection.held.flush_at_us().is_none() {
+                return Err(format!(
+                    "{id:?}: a flush time must be set exactly while frames are held"
+                ));
+            }
+            if connection
+                .held
+                .flush_at_us()
+                .is_some_and(|at| at < connection.timer_at_us)
+            {
+                return Err(format!(
+                    "{id:?}: its timer is later than its conflation flush"
+                ));
+            }
             if !self.timers.contains(&(connection.timer_at_us, id)) {
                 return Err(format!("{id:?} has no timer"));
             }

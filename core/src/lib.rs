@@ -33,6 +33,7 @@
 //! | [`limits`] | the one table of limits, with defaults ([`Limits`]) |
 //! | [`rate`] | the token bucket and violation counter behind `RATE_LIMITED` / 1008 |
 //! | [`room_log`] | a room's sequence numbers and epoch: the seam a shared (Redis) engine will replace |
+//! | [`conflation`] | holding back superseded progress events for members that are behind |
 //! | [`codes`] | error codes and close codes of the protocol |
 //! | [`names`] | validated room names and connection ids |
 //! | [`time`] | [`Now`] and the RFC 3339 timestamp formatter |
@@ -50,6 +51,7 @@
 
 pub mod access;
 pub mod codes;
+pub mod conflation;
 pub mod envelope;
 pub mod input;
 pub mod invariants;
@@ -68,7 +70,7 @@ pub use access::{AccessRules, Identity, RoomAccess, User};
 pub use codes::{CloseCode, ErrorCode};
 pub use input::{Input, SendTarget};
 pub use limits::Limits;
-pub use machine::{Core, CoreConfig, Response};
+pub use machine::{Core, CoreConfig, Response, RoomOptions};
 pub use names::{ConnectionId, RoomName};
 pub use output::{Output, TextFrame};
 pub use publish::{MessageTypes, Publish, PublishError, PublishReceipt};

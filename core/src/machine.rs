@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::access::{AccessRules, Identity, User};
 use crate::codes::{CloseCode, ErrorCode};
+use crate::conflation::{series_of, HeldFrames};
 use crate::envelope::{self, RoomStamp};
 use crate::input::{Input, SendTarget};
 use crate::limits::Limits;
@@ -35,6 +36,46 @@ pub struct CoreConfig {
     pub epoch_prefix: String,
     /// Shown in the `connected` message: "Connected to {server_name} WebSocket".
     pub server_name: String,
+    /// Per-room behaviours chosen by name prefix (presence diffs, conflation).
+    pub rooms: RoomOptions,
+}
+
+/// Room behaviours chosen by room-name prefix (the `[rooms]` config table).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomOptions {
+    /// Rooms whose members are told when others join or leave (`presence_diff`).
+    pub presence_diff_prefixes: Vec<String>,
+    /// Rooms that conflate `download_progress` for members that are behind.
+    pub conflate_prefixes: Vec<String>,
+    /// How long held progress events wait at most, in ms.
+    pub conflation_window_ms: u64,
+}
+
+impl Default for RoomOptions {
+    fn default() -> RoomOptions {
+        RoomOptions {
+            presence_diff_prefixes: Vec::new(),
+            conflate_prefixes: Vec::new(),
+            conflation_window_ms: 100,
+        }
+    }
+}
+
+impl RoomOptions {
+    /// Whether `room` conflates progress events.
+    pub fn conflates(&self, room: &RoomName) -> bool {
+        self.conflate_prefixes
+            .iter()
+            .any(|p| room.as_str().starts_with(p.as_str()))
+    }
+
+    /// Whether `room` pushes presence diffs.
+    pub fn presence_diffs(&self, room: &RoomName) -> bool {
+        self.presence_diff_prefixes
+            .iter()
+            .any(|p| room.as_str().starts_with(p.as_str()))
+    }
 }
 
 impl Default for CoreConfig {
@@ -45,6 +86,7 @@ impl Default for CoreConfig {
             types: MessageTypes::default(),
             epoch_prefix: "e".to_owned(),
             server_name: "roomcast".to_owned(),
+            rooms: RoomOptions::default(),
         }
     }
 }
@@ -89,6 +131,8 @@ pub(crate) struct Connection {
     token_warned: bool,
     /// The key of this connection's entry in `Core::timers`.
     pub(crate) timer_at_us: u64,
+    /// Progress events held back while this member is behind (conflation).
+    pub(crate) held: HeldFrames,
 }
 
 /// One room with at least one member (or a log worth keeping).
@@ -124,6 +168,8 @@ pub struct Core {
     epochs_created: u64,
     /// Set by `Input::Shutdown`: connections opened afterwards are closed with 1001 at once.
     shutting_down: bool,
+    /// Connections to close as slow consumers once the current input is done.
+    doomed: Vec<ConnectionId>,
     /// Latest `now` seen: time never goes backwards inside the core.
     now: Now,
 }
@@ -143,6 +189,7 @@ impl Core {
             outputs: VecDeque::new(),
             epochs_created: 0,
             shutting_down: false,
+            doomed: Vec::new(),
             now: Now::default(),
         }
     }
@@ -189,6 +236,16 @@ impl Core {
 
     /// Applies one input at `now`.
     pub fn handle(&mut self, now: Now, input: Input<'_>) -> Response {
+        let response = self.apply(now, input);
+        // Members that overflowed while a notification was fanned out are
+        // closed here, iteratively (closing one notifies the others).
+        while let Some(conn) = self.doomed.pop() {
+            self.close(conn, Some(CloseCode::SlowConsumer));
+        }
+        response
+    }
+
+    fn apply(&mut self, now: Now, input: Input<'_>) -> Response {
         // Time only moves forward, whatever the caller passes.
         if now.monotonic_us >= self.now.monotonic_us {
             self.now = now;
@@ -271,6 +328,7 @@ impl Core {
             token_deadline_us,
             token_warned: false,
             timer_at_us: 0,
+            held: HeldFrames::default(),
         };
         let slot = match self.free_slots.pop() {
             Some(slot) => {
@@ -328,8 +386,9 @@ impl Core {
         };
         self.free_slots.push(slot);
         self.timers.remove(&(connection.timer_at_us, conn));
+        let user = connection.identity.user().map(|u| u.id.as_str());
         for room in &connection.rooms {
-            self.remove_member(room, conn);
+            self.remove_member(room, conn, user);
         }
         if let Some(user) = connection.identity.user() {
             if let Some(set) = self.users.get_mut(&user.id) {
@@ -344,11 +403,43 @@ impl Core {
         }
     }
 
-    fn remove_member(&mut self, room: &RoomName, conn: ConnectionId) {
+    fn remove_member(&mut self, room: &RoomName, conn: ConnectionId, user: Option<&str>) {
         if let Some(state) = self.rooms.get_mut(room) {
             state.members.remove(&conn);
         }
+        self.notify_presence(room, conn, user, "left");
         self.settle_if_empty(room);
+    }
+
+    /// Tells the other members of a room with presence diffs that `conn`
+    /// joined or left. Unnumbered (not part of the room's `seq`).
+    fn notify_presence(
+        &mut self,
+        room: &RoomName,
+        conn: ConnectionId,
+        user: Option<&str>,
+        change: &str,
+    ) {
+        if !self.config.rooms.presence_diffs(room) {
+            return;
+        }
+        let Some(state) = self.rooms.get(room) else {
+            return;
+        };
+        let who = serde_json::json!({"connection_id": conn.to_string(), "user_id": user});
+        let data = serde_json::json!({"room": room.as_str(), change: who, "connections": state.members.len()});
+        let frame = envelope::envelope("presence_diff", self.now.unix_ms, None, &data, None);
+        for (&member, &slot) in &state.members {
+            if member == conn {
+                continue;
+            }
+            let Some(connection) = self.conns[slot as usize].as_mut() else {
+                continue;
+            };
+            if !Self::try_send(&mut self.outputs, &self.config.limits, connection, &frame) {
+                self.doomed.push(member);
+            }
+        }
     }
 
     /// A room that has no members is dropped, or kept until its history
@@ -551,9 +642,16 @@ impl Core {
         }
         connection.rooms.insert(room.clone());
         let conn = connection.id;
+        let user = connection.identity.user().map(|u| u.id.clone());
         let bounds = self.history_bounds();
         let state = self.room_mut(&room);
-        state.members.insert(conn, slot);
+        let joined = state.members.insert(conn, slot).is_none();
+        if joined {
+            self.notify_presence(&room, conn, user.as_deref(), "joined");
+        }
+        let Some(state) = self.rooms.get_mut(&room) else {
+            unreachable_slot()
+        };
         state.log.expire(bounds, now.monotonic_us);
         let log = &state.log;
         // A member already has everything since its join: nothing to replay.
@@ -594,8 +692,10 @@ impl Core {
             unreachable_slot()
         };
         if connection.rooms.remove(&room) {
+            connection.held.drop_room(&room);
             let conn = connection.id;
-            self.remove_member(&room, conn);
+            let user = connection.identity.user().map(|u| u.id.clone());
+            self.remove_member(&room, conn, user.as_deref());
         }
         #[derive(Serialize)]
         struct Left<'a> {
@@ -798,6 +898,7 @@ impl Core {
     /// that room's frame.
     fn broadcast(&mut self, now: Now, publish: Publish) -> Result<PublishReceipt, PublishError> {
         let payload = self.serialize_payload(&publish.data)?;
+        let series = series_of(&publish.kind, &publish.data);
         let mut receipt = PublishReceipt {
             delivered: 0,
             rooms: Vec::with_capacity(publish.rooms.len()),
@@ -823,18 +924,60 @@ impl Core {
                 None,
             );
             state.log.append(bounds, now.monotonic_us, frame.clone());
+            let conflating = series
+                .as_ref()
+                .filter(|_| self.config.rooms.conflates(&room));
+            let flush_at_us =
+                now.monotonic_us + self.config.rooms.conflation_window_ms.max(1) * 1000;
+            let mut newly_holding: Vec<u32> = Vec::new();
             for &slot in state.members.values() {
                 // Members always occupy their slot (checked by `check_invariants`).
                 let Some(connection) = self.conns[slot as usize].as_mut() else {
                     continue;
                 };
-                if Self::try_send(&mut self.outputs, &self.config.limits, connection, &frame) {
+                if let Some(series) = conflating {
+                    // Behind, or already holding this series: hold (newest wins).
+                    if connection.queued_bytes > 0 || connection.held.holds(&room, series) {
+                        if connection.held.is_empty() {
+                            newly_holding.push(slot);
+                        }
+                        connection.held.hold(
+                            &room,
+                            series.clone(),
+                            seq,
+                            frame.clone(),
+                            flush_at_us,
+                        );
+                        receipt.delivered += 1;
+                        continue;
+                    }
+                }
+                // Anything held for this room goes first: seq never goes backwards.
+                let mut ok = true;
+                if !connection.held.is_empty() {
+                    for earlier in connection.held.take(Some(&room)) {
+                        // Stop at the first overflow: nothing may follow a gap.
+                        ok = ok
+                            && Self::try_send(
+                                &mut self.outputs,
+                                &self.config.limits,
+                                connection,
+                                &earlier,
+                            );
+                    }
+                }
+                if ok && Self::try_send(&mut self.outputs, &self.config.limits, connection, &frame)
+                {
                     receipt.delivered += 1;
                 } else {
                     overflowed.push(connection.id);
                 }
             }
             let epoch = state.log.epoch().to_owned();
+            // Members that started holding frames need their flush timer.
+            for slot in newly_holding {
+                self.schedule(slot);
+            }
             self.settle_if_empty(&room);
             receipt.rooms.push(RoomSeq { room, epoch, seq });
             // Close overflowing members before the next room so they get
@@ -883,6 +1026,9 @@ impl Core {
             .max(connection.last_ping_us)
             .saturating_add(ping_us);
         let mut at = idle_at.min(ping_at);
+        if let Some(flush_at) = connection.held.flush_at_us() {
+            at = at.min(flush_at);
+        }
         if let Some(deadline) = connection.token_deadline_us {
             at = at.min(deadline);
             if !connection.token_warned {
@@ -949,6 +1095,26 @@ impl Core {
                 self.close(conn, Some(CloseCode::TokenExpired));
                 continue;
             }
+            if connection.held.flush_at_us().is_some_and(|at| at <= now_us) {
+                let mut ok = true;
+                for frame in connection.held.take(None) {
+                    // Stop at the first overflow: nothing may follow a gap.
+                    ok = ok
+                        && Self::try_send(
+                            &mut self.outputs,
+                            &self.config.limits,
+                            connection,
+                            &frame,
+                        );
+                }
+                if !ok {
+                    self.close(conn, Some(CloseCode::SlowConsumer));
+                    continue;
+                }
+            }
+            let Some(connection) = self.conns[slot as usize].as_mut() else {
+                continue;
+            };
             let warn_at = connection.token_deadline_us.map(|d| {
                 d.saturating_sub(self.config.limits.token_warning_ms.saturating_mul(1000))
             });

@@ -76,6 +76,9 @@ pub struct Observed {
     /// Echoed request id.
     #[serde(default)]
     pub id: Option<Value>,
+    /// Set on a progress event that replaced earlier ones (conflation).
+    #[serde(default)]
+    pub conflated: Option<bool>,
     /// Reply details.
     #[serde(default)]
     pub data: ObservedData,
@@ -211,7 +214,9 @@ impl Oracle {
                     format!("{} seq {seq} of room {room}", message.kind),
                 ));
             };
-            if seq != member.next_seq {
+            // A conflated progress event may jump forward, never back.
+            let conflated_jump = message.conflated == Some(true) && seq > member.next_seq;
+            if seq != member.next_seq && !conflated_jump {
                 let what = if seq < member.next_seq {
                     "duplicate or reordered"
                 } else {
@@ -226,7 +231,7 @@ impl Oracle {
                     ),
                 ));
             }
-            member.next_seq += 1;
+            member.next_seq = seq + 1;
             return Ok(());
         }
         let Some(id) = &message.id else { return Ok(()) };
@@ -297,7 +302,10 @@ impl Oracle {
                 };
                 if let Some(member) = view.rooms.get(&room) {
                     // An idempotent re-join: membership continues unchanged.
-                    if member.epoch != epoch || member.next_seq != seq + 1 {
+                    // The reply reports the room's newest seq, which the
+                    // client may not have yet when progress events are held
+                    // for it (conflation), but never an older one.
+                    if member.epoch != epoch || seq + 1 < member.next_seq {
                         return Err(violation(
                             client,
                             "idempotent join",
@@ -584,6 +592,23 @@ mod tests {
             recovering(None).received(2, &lie).unwrap_err().invariant,
             "recovery is honest"
         );
+    }
+
+    #[test]
+    fn conflated_events_may_jump_forward_only() {
+        let mut oracle = joined();
+        oracle.received(1, &broadcast("r", 1)).unwrap();
+        let jump =
+            msg(r#"{"type":"download_progress","room":"r","seq":4,"conflated":true,"data":{}}"#);
+        oracle.received(1, &jump).unwrap();
+        oracle.received(1, &broadcast("r", 5)).unwrap();
+        // Planted: an unflagged jump, and a flagged step backwards.
+        assert!(oracle.received(1, &broadcast("r", 7)).is_err());
+        let mut oracle = joined();
+        oracle.received(1, &broadcast("r", 1)).unwrap();
+        let back =
+            msg(r#"{"type":"download_progress","room":"r","seq":1,"conflated":true,"data":{}}"#);
+        assert!(oracle.received(1, &back).is_err());
     }
 
     #[test]

@@ -878,11 +878,22 @@ fn client_publish_validates_type_and_series_key() {
 fn refresh_is_refused_with_invalid_token_and_the_connection_stays_open() {
     let mut h = Harness::new(CoreConfig::default());
     h.open(c(1), user("alice", &[]));
-    let reply = h.reply(
+    // The core hands the token to the shell for verification...
+    let outs = h.text(
         c(1),
         r#"{"action":"refresh","data":{"token":"a.b.c"},"id":9}"#,
     );
-    assert_eq!(error_code(&reply), "INVALID_TOKEN");
+    assert_eq!(outs, vec![Out::Verify(c(1), "a.b.c".into())]);
+    // ...and answers the shell's verdict.
+    let id = Some(roomcast_core::request::RequestId::Number(9.into()));
+    let outs = h.run(Input::TokenVerified {
+        conn: c(1),
+        id,
+        result: Err("bad signature".into()),
+    });
+    assert_eq!(outs.len(), 1, "{outs:?}");
+    let reply = outs[0].msg();
+    assert_eq!(error_code(reply), "INVALID_TOKEN");
     assert_eq!(reply["id"], 9);
     assert_alive(&mut h, c(1));
     h.finish();
@@ -1362,15 +1373,23 @@ fn a_reply_that_overflows_the_queue_closes_4008() {
 
 #[test]
 fn token_expiry_closes_4001_at_the_right_time() {
-    let mut h = Harness::new(CoreConfig::default());
+    let mut h = Harness::with_limits(Limits {
+        token_warning_ms: 3_000,
+        ..Limits::default()
+    });
     h.advance_to(2 * SECOND_US);
     // Expires 10 s after the start of the clocks, i.e. 8 s after opening.
     h.open(c(1), user_expiring("alice", START_MS + 10_000));
     h.join(c(1), "user:alice");
     h.open(c(2), user("bob", &[]));
-    assert_eq!(h.core.poll_timeout(), Some(10 * SECOND_US));
+    // First the warning, 3 s ahead.
+    assert_eq!(h.core.poll_timeout(), Some(7 * SECOND_US));
     let fired = h.run_timers_until(10 * SECOND_US - 1);
-    assert_eq!(fired, vec![]);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].0, 7 * SECOND_US);
+    assert_eq!(fired[0].1.conn(), c(1));
+    assert_eq!(fired[0].1.msg()["type"], "system_warning");
+    assert_eq!(fired[0].1.msg()["data"]["code"], "TOKEN_EXPIRING");
     assert_alive(&mut h, c(1));
     let fired = h.run_timers_until(10 * SECOND_US);
     assert_eq!(

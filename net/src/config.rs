@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use roomcast_core::{AccessRules, Limits};
+use roomcast_core::{AccessRules, Limits, RoomOptions};
 use serde::Deserialize;
 
 /// Everything `roomcast serve` is configured with.
@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Room access rules.
     pub access: AccessRules,
+    /// Per-room behaviours by name prefix: presence diffs, conflation.
+    pub rooms: RoomOptions,
     /// Extra message types the publish API accepts (`[a-z0-9_]`, 1-64 bytes).
     pub custom_types: Vec<String>,
     /// When non-empty, browsers whose `Origin` is not listed get 403 before the upgrade.
@@ -48,6 +50,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             limits: Limits::default(),
             access: AccessRules::default(),
+            rooms: RoomOptions::default(),
             custom_types: Vec::new(),
             allowed_origins: Vec::new(),
             shutdown_drain_ms: 5_000,
@@ -156,6 +159,9 @@ impl ServerConfig {
                 "limits: ping_interval_ms and idle_timeout_ms must be between 1 ms and one day"
                     .into(),
             );
+        }
+        if self.rooms.conflation_window_ms == 0 || self.rooms.conflation_window_ms > 60_000 {
+            return Err("rooms: conflation_window_ms must be between 1 and 60000".into());
         }
         if l.idle_timeout_ms <= l.ping_interval_ms {
             return Err("limits: idle_timeout_ms must be greater than ping_interval_ms".into());

@@ -161,8 +161,15 @@ pub fn core_events(data: &[u8]) {
         idle_timeout_ms: 3_000,
         ..Limits::default()
     };
+    // r0, r1 conflate progress; r1, r2 push presence diffs.
+    let rooms = roomcast_core::RoomOptions {
+        conflate_prefixes: vec!["r0".into(), "r1".into()],
+        presence_diff_prefixes: vec!["r1".into(), "r2".into()],
+        conflation_window_ms: 50,
+    };
     let mut core = Core::new(CoreConfig {
         limits,
+        rooms,
         ..CoreConfig::default()
     });
     let mut oracle = Oracle::new();
@@ -302,7 +309,7 @@ pub fn core_events(data: &[u8]) {
                 let (kind, data) = if progress {
                     (
                         "download_progress",
-                        serde_json::json!({"key": "k", "percent": now_us % 100}),
+                        serde_json::json!({"key": "k", "download_id": now_us % 2, "percent": now_us % 100}),
                     )
                 } else {
                     ("queue_status", serde_json::json!({"n": now_us}))

@@ -92,6 +92,7 @@ pub async fn serve<L: Listener>(
         types: types.clone(),
         epoch_prefix: node_id.clone(),
         server_name: config.server_name.clone(),
+        rooms: config.rooms.clone(),
     });
     let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
     let hub_task = tokio::spawn(hub::run(

@@ -78,6 +78,7 @@ pub fn run(seed: u64, clients: usize, events: u64) -> Result<Summary, Failure> {
     let config = CoreConfig {
         limits: mix.limits.clone(),
         epoch_prefix: format!("s{seed}"),
+        rooms: mix.room_options.clone(),
         ..CoreConfig::default()
     };
     let mut sim = CoreSim {
@@ -168,6 +169,9 @@ impl CoreSim {
         for key in stalled {
             self.unstall(key)?;
         }
+        // Progress events held for conflation go out when their window closes.
+        self.now_us += self.mix.room_options.conflation_window_ms * 1000 + 1;
+        self.input(0, "timeout", Input::Timeout)?;
         self.core
             .check_invariants()
             .map_err(|e| ("core invariants".to_owned(), e))?;
@@ -582,7 +586,8 @@ impl CoreSim {
         let (kind, data) = if self.rng.chance(500_000) {
             (
                 "download_progress",
-                json!({"key": "attack-on-titan", "download_id": self.events, "percent": 50}),
+                // A few series, so conflation has something to replace.
+                json!({"key": "attack-on-titan", "download_id": self.rng.below(3), "percent": self.events % 100}),
             )
         } else {
             ("queue_status", json!({"pending": self.events}))

@@ -186,6 +186,19 @@ pub fn run(seed: u64, clients: usize, seconds: u64) -> Result<Summary, Failure> 
 
     let mut config = ServerConfig::default();
     config.limits = limits.clone();
+    config.rooms = roomcast_core::RoomOptions {
+        conflate_prefixes: if rng.chance(500_000) {
+            vec!["room-".into()]
+        } else {
+            Vec::new()
+        },
+        presence_diff_prefixes: if rng.chance(500_000) {
+            vec!["room-1".into()]
+        } else {
+            Vec::new()
+        },
+        conflation_window_ms: rng.range(20, 300),
+    };
     config.auth.jwt_secret = Some(SECRET.to_owned());
     config.close_flush_timeout_ms = 1_000;
     config.shutdown_drain_ms = 1_000;
@@ -773,7 +786,7 @@ async fn publisher_task(world: Shared, mut spec: PublisherSpec) {
             .map(|_| format!("room-{}", spec.rng.below(spec.rooms)))
             .collect();
         let body = if spec.rng.chance(500_000) {
-            json!({"rooms": rooms, "type": "download_progress", "data": {"key": "attack-on-titan", "download_id": "d1", "percent": spec.rng.below(100)}})
+            json!({"rooms": rooms, "type": "download_progress", "data": {"key": "attack-on-titan", "download_id": spec.rng.below(3), "percent": spec.rng.below(100)}})
         } else {
             json!({"rooms": rooms, "type": "queue_status", "data": {"pending": spec.rng.below(1000)}})
         };

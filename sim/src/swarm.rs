@@ -1,7 +1,7 @@
 //! Swarm testing: each seed draws its own mix of actions, limits and faults,
 //! so a sweep explores very different workloads instead of one average one.
 
-use roomcast_core::Limits;
+use roomcast_core::{Limits, RoomOptions};
 
 use crate::rng::SimRng;
 
@@ -72,6 +72,8 @@ pub struct Mix {
     pub limits: Limits,
     /// Largest gap between two events, in µs of virtual time.
     pub event_gap_us_max: u64,
+    /// Conflation and presence-diff settings.
+    pub room_options: RoomOptions,
 }
 
 impl Mix {
@@ -114,6 +116,17 @@ impl Mix {
             history_age_ms: 86_400_000,
             ..Limits::default()
         };
+        // Some seeds conflate progress in some rooms and push presence diffs in others.
+        let prefix = |rng: &mut SimRng| match rng.below(3) {
+            0 => Vec::new(),
+            1 => vec!["room-1".to_owned()],
+            _ => vec!["room-".to_owned()],
+        };
+        let room_options = RoomOptions {
+            conflate_prefixes: prefix(rng),
+            presence_diff_prefixes: prefix(rng),
+            conflation_window_ms: rng.range(10, 500),
+        };
         Mix {
             clients,
             rooms: rng.range(1, 30) as usize,
@@ -123,6 +136,7 @@ impl Mix {
             weights,
             limits,
             event_gap_us_max: rng.range(10, 2_000),
+            room_options,
         }
     }
 }

@@ -21,6 +21,22 @@ const CORE_SEEDS: &[(u64, usize, u64, &str)] = &[
     // closes in one run: the oracle's tail checks must hold across all three.
     (30, 0, 200_000, "1008 + 4001 + 4002 closes in one run"),
     (3, 0, 200_000, "4001 + 4002 + 4008 closes in one run"),
+    // Conflation flagged the replacing event instead of the first event
+    // after the replaced seq, so a member saw an unflagged jump.
+    (
+        0,
+        0,
+        200_000,
+        "conflation flag placed where the jump is seen",
+    ),
+    // Progress events still held when the run went quiet: the end check
+    // must let the conflation window close first.
+    (
+        2,
+        0,
+        200_000,
+        "held progress flushed before the quiet-state check",
+    ),
 ];
 
 #[test]
