@@ -195,9 +195,27 @@ fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<(), Stri
             .as_table_mut()
             .ok_or_else(|| format!("{key}: {part} is not a table"))?;
     }
-    node.insert(path[path.len() - 1].to_string(), env_value(value));
+    let dotted = path.join(".");
+    let value = if TEXT_KEYS.contains(&dotted.as_str()) {
+        toml::Value::String(value.to_owned())
+    } else {
+        env_value(value)
+    };
+    node.insert(path[path.len() - 1].to_string(), value);
     Ok(())
 }
+
+/// Keys whose values are always text, even when they look like a number
+/// (`ROOMCAST_JWT_SECRET=123456` is a secret, not an integer).
+const TEXT_KEYS: [&str; 7] = [
+    "auth.jwt_secret",
+    "auth.algorithm",
+    "auth.public_key_file",
+    "auth.invalid_token",
+    "server_name",
+    "listen",
+    "log_format",
+];
 
 /// Environment values are strings; numbers and booleans are recognised so
 /// `ROOMCAST_LIMITS__ROOMS_PER_CONNECTION_MAX=10` works.
@@ -267,6 +285,20 @@ mod tests {
         assert_eq!(config.limits.rooms_per_connection_max, 3);
         assert_eq!(config.allowed_origins.len(), 2);
         assert_eq!(config.auth.invalid_token, InvalidTokenPolicy::Reject);
+    }
+
+    #[test]
+    fn secrets_that_look_like_numbers_stay_text() {
+        let config = ServerConfig::load(
+            None,
+            env(&[
+                ("ROOMCAST_JWT_SECRET", "123456"),
+                ("ROOMCAST_SERVER_NAME", "42"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.auth.jwt_secret.as_deref(), Some("123456"));
+        assert_eq!(config.server_name, "42");
     }
 
     #[test]

@@ -1,0 +1,392 @@
+//! `loadgen`: real-socket load against a roomcast (or protocol-compatible)
+//! server on loopback, measuring what docs/benchmarks.md reports.
+//!
+//! ```text
+//! loadgen fanout   --addr 127.0.0.1:8080 --pid PID --members 10000 --broadcasts 200 --rate 50 --payload 100
+//! loadgen pingpong --addr 127.0.0.1:8080 --pid PID --conns 100 --seconds 5
+//! loadgen idle     --addr 127.0.0.1:8080 --pid PID --steps 1000,5000,15000
+//! ```
+//!
+//! Connections spread their source addresses over 127.0.0.2-127.0.0.254 so
+//! more than one address's ephemeral ports are available. `--pid` is the
+//! server's process id: its CPU time (all threads, from /proc) and RSS are
+//! read before and after each measured phase. Each run prints a human
+//! summary and one JSON line (prefixed `JSON `). Publishing needs a token
+//! with the `publish` scope when the server checks one (`--token`).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type Ws = WebSocketStream<TcpStream>;
+
+struct Args {
+    mode: String,
+    addr: SocketAddr,
+    pid: Option<u32>,
+    token: String,
+    members: usize,
+    broadcasts: usize,
+    rate: f64,
+    payload: usize,
+    conns: usize,
+    seconds: u64,
+    steps: Vec<usize>,
+    room: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mode = it
+        .next()
+        .ok_or("usage: loadgen fanout|pingpong|idle [--flags]")?;
+    let mut args = Args {
+        mode,
+        addr: "127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?,
+        pid: None,
+        token: String::new(),
+        members: 1000,
+        broadcasts: 200,
+        rate: 50.0,
+        payload: 100,
+        conns: 100,
+        seconds: 5,
+        steps: vec![1000, 5000, 15000],
+        room: "bench".into(),
+    };
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{flag}: not a number: {value}"))
+        };
+        match flag.as_str() {
+            "--addr" => args.addr = value.parse().map_err(|e| format!("--addr: {e}"))?,
+            "--pid" => args.pid = Some(number()? as u32),
+            "--token" => args.token = value.clone(),
+            "--members" => args.members = number()? as usize,
+            "--broadcasts" => args.broadcasts = number()? as usize,
+            "--rate" => {
+                args.rate = value
+                    .parse()
+                    .map_err(|_| "--rate: not a number".to_owned())?
+            }
+            "--payload" => args.payload = number()? as usize,
+            "--conns" => args.conns = number()? as usize,
+            "--seconds" => args.seconds = number()?,
+            "--steps" => {
+                args.steps = value
+                    .split(',')
+                    .map(|s| s.trim().parse().map_err(|_| format!("--steps: {s}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--room" => args.room = value.clone(),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(args)
+}
+
+/// The server's CPU time in ns (all threads) and RSS in bytes, from /proc.
+fn server_usage(pid: Option<u32>) -> (u64, u64) {
+    let Some(pid) = pid else { return (0, 0) };
+    let mut cpu_ns = 0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            cpu_ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    (cpu_ns, rss_kib * 1024)
+}
+
+/// Opens one WebSocket from source address 127.0.0.(2 + n % 253).
+async fn connect(addr: SocketAddr, n: usize) -> Result<Ws, String> {
+    let source = SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::new(127, 0, 0, 2 + (n % 253) as u8),
+        0,
+    ));
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(source)
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket
+        .connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = 16 * 1024;
+    let url = format!("ws://{addr}/ws/connect");
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .map_err(|e| e.to_string())?;
+    // The `connected` message.
+    match ws.next().await {
+        Some(Ok(Message::Text(_))) => Ok(ws),
+        other => Err(format!("no connected message: {other:?}")),
+    }
+}
+
+async fn connect_many(addr: SocketAddr, count: usize) -> Result<(Vec<Ws>, f64), String> {
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(count);
+    // Bounded concurrency keeps the accept backlog sane.
+    let mut pending = futures_util::stream::iter(0..count)
+        .map(|n| connect(addr, n))
+        .buffered(256);
+    while let Some(ws) = pending.next().await {
+        sockets.push(ws?);
+    }
+    Ok((sockets, count as f64 / started.elapsed().as_secs_f64()))
+}
+
+async fn join(ws: &mut Ws, room: &str) -> Result<(), String> {
+    ws.send(Message::text(
+        json!({"action": "join", "data": {"room": room}}).to_string(),
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.contains("Joined room") => return Ok(()),
+            Some(Ok(_)) => continue,
+            other => return Err(format!("join failed: {other:?}")),
+        }
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection for the publish API.
+async fn api(
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn fanout(args: &Args) -> Result<Value, String> {
+    let (sockets, connects_per_sec) = connect_many(args.addr, args.members).await?;
+    let clock = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let latencies: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::with_capacity(
+        args.members * args.broadcasts,
+    )));
+    let mut readers = Vec::new();
+    for mut ws in sockets {
+        join(&mut ws, &args.room).await?;
+        let (received, latencies, expected) =
+            (received.clone(), latencies.clone(), args.broadcasts);
+        readers.push(tokio::spawn(async move {
+            let mut mine = Vec::with_capacity(expected);
+            while mine.len() < expected {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        // The publish time rides in data.t (µs since the loadgen's clock started).
+                        if let Some(at) = text
+                            .find("\"t\":")
+                            .and_then(|i| text[i + 4..].split(|c: char| !c.is_ascii_digit()).next())
+                            .and_then(|v| v.parse::<u64>().ok())
+                        {
+                            mine.push((clock.elapsed().as_micros() as u64).saturating_sub(at));
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+            latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(mine);
+            ws
+        }));
+    }
+    let mut publisher = api(args.addr).await?;
+    let pad = "x".repeat(args.payload.saturating_sub(40));
+    let (cpu_before, _) = server_usage(args.pid);
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
+    let mut ticker = tokio::time::interval(interval);
+    for _ in 0..args.broadcasts {
+        ticker.tick().await;
+        let body = json!({"room": args.room, "type": "download_progress", "data": {"key": "bench", "t": clock.elapsed().as_micros() as u64, "pad": pad}});
+        let request = hyper::Request::post("/api/broadcast")
+            .header("host", "bench")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", args.token))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| e.to_string())?;
+        publisher.ready().await.map_err(|e| e.to_string())?;
+        let response = publisher
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let _ = response.into_body().collect().await;
+        if !status.is_success() {
+            return Err(format!("publish answered {status}"));
+        }
+    }
+    let expected = (args.members * args.broadcasts) as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (cpu_after, rss) = server_usage(args.pid);
+    let got = received.load(Ordering::Relaxed);
+    for reader in readers {
+        reader.abort();
+    }
+    let mut lat = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    lat.sort_unstable();
+    let cpu_us = (cpu_after - cpu_before) as f64 / 1000.0;
+    Ok(json!({
+        "mode": "fanout", "members": args.members, "broadcasts": args.broadcasts, "rate": args.rate, "payload": args.payload,
+        "connects_per_sec": connects_per_sec.round(),
+        "deliveries_expected": expected, "deliveries_received": got,
+        "deliveries_per_sec": (got as f64 / elapsed).round(),
+        "latency_us": {"p50": percentile(&lat, 0.5), "p90": percentile(&lat, 0.9), "p99": percentile(&lat, 0.99), "max": lat.last().copied().unwrap_or(0)},
+        "server_cpu_us_per_delivery": if got > 0 { cpu_us / got as f64 } else { 0.0 },
+        "server_rss_bytes": rss,
+    }))
+}
+
+async fn pingpong(args: &Args) -> Result<Value, String> {
+    let (sockets, _) = connect_many(args.addr, args.conns).await?;
+    let replies = Arc::new(AtomicU64::new(0));
+    // Replies that were not pongs (e.g. RATE_LIMITED: raise the server's rate limit for benchmarks).
+    let refused = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs(args.seconds);
+    let (cpu_before, _) = server_usage(args.pid);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut ws in sockets {
+        let (replies, refused) = (replies.clone(), refused.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < stop {
+                if ws
+                    .send(Message::text(r#"{"action":"ping"}"#))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // Every ping gets exactly one text reply: a pong, or an error.
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(text))) => {
+                            if !text.contains("\"pong\"") {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                            }
+                            break;
+                        }
+                        Some(Ok(_)) => continue,
+                        _ => return,
+                    }
+                }
+                replies.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (cpu_after, _) = server_usage(args.pid);
+    let n = replies.load(Ordering::Relaxed);
+    Ok(json!({
+        "mode": "pingpong", "conns": args.conns, "seconds": args.seconds,
+        "replies": n, "replies_per_sec": (n as f64 / elapsed).round(),
+        "refused": refused.load(Ordering::Relaxed),
+        "server_cpu_us_per_reply": if n > 0 { (cpu_after - cpu_before) as f64 / 1000.0 / n as f64 } else { 0.0 },
+    }))
+}
+
+async fn idle(args: &Args) -> Result<Value, String> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, baseline) = server_usage(args.pid);
+    let mut held: Vec<Ws> = Vec::new();
+    let mut points = Vec::new();
+    for &target in &args.steps {
+        let more = target.saturating_sub(held.len());
+        let (sockets, _) = connect_many(args.addr, more).await?;
+        held.extend(sockets);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, rss) = server_usage(args.pid);
+        let per_conn = rss.saturating_sub(baseline) as f64 / held.len() as f64;
+        points.push(json!({"connections": held.len(), "server_rss_bytes": rss, "bytes_per_connection": per_conn.round()}));
+    }
+    Ok(json!({"mode": "idle", "baseline_rss_bytes": baseline, "points": points}))
+}
+
+fn main() -> std::process::ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let result = runtime.block_on(async {
+        match args.mode.as_str() {
+            "fanout" => fanout(&args).await,
+            "pingpong" => pingpong(&args).await,
+            "idle" => idle(&args).await,
+            other => Err(format!("unknown mode {other}")),
+        }
+    });
+    match result {
+        Ok(report) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            println!("JSON {report}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
