@@ -130,10 +130,8 @@ impl Core {
                     .get(id)
                     .and_then(|&s| self.conns[s as usize].as_ref())
                     .map(|c| &c.identity);
-                if !identity
-                    .and_then(|i| i.user())
-                    .is_some_and(|u| &u.id == user)
-                {
+                let owner = identity.and_then(|i| i.user()).map(|u| &u.id);
+                if owner != Some(user) {
                     return Err(format!("user {user:?} lists {id:?}, which is not theirs"));
                 }
             }

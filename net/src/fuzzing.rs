@@ -23,8 +23,11 @@ use serde_json::{Map, Value};
 use crate::auth::{extract_token, Claims, TokenVerifier};
 use crate::config::AuthConfig;
 
-/// Every target, by name (the fuzz crate's binaries and the corpus folders).
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+/// A fuzz target: its name (the fuzz binary and corpus folder) and body.
+pub type FuzzTarget = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: [FuzzTarget; 5] = [
     ("client_message", client_message),
     ("core_events", core_events),
     ("publish_body", publish_body),
@@ -406,7 +409,10 @@ pub fn core_events(data: &[u8]) {
     // Rooms outlive their members while they hold history: let it age out.
     let history_us = core.config().limits.history_age_ms * 1000;
     core.handle(now_at(now_us + history_us), Input::Timeout);
-    assert!(core.poll_output().is_none(), "no output once everyone has left");
+    assert!(
+        core.poll_output().is_none(),
+        "no output once everyone has left"
+    );
     assert_eq!(
         (core.connection_count(), core.room_count()),
         (0, 0),

@@ -184,9 +184,7 @@ pub fn run(seed: u64, clients: usize, seconds: u64) -> Result<Summary, Failure> 
         .tcp_capacity(1024)
         .build();
 
-    let mut config = ServerConfig::default();
-    config.limits = limits.clone();
-    config.rooms = roomcast_core::RoomOptions {
+    let room_options = roomcast_core::RoomOptions {
         conflate_prefixes: if rng.chance(500_000) {
             vec!["room-".into()]
         } else {
@@ -199,9 +197,14 @@ pub fn run(seed: u64, clients: usize, seconds: u64) -> Result<Summary, Failure> 
         },
         conflation_window_ms: rng.range(20, 300),
     };
+    let mut config = ServerConfig {
+        limits: limits.clone(),
+        rooms: room_options,
+        close_flush_timeout_ms: 1_000,
+        shutdown_drain_ms: 1_000,
+        ..ServerConfig::default()
+    };
     config.auth.jwt_secret = Some(SECRET.to_owned());
-    config.close_flush_timeout_ms = 1_000;
-    config.shutdown_drain_ms = 1_000;
     sim.host(SERVER, move || {
         let config = config.clone();
         async move {
