@@ -379,6 +379,9 @@ async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse
         .await
         .map_err(|_| ApiError::unavailable())?
         .map_err(invalid)?;
+    for room in &receipt.rooms {
+        debug!(room = %room.room, seq = room.seq, epoch = %room.epoch, user = %user.id, "broadcast published");
+    }
     let seqs: serde_json::Map<String, Value> = receipt
         .rooms
         .iter()
