@@ -238,6 +238,7 @@ async fn ws_connect(
             app.hub.clone(),
             app.metrics.clone(),
             flush,
+            app.written_board.clone(),
         )
         .await;
         info!(conn = %conn, user = user_id.as_deref().unwrap_or("-"), "client disconnected");

@@ -18,7 +18,7 @@ use tracing::{debug, info};
 use crate::auth::TokenVerifier;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Outgoing};
+use crate::outbox::{Outbox, Outgoing, WrittenBoard};
 
 /// Capacity of the hub's input channel. Senders wait when it is full, which
 /// slows readers and API callers rather than growing memory.
@@ -65,13 +65,6 @@ pub enum HubInput {
         /// The connection.
         conn: ConnectionId,
     },
-    /// Frames totalling `bytes` were written to the socket.
-    Written {
-        /// The connection.
-        conn: ConnectionId,
-        /// Bytes written.
-        bytes: usize,
-    },
     /// Close the connection for a reason the session saw (oversize, fault).
     Abort {
         /// The connection.
@@ -116,6 +109,7 @@ pub async fn run(
     mut inbox: mpsc::Receiver<HubInput>,
     metrics: Metrics,
     verifier: Arc<TokenVerifier>,
+    board: Arc<WrittenBoard>,
 ) {
     let shell = Shell {
         clock,
@@ -124,17 +118,20 @@ pub async fn run(
     };
     let mut outboxes: HashMap<ConnectionId, Arc<Outbox>> = HashMap::new();
     let mut batch = Vec::with_capacity(BATCH_MAX);
+    let mut dirty = Vec::new();
     loop {
         let deadline = core.poll_timeout().map(|us| clock.instant_of(us));
         tokio::select! {
             biased;
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                collect_written(&mut core, &clock, &outboxes, &board, &mut dirty);
                 core.handle(clock.now(), Input::Timeout);
             }
             received = inbox.recv_many(&mut batch, BATCH_MAX) => {
                 if received == 0 {
                     break;
                 }
+                collect_written(&mut core, &clock, &outboxes, &board, &mut dirty);
                 for input in batch.drain(..) {
                     let published_at = handle(&mut core, &clock, input, &mut outboxes, &metrics);
                     route(&mut core, &mut outboxes, &shell, published_at);
@@ -146,6 +143,30 @@ pub async fn run(
         metrics.rooms.set(core.room_count() as i64);
     }
     debug!("hub stopped");
+}
+
+/// Feeds the core every write the sessions reported since the last call,
+/// so its backlog accounting is current before it decides anything.
+fn collect_written(
+    core: &mut Core,
+    clock: &Clock,
+    outboxes: &HashMap<ConnectionId, Arc<Outbox>>,
+    board: &WrittenBoard,
+    dirty: &mut Vec<ConnectionId>,
+) {
+    board.drain(dirty);
+    if dirty.is_empty() {
+        return;
+    }
+    let now = clock.now();
+    for conn in dirty.drain(..) {
+        if let Some(outbox) = outboxes.get(&conn) {
+            let bytes = outbox.take_written();
+            if bytes > 0 {
+                core.handle(now, Input::Written { conn, bytes });
+            }
+        }
+    }
 }
 
 /// Applies one hub input to the core. Returns the publish time when the
@@ -185,9 +206,6 @@ fn handle(
         }
         HubInput::Alive { conn } => {
             core.handle(now, Input::Pong { conn });
-        }
-        HubInput::Written { conn, bytes } => {
-            core.handle(now, Input::Written { conn, bytes });
         }
         HubInput::Abort { conn, code } => {
             core.handle(now, Input::Abort { conn, code });

@@ -7,9 +7,10 @@
 //! `outbound_queue_bytes_max`), so it needs no capacity of its own.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use roomcast_core::{CloseCode, TextFrame};
+use roomcast_core::{CloseCode, ConnectionId, TextFrame};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -37,6 +38,28 @@ pub struct Outbox {
     pub ready: Notify,
     /// Wakes a session stuck writing to a stalled socket when it must close.
     pub closing: Notify,
+    /// Bytes written to the socket and not yet reported to the core.
+    written: AtomicUsize,
+}
+
+/// Where sessions post "bytes written" for the hub to collect.
+///
+/// Reporting every flush through the hub's channel would cost a message
+/// and a wake-up per delivery; instead a session adds to its outbox's
+/// counter and, when the counter was zero, lists its connection here. The
+/// hub collects the list before it next feeds the core, which is the only
+/// time the counts matter (the core checks backlogs when it sends).
+#[derive(Debug, Default)]
+pub struct WrittenBoard {
+    dirty: Mutex<Vec<ConnectionId>>,
+}
+
+impl WrittenBoard {
+    /// Takes the connections with unreported writes.
+    pub fn drain(&self, into: &mut Vec<ConnectionId>) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::swap(&mut *dirty, into);
+    }
 }
 
 impl Outbox {
@@ -66,6 +89,22 @@ impl Outbox {
         self.lock().close.get_or_insert(code);
         self.ready.notify_one();
         self.closing.notify_one();
+    }
+
+    /// Reports `bytes` written to the socket (session side).
+    pub fn report_written(&self, conn: ConnectionId, bytes: usize, board: &WrittenBoard) {
+        if bytes > 0 && self.written.fetch_add(bytes, Ordering::AcqRel) == 0 {
+            board
+                .dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+        }
+    }
+
+    /// Takes the unreported written bytes (hub side).
+    pub fn take_written(&self) -> usize {
+        self.written.swap(0, Ordering::AcqRel)
     }
 
     /// Takes everything queued, and the close code if one was asked for (session side).

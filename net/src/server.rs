@@ -22,6 +22,7 @@ use crate::config::ServerConfig;
 use crate::hub::{self, HubInput, HUB_CHANNEL_CAPACITY};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
+use crate::outbox::WrittenBoard;
 
 /// What varies between production and simulation: the clock and the ids.
 pub struct ServeOptions {
@@ -61,6 +62,8 @@ pub(crate) struct App {
     /// Set when shutdown begins: upgrades still arriving on kept-alive HTTP
     /// connections get 503 instead of a session nobody will close.
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
+    /// Where sessions report written bytes for the hub.
+    pub(crate) written_board: Arc<WrittenBoard>,
 }
 
 /// Serves on `listener` until `shutdown` resolves, then closes every client
@@ -95,12 +98,14 @@ pub async fn serve<L: Listener>(
         rooms: config.rooms.clone(),
     });
     let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
+    let written_board = Arc::new(WrittenBoard::default());
     let hub_task = tokio::spawn(hub::run(
         core,
         clock,
         hub_rx,
         metrics.clone(),
         verifier.clone(),
+        written_board.clone(),
     ));
 
     let limits = &config.limits;
@@ -131,6 +136,7 @@ pub async fn serve<L: Listener>(
         sessions: Sessions::default(),
         ws_config,
         shutting_down: std::sync::atomic::AtomicBool::new(false),
+        written_board,
         config,
     });
     let local = listener.local_addr().map_err(|e| e.to_string())?;

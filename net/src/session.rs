@@ -26,7 +26,7 @@ use tracing::debug;
 
 use crate::hub::HubInput;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Outgoing};
+use crate::outbox::{Outbox, Outgoing, WrittenBoard};
 
 /// The upgraded socket.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -39,6 +39,7 @@ pub async fn run(
     hub: mpsc::Sender<HubInput>,
     metrics: Metrics,
     close_flush_timeout: Duration,
+    board: Arc<WrittenBoard>,
 ) {
     let mut pending = VecDeque::new();
     // Cleared after an oversize message: the hub is closing us with 1009 and
@@ -57,11 +58,7 @@ pub async fn run(
                 };
                 pending.clear();
                 match (written, close) {
-                    (Some(bytes), None) => {
-                        if bytes > 0 && hub.send(HubInput::Written { conn, bytes }).await.is_err() {
-                            break Some(CloseCode::GoingAway);
-                        }
-                    }
+                    (Some(bytes), None) => outbox.report_written(conn, bytes, &board),
                     (Some(_), Some(code)) => break Some(code),
                     (None, _) => break outbox.take(&mut pending).or(Some(CloseCode::InternalError)),
                 }
