@@ -147,9 +147,7 @@ impl CoreSim {
             self.act(action)?;
             self.serve_returning()?;
             if self.events % INVARIANT_EVERY < 2 {
-                self.core
-                    .check_invariants()
-                    .map_err(|e| ("core invariants".to_owned(), e))?;
+                self.check_core()?;
             }
         }
         self.quiesce()
@@ -170,11 +168,8 @@ impl CoreSim {
             self.unstall(key)?;
         }
         // Progress events held for conflation go out when their window closes.
-        self.now_us += self.mix.room_options.conflation_window_ms * 1000 + 1;
-        self.input(0, "timeout", Input::Timeout)?;
-        self.core
-            .check_invariants()
-            .map_err(|e| ("core invariants".to_owned(), e))?;
+        self.advance_past(self.mix.room_options.conflation_window_ms)?;
+        self.check_core()?;
         self.oracle
             .check_quiescent(self.core.connection_count())
             .map_err(oracle_error)?;
@@ -183,11 +178,8 @@ impl CoreSim {
             self.crash(key)?;
         }
         // Rooms outlive their members while they hold history: let it age out.
-        self.now_us += self.mix.limits.history_age_ms * 1000 + 1;
-        self.input(0, "timeout", Input::Timeout)?;
-        self.core
-            .check_invariants()
-            .map_err(|e| ("core invariants".to_owned(), e))?;
+        self.advance_past(self.mix.limits.history_age_ms)?;
+        self.check_core()?;
         if self.core.connection_count() != 0 || self.core.room_count() != 0 {
             return Err((
                 "nothing left after everyone leaves".into(),
@@ -199,6 +191,18 @@ impl CoreSim {
             ));
         }
         Ok(())
+    }
+
+    fn check_core(&self) -> Result<(), SimError> {
+        self.core
+            .check_invariants()
+            .map_err(|e| ("core invariants".to_owned(), e))
+    }
+
+    /// Jumps the clock just past `ms` from now and fires what is due.
+    fn advance_past(&mut self, ms: u64) -> Result<(), SimError> {
+        self.now_us += ms * 1000 + 1;
+        self.input(0, "timeout", Input::Timeout).map(drop)
     }
 
     /// Feeds one input, then routes every output to its client.
