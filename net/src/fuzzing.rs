@@ -182,7 +182,10 @@ pub fn core_events(data: &[u8]) {
     let mut next_id = 0u64;
     let mut now_us = 0u64;
     let room = |r: u8| format!("r{}", r % ROOMS);
-    for op in ops {
+    // A final second of quiet lets held (conflated) progress events go out
+    // before completeness is checked.
+    let settle = Op::Advance { ms: 1_000 };
+    for op in ops.into_iter().chain(std::iter::once(settle)) {
         let now = Now::from_start(0, now_us);
         let slot = |c: u8| (c % CLIENTS) as usize;
         let mut request = |oracle: &mut Oracle, key: u64, sent: Sent| {
