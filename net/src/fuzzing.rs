@@ -409,6 +409,9 @@ pub fn core_events(data: &[u8]) {
     for (_, conn) in live.iter().flatten() {
         core.handle(now_at(now_us), Input::Closed { conn: *conn });
     }
+    // Presence diffs told the remaining members about each departure; they
+    // are gone too now, so those frames have no reader.
+    while core.poll_output().is_some() {}
     // Rooms outlive their members while they hold history: let it age out.
     let history_us = core.config().limits.history_age_ms * 1000;
     core.handle(now_at(now_us + history_us), Input::Timeout);
