@@ -55,7 +55,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             message_bytes_max: 64 * 1024,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 512,
             write_buffer_bytes: 16 * 1024,
             outbound_queue_bytes_max: 1024 * 1024,
             rooms_per_connection_max: 64,
