@@ -283,8 +283,9 @@ impl Core {
             Input::TokenVerified { conn, id, result } => self.token_verified(now, conn, id, result),
             Input::Shutdown => {
                 self.shutting_down = true;
-                let all: Vec<ConnectionId> = self.conns.iter().flatten().map(|c| c.id).collect();
-                let mut all = all;
+                let mut all: Vec<ConnectionId> =
+                    self.conns.iter().flatten().map(|c| c.id).collect();
+                // Slab order depends on slot reuse; close in id order.
                 all.sort();
                 for conn in all {
                     self.close(conn, Some(CloseCode::GoingAway));

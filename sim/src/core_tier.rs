@@ -158,12 +158,7 @@ impl CoreSim {
     fn quiesce(&mut self) -> Result<(), SimError> {
         self.quiescing = true;
         self.returning.clear();
-        let stalled: Vec<ClientKey> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.stalled)
-            .map(|(k, _)| *k)
-            .collect();
+        let stalled = self.stalled_clients();
         for key in stalled {
             self.unstall(key)?;
         }
@@ -191,6 +186,15 @@ impl CoreSim {
             ));
         }
         Ok(())
+    }
+
+    /// Clients that stopped reading, in key order.
+    fn stalled_clients(&self) -> Vec<ClientKey> {
+        self.clients
+            .iter()
+            .filter(|(_, c)| c.stalled)
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     fn check_core(&self) -> Result<(), SimError> {
@@ -421,12 +425,7 @@ impl CoreSim {
             }
             Action::Unstall => {
                 // Unstall a random stalled client, if any (a random open client would rarely be one).
-                let stalled: Vec<ClientKey> = self
-                    .clients
-                    .iter()
-                    .filter(|(_, c)| c.stalled)
-                    .map(|(k, _)| *k)
-                    .collect();
+                let stalled = self.stalled_clients();
                 match stalled.len() {
                     0 => Ok(()),
                     n => {
