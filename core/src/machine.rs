@@ -509,6 +509,23 @@ impl Core {
         true
     }
 
+    /// Sends the member's held progress events for `room` (all rooms when
+    /// `None`) in `seq` order; `false` at the first one that overflows, after
+    /// which nothing more may be sent (the caller closes with 4008).
+    fn send_held(
+        outputs: &mut VecDeque<Output>,
+        limits: &Limits,
+        connection: &mut Connection,
+        room: Option<&RoomName>,
+    ) -> bool {
+        if connection.held.is_empty() {
+            return true;
+        }
+        let held = connection.held.take(room);
+        held.iter()
+            .all(|frame| Self::try_send(outputs, limits, connection, frame))
+    }
+
     /// Sends one reply, closing the connection as a slow consumer if it cannot take it.
     fn send(&mut self, slot: u32, frame: TextFrame) {
         let Some(connection) = self.conns[slot as usize].as_mut() else {
@@ -912,7 +929,6 @@ impl Core {
             let Some(state) = self.rooms.get_mut(&room) else {
                 continue;
             };
-            state.log.expire(bounds, now.monotonic_us);
             let seq = state.log.next_seq();
             let frame = envelope::envelope(
                 &publish.kind,
@@ -954,19 +970,12 @@ impl Core {
                     }
                 }
                 // Anything held for this room goes first: seq never goes backwards.
-                let mut ok = true;
-                if !connection.held.is_empty() {
-                    for earlier in connection.held.take(Some(&room)) {
-                        // Stop at the first overflow: nothing may follow a gap.
-                        ok = ok
-                            && Self::try_send(
-                                &mut self.outputs,
-                                &self.config.limits,
-                                connection,
-                                &earlier,
-                            );
-                    }
-                }
+                let ok = Self::send_held(
+                    &mut self.outputs,
+                    &self.config.limits,
+                    connection,
+                    Some(&room),
+                );
                 if ok && Self::try_send(&mut self.outputs, &self.config.limits, connection, &frame)
                 {
                     receipt.delivered += 1;
@@ -1096,22 +1105,12 @@ impl Core {
                 self.close(conn, Some(CloseCode::TokenExpired));
                 continue;
             }
-            if connection.held.flush_at_us().is_some_and(|at| at <= now_us) {
-                let mut ok = true;
-                for frame in connection.held.take(None) {
-                    // Stop at the first overflow: nothing may follow a gap.
-                    ok = ok
-                        && Self::try_send(
-                            &mut self.outputs,
-                            &self.config.limits,
-                            connection,
-                            &frame,
-                        );
-                }
-                if !ok {
-                    self.close(conn, Some(CloseCode::SlowConsumer));
-                    continue;
-                }
+            let flush_due = connection.held.flush_at_us().is_some_and(|at| at <= now_us);
+            if flush_due
+                && !Self::send_held(&mut self.outputs, &self.config.limits, connection, None)
+            {
+                self.close(conn, Some(CloseCode::SlowConsumer));
+                continue;
             }
             let Some(connection) = self.conns[slot as usize].as_mut() else {
                 continue;

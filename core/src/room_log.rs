@@ -75,7 +75,9 @@ impl RoomLog {
     }
 
     /// Records the broadcast numbered [`next_seq`](Self::next_seq), built as `frame`.
+    /// Entries older than the age bound leave the history first.
     pub fn append(&mut self, bounds: HistoryBounds, now_us: u64, frame: TextFrame) -> u64 {
+        self.expire(bounds, now_us);
         self.last_seq += 1;
         if bounds.messages_max > 0 {
             self.history.push_back(Entry {
