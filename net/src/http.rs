@@ -13,6 +13,9 @@ use hyper::header::{
     HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
 };
 use hyper::{Method, Request, Response, StatusCode};
+use hyper_tungstenite::tungstenite::protocol::Role;
+use hyper_tungstenite::WebSocketStream;
+use hyper_util::rt::TokioIo;
 use roomcast_core::{Identity, User};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -22,8 +25,9 @@ use tracing::{debug, info, warn};
 use crate::auth::{extract_token, offers_subprotocol, redact_uri, TokenError, SUBPROTOCOL};
 use crate::config::InvalidTokenPolicy;
 use crate::hub::HubInput;
-use crate::outbox::Outbox;
 use crate::server::{App, Refusal};
+use crate::session::ReadSide;
+use crate::writer::ConnWriter;
 
 type HttpResponse = Response<Full<Bytes>>;
 
@@ -185,8 +189,11 @@ async fn ws_connect(
         )
     })?;
     let wants_subprotocol = offers_subprotocol(request.headers());
-    let (mut response, websocket) = hyper_tungstenite::upgrade(&mut request, Some(app.ws_config))
-        .map_err(|e| {
+    // Taken before hyper-tungstenite checks the handshake and builds the 101
+    // response: we need the raw upgraded stream (the hub writes its half
+    // directly), so its own future, left without the upgrade, is dropped.
+    let upgrade = hyper::upgrade::on(&mut request);
+    let (mut response, _) = hyper_tungstenite::upgrade(&mut request, None).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "BAD_UPGRADE",
@@ -205,11 +212,20 @@ async fn ws_connect(
         let _permit = permit;
         let _session = app.sessions.enter();
         let handshake = Duration::from_millis(app.config.limits.handshake_timeout_ms);
-        let socket = match tokio::time::timeout(handshake, websocket).await {
-            Ok(Ok(socket)) => socket,
+        let upgraded = match tokio::time::timeout(handshake, upgrade).await {
+            Ok(Ok(upgraded)) => upgraded,
             Ok(Err(error)) => return debug!(peer = %peer, %error, "upgrade failed"),
             Err(_) => return debug!(peer = %peer, "upgrade timed out"),
         };
+        // Reads stay in this task; writes belong to the hub.
+        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+        let socket = WebSocketStream::from_raw_socket(
+            ReadSide::new(read),
+            Role::Server,
+            Some(app.ws_config),
+        )
+        .await;
+        let (signal, signalled) = oneshot::channel();
         let conn = app
             .ids
             .lock()
@@ -217,13 +233,12 @@ async fn ws_connect(
             .next_connection_id();
         let user_id = identity.user().map(|u| u.id.clone());
         info!(conn = %conn, user = user_id.as_deref().unwrap_or("-"), peer = %peer, "client connected");
-        let outbox = Arc::new(Outbox::default());
         if app
             .hub
             .send(HubInput::Open {
                 conn,
                 identity,
-                outbox: outbox.clone(),
+                writer: ConnWriter::new(write, signal),
             })
             .await
             .is_err()
@@ -231,16 +246,7 @@ async fn ws_connect(
             return;
         }
         let flush = Duration::from_millis(app.config.close_flush_timeout_ms);
-        crate::session::run(
-            socket,
-            conn,
-            outbox,
-            app.hub.clone(),
-            app.metrics.clone(),
-            flush,
-            app.written_board.clone(),
-        )
-        .await;
+        crate::session::run(socket, conn, signalled, app.hub.clone(), flush).await;
         info!(conn = %conn, user = user_id.as_deref().unwrap_or("-"), "client disconnected");
     });
     Ok(response)

@@ -1,10 +1,14 @@
 //! The hub: the one task that owns the [`Core`]. Everything reaches it
 //! through one bounded channel of [`HubInput`]s; it turns them into core
-//! inputs stamped with the clock, then routes the core's outputs to the
-//! connections' [`Outbox`]es and the callers' reply channels.
+//! inputs stamped with the clock, queues the core's frames on the
+//! connections' [`ConnWriter`]s, answers callers on their reply channels,
+//! and then writes every connection that has something queued (see
+//! [`crate::writer`] for why the hub writes).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use roomcast_core::publish::DirectMessage;
 use roomcast_core::{
@@ -18,7 +22,7 @@ use tracing::{debug, info};
 use crate::auth::TokenVerifier;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Outgoing, WrittenBoard};
+use crate::writer::{ConnWriter, Writable};
 
 /// Capacity of the hub's input channel. Senders wait when it is full, which
 /// slows readers and API callers rather than growing memory.
@@ -45,8 +49,15 @@ pub enum HubInput {
         conn: ConnectionId,
         /// Who it is.
         identity: Identity,
-        /// Where its frames go.
-        outbox: Arc<Outbox>,
+        /// Its socket's write half.
+        writer: ConnWriter,
+    },
+    /// Control frames tungstenite wrote while reading (pongs, a close echo).
+    Control {
+        /// The connection.
+        conn: ConnectionId,
+        /// Whole WebSocket frames.
+        frame: Bytes,
     },
     /// A text message.
     Text {
@@ -104,207 +115,276 @@ pub enum HubInput {
 
 /// Runs the hub until every sender is gone.
 pub async fn run(
-    mut core: Core,
+    core: Core,
     clock: Clock,
     mut inbox: mpsc::Receiver<HubInput>,
     metrics: Metrics,
     verifier: Arc<TokenVerifier>,
-    board: Arc<WrittenBoard>,
 ) {
-    let shell = Shell {
+    let mut hub = Hub {
+        core,
         clock,
-        metrics: metrics.clone(),
+        metrics,
         verifier,
+        writers: HashMap::new(),
+        dirty: Vec::new(),
+        writable: Arc::new(Writable::default()),
     };
-    let mut outboxes: HashMap<ConnectionId, Arc<Outbox>> = HashMap::new();
+    let writable = hub.writable.clone();
     let mut batch = Vec::with_capacity(BATCH_MAX);
-    let mut dirty = Vec::new();
+    let mut ready = Vec::new();
     loop {
-        let deadline = core.poll_timeout().map(|us| clock.instant_of(us));
+        let deadline = hub.core.poll_timeout().map(|us| hub.clock.instant_of(us));
         tokio::select! {
             biased;
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                collect_written(&mut core, &clock, &outboxes, &board, &mut dirty);
-                core.handle(clock.now(), Input::Timeout);
+                hub.core.handle(hub.clock.now(), Input::Timeout);
+                hub.route(None);
             }
             received = inbox.recv_many(&mut batch, BATCH_MAX) => {
                 if received == 0 {
                     break;
                 }
-                collect_written(&mut core, &clock, &outboxes, &board, &mut dirty);
                 for input in batch.drain(..) {
-                    let published_at = handle(&mut core, &clock, input, &mut outboxes, &metrics);
-                    route(&mut core, &mut outboxes, &shell, published_at);
+                    let published_at = hub.handle(input);
+                    hub.route(published_at);
+                }
+            }
+            _ = writable.wait(&mut ready) => {
+                for conn in ready.drain(..) {
+                    if let Some(writer) = hub.writers.get_mut(&conn) {
+                        writer.writable();
+                        hub.dirty.push(conn);
+                    }
                 }
             }
         }
-        route(&mut core, &mut outboxes, &shell, None);
-        metrics.connections.set(core.connection_count() as i64);
-        metrics.rooms.set(core.room_count() as i64);
+        hub.flush();
+        hub.metrics
+            .connections
+            .set(hub.core.connection_count() as i64);
+        hub.metrics.rooms.set(hub.core.room_count() as i64);
     }
     debug!("hub stopped");
 }
 
-/// Feeds the core every write the sessions reported since the last call,
-/// so its backlog accounting is current before it decides anything.
-fn collect_written(
-    core: &mut Core,
-    clock: &Clock,
-    outboxes: &HashMap<ConnectionId, Arc<Outbox>>,
-    board: &WrittenBoard,
-    dirty: &mut Vec<ConnectionId>,
-) {
-    board.drain(dirty);
-    if dirty.is_empty() {
-        return;
-    }
-    let now = clock.now();
-    for conn in dirty.drain(..) {
-        if let Some(outbox) = outboxes.get(&conn) {
-            let bytes = outbox.take_written();
-            if bytes > 0 {
-                core.handle(now, Input::Written { conn, bytes });
-            }
-        }
-    }
-}
-
-/// Applies one hub input to the core. Returns the publish time when the
-/// input was a broadcast, so its deliveries can be stamped.
-fn handle(
-    core: &mut Core,
-    clock: &Clock,
-    input: HubInput,
-    outboxes: &mut HashMap<ConnectionId, Arc<Outbox>>,
-    metrics: &Metrics,
-) -> Option<Instant> {
-    let now = clock.now();
-    match input {
-        HubInput::Open {
-            conn,
-            identity,
-            outbox,
-        } => {
-            outboxes.insert(conn, outbox);
-            metrics.connections_opened.inc();
-            core.handle(now, Input::Open { conn, identity });
-        }
-        HubInput::Text { conn, text } => {
-            metrics.messages_in.inc();
-            metrics.bytes_in.inc_by(text.len() as u64);
-            core.handle(
-                now,
-                Input::Text {
-                    conn,
-                    text: text.as_str(),
-                },
-            );
-        }
-        HubInput::Binary { conn } => {
-            metrics.messages_in.inc();
-            core.handle(now, Input::Binary { conn });
-        }
-        HubInput::Alive { conn } => {
-            core.handle(now, Input::Pong { conn });
-        }
-        HubInput::Abort { conn, code } => {
-            core.handle(now, Input::Abort { conn, code });
-        }
-        HubInput::Closed { conn } => {
-            if outboxes.remove(&conn).is_some() {
-                metrics.disconnect("client");
-            }
-            core.handle(now, Input::Closed { conn });
-        }
-        HubInput::Broadcast {
-            publish,
-            received,
-            reply,
-        } => {
-            let rooms = publish.rooms.len() as u64;
-            let answer = match core.handle(now, Input::Broadcast(publish)) {
-                Response::Published(receipt) => {
-                    metrics.broadcasts.inc_by(rooms);
-                    metrics.deliveries.inc_by(receipt.delivered);
-                    Ok(receipt)
-                }
-                Response::Rejected(error) => Err(error),
-                other => Err(PublishError::InvalidBody(format!(
-                    "unexpected core answer {other:?}"
-                ))),
-            };
-            let _ = reply.send(answer);
-            return Some(received);
-        }
-        HubInput::Send { message, reply } => {
-            let answer = match core.handle(now, Input::Send(message)) {
-                Response::Sent { delivered } => Ok(delivered),
-                Response::Rejected(error) => Err(error),
-                other => Err(PublishError::InvalidBody(format!(
-                    "unexpected core answer {other:?}"
-                ))),
-            };
-            let _ = reply.send(answer);
-        }
-        HubInput::Status { reply } => {
-            let _ = reply.send(StatusSnapshot {
-                connections: core.connection_count(),
-                rooms: core.room_count(),
-            });
-        }
-        HubInput::Shutdown => {
-            info!(
-                connections = core.connection_count(),
-                "closing every connection with 1001"
-            );
-            core.handle(now, Input::Shutdown);
-        }
-    }
-    None
-}
-
-/// What routing needs from the shell besides the outboxes.
-struct Shell {
+/// The hub's state: the core and the write half of every connection.
+struct Hub {
+    core: Core,
     clock: Clock,
     metrics: Metrics,
     verifier: Arc<TokenVerifier>,
+    /// Lookup only; never iterated (flush order comes from `dirty`).
+    writers: HashMap<ConnectionId, ConnWriter>,
+    /// Connections with frames queued since the last flush, in queue order.
+    dirty: Vec<ConnectionId>,
+    writable: Arc<Writable>,
 }
 
-/// Hands every pending core output to its connection's outbox.
-fn route(
-    core: &mut Core,
-    outboxes: &mut HashMap<ConnectionId, Arc<Outbox>>,
-    shell: &Shell,
-    published_at: Option<Instant>,
-) {
-    let metrics = &shell.metrics;
-    while let Some(output) = core.poll_output() {
-        match output {
-            Output::Send { conn, frame } => {
-                if let Some(outbox) = outboxes.get(&conn) {
-                    outbox.push(Outgoing::Text(frame, published_at));
+impl Hub {
+    /// Applies one hub input to the core. Returns the publish time when the
+    /// input was a broadcast, so its deliveries can be stamped.
+    fn handle(&mut self, input: HubInput) -> Option<Instant> {
+        let now = self.clock.now();
+        let core = &mut self.core;
+        let metrics = &self.metrics;
+        match input {
+            HubInput::Open {
+                conn,
+                identity,
+                writer,
+            } => {
+                self.writers.insert(conn, writer);
+                metrics.connections_opened.inc();
+                core.handle(now, Input::Open { conn, identity });
+            }
+            HubInput::Text { conn, text } => {
+                metrics.messages_in.inc();
+                metrics.bytes_in.inc_by(text.len() as u64);
+                core.handle(
+                    now,
+                    Input::Text {
+                        conn,
+                        text: text.as_str(),
+                    },
+                );
+            }
+            HubInput::Binary { conn } => {
+                metrics.messages_in.inc();
+                core.handle(now, Input::Binary { conn });
+            }
+            HubInput::Alive { conn } => {
+                core.handle(now, Input::Pong { conn });
+            }
+            HubInput::Control { conn, frame } => {
+                if let Some(writer) = self.writers.get_mut(&conn) {
+                    self.dirty.push(conn);
+                    if !writer.push_control(frame) {
+                        // Pings keep coming but the client does not read.
+                        core.handle(
+                            now,
+                            Input::Abort {
+                                conn,
+                                code: CloseCode::SlowConsumer,
+                            },
+                        );
+                    }
                 }
             }
-            Output::Ping { conn } => {
-                if let Some(outbox) = outboxes.get(&conn) {
-                    outbox.push(Outgoing::Ping);
+            HubInput::Abort { conn, code } => {
+                core.handle(now, Input::Abort { conn, code });
+            }
+            HubInput::Closed { conn } => {
+                if let Some(mut writer) = self.writers.remove(&conn) {
+                    if !writer.is_closing() {
+                        metrics.disconnect("client");
+                    }
+                    // Last chance for what is queued, such as the echo of
+                    // the client's close frame.
+                    if writer.wants_flush() {
+                        writer.flush(conn, &self.writable);
+                    }
+                }
+                core.handle(now, Input::Closed { conn });
+            }
+            HubInput::Broadcast {
+                publish,
+                received,
+                reply,
+            } => {
+                let rooms = publish.rooms.len() as u64;
+                let answer = match core.handle(now, Input::Broadcast(publish)) {
+                    Response::Published(receipt) => {
+                        metrics.broadcasts.inc_by(rooms);
+                        metrics.deliveries.inc_by(receipt.delivered);
+                        Ok(receipt)
+                    }
+                    Response::Rejected(error) => Err(error),
+                    other => Err(PublishError::InvalidBody(format!(
+                        "unexpected core answer {other:?}"
+                    ))),
+                };
+                let _ = reply.send(answer);
+                return Some(received);
+            }
+            HubInput::Send { message, reply } => {
+                let answer = match core.handle(now, Input::Send(message)) {
+                    Response::Sent { delivered } => Ok(delivered),
+                    Response::Rejected(error) => Err(error),
+                    other => Err(PublishError::InvalidBody(format!(
+                        "unexpected core answer {other:?}"
+                    ))),
+                };
+                let _ = reply.send(answer);
+            }
+            HubInput::Status { reply } => {
+                let _ = reply.send(StatusSnapshot {
+                    connections: core.connection_count(),
+                    rooms: core.room_count(),
+                });
+            }
+            HubInput::Shutdown => {
+                info!(
+                    connections = core.connection_count(),
+                    "closing every connection with 1001"
+                );
+                core.handle(now, Input::Shutdown);
+            }
+        }
+        None
+    }
+
+    /// Queues every pending core output on its connection's writer.
+    fn route(&mut self, published_at: Option<Instant>) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Send { conn, frame } => {
+                    if let Some(writer) = self.writers.get_mut(&conn) {
+                        writer.push_text(frame);
+                        if let Some(at) = published_at {
+                            writer.oldest_publish.get_or_insert(at);
+                        }
+                        self.dirty.push(conn);
+                    }
+                }
+                Output::Ping { conn } => {
+                    if let Some(writer) = self.writers.get_mut(&conn) {
+                        writer.push_ping();
+                        self.dirty.push(conn);
+                    }
+                }
+                Output::VerifyToken { conn, token, id } => {
+                    // Checked here, in order, so the reply keeps its place among the connection's messages.
+                    let result = self
+                        .verifier
+                        .verify(&token, self.clock.unix_ms())
+                        .map_err(|e| e.to_string());
+                    self.core
+                        .handle(self.clock.now(), Input::TokenVerified { conn, id, result });
+                }
+                Output::Close { conn, code } => {
+                    if let Some(writer) = self.writers.get_mut(&conn) {
+                        debug!(conn = %conn, code = code.code(), reason = code.reason(), "closing connection");
+                        self.metrics.disconnect(code.metric_label());
+                        writer.close(code);
+                        self.dirty.push(conn);
+                    }
                 }
             }
-            Output::VerifyToken { conn, token, id } => {
-                // Checked here, in order, so the reply keeps its place among the connection's messages.
-                let result = shell
-                    .verifier
-                    .verify(&token, shell.clock.unix_ms())
-                    .map_err(|e| e.to_string());
-                core.handle(shell.clock.now(), Input::TokenVerified { conn, id, result });
+        }
+    }
+
+    /// Writes every connection with something queued, in the order they
+    /// were queued, and tells the core what left (slow-consumer accounting).
+    /// What the core answers to that (conflated frames released, presence
+    /// after a failed socket) is routed and written in the same call.
+    fn flush(&mut self) {
+        let mut dirty = Vec::new();
+        while !self.dirty.is_empty() {
+            std::mem::swap(&mut dirty, &mut self.dirty);
+            for conn in dirty.drain(..) {
+                self.flush_one(conn);
             }
-            Output::Close { conn, code } => {
-                if let Some(outbox) = outboxes.remove(&conn) {
-                    debug!(conn = %conn, code = code.code(), reason = code.reason(), "closing connection");
-                    metrics.disconnect(code.metric_label());
-                    outbox.close(code);
-                }
+            self.route(None);
+        }
+        // Keep the larger allocation for the next round.
+        if dirty.capacity() > self.dirty.capacity() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn flush_one(&mut self, conn: ConnectionId) {
+        let Some(writer) = self.writers.get_mut(&conn) else {
+            return;
+        };
+        if !writer.wants_flush() {
+            return;
+        }
+        let oldest_publish = writer.oldest_publish;
+        let flushed = writer.flush(conn, &self.writable);
+        if flushed.text_bytes > 0 {
+            self.metrics.messages_out.inc_by(flushed.frames);
+            self.metrics.bytes_out.inc_by(flushed.text_bytes as u64);
+            if let Some(at) = oldest_publish {
+                self.metrics
+                    .publish_to_write_seconds
+                    .observe(at.elapsed().as_secs_f64());
             }
+            self.core.handle(
+                self.clock.now(),
+                Input::Written {
+                    conn,
+                    bytes: flushed.text_bytes,
+                },
+            );
+        }
+        if flushed.failed {
+            // The reading task was told and will report `Closed`; the core
+            // forgets the connection now so it queues nothing more for it.
+            if self.writers.remove(&conn).is_some_and(|w| !w.is_closing()) {
+                self.metrics.disconnect("client");
+            }
+            self.core.handle(self.clock.now(), Input::Closed { conn });
         }
     }
 }

@@ -3,15 +3,16 @@
 //! A thin shell around [`roomcast_core`]: it owns sockets, timers, tokens and
 //! HTTP; the core owns every protocol decision. Data flows one way:
 //! socket → [`session`] → bounded channel → [`hub`] (the one task that owns
-//! the core) → [`outbox`] → [`session`] → socket.
+//! the core) → [`writer`] → socket. The hub writes every connection's
+//! socket itself, so a delivery costs no task wake-up.
 //!
 //! | module | job |
 //! |---|---|
 //! | [`server`] | [`serve`]: accept loop, admission control (503), graceful shutdown |
 //! | [`http`] | routing: `/ws/connect`, `/ws/status`, `/api/broadcast`, `/api/send`, `/metrics`, `/healthz` |
-//! | [`session`] | one WebSocket connection: reads into the hub, writes batched frames |
+//! | [`session`] | one WebSocket connection's reading task: client frames into the hub |
 //! | [`hub`] | the task that owns the core and routes its outputs |
-//! | [`outbox`] | the hub → session hand-off (bounded in bytes by the core) |
+//! | [`writer`] | the hub's write half of each socket: shared frames, vectored writes, backpressure |
 //! | [`auth`] | token extraction (query, header, subprotocol) and JWT verification |
 //! | [`config`] | configuration: defaults, TOML file, `ROOMCAST_*` environment |
 //! | [`clock`] | the only time and id sources (replaced by the simulator) |
@@ -30,9 +31,9 @@ mod http;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
-pub mod outbox;
 pub mod server;
 pub mod session;
+pub mod writer;
 
 pub use clock::{Clock, IdSource};
 pub use config::ServerConfig;

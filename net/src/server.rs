@@ -22,7 +22,6 @@ use crate::config::ServerConfig;
 use crate::hub::{self, HubInput, HUB_CHANNEL_CAPACITY};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
-use crate::outbox::WrittenBoard;
 
 /// What varies between production and simulation: the clock and the ids.
 pub struct ServeOptions {
@@ -62,8 +61,6 @@ pub(crate) struct App {
     /// Set when shutdown begins: upgrades still arriving on kept-alive HTTP
     /// connections get 503 instead of a session nobody will close.
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
-    /// Where sessions report written bytes for the hub.
-    pub(crate) written_board: Arc<WrittenBoard>,
 }
 
 /// Serves on `listener` until `shutdown` resolves, then closes every client
@@ -98,24 +95,26 @@ pub async fn serve<L: Listener>(
         rooms: config.rooms.clone(),
     });
     let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
-    let written_board = Arc::new(WrittenBoard::default());
-    let hub_task = tokio::spawn(hub::run(
+    // Unconstrained: tokio's cooperative budget (128 socket operations per
+    // poll) would make the hub give up mid-fan-out and retry every other
+    // socket through its readiness path. The hub still yields whenever its
+    // channel is empty, which is what lets the sessions feed it.
+    let hub_task = tokio::spawn(tokio::task::unconstrained(hub::run(
         core,
         clock,
         hub_rx,
         metrics.clone(),
         verifier.clone(),
-        written_board.clone(),
-    ));
+    )));
 
     let limits = &config.limits;
     let mut ws_config = WebSocketConfig::default();
     ws_config.read_buffer_size = limits.read_buffer_bytes;
-    ws_config.write_buffer_size = limits.write_buffer_bytes;
-    // Bounded: room for one full write buffer plus the largest message we
-    // may queue; beyond it writes fail instead of growing memory.
-    ws_config.max_write_buffer_size =
-        limits.write_buffer_bytes + limits.outbound_queue_bytes_max + 1024;
+    // tungstenite writes only the control frames it answers by itself
+    // (pongs, a close echo), into a sink the session drains after every
+    // message; data frames are written by the hub (see writer.rs).
+    ws_config.write_buffer_size = 0;
+    ws_config.max_write_buffer_size = crate::writer::CONTROL_QUEUE_MAX;
     ws_config.max_message_size = Some(limits.message_bytes_max);
     ws_config.max_frame_size = Some(limits.message_bytes_max);
     ws_config.accept_unmasked_frames = false;
@@ -136,7 +135,6 @@ pub async fn serve<L: Listener>(
         sessions: Sessions::default(),
         ws_config,
         shutting_down: std::sync::atomic::AtomicBool::new(false),
-        written_board,
         config,
     });
     let local = listener.local_addr().map_err(|e| e.to_string())?;

@@ -1,75 +1,127 @@
-//! One WebSocket connection after its upgrade: a single task that reads
-//! client frames into the hub and writes the outbox's frames to the socket.
+//! One WebSocket connection after its upgrade: the task that reads client
+//! frames into the hub. Writing is the hub's job (see [`crate::writer`]).
 //!
-//! Writes are batched: everything queued is fed to the socket, then flushed
-//! once, then reported to the core as written (slow-consumer accounting).
-//! When the core decides to close, the session writes the close frame and
-//! gives the client `close_flush_timeout` to take it before dropping the
-//! socket.
+//! tungstenite parses the client's frames (masking, fragments, UTF-8, size
+//! limits) and answers pings and closes by itself; what it writes lands in a
+//! [`ControlSink`] and is handed to the hub, so that every byte to the
+//! client goes out in one order through one writer.
+//!
+//! When the hub closes a connection it queues the close frame and signals
+//! here; the session then gives the client `close_flush_timeout` to reply
+//! before dropping the socket.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_tungstenite::tungstenite::error::CapacityError;
-use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use hyper_tungstenite::tungstenite::protocol::CloseFrame;
-use hyper_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use hyper_tungstenite::tungstenite::{Error as WsError, Message};
 use hyper_tungstenite::WebSocketStream;
 use hyper_util::rt::TokioIo;
-use roomcast_core::{CloseCode, ConnectionId, TextFrame};
-use tokio::sync::mpsc;
-use tokio::time::{timeout, Instant};
+use roomcast_core::{CloseCode, ConnectionId};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
 use tracing::debug;
 
 use crate::hub::HubInput;
-use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Outgoing, WrittenBoard};
+use crate::writer::SessionSignal;
 
-/// The upgraded socket.
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+/// What tungstenite reads from and writes to: the socket's read half, and
+/// a sink for the control frames it writes by itself.
+pub struct ReadSide {
+    read: ReadHalf<TokioIo<Upgraded>>,
+    control: ControlSink,
+}
 
-/// Runs one connection until it closes. The hub already knows it (`Open`).
+/// The reading side of an upgraded socket.
+pub type Socket = WebSocketStream<ReadSide>;
+
+impl ReadSide {
+    /// Wraps a read half.
+    pub fn new(read: ReadHalf<TokioIo<Upgraded>>) -> ReadSide {
+        ReadSide {
+            read,
+            control: ControlSink::default(),
+        }
+    }
+}
+
+/// Collects the bytes tungstenite writes (pongs, the echo of a close);
+/// the session forwards them to the hub. Bounded by tungstenite's
+/// `max_write_buffer_size` per write and drained after every message.
+#[derive(Default)]
+pub struct ControlSink {
+    bytes: BytesMut,
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.control.bytes.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Takes what tungstenite wrote, if anything.
+fn take_control(socket: &mut Socket) -> Option<Bytes> {
+    let sink = &mut socket.get_mut().control.bytes;
+    (!sink.is_empty()).then(|| sink.split().freeze())
+}
+
+/// Runs one connection until it closes. The hub already knows it (`Open`)
+/// and holds its write half; `signal` is how the hub says it is closing.
 pub async fn run(
     mut socket: Socket,
     conn: ConnectionId,
-    outbox: Arc<Outbox>,
+    mut signal: oneshot::Receiver<SessionSignal>,
     hub: mpsc::Sender<HubInput>,
-    metrics: Metrics,
     close_flush_timeout: Duration,
-    board: Arc<WrittenBoard>,
 ) {
-    let mut pending = VecDeque::new();
     // Cleared after an oversize message: the hub is closing us with 1009 and
     // the rest of that message must not be read as new frames.
     let mut reading = true;
-    let close_code = loop {
+    let outcome = loop {
         tokio::select! {
             biased;
-            _ = outbox.ready.notified() => {
-                let close = outbox.take(&mut pending);
-                let written = tokio::select! {
-                    biased;
-                    // A close decided while we are stuck on a stalled socket wins.
-                    _ = outbox.closing.notified(), if close.is_none() => None,
-                    result = write_batch(&mut socket, &mut pending, &metrics) => result.ok(),
-                };
-                pending.clear();
-                match (written, close) {
-                    (Some(bytes), None) => outbox.report_written(conn, bytes, &board),
-                    (Some(_), Some(code)) => break Some(code),
-                    (None, _) => break outbox.take(&mut pending).or(Some(CloseCode::InternalError)),
-                }
-            }
+            // An error means the hub is gone (the server is stopping).
+            received = &mut signal => break received.unwrap_or(SessionSignal::Failed),
             message = socket.next(), if reading => {
                 let input = match message {
                     Some(Ok(Message::Text(text))) => HubInput::Text { conn, text },
                     Some(Ok(Message::Binary(_))) => HubInput::Binary { conn },
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                        // tungstenite queued the pong for a ping; send it now.
+                        // tungstenite queued the pong for a ping; hand it over.
                         let _ = socket.flush().await;
+                        if let Some(frame) = take_control(&mut socket) {
+                            if hub.send(HubInput::Control { conn, frame }).await.is_err() {
+                                break SessionSignal::Failed;
+                            }
+                        }
                         HubInput::Alive { conn }
                     }
                     Some(Ok(Message::Frame(_))) => continue,
@@ -81,71 +133,34 @@ pub async fn run(
                     Some(Ok(Message::Close(_))) => {
                         // tungstenite queued the echo of the client's close
                         // frame: deliver it so the handshake completes.
-                        let _ = timeout(close_flush_timeout, socket.flush()).await;
-                        break None;
+                        let _ = socket.flush().await;
+                        if let Some(frame) = take_control(&mut socket) {
+                            let _ = hub.send(HubInput::Control { conn, frame }).await;
+                        }
+                        break SessionSignal::Failed;
                     }
                     // The socket failed or the stream ended.
-                    Some(Err(_)) | None => break None,
+                    Some(Err(_)) | None => break SessionSignal::Failed,
                 };
                 if hub.send(input).await.is_err() {
-                    break Some(CloseCode::GoingAway);
+                    break SessionSignal::Failed;
                 }
             }
         }
     };
-    let _ = hub.send(HubInput::Closed { conn }).await;
-    if let Some(code) = close_code {
-        let frame = CloseFrame {
-            code: WsCloseCode::from(code.code()),
-            reason: Utf8Bytes::from_static(code.reason()),
-        };
-        debug!(conn = %conn, code = code.code(), "sending close frame");
+    if let SessionSignal::Closing(code) = outcome {
+        debug!(conn = %conn, code = code.code(), "waiting for the client's close reply");
+        // Wait for the client's close reply so the close frame is not lost
+        // to a reset; whatever tungstenite wants to answer is dropped (our
+        // close frame already went out through the hub).
         let _ = timeout(close_flush_timeout, async {
-            let _ = socket.close(Some(frame)).await;
-            // Wait for the client's close reply so the close frame is not lost to a reset.
-            while let Some(Ok(_)) = socket.next().await {}
+            while let Some(Ok(message)) = socket.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
         })
         .await;
     }
-}
-
-/// Writes every queued item, then flushes once. Returns the bytes of text
-/// frames written (for the core's slow-consumer accounting).
-async fn write_batch(
-    socket: &mut Socket,
-    pending: &mut VecDeque<Outgoing>,
-    metrics: &Metrics,
-) -> Result<usize, WsError> {
-    let mut bytes = 0;
-    let mut frames = 0;
-    let mut oldest_publish: Option<Instant> = None;
-    for item in pending.drain(..) {
-        match item {
-            Outgoing::Text(frame, published_at) => {
-                bytes += frame.len();
-                frames += 1;
-                if let Some(at) = published_at {
-                    oldest_publish = Some(oldest_publish.map_or(at, |o| o.min(at)));
-                }
-                socket.feed(text_message(frame)).await?;
-            }
-            Outgoing::Ping => socket.feed(Message::Ping(Default::default())).await?,
-        }
-    }
-    socket.flush().await?;
-    metrics.messages_out.inc_by(frames);
-    metrics.bytes_out.inc_by(bytes as u64);
-    if let Some(at) = oldest_publish {
-        metrics
-            .publish_to_write_seconds
-            .observe(at.elapsed().as_secs_f64());
-    }
-    Ok(bytes)
-}
-
-/// A core frame as a WebSocket text message, sharing its bytes.
-fn text_message(frame: TextFrame) -> Message {
-    // SAFETY: `TextFrame` is only ever built from a `String`, so its bytes
-    // are valid UTF-8 (see roomcast_core::output::TextFrame).
-    Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(frame.bytes().clone()) })
+    let _ = hub.send(HubInput::Closed { conn }).await;
 }

@@ -1,0 +1,383 @@
+//! The hub's side of every socket: frames are written straight into each
+//! connection's socket by the hub, the task that owns the core.
+//!
+//! Why the hub writes, not the connection's own task: on loopback the cost
+//! of a delivery is one `write` on the socket plus whatever it takes to get
+//! there. Handing each frame to a per-connection task costs a wake-up and a
+//! scheduling round per delivery, more than the rest of the shell together.
+//! Here a broadcast's frame is serialized once by the core (shared
+//! [`Bytes`]); the hub prefixes the 2–10 byte WebSocket header on the stack
+//! and hands header and payload to one vectored write, gathering every frame
+//! a connection has queued into that write.
+//!
+//! A socket that cannot take everything keeps the rest queued here. Its
+//! write readiness is registered with a per-connection waker that lists the
+//! connection in [`Writable`] and wakes the hub, which then retries just that
+//! connection. The queue is bounded by the core's slow-consumer accounting
+//! (text frames) and by [`CONTROL_QUEUE_MAX`] (pongs and close echoes).
+
+use std::collections::VecDeque;
+use std::io::{Cursor, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use hyper::upgrade::Upgraded;
+use hyper_tungstenite::tungstenite::protocol::frame::coding::{
+    CloseCode as WsCloseCode, Data, OpCode,
+};
+use hyper_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+use hyper_tungstenite::tungstenite::protocol::CloseFrame;
+use hyper_util::rt::TokioIo;
+use roomcast_core::{CloseCode, ConnectionId, TextFrame};
+use tokio::io::{AsyncWrite, WriteHalf};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// The write half of an upgraded connection.
+pub type WriteIo = WriteHalf<TokioIo<Upgraded>>;
+
+/// Most frames gathered into one vectored write (two slices each).
+const FRAMES_PER_WRITE: usize = 32;
+
+/// Most bytes of control frames (pongs, close echoes) a connection may have
+/// unwritten; beyond it the client is not reading and is closed with 4008.
+pub const CONTROL_QUEUE_MAX: usize = 64 * 1024;
+
+/// What the hub tells a connection's reading task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionSignal {
+    /// The close frame with this code is queued: wait for the client's reply.
+    Closing(CloseCode),
+    /// The socket failed while writing: stop now.
+    Failed,
+}
+
+/// One queued frame.
+#[derive(Debug)]
+struct Chunk {
+    /// Payload of a text frame, or a whole pre-built frame.
+    bytes: Bytes,
+    /// True for a text frame (header built at write time, payload counted
+    /// by the core); false for a pre-built control frame.
+    text: bool,
+    /// Bytes of header + payload already written.
+    sent: usize,
+}
+
+impl Chunk {
+    /// The WebSocket header this chunk needs before its bytes.
+    fn header(&self, into: &mut [u8; 10]) -> usize {
+        if !self.text {
+            return 0;
+        }
+        let header = FrameHeader {
+            opcode: OpCode::Data(Data::Text),
+            ..FrameHeader::default()
+        };
+        let mut cursor = Cursor::new(&mut into[..]);
+        // Ten bytes always hold a server (unmasked) frame header.
+        let _ = header.format(self.bytes.len() as u64, &mut cursor);
+        cursor.position() as usize
+    }
+}
+
+/// What a flush achieved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    /// Payload bytes of text frames that left completely (for the core).
+    pub text_bytes: usize,
+    /// Text frames that left completely.
+    pub frames: u64,
+    /// The socket failed; the connection is finished.
+    pub failed: bool,
+}
+
+/// The hub's handle on one connection's socket.
+pub struct ConnWriter {
+    io: WriteIo,
+    queue: VecDeque<Chunk>,
+    control_bytes: usize,
+    /// Set while a vectored write is pending on socket readiness.
+    blocked: bool,
+    /// When the oldest queued broadcast was published (latency histogram).
+    pub oldest_publish: Option<Instant>,
+    /// Registers this connection's write readiness with the hub.
+    waker: Option<Waker>,
+    signal: Option<oneshot::Sender<SessionSignal>>,
+    /// Set once a close frame is queued: nothing is queued after it.
+    closing: bool,
+    failed: bool,
+}
+
+impl ConnWriter {
+    /// Wraps a connection's write half; `signal` reaches its reading task.
+    pub fn new(io: WriteIo, signal: oneshot::Sender<SessionSignal>) -> ConnWriter {
+        ConnWriter {
+            io,
+            queue: VecDeque::new(),
+            control_bytes: 0,
+            blocked: false,
+            oldest_publish: None,
+            waker: None,
+            signal: Some(signal),
+            closing: false,
+            failed: false,
+        }
+    }
+
+    /// Queues a text frame.
+    pub fn push_text(&mut self, frame: TextFrame) {
+        if self.closing || self.failed {
+            return;
+        }
+        self.queue.push_back(Chunk {
+            bytes: frame.bytes().clone(),
+            text: true,
+            sent: 0,
+        });
+    }
+
+    /// Queues a WebSocket ping.
+    pub fn push_ping(&mut self) {
+        self.push_control(Bytes::from_static(&[0x89, 0x00]));
+    }
+
+    /// Queues control frames the reading side produced (pongs, the echo of
+    /// the client's close). Returns false when too many are unwritten.
+    pub fn push_control(&mut self, frame: Bytes) -> bool {
+        if self.closing || self.failed {
+            return true;
+        }
+        self.control_bytes += frame.len();
+        self.queue.push_back(Chunk {
+            bytes: frame,
+            text: false,
+            sent: 0,
+        });
+        self.control_bytes <= CONTROL_QUEUE_MAX
+    }
+
+    /// Queues the close frame with `code` after everything already queued
+    /// (the errors that explain a close come just before it), and tells the
+    /// reading task to wait for the client's reply. A client that does not
+    /// read gets neither; its reading task gives up after
+    /// `close_flush_timeout` and the socket is dropped.
+    pub fn close(&mut self, code: CloseCode) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        let mut frame = Vec::with_capacity(4 + code.reason().len());
+        let close = Frame::close(Some(CloseFrame {
+            code: WsCloseCode::from(code.code()),
+            reason: code.reason().into(),
+        }));
+        // Formatting into a Vec cannot fail.
+        let _ = close.format(&mut frame);
+        self.queue.push_back(Chunk {
+            bytes: Bytes::from(frame),
+            text: false,
+            sent: 0,
+        });
+        if let Some(signal) = self.signal.take() {
+            let _ = signal.send(SessionSignal::Closing(code));
+        }
+    }
+
+    /// Whether the hub asked this connection to close.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// The socket signalled write readiness: the next flush tries again.
+    pub fn writable(&mut self) {
+        self.blocked = false;
+    }
+
+    /// Whether something is queued and no readiness wait is pending.
+    pub fn wants_flush(&self) -> bool {
+        !self.queue.is_empty() && !self.blocked && !self.failed
+    }
+
+    /// Writes as much of the queue as the socket takes now. When it takes
+    /// less, readiness is registered with `waker` (which lists `conn` in
+    /// `writable` and wakes the hub).
+    pub fn flush(&mut self, conn: ConnectionId, writable: &Arc<Writable>) -> Flushed {
+        self.blocked = false;
+        let mut done = Flushed::default();
+        if self.failed {
+            return done;
+        }
+        // The fast path needs no waker: a write that completes registers
+        // nothing. Only when the socket is full is the real waker created
+        // (once per connection) and the write polled again with it.
+        let mut registered = false;
+        while !self.queue.is_empty() {
+            let waker = if registered {
+                self.waker
+                    .get_or_insert_with(|| writable.waker_for(conn))
+                    .clone()
+            } else {
+                Waker::noop().clone()
+            };
+            let mut cx = Context::from_waker(&waker);
+            match self.write_some(&mut cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    self.fail();
+                    done.failed = true;
+                    return done;
+                }
+                Poll::Ready(Ok(written)) => self.advance(written, &mut done),
+                Poll::Pending if registered => {
+                    self.blocked = true;
+                    return done;
+                }
+                Poll::Pending => registered = true,
+            }
+        }
+        self.oldest_publish = None;
+        done
+    }
+
+    /// One vectored write of the queue's head.
+    fn write_some(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let mut headers = [[0u8; 10]; FRAMES_PER_WRITE];
+        let mut header_lens = [0usize; FRAMES_PER_WRITE];
+        let count = self.queue.len().min(FRAMES_PER_WRITE);
+        for (i, chunk) in self.queue.iter().take(count).enumerate() {
+            header_lens[i] = chunk.header(&mut headers[i]);
+        }
+        let mut slices: [IoSlice<'_>; 2 * FRAMES_PER_WRITE] =
+            [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+        let mut used = 0;
+        for (i, chunk) in self.queue.iter().take(count).enumerate() {
+            let header = &headers[i][..header_lens[i]];
+            let mut skip = chunk.sent;
+            if skip < header.len() {
+                slices[used] = IoSlice::new(&header[skip..]);
+                used += 1;
+                skip = 0;
+            } else {
+                skip -= header.len();
+            }
+            slices[used] = IoSlice::new(&chunk.bytes[skip..]);
+            used += 1;
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..used])
+    }
+
+    /// Drops what `written` bytes completed from the queue's head.
+    fn advance(&mut self, mut written: usize, done: &mut Flushed) {
+        while written > 0 {
+            let Some(chunk) = self.queue.front_mut() else {
+                return;
+            };
+            let mut scratch = [0u8; 10];
+            let total = chunk.header(&mut scratch) + chunk.bytes.len();
+            let left = total - chunk.sent;
+            if written < left {
+                chunk.sent += written;
+                return;
+            }
+            written -= left;
+            if chunk.text {
+                done.text_bytes += chunk.bytes.len();
+                done.frames += 1;
+            } else {
+                self.control_bytes = self.control_bytes.saturating_sub(chunk.bytes.len());
+            }
+            self.queue.pop_front();
+        }
+        if self.queue.is_empty() && self.queue.capacity() > 64 {
+            // A burst grew the queue; an idle connection should not keep it.
+            self.queue = VecDeque::new();
+        }
+    }
+
+    fn fail(&mut self) {
+        self.failed = true;
+        self.queue = VecDeque::new();
+        if let Some(signal) = self.signal.take() {
+            let _ = signal.send(SessionSignal::Failed);
+        }
+    }
+}
+
+/// Connections whose sockets became writable, and the hub waiting for them.
+#[derive(Default)]
+pub struct Writable {
+    ready: Mutex<Vec<ConnectionId>>,
+    hub: AtomicWaker,
+}
+
+impl Writable {
+    fn waker_for(self: &Arc<Self>, conn: ConnectionId) -> Waker {
+        Waker::from(Arc::new(ConnWaker {
+            conn,
+            writable: self.clone(),
+        }))
+    }
+
+    /// Waits until some connection is listed, then moves the list into `into`.
+    pub async fn wait(&self, into: &mut Vec<ConnectionId>) {
+        std::future::poll_fn(|cx| {
+            self.hub.register(cx.waker());
+            let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+            if ready.is_empty() {
+                return Poll::Pending;
+            }
+            std::mem::swap(&mut *ready, into);
+            Poll::Ready(())
+        })
+        .await
+    }
+}
+
+/// Wakes the hub for one connection's socket.
+struct ConnWaker {
+    conn: ConnectionId,
+    writable: Arc<Writable>,
+}
+
+impl Wake for ConnWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.writable
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.conn);
+        self.writable.hub.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text_chunk(len: usize) -> Chunk {
+        Chunk {
+            bytes: Bytes::from(vec![b'x'; len]),
+            text: true,
+            sent: 0,
+        }
+    }
+
+    #[test]
+    fn text_headers_follow_rfc_6455_length_forms() {
+        let mut header = [0u8; 10];
+        assert_eq!(text_chunk(125).header(&mut header), 2);
+        assert_eq!(&header[..2], &[0x81, 125]);
+        assert_eq!(text_chunk(126).header(&mut header), 4);
+        assert_eq!(&header[..4], &[0x81, 126, 0, 126]);
+        assert_eq!(text_chunk(70_000).header(&mut header), 10);
+        assert_eq!(&header[..2], &[0x81, 127]);
+        assert_eq!(&header[2..10], &70_000u64.to_be_bytes());
+    }
+}
