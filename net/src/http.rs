@@ -26,7 +26,7 @@ use crate::auth::{extract_token, offers_subprotocol, redact_uri, TokenError, SUB
 use crate::config::InvalidTokenPolicy;
 use crate::hub::HubInput;
 use crate::server::{App, Refusal};
-use crate::session::ReadSide;
+use crate::session::{Held, ReadSide, Session};
 use crate::writer::ConnWriter;
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -207,49 +207,72 @@ async fn ws_connect(
         );
     }
 
+    // The set-up runs in a task of its own that ends by spawning the
+    // connection's task: a task's future is as large as its largest state,
+    // and the set-up's states would otherwise stay allocated for the whole
+    // life of every idle connection.
     let app = app.clone();
+    let guard = app.sessions.enter();
     tokio::spawn(async move {
-        let _permit = permit;
-        let _session = app.sessions.enter();
-        let handshake = Duration::from_millis(app.config.limits.handshake_timeout_ms);
-        let upgraded = match tokio::time::timeout(handshake, upgrade).await {
-            Ok(Ok(upgraded)) => upgraded,
-            Ok(Err(error)) => return debug!(peer = %peer, %error, "upgrade failed"),
-            Err(_) => return debug!(peer = %peer, "upgrade timed out"),
+        let held = Held {
+            _permit: permit,
+            _guard: guard,
         };
-        // Reads stay in this task; writes belong to the hub.
-        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-        let socket = WebSocketStream::from_raw_socket(
-            ReadSide::new(read),
-            Role::Server,
-            Some(app.ws_config),
-        )
-        .await;
-        let (signal, signalled) = oneshot::channel();
-        let conn = app
-            .ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .next_connection_id();
-        let user_id = identity.user().map(|u| u.id.clone());
-        info!(conn = %conn, user = user_id.as_deref().unwrap_or("-"), peer = %peer, "client connected");
-        if app
-            .hub
-            .send(HubInput::Open {
-                conn,
-                identity,
-                writer: ConnWriter::new(write, signal),
-            })
-            .await
-            .is_err()
-        {
-            return;
+        if let Some(session) = open_session(&app, upgrade, identity, peer, held).await {
+            tokio::spawn(session.run());
         }
-        let flush = Duration::from_millis(app.config.close_flush_timeout_ms);
-        crate::session::run(socket, conn, signalled, app.hub.clone(), flush).await;
-        info!(conn = %conn, user = user_id.as_deref().unwrap_or("-"), "client disconnected");
     });
     Ok(response)
+}
+
+/// Completes the upgrade and registers the connection with the hub.
+async fn open_session(
+    app: &App,
+    upgrade: hyper::upgrade::OnUpgrade,
+    identity: Identity,
+    peer: SocketAddr,
+    held: Held,
+) -> Option<Session> {
+    let handshake = Duration::from_millis(app.config.limits.handshake_timeout_ms);
+    let upgraded = match tokio::time::timeout(handshake, upgrade).await {
+        Ok(Ok(upgraded)) => upgraded,
+        Ok(Err(error)) => {
+            debug!(peer = %peer, %error, "upgrade failed");
+            return None;
+        }
+        Err(_) => {
+            debug!(peer = %peer, "upgrade timed out");
+            return None;
+        }
+    };
+    // Reads stay in the connection's task; writes belong to the hub.
+    let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+    let socket =
+        WebSocketStream::from_raw_socket(ReadSide::new(read), Role::Server, Some(app.ws_config))
+            .await;
+    let (signal, signalled) = oneshot::channel();
+    let conn = app
+        .ids
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .next_connection_id();
+    let user_id = identity.user().map(|u| u.id.clone());
+    info!(conn = %conn, user = user_id.as_deref().unwrap_or("-"), peer = %peer, "client connected");
+    let open = HubInput::Open {
+        conn,
+        identity,
+        writer: ConnWriter::new(write, signal),
+    };
+    app.hub.send(open).await.ok()?;
+    Some(Session {
+        socket,
+        conn,
+        signalled,
+        hub: app.hub.clone(),
+        close_flush_timeout: Duration::from_millis(app.config.close_flush_timeout_ms),
+        user_id,
+        held,
+    })
 }
 
 // ----- status, metrics --------------------------------------------------

@@ -5,7 +5,7 @@
 //! and then writes every connection that has something queued (see
 //! [`crate::writer`] for why the hub writes).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,9 +28,12 @@ use crate::writer::{ConnWriter, Writable};
 /// slows readers and API callers rather than growing memory.
 pub const HUB_CHANNEL_CAPACITY: usize = 4096;
 
-/// Inputs processed per wake-up before outputs are routed (keeps latency
-/// bounded while amortising the routing work).
+/// Inputs taken from the channel at once.
 const BATCH_MAX: usize = 256;
+
+/// Sockets written before the hub lets other tasks run (and takes new
+/// inputs, whose frames then share the writes still to come).
+const WRITE_SLICE: usize = 128;
 
 /// What the hub answers `/ws/status` with.
 #[derive(Clone, Debug)]
@@ -127,7 +130,7 @@ pub async fn run(
         metrics,
         verifier,
         writers: HashMap::new(),
-        dirty: Vec::new(),
+        dirty: VecDeque::new(),
         writable: Arc::new(Writable::default()),
     };
     let writable = hub.writable.clone();
@@ -135,6 +138,7 @@ pub async fn run(
     let mut ready = Vec::new();
     loop {
         let deadline = hub.core.poll_timeout().map(|us| hub.clock.instant_of(us));
+        let writing = !hub.dirty.is_empty();
         tokio::select! {
             biased;
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
@@ -154,16 +158,26 @@ pub async fn run(
                 for conn in ready.drain(..) {
                     if let Some(writer) = hub.writers.get_mut(&conn) {
                         writer.writable();
-                        hub.dirty.push(conn);
+                        hub.dirty.push_back(conn);
                     }
                 }
             }
+            // Sockets are waiting to be written: go on with them.
+            _ = std::future::ready(()), if writing => {}
         }
-        hub.flush();
+        hub.write_some(WRITE_SLICE);
         hub.metrics
             .connections
             .set(hub.core.connection_count() as i64);
         hub.metrics.rooms.set(hub.core.room_count() as i64);
+        if !hub.dirty.is_empty() {
+            // Let the rest of the server run between slices of a big
+            // fan-out. New broadcasts that arrive meanwhile join the queues
+            // of the sockets not yet written, which then take several
+            // frames in one write: that is how the cost per delivery falls
+            // as load rises.
+            tokio::task::yield_now().await;
+        }
     }
     debug!("hub stopped");
 }
@@ -175,9 +189,11 @@ struct Hub {
     metrics: Metrics,
     verifier: Arc<TokenVerifier>,
     /// Lookup only; never iterated (flush order comes from `dirty`).
-    writers: HashMap<ConnectionId, ConnWriter>,
-    /// Connections with frames queued since the last flush, in queue order.
-    dirty: Vec<ConnectionId>,
+    /// Boxed so the table's empty buckets (up to half of them) cost a
+    /// pointer each rather than a whole writer.
+    writers: HashMap<ConnectionId, Box<ConnWriter>>,
+    /// Connections with frames queued and not yet written, in queue order.
+    dirty: VecDeque<ConnectionId>,
     writable: Arc<Writable>,
 }
 
@@ -194,7 +210,7 @@ impl Hub {
                 identity,
                 writer,
             } => {
-                self.writers.insert(conn, writer);
+                self.writers.insert(conn, Box::new(writer));
                 metrics.connections_opened.inc();
                 core.handle(now, Input::Open { conn, identity });
             }
@@ -218,7 +234,7 @@ impl Hub {
             }
             HubInput::Control { conn, frame } => {
                 if let Some(writer) = self.writers.get_mut(&conn) {
-                    self.dirty.push(conn);
+                    self.dirty.push_back(conn);
                     if !writer.push_control(frame) {
                         // Pings keep coming but the client does not read.
                         core.handle(
@@ -304,13 +320,13 @@ impl Hub {
                         if let Some(at) = published_at {
                             writer.oldest_publish.get_or_insert(at);
                         }
-                        self.dirty.push(conn);
+                        self.dirty.push_back(conn);
                     }
                 }
                 Output::Ping { conn } => {
                     if let Some(writer) = self.writers.get_mut(&conn) {
                         writer.push_ping();
-                        self.dirty.push(conn);
+                        self.dirty.push_back(conn);
                     }
                 }
                 Output::VerifyToken { conn, token, id } => {
@@ -327,30 +343,25 @@ impl Hub {
                         debug!(conn = %conn, code = code.code(), reason = code.reason(), "closing connection");
                         self.metrics.disconnect(code.metric_label());
                         writer.close(code);
-                        self.dirty.push(conn);
+                        self.dirty.push_back(conn);
                     }
                 }
             }
         }
     }
 
-    /// Writes every connection with something queued, in the order they
-    /// were queued, and tells the core what left (slow-consumer accounting).
-    /// What the core answers to that (conflated frames released, presence
-    /// after a failed socket) is routed and written in the same call.
-    fn flush(&mut self) {
-        let mut dirty = Vec::new();
-        while !self.dirty.is_empty() {
-            std::mem::swap(&mut dirty, &mut self.dirty);
-            for conn in dirty.drain(..) {
-                self.flush_one(conn);
-            }
-            self.route(None);
+    /// Writes up to `slice` connections with something queued, in the order
+    /// they were queued, telling the core what left (slow-consumer
+    /// accounting); what the core answers to that (held frames released,
+    /// presence after a failed socket) is queued for the next slice.
+    fn write_some(&mut self, slice: usize) {
+        for _ in 0..slice {
+            let Some(conn) = self.dirty.pop_front() else {
+                break;
+            };
+            self.flush_one(conn);
         }
-        // Keep the larger allocation for the next round.
-        if dirty.capacity() > self.dirty.capacity() {
-            self.dirty = dirty;
-        }
+        self.route(None);
     }
 
     fn flush_one(&mut self, conn: ConnectionId) {

@@ -56,7 +56,7 @@ pub(crate) struct App {
     pub(crate) clock: Clock,
     pub(crate) started: Instant,
     pub(crate) node_id: String,
-    pub(crate) sessions: Sessions,
+    pub(crate) sessions: Arc<Sessions>,
     pub(crate) ws_config: WebSocketConfig,
     /// Set when shutdown begins: upgrades still arriving on kept-alive HTTP
     /// connections get 503 instead of a session nobody will close.
@@ -132,7 +132,7 @@ pub async fn serve<L: Listener>(
         clock,
         started: Instant::now(),
         node_id,
-        sessions: Sessions::default(),
+        sessions: Arc::new(Sessions::default()),
         ws_config,
         shutting_down: std::sync::atomic::AtomicBool::new(false),
         config,
@@ -260,13 +260,13 @@ pub(crate) struct Sessions {
     gone: Notify,
 }
 
-/// Held by a session task for its lifetime.
-pub(crate) struct SessionGuard<'a>(&'a Sessions);
+/// Held by a connection for its lifetime.
+pub(crate) struct SessionGuard(Arc<Sessions>);
 
 impl Sessions {
-    pub(crate) fn enter(&self) -> SessionGuard<'_> {
+    pub(crate) fn enter(self: &Arc<Self>) -> SessionGuard {
         self.live.fetch_add(1, Ordering::SeqCst);
-        SessionGuard(self)
+        SessionGuard(self.clone())
     }
 
     fn count(&self) -> usize {
@@ -284,7 +284,7 @@ impl Sessions {
     }
 }
 
-impl Drop for SessionGuard<'_> {
+impl Drop for SessionGuard {
     fn drop(&mut self) {
         if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.gone.notify_waiters();

@@ -10,6 +10,7 @@
 //! here; the session then gives the client `close_flush_timeout` to reply
 //! before dropping the socket.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,7 +26,7 @@ use roomcast_core::{CloseCode, ConnectionId};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::hub::HubInput;
 use crate::writer::SessionSignal;
@@ -93,68 +94,119 @@ fn take_control(socket: &mut Socket) -> Option<Bytes> {
     (!sink.is_empty()).then(|| sink.split().freeze())
 }
 
-/// Runs one connection until it closes. The hub already knows it (`Open`)
-/// and holds its write half; `signal` is how the hub says it is closing.
-pub async fn run(
-    mut socket: Socket,
-    conn: ConnectionId,
-    mut signal: oneshot::Receiver<SessionSignal>,
-    hub: mpsc::Sender<HubInput>,
-    close_flush_timeout: Duration,
-) {
-    // Cleared after an oversize message: the hub is closing us with 1009 and
-    // the rest of that message must not be read as new frames.
-    let mut reading = true;
-    let outcome = loop {
-        tokio::select! {
-            biased;
-            // An error means the hub is gone (the server is stopping).
-            received = &mut signal => break received.unwrap_or(SessionSignal::Failed),
-            message = socket.next(), if reading => {
-                let input = match message {
-                    Some(Ok(Message::Text(text))) => HubInput::Text { conn, text },
-                    Some(Ok(Message::Binary(_))) => HubInput::Binary { conn },
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                        // tungstenite queued the pong for a ping; hand it over.
-                        let _ = socket.flush().await;
-                        if let Some(frame) = take_control(&mut socket) {
-                            if hub.send(HubInput::Control { conn, frame }).await.is_err() {
-                                break SessionSignal::Failed;
-                            }
+/// One open connection's reading side.
+pub struct Session {
+    /// The socket's reading side.
+    pub socket: Socket,
+    /// Its id.
+    pub conn: ConnectionId,
+    /// How the hub says it is closing the connection.
+    pub signalled: oneshot::Receiver<SessionSignal>,
+    /// The hub's channel.
+    pub hub: mpsc::Sender<HubInput>,
+    /// How long a closing client has to answer the close frame.
+    pub close_flush_timeout: Duration,
+    /// Who it is, for the logs.
+    pub user_id: Option<String>,
+    /// What the connection holds until it ends.
+    pub held: Held,
+}
+
+/// What a connection holds until it ends: its admission slot and its
+/// place in the count that shutdown waits on.
+pub struct Held {
+    pub(crate) _permit: crate::server::Permit,
+    pub(crate) _guard: crate::server::SessionGuard,
+}
+
+impl Session {
+    /// Runs the connection until it closes. The hub already knows it
+    /// (`Open`) and holds its write half.
+    ///
+    /// This future lives as long as the connection, so it is kept small:
+    /// inputs go to the hub with `try_send`, and only the rare waits (a
+    /// full channel, the close handshake) are boxed.
+    #[allow(clippy::manual_async_fn)] // see the comment inside
+    pub fn run(mut self) -> impl Future<Output = ()> + Send {
+        // Not an `async fn`: that would copy `self` into a local of its
+        // future next to the moved-in argument, doubling its size.
+        async move {
+            let conn = self.conn;
+            // Cleared after an oversize message: the hub is closing us with
+            // 1009 and the rest of that message must not be read as new frames.
+            let mut reading = true;
+            let outcome = loop {
+                // Decided and handed to the hub without awaiting (`try_send`),
+                // so neither the message nor the input takes room in this
+                // future, which lives as long as the connection.
+                let step = tokio::select! {
+                    biased;
+                    // An error means the hub is gone (the server is stopping).
+                    received = &mut self.signalled => Step::Stop(received.unwrap_or(SessionSignal::Failed)),
+                    message = self.socket.next(), if reading => step(&self.hub, conn, message, &mut reading),
+                };
+                match step {
+                    Step::Continue => {}
+                    Step::Wait(wait) => {
+                        if !wait.await {
+                            break SessionSignal::Failed;
                         }
-                        HubInput::Alive { conn }
                     }
-                    Some(Ok(Message::Frame(_))) => continue,
-                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))
-                    | Some(Err(WsError::Capacity(CapacityError::TooManyHeaders))) => {
-                        reading = false;
-                        HubInput::Abort { conn, code: CloseCode::MessageTooBig }
+                    Step::Answered => {
+                        // tungstenite queued the pong for a ping; hand it over.
+                        if !self.forward_control().await
+                            || !hand_over(&self.hub, HubInput::Alive { conn })
+                                .finish()
+                                .await
+                        {
+                            break SessionSignal::Failed;
+                        }
                     }
-                    Some(Ok(Message::Close(_))) => {
+                    Step::ClientClosed => {
                         // tungstenite queued the echo of the client's close
                         // frame: deliver it so the handshake completes.
-                        let _ = socket.flush().await;
-                        if let Some(frame) = take_control(&mut socket) {
-                            let _ = hub.send(HubInput::Control { conn, frame }).await;
-                        }
+                        self.forward_control().await;
                         break SessionSignal::Failed;
                     }
-                    // The socket failed or the stream ended.
-                    Some(Err(_)) | None => break SessionSignal::Failed,
-                };
-                if hub.send(input).await.is_err() {
-                    break SessionSignal::Failed;
+                    Step::Stop(signal) => break signal,
                 }
+            };
+            if let SessionSignal::Closing(code) = outcome {
+                debug!(conn = %conn, code = code.code(), "waiting for the client's close reply");
+                Box::pin(self.await_close_reply()).await;
             }
+            hand_over(&self.hub, HubInput::Closed { conn })
+                .finish()
+                .await;
+            info!(conn = %conn, user = self.user_id.as_deref().unwrap_or("-"), "client disconnected");
         }
-    };
-    if let SessionSignal::Closing(code) = outcome {
-        debug!(conn = %conn, code = code.code(), "waiting for the client's close reply");
-        // Wait for the client's close reply so the close frame is not lost
-        // to a reset; whatever tungstenite wants to answer is dropped (our
-        // close frame already went out through the hub).
-        let _ = timeout(close_flush_timeout, async {
-            while let Some(Ok(message)) = socket.next().await {
+    }
+
+    /// Hands what tungstenite wrote (a pong, a close echo) to the hub.
+    async fn forward_control(&mut self) -> bool {
+        let _ = self.socket.flush().await;
+        match take_control(&mut self.socket) {
+            Some(frame) => {
+                hand_over(
+                    &self.hub,
+                    HubInput::Control {
+                        conn: self.conn,
+                        frame,
+                    },
+                )
+                .finish()
+                .await
+            }
+            None => true,
+        }
+    }
+
+    /// Waits for the client's close reply so the close frame is not lost to
+    /// a reset; whatever tungstenite wants to answer is dropped (our close
+    /// frame already went out through the hub).
+    async fn await_close_reply(&mut self) {
+        let _ = timeout(self.close_flush_timeout, async {
+            while let Some(Ok(message)) = self.socket.next().await {
                 if matches!(message, Message::Close(_)) {
                     break;
                 }
@@ -162,5 +214,79 @@ pub async fn run(
         })
         .await;
     }
-    let _ = hub.send(HubInput::Closed { conn }).await;
+}
+
+/// What is left to do after one read from the socket.
+enum Step {
+    /// Nothing: the input, if any, is with the hub.
+    Continue,
+    /// The hub's channel was full: wait until it takes the input.
+    Wait(Pin<Box<dyn Future<Output = bool> + Send>>),
+    /// tungstenite answered a ping (or saw a pong): forward its answer, then
+    /// tell the hub the client is alive.
+    Answered,
+    /// The client sent a close frame.
+    ClientClosed,
+    /// Stop reading.
+    Stop(SessionSignal),
+}
+
+/// Handles one read: inputs go to the hub at once when its channel has room.
+fn step(
+    hub: &mpsc::Sender<HubInput>,
+    conn: ConnectionId,
+    message: Option<Result<Message, WsError>>,
+    reading: &mut bool,
+) -> Step {
+    let input = match message {
+        Some(Ok(Message::Text(text))) => HubInput::Text { conn, text },
+        Some(Ok(Message::Binary(_))) => HubInput::Binary { conn },
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Step::Answered,
+        Some(Ok(Message::Frame(_))) => return Step::Continue,
+        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))
+        | Some(Err(WsError::Capacity(CapacityError::TooManyHeaders))) => {
+            *reading = false;
+            HubInput::Abort {
+                conn,
+                code: CloseCode::MessageTooBig,
+            }
+        }
+        Some(Ok(Message::Close(_))) => return Step::ClientClosed,
+        // The socket failed or the stream ended.
+        Some(Err(_)) | None => return Step::Stop(SessionSignal::Failed),
+    };
+    match hand_over(hub, input) {
+        Handover::Done(true) => Step::Continue,
+        Handover::Done(false) => Step::Stop(SessionSignal::Failed),
+        Handover::Wait(wait) => Step::Wait(wait),
+    }
+}
+
+/// Handing an input to the hub: done at once when its channel has room
+/// (the usual case), or a boxed wait when it is full, so the connection's
+/// long-lived future never holds a `HubInput` across an await.
+enum Handover {
+    Done(bool),
+    Wait(Pin<Box<dyn Future<Output = bool> + Send>>),
+}
+
+impl Handover {
+    /// True once the hub has it; false when the hub is gone.
+    async fn finish(self) -> bool {
+        match self {
+            Handover::Done(sent) => sent,
+            Handover::Wait(wait) => wait.await,
+        }
+    }
+}
+
+fn hand_over(hub: &mpsc::Sender<HubInput>, input: HubInput) -> Handover {
+    match hub.try_send(input) {
+        Ok(()) => Handover::Done(true),
+        Err(mpsc::error::TrySendError::Closed(_)) => Handover::Done(false),
+        Err(mpsc::error::TrySendError::Full(input)) => {
+            let hub = hub.clone();
+            Handover::Wait(Box::pin(async move { hub.send(input).await.is_ok() }))
+        }
+    }
 }

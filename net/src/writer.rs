@@ -63,8 +63,9 @@ struct Chunk {
     /// True for a text frame (header built at write time, payload counted
     /// by the core); false for a pre-built control frame.
     text: bool,
-    /// Bytes of header + payload already written.
-    sent: usize,
+    /// Bytes of header + payload already written (frames are far below
+    /// 4 GiB: `message_bytes_max` bounds what the core serializes).
+    sent: u32,
 }
 
 impl Chunk {
@@ -84,6 +85,58 @@ impl Chunk {
     }
 }
 
+/// A connection's queued frames. The first one is held inline: most
+/// connections have at most one frame waiting at a time, and an idle
+/// connection should not keep a heap buffer for it.
+#[derive(Debug, Default)]
+struct Queue {
+    first: Option<Chunk>,
+    rest: VecDeque<Chunk>,
+}
+
+impl Queue {
+    fn push(&mut self, chunk: Chunk) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(chunk);
+        } else {
+            self.rest.push_back(chunk);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.rest.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Chunk> {
+        self.first.iter().chain(self.rest.iter())
+    }
+
+    fn front_mut(&mut self) -> Option<&mut Chunk> {
+        match self.first {
+            Some(ref mut chunk) => Some(chunk),
+            None => self.rest.front_mut(),
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if self.first.take().is_none() {
+            self.rest.pop_front();
+        }
+    }
+
+    /// A burst grew the buffer; once it drains, an idle connection should
+    /// not keep it.
+    fn release_if_drained(&mut self) {
+        if self.rest.is_empty() && self.rest.capacity() > 64 {
+            self.rest = VecDeque::new();
+        }
+    }
+}
+
 /// What a flush achieved.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Flushed {
@@ -98,7 +151,7 @@ pub struct Flushed {
 /// The hub's handle on one connection's socket.
 pub struct ConnWriter {
     io: WriteIo,
-    queue: VecDeque<Chunk>,
+    queue: Queue,
     control_bytes: usize,
     /// Set while a vectored write is pending on socket readiness.
     blocked: bool,
@@ -117,7 +170,7 @@ impl ConnWriter {
     pub fn new(io: WriteIo, signal: oneshot::Sender<SessionSignal>) -> ConnWriter {
         ConnWriter {
             io,
-            queue: VecDeque::new(),
+            queue: Queue::default(),
             control_bytes: 0,
             blocked: false,
             oldest_publish: None,
@@ -133,7 +186,7 @@ impl ConnWriter {
         if self.closing || self.failed {
             return;
         }
-        self.queue.push_back(Chunk {
+        self.queue.push(Chunk {
             bytes: frame.bytes().clone(),
             text: true,
             sent: 0,
@@ -152,7 +205,7 @@ impl ConnWriter {
             return true;
         }
         self.control_bytes += frame.len();
-        self.queue.push_back(Chunk {
+        self.queue.push(Chunk {
             bytes: frame,
             text: false,
             sent: 0,
@@ -177,7 +230,7 @@ impl ConnWriter {
         }));
         // Formatting into a Vec cannot fail.
         let _ = close.format(&mut frame);
-        self.queue.push_back(Chunk {
+        self.queue.push(Chunk {
             bytes: Bytes::from(frame),
             text: false,
             sent: 0,
@@ -255,7 +308,7 @@ impl ConnWriter {
         let mut used = 0;
         for (i, chunk) in self.queue.iter().take(count).enumerate() {
             let header = &headers[i][..header_lens[i]];
-            let mut skip = chunk.sent;
+            let mut skip = chunk.sent as usize;
             if skip < header.len() {
                 slices[used] = IoSlice::new(&header[skip..]);
                 used += 1;
@@ -277,9 +330,9 @@ impl ConnWriter {
             };
             let mut scratch = [0u8; 10];
             let total = chunk.header(&mut scratch) + chunk.bytes.len();
-            let left = total - chunk.sent;
+            let left = total - chunk.sent as usize;
             if written < left {
-                chunk.sent += written;
+                chunk.sent += written as u32;
                 return;
             }
             written -= left;
@@ -291,15 +344,12 @@ impl ConnWriter {
             }
             self.queue.pop_front();
         }
-        if self.queue.is_empty() && self.queue.capacity() > 64 {
-            // A burst grew the queue; an idle connection should not keep it.
-            self.queue = VecDeque::new();
-        }
+        self.queue.release_if_drained();
     }
 
     fn fail(&mut self) {
         self.failed = true;
-        self.queue = VecDeque::new();
+        self.queue = Queue::default();
         if let Some(signal) = self.signal.take() {
             let _ = signal.send(SessionSignal::Failed);
         }
@@ -360,6 +410,25 @@ impl Wake for ConnWaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_keeps_order_across_its_inline_slot() {
+        let mut queue = Queue::default();
+        for len in [1, 2, 3] {
+            queue.push(text_chunk(len));
+        }
+        queue.pop_front();
+        queue.push(text_chunk(4));
+        let lens: Vec<usize> = queue.iter().map(|c| c.bytes.len()).collect();
+        assert_eq!(lens, [2, 3, 4]);
+        assert_eq!(queue.len(), 3);
+        queue.front_mut().expect("a frame").sent = 1;
+        assert_eq!(queue.iter().next().map(|c| c.sent), Some(1));
+        for _ in 0..3 {
+            queue.pop_front();
+        }
+        assert!(queue.is_empty());
+    }
 
     fn text_chunk(len: usize) -> Chunk {
         Chunk {
