@@ -7,6 +7,9 @@
 //! loadgen idle     --addr 127.0.0.1:8080 --pid PID --steps 1000,5000,15000
 //! ```
 //!
+//! `--require-all` makes a fan-out that misses any delivery exit with 1
+//! (the CI smoke run uses it).
+//!
 //! Connections spread their source addresses over 127.0.0.2-127.0.0.254 so
 //! more than one address's ephemeral ports are available. `--pid` is the
 //! server's process id: its CPU time (all threads, from /proc) and RSS are
@@ -44,6 +47,8 @@ struct Args {
     seconds: u64,
     steps: Vec<usize>,
     room: String,
+    /// Fail (exit 1) when a fan-out misses any delivery (the CI smoke run).
+    require_all: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -64,8 +69,13 @@ fn parse_args() -> Result<Args, String> {
         seconds: 5,
         steps: vec![1000, 5000, 15000],
         room: "bench".into(),
+        require_all: false,
     };
     while let Some(flag) = it.next() {
+        if flag == "--require-all" {
+            args.require_all = true;
+            continue;
+        }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number = || {
             value
@@ -272,6 +282,9 @@ async fn fanout(args: &Args) -> Result<Value, String> {
     let got = received.load(Ordering::Relaxed);
     for reader in readers {
         reader.abort();
+    }
+    if args.require_all && got != expected {
+        return Err(format!("received {got} of {expected} deliveries"));
     }
     let mut lat = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
     lat.sort_unstable();
