@@ -7,8 +7,9 @@
 //! scheduling round per delivery, more than the rest of the shell together.
 //! Here a broadcast's frame is serialized once by the core (shared
 //! [`Bytes`]); the hub prefixes the 2–10 byte WebSocket header on the stack
-//! and hands header and payload to one vectored write, gathering every frame
-//! a connection has queued into that write.
+//! and gathers every frame a connection has queued into one write: copied
+//! into one stack buffer when small, vectored (header and shared payload
+//! slices) when large.
 //!
 //! A socket that cannot take everything keeps the rest queued here. Its
 //! write readiness is registered with a per-connection waker that lists the
@@ -39,8 +40,11 @@ use tokio::time::Instant;
 /// The write half of an upgraded connection.
 pub type WriteIo = WriteHalf<TokioIo<Upgraded>>;
 
-/// Most frames gathered into one vectored write (two slices each).
+/// Most frames gathered into one write (two slices each).
 const FRAMES_PER_WRITE: usize = 32;
+
+/// Writes up to this size are copied into one buffer instead of vectored.
+const COPY_MAX: usize = 2048;
 
 /// Most bytes of control frames (pongs, close echoes) a connection may have
 /// unwritten; beyond it the client is not reading and is closed with 4008.
@@ -149,11 +153,14 @@ pub struct Flushed {
 }
 
 /// The hub's handle on one connection's socket.
-pub struct ConnWriter {
-    io: WriteIo,
+///
+/// Generic over the write half only so tests can drive it with a socket
+/// that takes a few bytes at a time; the server always uses [`WriteIo`].
+pub struct ConnWriter<W = WriteIo> {
+    io: W,
     queue: Queue,
     control_bytes: usize,
-    /// Set while a vectored write is pending on socket readiness.
+    /// Set while a write is pending on socket readiness.
     blocked: bool,
     /// When the oldest queued broadcast was published (latency histogram).
     pub oldest_publish: Option<Instant>,
@@ -165,9 +172,9 @@ pub struct ConnWriter {
     failed: bool,
 }
 
-impl ConnWriter {
+impl<W: AsyncWrite + Unpin> ConnWriter<W> {
     /// Wraps a connection's write half; `signal` reaches its reading task.
-    pub fn new(io: WriteIo, signal: oneshot::Sender<SessionSignal>) -> ConnWriter {
+    pub fn new(io: W, signal: oneshot::Sender<SessionSignal>) -> ConnWriter<W> {
         ConnWriter {
             io,
             queue: Queue::default(),
@@ -295,7 +302,7 @@ impl ConnWriter {
         done
     }
 
-    /// One vectored write of the queue's head.
+    /// One write of the queue's head.
     fn write_some(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         let mut headers = [[0u8; 10]; FRAMES_PER_WRITE];
         let mut header_lens = [0usize; FRAMES_PER_WRITE];
@@ -319,7 +326,22 @@ impl ConnWriter {
             slices[used] = IoSlice::new(&chunk.bytes[skip..]);
             used += 1;
         }
-        Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..used])
+        let slices = &slices[..used];
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        if total <= COPY_MAX {
+            // Small writes (a reply, a broadcast or a few) go out as one
+            // plain buffer: copying a few hundred bytes costs less than
+            // the kernel's `writev` bookkeeping (about 10% per ping/pong,
+            // measured with alternating runs; see docs/benchmarks.md).
+            let mut buffer = [0u8; COPY_MAX];
+            let mut at = 0;
+            for slice in slices {
+                buffer[at..at + slice.len()].copy_from_slice(slice);
+                at += slice.len();
+            }
+            return Pin::new(&mut self.io).poll_write(cx, &buffer[..total]);
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, slices)
     }
 
     /// Drops what `written` bytes completed from the queue's head.
@@ -410,6 +432,111 @@ impl Wake for ConnWaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A socket that takes at most `step` bytes per write and, every other
+    /// call, is full (Pending, waking its waker at once: "writable again").
+    struct Trickle {
+        written: Vec<u8>,
+        step: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.calls += 1;
+            if self.calls % 2 == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let n = buf.len().min(self.step);
+            self.written.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn text(payload: &str) -> TextFrame {
+        TextFrame::from(payload.to_owned())
+    }
+
+    #[test]
+    fn partial_writes_and_full_sockets_keep_frames_whole_and_in_order() {
+        let conn = ConnectionId::from_u128(7);
+        let writable = Arc::new(Writable::default());
+        let (signal, _signalled) = oneshot::channel();
+        let socket = Trickle {
+            written: Vec::new(),
+            step: 5,
+            calls: 0,
+        };
+        let mut writer = ConnWriter::new(socket, signal);
+        let big = "y".repeat(3000);
+        for payload in ["first", big.as_str(), "third"] {
+            writer.push_text(text(payload));
+        }
+        writer.push_ping();
+        writer.close(CloseCode::GoingAway);
+        let mut total = Flushed::default();
+        for _ in 0..10_000 {
+            let flushed = writer.flush(conn, &writable);
+            total.text_bytes += flushed.text_bytes;
+            total.frames += flushed.frames;
+            if !writer.wants_flush() && writer.queue.is_empty() {
+                break;
+            }
+            // A blocked writer is retried only once its waker listed it.
+            assert!(!writer.wants_flush());
+            let listed = std::mem::take(&mut *writable.ready.lock().unwrap());
+            assert_eq!(listed, [conn], "the waker lists the connection");
+            writer.writable();
+        }
+        assert!(writer.queue.is_empty(), "everything was written");
+        assert_eq!(total.frames, 3);
+        assert_eq!(total.text_bytes, 5 + 3000 + 5);
+        let mut expected = vec![0x81, 5];
+        expected.extend_from_slice(b"first");
+        expected.extend_from_slice(&[0x81, 126, 0x0b, 0xb8]);
+        expected.extend_from_slice(big.as_bytes());
+        expected.extend_from_slice(&[0x81, 5]);
+        expected.extend_from_slice(b"third");
+        expected.extend_from_slice(&[0x89, 0x00]);
+        let reason = CloseCode::GoingAway.reason();
+        expected.extend_from_slice(&[0x88, 2 + reason.len() as u8]);
+        expected.extend_from_slice(&1001u16.to_be_bytes());
+        expected.extend_from_slice(reason.as_bytes());
+        assert_eq!(writer.io.written, expected);
+    }
+
+    #[test]
+    fn nothing_is_queued_after_the_close_frame() {
+        let (signal, mut signalled) = oneshot::channel();
+        let socket = Trickle {
+            written: Vec::new(),
+            step: usize::MAX,
+            calls: 0,
+        };
+        let mut writer = ConnWriter::new(socket, signal);
+        writer.push_text(text("before"));
+        writer.close(CloseCode::SlowConsumer);
+        writer.push_text(text("after"));
+        writer.push_ping();
+        assert_eq!(writer.queue.len(), 2);
+        assert_eq!(
+            signalled.try_recv(),
+            Ok(SessionSignal::Closing(CloseCode::SlowConsumer))
+        );
+    }
 
     #[test]
     fn the_queue_keeps_order_across_its_inline_slot() {
