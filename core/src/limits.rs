@@ -14,7 +14,8 @@ pub struct Limits {
     pub message_bytes_max: usize,
     /// *shell*: tungstenite read buffer per connection in bytes.
     pub read_buffer_bytes: usize,
-    /// *shell*: tungstenite write buffer in bytes before it writes through.
+    /// *shell*: most bytes of a connection's queued frames gathered into one
+    /// socket write.
     pub write_buffer_bytes: usize,
     /// Outbound backlog per connection in bytes before close 4008 (slow consumer).
     pub outbound_queue_bytes_max: usize,

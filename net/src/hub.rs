@@ -124,6 +124,7 @@ pub async fn run(
     metrics: Metrics,
     verifier: Arc<TokenVerifier>,
 ) {
+    let write_gather_bytes = core.config().limits.write_buffer_bytes;
     let mut hub = Hub {
         core,
         clock,
@@ -131,7 +132,7 @@ pub async fn run(
         verifier,
         writers: HashMap::new(),
         dirty: VecDeque::new(),
-        writable: Arc::new(Writable::default()),
+        writable: Arc::new(Writable::new(write_gather_bytes)),
     };
     let writable = hub.writable.clone();
     let mut batch = Vec::with_capacity(BATCH_MAX);

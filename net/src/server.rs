@@ -97,8 +97,8 @@ pub async fn serve<L: Listener>(
     let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
     // Unconstrained: tokio's cooperative budget (128 socket operations per
     // poll) would make the hub give up mid-fan-out and retry every other
-    // socket through its readiness path. The hub still yields whenever its
-    // channel is empty, which is what lets the sessions feed it.
+    // socket through its readiness path. The hub yields by itself between
+    // slices of writes and whenever its channel is empty.
     let hub_task = tokio::spawn(tokio::task::unconstrained(hub::run(
         core,
         clock,

@@ -111,6 +111,7 @@ impl Queue {
         self.first.is_none() && self.rest.is_empty()
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         usize::from(self.first.is_some()) + self.rest.len()
     }
@@ -284,7 +285,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
                 Waker::noop().clone()
             };
             let mut cx = Context::from_waker(&waker);
-            match self.write_some(&mut cx) {
+            match self.write_some(&mut cx, writable.gather_max) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     self.fail();
                     done.failed = true;
@@ -303,12 +304,24 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
     }
 
     /// One write of the queue's head.
-    fn write_some(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+    /// Gathers frames up to `gather_max` bytes (always at least one).
+    fn write_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        gather_max: usize,
+    ) -> Poll<std::io::Result<usize>> {
         let mut headers = [[0u8; 10]; FRAMES_PER_WRITE];
         let mut header_lens = [0usize; FRAMES_PER_WRITE];
-        let count = self.queue.len().min(FRAMES_PER_WRITE);
-        for (i, chunk) in self.queue.iter().take(count).enumerate() {
-            header_lens[i] = chunk.header(&mut headers[i]);
+        let mut count = 0;
+        let mut gathered = 0;
+        for chunk in self.queue.iter().take(FRAMES_PER_WRITE) {
+            let header_len = chunk.header(&mut headers[count]);
+            gathered += header_len + chunk.bytes.len() - chunk.sent as usize;
+            if count > 0 && gathered > gather_max {
+                break;
+            }
+            header_lens[count] = header_len;
+            count += 1;
         }
         let mut slices: [IoSlice<'_>; 2 * FRAMES_PER_WRITE] =
             [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
@@ -379,13 +392,24 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
 }
 
 /// Connections whose sockets became writable, and the hub waiting for them.
-#[derive(Default)]
 pub struct Writable {
     ready: Mutex<Vec<ConnectionId>>,
     hub: AtomicWaker,
+    /// Most bytes of queued frames gathered into one write
+    /// (`limits.write_buffer_bytes`).
+    gather_max: usize,
 }
 
 impl Writable {
+    /// For writers that gather up to `gather_max` bytes per write.
+    pub fn new(gather_max: usize) -> Writable {
+        Writable {
+            ready: Mutex::default(),
+            hub: AtomicWaker::new(),
+            gather_max,
+        }
+    }
+
     fn waker_for(self: &Arc<Self>, conn: ConnectionId) -> Waker {
         Waker::from(Arc::new(ConnWaker {
             conn,
@@ -473,7 +497,7 @@ mod tests {
     #[test]
     fn partial_writes_and_full_sockets_keep_frames_whole_and_in_order() {
         let conn = ConnectionId::from_u128(7);
-        let writable = Arc::new(Writable::default());
+        let writable = Arc::new(Writable::new(1024));
         let (signal, _signalled) = oneshot::channel();
         let socket = Trickle {
             written: Vec::new(),
