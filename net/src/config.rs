@@ -151,6 +151,11 @@ impl ServerConfig {
         if l.message_bytes_max == 0 || l.outbound_queue_bytes_max == 0 || l.read_buffer_bytes == 0 {
             return Err("limits: message_bytes_max, outbound_queue_bytes_max and read_buffer_bytes must be > 0".into());
         }
+        if l.outbound_queue_bytes_max > 1 << 30 {
+            return Err(
+                "limits: outbound_queue_bytes_max must be at most 1 GiB (1073741824)".into(),
+            );
+        }
         if l.ping_interval_ms == 0
             || l.ping_interval_ms > 86_400_000
             || l.idle_timeout_ms > 86_400_000
@@ -306,6 +311,15 @@ mod tests {
         assert!(ServerConfig::load(None, env(&[("ROOMCAST_LIMITS__NOPE", "1")])).is_err());
         assert!(ServerConfig::load(None, env(&[("ROOMCAST_LISTEN", "not an address")])).is_err());
         assert!(ServerConfig::load(None, env(&[("ROOMCAST_CUSTOM_TYPES", "[Bad-Type]")])).is_err());
+    }
+
+    #[test]
+    fn the_outbound_queue_is_capped_at_one_gibibyte() {
+        let at_cap = env(&[("ROOMCAST_LIMITS__OUTBOUND_QUEUE_BYTES_MAX", "1073741824")]);
+        assert!(ServerConfig::load(None, at_cap).is_ok());
+        let over = env(&[("ROOMCAST_LIMITS__OUTBOUND_QUEUE_BYTES_MAX", "1073741825")]);
+        let error = ServerConfig::load(None, over).unwrap_err();
+        assert!(error.contains("at most 1 GiB"), "{error}");
     }
 
     #[test]

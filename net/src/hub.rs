@@ -155,16 +155,18 @@ pub async fn run(
                     hub.route(published_at);
                 }
             }
-            _ = writable.wait(&mut ready) => {
-                for conn in ready.drain(..) {
-                    if let Some(writer) = hub.writers.get_mut(&conn) {
-                        writer.writable();
-                        hub.dirty.push_back(conn);
-                    }
-                }
-            }
+            _ = writable.wait(&mut ready) => {}
             // Sockets are waiting to be written: go on with them.
             _ = std::future::ready(()), if writing => {}
+        }
+        // Sockets that became writable again, taken on every round: under
+        // load the channel never empties and the branch above never runs.
+        writable.take(&mut ready);
+        for conn in ready.drain(..) {
+            if let Some(writer) = hub.writers.get_mut(&conn) {
+                writer.writable();
+                Hub::list(&mut hub.dirty, conn, writer);
+            }
         }
         hub.write_some(WRITE_SLICE);
         hub.metrics
@@ -235,7 +237,7 @@ impl Hub {
             }
             HubInput::Control { conn, frame } => {
                 if let Some(writer) = self.writers.get_mut(&conn) {
-                    self.dirty.push_back(conn);
+                    Hub::list(&mut self.dirty, conn, writer);
                     if !writer.push_control(frame) {
                         // Pings keep coming but the client does not read.
                         core.handle(
@@ -253,7 +255,7 @@ impl Hub {
             }
             HubInput::Closed { conn } => {
                 if let Some(mut writer) = self.writers.remove(&conn) {
-                    if !writer.is_closing() {
+                    if !writer.closed_by_server() {
                         metrics.disconnect("client");
                     }
                     // Last chance for what is queued, such as the echo of
@@ -321,13 +323,13 @@ impl Hub {
                         if let Some(at) = published_at {
                             writer.oldest_publish.get_or_insert(at);
                         }
-                        self.dirty.push_back(conn);
+                        Hub::list(&mut self.dirty, conn, writer);
                     }
                 }
                 Output::Ping { conn } => {
                     if let Some(writer) = self.writers.get_mut(&conn) {
                         writer.push_ping();
-                        self.dirty.push_back(conn);
+                        Hub::list(&mut self.dirty, conn, writer);
                     }
                 }
                 Output::VerifyToken { conn, token, id } => {
@@ -344,7 +346,7 @@ impl Hub {
                         debug!(conn = %conn, code = code.code(), reason = code.reason(), "closing connection");
                         self.metrics.disconnect(code.metric_label());
                         writer.close(code);
-                        self.dirty.push_back(conn);
+                        Hub::list(&mut self.dirty, conn, writer);
                     }
                 }
             }
@@ -365,14 +367,24 @@ impl Hub {
         self.route(None);
     }
 
+    /// Puts `conn` on the queue of writers to flush, once.
+    fn list(dirty: &mut VecDeque<ConnectionId>, conn: ConnectionId, writer: &mut ConnWriter) {
+        if !writer.listed {
+            writer.listed = true;
+            dirty.push_back(conn);
+        }
+    }
+
     fn flush_one(&mut self, conn: ConnectionId) {
         let Some(writer) = self.writers.get_mut(&conn) else {
             return;
         };
+        writer.listed = false;
         if !writer.wants_flush() {
             return;
         }
-        let oldest_publish = writer.oldest_publish;
+        // Recorded once per write, for the oldest broadcast in it.
+        let oldest_publish = writer.oldest_publish.take();
         let flushed = writer.flush(conn, &self.writable);
         if flushed.text_bytes > 0 {
             self.metrics.messages_out.inc_by(flushed.frames);
@@ -393,7 +405,11 @@ impl Hub {
         if flushed.failed {
             // The reading task was told and will report `Closed`; the core
             // forgets the connection now so it queues nothing more for it.
-            if self.writers.remove(&conn).is_some_and(|w| !w.is_closing()) {
+            if self
+                .writers
+                .remove(&conn)
+                .is_some_and(|w| !w.closed_by_server())
+            {
                 self.metrics.disconnect("client");
             }
             self.core.handle(self.clock.now(), Input::Closed { conn });

@@ -52,8 +52,9 @@ impl ReadSide {
 }
 
 /// Collects the bytes tungstenite writes (pongs, the echo of a close);
-/// the session forwards them to the hub. Bounded by tungstenite's
-/// `max_write_buffer_size` per write and drained after every message.
+/// the session forwards them to the hub. Drained after every message (and
+/// cleared while waiting for a close reply), so it holds at most one
+/// message's answer.
 #[derive(Default)]
 pub struct ControlSink {
     bytes: BytesMut,
@@ -207,6 +208,8 @@ impl Session {
     async fn await_close_reply(&mut self) {
         let _ = timeout(self.close_flush_timeout, async {
             while let Some(Ok(message)) = self.socket.next().await {
+                // Pongs tungstenite answers meanwhile are not sent.
+                self.socket.get_mut().control.bytes.clear();
                 if matches!(message, Message::Close(_)) {
                     break;
                 }

@@ -67,8 +67,9 @@ struct Chunk {
     /// True for a text frame (header built at write time, payload counted
     /// by the core); false for a pre-built control frame.
     text: bool,
-    /// Bytes of header + payload already written (frames are far below
-    /// 4 GiB: `message_bytes_max` bounds what the core serializes).
+    /// Bytes of header + payload already written. Frames stay far below
+    /// 4 GiB: the core refuses any larger than `outbound_queue_bytes_max`,
+    /// which configuration caps at 1 GiB.
     sent: u32,
 }
 
@@ -163,13 +164,19 @@ pub struct ConnWriter<W = WriteIo> {
     control_bytes: usize,
     /// Set while a write is pending on socket readiness.
     blocked: bool,
-    /// When the oldest queued broadcast was published (latency histogram).
+    /// When the oldest broadcast queued since the last write was published
+    /// (publish-to-write histogram).
     pub oldest_publish: Option<Instant>,
+    /// Listed in the hub's queue of writers to flush (lists it once).
+    pub listed: bool,
     /// Registers this connection's write readiness with the hub.
     waker: Option<Waker>,
     signal: Option<oneshot::Sender<SessionSignal>>,
-    /// Set once a close frame is queued: nothing is queued after it.
+    /// Set once a close frame (ours or the echo of the client's) is
+    /// queued: nothing is queued after it.
     closing: bool,
+    /// Set when the hub closed the connection (its metric is counted then).
+    closed_by_server: bool,
     failed: bool,
 }
 
@@ -182,9 +189,11 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
             control_bytes: 0,
             blocked: false,
             oldest_publish: None,
+            listed: false,
             waker: None,
             signal: Some(signal),
             closing: false,
+            closed_by_server: false,
             failed: false,
         }
     }
@@ -212,12 +221,20 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
         if self.closing || self.failed {
             return true;
         }
+        // The echo of the client's close ends the stream like our own close
+        // frame: nothing may follow it (RFC 6455 section 5.5.1).
+        let is_close = frame.first().is_some_and(|b| b & 0x0f == 0x8);
         self.control_bytes += frame.len();
         self.queue.push(Chunk {
             bytes: frame,
             text: false,
             sent: 0,
         });
+        if is_close {
+            self.closing = true;
+            // The reading task already knows: it is the one that saw the close.
+            self.signal = None;
+        }
         self.control_bytes <= CONTROL_QUEUE_MAX
     }
 
@@ -227,6 +244,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
     /// read gets neither; its reading task gives up after
     /// `close_flush_timeout` and the socket is dropped.
     pub fn close(&mut self, code: CloseCode) {
+        self.closed_by_server = true;
         if self.closing {
             return;
         }
@@ -249,8 +267,8 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
     }
 
     /// Whether the hub asked this connection to close.
-    pub fn is_closing(&self) -> bool {
-        self.closing
+    pub fn closed_by_server(&self) -> bool {
+        self.closed_by_server
     }
 
     /// The socket signalled write readiness: the next flush tries again.
@@ -299,7 +317,6 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
                 Poll::Pending => registered = true,
             }
         }
-        self.oldest_publish = None;
         done
     }
 
@@ -417,6 +434,12 @@ impl Writable {
         }))
     }
 
+    /// Moves the connections listed so far into `into`, without waiting.
+    pub fn take(&self, into: &mut Vec<ConnectionId>) {
+        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        into.append(&mut ready);
+    }
+
     /// Waits until some connection is listed, then moves the list into `into`.
     pub async fn wait(&self, into: &mut Vec<ConnectionId>) {
         std::future::poll_fn(|cx| {
@@ -425,7 +448,7 @@ impl Writable {
             if ready.is_empty() {
                 return Poll::Pending;
             }
-            std::mem::swap(&mut *ready, into);
+            into.append(&mut ready);
             Poll::Ready(())
         })
         .await
@@ -560,6 +583,26 @@ mod tests {
             signalled.try_recv(),
             Ok(SessionSignal::Closing(CloseCode::SlowConsumer))
         );
+    }
+
+    #[test]
+    fn nothing_is_queued_after_the_echo_of_a_client_close() {
+        let (signal, _signalled) = oneshot::channel();
+        let socket = Trickle {
+            written: Vec::new(),
+            step: usize::MAX,
+            calls: 0,
+        };
+        let mut writer = ConnWriter::new(socket, signal);
+        writer.push_control(Bytes::from_static(&[0x8a, 0x00])); // a pong
+        assert!(!writer.closing);
+        writer.push_control(Bytes::from_static(&[0x88, 0x02, 0x03, 0xe8])); // close 1000
+        assert!(writer.closing);
+        assert!(!writer.closed_by_server());
+        writer.push_text(text("late broadcast"));
+        writer.push_ping();
+        writer.close(CloseCode::GoingAway);
+        assert_eq!(writer.queue.len(), 2, "only the pong and the echo");
     }
 
     #[test]
