@@ -155,6 +155,7 @@ pub async fn run(
                     hub.route(published_at);
                 }
             }
+            // Its list is handled below, with what arrived meanwhile.
             _ = writable.wait(&mut ready) => {}
             // Sockets are waiting to be written: go on with them.
             _ = std::future::ready(()), if writing => {}

@@ -143,14 +143,14 @@ impl Session {
                 let step = tokio::select! {
                     biased;
                     // An error means the hub is gone (the server is stopping).
-                    received = &mut self.signalled => Step::Stop(received.unwrap_or(SessionSignal::Failed)),
+                    received = &mut self.signalled => Step::Stop(received.unwrap_or(SessionSignal::Gone)),
                     message = self.socket.next(), if reading => step(&self.hub, conn, message, &mut reading),
                 };
                 match step {
                     Step::Continue => {}
                     Step::Wait(wait) => {
                         if !wait.await {
-                            break SessionSignal::Failed;
+                            break SessionSignal::Gone;
                         }
                     }
                     Step::Answered => {
@@ -160,14 +160,14 @@ impl Session {
                                 .finish()
                                 .await
                         {
-                            break SessionSignal::Failed;
+                            break SessionSignal::Gone;
                         }
                     }
                     Step::ClientClosed => {
                         // tungstenite queued the echo of the client's close
                         // frame: deliver it so the handshake completes.
                         self.forward_control().await;
-                        break SessionSignal::Failed;
+                        break SessionSignal::Gone;
                     }
                     Step::Stop(signal) => break signal,
                 }
@@ -256,11 +256,11 @@ fn step(
         }
         Some(Ok(Message::Close(_))) => return Step::ClientClosed,
         // The socket failed or the stream ended.
-        Some(Err(_)) | None => return Step::Stop(SessionSignal::Failed),
+        Some(Err(_)) | None => return Step::Stop(SessionSignal::Gone),
     };
     match hand_over(hub, input) {
         Handover::Done(true) => Step::Continue,
-        Handover::Done(false) => Step::Stop(SessionSignal::Failed),
+        Handover::Done(false) => Step::Stop(SessionSignal::Gone),
         Handover::Wait(wait) => Step::Wait(wait),
     }
 }

@@ -55,8 +55,9 @@ pub const CONTROL_QUEUE_MAX: usize = 64 * 1024;
 pub enum SessionSignal {
     /// The close frame with this code is queued: wait for the client's reply.
     Closing(CloseCode),
-    /// The socket failed while writing: stop now.
-    Failed,
+    /// The connection is over (a write failed, the client closed, the hub
+    /// is gone): stop without a close handshake.
+    Gone,
 }
 
 /// One queued frame.
@@ -403,7 +404,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
         self.failed = true;
         self.queue = Queue::default();
         if let Some(signal) = self.signal.take() {
-            let _ = signal.send(SessionSignal::Failed);
+            let _ = signal.send(SessionSignal::Gone);
         }
     }
 }
