@@ -71,7 +71,7 @@ pub use codes::{CloseCode, ErrorCode};
 pub use input::{Input, SendTarget};
 pub use limits::Limits;
 pub use machine::{Core, CoreConfig, Response, RoomOptions};
-pub use names::{ConnectionId, RoomName};
+pub use names::{ConnectionId, ConnectionMap, RoomName};
 pub use output::{Output, TextFrame};
 pub use publish::{MessageTypes, Publish, PublishError, PublishReceipt};
 pub use time::Now;

@@ -1,6 +1,6 @@
 //! [`Core`]: the roomcast state machine. See the crate docs for the contract.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -12,7 +12,7 @@ use crate::conflation::{series_of, HeldFrames};
 use crate::envelope::{self, RoomStamp};
 use crate::input::{Input, SendTarget};
 use crate::limits::Limits;
-use crate::names::{ConnectionId, RoomName};
+use crate::names::{ConnectionId, ConnectionMap, RoomName};
 use crate::output::{Output, TextFrame};
 use crate::publish::{
     validate_message, DirectMessage, MessageTypes, Publish, PublishError, PublishReceipt, RoomSeq,
@@ -156,7 +156,7 @@ pub struct Core {
     pub(crate) free_slots: Vec<u32>,
     /// Id → slab slot. Only ever looked up, never iterated, so its order
     /// cannot leak into outputs.
-    pub(crate) slot_of: HashMap<ConnectionId, u32>,
+    pub(crate) slot_of: ConnectionMap<u32>,
     pub(crate) rooms: BTreeMap<RoomName, Room>,
     /// User id → its open connections (for `/api/send` to a user and presence).
     pub(crate) users: BTreeMap<String, BTreeSet<ConnectionId>>,
@@ -181,7 +181,7 @@ impl Core {
             config,
             conns: Vec::new(),
             free_slots: Vec::new(),
-            slot_of: HashMap::new(),
+            slot_of: ConnectionMap::default(),
             rooms: BTreeMap::new(),
             users: BTreeMap::new(),
             timers: BTreeSet::new(),
