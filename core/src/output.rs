@@ -26,6 +26,11 @@ impl TextFrame {
         &self.0
     }
 
+    /// The shared bytes, taking them (no reference-count traffic).
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -205,7 +205,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
             return;
         }
         self.queue.push(Chunk {
-            bytes: frame.bytes().clone(),
+            bytes: frame.into_bytes(),
             text: true,
             sent: 0,
         });
