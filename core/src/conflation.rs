@@ -45,8 +45,14 @@ struct Held {
 }
 
 /// A member's held progress events, per room and series.
+///
+/// Boxed and absent while nothing is held (almost always): every open
+/// connection carries one, and the maps would otherwise cost it 64 bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HeldFrames {
+pub struct HeldFrames(Option<Box<Holding>>);
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Holding {
     held: BTreeMap<(RoomName, String), Held>,
     /// Per room, the `seq`s replaced while held: the member never gets them,
     /// so the first frame it gets after each one is flagged.
@@ -58,12 +64,12 @@ pub struct HeldFrames {
 impl HeldFrames {
     /// Whether anything is held.
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
+        self.0.as_ref().is_none_or(|h| h.held.is_empty())
     }
 
     /// When held frames must go out.
     pub fn flush_at_us(&self) -> Option<u64> {
-        self.flush_at_us
+        self.0.as_ref().and_then(|h| h.flush_at_us)
     }
 
     /// Holds (or replaces) the progress event `seq` of `series` in `room`.
@@ -75,28 +81,35 @@ impl HeldFrames {
         frame: TextFrame,
         flush_at_us: u64,
     ) {
-        if let Some(replaced) = self
+        let holding = self.0.get_or_insert_with(Box::default);
+        if let Some(replaced) = holding
             .held
             .insert((room.clone(), series), Held { seq, frame })
         {
-            self.skipped
+            holding
+                .skipped
                 .entry(room.clone())
                 .or_default()
                 .push(replaced.seq);
         }
-        self.flush_at_us.get_or_insert(flush_at_us);
+        holding.flush_at_us.get_or_insert(flush_at_us);
     }
 
     /// Whether a progress event of `series` in `room` is already held (then a
     /// newer one must replace it rather than overtake it).
     pub fn holds(&self, room: &RoomName, series: &str) -> bool {
-        self.held.contains_key(&(room.clone(), series.to_owned()))
+        self.0
+            .as_ref()
+            .is_some_and(|h| h.held.contains_key(&(room.clone(), series.to_owned())))
     }
 
     /// Takes the held frames of `room` (every room when `None`), in `seq`
     /// order per room, ready to send; replaced ones are flagged.
     pub fn take(&mut self, room: Option<&RoomName>) -> Vec<TextFrame> {
-        let keys: Vec<(RoomName, String)> = self
+        let Some(holding) = self.0.as_mut() else {
+            return Vec::new();
+        };
+        let keys: Vec<(RoomName, String)> = holding
             .held
             .keys()
             .filter(|(r, _)| room.is_none_or(|want| r == want))
@@ -104,7 +117,7 @@ impl HeldFrames {
             .collect();
         let mut taken: Vec<(RoomName, u64, TextFrame)> = Vec::with_capacity(keys.len());
         for key in keys {
-            if let Some(held) = self.held.remove(&key) {
+            if let Some(held) = holding.held.remove(&key) {
                 taken.push((key.0, held.seq, held.frame));
             }
         }
@@ -115,7 +128,7 @@ impl HeldFrames {
         let mut current_room: Option<RoomName> = None;
         for (room, seq, frame) in taken {
             if current_room.as_ref() != Some(&room) {
-                skipped = self.skipped.remove(&room).unwrap_or_default();
+                skipped = holding.skipped.remove(&room).unwrap_or_default();
                 skipped.sort_unstable();
                 current_room = Some(room);
             }
@@ -123,24 +136,37 @@ impl HeldFrames {
             skipped.retain(|&s| s > seq);
             frames.push(if jumped { flagged(&frame) } else { frame });
         }
-        if self.held.is_empty() {
-            self.flush_at_us = None;
-        }
+        self.settle();
         frames
     }
 
     /// Forgets what is held for `room` (the member left it).
     pub fn drop_room(&mut self, room: &RoomName) {
-        self.held.retain(|(r, _), _| r != room);
-        self.skipped.remove(room);
-        if self.held.is_empty() {
-            self.flush_at_us = None;
+        if let Some(holding) = self.0.as_mut() {
+            holding.held.retain(|(r, _), _| r != room);
+            holding.skipped.remove(room);
         }
+        self.settle();
     }
 
     /// Rooms something is held for (invariant checks).
     pub fn rooms(&self) -> impl Iterator<Item = &RoomName> {
-        self.held.keys().map(|(room, _)| room)
+        self.0
+            .iter()
+            .flat_map(|h| h.held.keys().map(|(room, _)| room))
+    }
+
+    /// Once nothing is held the window is closed; once nothing at all is
+    /// kept, the box goes.
+    fn settle(&mut self) {
+        if let Some(holding) = self.0.as_mut() {
+            if holding.held.is_empty() {
+                holding.flush_at_us = None;
+                if holding.skipped.is_empty() {
+                    self.0 = None;
+                }
+            }
+        }
     }
 }
 
