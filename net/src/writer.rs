@@ -75,6 +75,17 @@ struct Chunk {
 }
 
 impl Chunk {
+    /// Length of [`Chunk::header`] (RFC 6455 section 5.2 length forms),
+    /// without building it.
+    fn header_len(&self) -> usize {
+        match (self.text, self.bytes.len()) {
+            (false, _) => 0,
+            (true, 0..=125) => 2,
+            (true, 126..=65_535) => 4,
+            (true, _) => 10,
+        }
+    }
+
     /// The WebSocket header this chunk needs before its bytes.
     fn header(&self, into: &mut [u8; 10]) -> usize {
         if !self.text {
@@ -381,8 +392,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
             let Some(chunk) = self.queue.front_mut() else {
                 return;
             };
-            let mut scratch = [0u8; 10];
-            let total = chunk.header(&mut scratch) + chunk.bytes.len();
+            let total = chunk.header_len() + chunk.bytes.len();
             let left = total - chunk.sent as usize;
             if written < left {
                 chunk.sent += written as u32;
@@ -636,6 +646,10 @@ mod tests {
     #[test]
     fn text_headers_follow_rfc_6455_length_forms() {
         let mut header = [0u8; 10];
+        for len in [0, 125, 126, 65_535, 65_536, 70_000] {
+            let chunk = text_chunk(len);
+            assert_eq!(chunk.header_len(), chunk.header(&mut header), "{len}");
+        }
         assert_eq!(text_chunk(125).header(&mut header), 2);
         assert_eq!(&header[..2], &[0x81, 125]);
         assert_eq!(text_chunk(126).header(&mut header), 4);
