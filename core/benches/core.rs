@@ -13,7 +13,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use roomcast_core::{
-    ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now, Publish, RoomName, User,
+    ConnectionId, CoreConfig, Identity, Input, Limits, Now, Publish, RoomName, Standalone, User,
 };
 use serde_json::json;
 
@@ -40,7 +40,7 @@ fn conn(i: usize) -> ConnectionId {
     ConnectionId::from_u128(i as u128 + 1)
 }
 
-fn drain(core: &mut Core) -> usize {
+fn drain(core: &mut Standalone) -> usize {
     let mut n = 0;
     while let Some(output) = core.poll_output() {
         black_box(&output);
@@ -51,8 +51,8 @@ fn drain(core: &mut Core) -> usize {
 
 /// A core with `conns` connections (every other one authenticated), each in
 /// `rooms_each` of 100 rooms.
-fn populated(conns: usize, rooms_each: usize) -> Core {
-    let mut core = Core::new(config());
+fn populated(conns: usize, rooms_each: usize) -> Standalone {
+    let mut core = Standalone::new(config());
     for i in 0..conns {
         let identity = if i % 2 == 0 {
             Identity::Anonymous
@@ -171,7 +171,7 @@ fn requests(c: &mut Criterion) {
 
 fn broadcast(c: &mut Criterion) {
     const MEMBERS: usize = 10_000;
-    let mut core = Core::new(config());
+    let mut core = Standalone::new(config());
     for i in 0..MEMBERS {
         core.handle(
             now(),

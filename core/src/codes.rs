@@ -23,11 +23,15 @@ pub enum ErrorCode {
     UnknownType,
     /// A series event (`download_*`, `scan_*`) without a valid URL-safe `data.key`.
     InvalidKey,
+    /// The engine (which numbers and keeps messages) failed or is
+    /// overloaded: a `publish` was not appended, or a `join` could not
+    /// learn the room's position. Retry later.
+    EngineUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, for documentation tests and fuzz dictionaries.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidMessage,
         ErrorCode::InvalidSubscription,
         ErrorCode::UnknownAction,
@@ -38,6 +42,7 @@ impl ErrorCode {
         ErrorCode::InvalidToken,
         ErrorCode::UnknownType,
         ErrorCode::InvalidKey,
+        ErrorCode::EngineUnavailable,
     ];
 
     /// The wire spelling.
@@ -53,6 +58,7 @@ impl ErrorCode {
             ErrorCode::InvalidToken => "INVALID_TOKEN",
             ErrorCode::UnknownType => "UNKNOWN_TYPE",
             ErrorCode::InvalidKey => "INVALID_KEY",
+            ErrorCode::EngineUnavailable => "ENGINE_UNAVAILABLE",
         }
     }
 }

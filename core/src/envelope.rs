@@ -6,7 +6,6 @@
 //! `id` echo it.
 
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::codes::ErrorCode;
 use crate::output::TextFrame;
@@ -57,6 +56,35 @@ pub fn envelope<D: Serialize + ?Sized>(
     TextFrame::from(String::from_utf8(out).unwrap_or_default())
 }
 
+/// A broadcast envelope split around its `seq`: `head` ends with
+/// `"seq":`, `tail` starts after the number. Joined with the number they
+/// are byte for byte what [`envelope`] writes for the same broadcast.
+pub fn broadcast_parts<D: Serialize + ?Sized>(
+    kind: &str,
+    unix_ms: i64,
+    room: &crate::names::RoomName,
+    data: &D,
+) -> (String, String) {
+    let mut head = Vec::with_capacity(96);
+    head.extend_from_slice(b"{\"type\":");
+    write_json(&mut head, kind);
+    head.extend_from_slice(b",\"timestamp\":\"");
+    let stamp: [u8; TIMESTAMP_LEN] = format_rfc3339_ms(unix_ms);
+    head.extend_from_slice(&stamp);
+    head.extend_from_slice(b"\",\"room\":");
+    write_json(&mut head, room.as_str());
+    head.extend_from_slice(b",\"seq\":");
+    let mut tail = Vec::with_capacity(64);
+    tail.extend_from_slice(b",\"data\":");
+    write_json(&mut tail, data);
+    tail.push(b'}');
+    // serde_json writes valid UTF-8, as does everything pushed above.
+    (
+        String::from_utf8(head).unwrap_or_default(),
+        String::from_utf8(tail).unwrap_or_default(),
+    )
+}
+
 fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     // Serializing into a Vec cannot fail for the types used here (strings,
     // numbers, maps with string keys); an error would leave partial output,
@@ -93,7 +121,8 @@ pub fn pong(unix_ms: i64, id: Option<&RequestId>) -> TextFrame {
 }
 
 /// Parses a frame back into JSON (tests and the simulator's oracle).
-pub fn decode(frame: &TextFrame) -> Option<Value> {
+#[cfg(any(test, feature = "testing"))]
+pub fn decode(frame: &TextFrame) -> Option<serde_json::Value> {
     serde_json::from_str(frame.as_str()).ok()
 }
 
@@ -120,6 +149,24 @@ mod tests {
                    "room": "downloads", "seq": 42,
                    "data": {"key": "attack-on-titan", "percent": 45.2}})
         );
+    }
+
+    #[test]
+    fn broadcast_parts_join_to_the_envelope() {
+        let data = json!({"key": "k", "percent": 1.5});
+        let room = crate::names::RoomName::new("downloads").unwrap();
+        let (head, tail) = broadcast_parts("download_progress", 1_760_697_000_000, &room, &data);
+        let whole = envelope(
+            "download_progress",
+            1_760_697_000_000,
+            Some(RoomStamp {
+                room: "downloads",
+                seq: 7,
+            }),
+            &data,
+            None,
+        );
+        assert_eq!(format!("{head}7{tail}"), whole.as_str());
     }
 
     #[test]

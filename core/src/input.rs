@@ -80,6 +80,8 @@ pub enum Input<'a> {
         /// The verified user, or the reason for refusal.
         result: Result<crate::access::User, String>,
     },
+    /// An engine's answer or live message (see [`crate::engine`]).
+    Engine(crate::engine::EngineEvent),
     /// The server is shutting down: close every connection with 1001.
     Shutdown,
 }

@@ -3,11 +3,14 @@
 //! fuzzers. Delivery properties (gapless `seq`, no message to non-members)
 //! are checked on the outputs by the reference model and the sim's oracle.
 
-use crate::machine::Core;
+use crate::machine::{Call, Core};
 
 impl Core {
     /// Checks every structural invariant; `Err` names the first one broken.
     pub fn check_invariants(&self) -> Result<(), String> {
+        if let Some(what) = self.broken {
+            return Err(format!("an impossible state was met: {what}"));
+        }
         let limits = &self.config.limits;
         let mut live = 0usize;
         for (slot, connection) in self.conns.iter().enumerate() {
@@ -47,6 +50,13 @@ impl Core {
                 return Err(format!(
                     "{id:?} holds frames for {room:?}, which it is not in"
                 ));
+            }
+            if connection
+                .waiting
+                .as_ref()
+                .is_some_and(|w| w.len() > limits.engine_deferred_messages_max)
+            {
+                return Err(format!("{id:?} defers more messages than allowed"));
             }
             if connection.held.is_empty() != connection.held.flush_at_us().is_none() {
                 return Err(format!(
@@ -90,22 +100,43 @@ impl Core {
                 self.timers.len()
             ));
         }
-        let bounds = self.history_bounds();
         for (name, room) in &self.rooms {
-            room.log
-                .check(bounds)
-                .map_err(|e| format!("{name:?}: {e}"))?;
-            if room.members.is_empty() && !room.log.retain_when_empty() {
+            let idle = room.members.is_empty()
+                && room.joins.is_empty()
+                && room.next_joins.is_empty()
+                && room.reading.is_none();
+            if idle {
+                return Err(format!("{name:?} has no local business but is kept"));
+            }
+            if room.reading.is_none() && room.cursor.is_none() {
                 return Err(format!(
-                    "{name:?} has no members and no history but is kept"
+                    "{name:?} has neither a cursor nor a read in flight"
                 ));
             }
-            let timer = room.expiry_at_us.map(|at| (at, name.clone()));
-            let scheduled = timer.as_ref().is_some_and(|t| self.room_timers.contains(t));
-            if room.members.is_empty() != scheduled {
+            if !room.members.is_empty() && room.cursor.is_none() {
+                return Err(format!("{name:?} has members but no cursor"));
+            }
+            if room.reading.is_none() && !room.held_live.is_empty() {
                 return Err(format!(
-                    "{name:?}: an expiry timer must run exactly while it has no members"
+                    "{name:?} holds live messages with no read in flight"
                 ));
+            }
+            let timer = room.check_at_us.map(|at| (at, name.clone()));
+            let scheduled = timer.as_ref().is_some_and(|t| self.room_timers.contains(t));
+            if room.check_at_us.is_some() != scheduled {
+                return Err(format!("{name:?}: its stream check is not scheduled"));
+            }
+            if room.reading.is_none() != room.check_at_us.is_some() {
+                return Err(format!(
+                    "{name:?}: a stream check must be due exactly while no read is in flight"
+                ));
+            }
+            if let Some((call, _)) = &room.reading {
+                if !matches!(self.calls.get(call), Some(Call::Read { room }) if room == name) {
+                    return Err(format!(
+                        "{name:?}: its read {call:?} is not a call in flight"
+                    ));
+                }
             }
             for (id, &slot) in &room.members {
                 let connection = self.conns.get(slot as usize).and_then(|c| c.as_ref());
@@ -114,10 +145,33 @@ impl Core {
                 }
             }
         }
-        if self.room_timers.len() != self.rooms.values().filter(|r| r.members.is_empty()).count() {
+        if self.room_timers.len()
+            != self
+                .rooms
+                .values()
+                .filter(|r| r.check_at_us.is_some())
+                .count()
+        {
             return Err(format!(
-                "{} room timers for the memberless rooms",
+                "{} room timers for the rooms with a stream check",
                 self.room_timers.len()
+            ));
+        }
+        if self.calls.len() > limits.engine_calls_max {
+            return Err(format!(
+                "{} engine calls in flight, over the bound",
+                self.calls.len()
+            ));
+        }
+        let appends = self
+            .calls
+            .values()
+            .filter(|c| matches!(c, Call::Append { .. }))
+            .count();
+        let awaited: usize = self.publishes.values().map(|p| p.outstanding).sum();
+        if appends != awaited {
+            return Err(format!(
+                "{appends} appends in flight, {awaited} awaited by publishes"
             ));
         }
         for (user, conns) in &self.users {

@@ -4,27 +4,67 @@
 //! (`docs/protocol.md`). It never touches a socket, never reads a clock and
 //! never draws a random number: the caller (the `roomcast` server in `net/`,
 //! the simulator in `sim/`, the fuzzers in `fuzz/`) feeds it [`Input`]s stamped
-//! with a [`Now`], and drains what it decided through [`Core::poll_output`] and
-//! [`Core::poll_timeout`]. Same inputs, same outputs, byte for byte.
+//! with a [`Now`], and drains what it decided through [`Core::poll_output`],
+//! [`Core::poll_engine`] and [`Core::poll_timeout`]. Same inputs, same
+//! outputs, byte for byte.
 //!
 //! ## The contract of [`Core`]
 //!
 //! 1. Create it once with a [`CoreConfig`] (limits, access rules, epoch prefix).
 //! 2. For every event, call [`Core::handle`]`(now, input)`. `now` must never go
 //!    backwards (a smaller `monotonic_us` is treated as equal to the last one).
-//!    The return value answers the caller's own requests (a broadcast's
-//!    receipt, an API validation error); everything for clients is an output.
+//!    The return value answers the caller's own requests (a direct send, an
+//!    API validation error, or the ticket of a broadcast waiting for the
+//!    engine); everything for clients is an output.
 //! 3. After each `handle` (or batch of them), drain [`Core::poll_output`] until
 //!    `None`, in order: `Send`s, `Ping`s and `Close`s must reach each
 //!    connection in the order they were polled.
-//! 4. Ask [`Core::poll_timeout`] for the next deadline and call
+//! 4. Drain [`Core::poll_engine`] and hand each request to the engine; feed
+//!    its answers and live messages back as [`Input::Engine`]. Answers to
+//!    pending broadcasts come from [`Core::poll_answer`].
+//! 5. Ask [`Core::poll_timeout`] for the next deadline and call
 //!    `handle(now, Input::Timeout)` once it has passed.
+//!
+//! [`Standalone`] does step 4 for an engine answered inline (the in-memory
+//! engine of a single node), so the default server, the tests and the
+//! simulator drive one object.
+//!
+//! ## The engine seam
+//!
+//! The core never numbers a message or keeps history: a room's `epoch`,
+//! `seq`, history and lifetime belong to an engine it talks to by messages.
+//! The contract, and the order in which answers and live messages may
+//! arrive, is written down in [`engine`] (and `docs/engine.md`). What the
+//! core keeps whatever the engine does:
+//! - **join barrier**: a member's first live message is the one after the
+//!   `seq` its join reply reports (a join that needs the room's position
+//!   waits for the room's read; live messages arriving meanwhile are held);
+//! - **recovery**: a join with `since` is answered from one room-level
+//!   read merged with the live messages that arrived meanwhile: all missed
+//!   frames with `recovered: true`, or none with `recovered: false`;
+//! - **live gaps**: a jump in a room's `seq` (or a new epoch) starts one
+//!   room-level read; what it cannot fill is announced to every member
+//!   with a `ROOM_GAP` `system_warning` (never a silent gap);
+//! - **receipts**: a publish is answered after the engine appended it; a
+//!   failed append is an `ENGINE_UNAVAILABLE` error (HTTP 503), and the
+//!   engine calls in flight are bounded (`engine_calls_max`);
+//! - **reply order**: while one of a connection's requests waits for the
+//!   engine, its later messages wait behind it.
 //!
 //! ## What lives where
 //!
 //! | module | job |
 //! |---|---|
-//! | [`machine`] | [`Core`]: the state machine itself, inputs in, outputs out |
+//! | [`machine`] | [`Core`]: its state and input dispatch |
+//! | [`connections`] | opening, closing, queueing frames with the slow-consumer bound |
+//! | [`requests`] | client messages: rate limit, parse, the simple actions, deferral |
+//! | [`rooms`] | joins, leaves, presence diffs, a room's local lifetime |
+//! | [`stream`] | the engine conversation per room: reads, live messages, gaps, checks |
+//! | [`fanout`] | publishing (API and client) and delivery to members |
+//! | [`timers`] | heartbeats, token expiry, conflation flushes, stream checks |
+//! | [`config`] | [`CoreConfig`], [`RoomOptions`], [`Response`] |
+//! | [`engine`] | the engine contract; [`engine::memory`] the in-memory engine |
+//! | [`standalone`] | [`Standalone`]: a core and its inline engine, driven together |
 //! | [`input`] / [`output`] | the vocabulary between caller and core |
 //! | [`request`] | parsing one client text frame into a [`request::Request`] or a protocol error |
 //! | [`envelope`] | serializing server→client messages (the JSON envelope) |
@@ -32,13 +72,17 @@
 //! | [`access`] | who may join or publish to which room ([`AccessRules`], [`Identity`]) |
 //! | [`limits`] | the one table of limits, with defaults ([`Limits`]) |
 //! | [`rate`] | the token bucket and violation counter behind `RATE_LIMITED` / 1008 |
-//! | [`room_log`] | a room's sequence numbers and epoch: the seam a shared (Redis) engine will replace |
+//! | [`room_log`] | a room's numbers and bounded history inside the in-memory engine |
 //! | [`conflation`] | holding back superseded progress events for members that are behind |
 //! | [`codes`] | error codes and close codes of the protocol |
 //! | [`names`] | validated room names and connection ids |
 //! | [`time`] | [`Now`] and the RFC 3339 timestamp formatter |
-//! | [`invariants`] | [`Core::check_invariants`], used by tests, the simulator and the fuzzers |
-//! | [`oracle`] | the client-side delivery oracle shared by the simulator and the fuzzers |
+//! | `invariants` | `Core::check_invariants` (feature `testing`) |
+//! | `oracle` | the client-side delivery oracle of the simulator, property tests and fuzzers (feature `testing`) |
+//! | `engine::faults` | the in-memory engine behind a seeded fault layer (feature `testing`) |
+//!
+//! Test support that production does not use is behind the `testing`
+//! feature.
 //!
 //! ## Slow consumers
 //!
@@ -51,27 +95,40 @@
 
 pub mod access;
 pub mod codes;
+pub mod config;
 pub mod conflation;
+pub mod connections;
+pub mod engine;
 pub mod envelope;
+pub mod fanout;
 pub mod input;
+#[cfg(any(test, feature = "testing"))]
 pub mod invariants;
 pub mod limits;
 pub mod machine;
 pub mod names;
+#[cfg(any(test, feature = "testing"))]
 pub mod oracle;
 pub mod output;
 pub mod publish;
 pub mod rate;
 pub mod request;
+pub mod requests;
 pub mod room_log;
+pub mod rooms;
+pub mod standalone;
+pub mod stream;
 pub mod time;
+pub mod timers;
 
 pub use access::{AccessRules, Identity, RoomAccess, User};
 pub use codes::{CloseCode, ErrorCode};
+pub use config::{CoreConfig, Response, RoomOptions, Ticket};
 pub use input::{Input, SendTarget};
 pub use limits::Limits;
-pub use machine::{Core, CoreConfig, Response, RoomOptions};
+pub use machine::Core;
 pub use names::{ConnectionId, ConnectionMap, RoomName};
 pub use output::{Output, TextFrame};
 pub use publish::{MessageTypes, Publish, PublishError, PublishReceipt};
+pub use standalone::Standalone;
 pub use time::Now;

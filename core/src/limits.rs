@@ -48,6 +48,22 @@ pub struct Limits {
     /// Age after which a broadcast leaves the history, in ms. A room without
     /// members is kept until its newest broadcast reaches this age.
     pub history_age_ms: u64,
+    /// Engine requests (appends and reads) in flight at once; beyond it a
+    /// publish is refused with `ENGINE_UNAVAILABLE` / HTTP 503.
+    pub engine_calls_max: usize,
+    /// Messages of one connection that wait behind its request still
+    /// waiting for the engine (replies keep request order); beyond it
+    /// they are refused with `RATE_LIMITED`.
+    pub engine_deferred_messages_max: usize,
+    /// How often a room with members reads its stream from the engine, in
+    /// ms, so a lost last live message is noticed (the live stream is at
+    /// most once).
+    pub stream_check_interval_ms: u64,
+    /// Live messages held per room while its read is in flight; beyond it
+    /// they are dropped and read again right after.
+    pub stream_buffer_max: usize,
+    /// Delay before a failed room read is retried, in ms.
+    pub engine_retry_ms: u64,
     /// How long before its token expires a connection is warned (`system_warning`), in ms.
     pub token_warning_ms: u64,
 }
@@ -74,6 +90,11 @@ impl Default for Limits {
             history_messages_max: 100,
             history_age_ms: 300_000,
             token_warning_ms: 60_000,
+            engine_calls_max: 4096,
+            engine_deferred_messages_max: 32,
+            stream_check_interval_ms: 30_000,
+            stream_buffer_max: 1024,
+            engine_retry_ms: 1_000,
         }
     }
 }

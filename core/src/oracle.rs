@@ -13,7 +13,9 @@
 //!
 //! A server close with an explaining code (4008, 1008, 1009, 4001, 4002,
 //! 1001) ends the client's obligations: whatever it missed after that is
-//! explained. A silent gap or a duplicate is always a violation.
+//! explained, and so does a `ROOM_GAP` warning for one room (the client
+//! continues from the position it names, never backwards). A silent gap or
+//! a duplicate is always a violation.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -234,6 +236,9 @@ impl Oracle {
             member.next_seq = seq + 1;
             return Ok(());
         }
+        if message.kind == "system_warning" && message.data.code == Some(Value::from("ROOM_GAP")) {
+            return room_gap(client, view, message);
+        }
         let Some(id) = &message.id else { return Ok(()) };
         let key = id.to_string();
         let Some(asked) = view.pending.remove(&key) else {
@@ -405,6 +410,42 @@ impl Oracle {
     }
 }
 
+/// A `ROOM_GAP` warning: the member's messages up to the named position
+/// are explained; it continues after it (never going back within an epoch).
+fn room_gap(client: ClientKey, view: &mut ClientView, message: &Observed) -> Result<(), Violation> {
+    let room = message.data.room.as_ref().and_then(Value::as_str);
+    let epoch = message.data.epoch.as_ref().and_then(Value::as_str);
+    let seq = message.data.seq.as_ref().and_then(Value::as_u64);
+    let (Some(room), Some(epoch), Some(seq)) = (room, epoch, seq) else {
+        return Err(violation(
+            client,
+            "gap warning shape",
+            "ROOM_GAP lacks room/epoch/seq".to_owned(),
+        ));
+    };
+    let Some(member) = view.rooms.get_mut(room) else {
+        return Err(violation(
+            client,
+            "no message to non-members",
+            format!("ROOM_GAP for room {room}"),
+        ));
+    };
+    if member.epoch == epoch && seq + 1 < member.next_seq {
+        return Err(violation(
+            client,
+            "gapless in-order delivery",
+            format!(
+                "room {room}: ROOM_GAP to seq {seq} after seq {} was received",
+                member.next_seq - 1
+            ),
+        ));
+    }
+    member.epoch = epoch.to_owned();
+    member.joined_at = seq;
+    member.next_seq = seq + 1;
+    Ok(())
+}
+
 fn violation(client: ClientKey, invariant: &'static str, detail: String) -> Violation {
     Violation {
         client,
@@ -440,6 +481,38 @@ mod tests {
             )
             .unwrap();
         oracle
+    }
+
+    fn gap(room: &str, epoch: &str, seq: u64) -> Observed {
+        msg(&format!(
+            r#"{{"type":"system_warning","data":{{"code":"ROOM_GAP","room":"{room}","epoch":"{epoch}","seq":{seq}}}}}"#
+        ))
+    }
+
+    #[test]
+    fn a_gap_warning_explains_what_it_names_and_no_more() {
+        let mut oracle = joined();
+        oracle.received(1, &broadcast("r", 1)).unwrap();
+        // Told: 2..=4 are gone; 5 follows.
+        oracle.received(1, &gap("r", "e", 4)).unwrap();
+        oracle.received(1, &broadcast("r", 5)).unwrap();
+        // A new epoch restarts the numbering.
+        oracle.received(1, &gap("r", "e2", 0)).unwrap();
+        oracle.received(1, &broadcast("r", 1)).unwrap();
+        oracle.published("r", "e2", 1);
+        oracle.check_quiescent(1).unwrap();
+        // A warning never explains going backwards, nor a silent gap after it.
+        let mut oracle = joined();
+        oracle.received(1, &broadcast("r", 1)).unwrap();
+        oracle.received(1, &broadcast("r", 2)).unwrap();
+        let back = oracle.received(1, &gap("r", "e", 0)).unwrap_err();
+        assert_eq!(back.invariant, "gapless in-order delivery");
+        let mut oracle = joined();
+        oracle.received(1, &gap("r", "e", 3)).unwrap();
+        let silent = oracle.received(1, &broadcast("r", 5)).unwrap_err();
+        assert_eq!(silent.invariant, "gapless in-order delivery");
+        let stray = oracle.received(1, &gap("other", "e", 3)).unwrap_err();
+        assert_eq!(stray.invariant, "no message to non-members");
     }
 
     #[test]

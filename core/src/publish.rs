@@ -144,6 +144,15 @@ pub enum PublishError {
     InvalidKey(String),
     /// A payload too big to ever fit a connection's outbound queue (HTTP 413).
     TooLarge(String),
+    /// The engine failed the append or has too much in flight (HTTP 503).
+    /// A broadcast to several rooms may have been appended to some of them
+    /// (delivered there): they are listed, and named in the message.
+    EngineUnavailable {
+        /// What failed.
+        message: String,
+        /// Rooms appended before the failure, with their numbers.
+        appended: Vec<RoomSeq>,
+    },
 }
 
 impl PublishError {
@@ -155,6 +164,7 @@ impl PublishError {
             PublishError::InvalidRoom(_) => "INVALID_ROOM",
             PublishError::InvalidKey(_) => "INVALID_KEY",
             PublishError::TooLarge(_) => "PAYLOAD_TOO_LARGE",
+            PublishError::EngineUnavailable { .. } => "ENGINE_UNAVAILABLE",
         }
     }
 
@@ -165,7 +175,8 @@ impl PublishError {
             | PublishError::UnknownType(m)
             | PublishError::InvalidRoom(m)
             | PublishError::InvalidKey(m)
-            | PublishError::TooLarge(m) => m,
+            | PublishError::TooLarge(m)
+            | PublishError::EngineUnavailable { message: m, .. } => m,
         }
     }
 }

@@ -313,6 +313,7 @@ pub(crate) fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Request {
     /// Serializes the request back to the wire form (used by round-trip tests
     /// and the fuzzers: `parse_request(r.to_json()) == Ok(r)`).

@@ -1,11 +1,6 @@
-//! A room's sequence numbers, epoch and bounded history: the one interface
-//! behind which a room's ordering and recovery live.
-//!
-//! Today every room's log is in this node's memory. The multi-node engine
-//! will answer [`RoomLog::append`] and [`RoomLog::replay_after`] from the
-//! shared engine (a Redis counter and stream) so that `seq`, `epoch` and
-//! history hold across nodes; nothing outside this file assigns a `seq` or
-//! keeps a past broadcast.
+//! A room's sequence numbers and bounded history, as the in-memory engine
+//! ([`MemoryEngine`](crate::engine::memory::MemoryEngine)) keeps them.
+//! Nothing outside the engine assigns a `seq` or keeps a past broadcast.
 
 use std::collections::VecDeque;
 
@@ -29,39 +24,18 @@ struct Entry {
 }
 
 /// Sequence state and history of one room.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RoomLog {
-    /// Identifies this log's lifetime: a client holding `(epoch, seq)` can
-    /// tell "nothing missed" from "history gone" after a restart.
-    epoch: String,
     /// The `seq` of the newest broadcast (0 before the first).
     last_seq: u64,
     /// The newest broadcasts, oldest first, consecutive `seq`s ending at `last_seq`.
     history: VecDeque<Entry>,
 }
 
-/// The answer to "replay everything after `seq`".
-#[derive(Debug, PartialEq, Eq)]
-pub enum Replay<'a> {
-    /// The history covers the gap: these frames, in `seq` order (possibly none).
-    Complete(Vec<&'a TextFrame>),
-    /// Another epoch, a future `seq`, or history no longer reaching back far enough.
-    Unavailable,
-}
-
 impl RoomLog {
-    /// A fresh log under `epoch`.
-    pub fn new(epoch: String) -> RoomLog {
-        RoomLog {
-            epoch,
-            last_seq: 0,
-            history: VecDeque::new(),
-        }
-    }
-
-    /// This log's epoch.
-    pub fn epoch(&self) -> &str {
-        &self.epoch
+    /// A fresh, empty log.
+    pub fn new() -> RoomLog {
+        RoomLog::default()
     }
 
     /// The newest `seq` (0 when nothing was published yet).
@@ -116,25 +90,14 @@ impl RoomLog {
         !self.history.is_empty()
     }
 
-    /// Everything published after `(epoch, seq)`, or `Unavailable` when
-    /// the history cannot prove the client would miss nothing.
-    pub fn replay_after(&self, epoch: &str, seq: u64) -> Replay<'_> {
-        if epoch != self.epoch || seq > self.last_seq {
-            return Replay::Unavailable;
-        }
-        if seq == self.last_seq {
-            return Replay::Complete(Vec::new());
-        }
-        match self.history.front() {
-            Some(oldest) if oldest.seq <= seq + 1 => Replay::Complete(
-                self.history
-                    .iter()
-                    .filter(|e| e.seq > seq)
-                    .map(|e| &e.frame)
-                    .collect(),
-            ),
-            _ => Replay::Unavailable,
-        }
+    /// The kept frames numbered after `seq`, oldest first, at most `limit`.
+    pub fn frames_after(&self, seq: u64, limit: usize) -> Vec<(u64, TextFrame)> {
+        self.history
+            .iter()
+            .filter(|e| e.seq > seq)
+            .take(limit)
+            .map(|e| (e.seq, e.frame.clone()))
+            .collect()
     }
 
     /// Checks the log's own invariants (used by `Core::check_invariants`).
@@ -173,7 +136,7 @@ mod tests {
     }
 
     fn log_with(n: u64) -> RoomLog {
-        let mut log = RoomLog::new("e".into());
+        let mut log = RoomLog::new();
         for i in 1..=n {
             log.append(BOUNDS, i * 10, frame(i));
         }
@@ -181,25 +144,15 @@ mod tests {
     }
 
     #[test]
-    fn replays_exactly_the_missed_frames() {
+    fn keeps_the_newest_frames_in_order() {
         let log = log_with(5); // keeps 3, 4, 5
-        assert_eq!(log.replay_after("e", 5), Replay::Complete(vec![]));
-        assert_eq!(log.replay_after("e", 4), Replay::Complete(vec![&frame(5)]));
+        assert_eq!(log.frames_after(5, 10), vec![]);
+        assert_eq!(log.frames_after(4, 10), vec![(5, frame(5))]);
         assert_eq!(
-            log.replay_after("e", 2),
-            Replay::Complete(vec![&frame(3), &frame(4), &frame(5)])
+            log.frames_after(0, 10),
+            vec![(3, frame(3)), (4, frame(4)), (5, frame(5))]
         );
-        assert_eq!(
-            log.replay_after("e", 1),
-            Replay::Unavailable,
-            "seq 2 is gone"
-        );
-        assert_eq!(log.replay_after("other", 4), Replay::Unavailable);
-        assert_eq!(
-            log.replay_after("e", 6),
-            Replay::Unavailable,
-            "a future seq is not ours"
-        );
+        assert_eq!(log.frames_after(0, 2), vec![(3, frame(3)), (4, frame(4))]);
         log.check(BOUNDS).unwrap();
     }
 
@@ -209,8 +162,7 @@ mod tests {
         assert!(log.retain_when_empty());
         assert_eq!(log.history_expires_at_us(BOUNDS), Some(1_020));
         log.expire(BOUNDS, 1_010);
-        assert_eq!(log.replay_after("e", 0), Replay::Unavailable);
-        assert_eq!(log.replay_after("e", 1), Replay::Complete(vec![&frame(2)]));
+        assert_eq!(log.frames_after(0, 10), vec![(2, frame(2))]);
         log.expire(BOUNDS, 1_020);
         assert!(!log.retain_when_empty());
         assert_eq!(log.last_seq(), 2, "seq survives the history");
@@ -222,10 +174,10 @@ mod tests {
             messages_max: 0,
             age_max_us: 1_000,
         };
-        let mut log = RoomLog::new("e".into());
+        let mut log = RoomLog::new();
         log.append(bounds, 0, frame(1));
         assert!(!log.retain_when_empty());
-        assert_eq!(log.replay_after("e", 0), Replay::Unavailable);
-        assert_eq!(log.replay_after("e", 1), Replay::Complete(vec![]));
+        assert_eq!(log.frames_after(0, 10), vec![]);
+        assert_eq!(log.last_seq(), 1);
     }
 }

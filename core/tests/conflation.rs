@@ -3,13 +3,13 @@
 //! a jump); everything else is delivered unchanged and in `seq` order.
 
 use roomcast_core::{
-    ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now, Output, Publish, RoomName,
-    RoomOptions,
+    ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output, Publish, RoomName, RoomOptions,
+    Standalone,
 };
 use serde_json::{json, Value};
 
 struct Room {
-    core: Core,
+    core: Standalone,
     now_us: u64,
 }
 
@@ -27,7 +27,7 @@ impl Room {
             ..Limits::default()
         };
         let mut r = Room {
-            core: Core::new(CoreConfig {
+            core: Standalone::new(CoreConfig {
                 rooms,
                 limits,
                 ..CoreConfig::default()

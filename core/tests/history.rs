@@ -3,15 +3,15 @@
 //! byte-identical, or says `recovered: false` and replays nothing.
 
 use roomcast_core::{
-    ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now, Output, Publish, Response,
-    RoomName, TextFrame,
+    ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output, Publish, Response, RoomName,
+    Standalone, TextFrame,
 };
 use serde_json::{json, Value};
 
 const SECOND_US: u64 = 1_000_000;
 
 struct Room {
-    core: Core,
+    core: Standalone,
     now_us: u64,
 }
 
@@ -23,7 +23,7 @@ impl Room {
             ..Limits::default()
         };
         Room {
-            core: Core::new(CoreConfig {
+            core: Standalone::new(CoreConfig {
                 limits,
                 ..CoreConfig::default()
             }),

@@ -1,7 +1,9 @@
 //! Presence diffs: in rooms configured with `presence_diff_prefixes`,
 //! members are told when others join or leave.
 
-use roomcast_core::{ConnectionId, Core, CoreConfig, Identity, Input, Now, Output, RoomOptions};
+use roomcast_core::{
+    ConnectionId, CoreConfig, Identity, Input, Now, Output, RoomOptions, Standalone,
+};
 use serde_json::Value;
 
 /// Presence diffs: members of a configured room hear about joins and leaves
@@ -12,7 +14,7 @@ fn presence_diffs_tell_members_who_joined_and_left() {
         presence_diff_prefixes: vec!["team:".into()],
         ..RoomOptions::default()
     };
-    let mut core = Core::new(CoreConfig {
+    let mut core = Standalone::new(CoreConfig {
         rooms,
         ..CoreConfig::default()
     });
@@ -54,7 +56,7 @@ fn presence_diffs_tell_members_who_joined_and_left() {
         },
     );
     while core.poll_output().is_some() {}
-    let diffs = |core: &mut Core| -> Vec<(ConnectionId, Value)> {
+    let diffs = |core: &mut Standalone| -> Vec<(ConnectionId, Value)> {
         let mut out = Vec::new();
         while let Some(output) = core.poll_output() {
             if let Output::Send { conn, frame } = output {

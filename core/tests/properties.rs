@@ -364,9 +364,9 @@ fn numeric_ids_round_trip() {
 /// re-serialized.
 #[test]
 fn float_ids_are_echoed_exactly() {
-    use roomcast_core::{ConnectionId, Core, CoreConfig, Identity, Input, Now, Output};
+    use roomcast_core::{ConnectionId, CoreConfig, Identity, Input, Now, Output, Standalone};
     let conn = ConnectionId::from_u128(1);
-    let mut core = Core::new(CoreConfig::default());
+    let mut core = Standalone::new(CoreConfig::default());
     core.handle(
         Now::default(),
         Input::Open {

@@ -5,8 +5,8 @@
 use roomcast_core::access::AccessRule;
 use roomcast_core::publish::DirectMessage;
 use roomcast_core::{
-    AccessRules, CloseCode, ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now, Output,
-    Publish, PublishReceipt, Response, RoomAccess, RoomName, SendTarget, User,
+    AccessRules, CloseCode, ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output,
+    Publish, PublishReceipt, Response, RoomAccess, RoomName, SendTarget, Standalone, User,
 };
 use serde_json::{json, Map, Value};
 
@@ -118,14 +118,14 @@ fn is_timestamp(s: &str) -> bool {
 }
 
 struct Harness {
-    core: Core,
+    core: Standalone,
     elapsed_us: u64,
 }
 
 impl Harness {
     fn new(config: CoreConfig) -> Harness {
         let h = Harness {
-            core: Core::new(config),
+            core: Standalone::new(config),
             elapsed_us: 0,
         };
         h.check();
@@ -349,7 +349,7 @@ fn timestamps_are_rfc3339_utc_with_milliseconds() {
     let pong = h.reply(c(1), r#"{"action":"ping"}"#);
     assert_eq!(pong["timestamp"], "2025-10-18T11:32:03.456Z");
     for ms in [0, 1, 999, 951_782_400_123, 4_102_444_799_999] {
-        let mut core = Core::new(CoreConfig::default());
+        let mut core = Standalone::new(CoreConfig::default());
         core.handle(
             Now {
                 monotonic_us: 0,
@@ -1625,7 +1625,7 @@ fn after_every_connection_closes_no_room_remains() {
 /// and huge intervals overflowed `ms * 1000`.
 #[test]
 fn degenerate_heartbeat_limits_neither_hang_nor_overflow() {
-    use roomcast_core::{ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now};
+    use roomcast_core::{ConnectionId, CoreConfig, Identity, Input, Limits, Now, Standalone};
     for (ping_interval_ms, idle_timeout_ms) in
         [(0, 60_000), (u64::MAX, u64::MAX), (1, u64::MAX / 999)]
     {
@@ -1634,7 +1634,7 @@ fn degenerate_heartbeat_limits_neither_hang_nor_overflow() {
             idle_timeout_ms,
             ..Limits::default()
         };
-        let mut core = Core::new(CoreConfig {
+        let mut core = Standalone::new(CoreConfig {
             limits,
             ..CoreConfig::default()
         });

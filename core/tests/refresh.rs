@@ -3,7 +3,7 @@
 //! either moves the expiry or leaves the old token in force.
 
 use roomcast_core::{
-    CloseCode, ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now, Output, User,
+    CloseCode, ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output, Standalone, User,
 };
 use serde_json::Value;
 
@@ -19,7 +19,7 @@ fn user(id: &str, expires_in_s: i64) -> User {
 }
 
 struct Session {
-    core: Core,
+    core: Standalone,
     now_us: u64,
     conn: ConnectionId,
 }
@@ -34,7 +34,7 @@ impl Session {
             idle_timeout_ms: 20_000_000,
             ..Limits::default()
         };
-        let mut core = Core::new(CoreConfig {
+        let mut core = Standalone::new(CoreConfig {
             limits,
             ..CoreConfig::default()
         });
@@ -190,7 +190,7 @@ fn an_invalid_or_foreign_token_leaves_the_old_one_in_force() {
 
 #[test]
 fn anonymous_connections_cannot_refresh() {
-    let mut core = Core::new(CoreConfig::default());
+    let mut core = Standalone::new(CoreConfig::default());
     let conn = ConnectionId::from_u128(2);
     core.handle(
         Now::default(),

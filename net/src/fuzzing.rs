@@ -15,10 +15,14 @@ use roomcast_core::publish::{
 };
 use roomcast_core::request::parse_request;
 use roomcast_core::{
-    CloseCode, ConnectionId, Core, CoreConfig, ErrorCode, Identity, Input, Limits, MessageTypes,
-    Now, Output, Publish, Response, RoomName, User,
+    CloseCode, ConnectionId, CoreConfig, ErrorCode, Identity, Input, Limits, MessageTypes, Now,
+    Output, Publish, Response, RoomName, Standalone, User,
 };
 use serde_json::{Map, Value};
+
+use roomcast_core::engine::faults::{EngineFaults, FaultyEngine};
+use roomcast_core::engine::memory::MemoryEngine;
+use roomcast_core::standalone::history_bounds;
 
 use crate::auth::{extract_token, Claims, TokenVerifier};
 use crate::config::AuthConfig;
@@ -62,7 +66,7 @@ pub fn client_message(data: &[u8]) {
             assert!(!rejection.message.is_empty(), "errors explain themselves");
         }
     }
-    let mut core = Core::new(CoreConfig {
+    let mut core = Standalone::new(CoreConfig {
         limits: generous_limits(),
         ..CoreConfig::default()
     });
@@ -146,9 +150,28 @@ enum Op {
 const CLIENTS: u8 = 6;
 const ROOMS: u8 = 4;
 
+/// The engine faults of one fuzz input, from its first byte (half of the
+/// inputs run fault-free; the rest mix delays, lost live messages,
+/// failures and data loss).
+fn engine_faults(data: &[u8]) -> EngineFaults {
+    let byte = u32::from(data.first().copied().unwrap_or(0));
+    if byte % 2 == 0 {
+        return EngineFaults::default();
+    }
+    EngineFaults {
+        delay_per_mille: (byte >> 1 & 3) * 150,
+        max_delay_us: 40_000,
+        lose_live_per_mille: (byte >> 3 & 3) * 100,
+        fail_per_mille: (byte >> 5 & 1) * 100,
+        reset_per_mille: (byte >> 6 & 1) * 20,
+    }
+}
+
 /// Core event sequences: any sequence of opens, frames, closes, broadcasts
-/// and time steps keeps the structural invariants after every step, and the
-/// delivery oracle sees no gap, duplicate, stray message or missing reply.
+/// and time steps, with the engine behind a fault layer (delays, lost live
+/// messages, failures, data loss), keeps the structural invariants after
+/// every step, and the delivery oracle sees no gap, duplicate, stray
+/// message or missing reply.
 pub fn core_events(data: &[u8]) {
     let mut source = Unstructured::new(data);
     let Ok(ops) = Vec::<Op>::arbitrary(&mut source) else {
@@ -162,6 +185,8 @@ pub fn core_events(data: &[u8]) {
         rate_violations_max: 3,
         ping_interval_ms: 1_000,
         idle_timeout_ms: 3_000,
+        stream_check_interval_ms: 300,
+        engine_retry_ms: 100,
         ..Limits::default()
     };
     // r0, r1 conflate progress; r1, r2 push presence diffs.
@@ -170,11 +195,15 @@ pub fn core_events(data: &[u8]) {
         presence_diff_prefixes: vec!["r1".into(), "r2".into()],
         conflation_window_ms: 50,
     };
-    let mut core = Core::new(CoreConfig {
+    let config = CoreConfig {
         limits,
         rooms,
         ..CoreConfig::default()
-    });
+    };
+    let engine = MemoryEngine::new(history_bounds(&config), config.epoch_prefix.clone());
+    let faults = engine_faults(data);
+    let engine = FaultyEngine::new(engine, faults, data.len() as u64);
+    let mut core = Standalone::with_engine(config, engine);
     let mut oracle = Oracle::new();
     // client index → (oracle key, connection) of its current connection
     let mut live: [Option<(u64, ConnectionId)>; CLIENTS as usize] = [None; CLIENTS as usize];
@@ -182,10 +211,15 @@ pub fn core_events(data: &[u8]) {
     let mut next_id = 0u64;
     let mut now_us = 0u64;
     let room = |r: u8| format!("r{}", r % ROOMS);
-    // A final second of quiet lets held (conflated) progress events go out
+    // Final quiet, with the engine healed: held (conflated) progress
+    // events go out, and stream checks find and refill every lost message,
     // before completeness is checked.
-    let settle = Op::Advance { ms: 1_000 };
-    for op in ops.into_iter().chain(std::iter::once(settle)) {
+    let settle = [Op::Advance { ms: 1_000 }, Op::Advance { ms: 1_000 }];
+    let steps = ops.len();
+    for (step, op) in ops.into_iter().chain(settle).enumerate() {
+        if step == steps {
+            core.engine_mut().heal();
+        }
         let now = Now::from_start(0, now_us);
         let slot = |c: u8| (c % CLIENTS) as usize;
         let mut request = |oracle: &mut Oracle, key: u64, sent: Sent| {
@@ -326,11 +360,8 @@ pub fn core_events(data: &[u8]) {
                     kind: kind.into(),
                     data,
                 };
-                if let Response::Published(receipt) = core.handle(now, Input::Broadcast(publish)) {
-                    for r in receipt.rooms {
-                        oracle.published(r.room.as_str(), &r.epoch, r.seq);
-                    }
-                }
+                let response = core.handle(now, Input::Broadcast(publish));
+                record_receipt(&mut oracle, response);
             }
             Op::Send { user } => {
                 let message = roomcast_core::publish::DirectMessage {
@@ -353,52 +384,22 @@ pub fn core_events(data: &[u8]) {
                 );
             }
             Op::Advance { ms } => {
-                now_us += u64::from(ms) * 1000;
+                // Every deadline on the way fires at its own time (delayed
+                // engine answers, stream checks), each step delivered.
+                let target = now_us + u64::from(ms) * 1000;
+                while let Some(at) = core.poll_timeout().filter(|&at| at < target) {
+                    now_us = now_us.max(at);
+                    core.handle(Now::from_start(0, now_us), Input::Timeout);
+                    deliver(&mut core, &mut oracle, &mut live, now_us);
+                }
+                now_us = target;
                 core.handle(Now::from_start(0, now_us), Input::Timeout);
             }
             Op::Shutdown => {
                 core.handle(now, Input::Shutdown);
             }
         }
-        // Deliver every output to the oracle.
-        while let Some(output) = core.poll_output() {
-            let index = live
-                .iter()
-                .position(|l| l.is_some_and(|(_, c)| c == output.conn()));
-            let Some(index) = index else {
-                panic!("output for a connection that is not open: {output:?}")
-            };
-            let (key, conn) = live[index].expect("found above");
-            match output {
-                Output::Send { frame, .. } => {
-                    let observed =
-                        Observed::parse(frame.as_str()).expect("server frames are JSON objects");
-                    if let Err(violation) = oracle.received(key, &observed) {
-                        panic!("{violation}");
-                    }
-                    // The client reads promptly: acknowledge the write.
-                    core.handle(
-                        now_at(now_us),
-                        Input::Written {
-                            conn,
-                            bytes: frame.len(),
-                        },
-                    );
-                }
-                Output::Ping { .. } => {
-                    core.handle(now_at(now_us), Input::Pong { conn });
-                }
-                Output::VerifyToken { .. } => {
-                    panic!("no refresh was sent, yet the core asks to verify a token: {output:?}");
-                }
-                Output::Close { code, .. } => {
-                    live[index] = None;
-                    if let Err(violation) = oracle.ended(key, Some(code.code())) {
-                        panic!("{violation}");
-                    }
-                }
-            }
-        }
+        deliver(&mut core, &mut oracle, &mut live, now_us);
         if let Err(broken) = core.check_invariants() {
             panic!("invariant broken: {broken}");
         }
@@ -425,6 +426,72 @@ pub fn core_events(data: &[u8]) {
         "nothing left after everyone leaves"
     );
     core.check_invariants().expect("invariants hold when empty");
+}
+
+/// Tells the oracle what the publisher was told.
+fn record_receipt(oracle: &mut Oracle, response: Response) {
+    let rooms = match response {
+        Response::Published(receipt) => receipt.rooms,
+        // Rooms appended before the engine failed the rest were delivered.
+        Response::Rejected(roomcast_core::PublishError::EngineUnavailable { appended, .. }) => {
+            appended
+        }
+        _ => return,
+    };
+    for r in rooms {
+        oracle.published(r.room.as_str(), &r.epoch, r.seq);
+    }
+}
+
+/// Hands every output to its client (who reads promptly and answers
+/// pings) and to the oracle, and records receipts of delayed broadcasts.
+fn deliver(
+    core: &mut Standalone<FaultyEngine>,
+    oracle: &mut Oracle,
+    live: &mut [Option<(u64, ConnectionId)>],
+    now_us: u64,
+) {
+    while let Some((_, response)) = core.poll_answer() {
+        record_receipt(oracle, response);
+    }
+    while let Some(output) = core.poll_output() {
+        let index = live
+            .iter()
+            .position(|l| l.is_some_and(|(_, c)| c == output.conn()));
+        let Some(index) = index else {
+            panic!("output for a connection that is not open: {output:?}")
+        };
+        let (key, conn) = live[index].expect("found above");
+        match output {
+            Output::Send { frame, .. } => {
+                let observed =
+                    Observed::parse(frame.as_str()).expect("server frames are JSON objects");
+                if let Err(violation) = oracle.received(key, &observed) {
+                    panic!("{violation}");
+                }
+                // The client reads promptly: acknowledge the write.
+                core.handle(
+                    now_at(now_us),
+                    Input::Written {
+                        conn,
+                        bytes: frame.len(),
+                    },
+                );
+            }
+            Output::Ping { .. } => {
+                core.handle(now_at(now_us), Input::Pong { conn });
+            }
+            Output::VerifyToken { .. } => {
+                panic!("no refresh was sent, yet the core asks to verify a token: {output:?}");
+            }
+            Output::Close { code, .. } => {
+                live[index] = None;
+                if let Err(violation) = oracle.ended(key, Some(code.code())) {
+                    panic!("{violation}");
+                }
+            }
+        }
+    }
 }
 
 fn now_at(us: u64) -> Now {

@@ -291,6 +291,7 @@ async fn status(app: &App) -> Result<HttpResponse, ApiError> {
             "active_connections": snapshot.connections,
             "supported_message_types": app.types.names(),
             "rooms": snapshot.rooms,
+            "local_rooms": snapshot.local_rooms,
             "node_id": app.node_id,
             "uptime_seconds": app.started.elapsed().as_secs(),
         }),
@@ -377,6 +378,7 @@ async fn read_body(app: &App, request: Request<Incoming>) -> Result<Bytes, ApiEr
 fn invalid(error: roomcast_core::PublishError) -> ApiError {
     let status = match error {
         roomcast_core::PublishError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        roomcast_core::PublishError::EngineUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
     ApiError::new(status, error.code(), error.message())

@@ -1,4 +1,5 @@
-//! The hub: the one task that owns the [`Core`]. Everything reaches it
+//! The hub: the one task that owns the core (a [`Standalone`]: the core
+//! and its in-memory engine, answered in the same loop). Everything reaches it
 //! through one bounded channel of [`HubInput`]s; it turns them into core
 //! inputs stamped with the clock, queues the core's frames on the
 //! connections' [`ConnWriter`]s, answers callers on their reply channels,
@@ -12,8 +13,8 @@ use bytes::Bytes;
 
 use roomcast_core::publish::DirectMessage;
 use roomcast_core::{
-    CloseCode, ConnectionId, Core, Identity, Input, Output, Publish, PublishError, PublishReceipt,
-    Response,
+    CloseCode, ConnectionId, Identity, Input, Output, Publish, PublishError, PublishReceipt,
+    Response, Standalone, Ticket,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -40,8 +41,10 @@ const WRITE_SLICE: usize = 128;
 pub struct StatusSnapshot {
     /// Open connections.
     pub connections: usize,
-    /// Rooms held.
+    /// Rooms kept: with members on this node, or holding history in the engine.
     pub rooms: usize,
+    /// Rooms with members (or joins in progress) on this node.
+    pub local_rooms: usize,
 }
 
 /// A message to the hub.
@@ -118,7 +121,7 @@ pub enum HubInput {
 
 /// Runs the hub until every sender is gone.
 pub async fn run(
-    core: Core,
+    core: Standalone,
     clock: Clock,
     mut inbox: mpsc::Receiver<HubInput>,
     metrics: Metrics,
@@ -127,6 +130,7 @@ pub async fn run(
     let write_gather_bytes = core.config().limits.write_buffer_bytes;
     let mut hub = Hub {
         core,
+        pending: HashMap::new(),
         clock,
         metrics,
         verifier,
@@ -188,7 +192,10 @@ pub async fn run(
 
 /// The hub's state: the core and the write half of every connection.
 struct Hub {
-    core: Core,
+    core: Standalone,
+    /// Broadcasts waiting for the engine, with their caller's reply
+    /// channel and room count (for metrics).
+    pending: HashMap<Ticket, (BroadcastReply, u64)>,
     clock: Clock,
     metrics: Metrics,
     verifier: Arc<TokenVerifier>,
@@ -276,18 +283,12 @@ impl Hub {
                 reply,
             } => {
                 let rooms = publish.rooms.len() as u64;
-                let answer = match core.handle(now, Input::Broadcast(publish)) {
-                    Response::Published(receipt) => {
-                        metrics.broadcasts.inc_by(rooms);
-                        metrics.deliveries.inc_by(receipt.delivered);
-                        Ok(receipt)
+                match core.handle(now, Input::Broadcast(publish)) {
+                    Response::Pending(ticket) => {
+                        self.pending.insert(ticket, (reply, rooms));
                     }
-                    Response::Rejected(error) => Err(error),
-                    other => Err(PublishError::InvalidBody(format!(
-                        "unexpected core answer {other:?}"
-                    ))),
-                };
-                let _ = reply.send(answer);
+                    response => answer_broadcast(metrics, reply, rooms, response),
+                }
                 return Some(received);
             }
             HubInput::Send { message, reply } => {
@@ -304,6 +305,7 @@ impl Hub {
                 let _ = reply.send(StatusSnapshot {
                     connections: core.connection_count(),
                     rooms: core.room_count(),
+                    local_rooms: core.local_room_count(),
                 });
             }
             HubInput::Shutdown => {
@@ -317,8 +319,14 @@ impl Hub {
         None
     }
 
-    /// Queues every pending core output on its connection's writer.
+    /// Queues every pending core output on its connection's writer, and
+    /// answers broadcasts the engine has now answered.
     fn route(&mut self, published_at: Option<Instant>) {
+        while let Some((ticket, response)) = self.core.poll_answer() {
+            if let Some((reply, rooms)) = self.pending.remove(&ticket) {
+                answer_broadcast(&self.metrics, reply, rooms, response);
+            }
+        }
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Send { conn, frame } => {
@@ -419,4 +427,27 @@ impl Hub {
             self.core.handle(self.clock.now(), Input::Closed { conn });
         }
     }
+}
+
+/// Where a broadcast's receipt goes.
+type BroadcastReply = oneshot::Sender<Result<PublishReceipt, PublishError>>;
+
+/// Answers a broadcast's caller (and counts it when it was published).
+fn answer_broadcast(metrics: &Metrics, reply: BroadcastReply, rooms: u64, response: Response) {
+    let answer = match response {
+        Response::Published(receipt) => {
+            metrics.broadcasts.inc_by(rooms);
+            metrics.deliveries.inc_by(receipt.delivered);
+            Ok(receipt)
+        }
+        Response::Rejected(error) => Err(error),
+        other => {
+            debug_assert!(false, "a broadcast answered with {other:?}");
+            Err(PublishError::EngineUnavailable {
+                message: format!("unexpected core answer {other:?}"),
+                appended: Vec::new(),
+            })
+        }
+    };
+    let _ = reply.send(answer);
 }

@@ -66,7 +66,11 @@ impl Metrics {
             "Open WebSocket connections",
             connections.clone(),
         );
-        registry.register("rooms", "Rooms held", rooms.clone());
+        registry.register(
+            "rooms",
+            "Rooms kept: with members on this node or history in the engine",
+            rooms.clone(),
+        );
         registry.register(
             "connections_opened",
             "WebSocket connections accepted",

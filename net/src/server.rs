@@ -11,7 +11,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_tungstenite::tungstenite::protocol::WebSocketConfig;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use roomcast_core::{Core, CoreConfig, MessageTypes};
+use roomcast_core::{CoreConfig, MessageTypes, Standalone};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -86,7 +86,7 @@ pub async fn serve<L: Listener>(
         metrics,
     } = options;
     let node_id = ids.epoch_prefix();
-    let core = Core::new(CoreConfig {
+    let core = Standalone::new(CoreConfig {
         limits: config.limits.clone(),
         access: config.access.clone(),
         types: types.clone(),

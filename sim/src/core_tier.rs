@@ -1,17 +1,26 @@
 //! Tier 1: the pure core driven by a seeded workload on a virtual clock that
 //! jumps from event to event. Thousands of virtual clients join, leave,
 //! ping, send garbage, crash, stall (stop reading) and resume, while the
-//! publisher broadcasts; every output goes through the [`Oracle`], and
-//! [`Core::check_invariants`] runs periodically and at the end.
+//! publisher broadcasts; every output goes through the [`Oracle`], and the
+//! core's and engine's invariants are checked periodically and at the end.
+//!
+//! The core talks to the in-memory engine through a fault layer
+//! ([`FaultyEngine`]): each seed draws its engine-fault mix (delays, lost
+//! live messages, failed requests, data loss; a third of the seeds run
+//! fault-free) from its own generator, so the workload of a seed does not
+//! depend on its faults. The engine heals before the final settle.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+use roomcast_core::engine::faults::{EngineFaults, FaultyEngine};
+use roomcast_core::engine::memory::MemoryEngine;
 use roomcast_core::oracle::{ClientKey, Observed, Oracle, Sent, Violation};
 use roomcast_core::publish::DirectMessage;
+use roomcast_core::standalone::history_bounds;
 use roomcast_core::{
-    ConnectionId, Core, CoreConfig, Identity, Input, Now, Output, Publish, Response, RoomName,
-    SendTarget, TextFrame, User,
+    ConnectionId, CoreConfig, Identity, Input, Now, Output, Publish, PublishError, Response,
+    RoomName, SendTarget, Standalone, TextFrame, User,
 };
 use serde_json::{json, Map};
 
@@ -50,7 +59,8 @@ struct SimClient {
 struct CoreSim {
     mix: Mix,
     rng: SimRng,
-    core: Core,
+    core: Standalone<FaultyEngine>,
+    faults: EngineFaults,
     oracle: Oracle,
     clients: BTreeMap<ClientKey, SimClient>,
     /// Open client keys, for uniform picks.
@@ -71,19 +81,40 @@ struct CoreSim {
 }
 
 /// Runs one core-tier simulation of `events` inputs.
-pub fn run(seed: u64, clients: usize, events: u64) -> Result<Summary, Failure> {
+///
+/// With `engine_faults` off, the engine runs fault-free whatever the seed
+/// draws (the workload is the same either way).
+pub fn run(
+    seed: u64,
+    clients: usize,
+    events: u64,
+    engine_faults: bool,
+) -> Result<Summary, Failure> {
     let started = Instant::now();
     let mut rng = SimRng::new(seed ^ 0xC0DE);
     let mix = Mix::draw(&mut rng, clients);
+    // The engine's timings come from the faults' own generator, so that a
+    // seed's workload is the same with and without engine faults.
+    let mut fault_rng = SimRng::new(seed ^ 0x0E46_17E5);
+    let mut faults = draw_engine_faults(&mut fault_rng);
+    if !engine_faults {
+        faults = EngineFaults::default();
+    }
+    let mut limits = mix.limits.clone();
+    limits.stream_check_interval_ms = fault_rng.range(200, 5_000);
+    limits.engine_retry_ms = fault_rng.range(50, 1_000);
     let config = CoreConfig {
-        limits: mix.limits.clone(),
+        limits,
         epoch_prefix: format!("s{seed}"),
         rooms: mix.room_options.clone(),
         ..CoreConfig::default()
     };
+    let engine = MemoryEngine::new(history_bounds(&config), config.epoch_prefix.clone());
+    let engine = FaultyEngine::new(engine, faults.clone(), seed);
     let mut sim = CoreSim {
         rng,
-        core: Core::new(config),
+        core: Standalone::with_engine(config, engine),
+        faults,
         oracle: Oracle::new(),
         clients: BTreeMap::new(),
         open: Vec::new(),
@@ -101,10 +132,14 @@ pub fn run(seed: u64, clients: usize, events: u64) -> Result<Summary, Failure> {
         mix,
     };
     // History never ages out during a run (a day of virtual time), so every
-    // gap within the count bound must be recovered.
-    sim.oracle
-        .expect_recovery_within(sim.mix.limits.history_messages_max as u64);
-    let reproduce = format!("cargo run --release -p roomcast-sim -- --tier core --seed {seed} --clients {clients} --events {events}");
+    // gap within the count bound must be recovered, unless the engine may
+    // fail a read or lose its data.
+    if sim.faults.fail_per_mille == 0 && sim.faults.reset_per_mille == 0 {
+        sim.oracle
+            .expect_recovery_within(sim.mix.limits.history_messages_max as u64);
+    }
+    let switch = if engine_faults { "on" } else { "off" };
+    let reproduce = format!("cargo run --release -p roomcast-sim -- --tier core --seed {seed} --clients {clients} --events {events} --engine-faults {switch}");
     sim.run(events).map_err(|(invariant, detail)| Failure {
         tier: "core",
         seed,
@@ -121,12 +156,56 @@ pub fn run(seed: u64, clients: usize, events: u64) -> Result<Summary, Failure> {
         deliveries: sim.deliveries,
         closes: sim.closes,
         recoveries: sim.recoveries,
+        engine_faults: Some(fault_summary(&sim.faults, sim.core.engine())),
         trace_hash: sim.trace.hex(),
         wall: started.elapsed(),
     })
 }
 
 type SimError = (String, String);
+
+/// A seed's engine-fault mix: a third of the seeds run fault-free.
+fn draw_engine_faults(rng: &mut SimRng) -> EngineFaults {
+    if rng.below(3) == 0 {
+        return EngineFaults::default();
+    }
+    EngineFaults {
+        delay_per_mille: rng.below(400) as u32,
+        max_delay_us: rng.range(1_000, 2_000_000),
+        lose_live_per_mille: if rng.chance(600_000) {
+            rng.below(100) as u32
+        } else {
+            0
+        },
+        fail_per_mille: if rng.chance(500_000) {
+            rng.below(50) as u32
+        } else {
+            0
+        },
+        reset_per_mille: if rng.chance(250_000) {
+            rng.below(3) as u32
+        } else {
+            0
+        },
+    }
+}
+
+/// `<total>` and the mix, for the summary line.
+fn fault_summary(faults: &EngineFaults, engine: &FaultyEngine) -> String {
+    let counts = engine.counts();
+    format!(
+        "{}(delayed={},lost={},failed={},resets={};rates_per_mille={}/{}/{}/{})",
+        counts.total(),
+        counts.delayed,
+        counts.lost,
+        counts.failed,
+        counts.resets,
+        faults.delay_per_mille,
+        faults.lose_live_per_mille,
+        faults.fail_per_mille,
+        faults.reset_per_mille,
+    )
+}
 
 fn oracle_error(v: Violation) -> SimError {
     (v.invariant.to_owned(), v.to_string())
@@ -162,6 +241,14 @@ impl CoreSim {
         for key in stalled {
             self.unstall(key)?;
         }
+        // The engine heals: what it delayed arrives, and each room's next
+        // stream check finds and refills what it lost.
+        self.core.engine_mut().heal();
+        let limits = &self.core.config().limits;
+        let settle_ms = self.faults.max_delay_us / 1000
+            + limits.stream_check_interval_ms.max(limits.engine_retry_ms)
+            + 1;
+        self.settle_for(settle_ms)?;
         // Progress events held for conflation go out when their window closes.
         self.advance_past(self.mix.room_options.conflation_window_ms)?;
         self.check_core()?;
@@ -203,6 +290,18 @@ impl CoreSim {
             .map_err(|e| ("core invariants".to_owned(), e))
     }
 
+    /// Lets `ms` of virtual time pass deadline by deadline (clients answer
+    /// pings meanwhile, so nobody idles out).
+    fn settle_for(&mut self, ms: u64) -> Result<(), SimError> {
+        let end = self.now_us + ms * 1000;
+        while let Some(at) = self.core.poll_timeout().filter(|&at| at <= end) {
+            self.now_us = self.now_us.max(at);
+            self.input(0, "timeout", Input::Timeout)?;
+        }
+        self.now_us = end;
+        Ok(())
+    }
+
     /// Jumps the clock just past `ms` from now and fires what is due.
     fn advance_past(&mut self, ms: u64) -> Result<(), SimError> {
         self.now_us += ms * 1000 + 1;
@@ -226,6 +325,10 @@ impl CoreSim {
     }
 
     fn route(&mut self) -> Result<(), SimError> {
+        // Receipts of broadcasts the engine answered late.
+        while let Some((_, response)) = self.core.poll_answer() {
+            self.record_receipt(response);
+        }
         // Broadcast frames are shared: parse each distinct frame once. The
         // map holds the frame so its address cannot be reused meanwhile.
         let mut parsed: HashMap<*const u8, (TextFrame, Observed)> = HashMap::new();
@@ -316,6 +419,10 @@ impl CoreSim {
         for conn in pongs {
             self.events += 1;
             self.core.handle(now, Input::Pong { conn });
+        }
+        // Receipts the engine answered while the writes were reported.
+        while let Some((_, response)) = self.core.poll_answer() {
+            self.record_receipt(response);
         }
         Ok(())
     }
@@ -603,15 +710,23 @@ impl CoreSim {
             kind: kind.into(),
             data,
         };
-        if let Response::Published(receipt) =
-            self.input(0, "broadcast", Input::Broadcast(publish))?
-        {
-            for room in receipt.rooms {
-                self.oracle
-                    .published(room.room.as_str(), &room.epoch, room.seq);
-            }
-        }
+        let response = self.input(0, "broadcast", Input::Broadcast(publish))?;
+        self.record_receipt(response);
         Ok(())
+    }
+
+    /// Tells the oracle what the publisher was told.
+    fn record_receipt(&mut self, response: Response) {
+        let rooms = match response {
+            Response::Published(receipt) => receipt.rooms,
+            // Rooms appended before the engine failed the rest were delivered.
+            Response::Rejected(PublishError::EngineUnavailable { appended, .. }) => appended,
+            _ => return,
+        };
+        for room in rooms {
+            self.oracle
+                .published(room.room.as_str(), &room.epoch, room.seq);
+        }
     }
 }
 

@@ -4,14 +4,16 @@ use std::process::ExitCode;
 
 use roomcast_sim::{core_tier, net_tier};
 
-const USAGE: &str = "usage: roomcast-sim [--seed N | --seeds A..B] [--tier core|net|both] [--clients N] [--events N] [--net-seconds S]
+const USAGE: &str = "usage: roomcast-sim [--seed N | --seeds A..B] [--tier core|net|both] [--clients N] [--events N] [--net-seconds S] [--engine-faults on|off]
 
   --seed N         run one seed (default 42)
   --seeds A..B     sweep seeds A to B-1
   --tier T         core (pure core), net (real server in turmoil) or both (default)
   --clients N      clients per run (0 = drawn from the seed; default: core 0, net 2000)
   --events N       core-tier inputs per run (default 200000)
-  --net-seconds S  simulated seconds of net-tier workload (default 20)";
+  --net-seconds S  simulated seconds of net-tier workload (default 20)
+  --engine-faults  core tier: inject the seed's drawn engine faults (on, default)
+                   or run the engine fault-free (off; same workload)";
 
 struct Args {
     seeds: std::ops::Range<u64>,
@@ -19,6 +21,7 @@ struct Args {
     clients: Option<usize>,
     events: u64,
     net_seconds: u64,
+    engine_faults: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -28,6 +31,7 @@ fn parse_args() -> Result<Args, String> {
         clients: None,
         events: 200_000,
         net_seconds: 20,
+        engine_faults: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,6 +51,13 @@ fn parse_args() -> Result<Args, String> {
             "--clients" => args.clients = Some(number(value()?)? as usize),
             "--events" => args.events = number(value()?)?,
             "--net-seconds" => args.net_seconds = number(value()?)?,
+            "--engine-faults" => {
+                args.engine_faults = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--engine-faults takes on or off, not {other}")),
+                }
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -68,7 +79,12 @@ fn main() -> ExitCode {
     let mut failed = false;
     for seed in args.seeds.clone() {
         if args.tier != "net" {
-            match core_tier::run(seed, args.clients.unwrap_or(0), args.events) {
+            match core_tier::run(
+                seed,
+                args.clients.unwrap_or(0),
+                args.events,
+                args.engine_faults,
+            ) {
                 Ok(summary) => println!("{summary}"),
                 Err(failure) => {
                     eprintln!("{failure}");

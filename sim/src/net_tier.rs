@@ -374,6 +374,7 @@ pub fn run(seed: u64, clients: usize, seconds: u64) -> Result<Summary, Failure> 
         deliveries: w.deliveries,
         closes: w.closes.clone(),
         recoveries: w.recoveries,
+        engine_faults: None,
         trace_hash: w.trace.hex(),
         wall: started.elapsed(),
     })

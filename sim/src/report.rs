@@ -64,6 +64,9 @@ pub struct Summary {
     pub closes: BTreeMap<u16, u64>,
     /// Joins with `since` answered (recovered, refused).
     pub recoveries: (u64, u64),
+    /// Engine faults injected (core tier: delays, lost live messages,
+    /// failures, data losses); `None` when the engine ran fault-free by design.
+    pub engine_faults: Option<String>,
     /// Hash of the ordered event trace.
     pub trace_hash: String,
     /// Wall-clock time of the run.
@@ -80,7 +83,7 @@ impl fmt::Display for Summary {
         let per_sec = self.events as f64 / self.wall.as_secs_f64().max(1e-9);
         write!(
             f,
-            "tier={} seed={} clients={} events={} deliveries={} closes={} recovered={} refused={} events_per_sec={:.0} wall_ms={} trace_hash={} ok",
+            "tier={} seed={} clients={} events={} deliveries={} closes={} recovered={} refused={}{} events_per_sec={:.0} wall_ms={} trace_hash={} ok",
             self.tier,
             self.seed,
             self.clients,
@@ -89,6 +92,10 @@ impl fmt::Display for Summary {
             if closes.is_empty() { "-".to_owned() } else { closes.join(",") },
             self.recoveries.0,
             self.recoveries.1,
+            self.engine_faults
+                .as_ref()
+                .map(|faults| format!(" engine_faults={faults}"))
+                .unwrap_or_default(),
             per_sec,
             self.wall.as_millis(),
             self.trace_hash,

@@ -4,11 +4,11 @@ use roomcast_sim::{core_tier, net_tier};
 
 #[test]
 fn core_tier_repeats_its_trace() {
-    let first = core_tier::run(7, 300, 30_000).expect("seed 7 passes");
-    let second = core_tier::run(7, 300, 30_000).expect("seed 7 passes");
+    let first = core_tier::run(7, 300, 30_000, true).expect("seed 7 passes");
+    let second = core_tier::run(7, 300, 30_000, true).expect("seed 7 passes");
     assert_eq!(first.trace_hash, second.trace_hash);
     assert_eq!(first.deliveries, second.deliveries);
-    let other = core_tier::run(8, 300, 30_000).expect("seed 8 passes");
+    let other = core_tier::run(8, 300, 30_000, true).expect("seed 8 passes");
     assert_ne!(
         first.trace_hash, other.trace_hash,
         "different seeds explore different traces"

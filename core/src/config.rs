@@ -1,0 +1,102 @@
+//! What a [`Core`](crate::Core) is configured with, and what it answers
+//! its caller's own inputs with.
+
+use crate::access::AccessRules;
+use crate::limits::Limits;
+use crate::names::RoomName;
+use crate::publish::{MessageTypes, PublishError, PublishReceipt};
+
+/// Everything the core is configured with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// The one limits table.
+    pub limits: Limits,
+    /// Who may join which room.
+    pub access: AccessRules,
+    /// Supported message types.
+    pub types: MessageTypes,
+    /// Prefix of every epoch the in-memory engine creates. Must differ
+    /// between server lifetimes (the shell draws it at random; the
+    /// simulator from its seed).
+    pub epoch_prefix: String,
+    /// Shown in the `connected` message: "Connected to {server_name} WebSocket".
+    pub server_name: String,
+    /// Per-room behaviours chosen by name prefix (presence diffs, conflation).
+    pub rooms: RoomOptions,
+}
+
+/// Room behaviours chosen by room-name prefix (the `[rooms]` config table).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomOptions {
+    /// Rooms whose members are told when others join or leave (`presence_diff`).
+    pub presence_diff_prefixes: Vec<String>,
+    /// Rooms that conflate `download_progress` for members that are behind.
+    pub conflate_prefixes: Vec<String>,
+    /// How long held progress events wait at most, in ms.
+    pub conflation_window_ms: u64,
+}
+
+impl Default for RoomOptions {
+    fn default() -> RoomOptions {
+        RoomOptions {
+            presence_diff_prefixes: Vec::new(),
+            conflate_prefixes: Vec::new(),
+            conflation_window_ms: 100,
+        }
+    }
+}
+
+impl RoomOptions {
+    /// Whether `room` conflates progress events.
+    pub fn conflates(&self, room: &RoomName) -> bool {
+        self.conflate_prefixes
+            .iter()
+            .any(|p| room.as_str().starts_with(p.as_str()))
+    }
+
+    /// Whether `room` pushes presence diffs.
+    pub fn presence_diffs(&self, room: &RoomName) -> bool {
+        self.presence_diff_prefixes
+            .iter()
+            .any(|p| room.as_str().starts_with(p.as_str()))
+    }
+}
+
+impl Default for CoreConfig {
+    fn default() -> CoreConfig {
+        CoreConfig {
+            limits: Limits::default(),
+            access: AccessRules::default(),
+            types: MessageTypes::default(),
+            epoch_prefix: "e".to_owned(),
+            server_name: "roomcast".to_owned(),
+            rooms: RoomOptions::default(),
+        }
+    }
+}
+
+/// The answer to the caller's own inputs (clients get outputs instead).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// Nothing to report.
+    Done,
+    /// A broadcast was numbered by the engine and fanned out.
+    Published(PublishReceipt),
+    /// The broadcast waits for the engine: its answer (`Published` or
+    /// `Rejected`) comes later from `Core::poll_answer` with this ticket.
+    Pending(Ticket),
+    /// A direct message reached this many connections.
+    Sent {
+        /// Frames handed to connections.
+        delivered: u64,
+    },
+    /// The publish or send was refused. For a broadcast to several rooms
+    /// that the engine failed part-way, the message names the rooms that
+    /// were appended (they are delivered) and those that were not.
+    Rejected(PublishError),
+}
+
+/// Names one pending broadcast of the caller (see [`Response::Pending`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(pub u64);

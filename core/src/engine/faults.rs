@@ -1,0 +1,202 @@
+//! [`FaultyEngine`]: the in-memory engine behind a seeded fault layer, for
+//! the simulator, the property tests and the fuzzers (feature `testing`).
+//!
+//! Faults, each drawn per request or per event from a seeded generator
+//! (no global randomness, so a seed replays a run):
+//! - **delay**: an answer or live message arrives up to `max_delay_us`
+//!   later; answers reorder freely, live messages of one room never
+//!   overtake each other (the contract's one ordering promise);
+//! - **lost live message**: a live message never arrives (at-most-once);
+//! - **failure**: an append or read is answered with a failure and not
+//!   carried out;
+//! - **data loss**: the engine loses every room's data (new epochs), as a
+//!   shared engine restarted empty.
+
+use std::collections::BTreeMap;
+
+use super::memory::{MemoryEngine, NodeId};
+use super::{EngineError, EngineEvent, EngineRequest};
+use crate::names::RoomName;
+use crate::standalone::InlineEngine;
+
+/// How often each fault strikes, in parts per thousand.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineFaults {
+    /// Events delayed.
+    pub delay_per_mille: u32,
+    /// Longest delay, in µs.
+    pub max_delay_us: u64,
+    /// Live messages lost.
+    pub lose_live_per_mille: u32,
+    /// Appends and reads failed.
+    pub fail_per_mille: u32,
+    /// Requests before which the engine loses all its data.
+    pub reset_per_mille: u32,
+}
+
+impl EngineFaults {
+    /// Whether any fault can strike.
+    pub fn any(&self) -> bool {
+        self.delay_per_mille + self.lose_live_per_mille + self.fail_per_mille + self.reset_per_mille
+            > 0
+    }
+}
+
+/// Faults injected so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Events delayed.
+    pub delayed: u64,
+    /// Live messages lost.
+    pub lost: u64,
+    /// Requests failed.
+    pub failed: u64,
+    /// Data losses.
+    pub resets: u64,
+}
+
+impl FaultCounts {
+    /// All faults injected.
+    pub fn total(&self) -> u64 {
+        self.delayed + self.lost + self.failed + self.resets
+    }
+}
+
+/// The memory engine behind a fault layer. See the module docs.
+#[derive(Debug)]
+pub struct FaultyEngine {
+    inner: MemoryEngine,
+    faults: EngineFaults,
+    rng: u64,
+    /// Events in flight: (due µs, order) → event.
+    queue: BTreeMap<(u64, u64), (NodeId, EngineEvent)>,
+    order: u64,
+    /// Per room, the due time of its latest live message in flight (live
+    /// messages of a room keep their order).
+    live_due: BTreeMap<(NodeId, RoomName), u64>,
+    counts: FaultCounts,
+}
+
+impl FaultyEngine {
+    /// `inner` behind `faults`, drawn from `seed`.
+    pub fn new(inner: MemoryEngine, faults: EngineFaults, seed: u64) -> FaultyEngine {
+        FaultyEngine {
+            inner,
+            faults,
+            rng: seed ^ 0x9E37_79B9_7F4A_7C15,
+            queue: BTreeMap::new(),
+            order: 0,
+            live_due: BTreeMap::new(),
+            counts: FaultCounts::default(),
+        }
+    }
+
+    /// Faults injected so far.
+    pub fn counts(&self) -> FaultCounts {
+        self.counts
+    }
+
+    /// Stops injecting faults (events already delayed still arrive late).
+    pub fn heal(&mut self) {
+        self.faults = EngineFaults::default();
+    }
+
+    /// Events still in flight.
+    pub fn in_flight(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// splitmix64: small, seeded, good enough to draw faults.
+    fn next(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn strikes(&mut self, per_mille: u32) -> bool {
+        per_mille > 0 && self.next() % 1000 < u64::from(per_mille)
+    }
+
+    fn schedule(&mut self, now_us: u64, node: NodeId, event: EngineEvent) {
+        let mut due = now_us;
+        if self.strikes(self.faults.delay_per_mille) {
+            due += 1 + self.next() % self.faults.max_delay_us.max(1);
+            self.counts.delayed += 1;
+        }
+        if let EngineEvent::Live(message) = &event {
+            let key = (node, message.room.clone());
+            let last = self.live_due.get(&key).copied().unwrap_or(0);
+            due = due.max(last);
+            self.live_due.insert(key, due);
+        }
+        self.order += 1;
+        self.queue.insert((due, self.order), (node, event));
+    }
+}
+
+impl InlineEngine for FaultyEngine {
+    fn request(&mut self, node: NodeId, now_us: u64, request: EngineRequest) {
+        if self.strikes(self.faults.reset_per_mille) {
+            self.inner.lose_everything();
+            self.counts.resets += 1;
+        }
+        let failure = || EngineError::Unavailable("injected engine failure".into());
+        match request {
+            EngineRequest::Append { call, .. } if self.strikes(self.faults.fail_per_mille) => {
+                self.counts.failed += 1;
+                let event = EngineEvent::Appended {
+                    call,
+                    result: Err(failure()),
+                };
+                self.schedule(now_us, node, event);
+            }
+            EngineRequest::Read { call, .. } if self.strikes(self.faults.fail_per_mille) => {
+                self.counts.failed += 1;
+                let event = EngineEvent::Read {
+                    call,
+                    result: Err(failure()),
+                };
+                self.schedule(now_us, node, event);
+            }
+            request => {
+                self.inner.handle(node, now_us, request);
+                while let Some((to, event)) = self.inner.poll_event() {
+                    if matches!(event, EngineEvent::Live(_))
+                        && self.strikes(self.faults.lose_live_per_mille)
+                    {
+                        self.counts.lost += 1;
+                        continue;
+                    }
+                    self.schedule(now_us, to, event);
+                }
+            }
+        }
+    }
+
+    fn next_event(&mut self, now_us: u64) -> Option<(NodeId, EngineEvent)> {
+        let (&(due, order), _) = self.queue.first_key_value()?;
+        if due > now_us {
+            return None;
+        }
+        self.queue.remove(&(due, order))
+    }
+
+    fn timeout(&self) -> Option<u64> {
+        let queued = self.queue.first_key_value().map(|(&(due, _), _)| due);
+        queued.into_iter().chain(self.inner.poll_timeout()).min()
+    }
+
+    fn on_timeout(&mut self, now_us: u64) {
+        self.inner.on_timeout(now_us);
+    }
+
+    fn room_count(&self) -> usize {
+        self.inner.room_count()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.inner.check()
+    }
+}

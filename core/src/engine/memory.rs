@@ -1,0 +1,394 @@
+//! [`MemoryEngine`]: the engine of a single process, as a pure state machine.
+//!
+//! It keeps each room's [`RoomLog`] (epoch, top `seq`, bounded history) and
+//! which nodes follow the room, answers every request at once and never
+//! loses a live message. A room lives while a node follows it or while its
+//! history lasts; then it is dropped, and the next use creates it again
+//! under a new epoch. Driven by the caller in the same loop as the core
+//! ([`Standalone`](crate::Standalone) does it for one node).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::{EngineEvent, EngineRequest, Epoch, Numbered, Position, ReadResult};
+use crate::names::RoomName;
+use crate::room_log::{HistoryBounds, RoomLog};
+
+/// Identifies one node (one core) among those sharing an engine.
+pub type NodeId = u32;
+
+/// One room as the engine keeps it.
+#[derive(Debug)]
+struct EngineRoom {
+    log: RoomLog,
+    epoch: Epoch,
+    /// Nodes following the live stream.
+    followers: BTreeSet<NodeId>,
+    /// Key in `MemoryEngine::expiries` while nobody follows the room.
+    expiry_at_us: Option<u64>,
+}
+
+/// The in-memory engine. See the module docs.
+#[derive(Debug)]
+pub struct MemoryEngine {
+    bounds: HistoryBounds,
+    epoch_prefix: String,
+    epochs_created: u64,
+    rooms: BTreeMap<RoomName, EngineRoom>,
+    /// Rooms nobody follows, kept for their history: when to look again.
+    expiries: BTreeSet<(u64, RoomName)>,
+    events: VecDeque<(NodeId, EngineEvent)>,
+}
+
+impl MemoryEngine {
+    /// An empty engine. Epochs are `{epoch_prefix}-{n}`: the prefix must
+    /// differ between process lifetimes.
+    pub fn new(bounds: HistoryBounds, epoch_prefix: String) -> MemoryEngine {
+        MemoryEngine {
+            bounds,
+            epoch_prefix,
+            epochs_created: 0,
+            rooms: BTreeMap::new(),
+            expiries: BTreeSet::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Rooms kept (followed or holding history).
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Handles one request of `node` at `now_us` (monotonic µs); answers
+    /// and live messages are drained with [`poll_event`](Self::poll_event).
+    pub fn handle(&mut self, node: NodeId, now_us: u64, request: EngineRequest) {
+        match request {
+            EngineRequest::Append {
+                call,
+                room,
+                message,
+            } => {
+                let bounds = self.bounds;
+                self.room(&room);
+                let Some(state) = self.rooms.get_mut(&room) else {
+                    unreachable!("created above")
+                };
+                let seq = state.log.next_seq();
+                let frame = message.number(seq);
+                state.log.append(bounds, now_us, frame.clone());
+                let numbered = Numbered {
+                    room: room.clone(),
+                    epoch: state.epoch.clone(),
+                    seq,
+                    frame,
+                    series: message.series,
+                };
+                // Live first, then the answer: the appending node sees the
+                // same order a remote node would see at best.
+                for &follower in &state.followers {
+                    let live = EngineEvent::Live(numbered.clone());
+                    self.events.push_back((follower, live));
+                }
+                self.events.push_back((
+                    node,
+                    EngineEvent::Appended {
+                        call,
+                        result: Ok(numbered),
+                    },
+                ));
+                self.settle(&room);
+            }
+            EngineRequest::Read {
+                call,
+                room,
+                after,
+                limit,
+            } => {
+                let bounds = self.bounds;
+                let state = self.room(&room);
+                state.log.expire(bounds, now_us);
+                let result = read(state, after.as_ref(), limit);
+                self.events.push_back((
+                    node,
+                    EngineEvent::Read {
+                        call,
+                        result: Ok(result),
+                    },
+                ));
+                self.settle(&room);
+            }
+            EngineRequest::Interest { room, on } => {
+                if on {
+                    self.room(&room).followers.insert(node);
+                } else if let Some(state) = self.rooms.get_mut(&room) {
+                    state.followers.remove(&node);
+                    self.settle(&room);
+                }
+            }
+        }
+    }
+
+    /// The next answer or live message, with the node it is for.
+    pub fn poll_event(&mut self) -> Option<(NodeId, EngineEvent)> {
+        self.events.pop_front()
+    }
+
+    /// When [`on_timeout`](Self::on_timeout) is next needed (monotonic µs).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.expiries.first().map(|(at, _)| *at)
+    }
+
+    /// Expires history and drops rooms whose time has come.
+    pub fn on_timeout(&mut self, now_us: u64) {
+        while let Some((at, room)) = self.expiries.first().cloned() {
+            if at > now_us {
+                break;
+            }
+            self.expiries.remove(&(at, room.clone()));
+            if let Some(state) = self.rooms.get_mut(&room) {
+                state.expiry_at_us = None;
+                state.log.expire(self.bounds, now_us);
+            }
+            self.settle(&room);
+        }
+    }
+
+    /// Loses every room's data, as a shared engine restarted empty would:
+    /// every room starts a new epoch with no history. Which nodes follow a
+    /// room survives (a real node resubscribes when its pub/sub connection
+    /// comes back); rooms nobody follows are gone.
+    pub fn lose_everything(&mut self) {
+        self.expiries.clear();
+        let followed: Vec<(RoomName, BTreeSet<NodeId>)> = std::mem::take(&mut self.rooms)
+            .into_iter()
+            .filter(|(_, room)| !room.followers.is_empty())
+            .map(|(name, room)| (name, room.followers))
+            .collect();
+        for (name, followers) in followed {
+            self.room(&name).followers = followers;
+        }
+    }
+
+    /// The room, created under a fresh epoch when absent; a kept room stops
+    /// its expiry timer (it is being used).
+    fn room(&mut self, room: &RoomName) -> &mut EngineRoom {
+        if !self.rooms.contains_key(room) {
+            self.epochs_created += 1;
+            let epoch: Epoch = format!("{}-{}", self.epoch_prefix, self.epochs_created).into();
+            self.rooms.insert(
+                room.clone(),
+                EngineRoom {
+                    log: RoomLog::new(),
+                    epoch,
+                    followers: BTreeSet::new(),
+                    expiry_at_us: None,
+                },
+            );
+        }
+        let state = self.rooms.get_mut(room).expect("inserted above");
+        if let Some(at) = state.expiry_at_us.take() {
+            self.expiries.remove(&(at, room.clone()));
+        }
+        state
+    }
+
+    /// A room nobody follows is dropped, or kept until its history ages
+    /// out (with a timer to look again then).
+    fn settle(&mut self, room: &RoomName) {
+        let Some(state) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if !state.followers.is_empty() {
+            return;
+        }
+        if let Some(at) = state.expiry_at_us.take() {
+            self.expiries.remove(&(at, room.clone()));
+        }
+        match state.log.history_expires_at_us(self.bounds) {
+            Some(at) if state.log.retain_when_empty() => {
+                state.expiry_at_us = Some(at);
+                self.expiries.insert((at, room.clone()));
+            }
+            _ => {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    /// Checks the engine's own invariants (tests, simulator, fuzzers).
+    pub fn check(&self) -> Result<(), String> {
+        for (name, room) in &self.rooms {
+            room.log
+                .check(self.bounds)
+                .map_err(|e| format!("engine room {name:?}: {e}"))?;
+            if room.followers.is_empty() && !room.log.retain_when_empty() {
+                return Err(format!(
+                    "engine room {name:?} has no followers and no history but is kept"
+                ));
+            }
+            let scheduled = room
+                .expiry_at_us
+                .is_some_and(|at| self.expiries.contains(&(at, name.clone())));
+            if room.followers.is_empty() != scheduled {
+                return Err(format!(
+                    "engine room {name:?}: an expiry timer must run exactly while nobody follows it"
+                ));
+            }
+        }
+        let unfollowed = self.rooms.values().filter(|r| r.followers.is_empty());
+        if self.expiries.len() != unfollowed.count() {
+            return Err(format!(
+                "{} engine expiry timers for the unfollowed rooms",
+                self.expiries.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The read answer from one room's log.
+fn read(state: &EngineRoom, after: Option<&Position>, limit: usize) -> ReadResult {
+    let frames = match after {
+        Some(after) if after.epoch == state.epoch => state.log.frames_after(after.seq, limit),
+        _ => Vec::new(),
+    };
+    ReadResult {
+        epoch: state.epoch.clone(),
+        top: state.log.last_seq(),
+        frames,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{CallId, Unnumbered};
+
+    const BOUNDS: HistoryBounds = HistoryBounds {
+        messages_max: 3,
+        age_max_us: 1_000,
+    };
+
+    fn room() -> RoomName {
+        RoomName::new("r").unwrap()
+    }
+
+    fn append(engine: &mut MemoryEngine, node: NodeId, now_us: u64, n: u64) {
+        let message = Unnumbered {
+            head: "{\"seq\":".into(),
+            tail: format!(",\"n\":{n}}}"),
+            series: None,
+        };
+        engine.handle(
+            node,
+            now_us,
+            EngineRequest::Append {
+                call: CallId(n),
+                room: room(),
+                message,
+            },
+        );
+    }
+
+    fn drain(engine: &mut MemoryEngine) -> Vec<(NodeId, EngineEvent)> {
+        std::iter::from_fn(|| engine.poll_event()).collect()
+    }
+
+    #[test]
+    fn appends_are_numbered_and_streamed_to_followers_before_the_answer() {
+        let mut engine = MemoryEngine::new(BOUNDS, "e".into());
+        engine.handle(
+            1,
+            0,
+            EngineRequest::Interest {
+                room: room(),
+                on: true,
+            },
+        );
+        append(&mut engine, 2, 5, 7);
+        let events = drain(&mut engine);
+        assert_eq!(events.len(), 2);
+        let (to, EngineEvent::Live(live)) = &events[0] else {
+            panic!("live first: {events:?}")
+        };
+        assert_eq!((*to, live.seq, &*live.epoch), (1, 1, "e-1"));
+        assert_eq!(live.frame.as_str(), "{\"seq\":1,\"n\":7}");
+        let (to, EngineEvent::Appended { call, result }) = &events[1] else {
+            panic!("then the answer: {events:?}")
+        };
+        assert_eq!((*to, *call), (2, CallId(7)));
+        assert_eq!(result.as_ref().unwrap().frame, live.frame);
+        engine.check().unwrap();
+    }
+
+    #[test]
+    fn reads_cover_within_history_and_rooms_die_with_it() {
+        let mut engine = MemoryEngine::new(BOUNDS, "e".into());
+        for n in 1..=5 {
+            append(&mut engine, 0, n * 10, n);
+        }
+        drain(&mut engine);
+        let read_after = |engine: &mut MemoryEngine, seq| {
+            let after = Position {
+                epoch: "e-1".into(),
+                seq,
+            };
+            engine.handle(
+                0,
+                60,
+                EngineRequest::Read {
+                    call: CallId(0),
+                    room: room(),
+                    after: Some(after.clone()),
+                    limit: 10,
+                },
+            );
+            match drain(engine).pop() {
+                Some((_, EngineEvent::Read { result: Ok(r), .. })) => (r.covers(&after), r),
+                other => panic!("{other:?}"),
+            }
+        };
+        let (covered, result) = read_after(&mut engine, 2);
+        assert!(covered);
+        assert_eq!(result.top, 5);
+        assert_eq!(result.frames.len(), 3);
+        let (covered, _) = read_after(&mut engine, 1);
+        assert!(!covered, "seq 2 left the history");
+        engine.check().unwrap();
+        // Nobody follows it: it lives until its newest message ages out.
+        assert_eq!(engine.poll_timeout(), Some(1_050));
+        engine.on_timeout(1_050);
+        assert_eq!(engine.room_count(), 0);
+        append(&mut engine, 0, 2_000, 9);
+        match drain(&mut engine).pop() {
+            Some((_, EngineEvent::Appended { result: Ok(n), .. })) => {
+                assert_eq!((&*n.epoch, n.seq), ("e-2", 1), "a new lifetime")
+            }
+            other => panic!("{other:?}"),
+        }
+        engine.check().unwrap();
+    }
+
+    #[test]
+    fn losing_everything_starts_new_epochs() {
+        let mut engine = MemoryEngine::new(BOUNDS, "e".into());
+        append(&mut engine, 0, 0, 1);
+        engine.handle(
+            3,
+            0,
+            EngineRequest::Interest {
+                room: room(),
+                on: true,
+            },
+        );
+        engine.lose_everything();
+        drain(&mut engine);
+        append(&mut engine, 0, 1, 2);
+        match drain(&mut engine).pop() {
+            Some((_, EngineEvent::Appended { result: Ok(n), .. })) => {
+                assert_eq!((&*n.epoch, n.seq), ("e-2", 1))
+            }
+            other => panic!("{other:?}"),
+        }
+        engine.check().unwrap();
+    }
+}

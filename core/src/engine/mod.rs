@@ -1,0 +1,219 @@
+//! The engine seam: where a room's order, history and lifetime live.
+//!
+//! The [`Core`](crate::Core) owns local connections and memberships, access
+//! rules, limits, conflation, heartbeats and the delivery guarantee. An
+//! *engine* owns, per room, the `epoch`, the last `seq`, the bounded
+//! history and the room's lifetime, and per node which rooms it follows.
+//! The core never calls the engine: it *asks* with an [`EngineRequest`]
+//! (drained with `Core::poll_engine`) and *hears* with an [`EngineEvent`]
+//! (fed back as `Input::Engine`). It never waits; answers may come back
+//! late, out of order across rooms, or as failures.
+//!
+//! ## The contract
+//!
+//! - **append**(room, message) → `(epoch, seq, frame)` or a failure. The
+//!   engine numbers the message (gapless per epoch, starting at 1) and
+//!   builds its frame bytes once: `head + seq + tail` ([`Unnumbered`]). A
+//!   room that does not exist yet is created with a fresh epoch.
+//! - **read**(room, after, limit) → the room's `epoch` and top `seq`, and
+//!   the retained frames after `after` (oldest first, at most `limit`;
+//!   none when `after` is `None` or of another epoch). Whether the gap is
+//!   covered is [`ReadResult::covers`]. A read of a room that does not
+//!   exist creates it (so a member's first position has a stable epoch).
+//! - **interest**(room, on/off): this node follows the room's live stream
+//!   (sent when its first local member arrives and when its last leaves).
+//!   Interest is a hint with no answer; a read issued after interest-on
+//!   reflects every append whose live message the node will not receive.
+//! - **the live stream**: for every room the node follows, every appended
+//!   message as `(room, epoch, seq, frame)`, in `seq` order per room,
+//!   **at most once**: a shared engine's pub/sub can lose messages, so the
+//!   core tracks `(epoch, last seq)` per room and refills any jump with one
+//!   room-level read.
+//!
+//! ## Order of arrival
+//!
+//! - Live messages of one room arrive in `seq` order; nothing else is
+//!   ordered: answers to different calls may arrive in any order, and an
+//!   append's answer may come before or after its own live message.
+//! - Every request carrying a [`CallId`] gets exactly one answer with that
+//!   id (the shell turns a timeout into a failure answer).
+//!
+//! ## Implementations
+//!
+//! - [`memory::MemoryEngine`]: a pure, deterministic state machine for one
+//!   process, answered inline (the default server).
+//! - `faults::FaultyEngine` (feature `testing`): the memory engine behind a
+//!   seeded fault layer (delays, lost live messages, failures, data loss),
+//!   used by the simulator, the property tests and the fuzzers.
+
+pub mod memory;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod faults;
+
+use std::sync::Arc;
+
+use crate::names::RoomName;
+use crate::output::TextFrame;
+
+/// Correlates a request with its answer (chosen by the core, unique per core).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CallId(pub u64);
+
+/// A room's lifetime: a client holding `(epoch, seq)` can tell "nothing
+/// missed" from "history gone" after a restart or data loss.
+pub type Epoch = Arc<str>;
+
+/// A place in a room's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// The room's lifetime.
+    pub epoch: Epoch,
+    /// The last `seq` seen (0 before the first message).
+    pub seq: u64,
+}
+
+/// A broadcast envelope without its `seq`: the frame is `head`, the decimal
+/// `seq`, then `tail`. Whoever learns the `seq` (the engine) builds the
+/// frame once, so every member and every replay shares the same bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unnumbered {
+    /// Everything up to and including `"seq":`.
+    pub head: String,
+    /// Everything after the number.
+    pub tail: String,
+    /// The conflation series of a progress event (travels with live messages).
+    pub series: Option<String>,
+}
+
+impl Unnumbered {
+    /// The frame numbered `seq`.
+    pub fn number(&self, seq: u64) -> TextFrame {
+        let mut itoa = itoa::Buffer::new();
+        let digits = itoa.format(seq);
+        let mut text = String::with_capacity(self.head.len() + digits.len() + self.tail.len());
+        text.push_str(&self.head);
+        text.push_str(digits);
+        text.push_str(&self.tail);
+        TextFrame::from(text)
+    }
+}
+
+/// What the core asks of its engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineRequest {
+    /// Number, keep and publish one message.
+    Append {
+        /// Echoed in the answer.
+        call: CallId,
+        /// The room.
+        room: RoomName,
+        /// The message to number.
+        message: Unnumbered,
+    },
+    /// The room's top and the retained frames after `after`.
+    Read {
+        /// Echoed in the answer.
+        call: CallId,
+        /// The room.
+        room: RoomName,
+        /// Frames after this position (`None`: only the top).
+        after: Option<Position>,
+        /// Frames returned at most.
+        limit: usize,
+    },
+    /// Follow (or stop following) the room's live stream. No answer.
+    Interest {
+        /// The room.
+        room: RoomName,
+        /// On for the first local member, off after the last.
+        on: bool,
+    },
+}
+
+/// Why an engine request failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineError {
+    /// The engine could not be reached or did not answer in time.
+    Unavailable(String),
+}
+
+impl EngineError {
+    /// A sentence for error bodies and frames.
+    pub fn message(&self) -> &str {
+        match self {
+            EngineError::Unavailable(why) => why,
+        }
+    }
+}
+
+/// One numbered message of a room's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Numbered {
+    /// The room.
+    pub room: RoomName,
+    /// The room's lifetime.
+    pub epoch: Epoch,
+    /// Its number.
+    pub seq: u64,
+    /// Its bytes.
+    pub frame: TextFrame,
+    /// Its conflation series, if a progress event.
+    pub series: Option<String>,
+}
+
+/// The answer to a read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadResult {
+    /// The room's current epoch.
+    pub epoch: Epoch,
+    /// The room's top `seq`.
+    pub top: u64,
+    /// Retained frames after the requested position, oldest first.
+    pub frames: Vec<(u64, TextFrame)>,
+}
+
+impl ReadResult {
+    /// Whether the frames carry everything after `from` up to the top:
+    /// same epoch, not in the future, and contiguous from `from.seq + 1`.
+    pub fn covers(&self, from: &Position) -> bool {
+        if from.epoch != self.epoch || from.seq > self.top {
+            return false;
+        }
+        let needed = self.frames.iter().filter(|(seq, _)| *seq > from.seq);
+        let mut expected = from.seq + 1;
+        for (seq, _) in needed {
+            if *seq != expected {
+                return false;
+            }
+            expected += 1;
+        }
+        expected == self.top + 1
+    }
+
+    /// The frames after `from.seq` (callers check [`covers`](Self::covers) first).
+    pub fn frames_after(&self, seq: u64) -> impl Iterator<Item = &(u64, TextFrame)> {
+        self.frames.iter().filter(move |(s, _)| *s > seq)
+    }
+}
+
+/// What the engine tells the core (`Input::Engine`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// The answer to an append.
+    Appended {
+        /// The request's id.
+        call: CallId,
+        /// The numbered message, or why it was not appended.
+        result: Result<Numbered, EngineError>,
+    },
+    /// The answer to a read.
+    Read {
+        /// The request's id.
+        call: CallId,
+        /// The room's top and frames, or why the read failed.
+        result: Result<ReadResult, EngineError>,
+    },
+    /// A message of a followed room (at most once, in `seq` order per room).
+    Live(Numbered),
+}

@@ -1,0 +1,389 @@
+//! Publishing and delivery: a broadcast (HTTP API or client `publish`)
+//! becomes one engine append per room; the engine's numbered frame is
+//! fanned out to the room's members when it reaches this node (as the
+//! append's answer or as a live message, whichever comes first), and the
+//! publisher is answered once every room's append has been answered.
+//!
+//! `delivered` in a receipt counts this node's members of the room when
+//! the engine's answer was handled: each of them receives the message in
+//! order, held for conflation, or is told (closed as a slow consumer or
+//! warned of a `ROOM_GAP`). Members on other nodes are not counted.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::codes::{CloseCode, ErrorCode};
+use crate::config::{Response, Ticket};
+use crate::conflation::series_of;
+use crate::engine::{CallId, EngineError, EngineRequest, Numbered, Unnumbered};
+use crate::envelope;
+use crate::input::SendTarget;
+use crate::machine::{Call, Core, PendingPublish, Publisher};
+use crate::names::{ConnectionId, RoomName};
+use crate::publish::{
+    validate_message, DirectMessage, Publish, PublishError, PublishReceipt, RoomSeq,
+};
+use crate::request::RequestId;
+use crate::time::Now;
+
+/// Room for the envelope around a payload (type, timestamp, room, seq, id):
+/// a payload bigger than the outbound bound minus this could never be
+/// delivered, so it is refused up front.
+const ENVELOPE_OVERHEAD_MAX: usize = 512;
+
+impl Core {
+    /// `POST /api/broadcast`: one append per room; the answer comes with
+    /// [`Response::Pending`]'s ticket.
+    pub(crate) fn api_broadcast(&mut self, now: Now, publish: Publish) -> Response {
+        let ticket = Ticket(self.next_publish + 1);
+        match self.append_all(now, publish, Publisher::Api(ticket)) {
+            Ok(()) => Response::Pending(ticket),
+            Err(error) => Response::Rejected(error),
+        }
+    }
+
+    /// A client's `publish` action: validated here, answered once appended.
+    pub(crate) fn client_publish(
+        &mut self,
+        now: Now,
+        slot: u32,
+        room: RoomName,
+        kind: String,
+        data: Map<String, Value>,
+        id: Option<RequestId>,
+    ) {
+        let Some(connection) = self.conns[slot as usize].as_ref() else {
+            return;
+        };
+        let conn = connection.id;
+        let allowed = connection
+            .identity
+            .user()
+            .is_some_and(|u| u.can_publish(&room));
+        if !allowed {
+            let message = format!("no publish grant for room: {room}");
+            let frame = envelope::error(now.unix_ms, ErrorCode::Forbidden, &message, id.as_ref());
+            return self.send(slot, frame);
+        }
+        let publish = Publish {
+            rooms: vec![room],
+            kind,
+            data,
+        };
+        let invalid = validate_message(&self.config.types, &publish.kind, &publish.data).err();
+        let result = match invalid {
+            Some(error) => Err(error),
+            None => self.append_all(
+                now,
+                publish,
+                Publisher::Client {
+                    conn,
+                    id: id.clone(),
+                },
+            ),
+        };
+        match result {
+            Ok(()) => self.start_waiting(conn),
+            Err(error) => {
+                let code = match error {
+                    PublishError::UnknownType(_) => ErrorCode::UnknownType,
+                    PublishError::InvalidKey(_) => ErrorCode::InvalidKey,
+                    PublishError::InvalidRoom(_) => ErrorCode::InvalidSubscription,
+                    PublishError::EngineUnavailable { .. } => ErrorCode::EngineUnavailable,
+                    PublishError::InvalidBody(_) | PublishError::TooLarge(_) => {
+                        ErrorCode::InvalidMessage
+                    }
+                };
+                let frame = envelope::error(now.unix_ms, code, error.message(), id.as_ref());
+                self.send(slot, frame);
+            }
+        }
+    }
+
+    /// Serializes the payload once, each room's envelope once (without its
+    /// `seq`), and asks the engine to append it to every room.
+    fn append_all(
+        &mut self,
+        now: Now,
+        publish: Publish,
+        publisher: Publisher,
+    ) -> Result<(), PublishError> {
+        let payload = self.serialize_payload(&publish.data)?;
+        if !self.engine_has_room(publish.rooms.len()) {
+            return Err(PublishError::EngineUnavailable {
+                message: format!(
+                    "the engine has {} requests in flight (engine_calls_max); try again",
+                    self.calls.len()
+                ),
+                appended: Vec::new(),
+            });
+        }
+        let series = series_of(&publish.kind, &publish.data);
+        self.next_publish += 1;
+        let number = self.next_publish;
+        let mut pending = PendingPublish {
+            publisher,
+            rooms: Vec::with_capacity(publish.rooms.len()),
+            outstanding: publish.rooms.len(),
+        };
+        for (index, room) in publish.rooms.into_iter().enumerate() {
+            let (head, tail) =
+                envelope::broadcast_parts(&publish.kind, now.unix_ms, &room, &payload);
+            let call = self.new_call(Call::Append {
+                publish: number,
+                index,
+            });
+            self.engine_out.push_back(EngineRequest::Append {
+                call,
+                room: room.clone(),
+                message: Unnumbered {
+                    head,
+                    tail,
+                    series: series.clone(),
+                },
+            });
+            pending.rooms.push((room, None));
+        }
+        self.publishes.insert(number, pending);
+        Ok(())
+    }
+
+    /// The answer to one room's append: fan out (if this node follows the
+    /// room and the message is next), then answer the publisher once all
+    /// its rooms are answered.
+    pub(crate) fn on_appended(
+        &mut self,
+        now: Now,
+        call: CallId,
+        result: Result<Numbered, EngineError>,
+    ) {
+        let Some(Call::Append { publish, index }) = self.calls.remove(&call) else {
+            self.impossible("an append answer for no append in flight");
+            return;
+        };
+        let outcome = match result {
+            Ok(message) => {
+                let (room, epoch, seq) = (message.room.clone(), message.epoch.clone(), message.seq);
+                self.on_stream(message);
+                let delivered = self.member_count(&room) as u64;
+                Ok((epoch, seq, delivered))
+            }
+            Err(error) => Err(error.message().to_owned()),
+        };
+        let Some(pending) = self.publishes.get_mut(&publish) else {
+            self.impossible("an append of an unknown publish");
+            return;
+        };
+        pending.rooms[index].1 = Some(outcome);
+        pending.outstanding -= 1;
+        if pending.outstanding > 0 {
+            return;
+        }
+        if let Some(pending) = self.publishes.remove(&publish) {
+            self.answer_publisher(now, pending);
+        }
+    }
+
+    fn answer_publisher(&mut self, now: Now, pending: PendingPublish) {
+        let mut receipt = PublishReceipt {
+            delivered: 0,
+            rooms: Vec::with_capacity(pending.rooms.len()),
+        };
+        let mut failed = Vec::new();
+        for (room, outcome) in pending.rooms {
+            match outcome {
+                Some(Ok((epoch, seq, delivered))) => {
+                    receipt.delivered += delivered;
+                    receipt.rooms.push(RoomSeq {
+                        room,
+                        epoch: epoch.to_string(),
+                        seq,
+                    });
+                }
+                Some(Err(why)) => failed.push(format!("{room} ({why})")),
+                None => self.impossible("a publish answered before all its rooms"),
+            }
+        }
+        let result = if failed.is_empty() {
+            Ok(receipt)
+        } else {
+            let appended: Vec<String> = receipt
+                .rooms
+                .iter()
+                .map(|r| format!("{} (seq {})", r.room, r.seq))
+                .collect();
+            let mut message = format!("the engine did not append to: {}", failed.join(", "));
+            if !appended.is_empty() {
+                message.push_str(&format!(
+                    "; appended and delivered: {}",
+                    appended.join(", ")
+                ));
+            }
+            Err(PublishError::EngineUnavailable {
+                message,
+                appended: receipt.rooms,
+            })
+        };
+        match pending.publisher {
+            Publisher::Api(ticket) => {
+                let response = match result {
+                    Ok(receipt) => Response::Published(receipt),
+                    Err(error) => Response::Rejected(error),
+                };
+                self.answers.push_back((ticket, response));
+            }
+            Publisher::Client { conn, id } => {
+                self.answer_client_publish(now, conn, id, result);
+            }
+        }
+    }
+
+    fn answer_client_publish(
+        &mut self,
+        now: Now,
+        conn: ConnectionId,
+        id: Option<RequestId>,
+        result: Result<PublishReceipt, PublishError>,
+    ) {
+        let Some(&slot) = self.slot_of.get(&conn) else {
+            return; // closed while waiting
+        };
+        self.finish_waiting(conn);
+        let frame = match result {
+            Ok(receipt) => {
+                #[derive(Serialize)]
+                struct Published<'a> {
+                    message: String,
+                    room: &'a str,
+                    seq: u64,
+                    delivered: u64,
+                }
+                let Some(room) = receipt.rooms.first() else {
+                    self.impossible("a client publish has one room");
+                    return;
+                };
+                let data = Published {
+                    message: format!("Published to room: {}", room.room),
+                    room: room.room.as_str(),
+                    seq: room.seq,
+                    delivered: receipt.delivered,
+                };
+                envelope::envelope("system_info", now.unix_ms, None, &data, id.as_ref())
+            }
+            Err(error) => envelope::error(
+                now.unix_ms,
+                ErrorCode::EngineUnavailable,
+                error.message(),
+                id.as_ref(),
+            ),
+        };
+        self.send(slot, frame);
+    }
+
+    /// The payload serialized once, or `TooLarge` when no connection could
+    /// ever take a frame carrying it.
+    fn serialize_payload(&self, data: &Map<String, Value>) -> Result<Box<RawValue>, PublishError> {
+        let raw = serde_json::value::to_raw_value(data)
+            .map_err(|_| PublishError::InvalidBody("payload cannot be serialized".into()))?;
+        let bound = self.config.limits.outbound_queue_bytes_max;
+        if raw.get().len() + ENVELOPE_OVERHEAD_MAX > bound {
+            return Err(PublishError::TooLarge(format!(
+                "payload of {} bytes does not fit the outbound queue bound of {bound} bytes",
+                raw.get().len()
+            )));
+        }
+        Ok(raw)
+    }
+
+    /// Hands one numbered frame to every member of `room`: every member
+    /// shares the same bytes. Progress events may be held (conflation).
+    pub(crate) fn fan_out(&mut self, room: &RoomName, message: &Numbered) {
+        let now = self.now;
+        // Split borrow: the room (here) and the connection slab (in the loop).
+        let Some(state) = self.rooms.get(room) else {
+            return;
+        };
+        let conflating = message
+            .series
+            .as_ref()
+            .filter(|_| self.config.rooms.conflates(room));
+        let flush_at_us = now.monotonic_us + self.config.rooms.conflation_window_ms.max(1) * 1000;
+        let mut newly_holding: Vec<u32> = Vec::new();
+        let mut overflowed = Vec::new();
+        for &slot in state.members.values() {
+            let Some(connection) = self.conns[slot as usize].as_mut() else {
+                // Members always occupy their slot (`check_invariants`).
+                debug_assert!(false, "a member's slot is empty");
+                continue;
+            };
+            if let Some(series) = conflating {
+                // Behind, or already holding this series: hold (newest wins).
+                if connection.queued_bytes > 0 || connection.held.holds(room, series) {
+                    if connection.held.is_empty() {
+                        newly_holding.push(slot);
+                    }
+                    connection.held.hold(
+                        room,
+                        series.clone(),
+                        message.seq,
+                        message.frame.clone(),
+                        flush_at_us,
+                    );
+                    continue;
+                }
+            }
+            // Anything held for this room goes first: seq never goes backwards.
+            let ok = Self::send_held(
+                &mut self.outputs,
+                &self.config.limits,
+                connection,
+                Some(room),
+            );
+            if !(ok
+                && Self::try_send(
+                    &mut self.outputs,
+                    &self.config.limits,
+                    connection,
+                    &message.frame,
+                ))
+            {
+                overflowed.push(connection.id);
+            }
+        }
+        // Members that started holding frames need their flush timer.
+        for slot in newly_holding {
+            self.schedule(slot);
+        }
+        // Close overflowing members now so they get nothing after their gap.
+        for conn in overflowed {
+            self.close(conn, Some(CloseCode::SlowConsumer));
+        }
+    }
+
+    /// `POST /api/send`: a direct message to local connections (not numbered).
+    pub(crate) fn direct(&mut self, now: Now, message: DirectMessage) -> Result<u64, PublishError> {
+        let payload = self.serialize_payload(&message.data)?;
+        let targets: Vec<ConnectionId> = match &message.target {
+            SendTarget::Connection(conn) => self.conn(*conn).map(|c| c.id).into_iter().collect(),
+            SendTarget::User(user) => self
+                .users
+                .get(user)
+                .map(|set| set.iter().copied().collect())
+                .unwrap_or_default(),
+        };
+        if targets.is_empty() {
+            return Ok(0);
+        }
+        let frame = envelope::envelope(&message.kind, now.unix_ms, None, &payload, None);
+        let mut delivered = 0;
+        for conn in targets {
+            let Some(&slot) = self.slot_of.get(&conn) else {
+                continue;
+            };
+            self.send(slot, frame.clone());
+            delivered += u64::from(self.slot_of.contains_key(&conn));
+        }
+        Ok(delivered)
+    }
+}

@@ -1,0 +1,270 @@
+//! Client messages: rate limiting, parsing, and the handlers of every
+//! action but `join` (in [`rooms`](crate::rooms)) and `publish` (in
+//! [`fanout`](crate::fanout)).
+//!
+//! Replies keep the order of requests: while a request waits for the
+//! engine (a join that needs a read, a publish), the connection's later
+//! messages wait behind it (at most `engine_deferred_messages_max`).
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::access::{Identity, User};
+use crate::codes::{CloseCode, ErrorCode};
+use crate::connections::deadline_us;
+use crate::envelope;
+use crate::machine::{Core, Deferred};
+use crate::names::{ConnectionId, RoomName};
+use crate::output::{Output, TextFrame};
+use crate::rate::Verdict;
+use crate::request::{parse_request, Action, Rejection, RequestId};
+use crate::time::Now;
+
+impl Core {
+    /// A message from the client: run now, or deferred behind a request
+    /// that waits for the engine.
+    pub(crate) fn client_message(&mut self, now: Now, conn: ConnectionId, text: Option<&str>) {
+        let deferred_max = self.config.limits.engine_deferred_messages_max;
+        let Some(connection) = self.conn_mut(conn) else {
+            return;
+        };
+        connection.last_heard_us = now.monotonic_us;
+        let Some(waiting) = connection.waiting.as_mut() else {
+            return self.run_message(now, conn, text);
+        };
+        if waiting.len() < deferred_max {
+            waiting.push_back(match text {
+                Some(text) => Deferred::Text(text.to_owned()),
+                None => Deferred::Binary,
+            });
+            return;
+        }
+        // Too many messages behind a slow engine answer: refuse this one
+        // (with its id, so the client knows which) instead of growing.
+        let id = text.and_then(|t| match parse_request(t) {
+            Ok(request) => request.id,
+            Err(rejection) => rejection.id,
+        });
+        let message = "too many messages waiting behind an engine answer; slow down";
+        let frame = envelope::error(now.unix_ms, ErrorCode::RateLimited, message, id.as_ref());
+        if let Some(&slot) = self.slot_of.get(&conn) {
+            self.send(slot, frame);
+        }
+    }
+
+    /// Rate-limits, parses and handles one client message.
+    pub(crate) fn run_message(&mut self, now: Now, conn: ConnectionId, text: Option<&str>) {
+        let Some(&slot) = self.slot_of.get(&conn) else {
+            return;
+        };
+        let Some(connection) = self.conns[slot as usize].as_mut() else {
+            return;
+        };
+        let verdict = connection
+            .limiter
+            .check(&self.config.limits, now.monotonic_us);
+        let parsed = match text {
+            Some(text) => parse_request(text),
+            None => Err(Rejection {
+                id: None,
+                code: ErrorCode::InvalidMessage,
+                message: "binary frames are not supported; send JSON text".to_owned(),
+            }),
+        };
+        match verdict {
+            Verdict::Allow => {}
+            Verdict::Warn => {
+                let id = match &parsed {
+                    Ok(request) => request.id.as_ref(),
+                    Err(rejection) => rejection.id.as_ref(),
+                };
+                let frame = envelope::error(
+                    now.unix_ms,
+                    ErrorCode::RateLimited,
+                    "rate limit exceeded; slow down",
+                    id,
+                );
+                return self.send(slot, frame);
+            }
+            Verdict::Close => return self.close(conn, Some(CloseCode::PolicyViolation)),
+        }
+        let request = match parsed {
+            Ok(request) => request,
+            Err(rejection) => {
+                let frame = envelope::error(
+                    now.unix_ms,
+                    rejection.code,
+                    &rejection.message,
+                    rejection.id.as_ref(),
+                );
+                return self.send(slot, frame);
+            }
+        };
+        let id = request.id.as_ref();
+        let reply = match request.action {
+            Action::Ping => envelope::pong(now.unix_ms, id),
+            Action::Join { room, since } => return self.join(now, slot, room, since, request.id),
+            Action::Leave { room } => self.leave(now, slot, room, id),
+            Action::Presence { room, after } => {
+                self.presence(now, slot, &room, after.as_deref(), id)
+            }
+            Action::Publish { room, kind, data } => {
+                return self.client_publish(now, slot, room, kind, data, request.id)
+            }
+            Action::Refresh { token } => {
+                if connection_user(&self.conns, slot).is_none() {
+                    let message =
+                        "an anonymous connection has no token to refresh; reconnect with a token";
+                    envelope::error(now.unix_ms, ErrorCode::InvalidToken, message, id)
+                } else {
+                    // Verification is the shell's (it holds the keys); the
+                    // answer comes back as `Input::TokenVerified`.
+                    self.outputs.push_back(Output::VerifyToken {
+                        conn,
+                        token,
+                        id: request.id.clone(),
+                    });
+                    return;
+                }
+            }
+        };
+        self.send(slot, reply);
+    }
+
+    fn leave(&mut self, now: Now, slot: u32, room: RoomName, id: Option<&RequestId>) -> TextFrame {
+        let Some(connection) = self.conns[slot as usize].as_mut() else {
+            unreachable_slot()
+        };
+        if connection.rooms.remove(&room) {
+            connection.held.drop_room(&room);
+            let conn = connection.id;
+            let user = connection.identity.user().map(|u| u.id.clone());
+            self.remove_member(&room, conn, user.as_deref());
+        }
+        #[derive(Serialize)]
+        struct Left<'a> {
+            message: String,
+            room: &'a str,
+        }
+        let data = Left {
+            message: format!("Left room: {room}"),
+            room: room.as_str(),
+        };
+        envelope::envelope("system_info", now.unix_ms, None, &data, id)
+    }
+
+    fn presence(
+        &self,
+        now: Now,
+        slot: u32,
+        room: &RoomName,
+        after: Option<&str>,
+        id: Option<&RequestId>,
+    ) -> TextFrame {
+        let member = self.conns[slot as usize]
+            .as_ref()
+            .is_some_and(|c| c.rooms.contains(room));
+        let Some(state) = self.rooms.get(room).filter(|_| member) else {
+            return envelope::error(
+                now.unix_ms,
+                ErrorCode::Forbidden,
+                &format!("not a member of room: {room}"),
+                id,
+            );
+        };
+        let users: BTreeSet<&str> = state
+            .members
+            .values()
+            .filter_map(|&s| self.conns[s as usize].as_ref())
+            .filter_map(|c| c.identity.user())
+            .map(|u| u.id.as_str())
+            .collect();
+        let page_max = self.config.limits.presence_page_max;
+        let page: Vec<&str> = users
+            .iter()
+            .copied()
+            .filter(|u| after.is_none_or(|a| *u > a))
+            .take(page_max + 1)
+            .collect();
+        let more = page.len() > page_max;
+        let page = &page[..page.len().min(page_max)];
+        #[derive(Serialize)]
+        struct Presence<'a> {
+            room: &'a str,
+            connections: usize,
+            user_count: usize,
+            users: &'a [&'a str],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            next: Option<&'a str>,
+        }
+        let data = Presence {
+            room: room.as_str(),
+            connections: state.members.len(),
+            user_count: users.len(),
+            users: page,
+            next: if more { page.last().copied() } else { None },
+        };
+        envelope::envelope("presence", now.unix_ms, None, &data, id)
+    }
+
+    /// The shell's verdict on a `refresh`: same user → new expiry and
+    /// scopes; anything else → `INVALID_TOKEN` and the old token stays.
+    pub(crate) fn token_verified(
+        &mut self,
+        now: Now,
+        conn: ConnectionId,
+        id: Option<RequestId>,
+        result: Result<User, String>,
+    ) {
+        let Some(&slot) = self.slot_of.get(&conn) else {
+            return;
+        };
+        let Some(connection) = self.conns[slot as usize].as_mut() else {
+            return;
+        };
+        let current = connection.identity.user().map(|u| u.id.clone());
+        let frame = match result {
+            Err(why) => envelope::error(
+                now.unix_ms,
+                ErrorCode::InvalidToken,
+                &format!("token refused: {why}"),
+                id.as_ref(),
+            ),
+            Ok(user) if Some(&user.id) != current.as_ref() => {
+                let message =
+                    "the new token is for another user (sub); the old token stays in force";
+                envelope::error(now.unix_ms, ErrorCode::InvalidToken, message, id.as_ref())
+            }
+            Ok(user) => {
+                connection.token_deadline_us =
+                    user.expires_unix_ms.map(|exp| deadline_us(now, exp));
+                connection.token_warned = false;
+                let expires_at = user.expires_unix_ms.map(|ms| {
+                    String::from_utf8_lossy(&crate::time::format_rfc3339_ms(ms)).into_owned()
+                });
+                connection.identity = Identity::User(user);
+                let data =
+                    serde_json::json!({"message": "Token refreshed", "expires_at": expires_at});
+                self.schedule(slot);
+                envelope::envelope("system_info", now.unix_ms, None, &data, id.as_ref())
+            }
+        };
+        self.send(slot, frame);
+    }
+}
+
+/// The user behind the connection in `slot`, if authenticated.
+pub(crate) fn connection_user(
+    conns: &[Option<crate::machine::Connection>],
+    slot: u32,
+) -> Option<&User> {
+    conns.get(slot as usize)?.as_ref()?.identity.user()
+}
+
+#[track_caller]
+pub(crate) fn unreachable_slot() -> ! {
+    // Only called with the slot of the connection whose message is being
+    // handled, which is live for the whole call.
+    unreachable!("handler called for an empty slot")
+}

@@ -1,0 +1,190 @@
+//! [`Standalone`]: a [`Core`] and its engine in one pure state machine,
+//! the engine answered inline in the same loop. This is the heart of the
+//! default single-node server (with [`MemoryEngine`]) and, with a fault
+//! layer in place of the engine, of the simulator, property tests and
+//! fuzzers.
+//!
+//! After each input the core's engine requests go to the engine, and the
+//! engine's answers and live messages go back to the core, until both are
+//! quiet. A broadcast whose answer is already there is answered at once
+//! ([`Response::Published`]); one whose answer is delayed (only with a
+//! fault layer) answers [`Response::Pending`] and comes later from
+//! [`Standalone::poll_answer`].
+
+use crate::config::{CoreConfig, Response, Ticket};
+use crate::engine::memory::{MemoryEngine, NodeId};
+use crate::engine::{EngineEvent, EngineRequest};
+use crate::input::Input;
+use crate::machine::Core;
+use crate::names::RoomName;
+use crate::output::Output;
+use crate::room_log::HistoryBounds;
+use crate::time::Now;
+
+/// An engine driven inline, in the caller's loop: requests in, answers and
+/// live messages out once due.
+pub trait InlineEngine {
+    /// Takes one request of `node` at `now_us`.
+    fn request(&mut self, node: NodeId, now_us: u64, request: EngineRequest);
+    /// The next event due at `now_us`, with the node it is for.
+    fn next_event(&mut self, now_us: u64) -> Option<(NodeId, EngineEvent)>;
+    /// When the engine next needs [`on_timeout`](Self::on_timeout).
+    fn timeout(&self) -> Option<u64>;
+    /// Time has passed.
+    fn on_timeout(&mut self, now_us: u64);
+    /// Rooms the engine keeps (followed, or holding history).
+    fn room_count(&self) -> usize;
+    /// The engine's own invariants (tests, simulator, fuzzers).
+    fn check(&self) -> Result<(), String>;
+}
+
+impl InlineEngine for MemoryEngine {
+    fn request(&mut self, node: NodeId, now_us: u64, request: EngineRequest) {
+        self.handle(node, now_us, request);
+    }
+    fn next_event(&mut self, _now_us: u64) -> Option<(NodeId, EngineEvent)> {
+        self.poll_event()
+    }
+    fn timeout(&self) -> Option<u64> {
+        self.poll_timeout()
+    }
+    fn on_timeout(&mut self, now_us: u64) {
+        MemoryEngine::on_timeout(self, now_us);
+    }
+    fn room_count(&self) -> usize {
+        MemoryEngine::room_count(self)
+    }
+    fn check(&self) -> Result<(), String> {
+        MemoryEngine::check(self)
+    }
+}
+
+/// The history bounds of a configuration's limits table.
+pub fn history_bounds(config: &CoreConfig) -> HistoryBounds {
+    HistoryBounds {
+        messages_max: config.limits.history_messages_max,
+        age_max_us: config.limits.history_age_ms.saturating_mul(1000),
+    }
+}
+
+/// A core and its inline engine. See the module docs.
+#[derive(Debug)]
+pub struct Standalone<E = MemoryEngine> {
+    core: Core,
+    engine: E,
+}
+
+/// The one node of a standalone engine.
+const NODE: NodeId = 0;
+
+impl Standalone<MemoryEngine> {
+    /// A core with its in-memory engine.
+    pub fn new(config: CoreConfig) -> Standalone<MemoryEngine> {
+        let engine = MemoryEngine::new(history_bounds(&config), config.epoch_prefix.clone());
+        Standalone::with_engine(config, engine)
+    }
+}
+
+impl<E: InlineEngine> Standalone<E> {
+    /// A core with the given inline engine.
+    pub fn with_engine(config: CoreConfig, engine: E) -> Standalone<E> {
+        Standalone {
+            core: Core::new(config),
+            engine,
+        }
+    }
+
+    /// Applies one input at `now`, then lets core and engine talk until quiet.
+    pub fn handle(&mut self, now: Now, input: Input<'_>) -> Response {
+        if matches!(input, Input::Timeout) {
+            self.engine.on_timeout(now.monotonic_us);
+        }
+        let response = self.core.handle(now, input);
+        self.pump(now);
+        match response {
+            Response::Pending(ticket) => self.take_answer(ticket).unwrap_or(response),
+            other => other,
+        }
+    }
+
+    fn pump(&mut self, now: Now) {
+        loop {
+            while let Some(request) = self.core.poll_engine() {
+                self.engine.request(NODE, now.monotonic_us, request);
+            }
+            let Some((_, event)) = self.engine.next_event(now.monotonic_us) else {
+                return;
+            };
+            self.core.handle(now, Input::Engine(event));
+        }
+    }
+
+    fn take_answer(&mut self, ticket: Ticket) -> Option<Response> {
+        let at = self.core.answers.iter().position(|(t, _)| *t == ticket)?;
+        self.core.answers.remove(at).map(|(_, response)| response)
+    }
+
+    /// The next output for a connection, in the order decided.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.core.poll_output()
+    }
+
+    /// The next answer to a broadcast that returned [`Response::Pending`].
+    pub fn poll_answer(&mut self) -> Option<(Ticket, Response)> {
+        self.core.poll_answer()
+    }
+
+    /// When `handle(now, Input::Timeout)` is next needed (monotonic µs).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let core = self.core.poll_timeout();
+        let engine = self.engine.timeout();
+        core.into_iter().chain(engine).min()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CoreConfig {
+        self.core.config()
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        self.core.connection_count()
+    }
+
+    /// Rooms with local business (members, pending joins, reads).
+    pub fn local_room_count(&self) -> usize {
+        self.core.room_count()
+    }
+
+    /// Rooms kept: with members here, or holding history in the engine.
+    pub fn room_count(&self) -> usize {
+        self.engine.room_count()
+    }
+
+    /// Members of `room`.
+    pub fn member_count(&self, room: &RoomName) -> usize {
+        self.core.member_count(room)
+    }
+
+    /// The core.
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    /// The engine, for fault injection in tests.
+    pub fn engine_mut(&mut self) -> &mut E {
+        &mut self.engine
+    }
+
+    /// The core's and the engine's invariants.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.core.check_invariants()?;
+        self.engine.check()
+    }
+}

@@ -1,0 +1,531 @@
+//! The engine seam: what the core keeps whatever the engine does. The
+//! core is driven directly; its engine requests are answered by hand (from
+//! an in-memory engine, or planted), late, out of order, lost or failed.
+
+use roomcast_core::engine::memory::MemoryEngine;
+use roomcast_core::engine::{
+    CallId, EngineError, EngineEvent, EngineRequest, Numbered, ReadResult,
+};
+use roomcast_core::oracle::{Observed, Oracle, Sent};
+use roomcast_core::publish::PublishError;
+use roomcast_core::room_log::HistoryBounds;
+use roomcast_core::{
+    ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now, Output, Publish, Response,
+    RoomName, User,
+};
+use serde_json::{json, Value};
+
+const BOUNDS: HistoryBounds = HistoryBounds {
+    messages_max: 100,
+    age_max_us: 3_600_000_000,
+};
+
+struct Harness {
+    core: Core,
+    engine: MemoryEngine,
+    now_us: u64,
+    oracle: Oracle,
+    next_id: u64,
+}
+
+fn room() -> RoomName {
+    RoomName::new("r").unwrap()
+}
+
+impl Harness {
+    fn new(limits: Limits) -> Harness {
+        Harness {
+            core: Core::new(CoreConfig {
+                limits,
+                ..CoreConfig::default()
+            }),
+            engine: MemoryEngine::new(BOUNDS, "e".into()),
+            now_us: 0,
+            oracle: Oracle::new(),
+            next_id: 0,
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now::from_start(1_760_000_000_000, self.now_us)
+    }
+
+    fn open(&mut self, n: u128) -> ConnectionId {
+        let conn = ConnectionId::from_u128(n);
+        let identity = Identity::User(User {
+            id: format!("u{n}"),
+            scopes: vec!["publish".into()],
+            expires_unix_ms: None,
+        });
+        self.oracle.opened(n as u64);
+        self.core.handle(self.now(), Input::Open { conn, identity });
+        self.frames(); // `connected`
+        conn
+    }
+
+    /// Sends a request with a fresh id, telling the oracle what it is.
+    fn request(&mut self, conn: ConnectionId, action: Value, sent: Sent) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut text = action;
+        text["id"] = json!(id);
+        let key = conn.0.as_u128() as u64;
+        self.oracle.sent(key, id.to_string(), sent).unwrap();
+        let text = text.to_string();
+        self.core
+            .handle(self.now(), Input::Text { conn, text: &text });
+        id
+    }
+
+    fn join(&mut self, conn: ConnectionId) -> u64 {
+        let join = json!({"action": "join", "data": {"room": "r"}});
+        self.request(conn, join, Sent::Join("r".into()))
+    }
+
+    fn join_since(&mut self, conn: ConnectionId, epoch: &str, seq: u64) -> u64 {
+        let join =
+            json!({"action": "join", "data": {"room": "r", "since": {"epoch": epoch, "seq": seq}}});
+        self.request(conn, join, Sent::Recover("r".into(), epoch.into(), seq))
+    }
+
+    /// The core's engine requests so far.
+    fn requests(&mut self) -> Vec<EngineRequest> {
+        std::iter::from_fn(|| self.core.poll_engine()).collect()
+    }
+
+    /// Hands requests to the in-memory engine and returns its events
+    /// (without feeding them to the core).
+    fn engine_events(&mut self, requests: Vec<EngineRequest>) -> Vec<EngineEvent> {
+        for request in requests {
+            self.engine.handle(0, self.now_us, request);
+        }
+        std::iter::from_fn(|| self.engine.poll_event())
+            .map(|(_, event)| event)
+            .collect()
+    }
+
+    fn feed(&mut self, event: EngineEvent) -> Response {
+        self.core.handle(self.now(), Input::Engine(event))
+    }
+
+    /// Runs requests through the engine and its events back, until quiet.
+    fn settle(&mut self) {
+        loop {
+            let requests = self.requests();
+            let events = self.engine_events(requests);
+            if events.is_empty() {
+                return;
+            }
+            for event in events {
+                self.feed(event);
+            }
+        }
+    }
+
+    /// Every frame sent since the last call, checked by the oracle.
+    fn frames(&mut self) -> Vec<(ConnectionId, Value)> {
+        let mut frames = Vec::new();
+        while let Some(output) = self.core.poll_output() {
+            let Output::Send { conn, frame } = output else {
+                panic!("unexpected output {output:?}")
+            };
+            let key = conn.0.as_u128() as u64;
+            let observed = Observed::parse(frame.as_str()).unwrap();
+            if let Err(violation) = self.oracle.received(key, &observed) {
+                panic!("{violation}");
+            }
+            self.core.handle(
+                self.now(),
+                Input::Written {
+                    conn,
+                    bytes: frame.len(),
+                },
+            );
+            frames.push((conn, serde_json::from_str(frame.as_str()).unwrap()));
+        }
+        self.core.check_invariants().unwrap();
+        frames
+    }
+
+    /// A broadcast of `n` to room r, returning the core's response.
+    fn broadcast(&mut self, n: u64) -> Response {
+        let Value::Object(data) = json!({"n": n}) else {
+            unreachable!()
+        };
+        let publish = Publish {
+            rooms: vec![room()],
+            kind: "queue_status".into(),
+            data,
+        };
+        self.core.handle(self.now(), Input::Broadcast(publish))
+    }
+}
+
+/// The `seq`s of broadcast frames, in order.
+fn seqs(frames: &[(ConnectionId, Value)], to: ConnectionId) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|(c, f)| *c == to && f.get("seq").is_some())
+        .map(|(_, f)| f["seq"].as_u64().unwrap())
+        .collect()
+}
+
+fn reply(frames: &[(ConnectionId, Value)], to: ConnectionId, id: u64) -> Value {
+    frames
+        .iter()
+        .find(|(c, f)| *c == to && f["id"] == json!(id))
+        .map(|(_, f)| f.clone())
+        .unwrap_or_else(|| panic!("no reply {id} in {frames:#?}"))
+}
+
+/// A numbered message as another node's publish would reach this one.
+fn live(epoch: &str, seq: u64) -> EngineEvent {
+    EngineEvent::Live(Numbered {
+        room: room(),
+        epoch: epoch.into(),
+        seq,
+        frame: format!(r#"{{"type":"queue_status","room":"r","seq":{seq},"data":{{}}}}"#).into(),
+        series: None,
+    })
+}
+
+fn read_call(requests: &[EngineRequest]) -> CallId {
+    let calls: Vec<CallId> = requests
+        .iter()
+        .filter_map(|r| match r {
+            EngineRequest::Read { call, .. } => Some(*call),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls.len(), 1, "exactly one read: {requests:?}");
+    calls[0]
+}
+
+#[test]
+fn a_first_join_waits_for_the_read_and_live_messages_meanwhile_follow_the_reply() {
+    let mut h = Harness::new(Limits::default());
+    let a = h.open(1);
+    let id = h.join(a);
+    let requests = h.requests();
+    assert!(
+        matches!(&requests[0], EngineRequest::Interest { on: true, .. }),
+        "interest before the read: {requests:?}"
+    );
+    let call = read_call(&requests);
+    assert!(h.frames().is_empty(), "no reply before the read answers");
+    // Two messages arrive live while the read is in flight; the read was
+    // taken after the first.
+    h.feed(live("e-1", 1));
+    h.feed(live("e-1", 2));
+    let read = ReadResult {
+        epoch: "e-1".into(),
+        top: 1,
+        frames: Vec::new(),
+    };
+    h.feed(EngineEvent::Read {
+        call,
+        result: Ok(read),
+    });
+    let frames = h.frames();
+    let joined = reply(&frames, a, id);
+    assert_eq!(joined["data"]["seq"], 1);
+    assert_eq!(
+        seqs(&frames, a),
+        vec![2],
+        "exactly the one after the reply's seq"
+    );
+    // The same message arriving again (its append answer, say) is dropped.
+    h.feed(live("e-1", 2));
+    assert!(h.frames().is_empty());
+}
+
+#[test]
+fn recovery_merges_the_read_with_live_messages_without_duplicates() {
+    let mut h = Harness::new(Limits::default());
+    let b = h.open(2);
+    h.join(b);
+    h.settle();
+    for n in 1..=4 {
+        assert!(matches!(h.broadcast(n), Response::Pending(_)));
+        h.settle();
+    }
+    assert_eq!(seqs(&h.frames(), b), vec![1, 2, 3, 4]);
+    let a = h.open(1);
+    let id = h.join_since(a, "e-1", 2);
+    let read_request = h.requests();
+    read_call(&read_request);
+    // Seq 5 is appended (elsewhere) while the read is in flight; the read
+    // already saw it, and its live message arrives too.
+    h.broadcast(5);
+    let append = h.requests();
+    let events = h.engine_events(append);
+    let read = h.engine_events(read_request).pop().unwrap();
+    for event in events {
+        h.feed(event); // live 5 and the append's answer: held during the read
+    }
+    h.feed(read);
+    let frames = h.frames();
+    let joined = reply(&frames, a, id);
+    assert_eq!(joined["data"]["recovered"], true);
+    assert_eq!(joined["data"]["seq"], 5);
+    assert_eq!(
+        seqs(&frames, a),
+        vec![3, 4, 5],
+        "missed frames, once each, in order"
+    );
+    assert_eq!(seqs(&frames, b), vec![5]);
+}
+
+#[test]
+fn a_failed_read_recovers_nothing_and_a_first_join_is_refused() {
+    let mut h = Harness::new(Limits::default());
+    let a = h.open(1);
+    let id = h.join(a);
+    let call = read_call(&h.requests());
+    let failed = Err(EngineError::Unavailable("down".into()));
+    h.feed(EngineEvent::Read {
+        call,
+        result: failed.clone(),
+    });
+    let frames = h.frames();
+    assert_eq!(reply(&frames, a, id)["data"]["code"], "ENGINE_UNAVAILABLE");
+    assert_eq!(h.core.room_count(), 0, "not joined, room forgotten");
+    // With the room known (another member), a recovery that cannot read
+    // is an honest `recovered: false`.
+    let b = h.open(2);
+    h.join(b);
+    h.settle();
+    h.frames();
+    let id = h.join_since(a, "e-1", 0);
+    let call = read_call(&h.requests());
+    h.feed(EngineEvent::Read {
+        call,
+        result: failed,
+    });
+    let frames = h.frames();
+    let joined = reply(&frames, a, id);
+    assert_eq!(joined["data"]["recovered"], false);
+    assert!(seqs(&frames, a).is_empty(), "nothing partial");
+}
+
+#[test]
+fn a_jump_starts_one_read_for_the_room_that_fills_the_gap() {
+    let mut h = Harness::new(Limits::default());
+    let (a, b) = (h.open(1), h.open(2));
+    h.join(a);
+    h.join(b);
+    h.settle();
+    h.frames();
+    // Three appends; this node hears only the third live.
+    let mut events = Vec::new();
+    for n in 1..=3 {
+        h.engine.handle(
+            7,
+            0,
+            EngineRequest::Interest {
+                room: room(),
+                on: true,
+            },
+        );
+        let message = roomcast_core::engine::Unnumbered {
+            head: r#"{"type":"queue_status","room":"r","seq":"#.into(),
+            tail: format!(r#","data":{{"n":{n}}}}}"#),
+            series: None,
+        };
+        events.extend(h.engine_events(vec![EngineRequest::Append {
+            call: CallId(1_000 + n),
+            room: room(),
+            message,
+        }]));
+    }
+    let lives: Vec<EngineEvent> = events
+        .into_iter()
+        .filter(|e| matches!(e, EngineEvent::Live(m) if m.seq == 3))
+        .collect();
+    for event in lives {
+        h.feed(event);
+    }
+    let requests = h.requests();
+    read_call(&requests); // one read for the room, not one per member
+    assert!(h.frames().is_empty(), "nothing out of order meanwhile");
+    let events = h.engine_events(requests);
+    for event in events {
+        h.feed(event);
+    }
+    let frames = h.frames();
+    assert_eq!(seqs(&frames, a), vec![1, 2, 3]);
+    assert_eq!(seqs(&frames, b), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_gap_history_cannot_fill_is_announced_to_every_member() {
+    let mut h = Harness::new(Limits::default());
+    let (a, b) = (h.open(1), h.open(2));
+    h.join(a);
+    h.join(b);
+    h.settle();
+    h.frames();
+    // A planted engine skipped seq 1: it streams 2 and its history lacks 1.
+    h.feed(live("e-1", 2));
+    let call = read_call(&h.requests());
+    let frame = |seq: u64| {
+        format!(r#"{{"type":"queue_status","room":"r","seq":{seq},"data":{{}}}}"#).into()
+    };
+    h.feed(EngineEvent::Read {
+        call,
+        result: Ok(ReadResult {
+            epoch: "e-1".into(),
+            top: 2,
+            frames: vec![(2, frame(2))],
+        }),
+    });
+    let frames = h.frames();
+    for member in [a, b] {
+        let warnings: Vec<&Value> = frames
+            .iter()
+            .filter(|(c, f)| *c == member && f["type"] == "system_warning")
+            .map(|(_, f)| f)
+            .collect();
+        assert_eq!(warnings.len(), 1, "{frames:#?}");
+        assert_eq!(warnings[0]["data"]["code"], "ROOM_GAP");
+        assert_eq!(warnings[0]["data"]["seq"], 2);
+        assert!(seqs(&frames, member).is_empty(), "continues after seq 2");
+    }
+    // The engine lost its data: a new epoch is a gap too.
+    h.feed(live("e-9", 1));
+    let call = read_call(&h.requests());
+    h.feed(EngineEvent::Read {
+        call,
+        result: Ok(ReadResult {
+            epoch: "e-9".into(),
+            top: 1,
+            frames: vec![(1, frame(1))],
+        }),
+    });
+    let frames = h.frames();
+    assert_eq!(frames.len(), 2, "one warning each: {frames:#?}");
+    assert!(frames.iter().all(|(_, f)| f["data"]["epoch"] == "e-9"));
+    h.feed(live("e-9", 2));
+    assert_eq!(seqs(&h.frames(), a), vec![2]);
+}
+
+#[test]
+fn a_lost_last_message_is_found_by_the_stream_check() {
+    let limits = Limits {
+        stream_check_interval_ms: 1_000,
+        ..Limits::default()
+    };
+    let mut h = Harness::new(limits);
+    let a = h.open(1);
+    h.join(a);
+    h.settle();
+    h.frames();
+    // Appended elsewhere; its live message is lost on the way.
+    h.engine_events(vec![EngineRequest::Append {
+        call: CallId(99),
+        room: room(),
+        message: roomcast_core::engine::Unnumbered {
+            head: r#"{"type":"queue_status","room":"r","seq":"#.into(),
+            tail: r#","data":{}}"#.into(),
+            series: None,
+        },
+    }]);
+    h.now_us += 1_000_001;
+    assert!(h.core.poll_timeout().is_some_and(|at| at <= h.now_us));
+    h.core.handle(h.now(), Input::Timeout);
+    h.settle();
+    assert_eq!(seqs(&h.frames(), a), vec![1]);
+}
+
+#[test]
+fn publish_receipts_wait_for_the_engine_and_failures_are_errors() {
+    let limits = Limits {
+        engine_calls_max: 2,
+        ..Limits::default()
+    };
+    let mut h = Harness::new(limits);
+    let a = h.open(1);
+    h.join(a);
+    h.settle();
+    h.frames();
+    let Response::Pending(ticket) = h.broadcast(1) else {
+        panic!("a broadcast waits for its append")
+    };
+    assert!(h.core.poll_answer().is_none());
+    h.settle();
+    match h.core.poll_answer() {
+        Some((t, Response::Published(receipt))) => {
+            assert_eq!(t, ticket);
+            assert_eq!(receipt.delivered, 1);
+            assert_eq!(receipt.rooms[0].seq, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    h.frames();
+    // A failed append: 503-shaped error, nothing delivered.
+    let Response::Pending(ticket) = h.broadcast(2) else {
+        panic!()
+    };
+    let requests = h.requests();
+    let EngineRequest::Append { call, .. } = &requests[0] else {
+        panic!("{requests:?}")
+    };
+    h.feed(EngineEvent::Appended {
+        call: *call,
+        result: Err(EngineError::Unavailable("timed out".into())),
+    });
+    match h.core.poll_answer() {
+        Some((t, Response::Rejected(error))) => {
+            assert_eq!(t, ticket);
+            assert_eq!(error.code(), "ENGINE_UNAVAILABLE");
+            assert!(error.message().contains("timed out"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(h.frames().is_empty());
+    // Bounded: two appends in flight fill `engine_calls_max`.
+    assert!(matches!(h.broadcast(3), Response::Pending(_)));
+    assert!(matches!(h.broadcast(4), Response::Pending(_)));
+    match h.broadcast(5) {
+        Response::Rejected(PublishError::EngineUnavailable { .. }) => {}
+        other => panic!("a full engine queue refuses: {other:?}"),
+    }
+}
+
+#[test]
+fn a_client_publish_answers_after_the_append_and_later_messages_wait_behind_it() {
+    let mut h = Harness::new(Limits::default());
+    let a = h.open(1);
+    h.join(a);
+    h.settle();
+    h.frames();
+    let publish =
+        json!({"action": "publish", "data": {"room": "r", "type": "queue_status", "data": {}}});
+    let published = h.request(a, publish, Sent::Other);
+    let ping = h.request(a, json!({"action": "ping"}), Sent::Other);
+    assert!(h.frames().is_empty(), "nothing before the engine answers");
+    h.settle();
+    let frames = h.frames();
+    let order: Vec<Value> = frames.iter().map(|(_, f)| f["id"].clone()).collect();
+    assert_eq!(
+        order,
+        vec![Value::Null, json!(published), json!(ping)],
+        "the broadcast, the publish reply, then the pong: {frames:#?}"
+    );
+    assert_eq!(reply(&frames, a, published)["data"]["seq"], 1);
+}
+
+#[test]
+fn a_planted_engine_that_replays_a_message_delivers_it_once() {
+    let mut h = Harness::new(Limits::default());
+    let a = h.open(1);
+    h.join(a);
+    h.settle();
+    h.frames();
+    h.feed(live("e-1", 1));
+    h.feed(live("e-1", 1));
+    h.feed(live("e-1", 2));
+    h.feed(live("e-1", 1));
+    assert_eq!(seqs(&h.frames(), a), vec![1, 2]);
+    assert!(h.requests().is_empty(), "a duplicate is no gap");
+}
