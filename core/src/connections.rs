@@ -209,10 +209,7 @@ impl Core {
             // Run it as if it just arrived: the wait is lifted for this one
             // message and put back if it waits for the engine again.
             let rest = connection.waiting.take();
-            match next {
-                crate::machine::Deferred::Text(text) => self.run_message(now, conn, Some(&text)),
-                crate::machine::Deferred::Binary => self.run_message(now, conn, None),
-            }
+            self.run_message(now, conn, next.text.as_deref(), next.verdict);
             let Some(connection) = self.conn_mut(conn) else {
                 return;
             };

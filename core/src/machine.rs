@@ -48,11 +48,14 @@ pub(crate) struct Connection {
     pub(crate) waiting: Option<Box<VecDeque<Deferred>>>,
 }
 
-/// A client message that arrived while an earlier one waited for the engine.
+/// A client message that arrived while an earlier one waited for the
+/// engine: its text (`None` for a binary frame) and the rate limiter's
+/// verdict at arrival (the allowance is about when messages arrive, not
+/// when they run).
 #[derive(Debug)]
-pub(crate) enum Deferred {
-    Text(String),
-    Binary,
+pub(crate) struct Deferred {
+    pub(crate) text: Option<String>,
+    pub(crate) verdict: crate::rate::Verdict,
 }
 
 /// One room this node has local business in: members, joins waiting for

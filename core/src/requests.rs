@@ -26,17 +26,27 @@ impl Core {
     /// that waits for the engine.
     pub(crate) fn client_message(&mut self, now: Now, conn: ConnectionId, text: Option<&str>) {
         let deferred_max = self.config.limits.engine_deferred_messages_max;
-        let Some(connection) = self.conn_mut(conn) else {
+        let Some(&slot) = self.slot_of.get(&conn) else {
+            return;
+        };
+        let Some(connection) = self.conns[slot as usize].as_mut() else {
             return;
         };
         connection.last_heard_us = now.monotonic_us;
+        let verdict = connection
+            .limiter
+            .check(&self.config.limits, now.monotonic_us);
         let Some(waiting) = connection.waiting.as_mut() else {
-            return self.run_message(now, conn, text);
+            return self.run_message(now, conn, text, verdict);
         };
+        if verdict == Verdict::Close {
+            // Closing needs no reply order.
+            return self.close(conn, Some(CloseCode::PolicyViolation));
+        }
         if waiting.len() < deferred_max {
-            waiting.push_back(match text {
-                Some(text) => Deferred::Text(text.to_owned()),
-                None => Deferred::Binary,
+            waiting.push_back(Deferred {
+                text: text.map(str::to_owned),
+                verdict,
             });
             return;
         }
@@ -48,22 +58,21 @@ impl Core {
         });
         let message = "too many messages waiting behind an engine answer; slow down";
         let frame = envelope::error(now.unix_ms, ErrorCode::RateLimited, message, id.as_ref());
-        if let Some(&slot) = self.slot_of.get(&conn) {
-            self.send(slot, frame);
-        }
+        self.send(slot, frame);
     }
 
-    /// Rate-limits, parses and handles one client message.
-    pub(crate) fn run_message(&mut self, now: Now, conn: ConnectionId, text: Option<&str>) {
+    /// Parses and handles one client message, given the rate limiter's
+    /// verdict on it.
+    pub(crate) fn run_message(
+        &mut self,
+        now: Now,
+        conn: ConnectionId,
+        text: Option<&str>,
+        verdict: Verdict,
+    ) {
         let Some(&slot) = self.slot_of.get(&conn) else {
             return;
         };
-        let Some(connection) = self.conns[slot as usize].as_mut() else {
-            return;
-        };
-        let verdict = connection
-            .limiter
-            .check(&self.config.limits, now.monotonic_us);
         let parsed = match text {
             Some(text) => parse_request(text),
             None => Err(Rejection {

@@ -529,3 +529,41 @@ fn a_planted_engine_that_replays_a_message_delivers_it_once() {
     assert_eq!(seqs(&h.frames(), a), vec![1, 2]);
     assert!(h.requests().is_empty(), "a duplicate is no gap");
 }
+
+#[test]
+fn messages_waiting_behind_the_engine_are_bounded() {
+    let limits = Limits {
+        engine_deferred_messages_max: 2,
+        ..Limits::default()
+    };
+    let mut h = Harness::new(limits);
+    let a = h.open(1);
+    h.join(a);
+    h.settle();
+    h.frames();
+    let publish =
+        json!({"action": "publish", "data": {"room": "r", "type": "queue_status", "data": {}}});
+    let published = h.request(a, publish, Sent::Other);
+    let pings: Vec<u64> = (0..3)
+        .map(|_| h.request(a, json!({"action": "ping"}), Sent::Other))
+        .collect();
+    let frames = h.frames();
+    assert_eq!(
+        frames.len(),
+        1,
+        "only the third ping is answered now: {frames:#?}"
+    );
+    assert_eq!(reply(&frames, a, pings[2])["data"]["code"], "RATE_LIMITED");
+    h.settle();
+    let frames = h.frames();
+    let order: Vec<Value> = frames.iter().map(|(_, f)| f["id"].clone()).collect();
+    assert_eq!(
+        order,
+        vec![
+            Value::Null,
+            json!(published),
+            json!(pings[0]),
+            json!(pings[1])
+        ]
+    );
+}
