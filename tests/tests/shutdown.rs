@@ -191,3 +191,60 @@ async fn the_roomcast_log_filter_variable_does_not_break_startup() {
         .expect("wait");
     assert!(status.success(), "{status}");
 }
+
+/// Kubernetes injects these into every pod of a namespace that has a
+/// Service named `roomcast`, including roomcast's own pods. They name no
+/// setting: the server starts, and logs a warning naming each of them.
+#[tokio::test]
+async fn kubernetes_service_variables_do_not_stop_startup() {
+    const KUBERNETES: [(&str, &str); 7] = [
+        ("ROOMCAST_PORT", "tcp://10.96.0.17:8080"),
+        ("ROOMCAST_SERVICE_HOST", "10.96.0.17"),
+        ("ROOMCAST_SERVICE_PORT", "8080"),
+        ("ROOMCAST_PORT_8080_TCP", "tcp://10.96.0.17:8080"),
+        ("ROOMCAST_PORT_8080_TCP_ADDR", "10.96.0.17"),
+        ("ROOMCAST_PORT_8080_TCP_PORT", "8080"),
+        ("ROOMCAST_PORT_8080_TCP_PROTO", "tcp"),
+    ];
+    let addr = free_addr();
+    let mut child = command(addr, &KUBERNETES)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn roomcast");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = pipe.read_to_string(&mut stderr).await;
+            }
+            panic!("roomcast with the Kubernetes variables exited at start with {status}: {stderr}");
+        }
+        if let Ok(Ok(response)) =
+            tokio::time::timeout(Duration::from_secs(2), try_health(addr)).await
+        {
+            if response.status == 200 {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "roomcast did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send_signal(&child, "TERM");
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("exit")
+        .expect("wait");
+    assert!(output.status.success(), "{}", output.status);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for (name, _) in KUBERNETES {
+        assert!(
+            stderr.contains(&format!("ignoring environment variable {name}:")),
+            "no warning names {name}: {stderr}"
+        );
+    }
+}
