@@ -313,3 +313,41 @@ async fn authenticated_only_rooms() {
     anonymous.close().await;
     alice.close().await;
 }
+
+/// `user:<sub>` rooms for the `sub` formats of common identity providers:
+/// the sub is written with the room-name encoding (`|` → `%7C`, `@` →
+/// `%40`, `+` → `%2B`); only its owner may join, and a publisher reaches it.
+#[tokio::test]
+async fn private_user_rooms_work_for_provider_subs() {
+    let server = TestServer::start_default().await;
+    let mut other = server.client_with_token(&token("alice", "")).await;
+    for (sub, room) in [
+        (
+            "auth0|5f1c2d3e4f5a6b7c8d9e0f1a",
+            "user:auth0%7C5f1c2d3e4f5a6b7c8d9e0f1a",
+        ),
+        ("google-oauth2|1234", "user:google-oauth2%7C1234"),
+        ("alice@example.com", "user:alice%40example.com"),
+        ("bo+b@example.com", "user:bo%2Bb%40example.com"),
+    ] {
+        let mut owner = Client::connect(server.addr, Auth::Header(token(sub, ""))).await;
+        assert_eq!(owner.connected["data"]["user_id"], sub);
+        owner.join(room).await;
+        let reply = other
+            .request(json!({"action": "join", "data": {"room": room}}))
+            .await;
+        assert_eq!(reply["data"]["code"], "FORBIDDEN", "{room}: {reply}");
+        let response = server
+            .broadcast(
+                &token("backend", "publish"),
+                json!({"room": room, "type": "system_info", "data": {"message": "hi"}}),
+            )
+            .await;
+        assert_eq!(response.status, 200, "{response:?}");
+        assert_eq!(response.json()["delivered"], 1, "{room}");
+        let got = owner.recv_json().await;
+        assert_eq!(got["room"], room, "{got}");
+        owner.close().await;
+    }
+    other.close().await;
+}
