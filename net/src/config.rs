@@ -191,6 +191,12 @@ impl ServerConfig {
         if self.rooms.conflation_window_ms == 0 || self.rooms.conflation_window_ms > 60_000 {
             return Err("rooms: conflation_window_ms must be between 1 and 60000".into());
         }
+        if l.inbound_bytes_max < l.message_bytes_max.max(l.api_body_bytes_max) {
+            return Err("limits: inbound_bytes_max must be at least message_bytes_max and api_body_bytes_max (one message must fit)".into());
+        }
+        if l.api_body_timeout_ms == 0 {
+            return Err("limits: api_body_timeout_ms must be > 0".into());
+        }
         if l.idle_timeout_ms <= l.ping_interval_ms {
             return Err("limits: idle_timeout_ms must be greater than ping_interval_ms".into());
         }
@@ -261,6 +267,10 @@ const LIMIT_KEYS: &[&str] = &[
     "history_messages_max",
     "history_age_ms",
     "token_warning_ms",
+    "linger_ms",
+    "linger_bytes_max",
+    "api_body_timeout_ms",
+    "inbound_bytes_max",
 ];
 
 /// What a `ROOMCAST_*` variable is.

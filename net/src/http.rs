@@ -99,6 +99,13 @@ impl ApiError {
                 .headers_mut()
                 .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
         }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come: do not read it as the
+            // next request.
+            response
+                .headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if self.status == StatusCode::UPGRADE_REQUIRED {
             response
                 .headers_mut()
@@ -345,7 +352,8 @@ fn api_caller(app: &App, request: &Request<Incoming>) -> Result<User, ApiError> 
     Ok(user)
 }
 
-/// Reads the body within the configured limit (413 beyond it).
+/// Reads the body within the configured size (413 beyond it) and time
+/// (408 beyond it; the connection is then closed).
 async fn read_body(app: &App, request: Request<Incoming>) -> Result<Bytes, ApiError> {
     let limit = app.config.limits.api_body_bytes_max;
     let too_large = || {
@@ -363,13 +371,20 @@ async fn read_body(app: &App, request: Request<Incoming>) -> Result<Bytes, ApiEr
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(ApiError::new(
+    let timeout_ms = app.config.limits.api_body_timeout_ms;
+    let collect = Limited::new(request.into_body(), limit).collect();
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "INVALID_BODY",
             "could not read the request body",
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            format!("the request body did not arrive within {timeout_ms} ms"),
         )),
     }
 }
