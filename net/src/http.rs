@@ -276,7 +276,7 @@ async fn open_session(
         conn,
         signalled,
         hub: app.hub.clone(),
-        close_flush_timeout: Duration::from_millis(app.config.close_flush_timeout_ms),
+        settings: app.session_settings.clone(),
         user_id,
         held,
     })

@@ -58,6 +58,7 @@ pub(crate) struct App {
     pub(crate) node_id: String,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) ws_config: WebSocketConfig,
+    pub(crate) session_settings: Arc<crate::session::SessionSettings>,
     /// Set when shutdown begins: upgrades still arriving on kept-alive HTTP
     /// connections get 503 instead of a session nobody will close.
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
@@ -134,6 +135,11 @@ pub async fn serve<L: Listener>(
         node_id,
         sessions: Arc::new(Sessions::default()),
         ws_config,
+        session_settings: Arc::new(crate::session::SessionSettings {
+            close_flush_timeout: Duration::from_millis(config.close_flush_timeout_ms),
+            linger: Duration::from_millis(limits.linger_ms),
+            linger_bytes_max: limits.linger_bytes_max,
+        }),
         shutting_down: std::sync::atomic::AtomicBool::new(false),
         config,
     });

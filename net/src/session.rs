@@ -12,13 +12,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
-use hyper_tungstenite::tungstenite::error::CapacityError;
+use hyper_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use hyper_tungstenite::tungstenite::{Error as WsError, Message};
 use hyper_tungstenite::WebSocketStream;
 use hyper_util::rt::TokioIo;
@@ -105,12 +106,23 @@ pub struct Session {
     pub signalled: oneshot::Receiver<SessionSignal>,
     /// The hub's channel.
     pub hub: mpsc::Sender<HubInput>,
-    /// How long a closing client has to answer the close frame.
-    pub close_flush_timeout: Duration,
+    /// What every session shares: timeouts and bounds.
+    pub settings: Arc<SessionSettings>,
     /// Who it is, for the logs.
     pub user_id: Option<String>,
     /// What the connection holds until it ends.
     pub held: Held,
+}
+
+/// Settings shared by every session.
+#[derive(Debug)]
+pub struct SessionSettings {
+    /// How long a closing client has to answer the close frame.
+    pub close_flush_timeout: Duration,
+    /// Longest linger after a close for a violation.
+    pub linger: Duration,
+    /// Most bytes read and discarded while lingering.
+    pub linger_bytes_max: usize,
 }
 
 /// What a connection holds until it ends: its admission slot and its
@@ -172,9 +184,16 @@ impl Session {
                     Step::Stop(signal) => break signal,
                 }
             };
-            if let SessionSignal::Closing(code) = outcome {
-                debug!(conn = %conn, code = code.code(), "waiting for the client's close reply");
-                Box::pin(self.await_close_reply()).await;
+            match outcome {
+                SessionSignal::Closing(code) if code.lingers() => {
+                    debug!(conn = %conn, code = code.code(), "lingering after a close for a violation");
+                    Box::pin(self.linger()).await;
+                }
+                SessionSignal::Closing(code) => {
+                    debug!(conn = %conn, code = code.code(), "waiting for the client's close reply");
+                    Box::pin(self.await_close_reply()).await;
+                }
+                SessionSignal::Gone => {}
             }
             hand_over(&self.hub, HubInput::Closed { conn })
                 .finish()
@@ -206,7 +225,7 @@ impl Session {
     /// a reset; whatever tungstenite wants to answer is dropped (our close
     /// frame already went out through the hub).
     async fn await_close_reply(&mut self) {
-        let _ = timeout(self.close_flush_timeout, async {
+        let _ = timeout(self.settings.close_flush_timeout, async {
             while let Some(Ok(message)) = self.socket.next().await {
                 // Pongs tungstenite answers meanwhile are not sent.
                 self.socket.get_mut().control.bytes.clear();
@@ -216,6 +235,33 @@ impl Session {
             }
         })
         .await;
+    }
+}
+
+impl Session {
+    /// A lingering close: the hub writes our close frame and then shuts
+    /// the sending side down (FIN); meanwhile whatever the client still
+    /// sends (the rest of an oversize message, a flood) is read raw and
+    /// thrown away, until the client closes its side, `linger` has passed
+    /// or `linger_bytes_max` bytes were discarded. Closing a socket with
+    /// unread data would make the kernel send a reset, which can destroy
+    /// the close frame before the client reads it (it would see 1006).
+    async fn linger(&mut self) {
+        use tokio::io::AsyncReadExt;
+        let settings = self.settings.clone();
+        let read = &mut self.socket.get_mut().read;
+        let mut buffer = vec![0u8; 16 * 1024];
+        let mut discarded = 0usize;
+        let _ = timeout(settings.linger, async {
+            while discarded < settings.linger_bytes_max {
+                match read.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => discarded += n,
+                }
+            }
+        })
+        .await;
+        debug!(conn = %self.conn, discarded, "linger over");
     }
 }
 
@@ -246,17 +292,26 @@ fn step(
         Some(Ok(Message::Binary(_))) => HubInput::Binary { conn },
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Step::Answered,
         Some(Ok(Message::Frame(_))) => return Step::Continue,
-        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))
-        | Some(Err(WsError::Capacity(CapacityError::TooManyHeaders))) => {
-            *reading = false;
-            HubInput::Abort {
-                conn,
-                code: CloseCode::MessageTooBig,
-            }
-        }
         Some(Ok(Message::Close(_))) => return Step::ClientClosed,
-        // The socket failed or the stream ended.
-        Some(Err(_)) | None => return Step::Stop(SessionSignal::Gone),
+        // The socket failed or the stream ended (without a close frame).
+        Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) | None => {
+            return Step::Stop(SessionSignal::Gone)
+        }
+        // The client broke the rules: the rest of what it sent cannot be
+        // read as frames any more. The hub closes with the code; then the
+        // session lingers.
+        Some(Err(error)) => {
+            let code = match error {
+                WsError::Capacity(
+                    CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders,
+                ) => CloseCode::MessageTooBig,
+                WsError::Utf8(_) => CloseCode::InvalidPayload,
+                WsError::Protocol(_) => CloseCode::ProtocolError,
+                _ => return Step::Stop(SessionSignal::Gone),
+            };
+            *reading = false;
+            HubInput::Abort { conn, code }
+        }
     };
     match hand_over(hub, input) {
         Handover::Done(true) => Step::Continue,
