@@ -277,6 +277,7 @@ async fn open_session(
         signalled,
         hub: app.hub.clone(),
         settings: app.session_settings.clone(),
+        control_frames: None,
         user_id,
         held,
     })

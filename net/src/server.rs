@@ -139,6 +139,8 @@ pub async fn serve<L: Listener>(
             close_flush_timeout: Duration::from_millis(config.close_flush_timeout_ms),
             linger: Duration::from_millis(limits.linger_ms),
             linger_bytes_max: limits.linger_bytes_max,
+            limits: limits.clone(),
+            clock,
         }),
         shutting_down: std::sync::atomic::AtomicBool::new(false),
         config,

@@ -23,12 +23,14 @@ use hyper_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use hyper_tungstenite::tungstenite::{Error as WsError, Message};
 use hyper_tungstenite::WebSocketStream;
 use hyper_util::rt::TokioIo;
-use roomcast_core::{CloseCode, ConnectionId};
+use roomcast_core::rate::{RateLimiter, Verdict};
+use roomcast_core::{CloseCode, ConnectionId, Limits};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tracing::{debug, info};
 
+use crate::clock::Clock;
 use crate::hub::HubInput;
 use crate::writer::SessionSignal;
 
@@ -112,6 +114,9 @@ pub struct Session {
     pub user_id: Option<String>,
     /// What the connection holds until it ends.
     pub held: Held,
+    /// The token bucket of the client's ping and pong frames, made at the
+    /// first one (most connections never send any).
+    pub control_frames: Option<Box<RateLimiter>>,
 }
 
 /// Settings shared by every session.
@@ -123,6 +128,10 @@ pub struct SessionSettings {
     pub linger: Duration,
     /// Most bytes read and discarded while lingering.
     pub linger_bytes_max: usize,
+    /// The limits (the rate of the client's ping and pong frames).
+    pub limits: Limits,
+    /// The server's clock.
+    pub clock: Clock,
 }
 
 /// What a connection holds until it ends: its admission slot and its
@@ -165,16 +174,34 @@ impl Session {
                             break SessionSignal::Gone;
                         }
                     }
-                    Step::Answered => {
-                        // tungstenite queued the pong for a ping; hand it over.
-                        if !self.forward_control().await
-                            || !hand_over(&self.hub, HubInput::Alive { conn })
-                                .finish()
-                                .await
-                        {
-                            break SessionSignal::Gone;
+                    Step::Answered => match self.control_frame_verdict() {
+                        Verdict::Allow => {
+                            // tungstenite queued the pong for a ping; hand it over.
+                            if !self.forward_control().await
+                                || !hand_over(&self.hub, HubInput::Alive { conn })
+                                    .finish()
+                                    .await
+                            {
+                                break SessionSignal::Gone;
+                            }
                         }
-                    }
+                        Verdict::Warn => {
+                            // Over the allowance: no pong, and the hub is
+                            // not bothered.
+                            self.socket.get_mut().control.bytes.clear();
+                        }
+                        Verdict::Close => {
+                            self.socket.get_mut().control.bytes.clear();
+                            reading = false;
+                            let abort = HubInput::Abort {
+                                conn,
+                                code: CloseCode::PolicyViolation,
+                            };
+                            if !hand_over(&self.hub, abort).finish().await {
+                                break SessionSignal::Gone;
+                            }
+                        }
+                    },
                     Step::ClientClosed => {
                         // tungstenite queued the echo of the client's close
                         // frame: deliver it so the handshake completes.
@@ -239,6 +266,22 @@ impl Session {
 }
 
 impl Session {
+    /// Counts one ping or pong frame from the client against its allowance.
+    ///
+    /// WebSocket control frames never reach the core, whose token bucket
+    /// counts messages, so they get a bucket of their own here, with the
+    /// same rate, burst and violation bound ([`RateLimiter`], the core's
+    /// own): a client may send `messages_per_second` messages *and* as many
+    /// pings. A ping over the allowance gets no pong; too many such pings
+    /// close the connection with 1008, like too many messages.
+    fn control_frame_verdict(&mut self) -> Verdict {
+        let settings = &self.settings;
+        let now_us = settings.clock.now().monotonic_us;
+        self.control_frames
+            .get_or_insert_with(|| Box::new(RateLimiter::new(&settings.limits, now_us)))
+            .check(&settings.limits, now_us)
+    }
+
     /// A lingering close: the hub writes our close frame and then shuts
     /// the sending side down (FIN); meanwhile whatever the client still
     /// sends (the rest of an oversize message, a flood) is read raw and

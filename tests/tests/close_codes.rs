@@ -128,6 +128,53 @@ async fn persistent_rate_limit_abuse_is_closed_with_1008() {
     server.assert_connections(0).await;
 }
 
+/// WebSocket ping frames count too: a client flooding pings gets no pong
+/// beyond its allowance and is closed with 1008, like a message flood. (They
+/// used to bypass the rate limit entirely: every ping got its pong.)
+#[tokio::test]
+async fn a_websocket_ping_flood_is_rate_limited_and_closed_with_1008() {
+    let mut config = test_config();
+    config.limits.messages_per_second = 1;
+    config.limits.message_burst = 5;
+    config.limits.rate_violations_max = 3;
+    let server = TestServer::start(config).await;
+    let mut bystander = server.client().await;
+    let mut c = server.client().await;
+    for i in 0..50u8 {
+        c.ws.feed(Message::Ping(vec![i].into())).await.expect("feed");
+    }
+    c.ws.flush().await.expect("flush");
+    let mut pongs = 0;
+    let ending = loop {
+        use futures_util::StreamExt;
+        match tokio::time::timeout(TIMEOUT, c.ws.next()).await.expect("no close") {
+            Some(Ok(Message::Pong(_))) => pongs += 1,
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+            Some(Err(e)) => panic!("no close frame: {e}"),
+            None => panic!("no close frame"),
+        }
+    };
+    assert_eq!(ending, Some(1008));
+    // One pong per token of the burst (one more per second of refill on a
+    // slow machine), none for the pings beyond.
+    assert!((5..=8).contains(&pongs), "{pongs} pongs for 50 pings");
+    assert_eq!(disconnects(&server, "rate_limit").await, 1.0);
+    // Messages and pings have separate allowances of the same size: the
+    // bystander's pings and messages are unaffected.
+    bystander
+        .ws
+        .send(Message::Ping(b"ok".to_vec().into()))
+        .await
+        .expect("ping");
+    assert_eq!(
+        bystander.request(json!({"action": "ping"})).await["type"],
+        "pong"
+    );
+    bystander.close().await;
+    server.assert_connections(0).await;
+}
+
 fn small_message_config() -> roomcast_net::ServerConfig {
     let mut config = test_config();
     config.limits.message_bytes_max = 1024;
