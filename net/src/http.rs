@@ -165,6 +165,20 @@ async fn ws_connect(
             ));
         }
     }
+    // Admission first: over the limits, a token (an RS256 one costs real
+    // CPU) is not even looked at.
+    let permit = app.gate.admit(peer.ip()).map_err(|refusal| {
+        let (reason, message) = match refusal {
+            Refusal::Total => ("capacity", "the server is at its connection limit"),
+            Refusal::PerIp => ("per_ip", "too many connections from this address"),
+        };
+        app.metrics.reject(reason);
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "TOO_MANY_CONNECTIONS",
+            message,
+        )
+    })?;
     let identity = match extract_token(request.headers(), request.uri().query()) {
         None => Identity::Anonymous,
         Some((token, source)) => match app.verifier.verify(&token, app.clock.unix_ms()) {
@@ -183,18 +197,6 @@ async fn ws_connect(
             }
         },
     };
-    let permit = app.gate.admit(peer.ip()).map_err(|refusal| {
-        let (reason, message) = match refusal {
-            Refusal::Total => ("capacity", "the server is at its connection limit"),
-            Refusal::PerIp => ("per_ip", "too many connections from this address"),
-        };
-        app.metrics.reject(reason);
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "TOO_MANY_CONNECTIONS",
-            message,
-        )
-    })?;
     let wants_subprotocol = offers_subprotocol(request.headers());
     // Taken before hyper-tungstenite checks the handshake and builds the 101
     // response: we need the raw upgraded stream (the hub writes its half

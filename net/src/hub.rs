@@ -22,6 +22,7 @@ use tracing::{debug, info};
 use crate::auth::TokenVerifier;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
+use crate::verify::{Job, Verified, VerifyPool};
 use crate::writer::{ConnWriter, Writable};
 
 /// Capacity of the hub's input channel. Senders wait when it is full, which
@@ -116,6 +117,22 @@ pub enum HubInput {
     Shutdown,
 }
 
+impl HubInput {
+    /// The connection whose order this input is part of: inputs that reach
+    /// the core on behalf of one connection (control frames go straight to
+    /// its writer and do not wait).
+    fn conn_order(&self) -> Option<ConnectionId> {
+        match self {
+            HubInput::Text { conn, .. }
+            | HubInput::Binary { conn }
+            | HubInput::Alive { conn }
+            | HubInput::Abort { conn, .. }
+            | HubInput::Closed { conn } => Some(*conn),
+            _ => None,
+        }
+    }
+}
+
 /// Runs the hub until every sender is gone.
 pub async fn run(
     core: Core,
@@ -125,11 +142,13 @@ pub async fn run(
     verifier: Arc<TokenVerifier>,
 ) {
     let write_gather_bytes = core.config().limits.write_buffer_bytes;
+    let (verified_tx, mut verified) = mpsc::unbounded_channel();
     let mut hub = Hub {
         core,
         clock,
         metrics,
-        verifier,
+        verify: VerifyPool::new(verifier, VerifyPool::default_threads(), verified_tx),
+        verifying: HashMap::new(),
         writers: HashMap::new(),
         dirty: VecDeque::new(),
         writable: Arc::new(Writable::new(write_gather_bytes)),
@@ -145,6 +164,13 @@ pub async fn run(
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 hub.core.handle(hub.clock.now(), Input::Timeout);
                 hub.route(None);
+            }
+            // Before the inbox, which under load is never empty.
+            Some(answer) = verified.recv() => {
+                hub.token_verified(answer);
+                while let Ok(answer) = verified.try_recv() {
+                    hub.token_verified(answer);
+                }
             }
             received = inbox.recv_many(&mut batch, BATCH_MAX) => {
                 if received == 0 {
@@ -183,6 +209,17 @@ pub async fn run(
             tokio::task::yield_now().await;
         }
     }
+    // The verification threads end once their current job is done.
+    let threads = hub.verify.close();
+    drop(verified);
+    if !threads.is_empty() {
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
     debug!("hub stopped");
 }
 
@@ -191,7 +228,13 @@ struct Hub {
     core: Core,
     clock: Clock,
     metrics: Metrics,
-    verifier: Arc<TokenVerifier>,
+    /// Verifies `refresh` tokens off the hub.
+    verify: VerifyPool,
+    /// Connections with a token verification in flight, and their inputs
+    /// that arrived meanwhile: handed to the core, in order, once the
+    /// answer is in, so the refresh reply keeps its place among the
+    /// connection's messages. Lookup only; never iterated.
+    verifying: HashMap<ConnectionId, VecDeque<HubInput>>,
     /// Lookup only; never iterated (flush order comes from `dirty`).
     /// Boxed so the table's empty buckets (up to half of them) cost a
     /// pointer each rather than a whole writer. Deliberately the standard
@@ -208,6 +251,12 @@ impl Hub {
     /// Applies one hub input to the core. Returns the publish time when the
     /// input was a broadcast, so its deliveries can be stamped.
     fn handle(&mut self, input: HubInput) -> Option<Instant> {
+        if let Some(conn) = input.conn_order() {
+            if let Some(held) = self.verifying.get_mut(&conn) {
+                held.push_back(input);
+                return None;
+            }
+        }
         let now = self.clock.now();
         let core = &mut self.core;
         let metrics = &self.metrics;
@@ -317,6 +366,27 @@ impl Hub {
         None
     }
 
+    /// A verification is done: the core answers the refresh, then the
+    /// connection's inputs held meanwhile are handled in order (up to the
+    /// next refresh, which holds the rest again).
+    fn token_verified(&mut self, answer: Verified) {
+        let Verified { conn, id, result } = answer;
+        self.core
+            .handle(self.clock.now(), Input::TokenVerified { conn, id, result });
+        self.route(None);
+        let Some(mut held) = self.verifying.remove(&conn) else {
+            return;
+        };
+        while let Some(input) = held.pop_front() {
+            let published_at = self.handle(input);
+            self.route(published_at);
+            if let Some(again) = self.verifying.get_mut(&conn) {
+                again.extend(held);
+                return;
+            }
+        }
+    }
+
     /// Queues every pending core output on its connection's writer.
     fn route(&mut self, published_at: Option<Instant>) {
         while let Some(output) = self.core.poll_output() {
@@ -337,13 +407,15 @@ impl Hub {
                     }
                 }
                 Output::VerifyToken { conn, token, id } => {
-                    // Checked here, in order, so the reply keeps its place among the connection's messages.
-                    let result = self
-                        .verifier
-                        .verify(&token, self.clock.unix_ms())
-                        .map_err(|e| e.to_string());
-                    self.core
-                        .handle(self.clock.now(), Input::TokenVerified { conn, id, result });
+                    // Verified off the hub; until the answer is in, the
+                    // connection's later inputs wait (see `verifying`).
+                    self.verifying.entry(conn).or_default();
+                    self.verify.submit(Job {
+                        conn,
+                        id,
+                        token,
+                        now_unix_ms: self.clock.unix_ms(),
+                    });
                 }
                 Output::Close { conn, code } => {
                     if let Some(writer) = self.writers.get_mut(&conn) {

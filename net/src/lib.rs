@@ -14,6 +14,7 @@
 //! | [`hub`] | the task that owns the core and routes its outputs |
 //! | [`writer`] | the hub's write half of each socket: shared frames, vectored writes, backpressure |
 //! | [`auth`] | token extraction (query, header, subprotocol) and JWT verification |
+//! | [`verify`] | the threads that verify `refresh` tokens off the hub |
 //! | [`config`] | configuration: defaults, TOML file, `ROOMCAST_*` environment |
 //! | [`clock`] | the only time and id sources (replaced by the simulator) |
 //! | [`listener`] | [`Listener`]: what `serve` accepts from (tokio or turmoil) |
@@ -33,6 +34,7 @@ pub mod listener;
 pub mod metrics;
 pub mod server;
 pub mod session;
+pub mod verify;
 pub mod writer;
 
 pub use clock::{Clock, IdSource};
