@@ -102,7 +102,7 @@ pub async fn serve<L: Listener>(
     // slices of writes and whenever its channel is empty.
     let hub_task = tokio::spawn(tokio::task::unconstrained(hub::run(
         core,
-        clock,
+        clock.clone(),
         hub_rx,
         metrics.clone(),
         verifier.clone(),
@@ -130,7 +130,7 @@ pub async fn serve<L: Listener>(
         hub: hub_tx,
         metrics,
         ids: Mutex::new(ids),
-        clock,
+        clock: clock.clone(),
         started: Instant::now(),
         node_id,
         sessions: Arc::new(Sessions::default()),

@@ -276,7 +276,7 @@ impl Session {
     /// close the connection with 1008, like too many messages.
     fn control_frame_verdict(&mut self) -> Verdict {
         let settings = &self.settings;
-        let now_us = settings.clock.now().monotonic_us;
+        let now_us = settings.clock.monotonic_us();
         self.control_frames
             .get_or_insert_with(|| Box::new(RateLimiter::new(&settings.limits, now_us)))
             .check(&settings.limits, now_us)

@@ -351,3 +351,44 @@ async fn private_user_rooms_work_for_provider_subs() {
     }
     other.close().await;
 }
+
+/// The server reads the wall clock for wall time: after a step of the
+/// wall clock (an NTP correction, a VM paused for hours), envelope
+/// timestamps and token expiry follow it at once. (It used to keep
+/// `start + monotonic elapsed`, so a token that had expired by the wall
+/// clock still authenticated, and timestamps stayed behind.)
+#[tokio::test]
+async fn wall_clock_steps_are_seen_by_timestamps_and_token_checks() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+    let wall = Arc::new(AtomicI64::new(now_s() as i64 * 1000));
+    let source = wall.clone();
+    let clock = roomcast_net::Clock::with_wall_source(move || source.load(Ordering::SeqCst));
+    let server = TestServer::start_with_clock(test_config(), clock).await;
+    let token = token_ttl("alice", "publish", 3600);
+    let mut c = server.client_with_token(&token).await;
+    assert_eq!(c.connected["data"]["authenticated"], true);
+    let year = |m: &Value| m["timestamp"].as_str().unwrap()[..4].to_owned();
+    let now_year = year(&c.request(json!({"action": "ping"})).await);
+
+    // The wall clock steps ten years ahead.
+    wall.fetch_add(10 * 366 * 86_400_000, Ordering::SeqCst);
+    let pong = c.request(json!({"action": "ping"})).await;
+    assert_eq!(
+        year(&pong).parse::<i32>().unwrap(),
+        now_year.parse::<i32>().unwrap() + 10,
+        "{pong}"
+    );
+    // The token has expired by the wall clock: refused everywhere.
+    let later = server.client_with_token(&token).await;
+    assert_eq!(later.connected["data"]["authenticated"], false);
+    server
+        .broadcast(&token, json!({"room": "r", "type": "queue_status"}))
+        .await
+        .assert_error(401, "TOKEN_EXPIRED");
+    let refresh = c
+        .request(json!({"action": "refresh", "data": {"token": token}}))
+        .await;
+    assert_eq!(refresh["data"]["code"], "INVALID_TOKEN", "{refresh}");
+    later.close().await;
+}
