@@ -23,11 +23,14 @@ pub enum ErrorCode {
     UnknownType,
     /// A series event (`download_*`, `scan_*`) without a valid URL-safe `data.key`.
     InvalidKey,
+    /// The server had no room for the message (its inbound byte budget
+    /// was full); it was not executed. Retry later.
+    ServerBusy,
 }
 
 impl ErrorCode {
     /// Every code, for documentation tests and fuzz dictionaries.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidMessage,
         ErrorCode::InvalidSubscription,
         ErrorCode::UnknownAction,
@@ -38,6 +41,7 @@ impl ErrorCode {
         ErrorCode::InvalidToken,
         ErrorCode::UnknownType,
         ErrorCode::InvalidKey,
+        ErrorCode::ServerBusy,
     ];
 
     /// The wire spelling.
@@ -53,6 +57,7 @@ impl ErrorCode {
             ErrorCode::InvalidToken => "INVALID_TOKEN",
             ErrorCode::UnknownType => "UNKNOWN_TYPE",
             ErrorCode::InvalidKey => "INVALID_KEY",
+            ErrorCode::ServerBusy => "SERVER_BUSY",
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::budget::InboundBytes;
 use crate::auth::{extract_token, offers_subprotocol, redact_uri, TokenError, SUBPROTOCOL};
 use crate::config::InvalidTokenPolicy;
 use crate::hub::HubInput;
@@ -392,6 +393,19 @@ async fn read_body(app: &App, request: Request<Incoming>) -> Result<Bytes, ApiEr
     }
 }
 
+/// The body's share of the inbound byte budget, held until the hub has
+/// handled the publish; 503 `SERVER_BUSY` when the budget is full.
+fn inbound_share(app: &App, bytes: usize) -> Result<InboundBytes, ApiError> {
+    app.inbound.try_take(bytes).ok_or_else(|| {
+        app.metrics.server_busy.inc();
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVER_BUSY",
+            "the server is busy (inbound bytes at their limit); retry later",
+        )
+    })
+}
+
 fn invalid(error: roomcast_core::PublishError) -> ApiError {
     let status = match error {
         roomcast_core::PublishError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -404,6 +418,7 @@ async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse
     let received = Instant::now();
     let user = api_caller(app, &request)?;
     let body = read_body(app, request).await?;
+    let inbound = inbound_share(app, body.len())?;
     let publish =
         roomcast_core::publish::parse_broadcast_body(&body, &app.types, &app.config.limits)
             .map_err(invalid)?;
@@ -420,6 +435,7 @@ async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse
             publish,
             received,
             reply,
+            inbound,
         })
         .await
         .map_err(|_| ApiError::unavailable())?;
@@ -458,10 +474,15 @@ async fn send(app: &App, request: Request<Incoming>) -> Result<HttpResponse, Api
         ));
     }
     let body = read_body(app, request).await?;
+    let inbound = inbound_share(app, body.len())?;
     let message = roomcast_core::publish::parse_send_body(&body, &app.types).map_err(invalid)?;
     let (reply, answer) = oneshot::channel();
     app.hub
-        .send(HubInput::Send { message, reply })
+        .send(HubInput::Send {
+            message,
+            reply,
+            inbound,
+        })
         .await
         .map_err(|_| ApiError::unavailable())?;
     let delivered = answer

@@ -11,15 +11,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use roomcast_core::publish::DirectMessage;
+use roomcast_core::request::RequestId;
 use roomcast_core::{
-    CloseCode, ConnectionId, Core, Identity, Input, Output, Publish, PublishError, PublishReceipt,
-    Response,
+    CloseCode, ConnectionId, Core, ErrorCode, Identity, Input, Output, Publish, PublishError,
+    PublishReceipt, Response,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::auth::TokenVerifier;
+use crate::budget::InboundBytes;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::verify::{Job, Verified, VerifyPool};
@@ -69,6 +71,16 @@ pub enum HubInput {
         conn: ConnectionId,
         /// The message.
         text: hyper_tungstenite::tungstenite::Utf8Bytes,
+        /// Its share of the inbound byte budget, given back once handled.
+        inbound: InboundBytes,
+    },
+    /// A text message refused because the inbound byte budget was full:
+    /// answer `SERVER_BUSY` (in the connection's order).
+    Busy {
+        /// Sender.
+        conn: ConnectionId,
+        /// The request's id, if it could be read.
+        id: Option<RequestId>,
     },
     /// A binary message.
     Binary {
@@ -100,6 +112,8 @@ pub enum HubInput {
         received: Instant,
         /// Where the receipt goes.
         reply: oneshot::Sender<Result<PublishReceipt, PublishError>>,
+        /// The body's share of the inbound byte budget.
+        inbound: InboundBytes,
     },
     /// `POST /api/send`.
     Send {
@@ -107,6 +121,8 @@ pub enum HubInput {
         message: DirectMessage,
         /// Where the delivered count goes.
         reply: oneshot::Sender<Result<u64, PublishError>>,
+        /// The body's share of the inbound byte budget.
+        inbound: InboundBytes,
     },
     /// `/ws/status`.
     Status {
@@ -124,6 +140,7 @@ impl HubInput {
     fn conn_order(&self) -> Option<ConnectionId> {
         match self {
             HubInput::Text { conn, .. }
+            | HubInput::Busy { conn, .. }
             | HubInput::Binary { conn }
             | HubInput::Alive { conn }
             | HubInput::Abort { conn, .. }
@@ -270,7 +287,11 @@ impl Hub {
                 metrics.connections_opened.inc();
                 core.handle(now, Input::Open { conn, identity });
             }
-            HubInput::Text { conn, text } => {
+            HubInput::Text {
+                conn,
+                text,
+                inbound,
+            } => {
                 metrics.messages_in.inc();
                 metrics.bytes_in.inc_by(text.len() as u64);
                 core.handle(
@@ -280,6 +301,30 @@ impl Hub {
                         text: text.as_str(),
                     },
                 );
+                drop(inbound);
+            }
+            HubInput::Busy { conn, id } => {
+                metrics.messages_in.inc();
+                metrics.server_busy.inc();
+                if let Some(writer) = self.writers.get_mut(&conn) {
+                    let frame = roomcast_core::envelope::error(
+                        now.unix_ms,
+                        ErrorCode::ServerBusy,
+                        "the server is busy: message not executed; retry later",
+                        id.as_ref(),
+                    );
+                    Hub::list(&mut self.dirty, conn, writer);
+                    if !writer.push_own_text(frame) {
+                        // Refusals keep coming but the client does not read.
+                        core.handle(
+                            now,
+                            Input::Abort {
+                                conn,
+                                code: CloseCode::SlowConsumer,
+                            },
+                        );
+                    }
+                }
             }
             HubInput::Binary { conn } => {
                 metrics.messages_in.inc();
@@ -323,6 +368,7 @@ impl Hub {
                 publish,
                 received,
                 reply,
+                inbound: _inbound,
             } => {
                 let rooms = publish.rooms.len() as u64;
                 let answer = match core.handle(now, Input::Broadcast(publish)) {
@@ -339,7 +385,11 @@ impl Hub {
                 let _ = reply.send(answer);
                 return Some(received);
             }
-            HubInput::Send { message, reply } => {
+            HubInput::Send {
+                message,
+                reply,
+                inbound: _inbound,
+            } => {
                 let answer = match core.handle(now, Input::Send(message)) {
                     Response::Sent { delivered } => Ok(delivered),
                     Response::Rejected(error) => Err(error),

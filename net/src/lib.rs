@@ -16,6 +16,7 @@
 //! | [`auth`] | token extraction (query, header, subprotocol) and JWT verification |
 //! | [`verify`] | the threads that verify `refresh` tokens off the hub |
 //! | [`config`] | configuration: defaults, TOML file, `ROOMCAST_*` environment |
+//! | [`budget`] | the inbound byte budget (`inbound_bytes_max`) |
 //! | [`clock`] | the only time and id sources (replaced by the simulator) |
 //! | [`listener`] | [`Listener`]: what `serve` accepts from (tokio or turmoil) |
 //! | [`metrics`] | Prometheus metrics |
@@ -24,6 +25,7 @@
 //! so the simulator runs exactly this code over turmoil's network.
 
 pub mod auth;
+pub mod budget;
 pub mod clock;
 pub mod config;
 #[cfg(feature = "fuzzing")]

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::auth::TokenVerifier;
+use crate::budget::InboundBudget;
 use crate::clock::{Clock, IdSource};
 use crate::config::ServerConfig;
 use crate::hub::{self, HubInput, HUB_CHANNEL_CAPACITY};
@@ -59,6 +60,8 @@ pub(crate) struct App {
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) ws_config: WebSocketConfig,
     pub(crate) session_settings: Arc<crate::session::SessionSettings>,
+    /// Bytes of client messages and publish bodies in flight to the hub.
+    pub(crate) inbound: Arc<InboundBudget>,
     /// Set when shutdown begins: upgrades still arriving on kept-alive HTTP
     /// connections get 503 instead of a session nobody will close.
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
@@ -109,6 +112,7 @@ pub async fn serve<L: Listener>(
     )));
 
     let limits = &config.limits;
+    let inbound = InboundBudget::new(limits.inbound_bytes_max);
     let mut ws_config = WebSocketConfig::default();
     ws_config.read_buffer_size = limits.read_buffer_bytes;
     // tungstenite writes only the control frames it answers by itself
@@ -141,7 +145,9 @@ pub async fn serve<L: Listener>(
             linger_bytes_max: limits.linger_bytes_max,
             limits: limits.clone(),
             clock,
+            inbound: inbound.clone(),
         }),
+        inbound,
         shutting_down: std::sync::atomic::AtomicBool::new(false),
         config,
     });

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tracing::{debug, info};
 
+use crate::budget::InboundBudget;
 use crate::clock::Clock;
 use crate::hub::HubInput;
 use crate::writer::SessionSignal;
@@ -132,6 +133,8 @@ pub struct SessionSettings {
     pub limits: Limits,
     /// The server's clock.
     pub clock: Clock,
+    /// Bytes of client messages in flight to the hub.
+    pub inbound: Arc<InboundBudget>,
 }
 
 /// What a connection holds until it ends: its admission slot and its
@@ -165,7 +168,7 @@ impl Session {
                     biased;
                     // An error means the hub is gone (the server is stopping).
                     received = &mut self.signalled => Step::Stop(received.unwrap_or(SessionSignal::Gone)),
-                    message = self.socket.next(), if reading => step(&self.hub, conn, message, &mut reading),
+                    message = self.socket.next(), if reading => step(&self.hub, &self.settings, conn, message, &mut reading),
                 };
                 match step {
                     Step::Continue => {}
@@ -326,12 +329,27 @@ enum Step {
 /// Handles one read: inputs go to the hub at once when its channel has room.
 fn step(
     hub: &mpsc::Sender<HubInput>,
+    settings: &SessionSettings,
     conn: ConnectionId,
     message: Option<Result<Message, WsError>>,
     reading: &mut bool,
 ) -> Step {
     let input = match message {
-        Some(Ok(Message::Text(text))) => HubInput::Text { conn, text },
+        Some(Ok(Message::Text(text))) => match settings.inbound.try_take(text.len()) {
+            Some(inbound) => HubInput::Text {
+                conn,
+                text,
+                inbound,
+            },
+            // No room: refused, answered (in order) with SERVER_BUSY.
+            None => HubInput::Busy {
+                conn,
+                id: match roomcast_core::request::parse_request(&text) {
+                    Ok(request) => request.id,
+                    Err(rejection) => rejection.id,
+                },
+            },
+        },
         Some(Ok(Message::Binary(_))) => HubInput::Binary { conn },
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Step::Answered,
         Some(Ok(Message::Frame(_))) => return Step::Continue,

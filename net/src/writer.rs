@@ -65,9 +65,13 @@ pub enum SessionSignal {
 struct Chunk {
     /// Payload of a text frame, or a whole pre-built frame.
     bytes: Bytes,
-    /// True for a text frame (header built at write time, payload counted
-    /// by the core); false for a pre-built control frame.
+    /// True for a text frame (header built at write time); false for a
+    /// pre-built control frame.
     text: bool,
+    /// True for a text frame the core queued (its bytes are reported back
+    /// to the core as written); false for frames the shell made, which
+    /// count against [`CONTROL_QUEUE_MAX`] instead.
+    counted: bool,
     /// Bytes of header + payload already written. Frames stay far below
     /// 4 GiB: the core refuses any larger than `outbound_queue_bytes_max`,
     /// which configuration caps at 1 GiB.
@@ -226,8 +230,26 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
         self.queue.push(Chunk {
             bytes: frame.into_bytes(),
             text: true,
+            counted: true,
             sent: 0,
         });
+    }
+
+    /// Queues a text frame the shell made itself (the core does not know
+    /// it: a `SERVER_BUSY` error). It counts against [`CONTROL_QUEUE_MAX`];
+    /// returns false when too many such bytes are unwritten.
+    pub fn push_own_text(&mut self, frame: TextFrame) -> bool {
+        if self.closing || self.failed {
+            return true;
+        }
+        self.control_bytes += frame.len();
+        self.queue.push(Chunk {
+            bytes: frame.into_bytes(),
+            text: true,
+            counted: false,
+            sent: 0,
+        });
+        self.control_bytes <= CONTROL_QUEUE_MAX
     }
 
     /// Queues a WebSocket ping.
@@ -248,6 +270,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
         self.queue.push(Chunk {
             bytes: frame,
             text: false,
+            counted: false,
             sent: 0,
         });
         if is_close {
@@ -280,6 +303,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
         self.queue.push(Chunk {
             bytes: Bytes::from(frame),
             text: false,
+            counted: false,
             sent: 0,
         });
         if let Some(signal) = self.signal.take() {
@@ -433,7 +457,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
                 return;
             }
             written -= left;
-            if chunk.text {
+            if chunk.counted {
                 done.text_bytes += chunk.bytes.len();
                 done.frames += 1;
             } else {
@@ -720,6 +744,7 @@ mod tests {
         Chunk {
             bytes: Bytes::from(vec![b'x'; len]),
             text: true,
+            counted: true,
             sent: 0,
         }
     }

@@ -116,3 +116,57 @@ async fn refresh_verification_does_not_stall_the_hub() {
     refresher.close().await;
     bystander.close().await;
 }
+
+/// The inbound byte budget: client messages received and not yet handled
+/// by the hub are bounded in bytes (`inbound_bytes_max`), not only in
+/// count. A message that does not fit is not queued: it is answered, in
+/// its place, with `SERVER_BUSY` (and not executed); the others are
+/// executed as usual. Once the hub has caught up, messages fit again.
+#[tokio::test]
+async fn inbound_bytes_are_bounded_and_overflow_is_answered_server_busy() {
+    use futures_util::SinkExt;
+    use roomcast_tests::tokio_tungstenite::tungstenite::Message;
+    const MESSAGES: usize = 200;
+    let mut config = test_config();
+    config.limits.message_bytes_max = 1024;
+    config.limits.api_body_bytes_max = 1024;
+    // Room for two such messages in flight.
+    config.limits.inbound_bytes_max = 2048;
+    config.limits.messages_per_second = 10_000;
+    config.limits.message_burst = 10_000;
+    let server = TestServer::start(config).await;
+    let mut bystander = server.client().await;
+    let mut c = server.client().await;
+    for i in 0..MESSAGES {
+        let pad = "p".repeat(950);
+        let text = json!({"action": "ping", "id": i, "pad": pad}).to_string();
+        assert!(text.len() < 1024 && text.len() > 900, "{}", text.len());
+        c.ws.feed(Message::text(text)).await.expect("feed");
+    }
+    c.ws.flush().await.expect("flush");
+    let mut busy = 0;
+    for i in 0..MESSAGES {
+        let reply = c.recv_json().await;
+        assert_eq!(reply["id"], i, "one answer per message, in order: {reply}");
+        match reply["type"].as_str() {
+            Some("pong") => {}
+            Some("error") => {
+                roomcast_tests::assert_error(&reply, "SERVER_BUSY");
+                busy += 1;
+            }
+            _ => panic!("{reply}"),
+        }
+    }
+    eprintln!("inbound budget of 2 KiB: {busy} of {MESSAGES} 1 KiB messages refused");
+    assert!(busy > 0, "the budget was never full");
+    assert!(busy < MESSAGES, "nothing got through");
+    assert_eq!(
+        server.metric("roomcast_server_busy_total").await,
+        Some(busy as f64)
+    );
+    // Caught up: everything fits again.
+    assert_eq!(c.request(json!({"action": "ping", "id": "x"})).await["type"], "pong");
+    assert_eq!(bystander.request(json!({"action": "ping"})).await["type"], "pong");
+    c.close().await;
+    bystander.close().await;
+}
