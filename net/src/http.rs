@@ -414,8 +414,18 @@ fn invalid(error: roomcast_core::PublishError) -> ApiError {
     ApiError::new(status, error.code(), error.message())
 }
 
+/// Publish calls that start after the shutdown began get 503; those in
+/// progress when it began are completed (the hub lives until they are).
+fn refuse_when_shutting_down(app: &App) -> Result<(), ApiError> {
+    if app.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::unavailable());
+    }
+    Ok(())
+}
+
 async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let received = Instant::now();
+    refuse_when_shutting_down(app)?;
     let user = api_caller(app, &request)?;
     let body = read_body(app, request).await?;
     let inbound = inbound_share(app, body.len())?;
@@ -465,6 +475,7 @@ async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse
 }
 
 async fn send(app: &App, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    refuse_when_shutting_down(app)?;
     let user = api_caller(app, &request)?;
     if !user.scopes.iter().any(|s| s == "publish") {
         return Err(ApiError::new(

@@ -135,6 +135,9 @@ pub struct SessionSettings {
     pub clock: Clock,
     /// Bytes of client messages in flight to the hub.
     pub inbound: Arc<InboundBudget>,
+    /// Set when the shutdown's drain time is over: stop waiting for close
+    /// replies and lingering.
+    pub stop: Arc<crate::server::Cancel>,
 }
 
 /// What a connection holds until it ends: its admission slot and its
@@ -255,7 +258,8 @@ impl Session {
     /// a reset; whatever tungstenite wants to answer is dropped (our close
     /// frame already went out through the hub).
     async fn await_close_reply(&mut self) {
-        let _ = timeout(self.settings.close_flush_timeout, async {
+        let settings = self.settings.clone();
+        let wait = timeout(settings.close_flush_timeout, async {
             while let Some(Ok(message)) = self.socket.next().await {
                 // Pongs tungstenite answers meanwhile are not sent.
                 self.socket.get_mut().control.bytes.clear();
@@ -263,8 +267,11 @@ impl Session {
                     break;
                 }
             }
-        })
-        .await;
+        });
+        tokio::select! {
+            _ = wait => {}
+            _ = settings.stop.cancelled() => {}
+        }
     }
 }
 
@@ -298,15 +305,18 @@ impl Session {
         let read = &mut self.socket.get_mut().read;
         let mut buffer = vec![0u8; 16 * 1024];
         let mut discarded = 0usize;
-        let _ = timeout(settings.linger, async {
+        let wait = timeout(settings.linger, async {
             while discarded < settings.linger_bytes_max {
                 match read.read(&mut buffer).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => discarded += n,
                 }
             }
-        })
-        .await;
+        });
+        tokio::select! {
+            _ = wait => {}
+            _ = settings.stop.cancelled() => {}
+        }
         debug!(conn = %self.conn, discarded, "linger over");
     }
 }

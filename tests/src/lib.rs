@@ -116,6 +116,11 @@ impl TestServer {
         }
     }
 
+    /// Whether `serve` has returned.
+    pub fn has_stopped(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
+    }
+
     /// Waits for `serve` to return (after [`TestServer::trigger_shutdown`]).
     pub async fn join(&mut self) -> Result<(), String> {
         let handle = self.handle.take().expect("server already joined");

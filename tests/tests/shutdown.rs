@@ -248,3 +248,59 @@ async fn kubernetes_service_variables_do_not_stop_startup() {
         );
     }
 }
+
+/// Graceful shutdown drains HTTP requests in progress: a publish whose
+/// body is still arriving when the shutdown begins is completed and
+/// answered (the server used to stop the hub and return at once, so the
+/// call failed), and `serve` returns only after that.
+#[tokio::test]
+async fn shutdown_completes_a_publish_in_progress() {
+    use roomcast_tests::{test_config, TestServer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = test_config();
+    config.shutdown_drain_ms = 10_000;
+    let mut server = TestServer::start(config).await;
+    let addr = server.addr;
+    let mut member = Client::connect(addr, roomcast_tests::Auth::None).await;
+    member.join("news").await;
+
+    let body = json!({"room": "news", "type": "system_info", "data": {"message": "last words"}})
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/broadcast HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        publisher(),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (first, rest) = body.as_bytes().split_at(10);
+    stream.write_all(first).await.unwrap();
+    // The handler is now reading the body.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    server.trigger_shutdown();
+    member.expect_close(1001).await;
+    drop(member);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "listener still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !server.has_stopped(),
+        "serve returned while a publish was still being answered"
+    );
+
+    stream.write_all(rest).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut response))
+        .await
+        .expect("no response")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"seq\":1"), "{text}");
+    server.join().await.expect("serve returns Ok after the drain");
+}
