@@ -112,9 +112,9 @@ impl AccessRules {
         match self.rule_for(room.as_str()) {
             (RoomAccess::Public, _) => true,
             (RoomAccess::Authenticated, _) => identity.user().is_some(),
-            (RoomAccess::PrivateUser, owner) => {
-                identity.user().is_some_and(|u| is_encoding_of(owner, &u.id))
-            }
+            (RoomAccess::PrivateUser, owner) => identity
+                .user()
+                .is_some_and(|u| is_encoding_of(owner, &u.id)),
         }
     }
 }
@@ -149,7 +149,10 @@ mod tests {
     fn private_rooms_work_for_any_sub() {
         let rules = AccessRules::default();
         for (sub, room_name) in [
-            ("auth0|5f1c2d3e4f5a6b7c8d9e0f1a", "user:auth0%7C5f1c2d3e4f5a6b7c8d9e0f1a"),
+            (
+                "auth0|5f1c2d3e4f5a6b7c8d9e0f1a",
+                "user:auth0%7C5f1c2d3e4f5a6b7c8d9e0f1a",
+            ),
             ("google-oauth2|1234", "user:google-oauth2%7C1234"),
             ("alice@example.com", "user:alice%40example.com"),
             ("bo+b@example.com", "user:bo%2Bb%40example.com"),

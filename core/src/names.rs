@@ -222,7 +222,10 @@ mod tests {
         for (text, encoded) in [
             ("alice", "alice"),
             ("urn:x.y_z-1", "urn:x.y_z-1"),
-            ("auth0|5f1c2d3e4f5a6b7c8d9e0f1a", "auth0%7C5f1c2d3e4f5a6b7c8d9e0f1a"),
+            (
+                "auth0|5f1c2d3e4f5a6b7c8d9e0f1a",
+                "auth0%7C5f1c2d3e4f5a6b7c8d9e0f1a",
+            ),
             ("google-oauth2|1234", "google-oauth2%7C1234"),
             ("bo+b@example.com", "bo%2Bb%40example.com"),
             ("a b/c%", "a%20b%2Fc%25"),
@@ -230,7 +233,10 @@ mod tests {
         ] {
             assert_eq!(encode_name_part(text), encoded, "{text}");
             assert!(is_encoding_of(encoded, text));
-            assert!(RoomName::new(&format!("user:{encoded}")).is_some(), "{encoded}");
+            assert!(
+                RoomName::new(&format!("user:{encoded}")).is_some(),
+                "{encoded}"
+            );
         }
         assert!(!is_encoding_of("auth0|5f1c", "auth0|5f1c"));
         assert!(!is_encoding_of("auth0%7c5f1c", "auth0|5f1c"));

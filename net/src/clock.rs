@@ -165,14 +165,18 @@ mod tests {
         let after = clock.now();
         assert!(after.monotonic_us - before.monotonic_us >= 3_600_000_000);
         let drift = (after.unix_ms - system_unix_ms()).abs();
-        assert!(drift < 60_000, "wall time is {drift} ms off the system clock");
+        assert!(
+            drift < 60_000,
+            "wall time is {drift} ms off the system clock"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn wall_time_follows_its_source_and_monotonic_time_does_not() {
         let wall = Arc::new(std::sync::atomic::AtomicI64::new(1_000_000));
         let source = wall.clone();
-        let clock = Clock::with_wall_source(move || source.load(std::sync::atomic::Ordering::SeqCst));
+        let clock =
+            Clock::with_wall_source(move || source.load(std::sync::atomic::Ordering::SeqCst));
         let before = clock.now();
         assert_eq!(before.unix_ms, 1_000_000);
         // An NTP step forward of a day, no time passing.

@@ -323,9 +323,11 @@ fn classify_env(key: &str) -> Result<EnvKey, String> {
         .iter()
         .map(|k| k.to_string())
         .chain(std::iter::once("jwt_secret".to_owned()))
-        .chain(TABLES.iter().flat_map(|(table, keys)| {
-            keys.iter().map(move |k| format!("{table}__{k}"))
-        }));
+        .chain(
+            TABLES
+                .iter()
+                .flat_map(|(table, keys)| keys.iter().map(move |k| format!("{table}__{k}"))),
+        );
     if let Some(near) = candidates.into_iter().find(|c| is_near_miss(&name, c)) {
         return Err(format!(
             "{key}: no such setting (did you mean ROOMCAST_{}?)",
@@ -382,7 +384,12 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// Applies one `ROOMCAST_*` variable to the TOML tree at `path`.
-fn apply_env(table: &mut toml::Table, key: &str, path: &[String], value: &str) -> Result<(), String> {
+fn apply_env(
+    table: &mut toml::Table,
+    key: &str,
+    path: &[String],
+    value: &str,
+) -> Result<(), String> {
     let mut node = table;
     for part in &path[..path.len() - 1] {
         let entry = node
@@ -532,19 +539,34 @@ mod tests {
             ("ROOMCAST_LISTN", "ROOMCAST_LISTEN"),
             ("ROOMCAST_SERVERNAME", "ROOMCAST_SERVER_NAME"),
             ("ROOMCAST_SHUTDOWN_DRAIN", "ROOMCAST_SHUTDOWN_DRAIN_MS"),
-            ("ROOMCAST_LIMIT__CONNECTIONS_MAX", "ROOMCAST_LIMITS__CONNECTIONS_MAX"),
-            ("ROOMCAST_LIMITS_CONNECTIONS_MAX", "ROOMCAST_LIMITS__CONNECTIONS_MAX"),
-            ("ROOMCAST_LIMITS__CONECTIONS_MAX", "ROOMCAST_LIMITS__CONNECTIONS_MAX"),
+            (
+                "ROOMCAST_LIMIT__CONNECTIONS_MAX",
+                "ROOMCAST_LIMITS__CONNECTIONS_MAX",
+            ),
+            (
+                "ROOMCAST_LIMITS_CONNECTIONS_MAX",
+                "ROOMCAST_LIMITS__CONNECTIONS_MAX",
+            ),
+            (
+                "ROOMCAST_LIMITS__CONECTIONS_MAX",
+                "ROOMCAST_LIMITS__CONNECTIONS_MAX",
+            ),
             ("ROOMCAST_AUTH__JWT_SECRT", "ROOMCAST_AUTH__JWT_SECRET"),
             ("ROOMCAST_JWT_SECRT", "ROOMCAST_JWT_SECRET"),
             ("ROOMCAST_LIMTS__NOPE", "ROOMCAST_LIMITS__"),
         ] {
-            let error = ServerConfig::load(None, env(&[(typo, "1")]))
-                .expect_err(typo);
-            assert!(error.contains(typo) && error.contains(hint), "{typo}: {error}");
+            let error = ServerConfig::load(None, env(&[(typo, "1")])).expect_err(typo);
+            assert!(
+                error.contains(typo) && error.contains(hint),
+                "{typo}: {error}"
+            );
         }
         // Unknown keys inside known tables, even far from any key.
-        for unknown in ["ROOMCAST_LIMITS__NOPE", "ROOMCAST_ROOMS__", "ROOMCAST_AUTH__A__B"] {
+        for unknown in [
+            "ROOMCAST_LIMITS__NOPE",
+            "ROOMCAST_ROOMS__",
+            "ROOMCAST_AUTH__A__B",
+        ] {
             let error = ServerConfig::load(None, env(&[(unknown, "1")])).expect_err(unknown);
             assert!(error.contains(unknown), "{error}");
         }

@@ -22,8 +22,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::budget::InboundBytes;
 use crate::auth::{extract_token, offers_subprotocol, redact_uri, TokenError, SUBPROTOCOL};
+use crate::budget::InboundBytes;
 use crate::config::InvalidTokenPolicy;
 use crate::hub::HubInput;
 use crate::server::{App, Refusal};

@@ -664,7 +664,10 @@ mod tests {
             writer.close(code);
             for _ in 0..1000 {
                 writer.flush(conn, &writable);
-                assert!(!writer.io.shut || writer.queue.is_empty(), "FIN only after the close frame");
+                assert!(
+                    !writer.io.shut || writer.queue.is_empty(),
+                    "FIN only after the close frame"
+                );
                 if !writer.wants_flush() && writer.queue.is_empty() {
                     break;
                 }

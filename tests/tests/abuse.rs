@@ -71,13 +71,18 @@ async fn refresh_verification_does_not_stall_the_hub() {
             .await
             .expect("feed");
     }
-    refresher.send_json(json!({"action": "ping", "id": "after"})).await;
+    refresher
+        .send_json(json!({"action": "ping", "id": "after"}))
+        .await;
     let answered = Arc::new(AtomicUsize::new(0));
     let counter = answered.clone();
     let reader = tokio::spawn(async move {
         for i in 0..REFRESHES {
             let reply = refresher.recv_json().await;
-            assert_eq!(reply["id"], i, "replies keep the connection's order: {reply}");
+            assert_eq!(
+                reply["id"], i,
+                "replies keep the connection's order: {reply}"
+            );
             assert_eq!(reply["data"]["message"], "Token refreshed", "{reply}");
             counter.fetch_add(1, Ordering::SeqCst);
         }
@@ -88,7 +93,10 @@ async fn refresh_verification_does_not_stall_the_hub() {
     });
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while answered.load(Ordering::SeqCst) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no refresh answered");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refresh answered"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let mut worst = Duration::ZERO;
@@ -105,7 +113,10 @@ async fn refresh_verification_does_not_stall_the_hub() {
         "refresh flood: one RS256 refresh {one_refresh:?}, idle ping {idle_ping:?}; \
          {REFRESHES} pipelined refreshes: bystander's worst ping {worst:?} over {during} pings"
     );
-    assert!(during > 0, "the flood was over before the bystander could ping");
+    assert!(
+        during > 0,
+        "the flood was over before the bystander could ping"
+    );
     // Inline verification made the bystander wait for the verifications
     // queued ahead of it (hundreds of `one_refresh`).
     let bound = (one_refresh * 20).max(Duration::from_millis(250));
@@ -165,8 +176,14 @@ async fn inbound_bytes_are_bounded_and_overflow_is_answered_server_busy() {
         Some(busy as f64)
     );
     // Caught up: everything fits again.
-    assert_eq!(c.request(json!({"action": "ping", "id": "x"})).await["type"], "pong");
-    assert_eq!(bystander.request(json!({"action": "ping"})).await["type"], "pong");
+    assert_eq!(
+        c.request(json!({"action": "ping", "id": "x"})).await["type"],
+        "pong"
+    );
+    assert_eq!(
+        bystander.request(json!({"action": "ping"})).await["type"],
+        "pong"
+    );
     c.close().await;
     bystander.close().await;
 }

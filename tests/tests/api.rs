@@ -259,7 +259,8 @@ async fn a_body_that_does_not_arrive_in_time_is_408() {
         let text = String::from_utf8_lossy(&response);
         assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text}");
         assert!(
-            text.to_ascii_lowercase().contains("content-type: application/json"),
+            text.to_ascii_lowercase()
+                .contains("content-type: application/json"),
             "{text}"
         );
         let json_body = &text[text.find("\r\n\r\n").expect("head") + 4..];

@@ -141,13 +141,18 @@ async fn a_websocket_ping_flood_is_rate_limited_and_closed_with_1008() {
     let mut bystander = server.client().await;
     let mut c = server.client().await;
     for i in 0..50u8 {
-        c.ws.feed(Message::Ping(vec![i].into())).await.expect("feed");
+        c.ws.feed(Message::Ping(vec![i].into()))
+            .await
+            .expect("feed");
     }
     c.ws.flush().await.expect("flush");
     let mut pongs = 0;
     let ending = loop {
         use futures_util::StreamExt;
-        match tokio::time::timeout(TIMEOUT, c.ws.next()).await.expect("no close") {
+        match tokio::time::timeout(TIMEOUT, c.ws.next())
+            .await
+            .expect("no close")
+        {
             Some(Ok(Message::Pong(_))) => pongs += 1,
             Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
             Some(Ok(other)) => panic!("unexpected {other:?}"),
@@ -545,7 +550,11 @@ mod raw {
             stream.read_exact(&mut byte).await.expect("response head");
             head.push(byte[0]);
         }
-        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
         let (opcode, payload) = read_frame(&mut stream).await.expect("connected frame");
         assert_eq!(opcode, 1);
         assert!(String::from_utf8_lossy(&payload).contains("\"connected\""));
@@ -617,7 +626,11 @@ mod raw {
         let then = loop {
             match read_frame(stream).await {
                 Ok((8, payload)) if close.is_none() => {
-                    close = Some(payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]])));
+                    close = Some(
+                        payload
+                            .get(..2)
+                            .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]])),
+                    );
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break "eof".to_owned(),
@@ -636,13 +649,33 @@ async fn framing_violations_get_1002_and_invalid_utf8_gets_1007() {
     use tokio::io::AsyncWriteExt;
     let server = TestServer::start_default().await;
     let cases: [(&str, Vec<u8>, u16); 7] = [
-        ("invalid UTF-8", raw::frame(0x81, &[b'{', 0xff, 0xfe, b'}'], true), 1007),
-        ("unmasked client frame", raw::frame(0x81, br#"{"action":"ping"}"#, false), 1002),
-        ("reserved bit RSV1", raw::frame(0xC1, br#"{"action":"ping"}"#, true), 1002),
+        (
+            "invalid UTF-8",
+            raw::frame(0x81, &[b'{', 0xff, 0xfe, b'}'], true),
+            1007,
+        ),
+        (
+            "unmasked client frame",
+            raw::frame(0x81, br#"{"action":"ping"}"#, false),
+            1002,
+        ),
+        (
+            "reserved bit RSV1",
+            raw::frame(0xC1, br#"{"action":"ping"}"#, true),
+            1002,
+        ),
         ("reserved data opcode 3", raw::frame(0x83, b"x", true), 1002),
-        ("reserved control opcode 0xB", raw::frame(0x8B, b"", true), 1002),
+        (
+            "reserved control opcode 0xB",
+            raw::frame(0x8B, b"", true),
+            1002,
+        ),
         ("fragmented ping", raw::frame(0x09, b"p", true), 1002),
-        ("continuation without a start", raw::frame(0x80, b"x", true), 1002),
+        (
+            "continuation without a start",
+            raw::frame(0x80, b"x", true),
+            1002,
+        ),
     ];
     for (name, bytes, code) in cases {
         let mut stream = raw::connect(server.addr).await;
@@ -689,7 +722,10 @@ async fn an_oversize_sender_reads_its_1009_without_a_reset() {
             .await
             .expect("the send never completed")
             .expect("sender");
-        assert!(sent.is_ok(), "round {round}: the client's own send failed: {sent:?}");
+        assert!(
+            sent.is_ok(),
+            "round {round}: the client's own send failed: {sent:?}"
+        );
         assert_eq!(
             ending,
             raw::Ending {

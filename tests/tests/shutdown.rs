@@ -219,7 +219,9 @@ async fn kubernetes_service_variables_do_not_stop_startup() {
                 use tokio::io::AsyncReadExt;
                 let _ = pipe.read_to_string(&mut stderr).await;
             }
-            panic!("roomcast with the Kubernetes variables exited at start with {status}: {stderr}");
+            panic!(
+                "roomcast with the Kubernetes variables exited at start with {status}: {stderr}"
+            );
         }
         if let Ok(Ok(response)) =
             tokio::time::timeout(Duration::from_secs(2), try_health(addr)).await
@@ -284,7 +286,10 @@ async fn shutdown_completes_a_publish_in_progress() {
     drop(member);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(addr).await.is_ok() {
-        assert!(tokio::time::Instant::now() < deadline, "listener still open");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listener still open"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -302,5 +307,8 @@ async fn shutdown_completes_a_publish_in_progress() {
     let text = String::from_utf8_lossy(&response);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("\"seq\":1"), "{text}");
-    server.join().await.expect("serve returns Ok after the drain");
+    server
+        .join()
+        .await
+        .expect("serve returns Ok after the drain");
 }
