@@ -187,3 +187,383 @@ async fn inbound_bytes_are_bounded_and_overflow_is_answered_server_busy() {
     c.close().await;
     bystander.close().await;
 }
+
+// ----- the harness: the real binary under abuse ------------------------------------
+
+mod harness {
+    use std::net::SocketAddr;
+    use std::process::Stdio;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use roomcast_tests::tokens::{now_s, rs256};
+    use roomcast_tests::{binary, http, Auth, Client, HttpConn, TIMEOUT};
+    use serde_json::json;
+    use tokio::process::{Child, Command};
+
+    /// The `roomcast` process, configured for RS256.
+    pub struct Server {
+        pub child: Child,
+        pub addr: SocketAddr,
+        pub private_pem: Vec<u8>,
+        _keys: tempfile::TempDir,
+    }
+
+    impl Server {
+        pub async fn start(extra_env: &[(&str, &str)]) -> Server {
+            let (keys, private, public) = roomcast_tests::tokens::rsa_keypair();
+            let addr: SocketAddr = format!("127.0.0.1:{}", binary::free_port())
+                .parse()
+                .unwrap();
+            let mut command = Command::new(binary::path());
+            for (key, _) in std::env::vars() {
+                if key.starts_with("ROOMCAST_") {
+                    command.env_remove(key);
+                }
+            }
+            command
+                .args(["serve", "--listen", &addr.to_string()])
+                .env("ROOMCAST_LOG", "error")
+                .env("ROOMCAST_AUTH__ALGORITHM", "RS256")
+                .env("ROOMCAST_AUTH__PUBLIC_KEY_FILE", &public)
+                .env("ROOMCAST_SHUTDOWN_DRAIN_MS", "5000")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true);
+            for (key, value) in extra_env {
+                command.env(key, value);
+            }
+            let child = command.spawn().expect("spawn roomcast");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                if tokio::net::TcpStream::connect(addr).await.is_ok()
+                    && http(addr, "GET", "/healthz", &[], "").await.status == 200
+                {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "roomcast did not come up"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Server {
+                child,
+                addr,
+                private_pem: std::fs::read(private).unwrap(),
+                _keys: keys,
+            }
+        }
+
+        pub fn token(&self, sub: &str, scope: &str) -> String {
+            let mut claims = json!({"sub": sub, "exp": now_s() as i64 + 3600});
+            if !scope.is_empty() {
+                claims["scope"] = json!(scope);
+            }
+            rs256(&claims, &self.private_pem)
+        }
+
+        /// Peak resident memory of the server process so far, in KiB.
+        pub fn peak_rss_kib(&self) -> u64 {
+            let pid = self.child.id().expect("pid");
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        }
+
+        /// SIGTERM; the exit status and how long the exit took.
+        pub async fn stop(mut self) -> (std::process::ExitStatus, Duration) {
+            let pid = self.child.id().expect("pid");
+            let started = tokio::time::Instant::now();
+            let status = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+            let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+                .await
+                .expect("roomcast did not exit")
+                .expect("wait");
+            (exit, started.elapsed())
+        }
+    }
+
+    /// A well-behaved client's ping round trips while `running` is set
+    /// (about 30 a second: within the default rate limit of 50).
+    pub async fn bystander_rtts(
+        mut client: Client,
+        running: Arc<AtomicBool>,
+    ) -> (Client, Vec<Duration>) {
+        let mut rtts = Vec::new();
+        while running.load(Ordering::SeqCst) || rtts.len() < 5 {
+            let started = tokio::time::Instant::now();
+            let pong = client.request(json!({"action": "ping"})).await;
+            assert_eq!(pong["type"], "pong", "{pong}");
+            rtts.push(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        (client, rtts)
+    }
+
+    /// Publishes numbered broadcasts to `room` while `running` is set;
+    /// returns how many.
+    pub async fn publisher(
+        addr: SocketAddr,
+        token: String,
+        room: &'static str,
+        running: Arc<AtomicBool>,
+    ) -> u64 {
+        let mut api = HttpConn::connect(addr).await;
+        let mut published = 0;
+        while running.load(Ordering::SeqCst) || published < 5 {
+            let response = api
+                .post_json(
+                    "/api/broadcast",
+                    Some(&token),
+                    &json!({"room": room, "type": "queue_status", "data": {"n": published + 1}}),
+                )
+                .await;
+            assert_eq!(response.status, 200, "{response:?}");
+            published += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        published
+    }
+
+    /// Reads `count` broadcasts and checks they are seq 1..=count in order.
+    pub async fn receives_everything(client: &mut Client, count: u64) {
+        for seq in 1..=count {
+            let message = client.recv_json().await;
+            assert_eq!(
+                message["seq"], seq,
+                "a well-behaved member lost or reordered: {message}"
+            );
+        }
+    }
+
+    /// p50, p99 and max.
+    pub fn summary(rtts: &mut [Duration]) -> (Duration, Duration, Duration) {
+        rtts.sort();
+        let at = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize];
+        (at(0.5), at(0.99), *rtts.last().unwrap())
+    }
+
+    pub async fn connect_all(addr: SocketAddr, auths: Vec<Auth>) -> Vec<Client> {
+        let mut clients = Vec::with_capacity(auths.len());
+        for auth in auths {
+            clients.push(
+                tokio::time::timeout(TIMEOUT, Client::connect(addr, auth))
+                    .await
+                    .expect("connect"),
+            );
+        }
+        clients
+    }
+}
+
+/// Limits under abuse, against the real binary with an RS256 key and the
+/// default limits: a few hundred connections flood `refresh` (RS256
+/// verification), then a few hundred flood WebSocket pings, while a
+/// bystander pings and two members receive a stream of broadcasts. The
+/// bystander's round trip stays bounded, the members lose nothing, the
+/// flooders are limited (pings: closed with 1008), and the server exits 0
+/// within its drain time. The numbers go to docs/operations.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_under_abuse() {
+    use futures_util::{SinkExt, StreamExt};
+    use harness::*;
+    use roomcast_tests::tokio_tungstenite::tungstenite::Message;
+    use std::sync::atomic::AtomicBool;
+
+    const ABUSERS: usize = 300;
+    const REFRESHES_EACH: usize = 10;
+    const PACED_EACH: usize = 120;
+    const PINGS_EACH: usize = 500;
+
+    let server = Server::start(&[]).await;
+    let addr = server.addr;
+    let publish_token = server.token("backend", "publish");
+    let mut report = Vec::new();
+
+    // Idle baseline.
+    let bystander = Client::connect(addr, Auth::None).await;
+    let running = Arc::new(AtomicBool::new(false));
+    let (bystander, mut idle) = bystander_rtts(bystander, running.clone()).await;
+    let (p50, p99, max) = summary(&mut idle);
+    report.push(format!(
+        "idle | bystander p50 {p50:?} p99 {p99:?} max {max:?} | peak RSS {} KiB",
+        server.peak_rss_kib()
+    ));
+
+    // Phase 1: refresh flood with RS256.
+    let fresh = server.token("abuser", "");
+    let auths = (0..ABUSERS)
+        .map(|_| Auth::Header(server.token("abuser", "")))
+        .collect();
+    let abusers = connect_all(addr, auths).await;
+    let mut member = Client::connect(addr, Auth::None).await;
+    member.join("news").await;
+    let running = Arc::new(AtomicBool::new(true));
+    let watcher = tokio::spawn(bystander_rtts(bystander, running.clone()));
+    let publishing = tokio::spawn(publisher(
+        addr,
+        publish_token.clone(),
+        "news",
+        running.clone(),
+    ));
+    let started = tokio::time::Instant::now();
+    let mut floods = Vec::new();
+    for mut abuser in abusers {
+        let fresh = fresh.clone();
+        floods.push(tokio::spawn(async move {
+            for i in 0..REFRESHES_EACH {
+                let text =
+                    json!({"action": "refresh", "data": {"token": fresh}, "id": i}).to_string();
+                abuser.ws.feed(Message::text(text)).await.expect("feed");
+            }
+            abuser.ws.flush().await.expect("flush");
+            for i in 0..REFRESHES_EACH {
+                let reply = abuser.recv_json().await;
+                assert_eq!(reply["id"], i, "{reply}");
+                assert_eq!(reply["data"]["message"], "Token refreshed", "{reply}");
+            }
+            abuser
+        }));
+    }
+    let mut abusers = Vec::new();
+    for flood in floods {
+        abusers.push(flood.await.expect("refresher"));
+    }
+    let flood_time = started.elapsed();
+    running.store(false, Ordering::SeqCst);
+    let (bystander, mut rtts) = watcher.await.expect("bystander");
+    let published = publishing.await.expect("publisher");
+    receives_everything(&mut member, published).await;
+    let (p50, p99, max) = summary(&mut rtts);
+    report.push(format!(
+        "{ABUSERS} connections x {REFRESHES_EACH} pipelined RS256 refreshes ({} verifications in {flood_time:?}) | bystander p50 {p50:?} p99 {p99:?} max {max:?} over {} pings | peak RSS {} KiB | member got all {published} broadcasts",
+        ABUSERS * REFRESHES_EACH,
+        rtts.len(),
+        server.peak_rss_kib()
+    ));
+    assert!(
+        max < Duration::from_secs(2),
+        "bystander round trip {max:?} during the refresh flood"
+    );
+    for abuser in abusers {
+        abuser.close().await;
+    }
+
+    // Phase 2: WebSocket pings, first at 40/s each (within the default
+    // limit of 50/s: all answered), then as fast as possible (beyond the
+    // burst of 100: no pong; after 20 violations, close 1008).
+    let auths = (0..ABUSERS).map(|_| Auth::None).collect();
+    let flooders = connect_all(addr, auths).await;
+    let running = Arc::new(AtomicBool::new(true));
+    let watcher = tokio::spawn(bystander_rtts(bystander, running.clone()));
+    let publishing = tokio::spawn(publisher(
+        addr,
+        publish_token.clone(),
+        "news-2",
+        running.clone(),
+    ));
+    member.join("news-2").await;
+    let started = tokio::time::Instant::now();
+    let mut floods = Vec::new();
+    for flooder in flooders {
+        floods.push(tokio::spawn(async move {
+            let (mut sink, mut stream) = flooder.ws.split();
+            let sending = tokio::spawn(async move {
+                // Within the limit first: 40 pings a second for 3 s.
+                let mut tick = tokio::time::interval(Duration::from_millis(25));
+                for i in 0..PACED_EACH {
+                    tick.tick().await;
+                    if sink
+                        .send(Message::Ping(vec![i as u8].into()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                // Then as fast as it can.
+                for i in 0..PINGS_EACH {
+                    if sink
+                        .feed(Message::Ping(vec![i as u8].into()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                let _ = sink.flush().await;
+            });
+            let mut pongs = 0;
+            let code = loop {
+                match tokio::time::timeout(TIMEOUT, stream.next())
+                    .await
+                    .expect("flooder")
+                {
+                    Some(Ok(Message::Pong(_))) => pongs += 1,
+                    Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break None,
+                }
+            };
+            let _ = sending.await;
+            (code, pongs)
+        }));
+    }
+    let mut closed_1008 = 0;
+    let mut pongs_total = 0;
+    for flood in floods {
+        let (code, pongs) = flood.await.expect("flooder");
+        closed_1008 += usize::from(code == Some(1008));
+        pongs_total += pongs;
+    }
+    let flood_time = started.elapsed();
+    running.store(false, Ordering::SeqCst);
+    let (bystander, mut rtts) = watcher.await.expect("bystander");
+    let published = publishing.await.expect("publisher");
+    receives_everything(&mut member, published).await;
+    let (p50, p99, max) = summary(&mut rtts);
+    report.push(format!(
+        "{ABUSERS} connections x ({PACED_EACH} WebSocket pings at 40/s, then {PINGS_EACH} at once) ({flood_time:?}; {pongs_total} pongs, {closed_1008} closed with 1008) | bystander p50 {p50:?} p99 {p99:?} max {max:?} over {} pings | peak RSS {} KiB | member got all {published} broadcasts",
+        rtts.len(),
+        server.peak_rss_kib()
+    ));
+    assert_eq!(
+        closed_1008, ABUSERS,
+        "every ping flooder is cut off with 1008"
+    );
+    assert!(
+        pongs_total <= ABUSERS * (PACED_EACH + 110),
+        "{pongs_total} pongs: pings beyond the allowance were answered"
+    );
+    assert!(
+        max < Duration::from_secs(2),
+        "bystander round trip {max:?} during the ping flood"
+    );
+
+    bystander.close().await;
+    member.close().await;
+    let rss = server.peak_rss_kib();
+    let (status, exit_time) = server.stop().await;
+    report.push(format!(
+        "SIGTERM: exit {status} after {exit_time:?}; peak RSS {rss} KiB"
+    ));
+    for line in &report {
+        eprintln!("abuse: {line}");
+    }
+    assert!(status.success(), "{status}");
+    assert!(
+        exit_time < Duration::from_secs(5 + 2 + 5),
+        "exit took {exit_time:?}"
+    );
+}
