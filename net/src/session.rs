@@ -8,7 +8,13 @@
 //!
 //! When the hub closes a connection it queues the close frame and signals
 //! here; the session then gives the client `close_flush_timeout` to reply
-//! before dropping the socket.
+//! before dropping the socket, or, after a close for a violation (1002,
+//! 1007, 1008, 1009), lingers: reads and discards what the client still
+//! sends while the hub has shut the sending side down.
+//!
+//! The session also counts the client's ping and pong frames against an
+//! allowance (they never reach the core's rate limiter), and takes each
+//! text message's share of the inbound byte budget before handing it over.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -273,9 +279,7 @@ impl Session {
             _ = settings.stop.cancelled() => {}
         }
     }
-}
 
-impl Session {
     /// Counts one ping or pong frame from the client against its allowance.
     ///
     /// WebSocket control frames never reach the core, whose token bucket
