@@ -9,9 +9,17 @@
 //! the hub has handled it (the [`InboundBytes`] share is dropped). A
 //! message that does not fit is refused at once, with a clear answer
 //! (error `SERVER_BUSY`, or 503 for a publish), instead of being queued.
+//!
+//! The last eighth of the budget is kept for small messages (up to
+//! [`SMALL_MESSAGE_BYTES`]): clients flooding big messages cannot take it
+//! all, so the pings and joins of everyone else still get through.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// Messages up to this size may use the whole budget; larger ones only
+/// seven eighths of it.
+pub const SMALL_MESSAGE_BYTES: usize = 4096;
 
 /// The shared budget.
 #[derive(Debug)]
@@ -38,9 +46,14 @@ impl InboundBudget {
 
     /// Takes `bytes`, or `None` when they do not fit.
     pub fn try_take(self: &Arc<Self>, bytes: usize) -> Option<InboundBytes> {
+        let limit = if bytes <= SMALL_MESSAGE_BYTES {
+            self.max
+        } else {
+            self.max - self.max / 8
+        };
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&total| total <= self.max)
+                used.checked_add(bytes).filter(|&total| total <= limit)
             })
             .ok()
             .map(|_| InboundBytes {
@@ -79,5 +92,20 @@ mod tests {
         drop((b, c));
         assert_eq!(budget.used(), 0);
         assert!(budget.try_take(usize::MAX).is_none());
+    }
+
+    #[test]
+    fn big_messages_leave_the_last_eighth_to_small_ones() {
+        let budget = InboundBudget::new(80_000);
+        let big = budget.try_take(60_000).expect("fits");
+        assert!(budget.try_take(10_001).is_none(), "big: 7/8 at most");
+        let more_big = budget.try_take(10_000).expect("up to 70,000");
+        let small: Vec<_> = (0..2)
+            .map(|_| budget.try_take(4096).expect("small fits"))
+            .collect();
+        assert!(budget.try_take(4096).is_none());
+        assert!(budget.try_take(30).is_some());
+        drop((big, more_big, small));
+        assert_eq!(budget.used(), 0);
     }
 }

@@ -191,8 +191,8 @@ impl ServerConfig {
         if self.rooms.conflation_window_ms == 0 || self.rooms.conflation_window_ms > 60_000 {
             return Err("rooms: conflation_window_ms must be between 1 and 60000".into());
         }
-        if l.inbound_bytes_max < l.message_bytes_max.max(l.api_body_bytes_max) {
-            return Err("limits: inbound_bytes_max must be at least message_bytes_max and api_body_bytes_max (one message must fit)".into());
+        if l.inbound_bytes_max / 2 < l.message_bytes_max.max(l.api_body_bytes_max) {
+            return Err("limits: inbound_bytes_max must be at least twice message_bytes_max and api_body_bytes_max".into());
         }
         if l.api_body_timeout_ms == 0 {
             return Err("limits: api_body_timeout_ms must be > 0".into());

@@ -198,7 +198,7 @@ mod harness {
     use std::time::Duration;
 
     use roomcast_tests::tokens::{now_s, rs256};
-    use roomcast_tests::{binary, http, Auth, Client, HttpConn, TIMEOUT};
+    use roomcast_tests::{binary, http, Auth, Client, TIMEOUT};
     use serde_json::json;
     use tokio::process::{Child, Command};
 
@@ -295,7 +295,8 @@ mod harness {
     }
 
     /// A well-behaved client's ping round trips while `running` is set
-    /// (about 30 a second: within the default rate limit of 50).
+    /// (about 30 a second: within the default rate limit of 50), and how
+    /// many of its pings were refused with `SERVER_BUSY`.
     pub async fn bystander_rtts(
         mut client: Client,
         running: Arc<AtomicBool>,
@@ -311,29 +312,32 @@ mod harness {
         (client, rtts)
     }
 
-    /// Publishes numbered broadcasts to `room` while `running` is set;
-    /// returns how many.
+    /// Publishes numbered broadcasts to `room` while `running` is set, one
+    /// request per connection; returns how many, and the slowest answer.
     pub async fn publisher(
         addr: SocketAddr,
         token: String,
         room: &'static str,
         running: Arc<AtomicBool>,
-    ) -> u64 {
-        let mut api = HttpConn::connect(addr).await;
+    ) -> (u64, Duration) {
         let mut published = 0;
+        let mut slowest = Duration::ZERO;
         while running.load(Ordering::SeqCst) || published < 5 {
-            let response = api
-                .post_json(
-                    "/api/broadcast",
-                    Some(&token),
-                    &json!({"room": room, "type": "queue_status", "data": {"n": published + 1}}),
-                )
-                .await;
+            let started = tokio::time::Instant::now();
+            let response = roomcast_tests::api_post(
+                addr,
+                "/api/broadcast",
+                Some(&token),
+                json!({"room": room, "type": "queue_status", "data": {"n": published + 1}})
+                    .to_string(),
+            )
+            .await;
             assert_eq!(response.status, 200, "{response:?}");
+            slowest = slowest.max(started.elapsed());
             published += 1;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        published
+        (published, slowest)
     }
 
     /// Reads `count` broadcasts and checks they are seq 1..=count in order.
@@ -369,10 +373,12 @@ mod harness {
 
 /// Limits under abuse, against the real binary with an RS256 key and the
 /// default limits: a few hundred connections flood `refresh` (RS256
-/// verification), then a few hundred flood WebSocket pings, while a
-/// bystander pings and two members receive a stream of broadcasts. The
-/// bystander's round trip stays bounded, the members lose nothing, the
-/// flooders are limited (pings: closed with 1008), and the server exits 0
+/// verification), then a few hundred flood WebSocket pings, then a hundred
+/// send 60 KiB messages as fast as they can, while a bystander pings and a
+/// member receives a stream of broadcasts. The bystander's round trip
+/// stays bounded, the member loses nothing, the flooders are limited
+/// (pings: closed with 1008; big messages: the inbound byte budget), the
+/// server's peak RSS stays under a documented ceiling, and it exits 0
 /// within its drain time. The numbers go to docs/operations.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_under_abuse() {
@@ -384,6 +390,11 @@ async fn limits_under_abuse() {
     const ABUSERS: usize = 300;
     const REFRESHES_EACH: usize = 10;
     const PACED_EACH: usize = 120;
+    const BIG_SENDERS: usize = 50;
+    const BIG_EACH: usize = 40;
+    /// The documented ceiling (docs/operations.md section 9) on the
+    /// server's peak RSS through all of this, with the default limits.
+    const RSS_CEILING_KIB: u64 = 128 * 1024;
     const PINGS_EACH: usize = 500;
 
     let server = Server::start(&[]).await;
@@ -443,11 +454,11 @@ async fn limits_under_abuse() {
     let flood_time = started.elapsed();
     running.store(false, Ordering::SeqCst);
     let (bystander, mut rtts) = watcher.await.expect("bystander");
-    let published = publishing.await.expect("publisher");
+    let (published, slowest_publish) = publishing.await.expect("publisher");
     receives_everything(&mut member, published).await;
     let (p50, p99, max) = summary(&mut rtts);
     report.push(format!(
-        "{ABUSERS} connections x {REFRESHES_EACH} pipelined RS256 refreshes ({} verifications in {flood_time:?}) | bystander p50 {p50:?} p99 {p99:?} max {max:?} over {} pings | peak RSS {} KiB | member got all {published} broadcasts",
+        "{ABUSERS} connections x {REFRESHES_EACH} pipelined RS256 refreshes ({} verifications in {flood_time:?}) | bystander p50 {p50:?} p99 {p99:?} max {max:?} over {} pings | peak RSS {} KiB | member got all {published} broadcasts (slowest publish {slowest_publish:?})",
         ABUSERS * REFRESHES_EACH,
         rtts.len(),
         server.peak_rss_kib()
@@ -530,11 +541,11 @@ async fn limits_under_abuse() {
     let flood_time = started.elapsed();
     running.store(false, Ordering::SeqCst);
     let (bystander, mut rtts) = watcher.await.expect("bystander");
-    let published = publishing.await.expect("publisher");
+    let (published, slowest_publish) = publishing.await.expect("publisher");
     receives_everything(&mut member, published).await;
     let (p50, p99, max) = summary(&mut rtts);
     report.push(format!(
-        "{ABUSERS} connections x ({PACED_EACH} WebSocket pings at 40/s, then {PINGS_EACH} at once) ({flood_time:?}; {pongs_total} pongs, {closed_1008} closed with 1008) | bystander p50 {p50:?} p99 {p99:?} max {max:?} over {} pings | peak RSS {} KiB | member got all {published} broadcasts",
+        "{ABUSERS} connections x ({PACED_EACH} WebSocket pings at 40/s, then {PINGS_EACH} at once) ({flood_time:?}; {pongs_total} pongs, {closed_1008} closed with 1008) | bystander p50 {p50:?} p99 {p99:?} max {max:?} over {} pings | peak RSS {} KiB | member got all {published} broadcasts (slowest publish {slowest_publish:?})",
         rtts.len(),
         server.peak_rss_kib()
     ));
@@ -549,6 +560,74 @@ async fn limits_under_abuse() {
     assert!(
         max < Duration::from_secs(2),
         "bystander round trip {max:?} during the ping flood"
+    );
+
+    // Phase 3: big messages as fast as they can be sent: the inbound byte
+    // budget (16 MiB by default) bounds what waits for the hub, whatever
+    // the count; what does not fit is answered SERVER_BUSY.
+    let auths = (0..BIG_SENDERS).map(|_| Auth::None).collect();
+    let senders = connect_all(addr, auths).await;
+    let running = Arc::new(AtomicBool::new(true));
+    let watcher = tokio::spawn(bystander_rtts(bystander, running.clone()));
+    let publishing = tokio::spawn(publisher(
+        addr,
+        publish_token.clone(),
+        "news-3",
+        running.clone(),
+    ));
+    member.join("news-3").await;
+    let started = tokio::time::Instant::now();
+    let pad = "b".repeat(60 * 1024);
+    let mut floods = Vec::new();
+    for mut sender in senders {
+        let pad = pad.clone();
+        floods.push(tokio::spawn(async move {
+            for i in 0..BIG_EACH {
+                // Cheap to build (the test's own CPU is shared with the server).
+                let text = format!(r#"{{"action":"ping","id":{i},"pad":"{pad}"}}"#);
+                sender.ws.feed(Message::text(text)).await.expect("feed");
+                tokio::task::yield_now().await;
+            }
+            sender.ws.flush().await.expect("flush");
+            let (mut pongs, mut busy) = (0, 0);
+            for i in 0..BIG_EACH {
+                let reply = sender.recv_json().await;
+                assert_eq!(reply["id"], i, "one answer per message, in order: {reply}");
+                match (reply["type"].as_str(), reply["data"]["code"].as_str()) {
+                    (Some("pong"), _) => pongs += 1,
+                    (Some("error"), Some("SERVER_BUSY")) => busy += 1,
+                    _ => panic!("{reply}"),
+                }
+            }
+            sender.close().await;
+            (pongs, busy)
+        }));
+    }
+    let (mut pongs_total, mut busy_total) = (0, 0);
+    for flood in floods {
+        let (pongs, busy) = flood.await.expect("big sender");
+        pongs_total += pongs;
+        busy_total += busy;
+    }
+    let flood_time = started.elapsed();
+    running.store(false, Ordering::SeqCst);
+    let (bystander, mut rtts) = watcher.await.expect("bystander");
+    let (published, slowest_publish) = publishing.await.expect("publisher");
+    receives_everything(&mut member, published).await;
+    let (p50, p99, max) = summary(&mut rtts);
+    let rss = server.peak_rss_kib();
+    report.push(format!(
+        "{BIG_SENDERS} connections x {BIG_EACH} messages of 60 KiB ({} MiB in {flood_time:?}; {pongs_total} executed, {busy_total} SERVER_BUSY) | bystander p50 {p50:?} p99 {p99:?} max {max:?} over {} pings | peak RSS {rss} KiB | member got all {published} broadcasts (slowest publish {slowest_publish:?})",
+        BIG_SENDERS * BIG_EACH * 60 / 1024,
+        rtts.len(),
+    ));
+    assert!(
+        rss < RSS_CEILING_KIB,
+        "peak RSS {rss} KiB over the ceiling of {RSS_CEILING_KIB} KiB"
+    );
+    assert!(
+        max < Duration::from_secs(2),
+        "bystander round trip {max:?} during the big-message flood"
     );
 
     bystander.close().await;
