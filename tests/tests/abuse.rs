@@ -295,8 +295,8 @@ mod harness {
     }
 
     /// A well-behaved client's ping round trips while `running` is set
-    /// (about 30 a second: within the default rate limit of 50), and how
-    /// many of its pings were refused with `SERVER_BUSY`.
+    /// (about 30 a second: within the default rate limit of 50). Every
+    /// ping must be answered with its pong.
     pub async fn bystander_rtts(
         mut client: Client,
         running: Arc<AtomicBool>,
