@@ -1,6 +1,6 @@
 //! Who may do what: connection identities and the room access rules.
 
-use crate::names::RoomName;
+use crate::names::{is_encoding_of, RoomName};
 
 /// Who is behind a connection, as established by the shell from its token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +54,9 @@ pub enum RoomAccess {
     /// Only connections with a verified token.
     Authenticated,
     /// Rooms named `<prefix><sub>`: only the user whose id is `<sub>`.
+    /// The `sub` is written with [`crate::names::encode_name_part`] (which
+    /// leaves ids such as `alice` unchanged), so any `sub` has its room:
+    /// `user:auth0%7C5f1c` is the room of `auth0|5f1c`.
     PrivateUser,
 }
 
@@ -109,7 +112,9 @@ impl AccessRules {
         match self.rule_for(room.as_str()) {
             (RoomAccess::Public, _) => true,
             (RoomAccess::Authenticated, _) => identity.user().is_some(),
-            (RoomAccess::PrivateUser, owner) => identity.user().is_some_and(|u| u.id == owner),
+            (RoomAccess::PrivateUser, owner) => identity
+                .user()
+                .is_some_and(|u| is_encoding_of(owner, &u.id)),
         }
     }
 }
@@ -138,6 +143,31 @@ mod tests {
         assert!(rules.can_join(&user("alice", &[]), &room("user:alice")));
         assert!(!rules.can_join(&user("bob", &[]), &room("user:alice")));
         assert!(!rules.can_join(&user("alice", &[]), &room("user:alice2")));
+    }
+
+    #[test]
+    fn private_rooms_work_for_any_sub() {
+        let rules = AccessRules::default();
+        for (sub, room_name) in [
+            (
+                "auth0|5f1c2d3e4f5a6b7c8d9e0f1a",
+                "user:auth0%7C5f1c2d3e4f5a6b7c8d9e0f1a",
+            ),
+            ("google-oauth2|1234", "user:google-oauth2%7C1234"),
+            ("alice@example.com", "user:alice%40example.com"),
+            ("bo+b@example.com", "user:bo%2Bb%40example.com"),
+        ] {
+            let owner = user(sub, &[]);
+            assert!(rules.can_join(&owner, &room(room_name)), "{sub}");
+            assert!(!rules.can_join(&user("alice", &[]), &room(room_name)));
+            assert!(!rules.can_join(&Identity::Anonymous, &room(room_name)));
+        }
+        // Only the one encoding: no second private room per user, and no
+        // look-alike for someone else.
+        assert!(RoomName::new("user:google-oauth2%7c1234").is_none());
+        assert!(!rules.can_join(&user("a%7Cb", &[]), &room("user:a%7Cb")));
+        assert!(rules.can_join(&user("a%7Cb", &[]), &room("user:a%257Cb")));
+        assert!(rules.can_join(&user("a|b", &[]), &room("user:a%7Cb")));
     }
 
     #[test]

@@ -27,11 +27,14 @@ pub enum ErrorCode {
     /// overloaded: a `publish` was not appended, or a `join` could not
     /// learn the room's position. Retry later.
     EngineUnavailable,
+    /// The server had no room for the message (its inbound byte budget
+    /// was full); it was not executed. Retry later.
+    ServerBusy,
 }
 
 impl ErrorCode {
     /// Every code, for documentation tests and fuzz dictionaries.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidMessage,
         ErrorCode::InvalidSubscription,
         ErrorCode::UnknownAction,
@@ -43,6 +46,7 @@ impl ErrorCode {
         ErrorCode::UnknownType,
         ErrorCode::InvalidKey,
         ErrorCode::EngineUnavailable,
+        ErrorCode::ServerBusy,
     ];
 
     /// The wire spelling.
@@ -59,6 +63,7 @@ impl ErrorCode {
             ErrorCode::UnknownType => "UNKNOWN_TYPE",
             ErrorCode::InvalidKey => "INVALID_KEY",
             ErrorCode::EngineUnavailable => "ENGINE_UNAVAILABLE",
+            ErrorCode::ServerBusy => "SERVER_BUSY",
         }
     }
 }
@@ -70,6 +75,11 @@ pub enum CloseCode {
     Normal,
     /// 1001: the server is shutting down.
     GoingAway,
+    /// 1002: the client broke the WebSocket framing rules (unmasked frame,
+    /// reserved bits, unknown opcode, fragmented control frame, ...).
+    ProtocolError,
+    /// 1007: a text message that is not valid UTF-8.
+    InvalidPayload,
     /// 1008: the client kept violating its rate limit after being warned.
     PolicyViolation,
     /// 1009: a message over the configured maximum size.
@@ -86,9 +96,11 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every close code, for documentation tests.
-    pub const ALL: [CloseCode; 8] = [
+    pub const ALL: [CloseCode; 10] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
+        CloseCode::ProtocolError,
+        CloseCode::InvalidPayload,
         CloseCode::PolicyViolation,
         CloseCode::MessageTooBig,
         CloseCode::InternalError,
@@ -102,6 +114,8 @@ impl CloseCode {
         match self {
             CloseCode::Normal => 1000,
             CloseCode::GoingAway => 1001,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::InvalidPayload => 1007,
             CloseCode::PolicyViolation => 1008,
             CloseCode::MessageTooBig => 1009,
             CloseCode::InternalError => 1011,
@@ -116,6 +130,8 @@ impl CloseCode {
         match self {
             CloseCode::Normal => "normal close",
             CloseCode::GoingAway => "server shutting down",
+            CloseCode::ProtocolError => "WebSocket protocol violation",
+            CloseCode::InvalidPayload => "invalid UTF-8 in a text message",
             CloseCode::PolicyViolation => "rate limit violated repeatedly",
             CloseCode::MessageTooBig => "message too big",
             CloseCode::InternalError => "internal server error",
@@ -125,11 +141,27 @@ impl CloseCode {
         }
     }
 
+    /// Whether the close answers a violation by the client (1002, 1007,
+    /// 1008, 1009): the client may still be sending, so the shell lingers
+    /// (stops sending, reads and discards for a while) before closing the
+    /// socket, rather than make the client's kernel answer with a reset.
+    pub fn lingers(self) -> bool {
+        matches!(
+            self,
+            CloseCode::ProtocolError
+                | CloseCode::InvalidPayload
+                | CloseCode::PolicyViolation
+                | CloseCode::MessageTooBig
+        )
+    }
+
     /// A short label for metrics (`disconnects_total{reason=...}`).
     pub fn metric_label(self) -> &'static str {
         match self {
             CloseCode::Normal => "normal",
             CloseCode::GoingAway => "shutdown",
+            CloseCode::ProtocolError => "protocol_error",
+            CloseCode::InvalidPayload => "invalid_payload",
             CloseCode::PolicyViolation => "rate_limit",
             CloseCode::MessageTooBig => "oversize",
             CloseCode::InternalError => "server_error",

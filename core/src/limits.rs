@@ -66,6 +66,19 @@ pub struct Limits {
     pub engine_retry_ms: u64,
     /// How long before its token expires a connection is warned (`system_warning`), in ms.
     pub token_warning_ms: u64,
+    /// *shell*: after a close frame for a violation (1002, 1007, 1008, 1009)
+    /// the server shuts down its sending side and reads and discards what
+    /// the client still sends, so the client's kernel does not answer the
+    /// unread data with a reset; this long at most, in ms.
+    pub linger_ms: u64,
+    /// *shell*: most bytes read and discarded while lingering.
+    pub linger_bytes_max: usize,
+    /// *shell*: time to receive a whole publish API request body, in ms (→ 408).
+    pub api_body_timeout_ms: u64,
+    /// *shell*: bytes of client messages and API publish bodies received
+    /// and not yet handled by the hub, across all connections (→ error
+    /// `SERVER_BUSY` / 503 when full).
+    pub inbound_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -95,6 +108,10 @@ impl Default for Limits {
             stream_check_interval_ms: 30_000,
             stream_buffer_max: 1024,
             engine_retry_ms: 1_000,
+            linger_ms: 2_000,
+            linger_bytes_max: 8 * 1024 * 1024,
+            api_body_timeout_ms: 10_000,
+            inbound_bytes_max: 16 * 1024 * 1024,
         }
     }
 }

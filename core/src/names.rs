@@ -88,24 +88,72 @@ impl fmt::Debug for ConnectionId {
 pub const ROOM_NAME_MAX_BYTES: usize = 128;
 
 /// A room name that satisfies the protocol's rule: 1 to 128 bytes of
-/// `[A-Za-z0-9_.:-]`. Cheap to clone (shared).
+/// `[A-Za-z0-9_.:-]`, plus `%XX` escapes (`%` and two upper-case hex
+/// digits, see [`encode_name_part`]). Cheap to clone (shared).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RoomName(Arc<str>);
+
+/// Whether `byte` may stand for itself in a room name.
+fn is_plain(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b':' | b'-')
+}
+
+fn is_upper_hex(byte: u8) -> bool {
+    byte.is_ascii_digit() || (b'A'..=b'F').contains(&byte)
+}
 
 impl RoomName {
     /// Validates `name`; `None` when it breaks the room-name rule.
     pub fn new(name: &str) -> Option<RoomName> {
-        let valid_len = !name.is_empty() && name.len() <= ROOM_NAME_MAX_BYTES;
-        let valid_bytes = name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
-        (valid_len && valid_bytes).then(|| RoomName(Arc::from(name)))
+        let bytes = name.as_bytes();
+        let valid_len = !bytes.is_empty() && bytes.len() <= ROOM_NAME_MAX_BYTES;
+        let mut i = 0;
+        while valid_len && i < bytes.len() {
+            match bytes[i] {
+                b if is_plain(b) => i += 1,
+                b'%' if bytes.len() > i + 2
+                    && is_upper_hex(bytes[i + 1])
+                    && is_upper_hex(bytes[i + 2]) =>
+                {
+                    i += 3
+                }
+                _ => return None,
+            }
+        }
+        valid_len.then(|| RoomName(Arc::from(name)))
     }
 
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Encodes any text (a token's `sub`, say) for use inside a room name:
+/// bytes of `[A-Za-z0-9_.:-]` stay as they are, every other byte of its
+/// UTF-8 becomes `%XX` (upper-case hex). So `alice` stays `alice`,
+/// `auth0|5f1c` becomes `auth0%7C5f1c` and `bo+b@example.com` becomes
+/// `bo%2Bb%40example.com`. Every text has exactly one encoding, and the
+/// encoding of a text that was already a valid name part is itself.
+pub fn encode_name_part(text: &str) -> String {
+    encoded_bytes(text).map(char::from).collect()
+}
+
+/// Whether `part` (of a room name) is exactly the encoding of `text`,
+/// without building it.
+pub fn is_encoding_of(part: &str, text: &str) -> bool {
+    encoded_bytes(text).eq(part.bytes())
+}
+
+/// The bytes of [`encode_name_part`].
+fn encoded_bytes(text: &str) -> impl Iterator<Item = u8> + '_ {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    text.bytes().flat_map(|b| {
+        let escaped = [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
+        let len = if is_plain(b) { 1 } else { 3 };
+        let first = if is_plain(b) { [b, 0, 0] } else { escaped };
+        first.into_iter().take(len)
+    })
 }
 
 impl fmt::Display for RoomName {
@@ -160,6 +208,40 @@ mod tests {
         for bad in ["", " ", "a b", "ü", "room/1", "a\u{0}", &"x".repeat(129)] {
             assert!(RoomName::new(bad).is_none(), "{bad:?}");
         }
+        // `%` only as the start of an upper-case `%XX` escape.
+        for ok in ["user:auth0%7C5f1c", "%40", "a%2Bb%40c.d"] {
+            assert!(RoomName::new(ok).is_some(), "{ok}");
+        }
+        for bad in ["%", "a%", "a%4", "a%7c", "a%G0", "100%", "%%41"] {
+            assert!(RoomName::new(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn any_text_encodes_into_a_valid_name_part() {
+        for (text, encoded) in [
+            ("alice", "alice"),
+            ("urn:x.y_z-1", "urn:x.y_z-1"),
+            (
+                "auth0|5f1c2d3e4f5a6b7c8d9e0f1a",
+                "auth0%7C5f1c2d3e4f5a6b7c8d9e0f1a",
+            ),
+            ("google-oauth2|1234", "google-oauth2%7C1234"),
+            ("bo+b@example.com", "bo%2Bb%40example.com"),
+            ("a b/c%", "a%20b%2Fc%25"),
+            ("ü", "%C3%BC"),
+        ] {
+            assert_eq!(encode_name_part(text), encoded, "{text}");
+            assert!(is_encoding_of(encoded, text));
+            assert!(
+                RoomName::new(&format!("user:{encoded}")).is_some(),
+                "{encoded}"
+            );
+        }
+        assert!(!is_encoding_of("auth0|5f1c", "auth0|5f1c"));
+        assert!(!is_encoding_of("auth0%7c5f1c", "auth0|5f1c"));
+        assert!(!is_encoding_of("alic", "alice"));
+        assert!(!is_encoding_of("alice%20", "alice"));
     }
 
     #[test]

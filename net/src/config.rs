@@ -112,11 +112,28 @@ impl Default for AuthConfig {
 
 impl ServerConfig {
     /// Loads the configuration: `file` (if any) over the defaults, then the
-    /// `ROOMCAST_*` variables of `env` over that.
+    /// `ROOMCAST_*` variables of `env` over that. Warnings (ignored foreign
+    /// `ROOMCAST_*` variables) are dropped; see [`ServerConfig::load_reporting`].
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<ServerConfig, String> {
+        ServerConfig::load_reporting(file, env).map(|(config, _)| config)
+    }
+
+    /// Like [`ServerConfig::load`], and also returns one warning for each
+    /// `ROOMCAST_*` variable that was ignored because it names no setting
+    /// (such as the `ROOMCAST_PORT`, `ROOMCAST_SERVICE_HOST`, ... that
+    /// Kubernetes injects for a Service named `roomcast`).
+    ///
+    /// Typos still stop startup: a variable that names a known table with
+    /// an unknown key (`ROOMCAST_LIMITS__NOPE`), or whose name is a near
+    /// miss of a setting (`ROOMCAST_LISTN`, `ROOMCAST_LIMIT__CONNECTIONS_MAX`),
+    /// is an error.
+    pub fn load_reporting(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(ServerConfig, Vec<String>), String> {
         let mut table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -131,14 +148,20 @@ impl ServerConfig {
             .filter(|(k, _)| k.starts_with("ROOMCAST_") && !NOT_CONFIG_KEYS.contains(&k.as_str()))
             .collect();
         env.sort();
+        let mut warnings = Vec::new();
         for (key, value) in env {
-            apply_env(&mut table, &key, &value)?;
+            match classify_env(&key)? {
+                EnvKey::Setting(path) => apply_env(&mut table, &key, &path, &value)?,
+                EnvKey::Foreign => warnings.push(format!(
+                    "ignoring environment variable {key}: it names no roomcast setting"
+                )),
+            }
         }
         let config: ServerConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| format!("invalid configuration: {}", e.message()))?;
         config.validate()?;
-        Ok(config)
+        Ok((config, warnings))
     }
 
     /// Checks cross-field rules that serde cannot express.
@@ -168,6 +191,12 @@ impl ServerConfig {
         if self.rooms.conflation_window_ms == 0 || self.rooms.conflation_window_ms > 60_000 {
             return Err("rooms: conflation_window_ms must be between 1 and 60000".into());
         }
+        if l.inbound_bytes_max / 2 < l.message_bytes_max.max(l.api_body_bytes_max) {
+            return Err("limits: inbound_bytes_max must be at least twice message_bytes_max and api_body_bytes_max".into());
+        }
+        if l.api_body_timeout_ms == 0 {
+            return Err("limits: api_body_timeout_ms must be > 0".into());
+        }
         if l.idle_timeout_ms <= l.ping_interval_ms {
             return Err("limits: idle_timeout_ms must be greater than ping_interval_ms".into());
         }
@@ -181,16 +210,186 @@ const NOT_CONFIG_KEYS: [&str; 1] = [
     "ROOMCAST_LOG",
 ];
 
-/// Applies one `ROOMCAST_*` variable to the TOML tree.
-fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<(), String> {
+/// Top-level keys of [`ServerConfig`] that hold a value (not a table).
+const TOP_LEVEL_KEYS: [&str; 7] = [
+    "listen",
+    "server_name",
+    "log_format",
+    "custom_types",
+    "allowed_origins",
+    "shutdown_drain_ms",
+    "close_flush_timeout_ms",
+];
+
+/// The tables of [`ServerConfig`] and their keys (checked against the
+/// structs by a test, so a new field cannot be forgotten here).
+const TABLES: [(&str, &[&str]); 4] = [
+    (
+        "auth",
+        &[
+            "algorithm",
+            "jwt_secret",
+            "public_key_file",
+            "invalid_token",
+            "leeway_s",
+        ],
+    ),
+    ("limits", LIMIT_KEYS),
+    ("access", &["default", "rules"]),
+    (
+        "rooms",
+        &[
+            "presence_diff_prefixes",
+            "conflate_prefixes",
+            "conflation_window_ms",
+        ],
+    ),
+];
+
+/// The keys of `[limits]` ([`Limits`]).
+const LIMIT_KEYS: &[&str] = &[
+    "message_bytes_max",
+    "read_buffer_bytes",
+    "write_buffer_bytes",
+    "outbound_queue_bytes_max",
+    "rooms_per_connection_max",
+    "messages_per_second",
+    "message_burst",
+    "rate_violations_max",
+    "connections_max",
+    "connections_per_ip_max",
+    "handshake_timeout_ms",
+    "ping_interval_ms",
+    "idle_timeout_ms",
+    "api_body_bytes_max",
+    "broadcast_rooms_max",
+    "presence_page_max",
+    "history_messages_max",
+    "history_age_ms",
+    "token_warning_ms",
+    "linger_ms",
+    "linger_bytes_max",
+    "api_body_timeout_ms",
+    "inbound_bytes_max",
+];
+
+/// What a `ROOMCAST_*` variable is.
+#[derive(Debug, PartialEq, Eq)]
+enum EnvKey {
+    /// A setting: its path in the TOML tree (`["limits", "connections_max"]`).
+    Setting(Vec<String>),
+    /// Not ours (e.g. injected by Kubernetes): ignored with a warning.
+    Foreign,
+}
+
+/// Sorts a `ROOMCAST_*` variable into a setting or a foreign variable, or
+/// refuses it as a typo: a known table with an unknown key, or a name
+/// within a small edit distance of a setting.
+fn classify_env(key: &str) -> Result<EnvKey, String> {
     let name = key.trim_start_matches("ROOMCAST_").to_ascii_lowercase();
-    let path: Vec<&str> = match name.as_str() {
-        "jwt_secret" => vec!["auth", "jwt_secret"],
-        _ => name.split("__").collect(),
-    };
-    if path.iter().any(|p| p.is_empty()) {
-        return Err(format!("{key}: malformed configuration variable"));
+    if name == "jwt_secret" {
+        return Ok(EnvKey::Setting(vec!["auth".into(), "jwt_secret".into()]));
     }
+    let path: Vec<&str> = name.split("__").collect();
+    let known_table = |t: &str| TABLES.iter().find(|(table, _)| *table == t);
+    match path.as_slice() {
+        [top] if TOP_LEVEL_KEYS.contains(top) || known_table(top).is_some() => {
+            return Ok(EnvKey::Setting(vec![top.to_string()]))
+        }
+        [table, field] => {
+            if let Some((_, fields)) = known_table(table) {
+                if fields.contains(field) {
+                    return Ok(EnvKey::Setting(vec![table.to_string(), field.to_string()]));
+                }
+                let hint = nearest(field, fields.iter().copied())
+                    .map(|k| {
+                        format!(
+                            " (did you mean ROOMCAST_{}__{}?)",
+                            table.to_ascii_uppercase(),
+                            k.to_ascii_uppercase()
+                        )
+                    })
+                    .unwrap_or_default();
+                return Err(format!("{key}: [{table}] has no key {field:?}{hint}"));
+            }
+        }
+        [table, _, ..] if known_table(table).is_some() => {
+            return Err(format!("{key}: malformed configuration variable"));
+        }
+        _ => {}
+    }
+    // Not a setting. A near miss of one is a typo; anything else is foreign.
+    let candidates = TOP_LEVEL_KEYS
+        .iter()
+        .map(|k| k.to_string())
+        .chain(std::iter::once("jwt_secret".to_owned()))
+        .chain(
+            TABLES
+                .iter()
+                .flat_map(|(table, keys)| keys.iter().map(move |k| format!("{table}__{k}"))),
+        );
+    if let Some(near) = candidates.into_iter().find(|c| is_near_miss(&name, c)) {
+        return Err(format!(
+            "{key}: no such setting (did you mean ROOMCAST_{}?)",
+            near.to_ascii_uppercase()
+        ));
+    }
+    if let [table, _] = path.as_slice() {
+        if let Some((near, _)) = TABLES.iter().find(|(t, _)| is_near_miss(table, t)) {
+            return Err(format!(
+                "{key}: no table {table:?} (did you mean ROOMCAST_{}__...?)",
+                near.to_ascii_uppercase()
+            ));
+        }
+    }
+    Ok(EnvKey::Foreign)
+}
+
+/// The closest of `candidates` to `name`, when it is a near miss.
+fn nearest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .filter(|c| is_near_miss(name, c))
+        .min_by_key(|c| edit_distance(name, c))
+}
+
+/// Whether `name` looks like a misspelling of `known`: a small edit
+/// distance (one edit for short names, two for longer ones, three for
+/// long ones, which also catches a unit suffix left off: `_ms`).
+fn is_near_miss(name: &str, known: &str) -> bool {
+    let shorter = name.len().min(known.len());
+    let allowed = match shorter {
+        0..=4 => 1,
+        5..=11 => 2,
+        _ => 3,
+    };
+    edit_distance(name, known) <= allowed
+}
+
+/// Levenshtein distance over bytes (names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, &ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb))
+                .min(above + 1)
+                .min(row[j] + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// Applies one `ROOMCAST_*` variable to the TOML tree at `path`.
+fn apply_env(
+    table: &mut toml::Table,
+    key: &str,
+    path: &[String],
+    value: &str,
+) -> Result<(), String> {
     let mut node = table;
     for part in &path[..path.len() - 1] {
         let entry = node
@@ -304,6 +503,105 @@ mod tests {
         .unwrap();
         assert_eq!(config.auth.jwt_secret.as_deref(), Some("123456"));
         assert_eq!(config.server_name, "42");
+    }
+
+    /// What Kubernetes injects into every pod of a namespace with a
+    /// Service named `roomcast`.
+    const KUBERNETES: [(&str, &str); 7] = [
+        ("ROOMCAST_PORT", "tcp://10.96.0.17:8080"),
+        ("ROOMCAST_SERVICE_HOST", "10.96.0.17"),
+        ("ROOMCAST_SERVICE_PORT", "8080"),
+        ("ROOMCAST_PORT_8080_TCP", "tcp://10.96.0.17:8080"),
+        ("ROOMCAST_PORT_8080_TCP_ADDR", "10.96.0.17"),
+        ("ROOMCAST_PORT_8080_TCP_PORT", "8080"),
+        ("ROOMCAST_PORT_8080_TCP_PROTO", "tcp"),
+    ];
+
+    #[test]
+    fn kubernetes_service_variables_are_ignored_with_a_warning() {
+        let mut vars = env(&KUBERNETES);
+        vars.extend(env(&[("ROOMCAST_LIMITS__CONNECTIONS_MAX", "7")]));
+        let (config, warnings) = ServerConfig::load_reporting(None, vars).unwrap();
+        assert_eq!(config.limits.connections_max, 7);
+        assert_eq!(config.listen, ServerConfig::default().listen);
+        assert_eq!(warnings.len(), KUBERNETES.len(), "{warnings:?}");
+        for (name, _) in KUBERNETES {
+            assert!(
+                warnings.iter().any(|w| w.contains(&format!("{name}:"))),
+                "no warning names {name}: {warnings:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn typos_still_stop_startup() {
+        for (typo, hint) in [
+            ("ROOMCAST_LISTN", "ROOMCAST_LISTEN"),
+            ("ROOMCAST_SERVERNAME", "ROOMCAST_SERVER_NAME"),
+            ("ROOMCAST_SHUTDOWN_DRAIN", "ROOMCAST_SHUTDOWN_DRAIN_MS"),
+            (
+                "ROOMCAST_LIMIT__CONNECTIONS_MAX",
+                "ROOMCAST_LIMITS__CONNECTIONS_MAX",
+            ),
+            (
+                "ROOMCAST_LIMITS_CONNECTIONS_MAX",
+                "ROOMCAST_LIMITS__CONNECTIONS_MAX",
+            ),
+            (
+                "ROOMCAST_LIMITS__CONECTIONS_MAX",
+                "ROOMCAST_LIMITS__CONNECTIONS_MAX",
+            ),
+            ("ROOMCAST_AUTH__JWT_SECRT", "ROOMCAST_AUTH__JWT_SECRET"),
+            ("ROOMCAST_JWT_SECRT", "ROOMCAST_JWT_SECRET"),
+            ("ROOMCAST_LIMTS__NOPE", "ROOMCAST_LIMITS__"),
+        ] {
+            let error = ServerConfig::load(None, env(&[(typo, "1")])).expect_err(typo);
+            assert!(
+                error.contains(typo) && error.contains(hint),
+                "{typo}: {error}"
+            );
+        }
+        // Unknown keys inside known tables, even far from any key.
+        for unknown in [
+            "ROOMCAST_LIMITS__NOPE",
+            "ROOMCAST_ROOMS__",
+            "ROOMCAST_AUTH__A__B",
+        ] {
+            let error = ServerConfig::load(None, env(&[(unknown, "1")])).expect_err(unknown);
+            assert!(error.contains(unknown), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_key_lists_match_the_configuration_structs() {
+        // serde names every expected field when it meets an unknown one.
+        fn fields_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
+            let probe: toml::Table = "zz_probe = 0".parse().unwrap();
+            let error = toml::Value::Table(probe).try_into::<T>().err().unwrap();
+            let message = error.message().to_owned();
+            let expected = message.split("expected ").nth(1).unwrap_or_default();
+            // "`a`, `b`" or "`a` or `b`": the quoted names.
+            let mut fields: Vec<String> = expected
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect();
+            fields.sort();
+            fields
+        }
+        fn sorted(keys: &[&str]) -> Vec<String> {
+            let mut keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            keys.sort();
+            keys
+        }
+        let mut top: Vec<&str> = TOP_LEVEL_KEYS.to_vec();
+        top.extend(TABLES.iter().map(|(t, _)| *t));
+        assert_eq!(fields_of::<ServerConfig>(), sorted(&top));
+        assert_eq!(fields_of::<AuthConfig>(), sorted(TABLES[0].1));
+        assert_eq!(fields_of::<Limits>(), sorted(TABLES[1].1));
+        assert_eq!(fields_of::<AccessRules>(), sorted(TABLES[2].1));
+        assert_eq!(fields_of::<RoomOptions>(), sorted(TABLES[3].1));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::auth::{extract_token, offers_subprotocol, redact_uri, TokenError, SUBPROTOCOL};
+use crate::budget::InboundBytes;
 use crate::config::InvalidTokenPolicy;
 use crate::hub::HubInput;
 use crate::server::{App, Refusal};
@@ -99,6 +100,13 @@ impl ApiError {
                 .headers_mut()
                 .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
         }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come: do not read it as the
+            // next request.
+            response
+                .headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if self.status == StatusCode::UPGRADE_REQUIRED {
             response
                 .headers_mut()
@@ -158,6 +166,20 @@ async fn ws_connect(
             ));
         }
     }
+    // Admission first: over the limits, a token (an RS256 one costs real
+    // CPU) is not even looked at.
+    let permit = app.gate.admit(peer.ip()).map_err(|refusal| {
+        let (reason, message) = match refusal {
+            Refusal::Total => ("capacity", "the server is at its connection limit"),
+            Refusal::PerIp => ("per_ip", "too many connections from this address"),
+        };
+        app.metrics.reject(reason);
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "TOO_MANY_CONNECTIONS",
+            message,
+        )
+    })?;
     let identity = match extract_token(request.headers(), request.uri().query()) {
         None => Identity::Anonymous,
         Some((token, source)) => match app.verifier.verify(&token, app.clock.unix_ms()) {
@@ -176,18 +198,6 @@ async fn ws_connect(
             }
         },
     };
-    let permit = app.gate.admit(peer.ip()).map_err(|refusal| {
-        let (reason, message) = match refusal {
-            Refusal::Total => ("capacity", "the server is at its connection limit"),
-            Refusal::PerIp => ("per_ip", "too many connections from this address"),
-        };
-        app.metrics.reject(reason);
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "TOO_MANY_CONNECTIONS",
-            message,
-        )
-    })?;
     let wants_subprotocol = offers_subprotocol(request.headers());
     // Taken before hyper-tungstenite checks the handshake and builds the 101
     // response: we need the raw upgraded stream (the hub writes its half
@@ -269,7 +279,8 @@ async fn open_session(
         conn,
         signalled,
         hub: app.hub.clone(),
-        close_flush_timeout: Duration::from_millis(app.config.close_flush_timeout_ms),
+        settings: app.session_settings.clone(),
+        control_frames: None,
         user_id,
         held,
     })
@@ -346,7 +357,8 @@ fn api_caller(app: &App, request: &Request<Incoming>) -> Result<User, ApiError> 
     Ok(user)
 }
 
-/// Reads the body within the configured limit (413 beyond it).
+/// Reads the body within the configured size (413 beyond it) and time
+/// (408 beyond it; the connection is then closed).
 async fn read_body(app: &App, request: Request<Incoming>) -> Result<Bytes, ApiError> {
     let limit = app.config.limits.api_body_bytes_max;
     let too_large = || {
@@ -364,15 +376,35 @@ async fn read_body(app: &App, request: Request<Incoming>) -> Result<Bytes, ApiEr
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(ApiError::new(
+    let timeout_ms = app.config.limits.api_body_timeout_ms;
+    let collect = Limited::new(request.into_body(), limit).collect();
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "INVALID_BODY",
             "could not read the request body",
         )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            format!("the request body did not arrive within {timeout_ms} ms"),
+        )),
     }
+}
+
+/// The body's share of the inbound byte budget, held until the hub has
+/// handled the publish; 503 `SERVER_BUSY` when the budget is full.
+fn inbound_share(app: &App, bytes: usize) -> Result<InboundBytes, ApiError> {
+    app.inbound.try_take(bytes).ok_or_else(|| {
+        app.metrics.server_busy.inc();
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVER_BUSY",
+            "the server is busy (inbound bytes at their limit); retry later",
+        )
+    })
 }
 
 fn invalid(error: roomcast_core::PublishError) -> ApiError {
@@ -384,10 +416,21 @@ fn invalid(error: roomcast_core::PublishError) -> ApiError {
     ApiError::new(status, error.code(), error.message())
 }
 
+/// Publish calls that start after the shutdown began get 503; those in
+/// progress when it began are completed (the hub lives until they are).
+fn refuse_when_shutting_down(app: &App) -> Result<(), ApiError> {
+    if app.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::unavailable());
+    }
+    Ok(())
+}
+
 async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let received = Instant::now();
+    refuse_when_shutting_down(app)?;
     let user = api_caller(app, &request)?;
     let body = read_body(app, request).await?;
+    let inbound = inbound_share(app, body.len())?;
     let publish =
         roomcast_core::publish::parse_broadcast_body(&body, &app.types, &app.config.limits)
             .map_err(invalid)?;
@@ -404,6 +447,7 @@ async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse
             publish,
             received,
             reply,
+            inbound,
         })
         .await
         .map_err(|_| ApiError::unavailable())?;
@@ -433,6 +477,7 @@ async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse
 }
 
 async fn send(app: &App, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    refuse_when_shutting_down(app)?;
     let user = api_caller(app, &request)?;
     if !user.scopes.iter().any(|s| s == "publish") {
         return Err(ApiError::new(
@@ -442,10 +487,15 @@ async fn send(app: &App, request: Request<Incoming>) -> Result<HttpResponse, Api
         ));
     }
     let body = read_body(app, request).await?;
+    let inbound = inbound_share(app, body.len())?;
     let message = roomcast_core::publish::parse_send_body(&body, &app.types).map_err(invalid)?;
     let (reply, answer) = oneshot::channel();
     app.hub
-        .send(HubInput::Send { message, reply })
+        .send(HubInput::Send {
+            message,
+            reply,
+            inbound,
+        })
         .await
         .map_err(|_| ApiError::unavailable())?;
     let delivered = answer

@@ -12,17 +12,20 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use roomcast_core::publish::DirectMessage;
+use roomcast_core::request::RequestId;
 use roomcast_core::{
-    CloseCode, ConnectionId, Identity, Input, Output, Publish, PublishError, PublishReceipt,
-    Response, Standalone, Ticket,
+    CloseCode, ConnectionId, ErrorCode, Identity, Input, Output, Publish, PublishError,
+    PublishReceipt, Response, Standalone, Ticket,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::auth::TokenVerifier;
+use crate::budget::InboundBytes;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
+use crate::verify::{Job, Verified, VerifyPool};
 use crate::writer::{ConnWriter, Writable};
 
 /// Capacity of the hub's input channel. Senders wait when it is full, which
@@ -71,6 +74,16 @@ pub enum HubInput {
         conn: ConnectionId,
         /// The message.
         text: hyper_tungstenite::tungstenite::Utf8Bytes,
+        /// Its share of the inbound byte budget, given back once handled.
+        inbound: InboundBytes,
+    },
+    /// A text message refused because the inbound byte budget was full:
+    /// answer `SERVER_BUSY` (in the connection's order).
+    Busy {
+        /// Sender.
+        conn: ConnectionId,
+        /// The request's id, if it could be read.
+        id: Option<RequestId>,
     },
     /// A binary message.
     Binary {
@@ -102,6 +115,8 @@ pub enum HubInput {
         received: Instant,
         /// Where the receipt goes.
         reply: oneshot::Sender<Result<PublishReceipt, PublishError>>,
+        /// The body's share of the inbound byte budget.
+        inbound: InboundBytes,
     },
     /// `POST /api/send`.
     Send {
@@ -109,6 +124,8 @@ pub enum HubInput {
         message: DirectMessage,
         /// Where the delivered count goes.
         reply: oneshot::Sender<Result<u64, PublishError>>,
+        /// The body's share of the inbound byte budget.
+        inbound: InboundBytes,
     },
     /// `/ws/status`.
     Status {
@@ -117,6 +134,23 @@ pub enum HubInput {
     },
     /// Close every connection with 1001.
     Shutdown,
+}
+
+impl HubInput {
+    /// The connection whose order this input is part of: inputs that reach
+    /// the core on behalf of one connection (control frames go straight to
+    /// its writer and do not wait).
+    fn conn_order(&self) -> Option<ConnectionId> {
+        match self {
+            HubInput::Text { conn, .. }
+            | HubInput::Busy { conn, .. }
+            | HubInput::Binary { conn }
+            | HubInput::Alive { conn }
+            | HubInput::Abort { conn, .. }
+            | HubInput::Closed { conn } => Some(*conn),
+            _ => None,
+        }
+    }
 }
 
 /// Runs the hub until every sender is gone.
@@ -128,12 +162,14 @@ pub async fn run(
     verifier: Arc<TokenVerifier>,
 ) {
     let write_gather_bytes = core.config().limits.write_buffer_bytes;
+    let (verified_tx, mut verified) = mpsc::unbounded_channel();
     let mut hub = Hub {
         core,
         pending: HashMap::new(),
         clock,
         metrics,
-        verifier,
+        verify: VerifyPool::new(verifier, VerifyPool::default_threads(), verified_tx),
+        verifying: HashMap::new(),
         writers: HashMap::new(),
         dirty: VecDeque::new(),
         writable: Arc::new(Writable::new(write_gather_bytes)),
@@ -149,6 +185,13 @@ pub async fn run(
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 hub.core.handle(hub.clock.now(), Input::Timeout);
                 hub.route(None);
+            }
+            // Before the inbox, which under load is never empty.
+            Some(answer) = verified.recv() => {
+                hub.token_verified(answer);
+                while let Ok(answer) = verified.try_recv() {
+                    hub.token_verified(answer);
+                }
             }
             received = inbox.recv_many(&mut batch, BATCH_MAX) => {
                 if received == 0 {
@@ -187,6 +230,17 @@ pub async fn run(
             tokio::task::yield_now().await;
         }
     }
+    // The verification threads end once their current job is done.
+    let threads = hub.verify.close();
+    drop(verified);
+    if !threads.is_empty() {
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
     debug!("hub stopped");
 }
 
@@ -198,7 +252,13 @@ struct Hub {
     pending: HashMap<Ticket, (BroadcastReply, u64)>,
     clock: Clock,
     metrics: Metrics,
-    verifier: Arc<TokenVerifier>,
+    /// Verifies `refresh` tokens off the hub.
+    verify: VerifyPool,
+    /// Connections with a token verification in flight, and their inputs
+    /// that arrived meanwhile: handed to the core, in order, once the
+    /// answer is in, so the refresh reply keeps its place among the
+    /// connection's messages. Lookup only; never iterated.
+    verifying: HashMap<ConnectionId, VecDeque<HubInput>>,
     /// Lookup only; never iterated (flush order comes from `dirty`).
     /// Boxed so the table's empty buckets (up to half of them) cost a
     /// pointer each rather than a whole writer. Deliberately the standard
@@ -215,6 +275,12 @@ impl Hub {
     /// Applies one hub input to the core. Returns the publish time when the
     /// input was a broadcast, so its deliveries can be stamped.
     fn handle(&mut self, input: HubInput) -> Option<Instant> {
+        if let Some(conn) = input.conn_order() {
+            if let Some(held) = self.verifying.get_mut(&conn) {
+                held.push_back(input);
+                return None;
+            }
+        }
         let now = self.clock.now();
         let core = &mut self.core;
         let metrics = &self.metrics;
@@ -228,7 +294,11 @@ impl Hub {
                 metrics.connections_opened.inc();
                 core.handle(now, Input::Open { conn, identity });
             }
-            HubInput::Text { conn, text } => {
+            HubInput::Text {
+                conn,
+                text,
+                inbound,
+            } => {
                 metrics.messages_in.inc();
                 metrics.bytes_in.inc_by(text.len() as u64);
                 core.handle(
@@ -238,6 +308,30 @@ impl Hub {
                         text: text.as_str(),
                     },
                 );
+                drop(inbound);
+            }
+            HubInput::Busy { conn, id } => {
+                metrics.messages_in.inc();
+                metrics.server_busy.inc();
+                if let Some(writer) = self.writers.get_mut(&conn) {
+                    let frame = roomcast_core::envelope::error(
+                        now.unix_ms,
+                        ErrorCode::ServerBusy,
+                        "the server is busy: message not executed; retry later",
+                        id.as_ref(),
+                    );
+                    Hub::list(&mut self.dirty, conn, writer);
+                    if !writer.push_own_text(frame) {
+                        // Refusals keep coming but the client does not read.
+                        core.handle(
+                            now,
+                            Input::Abort {
+                                conn,
+                                code: CloseCode::SlowConsumer,
+                            },
+                        );
+                    }
+                }
             }
             HubInput::Binary { conn } => {
                 metrics.messages_in.inc();
@@ -281,6 +375,7 @@ impl Hub {
                 publish,
                 received,
                 reply,
+                inbound: _inbound,
             } => {
                 let rooms = publish.rooms.len() as u64;
                 match core.handle(now, Input::Broadcast(publish)) {
@@ -291,7 +386,11 @@ impl Hub {
                 }
                 return Some(received);
             }
-            HubInput::Send { message, reply } => {
+            HubInput::Send {
+                message,
+                reply,
+                inbound: _inbound,
+            } => {
                 let answer = match core.handle(now, Input::Send(message)) {
                     Response::Sent { delivered } => Ok(delivered),
                     Response::Rejected(error) => Err(error),
@@ -317,6 +416,27 @@ impl Hub {
             }
         }
         None
+    }
+
+    /// A verification is done: the core answers the refresh, then the
+    /// connection's inputs held meanwhile are handled in order (up to the
+    /// next refresh, which holds the rest again).
+    fn token_verified(&mut self, answer: Verified) {
+        let Verified { conn, id, result } = answer;
+        self.core
+            .handle(self.clock.now(), Input::TokenVerified { conn, id, result });
+        self.route(None);
+        let Some(mut held) = self.verifying.remove(&conn) else {
+            return;
+        };
+        while let Some(input) = held.pop_front() {
+            let published_at = self.handle(input);
+            self.route(published_at);
+            if let Some(again) = self.verifying.get_mut(&conn) {
+                again.extend(held);
+                return;
+            }
+        }
     }
 
     /// Queues every pending core output on its connection's writer, and
@@ -345,13 +465,15 @@ impl Hub {
                     }
                 }
                 Output::VerifyToken { conn, token, id } => {
-                    // Checked here, in order, so the reply keeps its place among the connection's messages.
-                    let result = self
-                        .verifier
-                        .verify(&token, self.clock.unix_ms())
-                        .map_err(|e| e.to_string());
-                    self.core
-                        .handle(self.clock.now(), Input::TokenVerified { conn, id, result });
+                    // Verified off the hub; until the answer is in, the
+                    // connection's later inputs wait (see `verifying`).
+                    self.verifying.entry(conn).or_default();
+                    self.verify.submit(Job {
+                        conn,
+                        id,
+                        token,
+                        now_unix_ms: self.clock.unix_ms(),
+                    });
                 }
                 Output::Close { conn, code } => {
                     if let Some(writer) = self.writers.get_mut(&conn) {

@@ -14,7 +14,9 @@
 //! | [`hub`] | the task that owns the core and routes its outputs |
 //! | [`writer`] | the hub's write half of each socket: shared frames, vectored writes, backpressure |
 //! | [`auth`] | token extraction (query, header, subprotocol) and JWT verification |
+//! | [`verify`] | the threads that verify `refresh` tokens off the hub |
 //! | [`config`] | configuration: defaults, TOML file, `ROOMCAST_*` environment |
+//! | [`budget`] | the inbound byte budget (`inbound_bytes_max`) |
 //! | [`clock`] | the only time and id sources (replaced by the simulator) |
 //! | [`listener`] | [`Listener`]: what `serve` accepts from (tokio or turmoil) |
 //! | [`metrics`] | Prometheus metrics |
@@ -23,6 +25,7 @@
 //! so the simulator runs exactly this code over turmoil's network.
 
 pub mod auth;
+pub mod budget;
 pub mod clock;
 pub mod config;
 #[cfg(feature = "fuzzing")]
@@ -33,6 +36,7 @@ pub mod listener;
 pub mod metrics;
 pub mod server;
 pub mod session;
+pub mod verify;
 pub mod writer;
 
 pub use clock::{Clock, IdSource};

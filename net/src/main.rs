@@ -91,7 +91,7 @@ fn run_server(
     log_format: Option<LogFormat>,
     workers: usize,
 ) -> Result<(), String> {
-    let mut config = load(config)?;
+    let (mut config, warnings) = ServerConfig::load_reporting(config.as_deref(), std::env::vars())?;
     if let Some(listen) = listen {
         config.listen = listen;
     }
@@ -99,6 +99,9 @@ fn run_server(
         config.log_format = format;
     }
     init_logging(config.log_format);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if workers > 0 {
         runtime.worker_threads(workers);

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub deliveries: Counter,
     /// Seconds from a publish reaching the server to its frame being written.
     pub publish_to_write_seconds: Histogram,
+    /// Client messages and publishes refused because `inbound_bytes_max` was full.
+    pub server_busy: Counter,
     registry: std::sync::Arc<Registry>,
 }
 
@@ -59,6 +61,7 @@ impl Metrics {
         let bytes_out = Counter::default();
         let broadcasts = Counter::default();
         let deliveries = Counter::default();
+        let server_busy = Counter::default();
         // 50 µs .. ~3.3 s
         let publish_to_write_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 17));
         registry.register(
@@ -117,6 +120,11 @@ impl Metrics {
             deliveries.clone(),
         );
         registry.register(
+            "server_busy",
+            "Client messages and publishes refused (SERVER_BUSY) because inbound_bytes_max was full",
+            server_busy.clone(),
+        );
+        registry.register(
             "publish_to_write_seconds",
             "Time from a publish reaching the server to its frame being written to a client",
             publish_to_write_seconds.clone(),
@@ -133,6 +141,7 @@ impl Metrics {
             bytes_out,
             broadcasts,
             deliveries,
+            server_busy,
             publish_to_write_seconds,
             registry: std::sync::Arc::new(registry),
         }

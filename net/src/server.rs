@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::auth::TokenVerifier;
+use crate::budget::InboundBudget;
 use crate::clock::{Clock, IdSource};
 use crate::config::ServerConfig;
 use crate::hub::{self, HubInput, HUB_CHANNEL_CAPACITY};
@@ -57,14 +58,23 @@ pub(crate) struct App {
     pub(crate) started: Instant,
     pub(crate) node_id: String,
     pub(crate) sessions: Arc<Sessions>,
+    /// HTTP connection tasks (counted like sessions, for the drain).
+    pub(crate) http_connections: Arc<Sessions>,
+    /// Tells HTTP connections when to drain and when to stop.
+    pub(crate) phase: tokio::sync::watch::Sender<Phase>,
     pub(crate) ws_config: WebSocketConfig,
+    pub(crate) session_settings: Arc<crate::session::SessionSettings>,
+    /// Bytes of client messages and publish bodies in flight to the hub.
+    pub(crate) inbound: Arc<InboundBudget>,
     /// Set when shutdown begins: upgrades still arriving on kept-alive HTTP
     /// connections get 503 instead of a session nobody will close.
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
 }
 
-/// Serves on `listener` until `shutdown` resolves, then closes every client
-/// with 1001 and returns once they are gone (or `shutdown_drain_ms` passed).
+/// Serves on `listener` until `shutdown` resolves, then finishes the HTTP
+/// requests in progress, closes every client with 1001, and returns once
+/// they are gone (or `shutdown_drain_ms` passed) and every task it started
+/// has ended.
 pub async fn serve<L: Listener>(
     mut listener: L,
     config: ServerConfig,
@@ -99,15 +109,16 @@ pub async fn serve<L: Listener>(
     // poll) would make the hub give up mid-fan-out and retry every other
     // socket through its readiness path. The hub yields by itself between
     // slices of writes and whenever its channel is empty.
-    let hub_task = tokio::spawn(tokio::task::unconstrained(hub::run(
+    let mut hub_task = tokio::spawn(tokio::task::unconstrained(hub::run(
         core,
-        clock,
+        clock.clone(),
         hub_rx,
         metrics.clone(),
         verifier.clone(),
     )));
 
     let limits = &config.limits;
+    let inbound = InboundBudget::new(limits.inbound_bytes_max);
     let mut ws_config = WebSocketConfig::default();
     ws_config.read_buffer_size = limits.read_buffer_bytes;
     // tungstenite writes only the control frames it answers by itself
@@ -129,11 +140,23 @@ pub async fn serve<L: Listener>(
         hub: hub_tx,
         metrics,
         ids: Mutex::new(ids),
-        clock,
+        clock: clock.clone(),
         started: Instant::now(),
         node_id,
         sessions: Arc::new(Sessions::default()),
+        http_connections: Arc::new(Sessions::default()),
+        phase: tokio::sync::watch::Sender::new(Phase::Serving),
         ws_config,
+        session_settings: Arc::new(crate::session::SessionSettings {
+            close_flush_timeout: Duration::from_millis(config.close_flush_timeout_ms),
+            linger: Duration::from_millis(limits.linger_ms),
+            linger_bytes_max: limits.linger_bytes_max,
+            limits: limits.clone(),
+            clock,
+            inbound: inbound.clone(),
+            stop: Arc::new(Cancel::default()),
+        }),
+        inbound,
         shutting_down: std::sync::atomic::AtomicBool::new(false),
         config,
     });
@@ -149,15 +172,36 @@ pub async fn serve<L: Listener>(
                 Ok((io, peer)) => {
                     let app = app.clone();
                     let handshake = Duration::from_millis(app.config.limits.handshake_timeout_ms);
+                    let guard = app.http_connections.enter();
+                    let mut phase = app.phase.subscribe();
                     tokio::spawn(async move {
-                        let service = service_fn(move |request| crate::http::handle(app.clone(), peer, request));
+                        let _guard = guard;
+                        let service = {
+                            let app = app.clone();
+                            service_fn(move |request| crate::http::handle(app.clone(), peer, request))
+                        };
                         let connection = http1::Builder::new()
                             .timer(TokioTimer::new())
                             .header_read_timeout(handshake)
                             .serve_connection(TokioIo::new(io), service)
                             .with_upgrades();
-                        if let Err(error) = connection.await {
-                            debug!(peer = %peer, %error, "http connection ended with an error");
+                        tokio::pin!(connection);
+                        loop {
+                            tokio::select! {
+                                ended = connection.as_mut() => {
+                                    if let Err(error) = ended {
+                                        debug!(peer = %peer, %error, "http connection ended with an error");
+                                    }
+                                    break;
+                                }
+                                changed = phase.changed() => match changed.map(|()| *phase.borrow()) {
+                                    // Finish the request in progress (if any), then close.
+                                    Ok(Phase::Draining) => connection.as_mut().graceful_shutdown(),
+                                    Ok(Phase::Serving) => {}
+                                    // The drain time is over.
+                                    Ok(Phase::Stopped) | Err(_) => break,
+                                },
+                            }
                         }
                     });
                 }
@@ -170,24 +214,92 @@ pub async fn serve<L: Listener>(
         }
     }
 
+    // The order of a graceful shutdown (docs/operations.md section 4).
     info!("shutting down: no new connections; closing clients with 1001");
+    // 1. No new TCP connections; upgrades and API calls that start from now
+    //    on get 503.
     drop(listener);
     app.shutting_down.store(true, Ordering::SeqCst);
-    let drain = Duration::from_millis(app.config.shutdown_drain_ms);
+    // 2. HTTP connections finish the request they are serving (a publish
+    //    being answered completes), then close; idle ones close now.
+    app.phase.send_replace(Phase::Draining);
+    // 3. Every WebSocket is closed with 1001 after what is queued for it.
     let _ = app.hub.send(HubInput::Shutdown).await;
-    if tokio::time::timeout(drain, app.sessions.all_gone())
-        .await
-        .is_err()
-    {
+    // 4. Wait for both, up to the drain time.
+    let drain = Duration::from_millis(app.config.shutdown_drain_ms);
+    let drained = tokio::time::timeout(drain, async {
+        app.sessions.all_gone().await;
+        app.http_connections.all_gone().await;
+    })
+    .await;
+    if drained.is_err() {
         warn!(
-            remaining = app.sessions.count(),
+            remaining = app.sessions.count() + app.http_connections.count(),
             "drain time over; dropping remaining connections"
         );
+        // 5. Stragglers stop now: HTTP connections are dropped, sessions
+        //    stop waiting for close replies and lingering.
+        app.phase.send_replace(Phase::Stopped);
+        app.session_settings.stop.cancel();
+        let _ = tokio::time::timeout(STRAGGLERS_MAX, async {
+            app.sessions.all_gone().await;
+            app.http_connections.all_gone().await;
+        })
+        .await;
     }
+    // 6. With every task that held a sender gone, the hub sees its channel
+    //    close, stops, and joins its verification threads.
     drop(app);
-    hub_task.abort();
+    match tokio::time::timeout(STRAGGLERS_MAX, &mut hub_task).await {
+        Ok(_) => {}
+        Err(_) => {
+            warn!("the hub did not stop; aborting it");
+            hub_task.abort();
+            let _ = hub_task.await;
+        }
+    }
     info!("stopped");
     Ok(())
+}
+
+/// How long tasks told to stop (after the drain time) may take to end.
+const STRAGGLERS_MAX: Duration = Duration::from_secs(2);
+
+/// Where the server is in its life, as HTTP connections see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Serving requests.
+    Serving,
+    /// Shutting down: finish the request in progress, then close.
+    Draining,
+    /// The drain time is over: stop now.
+    Stopped,
+}
+
+/// A one-way "stop now" signal, cheap to wait on.
+#[derive(Debug, Default)]
+pub struct Cancel {
+    cancelled: std::sync::atomic::AtomicBool,
+    notify: Notify,
+}
+
+impl Cancel {
+    /// Signals every waiter, now and later.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Resolves once [`Cancel::cancel`] was called.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.cancelled.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Admission control: total and per-IP connection counts, taken before the
@@ -253,7 +365,8 @@ impl Drop for Permit {
     }
 }
 
-/// Counts live sessions so shutdown can wait for them.
+/// Counts live tasks of one kind (sessions, HTTP connections) so shutdown
+/// can wait for them.
 #[derive(Default)]
 pub(crate) struct Sessions {
     live: AtomicUsize,

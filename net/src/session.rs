@@ -8,26 +8,36 @@
 //!
 //! When the hub closes a connection it queues the close frame and signals
 //! here; the session then gives the client `close_flush_timeout` to reply
-//! before dropping the socket.
+//! before dropping the socket, or, after a close for a violation (1002,
+//! 1007, 1008, 1009), lingers: reads and discards what the client still
+//! sends while the hub has shut the sending side down.
+//!
+//! The session also counts the client's ping and pong frames against an
+//! allowance (they never reach the core's rate limiter), and takes each
+//! text message's share of the inbound byte budget before handing it over.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
-use hyper_tungstenite::tungstenite::error::CapacityError;
+use hyper_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use hyper_tungstenite::tungstenite::{Error as WsError, Message};
 use hyper_tungstenite::WebSocketStream;
 use hyper_util::rt::TokioIo;
-use roomcast_core::{CloseCode, ConnectionId};
+use roomcast_core::rate::{RateLimiter, Verdict};
+use roomcast_core::{CloseCode, ConnectionId, Limits};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tracing::{debug, info};
 
+use crate::budget::InboundBudget;
+use crate::clock::Clock;
 use crate::hub::HubInput;
 use crate::writer::SessionSignal;
 
@@ -105,12 +115,35 @@ pub struct Session {
     pub signalled: oneshot::Receiver<SessionSignal>,
     /// The hub's channel.
     pub hub: mpsc::Sender<HubInput>,
-    /// How long a closing client has to answer the close frame.
-    pub close_flush_timeout: Duration,
+    /// What every session shares: timeouts and bounds.
+    pub settings: Arc<SessionSettings>,
     /// Who it is, for the logs.
     pub user_id: Option<String>,
     /// What the connection holds until it ends.
     pub held: Held,
+    /// The token bucket of the client's ping and pong frames, made at the
+    /// first one (most connections never send any).
+    pub control_frames: Option<Box<RateLimiter>>,
+}
+
+/// Settings shared by every session.
+#[derive(Debug)]
+pub struct SessionSettings {
+    /// How long a closing client has to answer the close frame.
+    pub close_flush_timeout: Duration,
+    /// Longest linger after a close for a violation.
+    pub linger: Duration,
+    /// Most bytes read and discarded while lingering.
+    pub linger_bytes_max: usize,
+    /// The limits (the rate of the client's ping and pong frames).
+    pub limits: Limits,
+    /// The server's clock.
+    pub clock: Clock,
+    /// Bytes of client messages in flight to the hub.
+    pub inbound: Arc<InboundBudget>,
+    /// Set when the shutdown's drain time is over: stop waiting for close
+    /// replies and lingering.
+    pub stop: Arc<crate::server::Cancel>,
 }
 
 /// What a connection holds until it ends: its admission slot and its
@@ -144,7 +177,7 @@ impl Session {
                     biased;
                     // An error means the hub is gone (the server is stopping).
                     received = &mut self.signalled => Step::Stop(received.unwrap_or(SessionSignal::Gone)),
-                    message = self.socket.next(), if reading => step(&self.hub, conn, message, &mut reading),
+                    message = self.socket.next(), if reading => step(&self.hub, &self.settings, conn, message, &mut reading),
                 };
                 match step {
                     Step::Continue => {}
@@ -153,16 +186,34 @@ impl Session {
                             break SessionSignal::Gone;
                         }
                     }
-                    Step::Answered => {
-                        // tungstenite queued the pong for a ping; hand it over.
-                        if !self.forward_control().await
-                            || !hand_over(&self.hub, HubInput::Alive { conn })
-                                .finish()
-                                .await
-                        {
-                            break SessionSignal::Gone;
+                    Step::Answered => match self.control_frame_verdict() {
+                        Verdict::Allow => {
+                            // tungstenite queued the pong for a ping; hand it over.
+                            if !self.forward_control().await
+                                || !hand_over(&self.hub, HubInput::Alive { conn })
+                                    .finish()
+                                    .await
+                            {
+                                break SessionSignal::Gone;
+                            }
                         }
-                    }
+                        Verdict::Warn => {
+                            // Over the allowance: no pong, and the hub is
+                            // not bothered.
+                            self.socket.get_mut().control.bytes.clear();
+                        }
+                        Verdict::Close => {
+                            self.socket.get_mut().control.bytes.clear();
+                            reading = false;
+                            let abort = HubInput::Abort {
+                                conn,
+                                code: CloseCode::PolicyViolation,
+                            };
+                            if !hand_over(&self.hub, abort).finish().await {
+                                break SessionSignal::Gone;
+                            }
+                        }
+                    },
                     Step::ClientClosed => {
                         // tungstenite queued the echo of the client's close
                         // frame: deliver it so the handshake completes.
@@ -172,9 +223,16 @@ impl Session {
                     Step::Stop(signal) => break signal,
                 }
             };
-            if let SessionSignal::Closing(code) = outcome {
-                debug!(conn = %conn, code = code.code(), "waiting for the client's close reply");
-                Box::pin(self.await_close_reply()).await;
+            match outcome {
+                SessionSignal::Closing(code) if code.lingers() => {
+                    debug!(conn = %conn, code = code.code(), "lingering after a close for a violation");
+                    Box::pin(self.linger()).await;
+                }
+                SessionSignal::Closing(code) => {
+                    debug!(conn = %conn, code = code.code(), "waiting for the client's close reply");
+                    Box::pin(self.await_close_reply()).await;
+                }
+                SessionSignal::Gone => {}
             }
             hand_over(&self.hub, HubInput::Closed { conn })
                 .finish()
@@ -206,7 +264,8 @@ impl Session {
     /// a reset; whatever tungstenite wants to answer is dropped (our close
     /// frame already went out through the hub).
     async fn await_close_reply(&mut self) {
-        let _ = timeout(self.close_flush_timeout, async {
+        let settings = self.settings.clone();
+        let wait = timeout(settings.close_flush_timeout, async {
             while let Some(Ok(message)) = self.socket.next().await {
                 // Pongs tungstenite answers meanwhile are not sent.
                 self.socket.get_mut().control.bytes.clear();
@@ -214,8 +273,55 @@ impl Session {
                     break;
                 }
             }
-        })
-        .await;
+        });
+        tokio::select! {
+            _ = wait => {}
+            _ = settings.stop.cancelled() => {}
+        }
+    }
+
+    /// Counts one ping or pong frame from the client against its allowance.
+    ///
+    /// WebSocket control frames never reach the core, whose token bucket
+    /// counts messages, so they get a bucket of their own here, with the
+    /// same rate, burst and violation bound ([`RateLimiter`], the core's
+    /// own): a client may send `messages_per_second` messages *and* as many
+    /// pings. A ping over the allowance gets no pong; too many such pings
+    /// close the connection with 1008, like too many messages.
+    fn control_frame_verdict(&mut self) -> Verdict {
+        let settings = &self.settings;
+        let now_us = settings.clock.monotonic_us();
+        self.control_frames
+            .get_or_insert_with(|| Box::new(RateLimiter::new(&settings.limits, now_us)))
+            .check(&settings.limits, now_us)
+    }
+
+    /// A lingering close: the hub writes our close frame and then shuts
+    /// the sending side down (FIN); meanwhile whatever the client still
+    /// sends (the rest of an oversize message, a flood) is read raw and
+    /// thrown away, until the client closes its side, `linger` has passed
+    /// or `linger_bytes_max` bytes were discarded. Closing a socket with
+    /// unread data would make the kernel send a reset, which can destroy
+    /// the close frame before the client reads it (it would see 1006).
+    async fn linger(&mut self) {
+        use tokio::io::AsyncReadExt;
+        let settings = self.settings.clone();
+        let read = &mut self.socket.get_mut().read;
+        let mut buffer = vec![0u8; 16 * 1024];
+        let mut discarded = 0usize;
+        let wait = timeout(settings.linger, async {
+            while discarded < settings.linger_bytes_max {
+                match read.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => discarded += n,
+                }
+            }
+        });
+        tokio::select! {
+            _ = wait => {}
+            _ = settings.stop.cancelled() => {}
+        }
+        debug!(conn = %self.conn, discarded, "linger over");
     }
 }
 
@@ -237,26 +343,50 @@ enum Step {
 /// Handles one read: inputs go to the hub at once when its channel has room.
 fn step(
     hub: &mpsc::Sender<HubInput>,
+    settings: &SessionSettings,
     conn: ConnectionId,
     message: Option<Result<Message, WsError>>,
     reading: &mut bool,
 ) -> Step {
     let input = match message {
-        Some(Ok(Message::Text(text))) => HubInput::Text { conn, text },
+        Some(Ok(Message::Text(text))) => match settings.inbound.try_take(text.len()) {
+            Some(inbound) => HubInput::Text {
+                conn,
+                text,
+                inbound,
+            },
+            // No room: refused, answered (in order) with SERVER_BUSY.
+            None => HubInput::Busy {
+                conn,
+                id: match roomcast_core::request::parse_request(&text) {
+                    Ok(request) => request.id,
+                    Err(rejection) => rejection.id,
+                },
+            },
+        },
         Some(Ok(Message::Binary(_))) => HubInput::Binary { conn },
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Step::Answered,
         Some(Ok(Message::Frame(_))) => return Step::Continue,
-        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))
-        | Some(Err(WsError::Capacity(CapacityError::TooManyHeaders))) => {
-            *reading = false;
-            HubInput::Abort {
-                conn,
-                code: CloseCode::MessageTooBig,
-            }
-        }
         Some(Ok(Message::Close(_))) => return Step::ClientClosed,
-        // The socket failed or the stream ended.
-        Some(Err(_)) | None => return Step::Stop(SessionSignal::Gone),
+        // The socket failed or the stream ended (without a close frame).
+        Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) | None => {
+            return Step::Stop(SessionSignal::Gone)
+        }
+        // The client broke the rules: the rest of what it sent cannot be
+        // read as frames any more. The hub closes with the code; then the
+        // session lingers.
+        Some(Err(error)) => {
+            let code = match error {
+                WsError::Capacity(
+                    CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders,
+                ) => CloseCode::MessageTooBig,
+                WsError::Utf8(_) => CloseCode::InvalidPayload,
+                WsError::Protocol(_) => CloseCode::ProtocolError,
+                _ => return Step::Stop(SessionSignal::Gone),
+            };
+            *reading = false;
+            HubInput::Abort { conn, code }
+        }
     };
     match hand_over(hub, input) {
         Handover::Done(true) => Step::Continue,

@@ -65,9 +65,13 @@ pub enum SessionSignal {
 struct Chunk {
     /// Payload of a text frame, or a whole pre-built frame.
     bytes: Bytes,
-    /// True for a text frame (header built at write time, payload counted
-    /// by the core); false for a pre-built control frame.
+    /// True for a text frame (header built at write time); false for a
+    /// pre-built control frame.
     text: bool,
+    /// True for a text frame the core queued (its bytes are reported back
+    /// to the core as written); false for frames the shell made, which
+    /// count against [`CONTROL_QUEUE_MAX`] instead.
+    counted: bool,
     /// Bytes of header + payload already written. Frames stay far below
     /// 4 GiB: the core refuses any larger than `outbound_queue_bytes_max`,
     /// which configuration caps at 1 GiB.
@@ -189,6 +193,12 @@ pub struct ConnWriter<W = WriteIo> {
     closing: bool,
     /// Set when the hub closed the connection (its metric is counted then).
     closed_by_server: bool,
+    /// Set by a close for a violation ([`CloseCode::lingers`]): once the
+    /// close frame is written, the sending side is shut down (FIN) while
+    /// the reading task reads and discards what the client still sends.
+    shutdown_after_close: bool,
+    /// The sending side was shut down.
+    shut_down: bool,
     failed: bool,
 }
 
@@ -206,6 +216,8 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
             signal: Some(signal),
             closing: false,
             closed_by_server: false,
+            shutdown_after_close: false,
+            shut_down: false,
             failed: false,
         }
     }
@@ -218,8 +230,26 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
         self.queue.push(Chunk {
             bytes: frame.into_bytes(),
             text: true,
+            counted: true,
             sent: 0,
         });
+    }
+
+    /// Queues a text frame the shell made itself (the core does not know
+    /// it: a `SERVER_BUSY` error). It counts against [`CONTROL_QUEUE_MAX`];
+    /// returns false when too many such bytes are unwritten.
+    pub fn push_own_text(&mut self, frame: TextFrame) -> bool {
+        if self.closing || self.failed {
+            return true;
+        }
+        self.control_bytes += frame.len();
+        self.queue.push(Chunk {
+            bytes: frame.into_bytes(),
+            text: true,
+            counted: false,
+            sent: 0,
+        });
+        self.control_bytes <= CONTROL_QUEUE_MAX
     }
 
     /// Queues a WebSocket ping.
@@ -240,6 +270,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
         self.queue.push(Chunk {
             bytes: frame,
             text: false,
+            counted: false,
             sent: 0,
         });
         if is_close {
@@ -261,6 +292,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
             return;
         }
         self.closing = true;
+        self.shutdown_after_close = code.lingers();
         let mut frame = Vec::with_capacity(4 + code.reason().len());
         let close = Frame::close(Some(CloseFrame {
             code: WsCloseCode::from(code.code()),
@@ -271,6 +303,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
         self.queue.push(Chunk {
             bytes: Bytes::from(frame),
             text: false,
+            counted: false,
             sent: 0,
         });
         if let Some(signal) = self.signal.take() {
@@ -288,9 +321,21 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
         self.blocked = false;
     }
 
-    /// Whether something is queued and no readiness wait is pending.
+    /// Whether something is queued (or the sending side is due to be shut
+    /// down) and no readiness wait is pending.
     pub fn wants_flush(&self) -> bool {
-        !self.queue.is_empty() && !self.blocked && !self.failed
+        (!self.queue.is_empty() || self.shutdown_due()) && !self.blocked && !self.failed
+    }
+
+    /// Whether the lingering close's frame is written and the sending side
+    /// still needs its shutdown.
+    fn shutdown_due(&self) -> bool {
+        self.shutdown_after_close && self.closing && !self.shut_down && self.queue.is_empty()
+    }
+
+    /// Whether the sending side was shut down after a lingering close.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down
     }
 
     /// Writes as much of the queue as the socket takes now. When it takes
@@ -306,7 +351,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
         // nothing. Only when the socket is full is the real waker created
         // (once per connection) and the write polled again with it.
         let mut registered = false;
-        while !self.queue.is_empty() {
+        while !self.queue.is_empty() || self.shutdown_due() {
             let waker = if registered {
                 self.waker
                     .get_or_insert_with(|| writable.waker_for(conn))
@@ -315,6 +360,19 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
                 Waker::noop().clone()
             };
             let mut cx = Context::from_waker(&waker);
+            if self.queue.is_empty() {
+                // The close frame is out: send FIN, keep the socket open
+                // for reading (the reading task lingers).
+                match Pin::new(&mut self.io).poll_shutdown(&mut cx) {
+                    Poll::Ready(_) => self.shut_down = true,
+                    Poll::Pending if registered => {
+                        self.blocked = true;
+                        return done;
+                    }
+                    Poll::Pending => registered = true,
+                }
+                continue;
+            }
             match self.write_some(&mut cx, writable.gather_max) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     self.fail();
@@ -399,7 +457,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
                 return;
             }
             written -= left;
-            if chunk.text {
+            if chunk.counted {
                 done.text_bytes += chunk.bytes.len();
                 done.frames += 1;
             } else {
@@ -497,6 +555,7 @@ mod tests {
         written: Vec<u8>,
         step: usize,
         calls: usize,
+        shut: bool,
     }
 
     impl AsyncWrite for Trickle {
@@ -519,7 +578,11 @@ mod tests {
             Poll::Ready(Ok(()))
         }
 
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.shut = true;
             Poll::Ready(Ok(()))
         }
     }
@@ -537,6 +600,7 @@ mod tests {
             written: Vec::new(),
             step: 5,
             calls: 0,
+            shut: false,
         };
         let mut writer = ConnWriter::new(socket, signal);
         let big = "y".repeat(3000);
@@ -577,12 +641,55 @@ mod tests {
     }
 
     #[test]
+    fn a_close_for_a_violation_shuts_the_sending_side_down_after_its_frame() {
+        let conn = ConnectionId::from_u128(9);
+        let writable = Arc::new(Writable::new(1024));
+        for (code, shuts) in [
+            (CloseCode::MessageTooBig, true),
+            (CloseCode::InvalidPayload, true),
+            (CloseCode::ProtocolError, true),
+            (CloseCode::PolicyViolation, true),
+            (CloseCode::GoingAway, false),
+            (CloseCode::SlowConsumer, false),
+        ] {
+            let (signal, _signalled) = oneshot::channel();
+            let socket = Trickle {
+                written: Vec::new(),
+                step: 3,
+                calls: 0,
+                shut: false,
+            };
+            let mut writer = ConnWriter::new(socket, signal);
+            writer.push_text(text("an explanation"));
+            writer.close(code);
+            for _ in 0..1000 {
+                writer.flush(conn, &writable);
+                assert!(
+                    !writer.io.shut || writer.queue.is_empty(),
+                    "FIN only after the close frame"
+                );
+                if !writer.wants_flush() && writer.queue.is_empty() {
+                    break;
+                }
+                writer.writable();
+            }
+            assert!(writer.queue.is_empty());
+            assert_eq!(writer.io.shut, shuts, "{code:?}");
+            assert_eq!(writer.is_shut_down(), shuts, "{code:?}");
+            assert!(!writer.wants_flush());
+            let close_at = writer.io.written.len() - 2 - code.reason().len() - 2;
+            assert_eq!(writer.io.written[close_at], 0x88, "{code:?}");
+        }
+    }
+
+    #[test]
     fn nothing_is_queued_after_the_close_frame() {
         let (signal, mut signalled) = oneshot::channel();
         let socket = Trickle {
             written: Vec::new(),
             step: usize::MAX,
             calls: 0,
+            shut: false,
         };
         let mut writer = ConnWriter::new(socket, signal);
         writer.push_text(text("before"));
@@ -603,6 +710,7 @@ mod tests {
             written: Vec::new(),
             step: usize::MAX,
             calls: 0,
+            shut: false,
         };
         let mut writer = ConnWriter::new(socket, signal);
         writer.push_control(Bytes::from_static(&[0x8a, 0x00])); // a pong
@@ -639,6 +747,7 @@ mod tests {
         Chunk {
             bytes: Bytes::from(vec![b'x'; len]),
             text: true,
+            counted: true,
             sent: 0,
         }
     }

@@ -73,11 +73,16 @@ impl TestServer {
     /// Binds `127.0.0.1:0` and serves `config` on it until [`TestServer::shutdown`]
     /// (or drop).
     pub async fn start(config: ServerConfig) -> TestServer {
+        TestServer::start_with_clock(config, Clock::system()).await
+    }
+
+    /// Like [`TestServer::start`], with the server reading time from `clock`.
+    pub async fn start_with_clock(config: ServerConfig, clock: Clock) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let metrics = Metrics::new();
         let options = ServeOptions {
-            clock: Clock::system(),
+            clock,
             ids: IdSource::Random,
             metrics: metrics.clone(),
         };
@@ -109,6 +114,11 @@ impl TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Whether `serve` has returned.
+    pub fn has_stopped(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
     }
 
     /// Waits for `serve` to return (after [`TestServer::trigger_shutdown`]).

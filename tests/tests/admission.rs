@@ -149,3 +149,43 @@ async fn a_foreign_origin_is_403() {
     }
     server.assert_connections(0).await;
 }
+
+/// Admission comes before the token: over the limit, a token is not even
+/// verified (an RS256 one costs real CPU), so a flood of connections with
+/// expensive or bad tokens over the cap costs nothing. With the reject
+/// policy, a bad token over the limit therefore gets 503, not 401.
+#[tokio::test]
+async fn admission_is_checked_before_the_token() {
+    let mut config = test_config();
+    config.limits.connections_max = 1;
+    config.auth.invalid_token = roomcast_net::config::InvalidTokenPolicy::Reject;
+    let server = TestServer::start(config).await;
+    let only = server.client().await;
+    let bad = roomcast_tests::tokens::hs256_claims(
+        &serde_json::json!({"sub": "x", "exp": roomcast_tests::tokens::now_s() + 60}),
+        "not-the-secret",
+    );
+    let auth = format!("Bearer {bad}");
+    let response = upgrade_request(server.addr, "/ws/connect", &[("authorization", &auth)]).await;
+    response.assert_error(503, "TOO_MANY_CONNECTIONS");
+    assert_eq!(
+        server
+            .metric("roomcast_connections_rejected_total{reason=\"invalid_token\"}")
+            .await,
+        None,
+        "the token was verified although the server was full"
+    );
+    only.close().await;
+    // Below the limit, the token is checked as before.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let response =
+            upgrade_request(server.addr, "/ws/connect", &[("authorization", &auth)]).await;
+        if response.status == 401 {
+            response.assert_error(401, "INVALID_TOKEN");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{response:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -218,6 +218,66 @@ async fn chunked_bodies_over_the_limit_are_413() {
     assert!(text.contains("PAYLOAD_TOO_LARGE"), "{text}");
 }
 
+/// A client that sends its headers and then trickles (or stalls) its body
+/// gets 408 with a JSON body once `api_body_timeout_ms` is over, and the
+/// connection is closed; the server goes on serving.
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = test_config();
+    config.limits.api_body_timeout_ms = 300;
+    let server = TestServer::start(config).await;
+    for path in PATHS {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let body = valid_body(path).to_string();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            publisher(),
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // Half the body, a byte every 100 ms: never complete in time.
+        let (mut read, mut write) = stream.into_split();
+        let half = body.as_bytes()[..body.len() / 2].to_vec();
+        let trickle = tokio::spawn(async move {
+            for byte in half {
+                if write.write_all(&[byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            // Keep the connection open without sending the rest.
+            tokio::time::sleep(roomcast_tests::TIMEOUT).await;
+        });
+        let mut response = Vec::new();
+        tokio::time::timeout(roomcast_tests::TIMEOUT, read.read_to_end(&mut response))
+            .await
+            .expect("no answer while the body trickles: the body read has no time limit")
+            .expect("read");
+        trickle.abort();
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{text}"
+        );
+        let json_body = &text[text.find("\r\n\r\n").expect("head") + 4..];
+        let error: serde_json::Value = serde_json::from_str(json_body).expect("JSON body");
+        assert_eq!(error["error"]["code"], "REQUEST_TIMEOUT", "{error}");
+    }
+    // Nothing was published, and the server still answers.
+    let response = api_post(
+        server.addr,
+        "/api/broadcast",
+        Some(&publisher()),
+        valid_body("/api/broadcast").to_string(),
+    )
+    .await;
+    assert_eq!(response.json()["seq"], 1, "{response:?}");
+}
+
 #[tokio::test]
 async fn broadcast_success_numbers_and_delivers() {
     let server = TestServer::start_default().await;

@@ -313,3 +313,82 @@ async fn authenticated_only_rooms() {
     anonymous.close().await;
     alice.close().await;
 }
+
+/// `user:<sub>` rooms for the `sub` formats of common identity providers:
+/// the sub is written with the room-name encoding (`|` → `%7C`, `@` →
+/// `%40`, `+` → `%2B`); only its owner may join, and a publisher reaches it.
+#[tokio::test]
+async fn private_user_rooms_work_for_provider_subs() {
+    let server = TestServer::start_default().await;
+    let mut other = server.client_with_token(&token("alice", "")).await;
+    for (sub, room) in [
+        (
+            "auth0|5f1c2d3e4f5a6b7c8d9e0f1a",
+            "user:auth0%7C5f1c2d3e4f5a6b7c8d9e0f1a",
+        ),
+        ("google-oauth2|1234", "user:google-oauth2%7C1234"),
+        ("alice@example.com", "user:alice%40example.com"),
+        ("bo+b@example.com", "user:bo%2Bb%40example.com"),
+    ] {
+        let mut owner = Client::connect(server.addr, Auth::Header(token(sub, ""))).await;
+        assert_eq!(owner.connected["data"]["user_id"], sub);
+        owner.join(room).await;
+        let reply = other
+            .request(json!({"action": "join", "data": {"room": room}}))
+            .await;
+        assert_eq!(reply["data"]["code"], "FORBIDDEN", "{room}: {reply}");
+        let response = server
+            .broadcast(
+                &token("backend", "publish"),
+                json!({"room": room, "type": "system_info", "data": {"message": "hi"}}),
+            )
+            .await;
+        assert_eq!(response.status, 200, "{response:?}");
+        assert_eq!(response.json()["delivered"], 1, "{room}");
+        let got = owner.recv_json().await;
+        assert_eq!(got["room"], room, "{got}");
+        owner.close().await;
+    }
+    other.close().await;
+}
+
+/// The server reads the wall clock for wall time: after a step of the
+/// wall clock (an NTP correction, a VM paused for hours), envelope
+/// timestamps and token expiry follow it at once. (It used to keep
+/// `start + monotonic elapsed`, so a token that had expired by the wall
+/// clock still authenticated, and timestamps stayed behind.)
+#[tokio::test]
+async fn wall_clock_steps_are_seen_by_timestamps_and_token_checks() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+    let wall = Arc::new(AtomicI64::new(now_s() as i64 * 1000));
+    let source = wall.clone();
+    let clock = roomcast_net::Clock::with_wall_source(move || source.load(Ordering::SeqCst));
+    let server = TestServer::start_with_clock(test_config(), clock).await;
+    let token = token_ttl("alice", "publish", 3600);
+    let mut c = server.client_with_token(&token).await;
+    assert_eq!(c.connected["data"]["authenticated"], true);
+    let year = |m: &Value| m["timestamp"].as_str().unwrap()[..4].to_owned();
+    let now_year = year(&c.request(json!({"action": "ping"})).await);
+
+    // The wall clock steps ten years ahead.
+    wall.fetch_add(10 * 366 * 86_400_000, Ordering::SeqCst);
+    let pong = c.request(json!({"action": "ping"})).await;
+    assert_eq!(
+        year(&pong).parse::<i32>().unwrap(),
+        now_year.parse::<i32>().unwrap() + 10,
+        "{pong}"
+    );
+    // The token has expired by the wall clock: refused everywhere.
+    let later = server.client_with_token(&token).await;
+    assert_eq!(later.connected["data"]["authenticated"], false);
+    server
+        .broadcast(&token, json!({"room": "r", "type": "queue_status"}))
+        .await
+        .assert_error(401, "TOKEN_EXPIRED");
+    let refresh = c
+        .request(json!({"action": "refresh", "data": {"token": token}}))
+        .await;
+    assert_eq!(refresh["data"]["code"], "INVALID_TOKEN", "{refresh}");
+    later.close().await;
+}

@@ -191,3 +191,124 @@ async fn the_roomcast_log_filter_variable_does_not_break_startup() {
         .expect("wait");
     assert!(status.success(), "{status}");
 }
+
+/// Kubernetes injects these into every pod of a namespace that has a
+/// Service named `roomcast`, including roomcast's own pods. They name no
+/// setting: the server starts, and logs a warning naming each of them.
+#[tokio::test]
+async fn kubernetes_service_variables_do_not_stop_startup() {
+    const KUBERNETES: [(&str, &str); 7] = [
+        ("ROOMCAST_PORT", "tcp://10.96.0.17:8080"),
+        ("ROOMCAST_SERVICE_HOST", "10.96.0.17"),
+        ("ROOMCAST_SERVICE_PORT", "8080"),
+        ("ROOMCAST_PORT_8080_TCP", "tcp://10.96.0.17:8080"),
+        ("ROOMCAST_PORT_8080_TCP_ADDR", "10.96.0.17"),
+        ("ROOMCAST_PORT_8080_TCP_PORT", "8080"),
+        ("ROOMCAST_PORT_8080_TCP_PROTO", "tcp"),
+    ];
+    let addr = free_addr();
+    let mut child = command(addr, &KUBERNETES)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn roomcast");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = pipe.read_to_string(&mut stderr).await;
+            }
+            panic!(
+                "roomcast with the Kubernetes variables exited at start with {status}: {stderr}"
+            );
+        }
+        if let Ok(Ok(response)) =
+            tokio::time::timeout(Duration::from_secs(2), try_health(addr)).await
+        {
+            if response.status == 200 {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "roomcast did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send_signal(&child, "TERM");
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("exit")
+        .expect("wait");
+    assert!(output.status.success(), "{}", output.status);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for (name, _) in KUBERNETES {
+        assert!(
+            stderr.contains(&format!("ignoring environment variable {name}:")),
+            "no warning names {name}: {stderr}"
+        );
+    }
+}
+
+/// Graceful shutdown drains HTTP requests in progress: a publish whose
+/// body is still arriving when the shutdown begins is completed and
+/// answered (the server used to stop the hub and return at once, so the
+/// call failed), and `serve` returns only after that.
+#[tokio::test]
+async fn shutdown_completes_a_publish_in_progress() {
+    use roomcast_tests::{test_config, TestServer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = test_config();
+    config.shutdown_drain_ms = 10_000;
+    let mut server = TestServer::start(config).await;
+    let addr = server.addr;
+    let mut member = Client::connect(addr, roomcast_tests::Auth::None).await;
+    member.join("news").await;
+
+    let body = json!({"room": "news", "type": "system_info", "data": {"message": "last words"}})
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/broadcast HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        publisher(),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (first, rest) = body.as_bytes().split_at(10);
+    stream.write_all(first).await.unwrap();
+    // The handler is now reading the body.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    server.trigger_shutdown();
+    member.expect_close(1001).await;
+    drop(member);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listener still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !server.has_stopped(),
+        "serve returned while a publish was still being answered"
+    );
+
+    stream.write_all(rest).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut response))
+        .await
+        .expect("no response")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"seq\":1"), "{text}");
+    server
+        .join()
+        .await
+        .expect("serve returns Ok after the drain");
+}
