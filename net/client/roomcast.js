@@ -142,7 +142,7 @@ export class RoomcastClient {
   }
 
   async _open(state, tokenIsFresh = false) {
-    this._setState(state, { attempt: this._attempt });
+    if (this.state !== state) this._setState(state, { attempt: this._attempt });
     let token = this.token;
     if (this.getToken && !tokenIsFresh && (this._everConnected || !token)) {
       try {
@@ -320,7 +320,8 @@ export class RoomcastClient {
     } catch {
       return;
     }
-    if (!token || this.state !== "open") return;
+    // The same token again cannot extend anything (and would be warned about again).
+    if (!token || token === this.token || this.state !== "open") return;
     this.token = token;
     this.request({ action: "refresh", data: { token } }).then(
       (reply) => this._emit("refreshed", reply),

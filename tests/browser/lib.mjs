@@ -190,19 +190,31 @@ export async function newPage(browser, viewport = { width: 1360, height: 860 }) 
 }
 
 /**
- * Opens an empty page on `origin` (served by the test itself through a
- * route, so it shares the origin of the server and can import
- * /client/roomcast.js from it) with `script` as its module script.
+ * Opens a page of the server's own origin (its /healthz answer), so the page
+ * may import /client/roomcast.js and, being served from loopback, open
+ * WebSockets to loopback (Chromium's local network access checks block that
+ * for pages that do not come from a local address). `script`, if given, then
+ * runs as a module script of that page.
  */
 export async function openScriptPage(page, origin, script = "") {
-  const url = `${origin}/__test_page__`;
-  await page.route(url, (route) =>
-    route.fulfill({
-      contentType: "text/html",
-      body: `<!doctype html><meta charset="utf-8"><title>test</title><link rel="icon" href="data:,"><script type="module">${script}</script>`,
-    }),
-  );
-  await page.goto(url);
+  // A JSON answer has no <link rel="icon">: keep the browser's own request
+  // for /favicon.ico (a 404 here) out of the console.
+  await page.route("**/favicon.ico", (route) => route.fulfill({ status: 204 }));
+  await page.goto(`${origin}/healthz`);
+  if (script) {
+    await page.evaluate((text) => {
+      const element = document.createElement("script");
+      element.type = "module";
+      element.textContent = text;
+      document.head.append(element);
+    }, script);
+  }
+}
+
+/** The problems of `page` other than Chromium's own report of WebSocket
+ * connections that failed (expected while a test keeps the server away). */
+export function unexpectedProblems(page) {
+  return page.problems.filter((p) => !/WebSocket connection to .* failed/.test(p));
 }
 
 /** The fenced code blocks of README.md in `lang`, in order. */
