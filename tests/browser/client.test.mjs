@@ -249,3 +249,42 @@ test("getToken: a fresh token after 4001 reconnects", async () => {
     await server.stop();
   }
 });
+
+test("TOKEN_EXPIRING: getToken's new token is sent as a refresh and the connection stays", async () => {
+  const server = await startServer();
+  const page = await newPage(browser);
+  try {
+    await openScriptPage(page, server.base);
+    const short = token("carol", "", undefined, 3);
+    const long = token("carol", "", undefined, 3600);
+    const result = await page.evaluate(
+      async ({ url, short, long }) => {
+        const { RoomcastClient } = await import("/client/roomcast.js");
+        const client = new RoomcastClient(url, { token: short, getToken: async () => long });
+        const states = [];
+        client.on("state", (s, info) => states.push([s, info.code ?? null]));
+        const warned = new Promise((resolve) => client.on("system_warning", (m) => resolve(m.data.code)));
+        const refreshed = new Promise((resolve) => client.on("refreshed", (m) => resolve(m.data.message)));
+        await client.connect();
+        const result = { warning: await warned, refreshed: await refreshed };
+        // Past the first token's expiry: still the same connection.
+        await new Promise((resolve) => setTimeout(resolve, 4000));
+        result.states = [...states];
+        result.pong = (await client.request({ action: "ping" })).type;
+        client.close();
+        return result;
+      },
+      { url: server.ws, short, long },
+    );
+    assert.deepEqual(result, {
+      warning: "TOKEN_EXPIRING",
+      refreshed: "Token refreshed",
+      states: [["connecting", null], ["open", null]],
+      pong: "pong",
+    });
+    assert.deepEqual(unexpectedProblems(page), []);
+  } finally {
+    await page.close();
+    await server.stop();
+  }
+});

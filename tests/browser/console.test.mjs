@@ -118,6 +118,8 @@ test("a screenshot of the console with live events is kept", async () => {
   await page.click("#publish");
   await page.waitForSelector('#events tr[data-type="download_complete"][data-seq="10"]');
   await until("the form's receipt", async () => (await page.textContent("#pub-result")).includes("seq 10"));
+  await page.setViewportSize({ width: 1360, height: 980 });
+  await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: artifactPath("console.png") });
   // The one refused publish above (400 INVALID_KEY) is logged by Chromium as
   // a failed resource load; nothing else may be.
