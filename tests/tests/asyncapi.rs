@@ -190,7 +190,9 @@ fn the_http_publish_api_is_referenced() {
     let reference = api["reference"].as_str().expect("x-http-api.reference");
     let (file, anchor) = reference.split_once('#').expect("file#anchor");
     let protocol = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs").join(file),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs")
+            .join(file),
     )
     .expect("the referenced file");
     // GitHub's anchor of "## 6. Server-side publish API (ext)".
