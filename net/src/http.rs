@@ -1,5 +1,6 @@
-//! HTTP routing: the WebSocket upgrade, status, publish API, metrics and
-//! health. Every error is a JSON body `{"error":{"code","message"}}`.
+//! HTTP routing: the WebSocket upgrade, status, publish API, metrics,
+//! health, and the embedded console page and browser client ([`crate::assets`]).
+//! Every error is a JSON body `{"error":{"code","message"}}`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -46,9 +47,12 @@ pub(crate) async fn handle(
         (&Method::POST, "/api/send") => send(&app, request).await,
         (&Method::GET, "/metrics") => Ok(metrics(&app)),
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        (_, "/ws/connect" | "/ws/status" | "/metrics" | "/healthz") => {
-            Err(ApiError::not_allowed("GET"))
-        }
+        (&Method::GET, "/") => Ok(crate::assets::CONSOLE.response(&request)),
+        (&Method::GET, "/client/roomcast.js") => Ok(crate::assets::CLIENT.response(&request)),
+        (
+            _,
+            "/ws/connect" | "/ws/status" | "/metrics" | "/healthz" | "/" | "/client/roomcast.js",
+        ) => Err(ApiError::not_allowed("GET")),
         (_, "/api/broadcast" | "/api/send") => Err(ApiError::not_allowed("POST")),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -9,7 +9,9 @@
 //! | module | job |
 //! |---|---|
 //! | [`server`] | [`serve`]: accept loop, admission control (503), graceful shutdown |
-//! | [`http`] | routing: `/ws/connect`, `/ws/status`, `/api/broadcast`, `/api/send`, `/metrics`, `/healthz` |
+//! | [`http`] | routing: `/ws/connect`, `/ws/status`, `/api/broadcast`, `/api/send`, `/metrics`, `/healthz`, `/`, `/client/roomcast.js` |
+//! | [`assets`] | the console page and the browser client, embedded at build time |
+//! | [`devmode`] | first run: an ephemeral secret and a console link on loopback without a key |
 //! | [`session`] | one WebSocket connection's reading task: client frames into the hub |
 //! | [`hub`] | the task that owns the core and routes its outputs |
 //! | [`writer`] | the hub's write half of each socket: shared frames, vectored writes, backpressure |
@@ -24,10 +26,12 @@
 //! The server is generic over its [`Listener`] and uses only `tokio::time`,
 //! so the simulator runs exactly this code over turmoil's network.
 
+pub mod assets;
 pub mod auth;
 pub mod budget;
 pub mod clock;
 pub mod config;
+pub mod devmode;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod http;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use roomcast_net::auth::{Claims, TokenVerifier};
 use roomcast_net::config::LogFormat;
+use roomcast_net::devmode::{self, KeyMode};
 use roomcast_net::{serve, ServeOptions, ServerConfig};
 
 /// roomcast: a real-time WebSocket rooms server.
@@ -111,6 +112,29 @@ fn run_server(
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        match devmode::key_mode(&config) {
+            KeyMode::Configured => {}
+            KeyMode::DevSecret => {
+                config.auth.jwt_secret = Some(devmode::ephemeral_secret());
+                let token = devmode::console_token(&config, unix_now_s()?)?;
+                tracing::info!(
+                    "no JWT key configured and listening on loopback: using an ephemeral \
+                     development secret for this process; console link on standard output"
+                );
+                // Standard output, not the log: the link carries a token.
+                println!(
+                    "roomcast console (token: publish, valid {} min): {}",
+                    devmode::DEV_TOKEN_TTL_S / 60,
+                    devmode::console_link(bound, &token)
+                );
+            }
+            KeyMode::AnonymousOnly => tracing::warn!(
+                listen = %bound,
+                "no JWT key configured on a non-loopback address: no development secret is \
+                 generated; set ROOMCAST_JWT_SECRET (or auth.public_key_file) to accept tokens"
+            ),
+        }
         serve(
             listener,
             config,
@@ -144,6 +168,13 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+fn unix_now_s() -> Result<u64, String> {
+    Ok(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs())
+}
+
 fn print_token(
     sub: String,
     scope: String,
@@ -152,10 +183,7 @@ fn print_token(
 ) -> Result<(), String> {
     let config = load(config)?;
     let verifier = TokenVerifier::from_config(&config.auth)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|e| e.to_string())?
-        .as_secs();
+    let now = unix_now_s()?;
     let claims = Claims {
         sub,
         exp: (now + ttl) as f64,

@@ -229,6 +229,11 @@ async fn rs256_configuration() {
     server.assert_connections(0).await;
 }
 
+/// `serve` itself never invents a key: the first-run development secret
+/// (README, "First run") is made by the `roomcast serve` command only, on a
+/// loopback address (`roomcast_net::devmode`; `tests/browser/console.test.mjs`
+/// runs that binary). So a server configured without a key, as here on
+/// loopback, keeps every connection anonymous and answers publish with 401.
 #[tokio::test]
 async fn without_a_configured_key_every_token_is_anonymous() {
     let mut config = test_config();

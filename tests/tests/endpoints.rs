@@ -92,7 +92,15 @@ async fn plain_get_on_ws_connect_is_426_with_a_json_explanation() {
 #[tokio::test]
 async fn unknown_paths_are_404_json() {
     let server = TestServer::start_default().await;
-    for path in ["/", "/nope", "/ws", "/ws/connect/extra", "/api/broadcast/x"] {
+    for path in [
+        "/nope",
+        "/ws",
+        "/ws/connect/extra",
+        "/api/broadcast/x",
+        "/index.html",
+        "/client",
+        "/client/other.js",
+    ] {
         let response = http(server.addr, "GET", path, &[], "").await;
         response.assert_error(404, "NOT_FOUND");
     }
@@ -108,9 +116,43 @@ async fn wrong_methods_are_405_json() {
         ("PUT", "/api/send"),
         ("DELETE", "/metrics"),
         ("POST", "/healthz"),
+        ("POST", "/"),
+        ("PUT", "/client/roomcast.js"),
     ] {
         let response = http(server.addr, method, path, &[], "").await;
         response.assert_error(405, "METHOD_NOT_ALLOWED");
+    }
+}
+
+/// The console page and the browser client: embedded, typed, revalidated
+/// with their ETag.
+#[tokio::test]
+async fn console_and_client_are_served_with_an_etag() {
+    let server = TestServer::start_default().await;
+    for (path, content_type, marker) in [
+        (
+            "/",
+            "text/html; charset=utf-8",
+            "<title>roomcast console</title>",
+        ),
+        (
+            "/client/roomcast.js",
+            "text/javascript; charset=utf-8",
+            "export class RoomcastClient",
+        ),
+    ] {
+        let response = http(server.addr, "GET", path, &[], "").await;
+        assert_eq!(response.status, 200, "{path}");
+        assert_eq!(response.header("content-type"), Some(content_type));
+        assert_eq!(response.header("cache-control"), Some("no-cache"));
+        assert!(response.text().contains(marker), "{path}");
+        let etag = response.header("etag").expect("an ETag").to_owned();
+        let again = http(server.addr, "GET", path, &[("if-none-match", &etag)], "").await;
+        assert_eq!(again.status, 304, "{path}");
+        assert_eq!(again.header("etag"), Some(etag.as_str()));
+        assert!(again.body.is_empty());
+        let stale = http(server.addr, "GET", path, &[("if-none-match", "\"0\"")], "").await;
+        assert_eq!(stale.status, 200, "{path}");
     }
 }
 
