@@ -30,6 +30,10 @@
 //   of that room: `recovered: true` means every missed broadcast follows, in
 //   order; `recovered: false` means some may be lost and the application
 //   should reload its state. The client also emits "rejoin" with the same object.
+// * When the server warns that messages of a room were lost for good
+//   (`system_warning` ROOM_GAP), the room's handler gets
+//   {type: "roomcast:gap", room, recovered: false, data}, the client emits
+//   "gap", and the room continues from the (epoch, seq) the warning names.
 // * While not connected, request() calls wait in a bounded outbox (outboxMax,
 //   64 by default) and are sent after the rooms are joined again; beyond the
 //   bound they are refused at once (RoomcastError code OUTBOX_FULL). Every
@@ -241,6 +245,7 @@ export class RoomcastClient {
       else if (msg.type === "error") pending.reject(serverError(msg));
       else pending.resolve(msg);
     }
+    if (msg.type === "system_warning" && msg.data?.code === "ROOM_GAP") this._onGap(msg);
     if (typeof msg.room === "string" && typeof msg.seq === "number") {
       const room = this._rooms.get(msg.room);
       if (room) {
@@ -252,6 +257,20 @@ export class RoomcastClient {
     if (msg.type === "system_warning" && msg.data?.code === "TOKEN_EXPIRING") this._refresh();
     this._emit(msg.type, msg);
     this._emit("message", msg);
+  }
+
+  // The server lost messages of a room and cannot recover them: the room
+  // continues after the (epoch, seq) it names. Its handler hears it as a
+  // notice with `recovered: false`, like an unrecovered rejoin.
+  _onGap(msg) {
+    const data = msg.data;
+    const room = this._rooms.get(data.room);
+    if (!room) return;
+    room.epoch = data.epoch ?? room.epoch;
+    room.seq = typeof data.seq === "number" ? data.seq : room.seq;
+    const notice = { type: "roomcast:gap", room: data.room, recovered: false, data };
+    this._callRoom(room, notice);
+    this._emit("gap", notice);
   }
 
   _onConnected(msg) {
