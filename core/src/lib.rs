@@ -49,7 +49,9 @@
 //!   failed append is an `ENGINE_UNAVAILABLE` error (HTTP 503), and the
 //!   engine calls in flight are bounded (`engine_calls_max`);
 //! - **reply order**: while one of a connection's requests waits for the
-//!   engine, its later messages wait behind it.
+//!   engine, its later messages wait behind it;
+//! - **presence** lists come from the engine (every node's members, a
+//!   silent node's entries expiring); diffs stay per node.
 //!
 //! ## What lives where
 //!

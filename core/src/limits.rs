@@ -64,6 +64,10 @@ pub struct Limits {
     pub stream_buffer_max: usize,
     /// Delay before a failed room read is retried, in ms.
     pub engine_retry_ms: u64,
+    /// How long the engine keeps a node's presence entries without hearing
+    /// from it, in ms (a crashed node's members disappear within this); a
+    /// node refreshes them every third of it.
+    pub presence_ttl_ms: u64,
     /// How long before its token expires a connection is warned (`system_warning`), in ms.
     pub token_warning_ms: u64,
     /// *shell*: after a close frame for a violation (1002, 1007, 1008, 1009)
@@ -108,6 +112,7 @@ impl Default for Limits {
             stream_check_interval_ms: 30_000,
             stream_buffer_max: 1024,
             engine_retry_ms: 1_000,
+            presence_ttl_ms: 60_000,
             linger_ms: 2_000,
             linger_bytes_max: 8 * 1024 * 1024,
             api_body_timeout_ms: 10_000,

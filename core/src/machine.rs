@@ -124,6 +124,13 @@ pub(crate) enum Call {
     Append { publish: u64, index: usize },
     /// The room-level read of `room`.
     Read { room: RoomName },
+    /// A client's `presence` request.
+    Presence {
+        conn: ConnectionId,
+        room: RoomName,
+        after: Option<String>,
+        id: Option<RequestId>,
+    },
 }
 
 /// The state machine. Feed it with [`Core::handle`]; drain it with
@@ -145,6 +152,8 @@ pub struct Core {
     pub(crate) timers: BTreeSet<(u64, ConnectionId)>,
     /// Rooms with members: when to check their stream with the engine.
     pub(crate) room_timers: BTreeSet<(u64, RoomName)>,
+    /// When to tell the engine this node is alive (while it has members).
+    pub(crate) presence_refresh_at_us: Option<u64>,
     pub(crate) outputs: VecDeque<Output>,
     /// Requests for the engine, in the order decided.
     pub(crate) engine_out: VecDeque<EngineRequest>,
@@ -181,6 +190,7 @@ impl Core {
             users: BTreeMap::new(),
             timers: BTreeSet::new(),
             room_timers: BTreeSet::new(),
+            presence_refresh_at_us: None,
             outputs: VecDeque::new(),
             engine_out: VecDeque::new(),
             calls: BTreeMap::new(),
@@ -246,7 +256,11 @@ impl Core {
     pub fn poll_timeout(&self) -> Option<u64> {
         let connections = self.timers.first().map(|(at, _)| *at);
         let rooms = self.room_timers.first().map(|(at, _)| *at);
-        connections.into_iter().chain(rooms).min()
+        connections
+            .into_iter()
+            .chain(rooms)
+            .chain(self.presence_refresh_at_us)
+            .min()
     }
 
     /// Applies one input at `now`.
@@ -304,6 +318,7 @@ impl Core {
                 EngineEvent::Live(message) => self.on_stream(message),
                 EngineEvent::Appended { call, result } => self.on_appended(now, call, result),
                 EngineEvent::Read { call, result } => self.on_read(now, call, result),
+                EngineEvent::Presence { call, result } => self.on_presence(now, call, result),
             },
             Input::Shutdown => {
                 self.shutting_down = true;

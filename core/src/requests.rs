@@ -13,8 +13,9 @@ use serde::Serialize;
 use crate::access::{Identity, User};
 use crate::codes::{CloseCode, ErrorCode};
 use crate::connections::deadline_us;
+use crate::engine::{CallId, EngineError, EngineRequest, PresenceEntry};
 use crate::envelope;
-use crate::machine::{Core, Deferred};
+use crate::machine::{Call, Core, Deferred};
 use crate::names::{ConnectionId, RoomName};
 use crate::output::{Output, TextFrame};
 use crate::rate::Verdict;
@@ -116,7 +117,7 @@ impl Core {
             Action::Join { room, since } => return self.join(now, slot, room, since, request.id),
             Action::Leave { room } => self.leave(now, slot, room, id),
             Action::Presence { room, after } => {
-                self.presence(now, slot, &room, after.as_deref(), id)
+                return self.presence(now, slot, room, after, request.id)
             }
             Action::Publish { room, kind, data } => {
                 return self.client_publish(now, slot, room, kind, data, request.id)
@@ -163,58 +164,83 @@ impl Core {
         envelope::envelope("system_info", now.unix_ms, None, &data, id)
     }
 
+    /// A `presence` request: members only; the list comes from the engine
+    /// (every node's members), so the reply waits for it.
     fn presence(
-        &self,
+        &mut self,
         now: Now,
         slot: u32,
-        room: &RoomName,
-        after: Option<&str>,
-        id: Option<&RequestId>,
-    ) -> TextFrame {
-        let member = self.conns[slot as usize]
-            .as_ref()
-            .is_some_and(|c| c.rooms.contains(room));
-        let Some(state) = self.rooms.get(room).filter(|_| member) else {
-            return envelope::error(
-                now.unix_ms,
-                ErrorCode::Forbidden,
-                &format!("not a member of room: {room}"),
-                id,
-            );
+        room: RoomName,
+        after: Option<String>,
+        id: Option<RequestId>,
+    ) {
+        let Some(connection) = self.conns[slot as usize].as_ref() else {
+            unreachable_slot()
         };
-        let users: BTreeSet<&str> = state
-            .members
-            .values()
-            .filter_map(|&s| self.conns[s as usize].as_ref())
-            .filter_map(|c| c.identity.user())
-            .map(|u| u.id.as_str())
-            .collect();
-        let page_max = self.config.limits.presence_page_max;
-        let page: Vec<&str> = users
-            .iter()
-            .copied()
-            .filter(|u| after.is_none_or(|a| *u > a))
-            .take(page_max + 1)
-            .collect();
-        let more = page.len() > page_max;
-        let page = &page[..page.len().min(page_max)];
-        #[derive(Serialize)]
-        struct Presence<'a> {
-            room: &'a str,
-            connections: usize,
-            user_count: usize,
-            users: &'a [&'a str],
-            #[serde(skip_serializing_if = "Option::is_none")]
-            next: Option<&'a str>,
+        let conn = connection.id;
+        if !connection.rooms.contains(&room) {
+            let message = format!("not a member of room: {room}");
+            let frame = envelope::error(now.unix_ms, ErrorCode::Forbidden, &message, id.as_ref());
+            return self.send(slot, frame);
         }
-        let data = Presence {
-            room: room.as_str(),
-            connections: state.members.len(),
-            user_count: users.len(),
-            users: page,
-            next: if more { page.last().copied() } else { None },
+        if !self.engine_has_room(1) {
+            let message = "the engine is overloaded; try again";
+            let frame = envelope::error(
+                now.unix_ms,
+                ErrorCode::EngineUnavailable,
+                message,
+                id.as_ref(),
+            );
+            return self.send(slot, frame);
+        }
+        let call = self.new_call(Call::Presence {
+            conn,
+            room: room.clone(),
+            after,
+            id,
+        });
+        self.engine_out
+            .push_back(EngineRequest::PresenceList { call, room });
+        self.start_waiting(conn);
+    }
+
+    /// The engine's presence list: the reply to the request that asked.
+    pub(crate) fn on_presence(
+        &mut self,
+        now: Now,
+        call: CallId,
+        result: Result<Vec<PresenceEntry>, EngineError>,
+    ) {
+        let Some(Call::Presence {
+            conn,
+            room,
+            after,
+            id,
+        }) = self.calls.remove(&call)
+        else {
+            self.impossible("a presence answer for no presence request");
+            return;
         };
-        envelope::envelope("presence", now.unix_ms, None, &data, id)
+        let Some(&slot) = self.slot_of.get(&conn) else {
+            return; // closed while waiting
+        };
+        self.finish_waiting(conn);
+        let frame = match result {
+            Ok(entries) => {
+                let limits = &self.config.limits;
+                presence_reply(now, &room, &entries, after.as_deref(), limits, id.as_ref())
+            }
+            Err(error) => {
+                let message = format!("presence failed: {}; try again", error.message());
+                envelope::error(
+                    now.unix_ms,
+                    ErrorCode::EngineUnavailable,
+                    &message,
+                    id.as_ref(),
+                )
+            }
+        };
+        self.send(slot, frame);
     }
 
     /// The shell's verdict on a `refresh`: same user → new expiry and
@@ -261,6 +287,45 @@ impl Core {
         };
         self.send(slot, frame);
     }
+}
+
+/// The `presence` reply: the room's connection count, its distinct users
+/// (sorted), a page of them after `after`, and where the next page starts.
+fn presence_reply(
+    now: Now,
+    room: &RoomName,
+    entries: &[PresenceEntry],
+    after: Option<&str>,
+    limits: &crate::limits::Limits,
+    id: Option<&RequestId>,
+) -> TextFrame {
+    let users: BTreeSet<&str> = entries.iter().filter_map(|e| e.user.as_deref()).collect();
+    let page_max = limits.presence_page_max;
+    let page: Vec<&str> = users
+        .iter()
+        .copied()
+        .filter(|u| after.is_none_or(|a| *u > a))
+        .take(page_max + 1)
+        .collect();
+    let more = page.len() > page_max;
+    let page = &page[..page.len().min(page_max)];
+    #[derive(Serialize)]
+    struct Presence<'a> {
+        room: &'a str,
+        connections: usize,
+        user_count: usize,
+        users: &'a [&'a str],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<&'a str>,
+    }
+    let data = Presence {
+        room: room.as_str(),
+        connections: entries.len(),
+        user_count: users.len(),
+        users: page,
+        next: if more { page.last().copied() } else { None },
+    };
+    envelope::envelope("presence", now.unix_ms, None, &data, id)
 }
 
 /// The user behind the connection in `slot`, if authenticated.

@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 use crate::codes::ErrorCode;
-use crate::engine::{EngineRequest, Position, ReadResult};
+use crate::engine::{EngineRequest, Position, PresenceEntry, ReadResult};
 use crate::envelope;
 use crate::machine::{Core, PendingJoin, Room};
 use crate::names::{ConnectionId, RoomName};
@@ -114,6 +114,15 @@ impl Core {
             unreachable_slot()
         };
         state.members.insert(join.conn, slot);
+        let entry = PresenceEntry {
+            conn: join.conn,
+            user: user.clone(),
+        };
+        self.engine_out.push_back(EngineRequest::PresenceAdd {
+            room: room.clone(),
+            entry,
+        });
+        self.keep_presence_alive();
         self.notify_presence(room, join.conn, user.as_deref(), "joined");
         let reply = joined_reply(now, room, &cursor, recovered, join.id.as_ref());
         self.send(slot, reply);
@@ -152,6 +161,10 @@ impl Core {
         if let Some(state) = self.rooms.get_mut(room) {
             state.members.remove(&conn);
         }
+        self.engine_out.push_back(EngineRequest::PresenceRemove {
+            room: room.clone(),
+            conn,
+        });
         self.notify_presence(room, conn, user, "left");
         self.forget_if_idle(room);
     }
@@ -187,6 +200,16 @@ impl Core {
         }
     }
 
+    /// Starts the periodic presence refresh when it is not running: the
+    /// engine keeps this node's entries only while it hears from it.
+    fn keep_presence_alive(&mut self) {
+        if self.presence_refresh_at_us.is_none() {
+            let every_ms = (self.config.limits.presence_ttl_ms / 3).max(1);
+            let at = self.now.monotonic_us.saturating_add(every_ms * 1000);
+            self.presence_refresh_at_us = Some(at);
+        }
+    }
+
     /// The room, created (and the engine told `interest on`) when absent.
     pub(crate) fn ensure_room(&mut self, room: &RoomName) -> &mut Room {
         if !self.rooms.contains_key(room) {
@@ -219,6 +242,10 @@ impl Core {
             room: room.clone(),
             on: false,
         });
+        if self.rooms.is_empty() {
+            // No member left anywhere: nothing to keep alive.
+            self.presence_refresh_at_us = None;
+        }
     }
 }
 

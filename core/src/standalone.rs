@@ -67,6 +67,16 @@ pub fn history_bounds(config: &CoreConfig) -> HistoryBounds {
     }
 }
 
+/// The in-memory engine a configuration asks for (history bounds, epoch
+/// prefix, presence time-to-live).
+pub fn memory_engine(config: &CoreConfig) -> MemoryEngine {
+    MemoryEngine::new(
+        history_bounds(config),
+        config.epoch_prefix.clone(),
+        config.limits.presence_ttl_ms.saturating_mul(1000),
+    )
+}
+
 /// A core and its inline engine. See the module docs.
 #[derive(Debug)]
 pub struct Standalone<E = MemoryEngine> {
@@ -80,7 +90,7 @@ const NODE: NodeId = 0;
 impl Standalone<MemoryEngine> {
     /// A core with its in-memory engine.
     pub fn new(config: CoreConfig) -> Standalone<MemoryEngine> {
-        let engine = MemoryEngine::new(history_bounds(&config), config.epoch_prefix.clone());
+        let engine = memory_engine(&config);
         Standalone::with_engine(config, engine)
     }
 }
@@ -96,11 +106,16 @@ impl<E: InlineEngine> Standalone<E> {
 
     /// Applies one input at `now`, then lets core and engine talk until quiet.
     pub fn handle(&mut self, now: Now, input: Input<'_>) -> Response {
-        if matches!(input, Input::Timeout) {
-            self.engine.on_timeout(now.monotonic_us);
-        }
+        let timeout = matches!(input, Input::Timeout);
         let response = self.core.handle(now, input);
         self.pump(now);
+        if timeout {
+            // After the core's own timers, so that its presence refresh
+            // (due now) reaches the engine before the engine expires
+            // anything at this instant.
+            self.engine.on_timeout(now.monotonic_us);
+            self.pump(now);
+        }
         match response {
             Response::Pending(ticket) => self.take_answer(ticket).unwrap_or(response),
             other => other,

@@ -60,6 +60,14 @@ impl Core {
 
     pub(crate) fn fire_timers(&mut self, now: Now) {
         let now_us = now.monotonic_us;
+        if self.presence_refresh_at_us.is_some_and(|at| at <= now_us) {
+            self.engine_out
+                .push_back(crate::engine::EngineRequest::PresenceRefresh);
+            // Keep refreshing while any member is here.
+            let members = self.rooms.values().any(|r| !r.members.is_empty());
+            let every_ms = (self.config.limits.presence_ttl_ms / 3).max(1);
+            self.presence_refresh_at_us = members.then(|| now_us.saturating_add(every_ms * 1000));
+        }
         while let Some((at, room)) = self.room_timers.first().cloned() {
             if at > now_us {
                 break;

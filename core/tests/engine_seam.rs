@@ -39,7 +39,7 @@ impl Harness {
                 limits,
                 ..CoreConfig::default()
             }),
-            engine: MemoryEngine::new(BOUNDS, "e".into()),
+            engine: MemoryEngine::new(BOUNDS, "e".into(), 60_000_000),
             now_us: 0,
             oracle: Oracle::new(),
             next_id: 0,
@@ -566,4 +566,62 @@ fn messages_waiting_behind_the_engine_are_bounded() {
             json!(pings[1])
         ]
     );
+}
+
+#[test]
+fn presence_comes_from_the_engine_and_counts_every_node() {
+    let mut h = Harness::new(Limits::default());
+    let a = h.open(1);
+    h.join(a);
+    h.settle();
+    h.frames();
+    // A member of another node, as the engine knows it.
+    let entry = roomcast_core::engine::PresenceEntry {
+        conn: ConnectionId::from_u128(77),
+        user: Some("zoe".into()),
+    };
+    h.engine.handle(
+        7,
+        0,
+        EngineRequest::PresenceAdd {
+            room: room(),
+            entry,
+        },
+    );
+    let asked = h.request(
+        a,
+        json!({"action": "presence", "data": {"room": "r"}}),
+        Sent::Other,
+    );
+    assert!(h.frames().is_empty(), "the reply waits for the engine");
+    h.settle();
+    let frames = h.frames();
+    let presence = reply(&frames, a, asked);
+    assert_eq!(presence["data"]["connections"], 2);
+    assert_eq!(presence["data"]["users"], json!(["u1", "zoe"]));
+    // A failed list is an error, not a partial answer.
+    let asked = h.request(
+        a,
+        json!({"action": "presence", "data": {"room": "r"}}),
+        Sent::Other,
+    );
+    let requests = h.requests();
+    let Some(EngineRequest::PresenceList { call, .. }) = requests.first() else {
+        panic!("{requests:?}")
+    };
+    h.feed(EngineEvent::Presence {
+        call: *call,
+        result: Err(EngineError::Unavailable("down".into())),
+    });
+    let frames = h.frames();
+    assert_eq!(
+        reply(&frames, a, asked)["data"]["code"],
+        "ENGINE_UNAVAILABLE"
+    );
+    // Node 7 stops refreshing (this node does): after the time-to-live
+    // only this node's member is left.
+    h.engine
+        .handle(0, 59_000_000, EngineRequest::PresenceRefresh);
+    h.engine.on_timeout(60_000_001);
+    assert_eq!(h.engine.presence_count(), 1);
 }

@@ -272,6 +272,7 @@ const LIMIT_KEYS: &[&str] = &[
     "stream_check_interval_ms",
     "stream_buffer_max",
     "engine_retry_ms",
+    "presence_ttl_ms",
     "linger_ms",
     "linger_bytes_max",
     "api_body_timeout_ms",

@@ -21,8 +21,7 @@ use roomcast_core::{
 use serde_json::{Map, Value};
 
 use roomcast_core::engine::faults::{EngineFaults, FaultyEngine};
-use roomcast_core::engine::memory::MemoryEngine;
-use roomcast_core::standalone::history_bounds;
+use roomcast_core::standalone::memory_engine;
 
 use crate::auth::{extract_token, Claims, TokenVerifier};
 use crate::config::AuthConfig;
@@ -200,7 +199,7 @@ pub fn core_events(data: &[u8]) {
         rooms,
         ..CoreConfig::default()
     };
-    let engine = MemoryEngine::new(history_bounds(&config), config.epoch_prefix.clone());
+    let engine = memory_engine(&config);
     let faults = engine_faults(data);
     let engine = FaultyEngine::new(engine, faults, data.len() as u64);
     let mut core = Standalone::with_engine(config, engine);

@@ -14,10 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use roomcast_core::engine::faults::{EngineFaults, FaultyEngine};
-use roomcast_core::engine::memory::MemoryEngine;
 use roomcast_core::oracle::{ClientKey, Observed, Oracle, Sent, Violation};
 use roomcast_core::publish::DirectMessage;
-use roomcast_core::standalone::history_bounds;
+use roomcast_core::standalone::memory_engine;
 use roomcast_core::{
     ConnectionId, CoreConfig, Identity, Input, Now, Output, Publish, PublishError, Response,
     RoomName, SendTarget, Standalone, TextFrame, User,
@@ -109,7 +108,7 @@ pub fn run(
         rooms: mix.room_options.clone(),
         ..CoreConfig::default()
     };
-    let engine = MemoryEngine::new(history_bounds(&config), config.epoch_prefix.clone());
+    let engine = memory_engine(&config);
     let engine = FaultyEngine::new(engine, faults.clone(), seed);
     let mut sim = CoreSim {
         rng,

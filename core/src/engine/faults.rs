@@ -152,6 +152,16 @@ impl InlineEngine for FaultyEngine {
                 };
                 self.schedule(now_us, node, event);
             }
+            EngineRequest::PresenceList { call, .. }
+                if self.strikes(self.faults.fail_per_mille) =>
+            {
+                self.counts.failed += 1;
+                let event = EngineEvent::Presence {
+                    call,
+                    result: Err(failure()),
+                };
+                self.schedule(now_us, node, event);
+            }
             EngineRequest::Read { call, .. } if self.strikes(self.faults.fail_per_mille) => {
                 self.counts.failed += 1;
                 let event = EngineEvent::Read {

@@ -9,8 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::{EngineEvent, EngineRequest, Epoch, Numbered, Position, ReadResult};
-use crate::names::RoomName;
+use super::{EngineEvent, EngineRequest, Epoch, Numbered, Position, PresenceEntry, ReadResult};
+use crate::names::{ConnectionId, RoomName};
 use crate::room_log::{HistoryBounds, RoomLog};
 
 /// Identifies one node (one core) among those sharing an engine.
@@ -37,12 +37,22 @@ pub struct MemoryEngine {
     /// Rooms nobody follows, kept for their history: when to look again.
     expiries: BTreeSet<(u64, RoomName)>,
     events: VecDeque<(NodeId, EngineEvent)>,
+    /// Per room, its members' entries and the node each belongs to.
+    presence: BTreeMap<RoomName, BTreeMap<ConnectionId, (NodeId, Option<String>)>>,
+    /// How long a node's entries live without a refresh, in µs.
+    presence_ttl_us: u64,
+    /// Per node with entries, when they expire (and the same, as timers),
+    /// and how many it has.
+    node_expiry: BTreeMap<NodeId, u64>,
+    node_entries: BTreeMap<NodeId, usize>,
+    node_timers: BTreeSet<(u64, NodeId)>,
 }
 
 impl MemoryEngine {
     /// An empty engine. Epochs are `{epoch_prefix}-{n}`: the prefix must
-    /// differ between process lifetimes.
-    pub fn new(bounds: HistoryBounds, epoch_prefix: String) -> MemoryEngine {
+    /// differ between process lifetimes. A node's presence entries expire
+    /// `presence_ttl_us` after its last request.
+    pub fn new(bounds: HistoryBounds, epoch_prefix: String, presence_ttl_us: u64) -> MemoryEngine {
         MemoryEngine {
             bounds,
             epoch_prefix,
@@ -50,7 +60,51 @@ impl MemoryEngine {
             rooms: BTreeMap::new(),
             expiries: BTreeSet::new(),
             events: VecDeque::new(),
+            presence: BTreeMap::new(),
+            presence_ttl_us: presence_ttl_us.max(1),
+            node_expiry: BTreeMap::new(),
+            node_entries: BTreeMap::new(),
+            node_timers: BTreeSet::new(),
         }
+    }
+
+    /// Presence entries kept, over all rooms.
+    pub fn presence_count(&self) -> usize {
+        self.presence.values().map(BTreeMap::len).sum()
+    }
+
+    /// Keeps `node`'s entries alive for another time-to-live.
+    fn refresh(&mut self, node: NodeId, now_us: u64) {
+        let at = now_us.saturating_add(self.presence_ttl_us);
+        if let Some(old) = self.node_expiry.insert(node, at) {
+            self.node_timers.remove(&(old, node));
+        }
+        self.node_timers.insert((at, node));
+    }
+
+    /// Counts one entry less for `node`; a node with none left has no
+    /// expiry to watch.
+    fn entry_gone(&mut self, node: NodeId) {
+        let Some(count) = self.node_entries.get_mut(&node) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.node_entries.remove(&node);
+            if let Some(at) = self.node_expiry.remove(&node) {
+                self.node_timers.remove(&(at, node));
+            }
+        }
+    }
+
+    /// Drops every entry of `node` (it stopped refreshing).
+    fn expire_node(&mut self, node: NodeId) {
+        self.node_expiry.remove(&node);
+        self.node_entries.remove(&node);
+        for entries in self.presence.values_mut() {
+            entries.retain(|_, (owner, _)| *owner != node);
+        }
+        self.presence.retain(|_, entries| !entries.is_empty());
     }
 
     /// Rooms kept (followed or holding history).
@@ -61,6 +115,10 @@ impl MemoryEngine {
     /// Handles one request of `node` at `now_us` (monotonic µs); answers
     /// and live messages are drained with [`poll_event`](Self::poll_event).
     pub fn handle(&mut self, node: NodeId, now_us: u64, request: EngineRequest) {
+        // Any request shows the node is alive: its entries stay.
+        if self.node_expiry.contains_key(&node) {
+            self.refresh(node, now_us);
+        }
         match request {
             EngineRequest::Append {
                 call,
@@ -116,6 +174,47 @@ impl MemoryEngine {
                 ));
                 self.settle(&room);
             }
+            EngineRequest::PresenceAdd { room, entry } => {
+                self.refresh(node, now_us);
+                let entries = self.presence.entry(room).or_default();
+                if let Some((owner, _)) = entries.insert(entry.conn, (node, entry.user)) {
+                    self.entry_gone(owner);
+                }
+                *self.node_entries.entry(node).or_default() += 1;
+            }
+            EngineRequest::PresenceRemove { room, conn } => {
+                let Some(entries) = self.presence.get_mut(&room) else {
+                    return;
+                };
+                let removed = entries.remove(&conn);
+                if entries.is_empty() {
+                    self.presence.remove(&room);
+                }
+                if let Some((owner, _)) = removed {
+                    self.entry_gone(owner);
+                }
+            }
+            EngineRequest::PresenceList { call, room } => {
+                let entries = self
+                    .presence
+                    .get(&room)
+                    .map(|entries| {
+                        entries
+                            .iter()
+                            .map(|(conn, (_, user))| PresenceEntry {
+                                conn: *conn,
+                                user: user.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let answer = EngineEvent::Presence {
+                    call,
+                    result: Ok(entries),
+                };
+                self.events.push_back((node, answer));
+            }
+            EngineRequest::PresenceRefresh => self.refresh(node, now_us),
             EngineRequest::Interest { room, on } => {
                 if on {
                     self.room(&room).followers.insert(node);
@@ -134,11 +233,21 @@ impl MemoryEngine {
 
     /// When [`on_timeout`](Self::on_timeout) is next needed (monotonic µs).
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.expiries.first().map(|(at, _)| *at)
+        let rooms = self.expiries.first().map(|(at, _)| *at);
+        let nodes = self.node_timers.first().map(|(at, _)| *at);
+        rooms.into_iter().chain(nodes).min()
     }
 
-    /// Expires history and drops rooms whose time has come.
+    /// Expires history, drops rooms, and drops the presence entries of
+    /// nodes that stopped refreshing, whose time has come.
     pub fn on_timeout(&mut self, now_us: u64) {
+        while let Some(&(at, node)) = self.node_timers.first() {
+            if at > now_us {
+                break;
+            }
+            self.node_timers.remove(&(at, node));
+            self.expire_node(node);
+        }
         while let Some((at, room)) = self.expiries.first().cloned() {
             if at > now_us {
                 break;
@@ -216,6 +325,32 @@ impl MemoryEngine {
 
     /// Checks the engine's own invariants (tests, simulator, fuzzers).
     pub fn check(&self) -> Result<(), String> {
+        for (room, entries) in &self.presence {
+            if entries.is_empty() {
+                return Err(format!("engine presence of {room:?} kept empty"));
+            }
+            if let Some((_, (node, _))) = entries
+                .iter()
+                .find(|(_, (node, _))| !self.node_expiry.contains_key(node))
+            {
+                return Err(format!(
+                    "engine presence of {room:?} has an entry of expired node {node}"
+                ));
+            }
+        }
+        if self.node_timers.len() != self.node_expiry.len() {
+            return Err("one presence timer per node".into());
+        }
+        let mut counted: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for (node, _) in self.presence.values().flat_map(BTreeMap::values) {
+            *counted.entry(*node).or_default() += 1;
+        }
+        if counted != self.node_entries {
+            return Err("engine presence counts per node are off".into());
+        }
+        if self.node_entries.keys().ne(self.node_expiry.keys()) {
+            return Err("a node with presence entries must have an expiry, and only then".into());
+        }
         for (name, room) in &self.rooms {
             room.log
                 .check(self.bounds)
@@ -295,7 +430,7 @@ mod tests {
 
     #[test]
     fn appends_are_numbered_and_streamed_to_followers_before_the_answer() {
-        let mut engine = MemoryEngine::new(BOUNDS, "e".into());
+        let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000_000);
         engine.handle(
             1,
             0,
@@ -322,7 +457,7 @@ mod tests {
 
     #[test]
     fn reads_cover_within_history_and_rooms_die_with_it() {
-        let mut engine = MemoryEngine::new(BOUNDS, "e".into());
+        let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000_000);
         for n in 1..=5 {
             append(&mut engine, 0, n * 10, n);
         }
@@ -370,7 +505,7 @@ mod tests {
 
     #[test]
     fn losing_everything_starts_new_epochs() {
-        let mut engine = MemoryEngine::new(BOUNDS, "e".into());
+        let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000_000);
         append(&mut engine, 0, 0, 1);
         engine.handle(
             3,
@@ -389,6 +524,59 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        engine.check().unwrap();
+    }
+
+    #[test]
+    fn presence_lists_every_node_and_forgets_a_silent_one() {
+        let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000);
+        let entry = |n: u128, user: &str| PresenceEntry {
+            conn: ConnectionId::from_u128(n),
+            user: Some(user.to_owned()),
+        };
+        let add = |engine: &mut MemoryEngine, node, now_us, entry| {
+            let request = EngineRequest::PresenceAdd {
+                room: room(),
+                entry,
+            };
+            engine.handle(node, now_us, request);
+        };
+        add(&mut engine, 1, 0, entry(1, "alice"));
+        add(&mut engine, 2, 0, entry(2, "bob"));
+        let list = |engine: &mut MemoryEngine, now_us| {
+            let request = EngineRequest::PresenceList {
+                call: CallId(1),
+                room: room(),
+            };
+            engine.handle(1, now_us, request);
+            match drain(engine).pop() {
+                Some((
+                    1,
+                    EngineEvent::Presence {
+                        result: Ok(entries),
+                        ..
+                    },
+                )) => entries,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            list(&mut engine, 10),
+            vec![entry(1, "alice"), entry(2, "bob")]
+        );
+        // Node 1 keeps talking; node 2 falls silent and expires.
+        engine.handle(1, 900, EngineRequest::PresenceRefresh);
+        engine.on_timeout(1_000);
+        assert_eq!(list(&mut engine, 1_000), vec![entry(1, "alice")]);
+        engine.handle(
+            1,
+            1_001,
+            EngineRequest::PresenceRemove {
+                room: room(),
+                conn: ConnectionId::from_u128(1),
+            },
+        );
+        assert_eq!(engine.presence_count(), 0);
         engine.check().unwrap();
     }
 }

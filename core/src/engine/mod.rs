@@ -24,6 +24,11 @@
 //!   (sent when its first local member arrives and when its last leaves).
 //!   Interest is a hint with no answer; a read issued after interest-on
 //!   reflects every append whose live message the node will not receive.
+//! - **presence**: add / remove one member's entry of a room (no answer),
+//!   list a room's entries (answered), and refresh: every entry belongs to
+//!   the node that added it, and a node that stops refreshing for the
+//!   presence time-to-live (`presence_ttl_ms`) loses its entries (a crashed
+//!   node's members disappear within that bound).
 //! - **the live stream**: for every room the node follows, every appended
 //!   message as `(room, epoch, seq, frame)`, in `seq` order per room,
 //!   **at most once**: a shared engine's pub/sub can lose messages, so the
@@ -53,7 +58,7 @@ pub mod faults;
 
 use std::sync::Arc;
 
-use crate::names::RoomName;
+use crate::names::{ConnectionId, RoomName};
 use crate::output::TextFrame;
 
 /// Correlates a request with its answer (chosen by the core, unique per core).
@@ -129,6 +134,39 @@ pub enum EngineRequest {
         /// On for the first local member, off after the last.
         on: bool,
     },
+    /// A member of this node joined the room. No answer.
+    PresenceAdd {
+        /// The room.
+        room: RoomName,
+        /// The member.
+        entry: PresenceEntry,
+    },
+    /// A member of this node left the room. No answer.
+    PresenceRemove {
+        /// The room.
+        room: RoomName,
+        /// The member's connection.
+        conn: ConnectionId,
+    },
+    /// Every member of the room, on every node.
+    PresenceList {
+        /// Echoed in the answer.
+        call: CallId,
+        /// The room.
+        room: RoomName,
+    },
+    /// This node is alive: its presence entries stay for another
+    /// `presence_ttl_ms`. No answer.
+    PresenceRefresh,
+}
+
+/// One member as presence lists it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PresenceEntry {
+    /// The member's connection.
+    pub conn: ConnectionId,
+    /// Its user id, when authenticated.
+    pub user: Option<String>,
 }
 
 /// Why an engine request failed.
@@ -213,6 +251,13 @@ pub enum EngineEvent {
         call: CallId,
         /// The room's top and frames, or why the read failed.
         result: Result<ReadResult, EngineError>,
+    },
+    /// The answer to a presence list: every entry, in connection order.
+    Presence {
+        /// The request's id.
+        call: CallId,
+        /// The entries, or why the engine could not list them.
+        result: Result<Vec<PresenceEntry>, EngineError>,
     },
     /// A message of a followed room (at most once, in `seq` order per room).
     Live(Numbered),
