@@ -30,12 +30,7 @@ pub fn envelope<D: Serialize + ?Sized>(
     id: Option<&RequestId>,
 ) -> TextFrame {
     let mut out = Vec::with_capacity(96);
-    out.extend_from_slice(b"{\"type\":");
-    write_json(&mut out, kind);
-    out.extend_from_slice(b",\"timestamp\":\"");
-    let stamp: [u8; TIMESTAMP_LEN] = format_rfc3339_ms(unix_ms);
-    out.extend_from_slice(&stamp);
-    out.push(b'"');
+    write_head(&mut out, kind, unix_ms);
     if let Some(room) = room {
         out.extend_from_slice(b",\"room\":");
         write_json(&mut out, room.room);
@@ -66,12 +61,8 @@ pub fn broadcast_parts<D: Serialize + ?Sized>(
     data: &D,
 ) -> (String, String) {
     let mut head = Vec::with_capacity(96);
-    head.extend_from_slice(b"{\"type\":");
-    write_json(&mut head, kind);
-    head.extend_from_slice(b",\"timestamp\":\"");
-    let stamp: [u8; TIMESTAMP_LEN] = format_rfc3339_ms(unix_ms);
-    head.extend_from_slice(&stamp);
-    head.extend_from_slice(b"\",\"room\":");
+    write_head(&mut head, kind, unix_ms);
+    head.extend_from_slice(b",\"room\":");
     write_json(&mut head, room.as_str());
     head.extend_from_slice(b",\"seq\":");
     let mut tail = Vec::with_capacity(64);
@@ -83,6 +74,16 @@ pub fn broadcast_parts<D: Serialize + ?Sized>(
         String::from_utf8(head).unwrap_or_default(),
         String::from_utf8(tail).unwrap_or_default(),
     )
+}
+
+/// `{"type":<kind>,"timestamp":"<time>"`: how every envelope starts.
+fn write_head(out: &mut Vec<u8>, kind: &str, unix_ms: i64) {
+    out.extend_from_slice(b"{\"type\":");
+    write_json(out, kind);
+    out.extend_from_slice(b",\"timestamp\":\"");
+    let stamp: [u8; TIMESTAMP_LEN] = format_rfc3339_ms(unix_ms);
+    out.extend_from_slice(&stamp);
+    out.push(b'"');
 }
 
 fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {

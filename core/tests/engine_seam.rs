@@ -46,6 +46,31 @@ impl Harness {
         }
     }
 
+    /// A harness whose connection 1 is a member of room r, settled.
+    fn with_member(limits: Limits) -> (Harness, ConnectionId) {
+        let mut h = Harness::new(limits);
+        let a = h.open(1);
+        h.join(a);
+        h.settle();
+        h.frames();
+        (h, a)
+    }
+
+    /// Appends message `n` to room r as another node would (this node's
+    /// core is not told); returns the engine's events.
+    fn append_elsewhere(&mut self, n: u64) -> Vec<EngineEvent> {
+        let message = roomcast_core::engine::Unnumbered {
+            head: r#"{"type":"queue_status","room":"r","seq":"#.into(),
+            tail: format!(r#","data":{{"n":{n}}}}}"#),
+            series: None,
+        };
+        self.engine_events(vec![EngineRequest::Append {
+            call: CallId(1_000 + n),
+            room: room(),
+            message,
+        }])
+    }
+
     fn now(&self) -> Now {
         Now::from_start(1_760_000_000_000, self.now_us)
     }
@@ -319,24 +344,7 @@ fn a_jump_starts_one_read_for_the_room_that_fills_the_gap() {
     // Three appends; this node hears only the third live.
     let mut events = Vec::new();
     for n in 1..=3 {
-        h.engine.handle(
-            7,
-            0,
-            EngineRequest::Interest {
-                room: room(),
-                on: true,
-            },
-        );
-        let message = roomcast_core::engine::Unnumbered {
-            head: r#"{"type":"queue_status","room":"r","seq":"#.into(),
-            tail: format!(r#","data":{{"n":{n}}}}}"#),
-            series: None,
-        };
-        events.extend(h.engine_events(vec![EngineRequest::Append {
-            call: CallId(1_000 + n),
-            room: room(),
-            message,
-        }]));
+        events.extend(h.append_elsewhere(n));
     }
     let lives: Vec<EngineEvent> = events
         .into_iter()
@@ -415,21 +423,9 @@ fn a_lost_last_message_is_found_by_the_stream_check() {
         stream_check_interval_ms: 1_000,
         ..Limits::default()
     };
-    let mut h = Harness::new(limits);
-    let a = h.open(1);
-    h.join(a);
-    h.settle();
-    h.frames();
+    let (mut h, a) = Harness::with_member(limits);
     // Appended elsewhere; its live message is lost on the way.
-    h.engine_events(vec![EngineRequest::Append {
-        call: CallId(99),
-        room: room(),
-        message: roomcast_core::engine::Unnumbered {
-            head: r#"{"type":"queue_status","room":"r","seq":"#.into(),
-            tail: r#","data":{}}"#.into(),
-            series: None,
-        },
-    }]);
+    h.append_elsewhere(1);
     h.now_us += 1_000_001;
     assert!(h.core.poll_timeout().is_some_and(|at| at <= h.now_us));
     h.core.handle(h.now(), Input::Timeout);
@@ -443,11 +439,7 @@ fn publish_receipts_wait_for_the_engine_and_failures_are_errors() {
         engine_calls_max: 2,
         ..Limits::default()
     };
-    let mut h = Harness::new(limits);
-    let a = h.open(1);
-    h.join(a);
-    h.settle();
-    h.frames();
+    let (mut h, a) = Harness::with_member(limits);
     let Response::Pending(ticket) = h.broadcast(1) else {
         panic!("a broadcast waits for its append")
     };
@@ -494,11 +486,7 @@ fn publish_receipts_wait_for_the_engine_and_failures_are_errors() {
 
 #[test]
 fn a_client_publish_answers_after_the_append_and_later_messages_wait_behind_it() {
-    let mut h = Harness::new(Limits::default());
-    let a = h.open(1);
-    h.join(a);
-    h.settle();
-    h.frames();
+    let (mut h, a) = Harness::with_member(Limits::default());
     let publish =
         json!({"action": "publish", "data": {"room": "r", "type": "queue_status", "data": {}}});
     let published = h.request(a, publish, Sent::Other);
@@ -517,11 +505,7 @@ fn a_client_publish_answers_after_the_append_and_later_messages_wait_behind_it()
 
 #[test]
 fn a_planted_engine_that_replays_a_message_delivers_it_once() {
-    let mut h = Harness::new(Limits::default());
-    let a = h.open(1);
-    h.join(a);
-    h.settle();
-    h.frames();
+    let (mut h, a) = Harness::with_member(Limits::default());
     h.feed(live("e-1", 1));
     h.feed(live("e-1", 1));
     h.feed(live("e-1", 2));
@@ -536,11 +520,7 @@ fn messages_waiting_behind_the_engine_are_bounded() {
         engine_deferred_messages_max: 2,
         ..Limits::default()
     };
-    let mut h = Harness::new(limits);
-    let a = h.open(1);
-    h.join(a);
-    h.settle();
-    h.frames();
+    let (mut h, a) = Harness::with_member(limits);
     let publish =
         json!({"action": "publish", "data": {"room": "r", "type": "queue_status", "data": {}}});
     let published = h.request(a, publish, Sent::Other);
@@ -570,11 +550,7 @@ fn messages_waiting_behind_the_engine_are_bounded() {
 
 #[test]
 fn presence_comes_from_the_engine_and_counts_every_node() {
-    let mut h = Harness::new(Limits::default());
-    let a = h.open(1);
-    h.join(a);
-    h.settle();
-    h.frames();
+    let (mut h, a) = Harness::with_member(Limits::default());
     // A member of another node, as the engine knows it.
     let entry = roomcast_core::engine::PresenceEntry {
         conn: ConnectionId::from_u128(77),
