@@ -439,7 +439,7 @@ fn publish_receipts_wait_for_the_engine_and_failures_are_errors() {
         engine_calls_max: 2,
         ..Limits::default()
     };
-    let (mut h, a) = Harness::with_member(limits);
+    let (mut h, _member) = Harness::with_member(limits);
     let Response::Pending(ticket) = h.broadcast(1) else {
         panic!("a broadcast waits for its append")
     };
