@@ -511,3 +511,35 @@ async fn send(app: &App, request: Request<Incoming>) -> Result<HttpResponse, Api
         &json!({"delivered": delivered}),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomcast_core::publish::RoomSeq;
+    use roomcast_core::{PublishError, RoomName};
+
+    #[test]
+    fn an_engine_failure_is_a_503_that_names_what_was_appended() {
+        let appended = vec![RoomSeq {
+            room: RoomName::new("downloads").unwrap(),
+            epoch: "e-1".into(),
+            seq: 7,
+        }];
+        let error = PublishError::EngineUnavailable {
+            message: "the engine did not append to: queue (timed out); appended and delivered: downloads (seq 7)".into(),
+            appended,
+        };
+        let response = invalid(error).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // A `Full` body is ready at once.
+        let body = futures_util::FutureExt::now_or_never(response.into_body().collect())
+            .expect("a full body is ready")
+            .expect("infallible")
+            .to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "ENGINE_UNAVAILABLE");
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("downloads (seq 7)")));
+    }
+}

@@ -450,13 +450,18 @@ impl Hub {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Send { conn, frame } => {
-                    if let Some(writer) = self.writers.get_mut(&conn) {
-                        writer.push_text(frame);
-                        if let Some(at) = published_at {
-                            writer.oldest_publish.get_or_insert(at);
-                        }
-                        Hub::list(&mut self.dirty, conn, writer);
+                    // The core only addresses open connections, and a
+                    // writer leaves only with `Closed`, after which the
+                    // core says nothing more to it.
+                    let Some(writer) = self.writers.get_mut(&conn) else {
+                        debug_assert!(false, "a frame for {conn} without a writer");
+                        continue;
+                    };
+                    writer.push_text(frame);
+                    if let Some(at) = published_at {
+                        writer.oldest_publish.get_or_insert(at);
                     }
+                    Hub::list(&mut self.dirty, conn, writer);
                 }
                 Output::Ping { conn } => {
                     if let Some(writer) = self.writers.get_mut(&conn) {
