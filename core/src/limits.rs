@@ -41,7 +41,9 @@ pub struct Limits {
     pub api_body_bytes_max: usize,
     /// Rooms one broadcast may target.
     pub broadcast_rooms_max: usize,
-    /// User ids one `presence` reply lists at most (the rest are paginated).
+    /// User ids one `presence` reply lists at most (the rest are paginated),
+    /// and changes one `presence_diff` lists at most (beyond: counts and
+    /// `truncated`).
     pub presence_page_max: usize,
     /// Broadcasts each room keeps for recovery (`join` with `since`); 0 turns history off.
     pub history_messages_max: usize,

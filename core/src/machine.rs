@@ -81,6 +81,22 @@ pub(crate) struct Room {
     pub(crate) check_at_us: Option<u64>,
 }
 
+/// The presence changes of one room during the current input, told to its
+/// members as one `presence_diff` once the input is done
+/// ([`Core::flush_presence`](crate::rooms)).
+#[derive(Debug)]
+pub(crate) struct PendingDiff {
+    /// Where in `Core::outputs` the room's first change of this input
+    /// happened: the diff is placed there, so a lone change goes out exactly
+    /// where it always did.
+    pub(crate) at: usize,
+    /// Connections that joined (with their user id), net of those that
+    /// also left during the input.
+    pub(crate) joined: BTreeMap<ConnectionId, Option<String>>,
+    /// Connections that left, net of those that also joined again.
+    pub(crate) left: BTreeMap<ConnectionId, Option<String>>,
+}
+
 /// A join waiting for its room's read.
 #[derive(Debug)]
 pub(crate) struct PendingJoin {
@@ -160,6 +176,9 @@ pub struct Core {
     /// Connections whose engine wait ended: their deferred messages run
     /// once the current input is done.
     pub(crate) resumable: Vec<ConnectionId>,
+    /// Presence changes of the current input, per room, told once it is
+    /// done (one diff per room per input, not one per change).
+    pub(crate) presence: BTreeMap<RoomName, PendingDiff>,
     /// Latest `now` seen: time never goes backwards inside the core.
     pub(crate) now: Now,
     /// The first impossible state met (see [`Core::impossible`]).
@@ -188,6 +207,7 @@ impl Core {
             shutting_down: false,
             doomed: Vec::new(),
             resumable: Vec::new(),
+            presence: BTreeMap::new(),
             now: Now::default(),
             broken: None,
         }
@@ -251,7 +271,7 @@ impl Core {
         let response = self.apply(now, input);
         loop {
             // Members that overflowed while a notification was fanned out are
-            // closed here, iteratively (closing one notifies the others).
+            // closed here, iteratively (closing one is a presence change).
             if let Some(conn) = self.doomed.pop() {
                 self.close(conn, Some(crate::codes::CloseCode::SlowConsumer));
                 continue;
@@ -259,6 +279,12 @@ impl Core {
             // Connections whose engine wait ended run their deferred messages.
             if let Some(conn) = self.resumable.pop() {
                 self.resume(conn);
+                continue;
+            }
+            // One presence diff per room for all the input's changes (it
+            // may overflow members, whose closes are told in the next round).
+            if !self.presence.is_empty() {
+                self.flush_presence();
                 continue;
             }
             break;
@@ -303,6 +329,7 @@ impl Core {
                 EngineEvent::Read { call, result } => self.on_read(now, call, result),
             },
             Input::Shutdown => {
+                // No presence diffs from here on: everyone is leaving.
                 self.shutting_down = true;
                 let mut all: Vec<ConnectionId> =
                     self.conns.iter().flatten().map(|c| c.id).collect();

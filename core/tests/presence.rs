@@ -2,7 +2,7 @@
 //! members are told when others join or leave.
 
 use roomcast_core::{
-    ConnectionId, CoreConfig, Identity, Input, Now, Output, RoomOptions, Standalone,
+    CloseCode, ConnectionId, CoreConfig, Identity, Input, Now, Output, RoomOptions, Standalone,
 };
 use serde_json::Value;
 
@@ -95,5 +95,173 @@ fn presence_diffs_tell_members_who_joined_and_left() {
         },
     );
     assert!(diffs(&mut core).is_empty());
+    core.check_invariants().unwrap();
+}
+
+/// A presence room of `n` anonymous members (ids 1..=n) plus a bystander
+/// (id 0, also a member), with pings at 25 s and idle closes at 60 s.
+fn presence_room(n: u128) -> Standalone {
+    let rooms = RoomOptions {
+        presence_diff_prefixes: vec!["team:".into()],
+        ..RoomOptions::default()
+    };
+    let mut core = Standalone::new(CoreConfig {
+        rooms,
+        ..CoreConfig::default()
+    });
+    let now = Now::default();
+    for id in 0..=n {
+        let conn = ConnectionId::from_u128(id);
+        core.handle(
+            now,
+            Input::Open {
+                conn,
+                identity: Identity::Anonymous,
+            },
+        );
+        core.handle(
+            now,
+            Input::Text {
+                conn,
+                text: r#"{"action":"join","room":"team:x"}"#,
+            },
+        );
+        // Everything so far was read (joining a presence room tells everyone).
+        let mut written: std::collections::BTreeMap<ConnectionId, usize> = Default::default();
+        while let Some(output) = core.poll_output() {
+            if let Output::Send { conn, frame } = output {
+                *written.entry(conn).or_default() += frame.len();
+            }
+        }
+        for (conn, bytes) in written {
+            core.handle(now, Input::Written { conn, bytes });
+        }
+    }
+    assert_eq!(
+        core.member_count(&roomcast_core::RoomName::new("team:x").unwrap()),
+        n as usize + 1
+    );
+    core
+}
+
+fn outputs(core: &mut Standalone) -> Vec<Output> {
+    std::iter::from_fn(|| core.poll_output()).collect()
+}
+
+fn diffs_of(outputs: &[Output]) -> Vec<(ConnectionId, Value)> {
+    outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Send { conn, frame } => {
+                let v: Value = serde_json::from_str(frame.as_str()).unwrap();
+                (v["type"] == "presence_diff").then_some((*conn, v))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Shutdown closes a 2,000-member presence room with one close per member
+/// and no diffs (each close used to tell every remaining member: n²/2
+/// frames in one input).
+#[test]
+fn shutting_down_a_big_presence_room_sends_no_diff_storm() {
+    let mut core = presence_room(1_999);
+    core.handle(Now::default(), Input::Shutdown);
+    let out = outputs(&mut core);
+    assert!(diffs_of(&out).is_empty(), "no diffs while shutting down");
+    assert_eq!(out.len(), 2_000, "one close per member, nothing else");
+    assert!(out
+        .iter()
+        .all(|o| matches!(o, Output::Close { code, .. } if *code == CloseCode::GoingAway)));
+    core.check_invariants().unwrap();
+}
+
+/// Many heartbeat timeouts firing in one input (a partition) tell each
+/// remaining member once, not once per departure; beyond
+/// `presence_page_max` changes the diff carries counts and `truncated`.
+#[test]
+fn a_mass_timeout_sends_one_diff_per_remaining_member() {
+    let mut core = presence_room(1_999);
+    let bystander = ConnectionId::from_u128(0);
+    let at = |s: u64| Now::from_start(0, s * 1_000_000);
+    core.handle(at(25), Input::Timeout);
+    let pings = outputs(&mut core);
+    assert_eq!(pings.len(), 2_000, "everyone is pinged");
+    core.handle(at(30), Input::Pong { conn: bystander });
+    core.handle(at(60), Input::Timeout);
+    let out = outputs(&mut core);
+    let closes = out
+        .iter()
+        .filter(|o| matches!(o, Output::Close { code, .. } if *code == CloseCode::IdleTimeout))
+        .count();
+    assert_eq!(closes, 1_999);
+    let diffs = diffs_of(&out);
+    assert_eq!(diffs.len(), 1, "one diff for the one member left");
+    assert_eq!(
+        out.len(),
+        2_001,
+        "the closes, that diff and the bystander's ping: O(n) frames"
+    );
+    let (to, diff) = &diffs[0];
+    assert_eq!(*to, bystander);
+    let data = &diff["data"];
+    assert_eq!(data["connections"], 1);
+    assert_eq!(data["left_count"], 1_999);
+    assert_eq!(data["joined_count"], 0);
+    assert_eq!(data["truncated"], true);
+    assert!(data.get("left").is_none() && data.get("joined").is_none());
+    core.check_invariants().unwrap();
+}
+
+/// A few changes in one input: one diff per remaining member, listing
+/// every departure (in connection id order).
+#[test]
+fn changes_of_one_input_are_coalesced_into_lists() {
+    let mut core = presence_room(4);
+    let at = |s: u64| Now::from_start(0, s * 1_000_000);
+    core.handle(at(25), Input::Timeout);
+    outputs(&mut core);
+    for conn in [0, 2] {
+        core.handle(
+            at(30),
+            Input::Pong {
+                conn: ConnectionId::from_u128(conn),
+            },
+        );
+    }
+    core.handle(at(60), Input::Timeout);
+    let out = outputs(&mut core);
+    let diffs = diffs_of(&out);
+    let to: Vec<ConnectionId> = diffs.iter().map(|(c, _)| *c).collect();
+    assert_eq!(
+        to,
+        [ConnectionId::from_u128(0), ConnectionId::from_u128(2)],
+        "one diff per remaining member, in id order"
+    );
+    for (_, diff) in &diffs {
+        let data = &diff["data"];
+        assert_eq!(data["connections"], 2);
+        assert_eq!(data["joined"], serde_json::json!([]));
+        let left: Vec<String> = data["left"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["connection_id"].as_str().unwrap().to_owned())
+            .collect();
+        let expected: Vec<String> = [1u128, 3, 4]
+            .iter()
+            .map(|&id| ConnectionId::from_u128(id).to_string())
+            .collect();
+        assert_eq!(left, expected);
+        assert!(data["left"][0]["user_id"].is_null());
+        assert!(data.get("truncated").is_none());
+    }
+    // The diffs sit where the first departure happened: before any close.
+    let first_close = out
+        .iter()
+        .position(|o| matches!(o, Output::Close { .. }))
+        .unwrap();
+    assert!(first_close > 1, "{out:?}");
     core.check_invariants().unwrap();
 }
