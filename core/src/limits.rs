@@ -19,6 +19,10 @@ pub struct Limits {
     pub write_buffer_bytes: usize,
     /// Outbound backlog per connection in bytes before close 4008 (slow consumer).
     pub outbound_queue_bytes_max: usize,
+    /// Unwritten bytes beyond which a member counts as *behind* for
+    /// conflation even if its socket never pushed back (`Input::Blocked`
+    /// does that at once). 0: any unwritten byte.
+    pub conflation_behind_bytes: usize,
     /// Rooms one connection may be in at once (→ `TOO_MANY_ROOMS`).
     pub rooms_per_connection_max: usize,
     /// Sustained client messages per second (token-bucket refill rate).
@@ -77,6 +81,7 @@ impl Default for Limits {
             read_buffer_bytes: 512,
             write_buffer_bytes: 16 * 1024,
             outbound_queue_bytes_max: 1024 * 1024,
+            conflation_behind_bytes: 64 * 1024,
             rooms_per_connection_max: 64,
             messages_per_second: 50,
             message_burst: 100,

@@ -27,6 +27,9 @@ pub(crate) struct Connection {
     pub(crate) rooms: BTreeSet<RoomName>,
     /// Bytes of `Send` frames emitted but not yet reported written.
     pub(crate) queued_bytes: usize,
+    /// The shell reported its socket full (`Input::Blocked`) and not all
+    /// of its backlog has been written since: behind, for conflation.
+    pub(crate) pushed_back: bool,
     pub(crate) limiter: RateLimiter,
     /// Last time anything (frame or pong) arrived.
     pub(crate) last_heard_us: u64,
@@ -310,6 +313,15 @@ impl Core {
             Input::Written { conn, bytes } => {
                 if let Some(c) = self.conn_mut(conn) {
                     c.queued_bytes = c.queued_bytes.saturating_sub(bytes);
+                    // Everything it was given is written: it caught up.
+                    if c.queued_bytes == 0 {
+                        c.pushed_back = false;
+                    }
+                }
+            }
+            Input::Blocked { conn } => {
+                if let Some(c) = self.conn_mut(conn) {
+                    c.pushed_back = true;
                 }
             }
             Input::Abort { conn, code } => self.close(conn, Some(code)),

@@ -334,6 +334,8 @@ impl CoreSim {
         let mut parsed: HashMap<*const u8, (TextFrame, Observed)> = HashMap::new();
         let mut acks: Vec<(ConnectionId, usize)> = Vec::new();
         let mut pongs: Vec<ConnectionId> = Vec::new();
+        // Stalled clients' sockets are full: the shell reports push-back.
+        let mut blocked: std::collections::BTreeSet<ConnectionId> = Default::default();
         while let Some(output) = self.core.poll_output() {
             let Some(&key) = self.by_conn.get(&output.conn()) else {
                 return Err((
@@ -351,6 +353,7 @@ impl CoreSim {
                         .ok_or_else(|| ("client table".to_owned(), String::new()))?;
                     if client.stalled {
                         client.unread.push(frame);
+                        blocked.insert(conn);
                         continue;
                     }
                     let length = frame.len();
@@ -415,6 +418,10 @@ impl CoreSim {
         for (conn, bytes) in acks {
             self.events += 1;
             self.core.handle(now, Input::Written { conn, bytes });
+        }
+        for conn in blocked {
+            self.events += 1;
+            self.core.handle(now, Input::Blocked { conn });
         }
         for conn in pongs {
             self.events += 1;
