@@ -54,6 +54,17 @@ pub struct Limits {
     /// Age after which a broadcast leaves the history, in ms. A room without
     /// members is kept until its newest broadcast reaches this age.
     pub history_age_ms: u64,
+    /// Bytes of broadcast frames kept in history across all rooms (the
+    /// in-memory engine). Beyond it the oldest entries of any room leave
+    /// the history first: a `join` with an older `since` gets
+    /// `recovered: false`, never a gap.
+    pub history_bytes_max: usize,
+    /// Rooms the in-memory engine keeps (followed by a node, or holding
+    /// history). A new room beyond it first pushes out the room kept only
+    /// for history that would expire soonest; when every room is followed,
+    /// the join or publish that would create it gets `ENGINE_UNAVAILABLE`
+    /// (HTTP 503).
+    pub rooms_max: usize,
     /// Engine requests (appends and reads) in flight at once; beyond it a
     /// publish is refused with `ENGINE_UNAVAILABLE` / HTTP 503.
     pub engine_calls_max: usize,
@@ -96,6 +107,8 @@ impl Default for Limits {
             presence_page_max: 100,
             history_messages_max: 100,
             history_age_ms: 300_000,
+            history_bytes_max: 64 * 1024 * 1024,
+            rooms_max: 100_000,
             token_warning_ms: 60_000,
             engine_calls_max: 4096,
             engine_deferred_messages_max: 32,

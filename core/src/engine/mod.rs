@@ -24,6 +24,10 @@
 //!   (sent when its first local member arrives and when its last leaves).
 //!   Interest is a hint with no answer; a read issued after interest-on
 //!   reflects every append whose live message the node will not receive.
+//! - An engine that bounds its rooms (the in-memory engine's `rooms_max`)
+//!   answers an append or read that would create one too many with a
+//!   failure, and fails the node's reads of a room whose interest-on it
+//!   refused until the node turns that interest off.
 //! - **the live stream**: for every room the node follows, every appended
 //!   message as `(room, epoch, seq, frame)`, in `seq` order per room,
 //!   **at most once**: a shared engine's pub/sub can lose messages, so the
