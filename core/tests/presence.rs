@@ -265,3 +265,76 @@ fn changes_of_one_input_are_coalesced_into_lists() {
     assert!(first_close > 1, "{out:?}");
     core.check_invariants().unwrap();
 }
+
+/// Joins answered by one history read complete in one input: the member
+/// already there hears about them in one diff, and the joiners hear
+/// nothing about each other (`presence` shows them the room).
+#[test]
+fn joins_answered_by_one_read_are_told_in_one_diff() {
+    use roomcast_core::engine::memory::MemoryEngine;
+    use roomcast_core::standalone::history_bounds;
+    use roomcast_core::Core;
+    let config = CoreConfig {
+        rooms: RoomOptions {
+            presence_diff_prefixes: vec!["team:".into()],
+            ..RoomOptions::default()
+        },
+        ..CoreConfig::default()
+    };
+    let mut engine = MemoryEngine::new(history_bounds(&config), "e".into());
+    let mut core = Core::new(config);
+    let now = Now::default();
+    // Hands the core's requests to the engine; returns the engine's answers.
+    let ask = |core: &mut Core, engine: &mut MemoryEngine| {
+        while let Some(request) = core.poll_engine() {
+            engine.handle(0, 0, request);
+        }
+        std::iter::from_fn(|| engine.poll_event())
+            .map(|(_, event)| event)
+            .collect::<Vec<_>>()
+    };
+    let conns: Vec<ConnectionId> = (0..4).map(ConnectionId::from_u128).collect();
+    for &conn in &conns {
+        let identity = Identity::Anonymous;
+        core.handle(now, Input::Open { conn, identity });
+    }
+    core.handle(
+        now,
+        Input::Text {
+            conn: conns[0],
+            text: r#"{"action":"join","room":"team:x"}"#,
+        },
+    );
+    for event in ask(&mut core, &mut engine) {
+        core.handle(now, Input::Engine(event));
+    }
+    while core.poll_output().is_some() {}
+    let epoch = "e-1";
+    let since = format!(
+        r#"{{"action":"join","data":{{"room":"team:x","since":{{"epoch":"{epoch}","seq":0}}}}}}"#
+    );
+    for &conn in &conns[1..] {
+        core.handle(now, Input::Text { conn, text: &since });
+    }
+    let answers = ask(&mut core, &mut engine);
+    assert_eq!(answers.len(), 1, "one read for the three joins");
+    for event in answers {
+        core.handle(now, Input::Engine(event));
+    }
+    let out: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
+    let diffs = diffs_of(&out);
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    let (to, diff) = &diffs[0];
+    assert_eq!(*to, conns[0]);
+    assert_eq!(diff["data"]["connections"], 4);
+    assert_eq!(diff["data"]["left"], serde_json::json!([]));
+    let joined: Vec<&str> = diff["data"]["joined"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["connection_id"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = conns[1..].iter().map(|c| c.to_string()).collect();
+    assert_eq!(joined, expected);
+    core.check_invariants().unwrap();
+}
