@@ -2,8 +2,12 @@
 //!
 //! In rooms configured to conflate, a `download_progress` broadcast for a
 //! series (`data.key` + `data.download_id`) is held instead of sent when the
-//! member still has unwritten frames (its outbound backlog is not empty).
-//! While held, a newer progress event of the same series replaces it. Held
+//! member is *behind*: its socket pushed back (the shell reported
+//! `Input::Blocked` and has not written its whole backlog since), or its
+//! unwritten backlog is over `conflation_behind_bytes`. Frames merely
+//! waiting for the shell's next write (every member of a big room, between
+//! a broadcast and its turn to be written) do not make a member behind, so
+//! a reader that keeps up gets every event. While held, a newer progress event of the same series replaces it. Held
 //! frames are sent when the conflation window closes, and always before any
 //! other message of that room to that member, so `seq` never goes backwards.
 //!

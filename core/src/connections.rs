@@ -40,6 +40,7 @@ impl Core {
             identity,
             rooms: BTreeSet::new(),
             queued_bytes: 0,
+            pushed_back: false,
             limiter: RateLimiter::new(&self.config.limits, now.monotonic_us),
             last_heard_us: now.monotonic_us,
             last_ping_us: 0,

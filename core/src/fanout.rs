@@ -309,6 +309,7 @@ impl Core {
             .as_ref()
             .filter(|_| self.config.rooms.conflates(room));
         let flush_at_us = now.monotonic_us + self.config.rooms.conflation_window_ms.max(1) * 1000;
+        let behind_bytes = self.config.limits.conflation_behind_bytes;
         let mut newly_holding: Vec<u32> = Vec::new();
         let mut overflowed = Vec::new();
         for &slot in state.members.values() {
@@ -318,8 +319,12 @@ impl Core {
                 continue;
             };
             if let Some(series) = conflating {
-                // Behind, or already holding this series: hold (newest wins).
-                if connection.queued_bytes > 0 || connection.held.holds(room, series) {
+                // Behind (its socket pushed back, or its backlog is past the
+                // threshold), or already holding this series: hold (newest
+                // wins). Bytes merely waiting for the shell's next write do
+                // not make a member behind.
+                let behind = connection.pushed_back || connection.queued_bytes > behind_bytes;
+                if behind || connection.held.holds(room, series) {
                     if connection.held.is_empty() {
                         newly_holding.push(slot);
                     }

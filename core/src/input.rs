@@ -50,6 +50,14 @@ pub enum Input<'a> {
         /// Bytes of `Send` frames written since the last report.
         bytes: usize,
     },
+    /// The connection's socket pushed back: a write returned `WouldBlock`
+    /// or took only part of what was offered. For conflation the member
+    /// counts as *behind* from now until a [`Input::Written`] report
+    /// brings its backlog to zero (see [`crate::conflation`]).
+    Blocked {
+        /// The connection.
+        conn: ConnectionId,
+    },
     /// The caller wants a connection closed for a reason only it can see
     /// (an oversize message → 1009, an internal fault → 1011). The core
     /// emits the `Close` and forgets the connection.

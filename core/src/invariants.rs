@@ -174,6 +174,14 @@ impl Core {
                 "{appends} appends in flight, {awaited} awaited by publishes"
             ));
         }
+        if let Some(room) = self.presence.keys().next() {
+            return Err(format!(
+                "presence changes of {room:?} were not told when the input ended"
+            ));
+        }
+        if self.shutting_down && !self.slot_of.is_empty() {
+            return Err("connections are open after shutdown".into());
+        }
         for (user, conns) in &self.users {
             if conns.is_empty() {
                 return Err(format!("user {user:?} kept with no connections"));

@@ -94,6 +94,12 @@
 //! [`Limits::outbound_queue_bytes_max`], the core closes the connection with
 //! 4008 instead of sending, so a member either receives every broadcast of its
 //! rooms in `seq` order or is told why it stopped.
+//!
+//! The caller also reports a socket that pushed back (a write that returned
+//! `WouldBlock` or was partial) with [`Input::Blocked`]: such a member, or one
+//! whose backlog passed [`Limits::conflation_behind_bytes`], is *behind*, and
+//! only a member that is behind has progress events conflated
+//! ([`conflation`]).
 
 pub mod access;
 pub mod codes;

@@ -19,6 +19,10 @@ pub struct Limits {
     pub write_buffer_bytes: usize,
     /// Outbound backlog per connection in bytes before close 4008 (slow consumer).
     pub outbound_queue_bytes_max: usize,
+    /// Unwritten bytes beyond which a member counts as *behind* for
+    /// conflation even if its socket never pushed back (`Input::Blocked`
+    /// does that at once). 0: any unwritten byte.
+    pub conflation_behind_bytes: usize,
     /// Rooms one connection may be in at once (→ `TOO_MANY_ROOMS`).
     pub rooms_per_connection_max: usize,
     /// Sustained client messages per second (token-bucket refill rate).
@@ -41,13 +45,26 @@ pub struct Limits {
     pub api_body_bytes_max: usize,
     /// Rooms one broadcast may target.
     pub broadcast_rooms_max: usize,
-    /// User ids one `presence` reply lists at most (the rest are paginated).
+    /// User ids one `presence` reply lists at most (the rest are paginated),
+    /// and changes one `presence_diff` lists at most (beyond: counts and
+    /// `truncated`).
     pub presence_page_max: usize,
     /// Broadcasts each room keeps for recovery (`join` with `since`); 0 turns history off.
     pub history_messages_max: usize,
     /// Age after which a broadcast leaves the history, in ms. A room without
     /// members is kept until its newest broadcast reaches this age.
     pub history_age_ms: u64,
+    /// Bytes of broadcast frames kept in history across all rooms (the
+    /// in-memory engine). Beyond it the oldest entries of any room leave
+    /// the history first: a `join` with an older `since` gets
+    /// `recovered: false`, never a gap.
+    pub history_bytes_max: usize,
+    /// Rooms the in-memory engine keeps (followed by a node, or holding
+    /// history). A new room beyond it first pushes out the room kept only
+    /// for history that would expire soonest; when every room is followed,
+    /// the join or publish that would create it gets `ENGINE_UNAVAILABLE`
+    /// (HTTP 503).
+    pub rooms_max: usize,
     /// Engine requests (appends and reads) in flight at once; beyond it a
     /// publish is refused with `ENGINE_UNAVAILABLE` / HTTP 503.
     pub engine_calls_max: usize,
@@ -92,6 +109,7 @@ impl Default for Limits {
             read_buffer_bytes: 512,
             write_buffer_bytes: 16 * 1024,
             outbound_queue_bytes_max: 1024 * 1024,
+            conflation_behind_bytes: 64 * 1024,
             rooms_per_connection_max: 64,
             messages_per_second: 50,
             message_burst: 100,
@@ -106,6 +124,8 @@ impl Default for Limits {
             presence_page_max: 100,
             history_messages_max: 100,
             history_age_ms: 300_000,
+            history_bytes_max: 64 * 1024 * 1024,
+            rooms_max: 100_000,
             token_warning_ms: 60_000,
             engine_calls_max: 4096,
             engine_deferred_messages_max: 32,

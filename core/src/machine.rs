@@ -27,6 +27,9 @@ pub(crate) struct Connection {
     pub(crate) rooms: BTreeSet<RoomName>,
     /// Bytes of `Send` frames emitted but not yet reported written.
     pub(crate) queued_bytes: usize,
+    /// The shell reported its socket full (`Input::Blocked`) and not all
+    /// of its backlog has been written since: behind, for conflation.
+    pub(crate) pushed_back: bool,
     pub(crate) limiter: RateLimiter,
     /// Last time anything (frame or pong) arrived.
     pub(crate) last_heard_us: u64,
@@ -82,6 +85,22 @@ pub(crate) struct Room {
     pub(crate) next_joins: VecDeque<PendingJoin>,
     /// Key in `Core::room_timers`: the next stream check (or read retry).
     pub(crate) check_at_us: Option<u64>,
+}
+
+/// The presence changes of one room during the current input, told to its
+/// members as one `presence_diff` once the input is done
+/// ([`Core::flush_presence`](crate::rooms)).
+#[derive(Debug)]
+pub(crate) struct PendingDiff {
+    /// Where in `Core::outputs` the room's first change of this input
+    /// happened: the diff is placed there, so a lone change goes out exactly
+    /// where it always did.
+    pub(crate) at: usize,
+    /// Connections that joined (with their user id), net of those that
+    /// also left during the input.
+    pub(crate) joined: BTreeMap<ConnectionId, Option<String>>,
+    /// Connections that left, net of those that also joined again.
+    pub(crate) left: BTreeMap<ConnectionId, Option<String>>,
 }
 
 /// A join waiting for its room's read.
@@ -172,6 +191,9 @@ pub struct Core {
     /// Connections whose engine wait ended: their deferred messages run
     /// once the current input is done.
     pub(crate) resumable: Vec<ConnectionId>,
+    /// Presence changes of the current input, per room, told once it is
+    /// done (one diff per room per input, not one per change).
+    pub(crate) presence: BTreeMap<RoomName, PendingDiff>,
     /// Latest `now` seen: time never goes backwards inside the core.
     pub(crate) now: Now,
     /// The first impossible state met (see [`Core::impossible`]).
@@ -201,6 +223,7 @@ impl Core {
             shutting_down: false,
             doomed: Vec::new(),
             resumable: Vec::new(),
+            presence: BTreeMap::new(),
             now: Now::default(),
             broken: None,
         }
@@ -268,7 +291,7 @@ impl Core {
         let response = self.apply(now, input);
         loop {
             // Members that overflowed while a notification was fanned out are
-            // closed here, iteratively (closing one notifies the others).
+            // closed here, iteratively (closing one is a presence change).
             if let Some(conn) = self.doomed.pop() {
                 self.close(conn, Some(crate::codes::CloseCode::SlowConsumer));
                 continue;
@@ -276,6 +299,12 @@ impl Core {
             // Connections whose engine wait ended run their deferred messages.
             if let Some(conn) = self.resumable.pop() {
                 self.resume(conn);
+                continue;
+            }
+            // One presence diff per room for all the input's changes (it
+            // may overflow members, whose closes are told in the next round).
+            if !self.presence.is_empty() {
+                self.flush_presence();
                 continue;
             }
             break;
@@ -301,6 +330,15 @@ impl Core {
             Input::Written { conn, bytes } => {
                 if let Some(c) = self.conn_mut(conn) {
                     c.queued_bytes = c.queued_bytes.saturating_sub(bytes);
+                    // Everything it was given is written: it caught up.
+                    if c.queued_bytes == 0 {
+                        c.pushed_back = false;
+                    }
+                }
+            }
+            Input::Blocked { conn } => {
+                if let Some(c) = self.conn_mut(conn) {
+                    c.pushed_back = true;
                 }
             }
             Input::Abort { conn, code } => self.close(conn, Some(code)),
@@ -321,6 +359,7 @@ impl Core {
                 EngineEvent::Presence { call, result } => self.on_presence(now, call, result),
             },
             Input::Shutdown => {
+                // No presence diffs from here on: everyone is leaving.
                 self.shutting_down = true;
                 let mut all: Vec<ConnectionId> =
                     self.conns.iter().flatten().map(|c| c.id).collect();

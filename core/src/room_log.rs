@@ -6,13 +6,19 @@ use std::collections::VecDeque;
 
 use crate::output::TextFrame;
 
-/// How much history a room keeps.
+/// How much history the in-memory engine keeps: per room (count, age) and
+/// in total (bytes, rooms).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HistoryBounds {
     /// Broadcasts kept per room (0 = no history).
     pub messages_max: usize,
     /// Age after which a broadcast leaves the history, in µs.
     pub age_max_us: u64,
+    /// Bytes of kept frames across all rooms; beyond it the oldest entries
+    /// (across rooms) leave the history.
+    pub bytes_max: usize,
+    /// Rooms kept (followed, or holding history).
+    pub rooms_max: usize,
 }
 
 /// One kept broadcast: its number, when it was published, and its exact bytes.
@@ -30,6 +36,8 @@ pub struct RoomLog {
     last_seq: u64,
     /// The newest broadcasts, oldest first, consecutive `seq`s ending at `last_seq`.
     history: VecDeque<Entry>,
+    /// Bytes of the kept frames.
+    bytes: usize,
 }
 
 impl RoomLog {
@@ -54,13 +62,14 @@ impl RoomLog {
         self.expire(bounds, now_us);
         self.last_seq += 1;
         if bounds.messages_max > 0 {
+            self.bytes += frame.len();
             self.history.push_back(Entry {
                 seq: self.last_seq,
                 published_us: now_us,
                 frame,
             });
             while self.history.len() > bounds.messages_max {
-                self.history.pop_front();
+                self.evict_oldest();
             }
         }
         self.last_seq
@@ -73,8 +82,27 @@ impl RoomLog {
             .front()
             .is_some_and(|e| now_us.saturating_sub(e.published_us) >= bounds.age_max_us)
         {
-            self.history.pop_front();
+            self.evict_oldest();
         }
+    }
+
+    /// Forgets the oldest kept broadcast (the engine's byte budget). The
+    /// rest stays consecutive up to `last_seq`, so a read after an older
+    /// position is simply not covered.
+    pub fn evict_oldest(&mut self) {
+        if let Some(entry) = self.history.pop_front() {
+            self.bytes -= entry.frame.len();
+        }
+    }
+
+    /// Bytes of the kept frames.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// When the oldest kept broadcast was published (`None` without history).
+    pub fn oldest_published_us(&self) -> Option<u64> {
+        self.history.front().map(|e| e.published_us)
     }
 
     /// When the newest kept broadcast ages out (`None` without history).
@@ -109,6 +137,13 @@ impl RoomLog {
                 bounds.messages_max
             ));
         }
+        let bytes: usize = self.history.iter().map(|e| e.frame.len()).sum();
+        if bytes != self.bytes {
+            return Err(format!(
+                "history counts {} bytes but holds {bytes}",
+                self.bytes
+            ));
+        }
         let expected = self.last_seq + 1 - self.history.len() as u64;
         for (offset, entry) in self.history.iter().enumerate() {
             if entry.seq != expected + offset as u64 {
@@ -129,6 +164,8 @@ mod tests {
     const BOUNDS: HistoryBounds = HistoryBounds {
         messages_max: 3,
         age_max_us: 1_000,
+        bytes_max: usize::MAX,
+        rooms_max: usize::MAX,
     };
 
     fn frame(n: u64) -> TextFrame {
@@ -172,7 +209,7 @@ mod tests {
     fn without_history_nothing_is_kept() {
         let bounds = HistoryBounds {
             messages_max: 0,
-            age_max_us: 1_000,
+            ..BOUNDS
         };
         let mut log = RoomLog::new();
         log.append(bounds, 0, frame(1));

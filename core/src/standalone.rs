@@ -59,11 +59,13 @@ impl InlineEngine for MemoryEngine {
     }
 }
 
-/// The history bounds of a configuration's limits table.
+/// The in-memory engine's bounds from a configuration's limits table.
 pub fn history_bounds(config: &CoreConfig) -> HistoryBounds {
     HistoryBounds {
         messages_max: config.limits.history_messages_max,
         age_max_us: config.limits.history_age_ms.saturating_mul(1000),
+        bytes_max: config.limits.history_bytes_max,
+        rooms_max: config.limits.rooms_max,
     }
 }
 

@@ -1,6 +1,8 @@
-//! Conflation: in conflating rooms, a member that is behind gets only the
-//! newest `download_progress` per series (flagged `"conflated": true` after
-//! a jump); everything else is delivered unchanged and in `seq` order.
+//! Conflation: in conflating rooms, a member that is behind (its socket
+//! pushed back, or its backlog passed `conflation_behind_bytes`) gets only
+//! the newest `download_progress` per series (flagged `"conflated": true`
+//! after a jump); everything else is delivered unchanged and in `seq`
+//! order, and a member that keeps up gets every event.
 
 use roomcast_core::{
     ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output, Publish, RoomName, RoomOptions,
@@ -14,7 +16,8 @@ struct Room {
 }
 
 impl Room {
-    /// Room `downloads` conflates with a 100 ms window; `a` reads promptly, `b` never does.
+    /// Room `downloads` conflates with a 100 ms window; `a` reads promptly,
+    /// `b` never does (its socket is reported full).
     fn new() -> (Room, ConnectionId, ConnectionId) {
         let rooms = RoomOptions {
             conflate_prefixes: vec!["downloads".into()],
@@ -51,8 +54,9 @@ impl Room {
                 },
             );
         }
-        // a has read everything so far; b has not.
+        // a has read everything so far; b has not, and its socket is full.
         r.drain();
+        r.core.handle(r.now(), Input::Blocked { conn: b });
         r.core.handle(
             r.now(),
             Input::Written {
@@ -184,4 +188,162 @@ fn leaving_drops_what_is_held() {
     let out = r.drain();
     assert_eq!(out.len(), 1, "just the leave reply: {out:?}");
     assert!(r.advance(1_000_000).is_empty());
+}
+
+/// Bytes merely waiting for the shell's next write do not make a member
+/// behind: in a 10,000-member room, progress events published one after
+/// the other before any socket is written (one hub batch) all reach every
+/// member, none held, none flagged.
+#[test]
+fn readers_that_keep_up_get_every_progress_event_at_ten_thousand_members() {
+    const MEMBERS: u128 = 10_000;
+    const EVENTS: u64 = 4;
+    let rooms = RoomOptions {
+        conflate_prefixes: vec!["downloads".into()],
+        conflation_window_ms: 100,
+        ..RoomOptions::default()
+    };
+    let limits = Limits {
+        ping_interval_ms: 3_600_000,
+        idle_timeout_ms: 7_200_000,
+        ..Limits::default()
+    };
+    let mut core = Standalone::new(CoreConfig {
+        rooms,
+        limits,
+        ..CoreConfig::default()
+    });
+    let now = Now::from_start(0, 0);
+    for id in 0..MEMBERS {
+        let conn = ConnectionId::from_u128(id);
+        let identity = Identity::Anonymous;
+        core.handle(now, Input::Open { conn, identity });
+        let text = r#"{"action":"join","room":"downloads"}"#;
+        core.handle(now, Input::Text { conn, text });
+    }
+    // Every member read its `connected` and join reply.
+    let mut written = std::collections::BTreeMap::<ConnectionId, usize>::new();
+    while let Some(output) = core.poll_output() {
+        if let Output::Send { conn, frame } = output {
+            *written.entry(conn).or_default() += frame.len();
+        }
+    }
+    for (conn, bytes) in written {
+        core.handle(now, Input::Written { conn, bytes });
+    }
+    // One batch: several progress events of one series, no write between.
+    for percent in 1..=EVENTS {
+        let publish = Publish {
+            rooms: vec![RoomName::new("downloads").unwrap()],
+            kind: "download_progress".into(),
+            data: json!({"key": "k", "download_id": "d1", "percent": percent})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        core.handle(now, Input::Broadcast(publish));
+    }
+    let mut got = std::collections::BTreeMap::<ConnectionId, Vec<(u64, bool)>>::new();
+    while let Some(output) = core.poll_output() {
+        let Output::Send { conn, frame } = output else {
+            panic!("unexpected {output:?}")
+        };
+        let message: Value = serde_json::from_str(frame.as_str()).unwrap();
+        got.entry(conn).or_default().push((
+            message["seq"].as_u64().unwrap(),
+            message["conflated"] == true,
+        ));
+    }
+    let every: Vec<(u64, bool)> = (1..=EVENTS).map(|seq| (seq, false)).collect();
+    assert_eq!(got.len(), MEMBERS as usize, "every member got something");
+    for (conn, seqs) in &got {
+        assert_eq!(seqs, &every, "{conn:?} got every event, unconflated");
+    }
+    // Nothing was held: the window closing sends nothing more.
+    core.handle(Now::from_start(0, 1_000_000), Input::Timeout);
+    assert!(core.poll_output().is_none());
+    core.check_invariants().unwrap();
+}
+
+/// A member whose socket pushed back is behind until everything queued
+/// for it is written; then it gets events at once again.
+#[test]
+fn a_pushed_back_member_is_behind_until_its_backlog_is_written() {
+    let (mut r, _a, b) = Room::new();
+    let out = r.progress("d1", 10); // 1: held (b's socket is full)
+    assert_eq!(seqs_for(&out, b), vec![]);
+    let flushed = r.advance(100_000);
+    assert_eq!(seqs_for(&flushed, b), vec![(1, false)]);
+    // b's client reads everything: its backlog is written, it caught up.
+    r.core.handle(
+        r.now(),
+        Input::Written {
+            conn: b,
+            bytes: usize::MAX,
+        },
+    );
+    let out = r.progress("d1", 20);
+    assert_eq!(seqs_for(&out, b), vec![(2, false)], "sent at once");
+    let out = r.progress("d1", 30);
+    assert_eq!(
+        seqs_for(&out, b),
+        vec![(3, false)],
+        "2 not yet written does not make b behind"
+    );
+}
+
+/// Without any push-back report, a backlog past `conflation_behind_bytes`
+/// makes a member behind.
+#[test]
+fn a_backlog_past_the_threshold_makes_a_member_behind() {
+    let rooms = RoomOptions {
+        conflate_prefixes: vec!["downloads".into()],
+        conflation_window_ms: 100,
+        ..RoomOptions::default()
+    };
+    let limits = Limits {
+        conflation_behind_bytes: 1_000,
+        ping_interval_ms: 3_600_000,
+        idle_timeout_ms: 7_200_000,
+        ..Limits::default()
+    };
+    let mut r = Room {
+        core: Standalone::new(CoreConfig {
+            rooms,
+            limits,
+            ..CoreConfig::default()
+        }),
+        now_us: 0,
+    };
+    let b = ConnectionId::from_u128(2);
+    r.core.handle(
+        r.now(),
+        Input::Open {
+            conn: b,
+            identity: Identity::Anonymous,
+        },
+    );
+    r.core.handle(
+        r.now(),
+        Input::Text {
+            conn: b,
+            text: r#"{"action":"join","room":"downloads"}"#,
+        },
+    );
+    let mut out = r.drain();
+    let mut percent = 0;
+    // b reads nothing: events go out until its backlog passes 1,000 bytes.
+    let mut backlog: usize = out.iter().map(|(_, m)| m.to_string().len()).sum();
+    while backlog <= 1_000 {
+        percent += 1;
+        let sent = r.progress("d1", percent);
+        assert_eq!(sent.len(), 1, "not behind yet at {backlog} bytes");
+        backlog += sent[0].1.to_string().len();
+        out.extend(sent);
+    }
+    let held = r.progress("d1", 99);
+    assert!(held.is_empty(), "behind past the threshold");
+    let flushed = r.advance(100_000);
+    assert_eq!(flushed.len(), 1);
+    assert_eq!(flushed[0].1["data"]["percent"], 99);
 }

@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 const BOUNDS: HistoryBounds = HistoryBounds {
     messages_max: 100,
     age_max_us: 3_600_000_000,
+    bytes_max: usize::MAX,
+    rooms_max: usize::MAX,
 };
 
 struct Harness {

@@ -20,6 +20,9 @@ fn config() -> CoreConfig {
             history_messages_max: 6,
             history_age_ms: 3_600_000,
             outbound_queue_bytes_max: 4_000,
+            // Recorded when any unwritten byte made a member behind for
+            // conflation: the same rule, configured.
+            conflation_behind_bytes: 0,
             message_burst: 30,
             messages_per_second: 10,
             ping_interval_ms: 3_000,

@@ -179,6 +179,8 @@ pub fn core_events(data: &[u8]) {
     let limits = Limits {
         rooms_per_connection_max: 2,
         outbound_queue_bytes_max: 4_096,
+        // Any unwritten byte makes a member behind: conflation stays busy.
+        conflation_behind_bytes: 0,
         messages_per_second: 20,
         message_burst: 5,
         rate_violations_max: 3,

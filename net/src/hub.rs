@@ -541,6 +541,11 @@ impl Hub {
                 },
             );
         }
+        if flushed.blocked {
+            // The client is not keeping up: conflation may hold its
+            // progress events until its socket drains.
+            self.core.handle(self.clock.now(), Input::Blocked { conn });
+        }
         if flushed.failed {
             // The reading task was told and will report `Closed`; the core
             // forgets the connection now so it queues nothing more for it.

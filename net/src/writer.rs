@@ -168,6 +168,9 @@ pub struct Flushed {
     pub frames: u64,
     /// The socket failed; the connection is finished.
     pub failed: bool,
+    /// The socket did not take everything (it pushed back): the rest waits
+    /// for its write readiness.
+    pub blocked: bool,
 }
 
 /// The hub's handle on one connection's socket.
@@ -382,6 +385,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
                 Poll::Ready(Ok(written)) => self.advance(written, &mut done),
                 Poll::Pending if registered => {
                     self.blocked = true;
+                    done.blocked = true;
                     return done;
                 }
                 Poll::Pending => registered = true,
@@ -617,6 +621,7 @@ mod tests {
             if !writer.wants_flush() && writer.queue.is_empty() {
                 break;
             }
+            assert!(flushed.blocked, "a socket that pushed back is reported");
             // A blocked writer is retried only once its waker listed it.
             assert!(!writer.wants_flush());
             let listed = std::mem::take(&mut *writable.ready.lock().unwrap());

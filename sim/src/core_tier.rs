@@ -132,8 +132,13 @@ pub fn run(
     };
     // History never ages out during a run (a day of virtual time), so every
     // gap within the count bound must be recovered, unless the engine may
-    // fail a read or lose its data.
-    if sim.faults.fail_per_mille == 0 && sim.faults.reset_per_mille == 0 {
+    // fail a read or lose its data, or its budgets may evict history or
+    // push rooms out (the default budgets never bind here: at most 30
+    // rooms of small frames).
+    let defaults = roomcast_core::Limits::default();
+    let budgets_bind = sim.mix.limits.history_bytes_max < defaults.history_bytes_max
+        || sim.mix.limits.rooms_max < defaults.rooms_max;
+    if sim.faults.fail_per_mille == 0 && sim.faults.reset_per_mille == 0 && !budgets_bind {
         sim.oracle
             .expect_recovery_within(sim.mix.limits.history_messages_max as u64);
     }
@@ -333,6 +338,8 @@ impl CoreSim {
         let mut parsed: HashMap<*const u8, (TextFrame, Observed)> = HashMap::new();
         let mut acks: Vec<(ConnectionId, usize)> = Vec::new();
         let mut pongs: Vec<ConnectionId> = Vec::new();
+        // Stalled clients' sockets are full: the shell reports push-back.
+        let mut blocked: std::collections::BTreeSet<ConnectionId> = Default::default();
         while let Some(output) = self.core.poll_output() {
             let Some(&key) = self.by_conn.get(&output.conn()) else {
                 return Err((
@@ -350,6 +357,7 @@ impl CoreSim {
                         .ok_or_else(|| ("client table".to_owned(), String::new()))?;
                     if client.stalled {
                         client.unread.push(frame);
+                        blocked.insert(conn);
                         continue;
                     }
                     let length = frame.len();
@@ -414,6 +422,10 @@ impl CoreSim {
         for (conn, bytes) in acks {
             self.events += 1;
             self.core.handle(now, Input::Written { conn, bytes });
+        }
+        for conn in blocked {
+            self.events += 1;
+            self.core.handle(now, Input::Blocked { conn });
         }
         for conn in pongs {
             self.events += 1;

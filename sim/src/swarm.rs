@@ -114,6 +114,10 @@ impl Mix {
             presence_page_max: rng.range(1, 20) as usize,
             history_messages_max: [0, 3, 50, 1000][rng.below(4) as usize],
             history_age_ms: 86_400_000,
+            // Some seeds squeeze the engine's budgets: history evicted
+            // across rooms, rooms refused or pushed out.
+            history_bytes_max: [64 << 20, 64 << 20, 32_768, 2_048][rng.below(4) as usize],
+            rooms_max: [100_000, 100_000, 8, 2][rng.below(4) as usize],
             ..Limits::default()
         };
         // Some seeds conflate progress in some rooms and push presence diffs in others.

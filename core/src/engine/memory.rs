@@ -6,10 +6,29 @@
 //! history lasts; then it is dropped, and the next use creates it again
 //! under a new epoch. Driven by the caller in the same loop as the core
 //! ([`Standalone`](crate::Standalone) does it for one node).
+//!
+//! ## Budgets
+//!
+//! Besides each room's count and age bounds, two engine-wide bounds
+//! ([`HistoryBounds`]) keep its memory finite whatever clients do:
+//! - **history bytes** (`bytes_max`): when the kept frames of all rooms
+//!   together pass it, the oldest entries (by publish time, across rooms)
+//!   leave the history. A room's history stays consecutive up to its top,
+//!   so a read after an older position is just not covered
+//!   (`recovered: false`); a room left with no history and no follower is
+//!   dropped.
+//! - **rooms** (`rooms_max`): a request that would create a room beyond it
+//!   first drops the room kept only for its history that would expire
+//!   soonest (its next use starts a new epoch). When every kept room is
+//!   followed, the append or read fails (`Unavailable`, naming `rooms_max`)
+//!   and an interest-on is refused: that node's reads of the room fail until
+//!   it turns the interest off.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::{EngineEvent, EngineRequest, Epoch, Numbered, Position, PresenceEntry, ReadResult};
+use super::{
+    EngineError, EngineEvent, EngineRequest, Epoch, Numbered, Position, PresenceEntry, ReadResult,
+};
 use crate::names::{ConnectionId, RoomName};
 use crate::room_log::{HistoryBounds, RoomLog};
 
@@ -25,6 +44,11 @@ struct EngineRoom {
     followers: BTreeSet<NodeId>,
     /// Key in `MemoryEngine::expiries` while nobody follows the room.
     expiry_at_us: Option<u64>,
+    /// Key in `MemoryEngine::oldest` while the room holds history: when
+    /// its oldest kept entry was published.
+    oldest_us: Option<u64>,
+    /// The log's bytes as counted in `MemoryEngine::history_bytes`.
+    counted_bytes: usize,
 }
 
 /// The in-memory engine. See the module docs.
@@ -36,6 +60,14 @@ pub struct MemoryEngine {
     rooms: BTreeMap<RoomName, EngineRoom>,
     /// Rooms nobody follows, kept for their history: when to look again.
     expiries: BTreeSet<(u64, RoomName)>,
+    /// Rooms holding history, by when their oldest kept entry was
+    /// published: the byte budget evicts from the first.
+    oldest: BTreeSet<(u64, RoomName)>,
+    /// Bytes of kept frames, all rooms together.
+    history_bytes: usize,
+    /// Interest-ons refused at `rooms_max`: that node's reads of the room
+    /// fail until it turns the interest off.
+    refused: BTreeSet<(NodeId, RoomName)>,
     events: VecDeque<(NodeId, EngineEvent)>,
     /// Per room, its members' entries and the node each belongs to.
     presence: BTreeMap<RoomName, BTreeMap<ConnectionId, (NodeId, Option<String>)>>,
@@ -59,6 +91,9 @@ impl MemoryEngine {
             epochs_created: 0,
             rooms: BTreeMap::new(),
             expiries: BTreeSet::new(),
+            oldest: BTreeSet::new(),
+            history_bytes: 0,
+            refused: BTreeSet::new(),
             events: VecDeque::new(),
             presence: BTreeMap::new(),
             presence_ttl_us: presence_ttl_us.max(1),
@@ -112,6 +147,11 @@ impl MemoryEngine {
         self.rooms.len()
     }
 
+    /// Bytes of frames kept in history, all rooms together.
+    pub fn history_bytes(&self) -> usize {
+        self.history_bytes
+    }
+
     /// Handles one request of `node` at `now_us` (monotonic µs); answers
     /// and live messages are drained with [`poll_event`](Self::poll_event).
     pub fn handle(&mut self, node: NodeId, now_us: u64, request: EngineRequest) {
@@ -126,6 +166,12 @@ impl MemoryEngine {
                 message,
             } => {
                 let bounds = self.bounds;
+                if !self.make_room_for(&room) {
+                    let result = Err(self.rooms_full(&room));
+                    self.events
+                        .push_back((node, EngineEvent::Appended { call, result }));
+                    return;
+                }
                 self.room(&room);
                 let Some(state) = self.rooms.get_mut(&room) else {
                     unreachable!("created above")
@@ -153,6 +199,8 @@ impl MemoryEngine {
                         result: Ok(numbered),
                     },
                 ));
+                self.sync(&room);
+                self.enforce_bytes();
                 self.settle(&room);
             }
             EngineRequest::Read {
@@ -162,6 +210,13 @@ impl MemoryEngine {
                 limit,
             } => {
                 let bounds = self.bounds;
+                let refused = self.refused.contains(&(node, room.clone()));
+                if refused || !self.make_room_for(&room) {
+                    let result = Err(self.rooms_full(&room));
+                    self.events
+                        .push_back((node, EngineEvent::Read { call, result }));
+                    return;
+                }
                 let state = self.room(&room);
                 state.log.expire(bounds, now_us);
                 let result = read(state, after.as_ref(), limit);
@@ -172,6 +227,7 @@ impl MemoryEngine {
                         result: Ok(result),
                     },
                 ));
+                self.sync(&room);
                 self.settle(&room);
             }
             EngineRequest::PresenceAdd { room, entry } => {
@@ -216,11 +272,20 @@ impl MemoryEngine {
             }
             EngineRequest::PresenceRefresh => self.refresh(node, now_us),
             EngineRequest::Interest { room, on } => {
+                let key = (node, room.clone());
                 if on {
-                    self.room(&room).followers.insert(node);
-                } else if let Some(state) = self.rooms.get_mut(&room) {
-                    state.followers.remove(&node);
-                    self.settle(&room);
+                    if self.make_room_for(&room) {
+                        self.refused.remove(&key);
+                        self.room(&room).followers.insert(node);
+                    } else {
+                        self.refused.insert(key);
+                    }
+                } else {
+                    self.refused.remove(&key);
+                    if let Some(state) = self.rooms.get_mut(&room) {
+                        state.followers.remove(&node);
+                        self.settle(&room);
+                    }
                 }
             }
         }
@@ -257,6 +322,7 @@ impl MemoryEngine {
                 state.expiry_at_us = None;
                 state.log.expire(self.bounds, now_us);
             }
+            self.sync(&room);
             self.settle(&room);
         }
     }
@@ -267,6 +333,8 @@ impl MemoryEngine {
     /// comes back); rooms nobody follows are gone.
     pub fn lose_everything(&mut self) {
         self.expiries.clear();
+        self.oldest.clear();
+        self.history_bytes = 0;
         let followed: Vec<(RoomName, BTreeSet<NodeId>)> = std::mem::take(&mut self.rooms)
             .into_iter()
             .filter(|(_, room)| !room.followers.is_empty())
@@ -290,6 +358,8 @@ impl MemoryEngine {
                     epoch,
                     followers: BTreeSet::new(),
                     expiry_at_us: None,
+                    oldest_us: None,
+                    counted_bytes: 0,
                 },
             );
         }
@@ -317,10 +387,83 @@ impl MemoryEngine {
                 state.expiry_at_us = Some(at);
                 self.expiries.insert((at, room.clone()));
             }
-            _ => {
-                self.rooms.remove(room);
-            }
+            _ => self.drop_room(room),
         }
+    }
+
+    /// Forgets a room and everything indexed about it.
+    fn drop_room(&mut self, name: &RoomName) {
+        let Some(state) = self.rooms.remove(name) else {
+            return;
+        };
+        self.history_bytes -= state.counted_bytes;
+        if let Some(at) = state.oldest_us {
+            self.oldest.remove(&(at, name.clone()));
+        }
+        if let Some(at) = state.expiry_at_us {
+            self.expiries.remove(&(at, name.clone()));
+        }
+    }
+
+    /// Brings the byte total and the oldest-entry index up to date with a
+    /// room's log (after anything that changed it).
+    fn sync(&mut self, name: &RoomName) {
+        let Some(state) = self.rooms.get_mut(name) else {
+            return;
+        };
+        let bytes = state.log.bytes();
+        self.history_bytes = self.history_bytes - state.counted_bytes + bytes;
+        state.counted_bytes = bytes;
+        let oldest = state.log.oldest_published_us();
+        if oldest != state.oldest_us {
+            if let Some(at) = state.oldest_us {
+                self.oldest.remove(&(at, name.clone()));
+            }
+            if let Some(at) = oldest {
+                self.oldest.insert((at, name.clone()));
+            }
+            state.oldest_us = oldest;
+        }
+    }
+
+    /// Evicts the oldest kept entries, across rooms, until the history
+    /// fits `bytes_max`.
+    fn enforce_bytes(&mut self) {
+        while self.history_bytes > self.bounds.bytes_max {
+            let Some((_, name)) = self.oldest.first().cloned() else {
+                debug_assert!(false, "history bytes counted but no room indexed");
+                return;
+            };
+            if let Some(state) = self.rooms.get_mut(&name) {
+                state.log.evict_oldest();
+            }
+            self.sync(&name);
+            self.settle(&name);
+        }
+    }
+
+    /// Whether `room` exists or may be created under `rooms_max`, after
+    /// dropping the room kept only for history that expires soonest if
+    /// needed.
+    fn make_room_for(&mut self, room: &RoomName) -> bool {
+        if self.rooms.contains_key(room) || self.rooms.len() < self.bounds.rooms_max {
+            return true;
+        }
+        match self.expiries.first().cloned() {
+            Some((_, unfollowed)) => {
+                self.drop_room(&unfollowed);
+                self.rooms.len() < self.bounds.rooms_max
+            }
+            None => false,
+        }
+    }
+
+    /// The failure answered when `room` cannot be created.
+    fn rooms_full(&self, room: &RoomName) -> EngineError {
+        EngineError::Unavailable(format!(
+            "the server keeps at most {} rooms (rooms_max), all in use; room {room} cannot be created now",
+            self.bounds.rooms_max
+        ))
     }
 
     /// Checks the engine's own invariants (tests, simulator, fuzzers).
@@ -368,6 +511,23 @@ impl MemoryEngine {
                     "engine room {name:?}: an expiry timer must run exactly while nobody follows it"
                 ));
             }
+            if room.counted_bytes != room.log.bytes() {
+                return Err(format!(
+                    "engine room {name:?}: {} history bytes counted, {} kept",
+                    room.counted_bytes,
+                    room.log.bytes()
+                ));
+            }
+            let indexed = room
+                .oldest_us
+                .is_some_and(|at| self.oldest.contains(&(at, name.clone())));
+            if room.oldest_us != room.log.oldest_published_us()
+                || indexed != room.oldest_us.is_some()
+            {
+                return Err(format!(
+                    "engine room {name:?}: its oldest entry is not indexed for the byte budget"
+                ));
+            }
         }
         let unfollowed = self.rooms.values().filter(|r| r.followers.is_empty());
         if self.expiries.len() != unfollowed.count() {
@@ -375,6 +535,44 @@ impl MemoryEngine {
                 "{} engine expiry timers for the unfollowed rooms",
                 self.expiries.len()
             ));
+        }
+        let with_history = self.rooms.values().filter(|r| r.oldest_us.is_some());
+        if self.oldest.len() != with_history.count() {
+            return Err(format!(
+                "{} oldest-entry index entries for the rooms with history",
+                self.oldest.len()
+            ));
+        }
+        let counted: usize = self.rooms.values().map(|r| r.counted_bytes).sum();
+        if counted != self.history_bytes {
+            return Err(format!(
+                "{} history bytes in total, {counted} in the rooms",
+                self.history_bytes
+            ));
+        }
+        if self.history_bytes > self.bounds.bytes_max {
+            return Err(format!(
+                "{} history bytes kept, over history_bytes_max {}",
+                self.history_bytes, self.bounds.bytes_max
+            ));
+        }
+        if self.rooms.len() > self.bounds.rooms_max {
+            return Err(format!(
+                "{} rooms kept, over rooms_max {}",
+                self.rooms.len(),
+                self.bounds.rooms_max
+            ));
+        }
+        for (node, name) in &self.refused {
+            if self
+                .rooms
+                .get(name)
+                .is_some_and(|r| r.followers.contains(node))
+            {
+                return Err(format!(
+                    "node {node} follows {name:?} but its interest is marked refused"
+                ));
+            }
         }
         Ok(())
     }
@@ -401,6 +599,8 @@ mod tests {
     const BOUNDS: HistoryBounds = HistoryBounds {
         messages_max: 3,
         age_max_us: 1_000,
+        bytes_max: usize::MAX,
+        rooms_max: usize::MAX,
     };
 
     fn room() -> RoomName {
@@ -577,6 +777,70 @@ mod tests {
             },
         );
         assert_eq!(engine.presence_count(), 0);
+        engine.check().unwrap();
+    }
+
+    fn interest(engine: &mut MemoryEngine, node: NodeId, name: &str, on: bool) {
+        let room = RoomName::new(name).unwrap();
+        engine.handle(node, 0, EngineRequest::Interest { room, on });
+    }
+
+    fn read_of(engine: &mut MemoryEngine, node: NodeId, name: &str) -> bool {
+        let room = RoomName::new(name).unwrap();
+        let request = EngineRequest::Read {
+            call: CallId(99),
+            room,
+            after: None,
+            limit: 10,
+        };
+        engine.handle(node, 0, request);
+        match drain(engine).pop() {
+            Some((_, EngineEvent::Read { result, .. })) => result.is_ok(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refused_interest_fails_the_nodes_reads_until_it_is_turned_off() {
+        let bounds = HistoryBounds {
+            rooms_max: 1,
+            ..BOUNDS
+        };
+        let mut engine = MemoryEngine::new(bounds, "e".into(), 1_000_000);
+        interest(&mut engine, 1, "a", true);
+        interest(&mut engine, 2, "b", true); // refused: "a" is in use
+        assert_eq!(engine.room_count(), 1);
+        engine.check().unwrap();
+        interest(&mut engine, 1, "a", false); // room for "b" now...
+        assert!(
+            !read_of(&mut engine, 2, "b"),
+            "...but node 2 does not follow it: its read fails"
+        );
+        interest(&mut engine, 2, "b", false);
+        interest(&mut engine, 2, "b", true);
+        assert!(read_of(&mut engine, 2, "b"), "asked again: followed");
+        engine.check().unwrap();
+    }
+
+    #[test]
+    fn the_byte_budget_is_kept_across_rooms_and_reset_by_data_loss() {
+        let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000_000);
+        append(&mut engine, 0, 1, 1);
+        let frame = engine.history_bytes();
+        let bounds = HistoryBounds {
+            bytes_max: 2 * frame,
+            ..BOUNDS
+        };
+        let mut engine = MemoryEngine::new(bounds, "e".into(), 1_000_000);
+        interest(&mut engine, 0, "r", true);
+        for n in 1..=3 {
+            append(&mut engine, 0, n, n);
+            assert!(engine.history_bytes() <= 2 * frame);
+            engine.check().unwrap();
+        }
+        assert_eq!(engine.history_bytes(), 2 * frame);
+        engine.lose_everything();
+        assert_eq!(engine.history_bytes(), 0);
         engine.check().unwrap();
     }
 }

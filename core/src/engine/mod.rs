@@ -29,6 +29,10 @@
 //!   the node that added it, and a node that stops refreshing for the
 //!   presence time-to-live (`presence_ttl_ms`) loses its entries (a crashed
 //!   node's members disappear within that bound).
+//! - An engine that bounds its rooms (the in-memory engine's `rooms_max`)
+//!   answers an append or read that would create one too many with a
+//!   failure, and fails the node's reads of a room whose interest-on it
+//!   refused until the node turns that interest off.
 //! - **the live stream**: for every room the node follows, every appended
 //!   message as `(room, epoch, seq, frame)`, in `seq` order per room,
 //!   **at most once**: a shared engine's pub/sub can lose messages, so the
