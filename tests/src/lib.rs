@@ -925,4 +925,84 @@ pub mod binary {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("addr").port()
     }
+
+    /// A running `roomcast serve` process on a free loopback port.
+    pub struct Process {
+        pub child: tokio::process::Child,
+        pub addr: std::net::SocketAddr,
+    }
+
+    impl Process {
+        /// Starts `roomcast serve` with `args` after `--listen` and only
+        /// the given `ROOMCAST_*` variables (the test's own are removed);
+        /// returns once `/healthz` answers.
+        pub async fn start(args: &[&str], env: &[(&str, String)]) -> Process {
+            let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
+                .parse()
+                .expect("an address");
+            let mut command = tokio::process::Command::new(path());
+            for (key, _) in std::env::vars() {
+                if key.starts_with("ROOMCAST_") {
+                    command.env_remove(key);
+                }
+            }
+            command
+                .args(["serve", "--listen", &addr.to_string()])
+                .args(args)
+                .env("ROOMCAST_LOG", "error")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true);
+            for (key, value) in env {
+                command.env(key, value);
+            }
+            let child = command.spawn().expect("spawn roomcast");
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let up = tokio::net::TcpStream::connect(addr).await.is_ok()
+                    && super::http(addr, "GET", "/healthz", &[], "").await.status == 200;
+                if up {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "roomcast did not come up"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Process { child, addr }
+        }
+
+        /// (current, peak) resident memory of the process, in KiB.
+        pub fn rss_kib(&self) -> (u64, u64) {
+            let pid = self.child.id().expect("pid");
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            (field("VmRSS:"), field("VmHWM:"))
+        }
+
+        /// SIGTERM; the exit status and how long the exit took.
+        pub async fn stop(mut self) -> (std::process::ExitStatus, std::time::Duration) {
+            let pid = self.child.id().expect("pid");
+            let started = tokio::time::Instant::now();
+            let status = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+            let exit = tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait())
+                .await
+                .expect("roomcast did not exit")
+                .expect("wait");
+            (exit, started.elapsed())
+        }
+    }
 }

@@ -4,14 +4,9 @@
 //! (docs/operations.md, "limits under abuse"), and `/ws/status` counts no
 //! more rooms than the bound.
 
-use std::net::SocketAddr;
-use std::process::Stdio;
-use std::time::Duration;
-
 use roomcast_tests::tokens::publisher;
 use roomcast_tests::{api_post, binary, http, SECRET};
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
 
 /// The history budget set for this test.
 const HISTORY_BYTES_MAX: u64 = 8 * 1024 * 1024;
@@ -21,76 +16,40 @@ const ROOMS_MAX: u64 = 2_000;
 /// budget, the inbound byte budget (16 MiB by default), and allocator slack.
 const GROWTH_CEILING_KIB: u64 = 48 * 1024;
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
+struct Server(binary::Process);
 
 impl Server {
     async fn start() -> Server {
-        let addr: SocketAddr = format!("127.0.0.1:{}", binary::free_port())
-            .parse()
-            .unwrap();
-        let mut command = Command::new(binary::path());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("ROOMCAST_") {
-                command.env_remove(key);
-            }
-        }
-        command
-            .args(["serve", "--listen", &addr.to_string()])
-            .env("ROOMCAST_LOG", "error")
-            .env("ROOMCAST_JWT_SECRET", SECRET)
-            .env("ROOMCAST_LIMITS__HISTORY_MESSAGES_MAX", "1000")
-            .env(
+        let env = [
+            ("ROOMCAST_JWT_SECRET", SECRET.to_owned()),
+            ("ROOMCAST_LIMITS__HISTORY_MESSAGES_MAX", "1000".to_owned()),
+            (
                 "ROOMCAST_LIMITS__HISTORY_BYTES_MAX",
                 HISTORY_BYTES_MAX.to_string(),
-            )
-            .env("ROOMCAST_LIMITS__ROOMS_MAX", ROOMS_MAX.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        let child = command.spawn().expect("spawn roomcast");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let up = tokio::net::TcpStream::connect(addr).await.is_ok()
-                && http(addr, "GET", "/healthz", &[], "").await.status == 200;
-            if up {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "roomcast did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Server { child, addr }
+            ),
+            ("ROOMCAST_LIMITS__ROOMS_MAX", ROOMS_MAX.to_string()),
+        ];
+        Server(binary::Process::start(&[], &env).await)
     }
 
-    /// (current, peak) resident memory in KiB.
     fn rss_kib(&self) -> (u64, u64) {
-        let pid = self.child.id().expect("pid");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        self.0.rss_kib()
     }
 
     async fn publish(&self, body: Value) {
         let token = publisher();
-        let response = api_post(self.addr, "/api/broadcast", Some(&token), body.to_string()).await;
+        let response = api_post(
+            self.0.addr,
+            "/api/broadcast",
+            Some(&token),
+            body.to_string(),
+        )
+        .await;
         assert_eq!(response.status, 200, "{response:?}");
     }
 
     async fn rooms(&self) -> u64 {
-        let status = http(self.addr, "GET", "/ws/status", &[], "").await.json();
+        let status = http(self.0.addr, "GET", "/ws/status", &[], "").await.json();
         status["rooms"].as_u64().expect("rooms")
     }
 }
