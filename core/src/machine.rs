@@ -319,6 +319,7 @@ impl Core {
                 EngineEvent::Appended { call, result } => self.on_appended(now, call, result),
                 EngineEvent::Read { call, result } => self.on_read(now, call, result),
                 EngineEvent::Presence { call, result } => self.on_presence(now, call, result),
+                EngineEvent::StreamReset => self.on_stream_reset(),
             },
             Input::Shutdown => {
                 self.shutting_down = true;

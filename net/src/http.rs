@@ -47,11 +47,24 @@ pub(crate) async fn handle(
         (&Method::POST, "/api/send") => send(&app, request).await,
         (&Method::GET, "/metrics") => Ok(metrics(&app)),
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (&Method::GET, "/readyz") => Ok(match app.ready.check() {
+            Ok(()) => json_response(StatusCode::OK, &json!({"status": "ready"})),
+            Err(why) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "not_ready", "reason": why}),
+            ),
+        }),
         (&Method::GET, "/") => Ok(crate::assets::CONSOLE.response(&request)),
         (&Method::GET, "/client/roomcast.js") => Ok(crate::assets::CLIENT.response(&request)),
         (
             _,
-            "/ws/connect" | "/ws/status" | "/metrics" | "/healthz" | "/" | "/client/roomcast.js",
+            "/ws/connect"
+            | "/ws/status"
+            | "/metrics"
+            | "/healthz"
+            | "/readyz"
+            | "/"
+            | "/client/roomcast.js",
         ) => Err(ApiError::not_allowed("GET")),
         (_, "/api/broadcast" | "/api/send") => Err(ApiError::not_allowed("POST")),
         _ => Err(ApiError::new(

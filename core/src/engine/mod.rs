@@ -261,4 +261,10 @@ pub enum EngineEvent {
     },
     /// A message of a followed room (at most once, in `seq` order per room).
     Live(Numbered),
+    /// The live stream may have lost messages of any followed room (a
+    /// shared engine's pub/sub connection was re-established): the core
+    /// reads every room it follows now, instead of waiting for each
+    /// room's periodic stream check. Live messages sent after this event
+    /// are again in order; a gap the reads find is refilled or announced.
+    StreamReset,
 }
