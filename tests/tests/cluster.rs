@@ -119,6 +119,133 @@ async fn three_nodes_share_order_history_and_presence() {
     }
 }
 
+/// Reads `client`'s broadcasts of `room` until it has `count` of them,
+/// with any `ROOM_GAP` warnings among them.
+async fn broadcasts(client: &mut roomcast_tests::Client, count: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got
+        .iter()
+        .filter(|m: &&Value| m["type"] == "queue_status")
+        .count()
+        < count
+    {
+        let message = client.recv_json().await;
+        if message["type"] == "queue_status" || message["data"]["code"] == "ROOM_GAP" {
+            got.push(message);
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn killed_pubsub_connections_are_refilled_with_no_silent_gap() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "pubsub").await;
+    let b = node(&redis, "pubsub").await;
+    let mut member = b.client().await;
+    member.join("room").await;
+    for n in 1..=5 {
+        publish(&a, "room", n).await;
+    }
+    assert_eq!(seqs(&broadcasts(&mut member, 5).await), vec![1, 2, 3, 4, 5]);
+    // Every node's pub/sub connection is killed; publishing goes on.
+    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    // (A node's connection counts as pub/sub once it subscribed something:
+    // only B's here.)
+    assert_eq!(killed.trim(), "1", "{killed}");
+    for n in 6..=15 {
+        publish(&a, "room", n).await;
+    }
+    // B resubscribes and rereads: its member gets every message, in order
+    // (the history holds them, so nothing needs a ROOM_GAP).
+    let got = broadcasts(&mut member, 10).await;
+    assert_eq!(seqs(&got), (6..=15).collect::<Vec<u64>>(), "{got:?}");
+    assert!(got.iter().all(|m| m["type"] == "queue_status"), "{got:?}");
+    member.close().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_is_announced_and_old_cursors_do_not_recover() {
+    let mut redis = RedisServer::start();
+    let port = redis.addr.port();
+    let a = node(&redis, "restart").await;
+    let b = node(&redis, "restart").await;
+    let mut member = b.client().await;
+    let epoch = member.join("room").await["data"]["epoch"].clone();
+    for n in 1..=3 {
+        publish(&a, "room", n).await;
+    }
+    assert_eq!(seqs(&broadcasts(&mut member, 3).await), vec![1, 2, 3]);
+    redis.kill();
+    // Down: publishes fail with 503, the member stays connected.
+    let response = a
+        .broadcast(
+            &publisher(),
+            json!({"room": "room", "type": "queue_status", "data": {}}),
+        )
+        .await;
+    response.assert_error(503, "ENGINE_UNAVAILABLE");
+    let _redis = RedisServer::start_on(port);
+    // Back, empty: the first publish that works starts a new epoch.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let receipt = loop {
+        let response = a
+            .broadcast(
+                &publisher(),
+                json!({"room": "room", "type": "queue_status", "data": {"n": 4}}),
+            )
+            .await;
+        if response.status == 200 {
+            break response.json();
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", response.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(receipt["seq"], 1);
+    assert_ne!(receipt["epoch"], epoch);
+    // The member is told: a ROOM_GAP naming the new epoch and the seq it
+    // goes on after (0, or later when B read the room only after appends
+    // whose live messages its pub/sub, still reconnecting, missed)...
+    let mut got = Vec::new();
+    let gap = loop {
+        let Some(message) = member.recv_json_within(Duration::from_secs(10)).await else {
+            panic!("no ROOM_GAP; the member got {got:?}");
+        };
+        if message["data"]["code"] == "ROOM_GAP" {
+            break message;
+        }
+        got.push(message);
+    };
+    assert_eq!(
+        seqs(&got),
+        Vec::<u64>::new(),
+        "nothing of the new epoch before the gap"
+    );
+    assert_eq!(gap["data"]["epoch"], receipt["epoch"], "{gap}");
+    let from = gap["data"]["seq"].as_u64().unwrap();
+    // ...and then gets every message after that, in order.
+    let last = publish(&a, "room", 5).await["seq"].as_u64().unwrap();
+    let count = (last - from) as usize;
+    let got = broadcasts(&mut member, count).await;
+    assert_eq!(
+        seqs(&got),
+        (from + 1..=last).collect::<Vec<u64>>(),
+        "{got:?}"
+    );
+    // An old cursor does not recover.
+    let mut back = b.client().await;
+    let reply = back
+        .request(json!({"action": "join", "data": {"room": "room", "since": {"epoch": epoch, "seq": 3}}}))
+        .await;
+    assert_eq!(reply["data"]["recovered"], false, "{reply}");
+    back.close().await;
+    member.close().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_node_is_not_ready_without_redis_but_stays_alive() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
