@@ -246,6 +246,79 @@ async fn redis_restarted_empty_is_announced_and_old_cursors_do_not_recover() {
     b.shutdown().await.unwrap();
 }
 
+async fn users(client: &mut roomcast_tests::Client) -> Value {
+    let request = json!({"action": "presence", "data": {"room": "room"}});
+    client.request(request).await["data"]["users"].clone()
+}
+
+/// The real binary with `--redis`, killed with SIGKILL: its members vanish
+/// from presence within `presence_ttl_ms`; the other node keeps serving.
+#[tokio::test]
+async fn a_killed_node_loses_its_presence_within_the_ttl() {
+    use roomcast_tests::binary;
+    let redis = RedisServer::start();
+    let port = binary::free_port();
+    let mut child = tokio::process::Command::new(binary::path())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--redis", &redis.url()])
+        .env("ROOMCAST_JWT_SECRET", roomcast_tests::SECRET)
+        .env("ROOMCAST_ENGINE__REDIS_PREFIX", "killed")
+        .env("ROOMCAST_LIMITS__PRESENCE_TTL_MS", "1500")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn roomcast");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = tokio::time::timeout(Duration::from_secs(1), async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        if up == Ok(true) && http(addr, "GET", "/readyz", &[], "").await.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the binary never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut config = test_config();
+    config.engine.redis_url = Some(redis.url());
+    config.engine.redis_prefix = "killed".to_owned();
+    config.limits.presence_ttl_ms = 1_500;
+    let b = TestServer::start(config).await;
+    let mut doomed =
+        roomcast_tests::Client::connect(addr, roomcast_tests::Auth::Query(token("ann", ""))).await;
+    doomed.join("room").await;
+    let mut survivor = b.client_with_token(&token("bob", "")).await;
+    survivor.join("room").await;
+    assert_eq!(users(&mut survivor).await, json!(["ann", "bob"]));
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let killed_at = std::time::Instant::now();
+    // Still listed for a while (nobody removed it), gone within the TTL.
+    loop {
+        let users = users(&mut survivor).await;
+        if users == json!(["bob"]) {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_millis(1_500 + 1_000),
+            "still {users} after the TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // B keeps serving the room.
+    let receipt = publish(&b, "room", 1).await;
+    assert_eq!(receipt["delivered"], 1, "{receipt}");
+    survivor.close().await;
+    b.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_node_is_not_ready_without_redis_but_stays_alive() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
