@@ -567,3 +567,19 @@ async fn not_ready_until_redis_answers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_stalled_pubsub_connection_is_found_by_its_probe() {
+    let server = RedisServer::start();
+    let mut h = Harness::redis(&server, 1).await;
+    h.follow(0, "r").await;
+    // Redis stops answering (every client) for longer than a probe
+    // interval (5 s) plus the call timeout (1 s); nothing is closed.
+    assert_eq!(server.cli(&["CLIENT", "PAUSE", "8000", "ALL"]).trim(), "OK");
+    match h.next_event(0, Duration::from_secs(20)).await {
+        Some(EngineEvent::StreamReset) => {}
+        other => panic!("expected a stream reset, got {other:?}"),
+    }
+    h.append(0, "r", 1).await;
+    assert_eq!(h.live(0).await.seq, 1);
+}

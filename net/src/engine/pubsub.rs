@@ -27,6 +27,9 @@ use tracing::{debug, info, warn};
 use super::scripts::{parse_live, room_of_channel, RoomKeys};
 use super::Backoff;
 
+/// How often the pub/sub connection is probed with a PING.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// A change of the rooms the node follows.
 pub(crate) enum Subscription {
     /// Follow the room; `ack` is answered once Redis confirmed it.
@@ -136,9 +139,21 @@ impl Subscriber {
         if reconnected && self.events.send(EngineEvent::StreamReset).await.is_err() {
             return Ended::Stop;
         }
+        let mut probe = tokio::time::interval(PROBE_INTERVAL);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        probe.tick().await;
         loop {
             tokio::select! {
                 biased;
+                _ = probe.tick() => {
+                    // A connection can stall without failing (a half-open
+                    // TCP connection, a failover): live messages would stop
+                    // silently. A PING on it must come back in time.
+                    let ping = sink.ping::<redis::Value>();
+                    if let Err(why) = self.call(async { ping.await.map(|_| ()) }).await {
+                        return Ended::Lost(format!("probe failed: {why}"));
+                    }
+                }
                 command = self.commands.recv() => {
                     let Some(command) = command else { return Ended::Stop };
                     // Every command waiting now, as one SUBSCRIBE and one UNSUBSCRIBE.
