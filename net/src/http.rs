@@ -312,9 +312,7 @@ async fn status(app: &App) -> Result<HttpResponse, ApiError> {
         .await
         .map_err(|_| ApiError::unavailable())?;
     let snapshot = answer.await.map_err(|_| ApiError::unavailable())?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
+    let mut body = json!({
             "status": "operational",
             "active_connections": snapshot.connections,
             "supported_message_types": app.types.names(),
@@ -322,8 +320,13 @@ async fn status(app: &App) -> Result<HttpResponse, ApiError> {
             "local_rooms": snapshot.local_rooms,
             "node_id": app.node_id,
             "uptime_seconds": app.started.elapsed().as_secs(),
-        }),
-    ))
+    });
+    if let Some(nodes) = app.ready.cluster_nodes() {
+        // With a shared engine: the deployment's nodes seen alive (through
+        // heartbeats, each counted for 5 s), this one included.
+        body["cluster"] = json!({"engine": "redis", "nodes": nodes});
+    }
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 fn metrics(app: &App) -> HttpResponse {

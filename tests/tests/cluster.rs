@@ -51,6 +51,17 @@ async fn three_nodes_share_order_history_and_presence() {
     let a = node(&redis, "cluster").await;
     let b = node(&redis, "cluster").await;
     let c = node(&redis, "cluster").await;
+    // /ws/status reports the deployment's nodes seen alive.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = a.status().await;
+        if status["cluster"]["nodes"] == 3 {
+            assert_eq!(status["cluster"]["engine"], "redis");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let mut on_a = a.client_with_token(&token("ann", "")).await;
     let mut on_b = b.client_with_token(&token("bob", "")).await;
@@ -367,5 +378,6 @@ async fn the_in_memory_engine_is_always_ready() {
     let ready = http(server.addr, "GET", "/readyz", &[], "").await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["status"], "ready");
+    assert!(server.status().await.get("cluster").is_none());
     server.shutdown().await.unwrap();
 }

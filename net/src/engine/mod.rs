@@ -19,7 +19,7 @@ mod pubsub;
 pub mod redis;
 mod scripts;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ pub(crate) struct ReadyFlags {
     pub(crate) commands: AtomicBool,
     /// The pub/sub connection is up and subscribed.
     pub(crate) pubsub: Arc<AtomicBool>,
+    /// Nodes of the deployment seen alive (heartbeats), 0 before the first.
+    pub(crate) nodes: AtomicUsize,
 }
 
 impl Readiness {
@@ -58,6 +60,14 @@ impl Readiness {
 
     pub(crate) fn flags(flags: Arc<ReadyFlags>) -> Readiness {
         Readiness(Some(flags))
+    }
+
+    /// Nodes sharing the engine seen alive lately (`None`: the in-memory
+    /// engine, this node alone; `Some(0)`: not known yet).
+    pub fn cluster_nodes(&self) -> Option<usize> {
+        self.0
+            .as_ref()
+            .map(|flags| flags.nodes.load(Ordering::SeqCst))
     }
 
     /// Whether the engine answers now; `Err` says what is missing.

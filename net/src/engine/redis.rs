@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use super::presence::PresenceLane;
 use super::pubsub::{Subscriber, Subscription};
-use super::scripts::{RoomKeys, Scripts};
+use super::scripts::{nodes_key, RoomKeys, Scripts};
 use super::{Backoff, EngineLink, Readiness, ReadyFlags};
 use crate::config::redact_url;
 
@@ -77,7 +77,11 @@ const EVENTS_CAPACITY: usize = 8192;
 /// Presence requests waiting for their lane, at most.
 const PRESENCE_CAPACITY: usize = 4096;
 
-/// How often the command connection is checked (readiness).
+/// How long a node counts as alive after its last heartbeat, in ms.
+const NODE_TTL_MS: u64 = 5_000;
+
+/// How often the command connection is checked (readiness) and the node's
+/// heartbeat written.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts the engine's tasks. Fails only on a malformed URL; an unreachable
@@ -90,9 +94,11 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
     let (events, events_rx) = mpsc::channel(EVENTS_CAPACITY);
     let flags = Arc::new(ReadyFlags::default());
     let (connection_tx, connection) = watch::channel(None);
+    let scripts = Arc::new(Scripts::new());
     tokio::spawn(connect(
         client.clone(),
-        settings.timeout,
+        settings.clone(),
+        scripts.clone(),
         connection_tx,
         flags.clone(),
         shown_url.clone(),
@@ -110,7 +116,6 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
         }
         .run(),
     );
-    let scripts = Arc::new(Scripts::new());
     let (presence, presence_rx) = mpsc::channel(PRESENCE_CAPACITY);
     tokio::spawn(
         PresenceLane {
@@ -146,15 +151,19 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
 }
 
 /// Connects the command connection (retrying with backoff until it
-/// succeeds), then checks it every second for readiness. Once connected,
-/// the [`ConnectionManager`] reconnects by itself after failures.
+/// succeeds), then checks it every second for readiness (and writes this
+/// node's heartbeat). Once connected, the [`ConnectionManager`] reconnects
+/// by itself after failures.
 async fn connect(
     client: redis::Client,
-    timeout: Duration,
+    settings: RedisSettings,
+    scripts: Arc<Scripts>,
     connection: watch::Sender<Option<ConnectionManager>>,
     flags: Arc<ReadyFlags>,
     shown_url: String,
 ) {
+    let timeout = settings.timeout;
+    let nodes_key = nodes_key(&settings.prefix);
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))
@@ -185,6 +194,14 @@ async fn connect(
         )
         .await;
         let up = matches!(ping, Ok(Ok(_)));
+        if up {
+            let mut heartbeat = scripts.heartbeat.key(&nodes_key);
+            heartbeat.arg(&settings.node).arg(NODE_TTL_MS);
+            let heartbeat = heartbeat.invoke_async::<usize>(&mut manager);
+            if let Ok(Ok(nodes)) = tokio::time::timeout(timeout, heartbeat).await {
+                flags.nodes.store(nodes, Ordering::SeqCst);
+            }
+        }
         if flags.commands.swap(up, Ordering::SeqCst) != up {
             if up {
                 info!(redis = %shown_url, "redis answers again");

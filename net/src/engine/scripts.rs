@@ -164,6 +164,22 @@ end
 return redis.call('HGETALL', KEYS[1])
 ";
 
+/// Node heartbeat. KEYS: the nodes sorted set. ARGV: node id, time-to-live
+/// (ms). The node is alive for another time-to-live; returns how many
+/// nodes are.
+const HEARTBEAT: &str = "
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return redis.call('ZCARD', KEYS[1])
+";
+
+/// The sorted set of live nodes (node id → when it expires, ms).
+pub(crate) fn nodes_key(prefix: &str) -> String {
+    format!("{prefix}:nodes")
+}
+
 /// The engine's scripts, each loaded once per Redis and then run by SHA.
 pub(crate) struct Scripts {
     pub(crate) append: Script,
@@ -171,6 +187,7 @@ pub(crate) struct Scripts {
     pub(crate) presence_put: Script,
     pub(crate) presence_remove: Script,
     pub(crate) presence_list: Script,
+    pub(crate) heartbeat: Script,
 }
 
 impl Scripts {
@@ -181,6 +198,7 @@ impl Scripts {
             presence_put: Script::new(&format!("{NOW}{PRESENCE_PUT}")),
             presence_remove: Script::new(PRESENCE_REMOVE),
             presence_list: Script::new(&format!("{NOW}{PRESENCE_LIST}")),
+            heartbeat: Script::new(&format!("{NOW}{HEARTBEAT}")),
         }
     }
 }
