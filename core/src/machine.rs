@@ -320,6 +320,9 @@ impl Core {
                 EngineEvent::Read { call, result } => self.on_read(now, call, result),
                 EngineEvent::Presence { call, result } => self.on_presence(now, call, result),
                 EngineEvent::StreamReset => self.on_stream_reset(),
+                EngineEvent::Direct { target, frame } => {
+                    self.deliver_direct(&target, &frame);
+                }
             },
             Input::Shutdown => {
                 self.shutting_down = true;

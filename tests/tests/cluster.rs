@@ -161,9 +161,8 @@ async fn killed_pubsub_connections_are_refilled_with_no_silent_gap() {
     assert_eq!(seqs(&broadcasts(&mut member, 5).await), vec![1, 2, 3, 4, 5]);
     // Every node's pub/sub connection is killed; publishing goes on.
     let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
-    // (A node's connection counts as pub/sub once it subscribed something:
-    // only B's here.)
-    assert_eq!(killed.trim(), "1", "{killed}");
+    // One per node: every node follows the direct-message channel.
+    assert_eq!(killed.trim(), "2", "{killed}");
     for n in 6..=15 {
         publish(&a, "room", n).await;
     }
@@ -255,6 +254,54 @@ async fn redis_restarted_empty_is_announced_and_old_cursors_do_not_recover() {
     member.close().await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn api_send_reaches_a_user_on_every_node() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "send").await;
+    let b = node(&redis, "send").await;
+    let c = node(&redis, "send").await;
+    let mut on_a = a.client_with_token(&token("ann", "")).await;
+    let mut on_b = b.client_with_token(&token("ann", "")).await;
+    let mut other = b.client_with_token(&token("bob", "")).await;
+    // Sent on C, where ann has no connection.
+    let response = c
+        .send(
+            &publisher(),
+            json!({"user_id": "ann", "type": "system_info", "data": {"message": "hi"}}),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.json()["delivered"],
+        0,
+        "counts this node's connections"
+    );
+    for client in [&mut on_a, &mut on_b] {
+        let message = client.recv_json().await;
+        assert_eq!(message["type"], "system_info", "{message}");
+        assert_eq!(message["data"]["message"], "hi", "{message}");
+    }
+    other.assert_nothing_pending().await;
+    // To one connection on another node, by its id.
+    let response = a
+        .send(
+            &publisher(),
+            json!({"connection_id": on_b.connection_id, "type": "system_info", "data": {"message": "you"}}),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let message = on_b.recv_json().await;
+    assert_eq!(message["data"]["message"], "you", "{message}");
+    on_a.assert_nothing_pending().await;
+    other.assert_nothing_pending().await;
+    for client in [on_a, on_b, other] {
+        client.close().await;
+    }
+    for server in [a, b, c] {
+        server.shutdown().await.unwrap();
+    }
 }
 
 async fn users(client: &mut roomcast_tests::Client) -> Value {

@@ -24,7 +24,7 @@ use roomcast_core::RoomName;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::scripts::{parse_live, room_of_channel, RoomKeys};
+use super::scripts::{direct_channel, parse_direct, parse_live, room_of_channel, RoomKeys};
 use super::Backoff;
 
 /// How often the pub/sub connection is probed with a PING.
@@ -42,6 +42,8 @@ pub(crate) enum Subscription {
 pub(crate) struct Subscriber {
     pub(crate) client: redis::Client,
     pub(crate) prefix: String,
+    /// This node's id (its own direct messages come back: skipped).
+    pub(crate) node: String,
     pub(crate) timeout: Duration,
     pub(crate) commands: mpsc::UnboundedReceiver<Subscription>,
     pub(crate) events: mpsc::Sender<EngineEvent>,
@@ -120,17 +122,17 @@ impl Subscriber {
         acks: &mut HashMap<RoomName, Vec<oneshot::Sender<()>>>,
         reconnected: bool,
     ) -> Ended {
-        let channels: Vec<String> = followed
+        let mut channels: Vec<String> = followed
             .iter()
             .map(|room| RoomKeys::new(&self.prefix, room).channel)
             .collect();
-        if !channels.is_empty() {
-            if let Err(why) = self.call(sink.subscribe(&channels)).await {
-                return Ended::Lost(why);
-            }
+        // Every node follows the direct messages.
+        channels.push(direct_channel(&self.prefix));
+        if let Err(why) = self.call(sink.subscribe(&channels)).await {
+            return Ended::Lost(why);
         }
         self.connected.store(true, Ordering::SeqCst);
-        info!(redis = %self.shown_url, rooms = channels.len(), "redis pub/sub connected");
+        info!(redis = %self.shown_url, rooms = channels.len() - 1, "redis pub/sub connected");
         for (_, waiting) in acks.drain() {
             for ack in waiting {
                 let _ = ack.send(());
@@ -193,8 +195,8 @@ impl Subscriber {
                     let Some(message) = message else {
                         return Ended::Lost("the connection closed".to_owned());
                     };
-                    if let Some(numbered) = self.numbered(&message) {
-                        if self.events.send(EngineEvent::Live(numbered)).await.is_err() {
+                    if let Some(event) = self.event(&message) {
+                        if self.events.send(event).await.is_err() {
                             return Ended::Stop;
                         }
                     }
@@ -215,21 +217,29 @@ impl Subscriber {
         }
     }
 
-    /// The live message a pub/sub message carries.
-    fn numbered(&self, message: &redis::Msg) -> Option<Numbered> {
-        let room = room_of_channel(&self.prefix, message.get_channel_name())?;
+    /// The live message (or another node's direct message) a pub/sub
+    /// message carries.
+    fn event(&self, message: &redis::Msg) -> Option<EngineEvent> {
         let payload: String = message.get_payload().ok()?;
+        if message.get_channel_name() == direct_channel(&self.prefix) {
+            let (origin, target, frame) = parse_direct(&payload)?;
+            return (origin != self.node).then(|| EngineEvent::Direct {
+                target,
+                frame: frame.to_owned().into(),
+            });
+        }
+        let room = room_of_channel(&self.prefix, message.get_channel_name())?;
         let Some(live) = parse_live(&payload) else {
             warn!(room = %room.as_str(), "malformed live message on a room channel; ignored");
             return None;
         };
-        Some(Numbered {
+        Some(EngineEvent::Live(Numbered {
             room,
             epoch: live.epoch.into(),
             seq: live.seq,
             frame: live.frame.to_owned().into(),
             series: live.series.map(str::to_owned),
-        })
+        }))
     }
 }
 

@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use super::presence::PresenceLane;
 use super::pubsub::{Subscriber, Subscription};
-use super::scripts::{nodes_key, RoomKeys, Scripts};
+use super::scripts::{direct_channel, direct_payload, nodes_key, RoomKeys, Scripts};
 use super::{Backoff, EngineLink, Readiness, ReadyFlags};
 use crate::config::redact_url;
 
@@ -108,6 +108,7 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
         Subscriber {
             client,
             prefix: settings.prefix.clone(),
+            node: settings.node.clone(),
             timeout: settings.timeout,
             commands,
             events: events.clone(),
@@ -313,6 +314,33 @@ impl Dispatcher {
                         self.subscribing.remove(&room);
                         let _ = self.subscriptions.send(Subscription::Off(room));
                     }
+                }
+                EngineRequest::Direct { target, frame } => {
+                    // At most once, like the live stream; not answered.
+                    let Ok(permit) = self.calls.clone().try_acquire_owned() else {
+                        debug!(
+                            "too many redis calls in flight: a direct message stays on this node"
+                        );
+                        continue;
+                    };
+                    let channel = direct_channel(&self.settings.prefix);
+                    let payload = direct_payload(&self.settings.node, &target, frame.as_str());
+                    let connection = self.connection.clone();
+                    let timeout = self.settings.timeout;
+                    tokio::spawn(async move {
+                        let published = run_call(&connection, timeout, |mut conn| async move {
+                            redis::cmd("PUBLISH")
+                                .arg(&channel)
+                                .arg(&payload)
+                                .query_async::<i64>(&mut conn)
+                                .await
+                        })
+                        .await;
+                        drop(permit);
+                        if let Err(error) = published {
+                            debug!(%error, "a direct message stays on this node");
+                        }
+                    });
                 }
                 presence => {
                     if self.presence.send(presence).await.is_err() {

@@ -7,7 +7,7 @@
 //! every node ages history by the same clock.
 
 use redis::Script;
-use roomcast_core::RoomName;
+use roomcast_core::{ConnectionId, RoomName, SendTarget};
 
 /// The names of one room's keys and channel under a prefix.
 pub(crate) struct RoomKeys {
@@ -35,6 +35,36 @@ impl RoomKeys {
             channel: format!("{base}:live"),
         }
     }
+}
+
+/// The channel of direct messages (`POST /api/send`), which every node
+/// follows.
+pub(crate) fn direct_channel(prefix: &str) -> String {
+    format!("{prefix}:direct")
+}
+
+/// A direct message as published: `origin node \n c|u \n target \n frame`.
+pub(crate) fn direct_payload(origin: &str, target: &SendTarget, frame: &str) -> String {
+    let (kind, target) = match target {
+        SendTarget::Connection(conn) => ("c", conn.to_string()),
+        SendTarget::User(user) => ("u", user.clone()),
+    };
+    format!("{origin}\n{kind}\n{target}\n{frame}")
+}
+
+/// The origin node, target and frame of a direct message's payload.
+pub(crate) fn parse_direct(payload: &str) -> Option<(&str, SendTarget, &str)> {
+    let mut parts = payload.splitn(4, '\n');
+    let origin = parts.next()?;
+    let kind = parts.next()?;
+    let target = parts.next()?;
+    let frame = parts.next()?;
+    let target = match kind {
+        "c" => SendTarget::Connection(ConnectionId::parse(target)?),
+        "u" => SendTarget::User(target.to_owned()),
+        _ => return None,
+    };
+    Some((origin, target, frame))
 }
 
 /// The room of a channel named by [`RoomKeys::new`] under `prefix`.
@@ -283,5 +313,16 @@ mod tests {
             Some("ann")
         );
         assert_eq!(presence_user(&presence_value(None)), None);
+        let conn = ConnectionId::from_u128(7);
+        let payload = direct_payload("n1", &SendTarget::Connection(conn), "{\"a\":\"\n\"}");
+        assert_eq!(
+            parse_direct(&payload),
+            Some(("n1", SendTarget::Connection(conn), "{\"a\":\"\n\"}"))
+        );
+        let payload = direct_payload("n1", &SendTarget::User("ann".into()), "{}");
+        assert_eq!(
+            parse_direct(&payload),
+            Some(("n1", SendTarget::User("ann".into()), "{}"))
+        );
     }
 }
