@@ -197,6 +197,15 @@ async fn redis_restarted_empty_is_announced_and_old_cursors_do_not_recover() {
         )
         .await;
     response.assert_error(503, "ENGINE_UNAVAILABLE");
+    // A rejoin with `since` on the node that knows the room is answered
+    // honestly: joined, nothing recovered.
+    let mut during = b.client().await;
+    let reply = during
+        .request(json!({"action": "join", "data": {"room": "room", "since": {"epoch": epoch, "seq": 1}}}))
+        .await;
+    assert_eq!(reply["type"], "system_info", "{reply}");
+    assert_eq!(reply["data"]["recovered"], false, "{reply}");
+    during.close().await;
     let _redis = RedisServer::start_on(port);
     // Back, empty: the first publish that works starts a new epoch.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
