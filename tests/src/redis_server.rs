@@ -26,10 +26,16 @@ impl RedisServer {
 
     /// Starts it on `port` (to restart one where it was).
     pub fn start_on(port: u16) -> RedisServer {
+        RedisServer::start_with(port, &[])
+    }
+
+    /// Starts it on `port` with extra `redis-server` arguments.
+    pub fn start_with(port: u16, extra: &[&str]) -> RedisServer {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -429,6 +429,50 @@ async fn a_node_is_not_ready_without_redis_but_stays_alive() {
 }
 
 #[tokio::test]
+async fn a_password_in_the_url_works() {
+    let port = roomcast_tests::binary::free_port();
+    let _redis = RedisServer::start_with(port, &["--requirepass", "s3cret-pass"]);
+    let mut config = test_config();
+    config.engine.redis_url = Some(format!("redis://:s3cret-pass@127.0.0.1:{port}/0"));
+    let server = TestServer::start(config).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while http(server.addr, "GET", "/readyz", &[], "").await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let receipt = publish(&server, "room", 1).await;
+    assert_eq!(receipt["seq"], 1, "{receipt}");
+    server.shutdown().await.unwrap();
+}
+
+/// The binary logs the Redis URL (and its connection failures) without
+/// the password.
+#[tokio::test]
+async fn the_password_never_appears_in_the_logs() {
+    let port = roomcast_tests::binary::free_port();
+    let mut child = tokio::process::Command::new(roomcast_tests::binary::path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "--redis",
+            &format!("redis://user:pw-s3cret@127.0.0.1:{port}/0"),
+        ])
+        .env("ROOMCAST_JWT_SECRET", roomcast_tests::SECRET)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn roomcast");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    child.start_kill().unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("redis://user:***@127.0.0.1"), "{log}");
+    assert!(log.contains("retrying"), "{log}");
+    assert!(!log.contains("pw-s3cret"), "{log}");
+}
+
+#[tokio::test]
 async fn the_in_memory_engine_is_always_ready() {
     let server = TestServer::start_default().await;
     let ready = http(server.addr, "GET", "/readyz", &[], "").await;
