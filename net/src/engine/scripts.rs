@@ -107,19 +107,23 @@ local age = tonumber(ARGV[7])
 local meta_ttl = tonumber(ARGV[8])
 if maxlen > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', maxlen, seqs .. '-0', 'f', frame, 't', now)
-  local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 64)
+  -- Usually the oldest entry is young enough: one entry looked at.
   local cutoff = now - age
-  local keep = nil
-  for _, entry in ipairs(oldest) do
-    if tonumber(entry[2][4]) > cutoff then
-      keep = entry[1]
-      break
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #first > 0 and tonumber(first[1][2][4]) <= cutoff then
+    local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 64)
+    local keep = nil
+    for _, entry in ipairs(oldest) do
+      if tonumber(entry[2][4]) > cutoff then
+        keep = entry[1]
+        break
+      end
     end
-  end
-  if keep then
-    redis.call('XTRIM', KEYS[2], 'MINID', keep)
-  elseif #oldest > 0 then
-    redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-0', seq + 1))
+    if keep then
+      redis.call('XTRIM', KEYS[2], 'MINID', keep)
+    else
+      redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-0', seq + 1))
+    end
   end
   redis.call('PEXPIRE', KEYS[2], math.max(age, 1))
 end
