@@ -176,6 +176,52 @@ async fn killed_pubsub_connections_are_refilled_with_no_silent_gap() {
     b.shutdown().await.unwrap();
 }
 
+/// Publishes, retrying while the engine answers 503; returns the seq.
+async fn publish_retrying(on: &TestServer, room: &str, n: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let response = on
+            .broadcast(
+                &publisher(),
+                json!({"room": room, "type": "queue_status", "data": {"n": n}}),
+            )
+            .await;
+        if response.status == 200 {
+            return response.json()["seq"].as_u64().unwrap();
+        }
+        response.assert_error(503, "ENGINE_UNAVAILABLE");
+        assert!(std::time::Instant::now() < deadline, "{}", response.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every connection to Redis is cut (the data stays): members get every
+/// message, in order, with no gap announced.
+#[tokio::test]
+async fn cut_redis_connections_lose_nothing_when_the_data_stays() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "cut").await;
+    let b = node(&redis, "cut").await;
+    let mut member = b.client().await;
+    member.join("room").await;
+    for n in 1..=5 {
+        publish(&a, "room", n).await;
+    }
+    assert_eq!(seqs(&broadcasts(&mut member, 5).await), vec![1, 2, 3, 4, 5]);
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+    let mut last = 5;
+    for n in 6..=15 {
+        last = publish_retrying(&a, "room", n).await;
+    }
+    let got = broadcasts(&mut member, (last - 5) as usize).await;
+    assert!(got.iter().all(|m| m["type"] == "queue_status"), "{got:?}");
+    assert_eq!(seqs(&got), (6..=last).collect::<Vec<u64>>());
+    member.close().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn redis_restarted_empty_is_announced_and_old_cursors_do_not_recover() {
     let mut redis = RedisServer::start();
