@@ -21,6 +21,7 @@ use crate::envelope;
 use crate::input::SendTarget;
 use crate::machine::{Call, Core, PendingPublish, Publisher};
 use crate::names::{ConnectionId, RoomName};
+use crate::output::TextFrame;
 use crate::publish::{
     validate_message, DirectMessage, Publish, PublishError, PublishReceipt, RoomSeq,
 };
@@ -366,10 +367,30 @@ impl Core {
         }
     }
 
-    /// `POST /api/send`: a direct message to local connections (not numbered).
+    /// `POST /api/send`: a direct message (not numbered) to this node's
+    /// targets, and through the engine to every other node's (a user's
+    /// connections, or a connection that is not here). Returns how many
+    /// local connections got it.
     pub(crate) fn direct(&mut self, now: Now, message: DirectMessage) -> Result<u64, PublishError> {
         let payload = self.serialize_payload(&message.data)?;
-        let targets: Vec<ConnectionId> = match &message.target {
+        let frame = envelope::envelope(&message.kind, now.unix_ms, None, &payload, None);
+        let elsewhere = match &message.target {
+            SendTarget::User(_) => true,
+            SendTarget::Connection(conn) => !self.slot_of.contains_key(conn),
+        };
+        let delivered = self.deliver_direct(&message.target, &frame);
+        if elsewhere {
+            self.engine_out.push_back(EngineRequest::Direct {
+                target: message.target,
+                frame,
+            });
+        }
+        Ok(delivered)
+    }
+
+    /// A direct message to this node's connections among `target`.
+    pub(crate) fn deliver_direct(&mut self, target: &SendTarget, frame: &TextFrame) -> u64 {
+        let targets: Vec<ConnectionId> = match target {
             SendTarget::Connection(conn) => self.conn(*conn).map(|c| c.id).into_iter().collect(),
             SendTarget::User(user) => self
                 .users
@@ -377,10 +398,6 @@ impl Core {
                 .map(|set| set.iter().copied().collect())
                 .unwrap_or_default(),
         };
-        if targets.is_empty() {
-            return Ok(0);
-        }
-        let frame = envelope::envelope(&message.kind, now.unix_ms, None, &payload, None);
         let mut delivered = 0;
         for conn in targets {
             let Some(&slot) = self.slot_of.get(&conn) else {
@@ -389,6 +406,6 @@ impl Core {
             self.send(slot, frame.clone());
             delivered += u64::from(self.slot_of.contains_key(&conn));
         }
-        Ok(delivered)
+        delivered
     }
 }

@@ -357,6 +357,10 @@ impl Core {
                 EngineEvent::Appended { call, result } => self.on_appended(now, call, result),
                 EngineEvent::Read { call, result } => self.on_read(now, call, result),
                 EngineEvent::Presence { call, result } => self.on_presence(now, call, result),
+                EngineEvent::StreamReset => self.on_stream_reset(),
+                EngineEvent::Direct { target, frame } => {
+                    self.deliver_direct(&target, &frame);
+                }
             },
             Input::Shutdown => {
                 // No presence diffs from here on: everyone is leaving.

@@ -317,4 +317,26 @@ impl Core {
             self.start_read(room);
         }
     }
+
+    /// The live stream may have lost messages of any room: every room
+    /// whose position the node keeps is read now (one with a read in
+    /// flight is read again after it, as that read may predate the loss).
+    pub(crate) fn on_stream_reset(&mut self) {
+        let followed: Vec<RoomName> = self
+            .rooms
+            .iter()
+            .filter(|(_, state)| state.cursor.is_some())
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in followed {
+            let Some(state) = self.rooms.get_mut(&room) else {
+                continue;
+            };
+            if state.reading.is_some() {
+                state.read_again = true;
+            } else {
+                self.check_stream(&room);
+            }
+        }
+    }
 }

@@ -436,6 +436,46 @@ fn a_lost_last_message_is_found_by_the_stream_check() {
 }
 
 #[test]
+fn a_stream_reset_reads_every_followed_room_at_once() {
+    let mut h = Harness::new(Limits::default());
+    let a = h.open(1);
+    h.join(a);
+    h.settle();
+    h.frames();
+    // Appended elsewhere while the live stream was down: lost.
+    h.engine_events(vec![EngineRequest::Append {
+        call: CallId(99),
+        room: room(),
+        message: roomcast_core::engine::Unnumbered {
+            head: r#"{"type":"queue_status","room":"r","seq":"#.into(),
+            tail: r#","data":{}}"#.into(),
+            series: None,
+        },
+    }]);
+    // No timer is due (the stream check is 30 s away), but the engine
+    // says its live stream was re-established: the room is read now.
+    assert!(h.requests().is_empty());
+    h.feed(EngineEvent::StreamReset);
+    let requests = h.requests();
+    read_call(&requests);
+    for event in h.engine_events(requests) {
+        h.feed(event);
+    }
+    h.settle();
+    assert_eq!(seqs(&h.frames(), a), vec![1]);
+    // A reset while that room's read is in flight reads it once more after.
+    h.feed(EngineEvent::StreamReset);
+    let first = h.requests();
+    read_call(&first);
+    h.feed(EngineEvent::StreamReset);
+    assert!(h.requests().is_empty(), "one read per room at a time");
+    for event in h.engine_events(first) {
+        h.feed(event);
+    }
+    read_call(&h.requests());
+}
+
+#[test]
 fn publish_receipts_wait_for_the_engine_and_failures_are_errors() {
     let limits = Limits {
         engine_calls_max: 2,

@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub access: AccessRules,
     /// Per-room behaviours by name prefix: presence diffs, conflation.
     pub rooms: RoomOptions,
+    /// Where rooms' order, history and presence live (in memory, or Redis).
+    pub engine: EngineConfig,
     /// Extra message types the publish API accepts (`[a-z0-9_]`, 1-64 bytes).
     pub custom_types: Vec<String>,
     /// When non-empty, browsers whose `Origin` is not listed get 403 before the upgrade.
@@ -51,12 +53,68 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             access: AccessRules::default(),
             rooms: RoomOptions::default(),
+            engine: EngineConfig::default(),
             custom_types: Vec::new(),
             allowed_origins: Vec::new(),
             shutdown_drain_ms: 5_000,
             close_flush_timeout_ms: 5_000,
         }
     }
+}
+
+/// The `[engine]` table: without `redis_url`, the in-memory engine of one
+/// process; with it, a Redis shared by every node.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `redis://[user:password@]host:port/db`; unset = the in-memory engine.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel (several deployments can
+    /// share one Redis).
+    pub redis_prefix: String,
+    /// Longest wait for one Redis call, in ms (then the call fails).
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            redis_url: None,
+            redis_prefix: "roomcast".to_owned(),
+            redis_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Never prints the password.
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .finish()
+    }
+}
+
+/// A URL with its password (if any) replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let user = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None if userinfo.is_empty() => String::new(),
+        // `redis://secret@host`: a lone user part is the password.
+        None => "***".to_owned(),
+    };
+    format!("{}://{}@{}", &url[..scheme_end], user, &rest[at + 1..])
 }
 
 /// Log output format.
@@ -197,6 +255,23 @@ impl ServerConfig {
         if l.api_body_timeout_ms == 0 {
             return Err("limits: api_body_timeout_ms must be > 0".into());
         }
+        if let Some(url) = &self.engine.redis_url {
+            if !url.starts_with("redis://") {
+                return Err(format!(
+                    "engine: redis_url must start with redis:// (TLS, rediss://, is not supported yet): {}",
+                    redact_url(url)
+                ));
+            }
+        }
+        if self.engine.redis_prefix.is_empty()
+            || self.engine.redis_prefix.contains(['{', '}'])
+            || self.engine.redis_timeout_ms == 0
+        {
+            return Err(
+                "engine: redis_prefix must be non-empty without { or }, and redis_timeout_ms > 0"
+                    .into(),
+            );
+        }
         if l.idle_timeout_ms <= l.ping_interval_ms {
             return Err("limits: idle_timeout_ms must be greater than ping_interval_ms".into());
         }
@@ -223,7 +298,7 @@ const TOP_LEVEL_KEYS: [&str; 7] = [
 
 /// The tables of [`ServerConfig`] and their keys (checked against the
 /// structs by a test, so a new field cannot be forgotten here).
-const TABLES: [(&str, &[&str]); 4] = [
+const TABLES: [(&str, &[&str]); 5] = [
     (
         "auth",
         &[
@@ -244,6 +319,7 @@ const TABLES: [(&str, &[&str]); 4] = [
             "conflation_window_ms",
         ],
     ),
+    ("engine", &["redis_url", "redis_prefix", "redis_timeout_ms"]),
 ];
 
 /// The keys of `[limits]` ([`Limits`]).
@@ -420,8 +496,10 @@ fn apply_env(
 
 /// Keys whose values are always text, even when they look like a number
 /// (`ROOMCAST_JWT_SECRET=123456` is a secret, not an integer).
-const TEXT_KEYS: [&str; 7] = [
+const TEXT_KEYS: [&str; 9] = [
     "auth.jwt_secret",
+    "engine.redis_url",
+    "engine.redis_prefix",
     "auth.algorithm",
     "auth.public_key_file",
     "auth.invalid_token",
@@ -611,6 +689,7 @@ mod tests {
         assert_eq!(fields_of::<Limits>(), sorted(TABLES[1].1));
         assert_eq!(fields_of::<AccessRules>(), sorted(TABLES[2].1));
         assert_eq!(fields_of::<RoomOptions>(), sorted(TABLES[3].1));
+        assert_eq!(fields_of::<EngineConfig>(), sorted(TABLES[4].1));
     }
 
     #[test]
@@ -627,6 +706,30 @@ mod tests {
         let over = env(&[("ROOMCAST_LIMITS__OUTBOUND_QUEUE_BYTES_MAX", "1073741825")]);
         let error = ServerConfig::load(None, over).unwrap_err();
         assert!(error.contains("at most 1 GiB"), "{error}");
+    }
+
+    #[test]
+    fn the_redis_password_is_never_shown() {
+        assert_eq!(
+            redact_url("redis://user:hunter2@db.internal:6379/0"),
+            "redis://user:***@db.internal:6379/0"
+        );
+        assert_eq!(redact_url("redis://:hunter2@h/0"), "redis://:***@h/0");
+        assert_eq!(redact_url("redis://hunter2@h"), "redis://***@h");
+        assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
+        let config = ServerConfig::load(
+            None,
+            env(&[("ROOMCAST_ENGINE__REDIS_URL", "redis://:hunter2@h:6379/0")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.engine.redis_url.as_deref(),
+            Some("redis://:hunter2@h:6379/0")
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let refused = env(&[("ROOMCAST_ENGINE__REDIS_URL", "rediss://:hunter2@h")]);
+        let error = ServerConfig::load(None, refused).unwrap_err();
+        assert!(!error.contains("hunter2"), "{error}");
     }
 
     #[test]

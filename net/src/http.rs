@@ -47,11 +47,24 @@ pub(crate) async fn handle(
         (&Method::POST, "/api/send") => send(&app, request).await,
         (&Method::GET, "/metrics") => Ok(metrics(&app)),
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (&Method::GET, "/readyz") => Ok(match app.ready.check() {
+            Ok(()) => json_response(StatusCode::OK, &json!({"status": "ready"})),
+            Err(why) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "not_ready", "reason": why}),
+            ),
+        }),
         (&Method::GET, "/") => Ok(crate::assets::CONSOLE.response(&request)),
         (&Method::GET, "/client/roomcast.js") => Ok(crate::assets::CLIENT.response(&request)),
         (
             _,
-            "/ws/connect" | "/ws/status" | "/metrics" | "/healthz" | "/" | "/client/roomcast.js",
+            "/ws/connect"
+            | "/ws/status"
+            | "/metrics"
+            | "/healthz"
+            | "/readyz"
+            | "/"
+            | "/client/roomcast.js",
         ) => Err(ApiError::not_allowed("GET")),
         (_, "/api/broadcast" | "/api/send") => Err(ApiError::not_allowed("POST")),
         _ => Err(ApiError::new(
@@ -299,9 +312,7 @@ async fn status(app: &App) -> Result<HttpResponse, ApiError> {
         .await
         .map_err(|_| ApiError::unavailable())?;
     let snapshot = answer.await.map_err(|_| ApiError::unavailable())?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
+    let mut body = json!({
             "status": "operational",
             "active_connections": snapshot.connections,
             "supported_message_types": app.types.names(),
@@ -309,8 +320,13 @@ async fn status(app: &App) -> Result<HttpResponse, ApiError> {
             "local_rooms": snapshot.local_rooms,
             "node_id": app.node_id,
             "uptime_seconds": app.started.elapsed().as_secs(),
-        }),
-    ))
+    });
+    if let Some(nodes) = app.ready.cluster_nodes() {
+        // With a shared engine: the deployment's nodes seen alive (through
+        // heartbeats, each counted for 5 s), this one included.
+        body["cluster"] = json!({"engine": "redis", "nodes": nodes});
+    }
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 fn metrics(app: &App) -> HttpResponse {

@@ -1,5 +1,8 @@
-//! The hub: the one task that owns the core (a [`Standalone`]: the core
-//! and its in-memory engine, answered in the same loop). Everything reaches it
+//! The hub: the one task that owns the core, through a [`Driver`]: by
+//! default a [`Standalone`](roomcast_core::Standalone) (the core and its
+//! in-memory engine, answered in the same loop), or the core and a Redis
+//! engine task ([`crate::driver::Remote`]), whose answers and live
+//! messages the hub awaits beside its inbox. Everything reaches it
 //! through one bounded channel of [`HubInput`]s; it turns them into core
 //! inputs stamped with the clock, queues the core's frames on the
 //! connections' [`ConnWriter`]s, answers callers on their reply channels,
@@ -15,7 +18,7 @@ use roomcast_core::publish::DirectMessage;
 use roomcast_core::request::RequestId;
 use roomcast_core::{
     CloseCode, ConnectionId, ErrorCode, Identity, Input, Output, Publish, PublishError,
-    PublishReceipt, Response, Standalone, Ticket,
+    PublishReceipt, Response, Ticket,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -24,6 +27,7 @@ use tracing::{debug, info};
 use crate::auth::TokenVerifier;
 use crate::budget::InboundBytes;
 use crate::clock::Clock;
+use crate::driver::Driver;
 use crate::metrics::Metrics;
 use crate::verify::{Job, Verified, VerifyPool};
 use crate::writer::{ConnWriter, Writable};
@@ -154,8 +158,8 @@ impl HubInput {
 }
 
 /// Runs the hub until every sender is gone.
-pub async fn run(
-    core: Standalone,
+pub async fn run<D: Driver>(
+    core: D,
     clock: Clock,
     mut inbox: mpsc::Receiver<HubInput>,
     metrics: Metrics,
@@ -187,6 +191,17 @@ pub async fn run(
                 hub.route(None);
             }
             // Before the inbox, which under load is never empty.
+            event = hub.core.next_engine_event() => {
+                hub.core.handle(hub.clock.now(), Input::Engine(event));
+                hub.route(None);
+                for _ in 0..BATCH_MAX {
+                    let Some(event) = hub.core.try_engine_event() else {
+                        break;
+                    };
+                    hub.core.handle(hub.clock.now(), Input::Engine(event));
+                    hub.route(None);
+                }
+            }
             Some(answer) = verified.recv() => {
                 hub.token_verified(answer);
                 while let Ok(answer) = verified.try_recv() {
@@ -213,7 +228,7 @@ pub async fn run(
         for conn in ready.drain(..) {
             if let Some(writer) = hub.writers.get_mut(&conn) {
                 writer.writable();
-                Hub::list(&mut hub.dirty, conn, writer);
+                Hub::<D>::list(&mut hub.dirty, conn, writer);
             }
         }
         hub.write_some(WRITE_SLICE);
@@ -245,8 +260,8 @@ pub async fn run(
 }
 
 /// The hub's state: the core and the write half of every connection.
-struct Hub {
-    core: Standalone,
+struct Hub<D> {
+    core: D,
     /// Broadcasts waiting for the engine, with their caller's reply
     /// channel and room count (for metrics).
     pending: HashMap<Ticket, (BroadcastReply, u64)>,
@@ -271,7 +286,7 @@ struct Hub {
     writable: Arc<Writable>,
 }
 
-impl Hub {
+impl<D: Driver> Hub<D> {
     /// Applies one hub input to the core. Returns the publish time when the
     /// input was a broadcast, so its deliveries can be stamped.
     fn handle(&mut self, input: HubInput) -> Option<Instant> {
@@ -320,7 +335,7 @@ impl Hub {
                         "the server is busy: message not executed; retry later",
                         id.as_ref(),
                     );
-                    Hub::list(&mut self.dirty, conn, writer);
+                    Self::list(&mut self.dirty, conn, writer);
                     if !writer.push_own_text(frame) {
                         // Refusals keep coming but the client does not read.
                         core.handle(
@@ -342,7 +357,7 @@ impl Hub {
             }
             HubInput::Control { conn, frame } => {
                 if let Some(writer) = self.writers.get_mut(&conn) {
-                    Hub::list(&mut self.dirty, conn, writer);
+                    Self::list(&mut self.dirty, conn, writer);
                     if !writer.push_control(frame) {
                         // Pings keep coming but the client does not read.
                         core.handle(
@@ -461,12 +476,12 @@ impl Hub {
                     if let Some(at) = published_at {
                         writer.oldest_publish.get_or_insert(at);
                     }
-                    Hub::list(&mut self.dirty, conn, writer);
+                    Self::list(&mut self.dirty, conn, writer);
                 }
                 Output::Ping { conn } => {
                     if let Some(writer) = self.writers.get_mut(&conn) {
                         writer.push_ping();
-                        Hub::list(&mut self.dirty, conn, writer);
+                        Self::list(&mut self.dirty, conn, writer);
                     }
                 }
                 Output::VerifyToken { conn, token, id } => {
@@ -485,7 +500,7 @@ impl Hub {
                         debug!(conn = %conn, code = code.code(), reason = code.reason(), "closing connection");
                         self.metrics.disconnect(code.metric_label());
                         writer.close(code);
-                        Hub::list(&mut self.dirty, conn, writer);
+                        Self::list(&mut self.dirty, conn, writer);
                     }
                 }
             }

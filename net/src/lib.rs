@@ -9,11 +9,13 @@
 //! | module | job |
 //! |---|---|
 //! | [`server`] | [`serve`]: accept loop, admission control (503), graceful shutdown |
-//! | [`http`] | routing: `/ws/connect`, `/ws/status`, `/api/broadcast`, `/api/send`, `/metrics`, `/healthz`, `/`, `/client/roomcast.js` |
+//! | [`http`] | routing: `/ws/connect`, `/ws/status`, `/api/broadcast`, `/api/send`, `/metrics`, `/healthz`, `/readyz`, `/`, `/client/roomcast.js` |
 //! | [`assets`] | the console page and the browser client, embedded at build time |
 //! | [`devmode`] | first run: an ephemeral secret and a console link on loopback without a key |
 //! | [`session`] | one WebSocket connection's reading task: client frames into the hub |
 //! | [`hub`] | the task that owns the core and routes its outputs |
+//! | [`driver`] | what the hub drives: the core with its inline engine, or with an engine task |
+//! | [`engine`] | the Redis engine: scripts, pub/sub, presence, readiness |
 //! | [`writer`] | the hub's write half of each socket: shared frames, vectored writes, backpressure |
 //! | [`auth`] | token extraction (query, header, subprotocol) and JWT verification |
 //! | [`verify`] | the threads that verify `refresh` tokens off the hub |
@@ -32,6 +34,8 @@ pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod devmode;
+pub mod driver;
+pub mod engine;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod http;

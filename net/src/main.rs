@@ -24,7 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (in-memory engine; no external service needed).
+    /// Run the server (in-memory engine by default; no external service
+    /// needed. With --redis, several nodes share one Redis).
     Serve {
         /// Address to listen on [default: 127.0.0.1:8080; env: ROOMCAST_LISTEN].
         #[arg(long, value_name = "ADDR")]
@@ -38,6 +39,10 @@ enum Command {
         /// Runtime worker threads (0 = one per CPU).
         #[arg(long, default_value_t = 0)]
         workers: usize,
+        /// Share rooms with other nodes through this Redis:
+        /// redis://[user:password@]host:port/db [env: ROOMCAST_ENGINE__REDIS_URL].
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
     },
     /// Print a JWT signed with the configured HS256 secret (development and tests).
     Token {
@@ -65,7 +70,8 @@ fn main() -> ExitCode {
             config,
             log_format,
             workers,
-        } => run_server(listen, config, log_format, workers),
+            redis,
+        } => run_server(listen, config, log_format, workers, redis),
         Command::Token {
             sub,
             scope,
@@ -91,10 +97,15 @@ fn run_server(
     config: Option<PathBuf>,
     log_format: Option<LogFormat>,
     workers: usize,
+    redis: Option<String>,
 ) -> Result<(), String> {
     let (mut config, warnings) = ServerConfig::load_reporting(config.as_deref(), std::env::vars())?;
     if let Some(listen) = listen {
         config.listen = listen;
+    }
+    if let Some(url) = redis {
+        config.engine.redis_url = Some(url);
+        config.validate()?;
     }
     if let Some(format) = log_format {
         config.log_format = format;

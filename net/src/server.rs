@@ -19,7 +19,10 @@ use tracing::{debug, info, warn};
 use crate::auth::TokenVerifier;
 use crate::budget::InboundBudget;
 use crate::clock::{Clock, IdSource};
-use crate::config::ServerConfig;
+use crate::config::{redact_url, ServerConfig};
+use crate::driver::{Driver, Remote};
+use crate::engine::redis::RedisSettings;
+use crate::engine::Readiness;
 use crate::hub::{self, HubInput, HUB_CHANNEL_CAPACITY};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
@@ -69,6 +72,29 @@ pub(crate) struct App {
     /// Set when shutdown begins: upgrades still arriving on kept-alive HTTP
     /// connections get 503 instead of a session nobody will close.
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
+    /// Whether the engine answers (`GET /readyz`).
+    pub(crate) ready: Readiness,
+}
+
+/// Starts the hub task over a driver.
+fn spawn_hub<D: Driver>(
+    core: D,
+    clock: &Clock,
+    inbox: mpsc::Receiver<HubInput>,
+    metrics: &Metrics,
+    verifier: &Arc<TokenVerifier>,
+) -> tokio::task::JoinHandle<()> {
+    // Unconstrained: tokio's cooperative budget (128 socket operations per
+    // poll) would make the hub give up mid-fan-out and retry every other
+    // socket through its readiness path. The hub yields by itself between
+    // slices of writes and whenever its channel is empty.
+    tokio::spawn(tokio::task::unconstrained(hub::run(
+        core,
+        clock.clone(),
+        inbox,
+        metrics.clone(),
+        verifier.clone(),
+    )))
 }
 
 /// Serves on `listener` until `shutdown` resolves, then finishes the HTTP
@@ -96,26 +122,41 @@ pub async fn serve<L: Listener>(
         metrics,
     } = options;
     let node_id = ids.epoch_prefix();
-    let core = Standalone::new(CoreConfig {
+    let core_config = CoreConfig {
         limits: config.limits.clone(),
         access: config.access.clone(),
         types: types.clone(),
         epoch_prefix: node_id.clone(),
         server_name: config.server_name.clone(),
         rooms: config.rooms.clone(),
-    });
+    };
     let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
-    // Unconstrained: tokio's cooperative budget (128 socket operations per
-    // poll) would make the hub give up mid-fan-out and retry every other
-    // socket through its readiness path. The hub yields by itself between
-    // slices of writes and whenever its channel is empty.
-    let mut hub_task = tokio::spawn(tokio::task::unconstrained(hub::run(
-        core,
-        clock.clone(),
-        hub_rx,
-        metrics.clone(),
-        verifier.clone(),
-    )));
+    let (mut hub_task, ready) = match &config.engine.redis_url {
+        None => {
+            let core = Standalone::new(core_config);
+            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier);
+            (task, Readiness::always())
+        }
+        Some(url) => {
+            let limits = &config.limits;
+            let link = crate::engine::redis::spawn(RedisSettings {
+                url: url.clone(),
+                prefix: config.engine.redis_prefix.clone(),
+                node: node_id.clone(),
+                timeout: Duration::from_millis(config.engine.redis_timeout_ms),
+                history_messages_max: limits.history_messages_max,
+                history_age_ms: limits.history_age_ms,
+                presence_ttl_ms: limits.presence_ttl_ms,
+                stream_check_interval_ms: limits.stream_check_interval_ms,
+                calls_max: limits.engine_calls_max,
+            })?;
+            info!(redis = %redact_url(url), prefix = %config.engine.redis_prefix, "engine: redis");
+            let ready = link.ready.clone();
+            let core = Remote::new(core_config, link);
+            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier);
+            (task, ready)
+        }
+    };
 
     let limits = &config.limits;
     let inbound = InboundBudget::new(limits.inbound_bytes_max);
@@ -158,6 +199,7 @@ pub async fn serve<L: Listener>(
         }),
         inbound,
         shutting_down: std::sync::atomic::AtomicBool::new(false),
+        ready,
         config,
     });
     let local = listener.local_addr().map_err(|e| e.to_string())?;

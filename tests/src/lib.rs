@@ -39,6 +39,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+pub mod redis_server;
+
 pub use roomcast_net;
 pub use serde_json;
 pub use tokio_tungstenite;

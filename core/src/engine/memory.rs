@@ -271,6 +271,8 @@ impl MemoryEngine {
                 self.events.push_back((node, answer));
             }
             EngineRequest::PresenceRefresh => self.refresh(node, now_us),
+            // One process: its node already delivered it.
+            EngineRequest::Direct { .. } => {}
             EngineRequest::Interest { room, on } => {
                 let key = (node, room.clone());
                 if on {

@@ -62,6 +62,7 @@ pub mod faults;
 
 use std::sync::Arc;
 
+use crate::input::SendTarget;
 use crate::names::{ConnectionId, RoomName};
 use crate::output::TextFrame;
 
@@ -162,6 +163,16 @@ pub enum EngineRequest {
     /// This node is alive: its presence entries stay for another
     /// `presence_ttl_ms`. No answer.
     PresenceRefresh,
+    /// A direct message (`POST /api/send`) this node delivered to its own
+    /// targets: a shared engine passes it on to every other node (as
+    /// [`EngineEvent::Direct`]), whose targets get it too. No answer; the
+    /// in-memory engine (one process) ignores it.
+    Direct {
+        /// One connection or every connection of one user.
+        target: SendTarget,
+        /// The frame, as built by the node that received the request.
+        frame: TextFrame,
+    },
 }
 
 /// One member as presence lists it.
@@ -265,4 +276,17 @@ pub enum EngineEvent {
     },
     /// A message of a followed room (at most once, in `seq` order per room).
     Live(Numbered),
+    /// A direct message sent on another node, for targets that may be here.
+    Direct {
+        /// One connection or every connection of one user.
+        target: SendTarget,
+        /// Its bytes.
+        frame: TextFrame,
+    },
+    /// The live stream may have lost messages of any followed room (a
+    /// shared engine's pub/sub connection was re-established): the core
+    /// reads every room it follows now, instead of waiting for each
+    /// room's periodic stream check. Live messages sent after this event
+    /// are again in order; a gap the reads find is refilled or announced.
+    StreamReset,
 }

@@ -1,0 +1,140 @@
+//! Engines the hub drives without answering them inline: today the Redis
+//! engine ([`redis`]), shared by every node of a deployment.
+//!
+//! The hub talks to such an engine over two channels (an [`EngineLink`]):
+//! the core's requests go to the engine's task, and its answers, live
+//! messages and stream resets come back as `Input::Engine` events. The
+//! in-memory engine of a single process is not here: it stays inline in
+//! the hub (`roomcast_core::Standalone`).
+//!
+//! | file | job |
+//! |---|---|
+//! | [`redis`] | the engine task: connections, calls with timeouts, bounds, readiness |
+//! | `scripts` | key and channel names, the Lua scripts, the live message format |
+//! | `pubsub` | the node's one pub/sub connection: (un)subscribe, resubscribe, live messages |
+//! | `presence` | presence calls, in request order, and the node's refresh of its entries |
+
+mod presence;
+mod pubsub;
+pub mod redis;
+mod scripts;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use roomcast_core::engine::{EngineEvent, EngineRequest};
+use tokio::sync::mpsc;
+
+/// The hub's end of an engine task.
+pub struct EngineLink {
+    /// The core's requests, to the engine.
+    pub requests: mpsc::Sender<EngineRequest>,
+    /// Answers, live messages and stream resets, from the engine.
+    pub events: mpsc::Receiver<EngineEvent>,
+    /// Whether the engine currently answers.
+    pub ready: Readiness,
+}
+
+/// Whether the engine answers (`GET /readyz`). Always ready for the
+/// in-memory engine.
+#[derive(Clone, Debug)]
+pub struct Readiness(Option<Arc<ReadyFlags>>);
+
+/// What a Redis engine must have to be ready.
+#[derive(Debug, Default)]
+pub(crate) struct ReadyFlags {
+    /// The command connection answered its last health check.
+    pub(crate) commands: AtomicBool,
+    /// The pub/sub connection is up and subscribed.
+    pub(crate) pubsub: Arc<AtomicBool>,
+    /// Nodes of the deployment seen alive (heartbeats), 0 before the first.
+    pub(crate) nodes: AtomicUsize,
+}
+
+impl Readiness {
+    /// Always ready (the in-memory engine).
+    pub fn always() -> Readiness {
+        Readiness(None)
+    }
+
+    pub(crate) fn flags(flags: Arc<ReadyFlags>) -> Readiness {
+        Readiness(Some(flags))
+    }
+
+    /// Nodes sharing the engine seen alive lately (`None`: the in-memory
+    /// engine, this node alone; `Some(0)`: not known yet).
+    pub fn cluster_nodes(&self) -> Option<usize> {
+        self.0
+            .as_ref()
+            .map(|flags| flags.nodes.load(Ordering::SeqCst))
+    }
+
+    /// Whether the engine answers now; `Err` says what is missing.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let Some(flags) = &self.0 else {
+            return Ok(());
+        };
+        if !flags.commands.load(Ordering::SeqCst) {
+            return Err("the redis engine does not answer");
+        }
+        if !flags.pubsub.load(Ordering::SeqCst) {
+            return Err("the redis pub/sub connection is down");
+        }
+        Ok(())
+    }
+}
+
+/// Capped exponential backoff with jitter, for reconnecting.
+pub(crate) struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(5);
+
+    pub(crate) fn new() -> Backoff {
+        Backoff { attempt: 0 }
+    }
+
+    /// The next wait: doubling from 100 ms up to 5 s, each drawn between
+    /// half and all of it (so nodes do not reconnect in step).
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let full = Backoff::FIRST
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(Backoff::CAP);
+        self.attempt = self.attempt.saturating_add(1);
+        let jitter = uuid::Uuid::new_v4().as_u128() as u64 % 1000;
+        full / 2 + full / 2 * jitter as u32 / 1000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_jittered_and_capped() {
+        let mut backoff = Backoff::new();
+        let first = backoff.next_delay();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        for _ in 0..20 {
+            let delay = backoff.next_delay();
+            assert!(delay >= Duration::from_millis(2_500) || delay < Duration::from_secs(5));
+            assert!(delay <= Duration::from_secs(5));
+        }
+    }
+
+    #[test]
+    fn readiness_names_what_is_missing() {
+        assert_eq!(Readiness::always().check(), Ok(()));
+        let flags = Arc::new(ReadyFlags::default());
+        let ready = Readiness::flags(flags.clone());
+        assert!(ready.check().is_err());
+        flags.commands.store(true, Ordering::SeqCst);
+        assert_eq!(ready.check(), Err("the redis pub/sub connection is down"));
+        flags.pubsub.store(true, Ordering::SeqCst);
+        assert_eq!(ready.check(), Ok(()));
+    }
+}

@@ -1,0 +1,263 @@
+//! The Redis engine's live stream: one dedicated pub/sub connection per
+//! node, subscribed to the channel of every room the node follows.
+//!
+//! Interest on/off arrives as [`Subscription`] commands; those waiting are
+//! taken together and sent as one `SUBSCRIBE` and one `UNSUBSCRIBE`. A
+//! subscribe is acknowledged once Redis confirmed it, so the engine can
+//! hold a room's read until then (a read issued after interest-on must
+//! reflect every append whose live message the node will not receive).
+//!
+//! When the connection is lost (Redis restarted, the connection killed,
+//! a network fault), live messages are lost with it: the task reconnects
+//! with capped, jittered backoff, subscribes every followed room again, and
+//! then sends the core [`EngineEvent::StreamReset`] so it reads every room
+//! it follows and refills (or announces) what was missed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use roomcast_core::engine::{EngineEvent, Numbered};
+use roomcast_core::RoomName;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::scripts::{direct_channel, parse_direct, parse_live, room_of_channel, RoomKeys};
+use super::Backoff;
+
+/// How often the pub/sub connection is probed with a PING.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A change of the rooms the node follows.
+pub(crate) enum Subscription {
+    /// Follow the room; `ack` is answered once Redis confirmed it.
+    On(RoomName, oneshot::Sender<()>),
+    /// Stop following the room.
+    Off(RoomName),
+}
+
+/// What the subscriber needs.
+pub(crate) struct Subscriber {
+    pub(crate) client: redis::Client,
+    pub(crate) prefix: String,
+    /// This node's id (its own direct messages come back: skipped).
+    pub(crate) node: String,
+    pub(crate) timeout: Duration,
+    pub(crate) commands: mpsc::UnboundedReceiver<Subscription>,
+    pub(crate) events: mpsc::Sender<EngineEvent>,
+    /// Whether the pub/sub connection is up (readiness).
+    pub(crate) connected: Arc<AtomicBool>,
+    /// Redacted URL, for logs.
+    pub(crate) shown_url: String,
+}
+
+/// Why a connected session ended.
+enum Ended {
+    /// The engine is gone: stop.
+    Stop,
+    /// The connection failed: reconnect.
+    Lost(String),
+}
+
+impl Subscriber {
+    /// Runs until the engine drops its command sender.
+    pub(crate) async fn run(mut self) {
+        let mut followed: BTreeSet<RoomName> = BTreeSet::new();
+        let mut acks: HashMap<RoomName, Vec<oneshot::Sender<()>>> = HashMap::new();
+        let mut backoff = Backoff::new();
+        let mut sessions = 0u64;
+        loop {
+            let connected =
+                tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await;
+            let pubsub = match connected {
+                Ok(Ok(pubsub)) => pubsub,
+                failed => {
+                    let why = match failed {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => "timed out".to_owned(),
+                    };
+                    let delay = backoff.next_delay();
+                    warn!(redis = %self.shown_url, error = %why, retry_in_ms = delay.as_millis() as u64, "redis pub/sub connection failed");
+                    // Keep taking commands while disconnected.
+                    let sleep = tokio::time::sleep(delay);
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            _ = &mut sleep => break,
+                            command = self.commands.recv() => match command {
+                                Some(command) => apply(command, &mut followed, &mut acks),
+                                None => return,
+                            },
+                        }
+                    }
+                    continue;
+                }
+            };
+            let (sink, stream) = pubsub.split();
+            let ended = self
+                .session(sink, stream, &mut followed, &mut acks, sessions > 0)
+                .await;
+            self.connected.store(false, Ordering::SeqCst);
+            sessions += 1;
+            match ended {
+                Ended::Stop => return,
+                Ended::Lost(why) => {
+                    warn!(redis = %self.shown_url, error = %why, "redis pub/sub connection lost; live messages may be missed until it is back")
+                }
+            }
+            backoff = Backoff::new();
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    /// One connected session: subscribe what is followed, then serve
+    /// commands and messages until the connection fails.
+    async fn session(
+        &mut self,
+        mut sink: redis::aio::PubSubSink,
+        mut stream: redis::aio::PubSubStream,
+        followed: &mut BTreeSet<RoomName>,
+        acks: &mut HashMap<RoomName, Vec<oneshot::Sender<()>>>,
+        reconnected: bool,
+    ) -> Ended {
+        let mut channels: Vec<String> = followed
+            .iter()
+            .map(|room| RoomKeys::new(&self.prefix, room).channel)
+            .collect();
+        // Every node follows the direct messages.
+        channels.push(direct_channel(&self.prefix));
+        if let Err(why) = self.call(sink.subscribe(&channels)).await {
+            return Ended::Lost(why);
+        }
+        self.connected.store(true, Ordering::SeqCst);
+        info!(redis = %self.shown_url, rooms = channels.len() - 1, "redis pub/sub connected");
+        for (_, waiting) in acks.drain() {
+            for ack in waiting {
+                let _ = ack.send(());
+            }
+        }
+        if reconnected && self.events.send(EngineEvent::StreamReset).await.is_err() {
+            return Ended::Stop;
+        }
+        let mut probe = tokio::time::interval(PROBE_INTERVAL);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        probe.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                _ = probe.tick() => {
+                    // A connection can stall without failing (a half-open
+                    // TCP connection, a failover): live messages would stop
+                    // silently. A PING on it must come back in time.
+                    let ping = sink.ping::<redis::Value>();
+                    if let Err(why) = self.call(async { ping.await.map(|_| ()) }).await {
+                        return Ended::Lost(format!("probe failed: {why}"));
+                    }
+                }
+                command = self.commands.recv() => {
+                    let Some(command) = command else { return Ended::Stop };
+                    // Every command waiting now, as one SUBSCRIBE and one UNSUBSCRIBE.
+                    let before = followed.clone();
+                    apply(command, followed, acks);
+                    while let Ok(command) = self.commands.try_recv() {
+                        apply(command, followed, acks);
+                    }
+                    let on: Vec<String> = followed
+                        .difference(&before)
+                        .map(|room| RoomKeys::new(&self.prefix, room).channel)
+                        .collect();
+                    let off: Vec<String> = before
+                        .difference(followed)
+                        .map(|room| RoomKeys::new(&self.prefix, room).channel)
+                        .collect();
+                    if !off.is_empty() {
+                        if let Err(why) = self.call(sink.unsubscribe(&off)).await {
+                            return Ended::Lost(why);
+                        }
+                    }
+                    if !on.is_empty() {
+                        if let Err(why) = self.call(sink.subscribe(&on)).await {
+                            return Ended::Lost(why);
+                        }
+                    }
+                    debug!(on = on.len(), off = off.len(), "redis pub/sub subscriptions changed");
+                    // Everything followed is now subscribed (a room both
+                    // turned on earlier and still on was acknowledged then).
+                    for (_, waiting) in acks.drain() {
+                        for ack in waiting {
+                            let _ = ack.send(());
+                        }
+                    }
+                }
+                message = stream.next() => {
+                    let Some(message) = message else {
+                        return Ended::Lost("the connection closed".to_owned());
+                    };
+                    if let Some(event) = self.event(&message) {
+                        if self.events.send(event).await.is_err() {
+                            return Ended::Stop;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One (un)subscribe, within the call timeout.
+    async fn call(
+        &self,
+        request: impl std::future::Future<Output = redis::RedisResult<()>>,
+    ) -> Result<(), String> {
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        }
+    }
+
+    /// The live message (or another node's direct message) a pub/sub
+    /// message carries.
+    fn event(&self, message: &redis::Msg) -> Option<EngineEvent> {
+        let payload: String = message.get_payload().ok()?;
+        if message.get_channel_name() == direct_channel(&self.prefix) {
+            let (origin, target, frame) = parse_direct(&payload)?;
+            return (origin != self.node).then(|| EngineEvent::Direct {
+                target,
+                frame: frame.to_owned().into(),
+            });
+        }
+        let room = room_of_channel(&self.prefix, message.get_channel_name())?;
+        let Some(live) = parse_live(&payload) else {
+            warn!(room = %room.as_str(), "malformed live message on a room channel; ignored");
+            return None;
+        };
+        Some(EngineEvent::Live(Numbered {
+            room,
+            epoch: live.epoch.into(),
+            seq: live.seq,
+            frame: live.frame.to_owned().into(),
+            series: live.series.map(str::to_owned),
+        }))
+    }
+}
+
+/// Applies a command to the followed set (acknowledged once subscribed).
+fn apply(
+    command: Subscription,
+    followed: &mut BTreeSet<RoomName>,
+    acks: &mut HashMap<RoomName, Vec<oneshot::Sender<()>>>,
+) {
+    match command {
+        Subscription::On(room, ack) => {
+            followed.insert(room.clone());
+            acks.entry(room).or_default().push(ack);
+        }
+        Subscription::Off(room) => {
+            followed.remove(&room);
+            // Waiters see the sender dropped: the room is not followed.
+            acks.remove(&room);
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! The Redis engine: the task that answers the core's engine requests from
+//! a Redis shared by every node (see `docs/engine.md`, "The Redis engine").
+//!
+//! - **Append** and **Read** each run one Lua script (by SHA) on a
+//!   multiplexed [`ConnectionManager`], concurrently, at most `calls_max`
+//!   at once (beyond that: an `Unavailable` answer at once), each within
+//!   the call timeout (then: an `Unavailable` answer).
+//! - **Interest** goes to the node's pub/sub connection
+//!   ([`pubsub`](super::pubsub)); a read of a room waits (within its
+//!   timeout) until the room's subscribe was confirmed.
+//! - **Presence** requests run in order on their own lane
+//!   ([`presence`](super::presence)).
+//!
+//! Redis unreachable at startup is not an error: the engine keeps trying
+//! with capped, jittered backoff, every call fails fast meanwhile, and
+//! `/readyz` says not ready.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{FutureExt, Shared};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::RedisResult;
+use roomcast_core::engine::{
+    EngineError, EngineEvent, EngineRequest, Epoch, Numbered, Position, ReadResult, Unnumbered,
+};
+use roomcast_core::RoomName;
+use std::collections::HashMap;
+use std::future::Future;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tracing::{debug, info, warn};
+
+use super::presence::PresenceLane;
+use super::pubsub::{Subscriber, Subscription};
+use super::scripts::{direct_channel, direct_payload, nodes_key, RoomKeys, Scripts};
+use super::{Backoff, EngineLink, Readiness, ReadyFlags};
+use crate::config::redact_url;
+
+/// What the Redis engine is configured with.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// `redis://...` (may hold a password: never log it, see [`redact_url`]).
+    pub url: String,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+    /// This process's unique id: the prefix of the epochs it creates.
+    pub node: String,
+    /// Longest wait for one call.
+    pub timeout: Duration,
+    /// Messages kept per room (`MAXLEN`; 0 = no history).
+    pub history_messages_max: usize,
+    /// Age after which a message leaves the history, in ms.
+    pub history_age_ms: u64,
+    /// How long a node's presence entries live without a refresh, in ms.
+    pub presence_ttl_ms: u64,
+    /// How often the core reads each followed room (keeps its epoch alive).
+    pub stream_check_interval_ms: u64,
+    /// Appends, reads and lists in flight at most.
+    pub calls_max: usize,
+}
+
+impl RedisSettings {
+    /// How long a room's epoch and top outlive its last append or read:
+    /// its history's age, and at least three stream checks, so a room some
+    /// node follows keeps its epoch however quiet it is.
+    fn meta_ttl_ms(&self) -> u64 {
+        self.history_age_ms
+            .max(self.stream_check_interval_ms.saturating_mul(3))
+            .max(1_000)
+    }
+}
+
+/// Events the engine's tasks send the hub, at most this many waiting.
+const EVENTS_CAPACITY: usize = 8192;
+
+/// Presence requests waiting for their lane, at most.
+const PRESENCE_CAPACITY: usize = 4096;
+
+/// How long a node counts as alive after its last heartbeat, in ms.
+const NODE_TTL_MS: u64 = 5_000;
+
+/// How often the command connection is checked (readiness) and the node's
+/// heartbeat written.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Starts the engine's tasks. Fails only on a malformed URL; an unreachable
+/// Redis is retried in the background.
+pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
+    let shown_url = redact_url(&settings.url);
+    let client = redis::Client::open(settings.url.as_str())
+        .map_err(|e| format!("invalid redis url {shown_url}: {}", e.kind_text()))?;
+    let (requests_tx, requests) = mpsc::channel(settings.calls_max.max(1) + PRESENCE_CAPACITY);
+    let (events, events_rx) = mpsc::channel(EVENTS_CAPACITY);
+    let flags = Arc::new(ReadyFlags::default());
+    let (connection_tx, connection) = watch::channel(None);
+    let scripts = Arc::new(Scripts::new());
+    tokio::spawn(connect(
+        client.clone(),
+        settings.clone(),
+        scripts.clone(),
+        connection_tx,
+        flags.clone(),
+        shown_url.clone(),
+    ));
+    let (subscriptions, commands) = mpsc::unbounded_channel();
+    tokio::spawn(
+        Subscriber {
+            client,
+            prefix: settings.prefix.clone(),
+            node: settings.node.clone(),
+            timeout: settings.timeout,
+            commands,
+            events: events.clone(),
+            connected: flags.pubsub.clone(),
+            shown_url,
+        }
+        .run(),
+    );
+    let (presence, presence_rx) = mpsc::channel(PRESENCE_CAPACITY);
+    tokio::spawn(
+        PresenceLane {
+            connection: connection.clone(),
+            scripts: scripts.clone(),
+            prefix: settings.prefix.clone(),
+            timeout: settings.timeout,
+            ttl_ms: settings.presence_ttl_ms.max(1),
+            requests: presence_rx,
+            events: events.clone(),
+            entries: HashMap::new(),
+        }
+        .run(),
+    );
+    let calls = Arc::new(Semaphore::new(settings.calls_max.max(1)));
+    let dispatcher = Dispatcher {
+        settings: Arc::new(settings),
+        connection,
+        scripts,
+        events,
+        presence,
+        subscriptions,
+        subscribing: HashMap::new(),
+        calls,
+        epochs: Arc::new(AtomicU64::new(0)),
+    };
+    tokio::spawn(dispatcher.run(requests));
+    Ok(EngineLink {
+        requests: requests_tx,
+        events: events_rx,
+        ready: Readiness::flags(flags),
+    })
+}
+
+/// Connects the command connection (retrying with backoff until it
+/// succeeds), then checks it every second for readiness (and writes this
+/// node's heartbeat). Once connected, the [`ConnectionManager`] reconnects
+/// by itself after failures.
+async fn connect(
+    client: redis::Client,
+    settings: RedisSettings,
+    scripts: Arc<Scripts>,
+    connection: watch::Sender<Option<ConnectionManager>>,
+    flags: Arc<ReadyFlags>,
+    shown_url: String,
+) {
+    let timeout = settings.timeout;
+    let nodes_key = nodes_key(&settings.prefix);
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(2));
+    let mut backoff = Backoff::new();
+    let mut manager = loop {
+        match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+            Ok(manager) => break manager,
+            Err(error) => {
+                let delay = backoff.next_delay();
+                warn!(redis = %shown_url, error = %error.kind_text(), retry_in_ms = delay.as_millis() as u64, "cannot connect to redis; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = connection.closed() => return,
+                }
+            }
+        }
+    };
+    info!(redis = %shown_url, "redis connected");
+    if connection.send(Some(manager.clone())).is_err() {
+        return;
+    }
+    loop {
+        let ping = tokio::time::timeout(
+            timeout,
+            redis::cmd("PING").query_async::<String>(&mut manager),
+        )
+        .await;
+        let up = matches!(ping, Ok(Ok(_)));
+        if up {
+            let mut heartbeat = scripts.heartbeat.key(&nodes_key);
+            heartbeat.arg(&settings.node).arg(NODE_TTL_MS);
+            let heartbeat = heartbeat.invoke_async::<usize>(&mut manager);
+            if let Ok(Ok(nodes)) = tokio::time::timeout(timeout, heartbeat).await {
+                flags.nodes.store(nodes, Ordering::SeqCst);
+            }
+        }
+        if flags.commands.swap(up, Ordering::SeqCst) != up {
+            if up {
+                info!(redis = %shown_url, "redis answers again");
+            } else {
+                warn!(redis = %shown_url, "redis does not answer; publishes fail until it is back");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = connection.closed() => return,
+        }
+    }
+}
+
+/// A room's subscribe, as reads wait for it: `true` once confirmed,
+/// `false` if it was dropped (interest turned off first).
+type Subscribed = Shared<
+    futures_util::future::Map<
+        oneshot::Receiver<()>,
+        fn(Result<(), oneshot::error::RecvError>) -> bool,
+    >,
+>;
+
+/// Takes the core's requests and starts each.
+struct Dispatcher {
+    settings: Arc<RedisSettings>,
+    connection: watch::Receiver<Option<ConnectionManager>>,
+    scripts: Arc<Scripts>,
+    events: mpsc::Sender<EngineEvent>,
+    presence: mpsc::Sender<EngineRequest>,
+    subscriptions: mpsc::UnboundedSender<Subscription>,
+    /// Rooms whose subscribe may not be confirmed yet.
+    subscribing: HashMap<RoomName, Subscribed>,
+    calls: Arc<Semaphore>,
+    /// Epochs this node has proposed (each append and read proposes one,
+    /// used only when it creates the room).
+    epochs: Arc<AtomicU64>,
+}
+
+impl Dispatcher {
+    async fn run(mut self, mut requests: mpsc::Receiver<EngineRequest>) {
+        while let Some(request) = requests.recv().await {
+            match request {
+                EngineRequest::Append {
+                    call,
+                    room,
+                    message,
+                } => {
+                    let epoch = self.fresh_epoch();
+                    let call_future = append(
+                        self.settings.clone(),
+                        self.connection.clone(),
+                        self.scripts.clone(),
+                        epoch,
+                        room,
+                        message,
+                    );
+                    self.start(
+                        call_future.map(move |result| EngineEvent::Appended { call, result }),
+                        |error| EngineEvent::Appended {
+                            call,
+                            result: Err(error),
+                        },
+                    )
+                    .await;
+                }
+                EngineRequest::Read {
+                    call,
+                    room,
+                    after,
+                    limit,
+                } => {
+                    let subscribed = match self.subscribing.get(&room) {
+                        Some(waiting) if waiting.peek().is_some() => {
+                            self.subscribing.remove(&room);
+                            None
+                        }
+                        waiting => waiting.cloned(),
+                    };
+                    let epoch = self.fresh_epoch();
+                    let call_future = read(
+                        self.settings.clone(),
+                        self.connection.clone(),
+                        self.scripts.clone(),
+                        subscribed,
+                        epoch,
+                        room,
+                        after,
+                        limit,
+                    );
+                    self.start(
+                        call_future.map(move |result| EngineEvent::Read { call, result }),
+                        |error| EngineEvent::Read {
+                            call,
+                            result: Err(error),
+                        },
+                    )
+                    .await;
+                }
+                EngineRequest::Interest { room, on } => {
+                    if on {
+                        let (ack, confirmed) = oneshot::channel();
+                        let confirmed: Subscribed = confirmed
+                            .map(was_confirmed as fn(Result<(), oneshot::error::RecvError>) -> bool)
+                            .shared();
+                        self.subscribing.insert(room.clone(), confirmed);
+                        let _ = self.subscriptions.send(Subscription::On(room, ack));
+                    } else {
+                        self.subscribing.remove(&room);
+                        let _ = self.subscriptions.send(Subscription::Off(room));
+                    }
+                }
+                EngineRequest::Direct { target, frame } => {
+                    // At most once, like the live stream; not answered.
+                    let Ok(permit) = self.calls.clone().try_acquire_owned() else {
+                        debug!(
+                            "too many redis calls in flight: a direct message stays on this node"
+                        );
+                        continue;
+                    };
+                    let channel = direct_channel(&self.settings.prefix);
+                    let payload = direct_payload(&self.settings.node, &target, frame.as_str());
+                    let connection = self.connection.clone();
+                    let timeout = self.settings.timeout;
+                    tokio::spawn(async move {
+                        let published = run_call(&connection, timeout, |mut conn| async move {
+                            redis::cmd("PUBLISH")
+                                .arg(&channel)
+                                .arg(&payload)
+                                .query_async::<i64>(&mut conn)
+                                .await
+                        })
+                        .await;
+                        drop(permit);
+                        if let Err(error) = published {
+                            debug!(%error, "a direct message stays on this node");
+                        }
+                    });
+                }
+                presence => {
+                    if self.presence.send(presence).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        debug!("redis engine stopped");
+    }
+
+    /// Runs a call on its own task when one of the `calls_max` slots is
+    /// free; otherwise answers it with `Unavailable` at once.
+    async fn start(
+        &self,
+        call: impl Future<Output = EngineEvent> + Send + 'static,
+        refuse: impl FnOnce(EngineError) -> EngineEvent,
+    ) {
+        let Ok(permit) = self.calls.clone().try_acquire_owned() else {
+            let error = EngineError::Unavailable("too many redis calls in flight".into());
+            let _ = self.events.send(refuse(error)).await;
+            return;
+        };
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let answer = call.await;
+            drop(permit);
+            let _ = events.send(answer).await;
+        });
+    }
+
+    fn fresh_epoch(&self) -> String {
+        let n = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{}-{n}", self.settings.node)
+    }
+}
+
+fn was_confirmed(ack: Result<(), oneshot::error::RecvError>) -> bool {
+    ack.is_ok()
+}
+
+/// Runs one Redis call on the command connection within `timeout`.
+/// Failures are logged here and come back as a sentence for clients
+/// (never the server's address or credentials).
+pub(crate) async fn run_call<T, F, Fut>(
+    connection: &watch::Receiver<Option<ConnectionManager>>,
+    timeout: Duration,
+    call: F,
+) -> Result<T, String>
+where
+    F: FnOnce(ConnectionManager) -> Fut,
+    Fut: Future<Output = RedisResult<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    // At startup, a call waits (within its timeout) for the first connection.
+    let mut connection = connection.clone();
+    let manager =
+        match tokio::time::timeout_at(deadline, connection.wait_for(Option::is_some)).await {
+            Ok(Ok(manager)) => manager.clone(),
+            _ => None,
+        };
+    let Some(manager) = manager else {
+        return Err("the engine (redis) is not connected".into());
+    };
+    match tokio::time::timeout_at(deadline, call(manager)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => {
+            debug!(error = %error.kind_text(), "redis call failed");
+            Err("the engine (redis) failed the call".into())
+        }
+        Err(_) => Err("the engine (redis) did not answer in time".into()),
+    }
+}
+
+async fn append(
+    settings: Arc<RedisSettings>,
+    connection: watch::Receiver<Option<ConnectionManager>>,
+    scripts: Arc<Scripts>,
+    fresh_epoch: String,
+    room: RoomName,
+    message: Unnumbered,
+) -> Result<Numbered, EngineError> {
+    let keys = RoomKeys::new(&settings.prefix, &room);
+    let meta_ttl = settings.meta_ttl_ms();
+    let (epoch, seq): (String, String) = run_call(&connection, settings.timeout, |mut conn| {
+        let message = &message;
+        let scripts = &scripts;
+        let settings = &settings;
+        let keys = &keys;
+        async move {
+            scripts
+                .append
+                .key(&keys.meta)
+                .key(&keys.log)
+                .arg(&fresh_epoch)
+                .arg(&message.head)
+                .arg(&message.tail)
+                .arg(message.series.as_deref().unwrap_or(""))
+                .arg(if message.series.is_some() { "1" } else { "0" })
+                .arg(settings.history_messages_max)
+                .arg(settings.history_age_ms)
+                .arg(meta_ttl)
+                .arg(&keys.channel)
+                .invoke_async(&mut conn)
+                .await
+        }
+    })
+    .await
+    .map_err(EngineError::Unavailable)?;
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| EngineError::Unavailable("the engine (redis) answered nonsense".into()))?;
+    Ok(Numbered {
+        frame: message.number(seq),
+        room,
+        epoch: Epoch::from(epoch),
+        seq,
+        series: message.series,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read(
+    settings: Arc<RedisSettings>,
+    connection: watch::Receiver<Option<ConnectionManager>>,
+    scripts: Arc<Scripts>,
+    subscribed: Option<Subscribed>,
+    fresh_epoch: String,
+    room: RoomName,
+    after: Option<Position>,
+    limit: usize,
+) -> Result<ReadResult, EngineError> {
+    let deadline = tokio::time::Instant::now() + settings.timeout;
+    if let Some(subscribed) = subscribed {
+        // The read must reflect every append whose live message this node
+        // will not receive: it runs once the room's subscribe is confirmed.
+        if tokio::time::timeout_at(deadline, subscribed).await.is_err() {
+            return Err(EngineError::Unavailable(
+                "the engine's (redis) live stream is not connected".into(),
+            ));
+        }
+    }
+    let keys = RoomKeys::new(&settings.prefix, &room);
+    let (after_epoch, after_seq) = match &after {
+        Some(position) => (position.epoch.to_string(), position.seq),
+        None => (String::new(), 0),
+    };
+    let meta_ttl = settings.meta_ttl_ms();
+    let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let flat: Vec<String> = run_call(&connection, timeout, |mut conn| {
+        let scripts = &scripts;
+        let settings = &settings;
+        let keys = &keys;
+        async move {
+            scripts
+                .read
+                .key(&keys.meta)
+                .key(&keys.log)
+                .arg(&fresh_epoch)
+                .arg(&after_epoch)
+                .arg(after_seq)
+                .arg(limit)
+                .arg(settings.history_age_ms)
+                .arg(meta_ttl)
+                .invoke_async(&mut conn)
+                .await
+        }
+    })
+    .await
+    .map_err(EngineError::Unavailable)?;
+    parse_read(&flat)
+        .ok_or_else(|| EngineError::Unavailable("the engine (redis) answered nonsense".into()))
+}
+
+/// `{epoch, top, seq1, frame1, ...}` as a [`ReadResult`].
+fn parse_read(flat: &[String]) -> Option<ReadResult> {
+    let [epoch, top, rest @ ..] = flat else {
+        return None;
+    };
+    let mut frames = Vec::with_capacity(rest.len() / 2);
+    for pair in rest.chunks_exact(2) {
+        frames.push((pair[0].parse().ok()?, pair[1].clone().into()));
+    }
+    Some(ReadResult {
+        epoch: Epoch::from(epoch.as_str()),
+        top: top.parse().ok()?,
+        frames,
+    })
+}
+
+/// A short description of a redis error, without its details (which may
+/// name the server).
+trait KindText {
+    fn kind_text(&self) -> String;
+}
+
+impl KindText for redis::RedisError {
+    fn kind_text(&self) -> String {
+        if self.is_timeout() {
+            "timed out".into()
+        } else if self.is_connection_refusal() {
+            "connection refused".into()
+        } else if self.is_io_error() || self.is_connection_dropped() {
+            "connection failed".into()
+        } else {
+            format!("{:?}", self.kind())
+        }
+    }
+}

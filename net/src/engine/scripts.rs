@@ -1,0 +1,332 @@
+//! The Redis engine's data layout: key and channel names, the Lua scripts
+//! (each run by SHA, loaded on first use), and the live message format.
+//!
+//! Every key and channel of a room carries the room in a hash tag
+//! (`{room}`), so one room's keys live on one Redis Cluster slot and each
+//! script touches one slot. Times come from the Redis server (`TIME`), so
+//! every node ages history by the same clock.
+
+use redis::Script;
+use roomcast_core::{ConnectionId, RoomName, SendTarget};
+
+/// The names of one room's keys and channel under a prefix.
+pub(crate) struct RoomKeys {
+    /// Hash: `e` the epoch, `s` the top seq.
+    pub(crate) meta: String,
+    /// Stream: one entry per kept message, id `<seq>-0`, fields `f` (the
+    /// frame) and `t` (publish time, ms).
+    pub(crate) log: String,
+    /// Hash: connection id → presence value (see [`presence_value`]).
+    pub(crate) presence: String,
+    /// Sorted set: connection id → when its entry expires (ms).
+    pub(crate) presence_expiry: String,
+    /// The room's pub/sub channel.
+    pub(crate) channel: String,
+}
+
+impl RoomKeys {
+    pub(crate) fn new(prefix: &str, room: &RoomName) -> RoomKeys {
+        let base = format!("{prefix}:{{{}}}", room.as_str());
+        RoomKeys {
+            meta: format!("{base}:meta"),
+            log: format!("{base}:log"),
+            presence: format!("{base}:presence"),
+            presence_expiry: format!("{base}:presence_expiry"),
+            channel: format!("{base}:live"),
+        }
+    }
+}
+
+/// The channel of direct messages (`POST /api/send`), which every node
+/// follows.
+pub(crate) fn direct_channel(prefix: &str) -> String {
+    format!("{prefix}:direct")
+}
+
+/// A direct message as published: `origin node \n c|u \n target \n frame`.
+pub(crate) fn direct_payload(origin: &str, target: &SendTarget, frame: &str) -> String {
+    let (kind, target) = match target {
+        SendTarget::Connection(conn) => ("c", conn.to_string()),
+        SendTarget::User(user) => ("u", user.clone()),
+    };
+    format!("{origin}\n{kind}\n{target}\n{frame}")
+}
+
+/// The origin node, target and frame of a direct message's payload.
+pub(crate) fn parse_direct(payload: &str) -> Option<(&str, SendTarget, &str)> {
+    let mut parts = payload.splitn(4, '\n');
+    let origin = parts.next()?;
+    let kind = parts.next()?;
+    let target = parts.next()?;
+    let frame = parts.next()?;
+    let target = match kind {
+        "c" => SendTarget::Connection(ConnectionId::parse(target)?),
+        "u" => SendTarget::User(target.to_owned()),
+        _ => return None,
+    };
+    Some((origin, target, frame))
+}
+
+/// The room of a channel named by [`RoomKeys::new`] under `prefix`.
+pub(crate) fn room_of_channel(prefix: &str, channel: &str) -> Option<RoomName> {
+    let rest = channel.strip_prefix(prefix)?.strip_prefix(":{")?;
+    let name = rest.strip_suffix("}:live")?;
+    RoomName::new(name)
+}
+
+/// Shared by the scripts: `now` in ms from the Redis server's clock.
+const NOW: &str = "local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+";
+
+/// Shared by append and read: the room's epoch, created with the caller's
+/// fresh epoch (and an empty history) when the room does not exist.
+const EPOCH: &str = "local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+end
+";
+
+/// Append. KEYS: meta, log. ARGV: fresh epoch, head, tail, series ('' when
+/// none), has series ('1'/'0'), messages max, age max (ms), meta
+/// time-to-live (ms), channel. Returns `{epoch, seq}`.
+///
+/// Numbers the message (`HINCRBY`), keeps its frame (`XADD` with `MAXLEN`,
+/// then drops entries older than the age bound from the front), refreshes
+/// the keys' lifetimes and publishes `epoch \n seq \n series-length \n
+/// series frame` on the room's channel, all in one atomic step, so the
+/// channel's order is the seq order.
+const APPEND: &str = "
+local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
+local seqs = string.format('%d', seq)
+local frame = ARGV[2] .. seqs .. ARGV[3]
+local maxlen = tonumber(ARGV[6])
+local age = tonumber(ARGV[7])
+local meta_ttl = tonumber(ARGV[8])
+if maxlen > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', maxlen, seqs .. '-0', 'f', frame, 't', now)
+  -- Usually the oldest entry is young enough: one entry looked at.
+  local cutoff = now - age
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #first > 0 and tonumber(first[1][2][4]) <= cutoff then
+    local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 64)
+    local keep = nil
+    for _, entry in ipairs(oldest) do
+      if tonumber(entry[2][4]) > cutoff then
+        keep = entry[1]
+        break
+      end
+    end
+    if keep then
+      redis.call('XTRIM', KEYS[2], 'MINID', keep)
+    else
+      redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-0', seq + 1))
+    end
+  end
+  redis.call('PEXPIRE', KEYS[2], math.max(age, 1))
+end
+redis.call('PEXPIRE', KEYS[1], meta_ttl)
+local series_len = '-'
+if ARGV[5] == '1' then
+  series_len = tostring(#ARGV[4])
+end
+redis.call('PUBLISH', ARGV[9], epoch .. '\\n' .. seqs .. '\\n' .. series_len .. '\\n' .. ARGV[4] .. frame)
+return {epoch, seqs}
+";
+
+/// Read. KEYS: meta, log. ARGV: fresh epoch, the reader's epoch ('' when
+/// none), its seq, limit, age max (ms), meta time-to-live (ms). Returns
+/// `{epoch, top, seq1, frame1, seq2, frame2, ...}`: the retained frames
+/// after the reader's seq when its epoch is the room's, younger than the
+/// age bound.
+const READ: &str = "
+local top = redis.call('HGET', KEYS[1], 's') or '0'
+local meta_ttl = tonumber(ARGV[6])
+if tonumber(redis.call('PTTL', KEYS[1])) < meta_ttl then
+  redis.call('PEXPIRE', KEYS[1], meta_ttl)
+end
+local out = {epoch, top}
+local limit = tonumber(ARGV[4])
+if ARGV[2] == epoch and limit > 0 then
+  local from = string.format('%d', tonumber(ARGV[3]) + 1)
+  local entries = redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', limit)
+  local cutoff = now - tonumber(ARGV[5])
+  for _, entry in ipairs(entries) do
+    if tonumber(entry[2][4]) > cutoff then
+      out[#out + 1] = string.match(entry[1], '^(%d+)')
+      out[#out + 1] = entry[2][2]
+    end
+  end
+end
+return out
+";
+
+/// Presence add or refresh. KEYS: presence, presence expiry. ARGV:
+/// time-to-live (ms), then connection and value pairs. Every listed entry
+/// is (re)written and lives another time-to-live.
+const PRESENCE_PUT: &str = "
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[2], now + ttl, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return #ARGV
+";
+
+/// Presence remove. KEYS: presence, presence expiry. ARGV: connection.
+const PRESENCE_REMOVE: &str = "
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+";
+
+/// Presence list. KEYS: presence, presence expiry. Drops expired entries
+/// (their node stopped refreshing), then returns every entry as
+/// `{conn1, value1, ...}`.
+const PRESENCE_LIST: &str = "
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, conn in ipairs(expired) do
+  redis.call('HDEL', KEYS[1], conn)
+end
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+end
+return redis.call('HGETALL', KEYS[1])
+";
+
+/// Node heartbeat. KEYS: the nodes sorted set. ARGV: node id, time-to-live
+/// (ms). The node is alive for another time-to-live; returns how many
+/// nodes are.
+const HEARTBEAT: &str = "
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return redis.call('ZCARD', KEYS[1])
+";
+
+/// The sorted set of live nodes (node id → when it expires, ms).
+pub(crate) fn nodes_key(prefix: &str) -> String {
+    format!("{prefix}:nodes")
+}
+
+/// The engine's scripts, each loaded once per Redis and then run by SHA.
+pub(crate) struct Scripts {
+    pub(crate) append: Script,
+    pub(crate) read: Script,
+    pub(crate) presence_put: Script,
+    pub(crate) presence_remove: Script,
+    pub(crate) presence_list: Script,
+    pub(crate) heartbeat: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Scripts {
+        Scripts {
+            append: Script::new(&format!("{NOW}{EPOCH}{APPEND}")),
+            read: Script::new(&format!("{NOW}{EPOCH}{READ}")),
+            presence_put: Script::new(&format!("{NOW}{PRESENCE_PUT}")),
+            presence_remove: Script::new(PRESENCE_REMOVE),
+            presence_list: Script::new(&format!("{NOW}{PRESENCE_LIST}")),
+            heartbeat: Script::new(&format!("{NOW}{HEARTBEAT}")),
+        }
+    }
+}
+
+/// How a presence entry's user is stored: `u<user>`, or `-` without one.
+pub(crate) fn presence_value(user: Option<&str>) -> String {
+    match user {
+        Some(user) => format!("u{user}"),
+        None => "-".to_owned(),
+    }
+}
+
+/// The user of a stored presence value.
+pub(crate) fn presence_user(value: &str) -> Option<String> {
+    value.strip_prefix('u').map(str::to_owned)
+}
+
+/// One message as the append script publishes it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct LiveMessage<'a> {
+    pub(crate) epoch: &'a str,
+    pub(crate) seq: u64,
+    pub(crate) series: Option<&'a str>,
+    pub(crate) frame: &'a str,
+}
+
+/// Parses `epoch \n seq \n series-length-or-dash \n series frame`.
+pub(crate) fn parse_live(payload: &str) -> Option<LiveMessage<'_>> {
+    let mut parts = payload.splitn(4, '\n');
+    let epoch = parts.next()?;
+    let seq = parts.next()?.parse().ok()?;
+    let series_len = parts.next()?;
+    let rest = parts.next()?;
+    let (series, frame) = if series_len == "-" {
+        (None, rest)
+    } else {
+        let len: usize = series_len.parse().ok()?;
+        let series = rest.get(..len)?;
+        (Some(series), rest.get(len..)?)
+    };
+    Some(LiveMessage {
+        epoch,
+        seq,
+        series,
+        frame,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_name_their_room() {
+        let room = RoomName::new("chat:lobby").unwrap();
+        let keys = RoomKeys::new("rc", &room);
+        assert_eq!(keys.channel, "rc:{chat:lobby}:live");
+        assert_eq!(keys.meta, "rc:{chat:lobby}:meta");
+        assert_eq!(room_of_channel("rc", &keys.channel), Some(room));
+        assert_eq!(room_of_channel("other", &keys.channel), None);
+    }
+
+    #[test]
+    fn live_messages_parse() {
+        let parsed = parse_live("e-1\n7\n-\n{\"seq\":7}").unwrap();
+        assert_eq!(
+            parsed,
+            LiveMessage {
+                epoch: "e-1",
+                seq: 7,
+                series: None,
+                frame: "{\"seq\":7}"
+            }
+        );
+        let parsed = parse_live("e-1\n8\n3\na\nb{\"x\":\"\n\"}").unwrap();
+        assert_eq!(parsed.series, Some("a\nb"));
+        assert_eq!(parsed.frame, "{\"x\":\"\n\"}");
+        assert_eq!(parse_live("e-1\nx\n-\n{}"), None);
+        assert_eq!(parse_live("e-1\n1\n9\nab"), None);
+        assert_eq!(
+            presence_user(&presence_value(Some("ann"))).as_deref(),
+            Some("ann")
+        );
+        assert_eq!(presence_user(&presence_value(None)), None);
+        let conn = ConnectionId::from_u128(7);
+        let payload = direct_payload("n1", &SendTarget::Connection(conn), "{\"a\":\"\n\"}");
+        assert_eq!(
+            parse_direct(&payload),
+            Some(("n1", SendTarget::Connection(conn), "{\"a\":\"\n\"}"))
+        );
+        let payload = direct_payload("n1", &SendTarget::User("ann".into()), "{}");
+        assert_eq!(
+            parse_direct(&payload),
+            Some(("n1", SendTarget::User("ann".into()), "{}"))
+        );
+    }
+}

@@ -1,0 +1,529 @@
+//! Several roomcast nodes as one, on a Redis the test starts itself: three
+//! real servers on loopback (in this process) with the Redis engine.
+
+use std::time::Duration;
+
+use roomcast_tests::redis_server::RedisServer;
+use roomcast_tests::serde_json::{json, Value};
+use roomcast_tests::tokens::{publisher, token};
+use roomcast_tests::{http, test_config, TestServer};
+
+async fn node(redis: &RedisServer, prefix: &str) -> TestServer {
+    let mut config = test_config();
+    config.engine.redis_url = Some(redis.url());
+    config.engine.redis_prefix = prefix.to_owned();
+    let server = TestServer::start(config).await;
+    // Ready once Redis answers on both connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = http(server.addr, "GET", "/readyz", &[], "").await;
+        if response.status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+}
+
+fn seqs(messages: &[Value]) -> Vec<u64> {
+    messages
+        .iter()
+        .filter(|m| m["type"] == "queue_status")
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
+
+async fn publish(on: &TestServer, room: &str, n: u64) -> Value {
+    let response = on
+        .broadcast(
+            &publisher(),
+            json!({"room": room, "type": "queue_status", "data": {"n": n}}),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()
+}
+
+#[tokio::test]
+async fn three_nodes_share_order_history_and_presence() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "cluster").await;
+    let b = node(&redis, "cluster").await;
+    let c = node(&redis, "cluster").await;
+    // /ws/status reports the deployment's nodes seen alive.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = a.status().await;
+        if status["cluster"]["nodes"] == 3 {
+            assert_eq!(status["cluster"]["engine"], "redis");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut on_a = a.client_with_token(&token("ann", "")).await;
+    let mut on_b = b.client_with_token(&token("bob", "")).await;
+    let mut on_c = c.client_with_token(&token("cat", "")).await;
+    let joined = on_a.join("room").await;
+    let epoch = joined["data"]["epoch"].clone();
+    for client in [&mut on_b, &mut on_c] {
+        let reply = client.join("room").await;
+        assert_eq!(reply["data"]["epoch"], epoch, "one epoch on every node");
+    }
+
+    // Published on A: members on A, B and C get everything, in order.
+    for n in 1..=20 {
+        let receipt = publish(&a, "room", n).await;
+        assert_eq!(receipt["seq"], n, "{receipt}");
+    }
+    for client in [&mut on_a, &mut on_b, &mut on_c] {
+        let mut got = Vec::new();
+        while got.len() < 20 {
+            let message = client.recv_json().await;
+            if message["type"] == "queue_status" {
+                got.push(message);
+            }
+        }
+        assert_eq!(seqs(&got), (1..=20).collect::<Vec<u64>>());
+    }
+
+    // Presence lists the members of every node.
+    let presence = on_b
+        .request(json!({"action": "presence", "data": {"room": "room"}}))
+        .await;
+    assert_eq!(presence["type"], "presence", "{presence}");
+    assert_eq!(presence["data"]["connections"], 3, "{presence}");
+    assert_eq!(presence["data"]["users"], json!(["ann", "bob", "cat"]));
+
+    // A client drops from A; publishes go on (on C); it rejoins on B with
+    // `since` and recovers exactly what it missed.
+    on_a.close().await;
+    for n in 21..=23 {
+        publish(&c, "room", n).await;
+    }
+    let mut back = b.client_with_token(&token("ann", "")).await;
+    let reply = back
+        .request(json!({"action": "join", "data": {"room": "room", "since": {"epoch": epoch, "seq": 20}}}))
+        .await;
+    assert_eq!(reply["data"]["recovered"], true, "{reply}");
+    assert_eq!(seqs(&back.fence().await), vec![21, 22, 23]);
+
+    // Members elsewhere got them live, in order.
+    for client in [&mut on_b, &mut on_c] {
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let message = client.recv_json().await;
+            if message["type"] == "queue_status" {
+                got.push(message);
+            }
+        }
+        assert_eq!(seqs(&got), vec![21, 22, 23]);
+    }
+
+    back.close().await;
+    on_b.close().await;
+    on_c.close().await;
+    for server in [a, b, c] {
+        server.shutdown().await.unwrap();
+    }
+}
+
+/// Reads `client`'s broadcasts of `room` until it has `count` of them,
+/// with any `ROOM_GAP` warnings among them.
+async fn broadcasts(client: &mut roomcast_tests::Client, count: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got
+        .iter()
+        .filter(|m: &&Value| m["type"] == "queue_status")
+        .count()
+        < count
+    {
+        let message = client.recv_json().await;
+        if message["type"] == "queue_status" || message["data"]["code"] == "ROOM_GAP" {
+            got.push(message);
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn killed_pubsub_connections_are_refilled_with_no_silent_gap() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "pubsub").await;
+    let b = node(&redis, "pubsub").await;
+    let mut member = b.client().await;
+    member.join("room").await;
+    for n in 1..=5 {
+        publish(&a, "room", n).await;
+    }
+    assert_eq!(seqs(&broadcasts(&mut member, 5).await), vec![1, 2, 3, 4, 5]);
+    // Every node's pub/sub connection is killed; publishing goes on.
+    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    // One per node: every node follows the direct-message channel.
+    assert_eq!(killed.trim(), "2", "{killed}");
+    for n in 6..=15 {
+        publish(&a, "room", n).await;
+    }
+    // B resubscribes and rereads: its member gets every message, in order
+    // (the history holds them, so nothing needs a ROOM_GAP).
+    let got = broadcasts(&mut member, 10).await;
+    assert_eq!(seqs(&got), (6..=15).collect::<Vec<u64>>(), "{got:?}");
+    assert!(got.iter().all(|m| m["type"] == "queue_status"), "{got:?}");
+    member.close().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// Publishes, retrying while the engine answers 503; returns the seq.
+async fn publish_retrying(on: &TestServer, room: &str, n: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let response = on
+            .broadcast(
+                &publisher(),
+                json!({"room": room, "type": "queue_status", "data": {"n": n}}),
+            )
+            .await;
+        if response.status == 200 {
+            return response.json()["seq"].as_u64().unwrap();
+        }
+        response.assert_error(503, "ENGINE_UNAVAILABLE");
+        assert!(std::time::Instant::now() < deadline, "{}", response.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every connection to Redis is cut (the data stays): members get every
+/// message, in order, with no gap announced.
+#[tokio::test]
+async fn cut_redis_connections_lose_nothing_when_the_data_stays() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "cut").await;
+    let b = node(&redis, "cut").await;
+    let mut member = b.client().await;
+    member.join("room").await;
+    for n in 1..=5 {
+        publish(&a, "room", n).await;
+    }
+    assert_eq!(seqs(&broadcasts(&mut member, 5).await), vec![1, 2, 3, 4, 5]);
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+    let mut last = 5;
+    for n in 6..=15 {
+        last = publish_retrying(&a, "room", n).await;
+    }
+    let got = broadcasts(&mut member, (last - 5) as usize).await;
+    assert!(got.iter().all(|m| m["type"] == "queue_status"), "{got:?}");
+    assert_eq!(seqs(&got), (6..=last).collect::<Vec<u64>>());
+    member.close().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_is_announced_and_old_cursors_do_not_recover() {
+    let mut redis = RedisServer::start();
+    let port = redis.addr.port();
+    let a = node(&redis, "restart").await;
+    let b = node(&redis, "restart").await;
+    let mut member = b.client().await;
+    let epoch = member.join("room").await["data"]["epoch"].clone();
+    for n in 1..=3 {
+        publish(&a, "room", n).await;
+    }
+    assert_eq!(seqs(&broadcasts(&mut member, 3).await), vec![1, 2, 3]);
+    redis.kill();
+    // Down: publishes fail with 503, the member stays connected.
+    let response = a
+        .broadcast(
+            &publisher(),
+            json!({"room": "room", "type": "queue_status", "data": {}}),
+        )
+        .await;
+    response.assert_error(503, "ENGINE_UNAVAILABLE");
+    // A rejoin with `since` on the node that knows the room is answered
+    // honestly: joined, nothing recovered.
+    let mut during = b.client().await;
+    let reply = during
+        .request(json!({"action": "join", "data": {"room": "room", "since": {"epoch": epoch, "seq": 1}}}))
+        .await;
+    assert_eq!(reply["type"], "system_info", "{reply}");
+    assert_eq!(reply["data"]["recovered"], false, "{reply}");
+    during.close().await;
+    let _redis = RedisServer::start_on(port);
+    // Back, empty: the first publish that works starts a new epoch.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let receipt = loop {
+        let response = a
+            .broadcast(
+                &publisher(),
+                json!({"room": "room", "type": "queue_status", "data": {"n": 4}}),
+            )
+            .await;
+        if response.status == 200 {
+            break response.json();
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", response.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(receipt["seq"], 1);
+    assert_ne!(receipt["epoch"], epoch);
+    // The member is told: a ROOM_GAP naming the new epoch and the seq it
+    // goes on after (0, or later when B read the room only after appends
+    // whose live messages its pub/sub, still reconnecting, missed)...
+    let mut got = Vec::new();
+    let gap = loop {
+        let Some(message) = member.recv_json_within(Duration::from_secs(10)).await else {
+            panic!("no ROOM_GAP; the member got {got:?}");
+        };
+        if message["data"]["code"] == "ROOM_GAP" {
+            break message;
+        }
+        got.push(message);
+    };
+    assert_eq!(
+        seqs(&got),
+        Vec::<u64>::new(),
+        "nothing of the new epoch before the gap"
+    );
+    assert_eq!(gap["data"]["epoch"], receipt["epoch"], "{gap}");
+    let from = gap["data"]["seq"].as_u64().unwrap();
+    // ...and then gets every message after that, in order.
+    let last = publish(&a, "room", 5).await["seq"].as_u64().unwrap();
+    let count = (last - from) as usize;
+    let got = broadcasts(&mut member, count).await;
+    assert_eq!(
+        seqs(&got),
+        (from + 1..=last).collect::<Vec<u64>>(),
+        "{got:?}"
+    );
+    // An old cursor does not recover.
+    let mut back = b.client().await;
+    let reply = back
+        .request(json!({"action": "join", "data": {"room": "room", "since": {"epoch": epoch, "seq": 3}}}))
+        .await;
+    assert_eq!(reply["data"]["recovered"], false, "{reply}");
+    back.close().await;
+    member.close().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn api_send_reaches_a_user_on_every_node() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "send").await;
+    let b = node(&redis, "send").await;
+    let c = node(&redis, "send").await;
+    let mut on_a = a.client_with_token(&token("ann", "")).await;
+    let mut on_b = b.client_with_token(&token("ann", "")).await;
+    let mut other = b.client_with_token(&token("bob", "")).await;
+    // Sent on C, where ann has no connection.
+    let response = c
+        .send(
+            &publisher(),
+            json!({"user_id": "ann", "type": "system_info", "data": {"message": "hi"}}),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.json()["delivered"],
+        0,
+        "counts this node's connections"
+    );
+    for client in [&mut on_a, &mut on_b] {
+        let message = client.recv_json().await;
+        assert_eq!(message["type"], "system_info", "{message}");
+        assert_eq!(message["data"]["message"], "hi", "{message}");
+    }
+    other.assert_nothing_pending().await;
+    // To one connection on another node, by its id.
+    let response = a
+        .send(
+            &publisher(),
+            json!({"connection_id": on_b.connection_id, "type": "system_info", "data": {"message": "you"}}),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let message = on_b.recv_json().await;
+    assert_eq!(message["data"]["message"], "you", "{message}");
+    on_a.assert_nothing_pending().await;
+    other.assert_nothing_pending().await;
+    for client in [on_a, on_b, other] {
+        client.close().await;
+    }
+    for server in [a, b, c] {
+        server.shutdown().await.unwrap();
+    }
+}
+
+async fn users(client: &mut roomcast_tests::Client) -> Value {
+    let request = json!({"action": "presence", "data": {"room": "room"}});
+    client.request(request).await["data"]["users"].clone()
+}
+
+/// The real binary with `--redis`, killed with SIGKILL: its members vanish
+/// from presence within `presence_ttl_ms`; the other node keeps serving.
+#[tokio::test]
+async fn a_killed_node_loses_its_presence_within_the_ttl() {
+    use roomcast_tests::binary;
+    let redis = RedisServer::start();
+    let port = binary::free_port();
+    let mut child = tokio::process::Command::new(binary::path())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--redis", &redis.url()])
+        .env("ROOMCAST_JWT_SECRET", roomcast_tests::SECRET)
+        .env("ROOMCAST_ENGINE__REDIS_PREFIX", "killed")
+        .env("ROOMCAST_LIMITS__PRESENCE_TTL_MS", "1500")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn roomcast");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = tokio::time::timeout(Duration::from_secs(1), async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        if up == Ok(true) && http(addr, "GET", "/readyz", &[], "").await.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the binary never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut config = test_config();
+    config.engine.redis_url = Some(redis.url());
+    config.engine.redis_prefix = "killed".to_owned();
+    config.limits.presence_ttl_ms = 1_500;
+    let b = TestServer::start(config).await;
+    let mut doomed =
+        roomcast_tests::Client::connect(addr, roomcast_tests::Auth::Query(token("ann", ""))).await;
+    doomed.join("room").await;
+    let mut survivor = b.client_with_token(&token("bob", "")).await;
+    survivor.join("room").await;
+    assert_eq!(users(&mut survivor).await, json!(["ann", "bob"]));
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let killed_at = std::time::Instant::now();
+    // Still listed for a while (nobody removed it), gone within the TTL.
+    loop {
+        let users = users(&mut survivor).await;
+        if users == json!(["bob"]) {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_millis(1_500 + 1_000),
+            "still {users} after the TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // B keeps serving the room.
+    let receipt = publish(&b, "room", 1).await;
+    assert_eq!(receipt["delivered"], 1, "{receipt}");
+    survivor.close().await;
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_node_is_not_ready_without_redis_but_stays_alive() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = test_config();
+    config.engine.redis_url = Some(format!("redis://127.0.0.1:{port}/0"));
+    config.engine.redis_timeout_ms = 300;
+    let server = TestServer::start(config).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ready = http(server.addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(ready.json()["status"], "not_ready");
+    let live = http(server.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(live.status, 200);
+    // A publish answers 503 ENGINE_UNAVAILABLE (it does not hang).
+    let response = server
+        .broadcast(
+            &publisher(),
+            json!({"room": "r", "type": "queue_status", "data": {}}),
+        )
+        .await;
+    response.assert_error(503, "ENGINE_UNAVAILABLE");
+    // Redis comes up: the node becomes ready and publishes work.
+    let _redis = RedisServer::start_on(port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while http(server.addr, "GET", "/readyz", &[], "").await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = server
+        .broadcast(
+            &publisher(),
+            json!({"room": "r", "type": "queue_status", "data": {}}),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_password_in_the_url_works() {
+    let port = roomcast_tests::binary::free_port();
+    let _redis = RedisServer::start_with(port, &["--requirepass", "s3cret-pass"]);
+    let mut config = test_config();
+    config.engine.redis_url = Some(format!("redis://:s3cret-pass@127.0.0.1:{port}/0"));
+    let server = TestServer::start(config).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while http(server.addr, "GET", "/readyz", &[], "").await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let receipt = publish(&server, "room", 1).await;
+    assert_eq!(receipt["seq"], 1, "{receipt}");
+    server.shutdown().await.unwrap();
+}
+
+/// The binary logs the Redis URL (and its connection failures) without
+/// the password.
+#[tokio::test]
+async fn the_password_never_appears_in_the_logs() {
+    let port = roomcast_tests::binary::free_port();
+    let mut child = tokio::process::Command::new(roomcast_tests::binary::path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "--redis",
+            &format!("redis://user:pw-s3cret@127.0.0.1:{port}/0"),
+        ])
+        .env("ROOMCAST_JWT_SECRET", roomcast_tests::SECRET)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn roomcast");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    child.start_kill().unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("redis://user:***@127.0.0.1"), "{log}");
+    assert!(log.contains("retrying"), "{log}");
+    assert!(!log.contains("pw-s3cret"), "{log}");
+}
+
+#[tokio::test]
+async fn the_in_memory_engine_is_always_ready() {
+    let server = TestServer::start_default().await;
+    let ready = http(server.addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["status"], "ready");
+    assert!(server.status().await.get("cluster").is_none());
+    server.shutdown().await.unwrap();
+}
