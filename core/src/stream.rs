@@ -335,7 +335,8 @@ impl Core {
             if state.reading.is_some() {
                 state.read_again = true;
             } else {
-                self.check_stream(&room);
+                // `start_read` also takes the room's check timer down.
+                self.start_read(&room);
             }
         }
     }

@@ -198,10 +198,11 @@ fn draw_engine_faults(rng: &mut SimRng) -> EngineFaults {
 fn fault_summary(faults: &EngineFaults, engine: &FaultyEngine) -> String {
     let counts = engine.counts();
     format!(
-        "{}(delayed={},lost={},failed={},resets={};rates_per_mille={}/{}/{}/{})",
+        "{}(delayed={},lost={},told={},failed={},resets={};rates_per_mille={}/{}/{}/{})",
         counts.total(),
         counts.delayed,
         counts.lost,
+        counts.resets_heard,
         counts.failed,
         counts.resets,
         faults.delay_per_mille,

@@ -58,6 +58,12 @@ const ENGINE_FAULT_SEEDS: &[(u64, &str)] = &[
     // after the input, and got the next messages without the warning.
     (16, "a member that misses a gap warning is closed at once"),
     (17, "a member that misses a gap warning is closed at once"),
+    // A StreamReset (pub/sub reconnect) read every room through the timer
+    // path and left a stale stream-check timer behind.
+    (
+        3,
+        "a stream reset reads every room without a stale check timer",
+    ),
 ];
 
 #[test]

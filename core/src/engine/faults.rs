@@ -7,6 +7,8 @@
 //!   later; answers reorder freely, live messages of one room never
 //!   overtake each other (the contract's one ordering promise);
 //! - **lost live message**: a live message never arrives (at-most-once);
+//!   a quarter of the time the node is told (`StreamReset`, as after a
+//!   pub/sub reconnect);
 //! - **failure**: an append or read is answered with a failure and not
 //!   carried out;
 //! - **data loss**: the engine loses every room's data (new epochs), as a
@@ -53,6 +55,8 @@ pub struct FaultCounts {
     pub failed: u64,
     /// Data losses.
     pub resets: u64,
+    /// Lost live messages the node was told about (`StreamReset`).
+    pub resets_heard: u64,
 }
 
 impl FaultCounts {
@@ -177,6 +181,13 @@ impl InlineEngine for FaultyEngine {
                         && self.strikes(self.faults.lose_live_per_mille)
                     {
                         self.counts.lost += 1;
+                        // Sometimes the loss is noticed, as a shared
+                        // engine's pub/sub reconnect is: the node hears
+                        // that its stream was reset.
+                        if self.next() % 4 == 0 {
+                            self.counts.resets_heard += 1;
+                            self.schedule(now_us, to, EngineEvent::StreamReset);
+                        }
                         continue;
                     }
                     self.schedule(now_us, to, event);
