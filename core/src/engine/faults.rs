@@ -184,7 +184,7 @@ impl InlineEngine for FaultyEngine {
                         // Sometimes the loss is noticed, as a shared
                         // engine's pub/sub reconnect is: the node hears
                         // that its stream was reset.
-                        if self.next() % 4 == 0 {
+                        if self.next().is_multiple_of(4) {
                             self.counts.resets_heard += 1;
                             self.schedule(now_us, to, EngineEvent::StreamReset);
                         }
