@@ -26,10 +26,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::{
-    EngineError, EngineEvent, EngineRequest, Epoch, Numbered, Position, PresenceEntry, ReadResult,
-};
-use crate::names::{ConnectionId, RoomName};
+use super::presence_book::PresenceBook;
+use super::{EngineError, EngineEvent, EngineRequest, Epoch, Numbered, Position, ReadResult};
+use crate::names::RoomName;
 use crate::room_log::{HistoryBounds, RoomLog};
 
 /// Identifies one node (one core) among those sharing an engine.
@@ -69,15 +68,8 @@ pub struct MemoryEngine {
     /// fail until it turns the interest off.
     refused: BTreeSet<(NodeId, RoomName)>,
     events: VecDeque<(NodeId, EngineEvent)>,
-    /// Per room, its members' entries and the node each belongs to.
-    presence: BTreeMap<RoomName, BTreeMap<ConnectionId, (NodeId, Option<String>)>>,
-    /// How long a node's entries live without a refresh, in µs.
-    presence_ttl_us: u64,
-    /// Per node with entries, when they expire (and the same, as timers),
-    /// and how many it has.
-    node_expiry: BTreeMap<NodeId, u64>,
-    node_entries: BTreeMap<NodeId, usize>,
-    node_timers: BTreeSet<(u64, NodeId)>,
+    /// Every room's members, by node, with per-node expiry.
+    presence: PresenceBook,
 }
 
 impl MemoryEngine {
@@ -95,51 +87,13 @@ impl MemoryEngine {
             history_bytes: 0,
             refused: BTreeSet::new(),
             events: VecDeque::new(),
-            presence: BTreeMap::new(),
-            presence_ttl_us: presence_ttl_us.max(1),
-            node_expiry: BTreeMap::new(),
-            node_entries: BTreeMap::new(),
-            node_timers: BTreeSet::new(),
+            presence: PresenceBook::new(presence_ttl_us),
         }
     }
 
     /// Presence entries kept, over all rooms.
     pub fn presence_count(&self) -> usize {
-        self.presence.values().map(BTreeMap::len).sum()
-    }
-
-    /// Keeps `node`'s entries alive for another time-to-live.
-    fn refresh(&mut self, node: NodeId, now_us: u64) {
-        let at = now_us.saturating_add(self.presence_ttl_us);
-        if let Some(old) = self.node_expiry.insert(node, at) {
-            self.node_timers.remove(&(old, node));
-        }
-        self.node_timers.insert((at, node));
-    }
-
-    /// Counts one entry less for `node`; a node with none left has no
-    /// expiry to watch.
-    fn entry_gone(&mut self, node: NodeId) {
-        let Some(count) = self.node_entries.get_mut(&node) else {
-            return;
-        };
-        *count -= 1;
-        if *count == 0 {
-            self.node_entries.remove(&node);
-            if let Some(at) = self.node_expiry.remove(&node) {
-                self.node_timers.remove(&(at, node));
-            }
-        }
-    }
-
-    /// Drops every entry of `node` (it stopped refreshing).
-    fn expire_node(&mut self, node: NodeId) {
-        self.node_expiry.remove(&node);
-        self.node_entries.remove(&node);
-        for entries in self.presence.values_mut() {
-            entries.retain(|_, (owner, _)| *owner != node);
-        }
-        self.presence.retain(|_, entries| !entries.is_empty());
+        self.presence.count()
     }
 
     /// Rooms kept (followed or holding history).
@@ -156,9 +110,7 @@ impl MemoryEngine {
     /// and live messages are drained with [`poll_event`](Self::poll_event).
     pub fn handle(&mut self, node: NodeId, now_us: u64, request: EngineRequest) {
         // Any request shows the node is alive: its entries stay.
-        if self.node_expiry.contains_key(&node) {
-            self.refresh(node, now_us);
-        }
+        self.presence.heard(node, now_us);
         match request {
             EngineRequest::Append {
                 call,
@@ -231,46 +183,15 @@ impl MemoryEngine {
                 self.settle(&room);
             }
             EngineRequest::PresenceAdd { room, entry } => {
-                self.refresh(node, now_us);
-                let entries = self.presence.entry(room).or_default();
-                if let Some((owner, _)) = entries.insert(entry.conn, (node, entry.user)) {
-                    self.entry_gone(owner);
-                }
-                *self.node_entries.entry(node).or_default() += 1;
+                self.presence.add(node, now_us, room, entry);
             }
-            EngineRequest::PresenceRemove { room, conn } => {
-                let Some(entries) = self.presence.get_mut(&room) else {
-                    return;
-                };
-                let removed = entries.remove(&conn);
-                if entries.is_empty() {
-                    self.presence.remove(&room);
-                }
-                if let Some((owner, _)) = removed {
-                    self.entry_gone(owner);
-                }
-            }
+            EngineRequest::PresenceRemove { room, conn } => self.presence.remove(&room, conn),
             EngineRequest::PresenceList { call, room } => {
-                let entries = self
-                    .presence
-                    .get(&room)
-                    .map(|entries| {
-                        entries
-                            .iter()
-                            .map(|(conn, (_, user))| PresenceEntry {
-                                conn: *conn,
-                                user: user.clone(),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let answer = EngineEvent::Presence {
-                    call,
-                    result: Ok(entries),
-                };
+                let result = Ok(self.presence.list(&room));
+                let answer = EngineEvent::Presence { call, result };
                 self.events.push_back((node, answer));
             }
-            EngineRequest::PresenceRefresh => self.refresh(node, now_us),
+            EngineRequest::PresenceRefresh => self.presence.refresh(node, now_us),
             // One process: its node already delivered it.
             EngineRequest::Direct { .. } => {}
             EngineRequest::Interest { room, on } => {
@@ -301,20 +222,13 @@ impl MemoryEngine {
     /// When [`on_timeout`](Self::on_timeout) is next needed (monotonic µs).
     pub fn poll_timeout(&self) -> Option<u64> {
         let rooms = self.expiries.first().map(|(at, _)| *at);
-        let nodes = self.node_timers.first().map(|(at, _)| *at);
-        rooms.into_iter().chain(nodes).min()
+        rooms.into_iter().chain(self.presence.next_expiry()).min()
     }
 
     /// Expires history, drops rooms, and drops the presence entries of
     /// nodes that stopped refreshing, whose time has come.
     pub fn on_timeout(&mut self, now_us: u64) {
-        while let Some(&(at, node)) = self.node_timers.first() {
-            if at > now_us {
-                break;
-            }
-            self.node_timers.remove(&(at, node));
-            self.expire_node(node);
-        }
+        self.presence.expire_due(now_us);
         while let Some((at, room)) = self.expiries.first().cloned() {
             if at > now_us {
                 break;
@@ -470,32 +384,7 @@ impl MemoryEngine {
 
     /// Checks the engine's own invariants (tests, simulator, fuzzers).
     pub fn check(&self) -> Result<(), String> {
-        for (room, entries) in &self.presence {
-            if entries.is_empty() {
-                return Err(format!("engine presence of {room:?} kept empty"));
-            }
-            if let Some((_, (node, _))) = entries
-                .iter()
-                .find(|(_, (node, _))| !self.node_expiry.contains_key(node))
-            {
-                return Err(format!(
-                    "engine presence of {room:?} has an entry of expired node {node}"
-                ));
-            }
-        }
-        if self.node_timers.len() != self.node_expiry.len() {
-            return Err("one presence timer per node".into());
-        }
-        let mut counted: BTreeMap<NodeId, usize> = BTreeMap::new();
-        for (node, _) in self.presence.values().flat_map(BTreeMap::values) {
-            *counted.entry(*node).or_default() += 1;
-        }
-        if counted != self.node_entries {
-            return Err("engine presence counts per node are off".into());
-        }
-        if self.node_entries.keys().ne(self.node_expiry.keys()) {
-            return Err("a node with presence entries must have an expiry, and only then".into());
-        }
+        self.presence.check()?;
         for (name, room) in &self.rooms {
             room.log
                 .check(self.bounds)
@@ -596,7 +485,9 @@ fn read(state: &EngineRoom, after: Option<&Position>, limit: usize) -> ReadResul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::PresenceEntry;
     use crate::engine::{CallId, Unnumbered};
+    use crate::names::ConnectionId;
 
     const BOUNDS: HistoryBounds = HistoryBounds {
         messages_max: 3,

@@ -56,6 +56,7 @@
 //!   used by the simulator, the property tests and the fuzzers.
 
 pub mod memory;
+mod presence_book;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod faults;
