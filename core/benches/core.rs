@@ -12,82 +12,13 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use roomcast_core::{
-    ConnectionId, CoreConfig, Identity, Input, Limits, Now, Publish, RoomName, Standalone, User,
-};
+use roomcast_core::{Identity, Input, Publish, RoomName, Standalone};
 use serde_json::json;
 
-/// Limits that never get in the way of a benchmark: no rate limiting, an
-/// outbound queue that never overflows (so no `Input::Written` is needed).
-fn config() -> CoreConfig {
-    CoreConfig {
-        limits: Limits {
-            messages_per_second: u32::MAX,
-            message_burst: u32::MAX,
-            outbound_queue_bytes_max: 1 << 50,
-            rooms_per_connection_max: 1_000,
-            ..Limits::default()
-        },
-        ..CoreConfig::default()
-    }
-}
+#[path = "workload.rs"]
+mod workload;
 
-fn now() -> Now {
-    Now::from_start(1_760_697_000_000, 0)
-}
-
-fn conn(i: usize) -> ConnectionId {
-    ConnectionId::from_u128(i as u128 + 1)
-}
-
-fn drain(core: &mut Standalone) -> usize {
-    let mut n = 0;
-    while let Some(output) = core.poll_output() {
-        black_box(&output);
-        n += 1;
-    }
-    n
-}
-
-/// A core with `conns` connections (every other one authenticated), each in
-/// `rooms_each` of 100 rooms.
-fn populated(conns: usize, rooms_each: usize) -> Standalone {
-    let mut core = Standalone::new(config());
-    for i in 0..conns {
-        let identity = if i % 2 == 0 {
-            Identity::Anonymous
-        } else {
-            Identity::User(User {
-                id: format!("user{}", i % 97),
-                scopes: Vec::new(),
-                expires_unix_ms: None,
-            })
-        };
-        core.handle(
-            now(),
-            Input::Open {
-                conn: conn(i),
-                identity,
-            },
-        );
-        for r in 0..rooms_each {
-            let text = format!(
-                r#"{{"action":"join","data":{{"room":"room-{}"}}}}"#,
-                (i + r * 7) % 100
-            );
-            core.handle(
-                now(),
-                Input::Text {
-                    conn: conn(i),
-                    text: &text,
-                },
-            );
-        }
-    }
-    drain(&mut core);
-    core.check_invariants().expect("consistent");
-    core
-}
+use workload::{config, conn, drain, now, populated};
 
 fn requests(c: &mut Criterion) {
     let mut group = c.benchmark_group("request");

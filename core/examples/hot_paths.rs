@@ -16,44 +16,17 @@
 
 use std::hint::black_box;
 
-use roomcast_core::{
-    ConnectionId, CoreConfig, Identity, Input, Limits, Now, Publish, RoomName, Standalone, User,
-};
+use roomcast_core::{Identity, Input, Publish, RoomName, Standalone};
 use serde_json::json;
+
+#[path = "../benches/workload.rs"]
+mod workload;
+
+use workload::{config, conn, drain, now, populated};
 
 /// The state machine measured (the build before the engine seam measured
 /// `Core` here).
 type Machine = Standalone;
-
-fn config() -> CoreConfig {
-    CoreConfig {
-        limits: Limits {
-            messages_per_second: u32::MAX,
-            message_burst: u32::MAX,
-            outbound_queue_bytes_max: 1 << 50,
-            rooms_per_connection_max: 1_000,
-            ..Limits::default()
-        },
-        ..CoreConfig::default()
-    }
-}
-
-fn now() -> Now {
-    Now::from_start(1_760_697_000_000, 0)
-}
-
-fn conn(i: usize) -> ConnectionId {
-    ConnectionId::from_u128(i as u128 + 1)
-}
-
-fn drain(core: &mut Machine) -> usize {
-    let mut n = 0;
-    while let Some(output) = core.poll_output() {
-        black_box(output);
-        n += 1;
-    }
-    n
-}
 
 fn text(core: &mut Machine, i: usize, text: &str) {
     core.handle(
@@ -63,39 +36,6 @@ fn text(core: &mut Machine, i: usize, text: &str) {
             text,
         },
     );
-}
-
-/// `conns` connections (every other one authenticated), each in
-/// `rooms_each` of 100 rooms.
-fn populated(conns: usize, rooms_each: usize) -> Machine {
-    let mut core = Machine::new(config());
-    for i in 0..conns {
-        let identity = if i % 2 == 0 {
-            Identity::Anonymous
-        } else {
-            Identity::User(User {
-                id: format!("user{}", i % 97),
-                scopes: Vec::new(),
-                expires_unix_ms: None,
-            })
-        };
-        core.handle(
-            now(),
-            Input::Open {
-                conn: conn(i),
-                identity,
-            },
-        );
-        for r in 0..rooms_each {
-            let join = format!(
-                r#"{{"action":"join","data":{{"room":"room-{}"}}}}"#,
-                (i + r * 7) % 100
-            );
-            text(&mut core, i, &join);
-        }
-    }
-    drain(&mut core);
-    core
 }
 
 fn main() {
