@@ -7,7 +7,8 @@
 //! another epoch starts one room-level read (never one per member), during
 //! which live messages are held. The read's frames fill the gap; when
 //! they cannot, every member is told with a `ROOM_GAP` warning carrying
-//! the room's new position. Because the live stream is at most once, a
+//! the position the read's frames resume from (after data loss: the start
+//! of the new epoch), and then gets those frames. Because the live stream is at most once, a
 //! room with members is also read every `stream_check_interval_ms`, so a
 //! lost last message is noticed even when nothing follows it.
 
@@ -157,7 +158,8 @@ impl Core {
     }
 
     /// Brings the members up to the read's top: the missed frames when
-    /// the read covers them, otherwise a `ROOM_GAP` warning.
+    /// the read covers them, otherwise a `ROOM_GAP` warning naming where
+    /// the read's frames resume, then those frames.
     fn catch_up(&mut self, room: &RoomName, read: &ReadResult) {
         let Some(state) = self.rooms.get_mut(room) else {
             return;
@@ -176,30 +178,40 @@ impl Core {
             }
             return;
         }
-        if read.covers(&cursor) {
-            let missed: Vec<Numbered> = read
-                .frames_after(cursor.seq)
-                .map(|(seq, frame)| Numbered {
-                    room: room.clone(),
-                    epoch: read.epoch.clone(),
-                    seq: *seq,
-                    frame: frame.clone(),
-                    // Refilled messages are not conflated.
-                    series: None,
-                })
-                .collect();
-            for message in missed {
-                if let Some(state) = self.rooms.get_mut(room) {
-                    state.cursor = Some(Position {
-                        epoch: message.epoch.clone(),
-                        seq: message.seq,
-                    });
-                }
-                self.fan_out(room, &message);
-            }
+        let from = if read.covers(&cursor) {
+            cursor
         } else {
-            state.cursor = Some(top.clone());
-            self.announce_gap(room, &top);
+            // What history cannot give is announced; what it still holds
+            // after that (the new epoch's messages after data loss, the
+            // retained tail after a long outage) is still delivered.
+            let resume = Position {
+                epoch: read.epoch.clone(),
+                seq: read.resume_after(),
+            };
+            debug_assert!(cursor.epoch != resume.epoch || cursor.seq < resume.seq);
+            state.cursor = Some(resume.clone());
+            self.announce_gap(room, &resume);
+            resume
+        };
+        let missed: Vec<Numbered> = read
+            .frames_after(from.seq)
+            .map(|(seq, frame)| Numbered {
+                room: room.clone(),
+                epoch: read.epoch.clone(),
+                seq: *seq,
+                frame: frame.clone(),
+                // Refilled messages are not conflated.
+                series: None,
+            })
+            .collect();
+        for message in missed {
+            if let Some(state) = self.rooms.get_mut(room) {
+                state.cursor = Some(Position {
+                    epoch: message.epoch.clone(),
+                    seq: message.seq,
+                });
+            }
+            self.fan_out(room, &message);
         }
     }
 

@@ -398,25 +398,95 @@ fn a_gap_history_cannot_fill_is_announced_to_every_member() {
             .collect();
         assert_eq!(warnings.len(), 1, "{frames:#?}");
         assert_eq!(warnings[0]["data"]["code"], "ROOM_GAP");
-        assert_eq!(warnings[0]["data"]["seq"], 2);
-        assert!(seqs(&frames, member).is_empty(), "continues after seq 2");
+        // Only seq 1 is lost: the warning names it, then history's seq 2.
+        assert_eq!(warnings[0]["data"]["epoch"], "e-1");
+        assert_eq!(warnings[0]["data"]["seq"], 1);
+        assert_eq!(seqs(&frames, member), vec![2], "continues after seq 1");
+        let warning_at = frames
+            .iter()
+            .position(|(c, f)| *c == member && f["type"] == "system_warning");
+        let message_at = frames
+            .iter()
+            .position(|(c, f)| *c == member && f["seq"] == 2);
+        assert!(
+            warning_at < message_at,
+            "the warning comes first: {frames:#?}"
+        );
     }
-    // The engine lost its data: a new epoch is a gap too.
-    h.feed(live("e-9", 1));
+    // The engine lost its data and the room started over in a new epoch,
+    // of which this node missed three messages: a gap (the old epoch's
+    // tail may be lost), then the new epoch refilled from its start.
+    h.feed(live("e-9", 4));
     let call = read_call(&h.requests());
     h.feed(EngineEvent::Read {
         call,
         result: Ok(ReadResult {
             epoch: "e-9".into(),
-            top: 1,
-            frames: vec![(1, frame(1))],
+            top: 4,
+            frames: (1..=4).map(|seq| (seq, frame(seq))).collect(),
         }),
     });
     let frames = h.frames();
-    assert_eq!(frames.len(), 2, "one warning each: {frames:#?}");
-    assert!(frames.iter().all(|(_, f)| f["data"]["epoch"] == "e-9"));
-    h.feed(live("e-9", 2));
-    assert_eq!(seqs(&h.frames(), a), vec![2]);
+    for member in [a, b] {
+        let mine: Vec<&Value> = frames
+            .iter()
+            .filter(|(c, _)| *c == member)
+            .map(|(_, f)| f)
+            .collect();
+        assert_eq!(mine.len(), 5, "a warning and four messages: {mine:#?}");
+        assert_eq!(mine[0]["data"]["code"], "ROOM_GAP");
+        assert_eq!(
+            (
+                mine[0]["data"]["epoch"].as_str(),
+                mine[0]["data"]["seq"].as_u64()
+            ),
+            (Some("e-9"), Some(0))
+        );
+        assert_eq!(seqs(&frames, member), vec![1, 2, 3, 4]);
+    }
+    h.feed(live("e-9", 5));
+    assert_eq!(seqs(&h.frames(), a), vec![5]);
+}
+
+#[test]
+fn after_data_loss_a_node_reading_late_refills_the_new_epoch_from_the_engine() {
+    // The real engine's side of the contract: a read after another epoch's
+    // position answers with the current epoch's messages from its start.
+    let (mut h, a) = Harness::with_member(Limits::default());
+    let lives = |events: Vec<EngineEvent>| -> Vec<EngineEvent> {
+        events
+            .into_iter()
+            .filter(|e| matches!(e, EngineEvent::Live(_)))
+            .collect()
+    };
+    for event in lives(h.append_elsewhere(1)) {
+        h.feed(event);
+    }
+    assert_eq!(seqs(&h.frames(), a), vec![1]);
+    // The engine restarts empty (this node's subscription survives, as a
+    // pub/sub connection resubscribes); three messages are appended
+    // elsewhere and their live messages are lost; the fourth arrives.
+    h.engine = MemoryEngine::new(BOUNDS, "f".into(), 60_000_000);
+    h.engine_events(vec![EngineRequest::Interest {
+        room: room(),
+        on: true,
+    }]);
+    h.append_elsewhere(2);
+    h.append_elsewhere(3);
+    h.append_elsewhere(4);
+    let live4 = lives(h.append_elsewhere(5));
+    assert_eq!(live4.len(), 1, "the fourth append's live message");
+    h.feed(live4[0].clone());
+    h.settle();
+    let frames = h.frames();
+    let gap: Vec<&Value> = frames
+        .iter()
+        .filter(|(_, f)| f["data"]["code"] == "ROOM_GAP")
+        .map(|(_, f)| f)
+        .collect();
+    assert_eq!(gap.len(), 1, "{frames:#?}");
+    assert_eq!(gap[0]["data"]["seq"], 0);
+    assert_eq!(seqs(&frames, a), vec![1, 2, 3, 4], "the new epoch, whole");
 }
 
 #[test]

@@ -340,10 +340,14 @@ async fn reads_return_the_retained_frames_after_a_position(mut h: Harness) {
     // No position: only the top.
     let top = h.read(1, "r", None, 100).await;
     assert_eq!((top.top, top.frames.len()), (5, 0));
-    // Another epoch: nothing, not covered.
+    // Another epoch: not covered; the retained frames of this epoch from
+    // its start (here 3..5: seqs 1 and 2 left the history).
     let stale = at(&Epoch::from("gone-1"), 3);
     let result = h.read(1, "r", stale.clone(), 100).await;
-    assert!(result.frames.is_empty() && !result.covers(stale.as_ref().unwrap()));
+    assert!(!result.covers(stale.as_ref().unwrap()));
+    let seqs: Vec<u64> = result.frames.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![3, 4, 5]);
+    assert_eq!(result.resume_after(), 2);
     // The limit.
     let result = h.read(1, "r", at(&epoch, 2), 2).await;
     let seqs: Vec<u64> = result.frames.iter().map(|(s, _)| *s).collect();
@@ -483,6 +487,10 @@ async fn redis_losing_its_data_starts_new_epochs() {
     let from = at(&before.epoch, 2);
     let result = h.read(0, "r", from.clone(), 10).await;
     assert!(!result.covers(from.as_ref().unwrap()));
+    // A reader of the lost epoch can still be given the new one whole.
+    assert_eq!((&result.epoch, result.top), (&after.epoch, 1));
+    let seqs: Vec<u64> = result.frames.iter().map(|(s, _)| *s).collect();
+    assert_eq!((seqs, result.resume_after()), (vec![1], 0));
 }
 
 #[tokio::test]

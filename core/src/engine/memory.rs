@@ -473,7 +473,9 @@ impl MemoryEngine {
 fn read(state: &EngineRoom, after: Option<&Position>, limit: usize) -> ReadResult {
     let frames = match after {
         Some(after) if after.epoch == state.epoch => state.log.frames_after(after.seq, limit),
-        _ => Vec::new(),
+        // Another epoch: this one's messages from its start (see the contract).
+        Some(_) => state.log.frames_after(0, limit),
+        None => Vec::new(),
     };
     ReadResult {
         epoch: state.epoch.clone(),

@@ -128,7 +128,11 @@ pub enum EngineRequest {
         call: CallId,
         /// The room.
         room: RoomName,
-        /// Frames after this position (`None`: only the top).
+        /// Frames after this position (`None`: only the top). When it
+        /// names another epoch than the room's current one, the frames are
+        /// those from the start of the current epoch, so a node whose
+        /// cursor predates an epoch change (data loss in a shared engine)
+        /// can refill its members with the new epoch's messages.
         after: Option<Position>,
         /// Frames returned at most.
         limit: usize,
@@ -243,6 +247,22 @@ impl ReadResult {
             expected += 1;
         }
         expected == self.top + 1
+    }
+
+    /// Where the frames resume: the smallest `seq` such that the frames
+    /// hold every message after it up to the top (the top itself when the
+    /// last frame is not the top). A reader that cannot be refilled from
+    /// its own position continues from here, losing only what history no
+    /// longer holds.
+    pub fn resume_after(&self) -> u64 {
+        let mut resume = self.top;
+        for (seq, _) in self.frames.iter().rev() {
+            if *seq != resume || resume == 0 {
+                break;
+            }
+            resume -= 1;
+        }
+        resume
     }
 
     /// The frames after `from.seq` (callers check [`covers`](Self::covers) first).

@@ -139,8 +139,8 @@ return {epoch, seqs}
 /// Read. KEYS: meta, log. ARGV: fresh epoch, the reader's epoch ('' when
 /// none), its seq, limit, age max (ms), meta time-to-live (ms). Returns
 /// `{epoch, top, seq1, frame1, seq2, frame2, ...}`: the retained frames
-/// after the reader's seq when its epoch is the room's, younger than the
-/// age bound.
+/// younger than the age bound, after the reader's seq when its epoch is
+/// the room's, from the epoch's start when it is another.
 const READ: &str = "
 local top = redis.call('HGET', KEYS[1], 's') or '0'
 local meta_ttl = tonumber(ARGV[6])
@@ -149,8 +149,11 @@ if tonumber(redis.call('PTTL', KEYS[1])) < meta_ttl then
 end
 local out = {epoch, top}
 local limit = tonumber(ARGV[4])
-if ARGV[2] == epoch and limit > 0 then
-  local from = string.format('%d', tonumber(ARGV[3]) + 1)
+if ARGV[2] ~= '' and limit > 0 then
+  -- After another epoch's position: this epoch's messages from its start.
+  local after = 0
+  if ARGV[2] == epoch then after = tonumber(ARGV[3]) end
+  local from = string.format('%d', after + 1)
   local entries = redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', limit)
   local cutoff = now - tonumber(ARGV[5])
   for _, entry in ipairs(entries) do
