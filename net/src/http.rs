@@ -321,10 +321,15 @@ async fn status(app: &App) -> Result<HttpResponse, ApiError> {
             "node_id": app.node_id,
             "uptime_seconds": app.started.elapsed().as_secs(),
     });
-    if let Some(nodes) = app.ready.cluster_nodes() {
+    if let Some(cluster) = app.ready.cluster() {
         // With a shared engine: the deployment's nodes seen alive (through
-        // heartbeats, each counted for 5 s), this one included.
-        body["cluster"] = json!({"engine": "redis", "nodes": nodes});
+        // heartbeats, each counted for 5 s), this one included, and their
+        // connections as of their last heartbeat (one a second).
+        body["cluster"] = json!({
+            "engine": "redis",
+            "nodes": cluster.nodes,
+            "connections": cluster.connections,
+        });
     }
     Ok(json_response(StatusCode::OK, &body))
 }

@@ -149,6 +149,7 @@ pub async fn serve<L: Listener>(
                 presence_ttl_ms: limits.presence_ttl_ms,
                 stream_check_interval_ms: limits.stream_check_interval_ms,
                 calls_max: limits.engine_calls_max,
+                local_connections: metrics.connections.clone(),
             })?;
             info!(redis = %redact_url(url), prefix = %config.engine.redis_prefix, "engine: redis");
             let ready = link.ready.clone();

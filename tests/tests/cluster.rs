@@ -527,3 +527,36 @@ async fn the_in_memory_engine_is_always_ready() {
     assert!(server.status().await.get("cluster").is_none());
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn status_counts_the_connections_of_every_node() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "figures").await;
+    let b = node(&redis, "figures").await;
+    let _on_a = [a.client().await, a.client().await];
+    let on_b = b.client().await;
+    // Each node reports its own connections and, from the heartbeats (one
+    // a second), the deployment's.
+    let until_figures = |server: &TestServer, nodes: u64, connections: u64| {
+        let addr = server.addr;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let status = http(addr, "GET", "/ws/status", &[], "").await.json();
+                let cluster = &status["cluster"];
+                if cluster["nodes"] == nodes && cluster["connections"] == connections {
+                    return status;
+                }
+                assert!(std::time::Instant::now() < deadline, "{status}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let status = until_figures(&a, 2, 3).await;
+    assert_eq!(status["active_connections"], 2, "this node's own: {status}");
+    let status = until_figures(&b, 2, 3).await;
+    assert_eq!(status["active_connections"], 1, "{status}");
+    // A connection closed on B leaves the cluster's count.
+    on_b.close().await;
+    until_figures(&a, 2, 2).await;
+}

@@ -53,6 +53,7 @@ fn redis_settings(url: &str, node: &str) -> RedisSettings {
         presence_ttl_ms: PRESENCE_TTL_MS,
         stream_check_interval_ms: 30_000,
         calls_max: 64,
+        local_connections: Default::default(),
     }
 }
 

@@ -50,6 +50,17 @@ pub(crate) struct ReadyFlags {
     pub(crate) pubsub: Arc<AtomicBool>,
     /// Nodes of the deployment seen alive (heartbeats), 0 before the first.
     pub(crate) nodes: AtomicUsize,
+    /// Open connections of those nodes, as of their last heartbeats.
+    pub(crate) connections: AtomicUsize,
+}
+
+/// The deployment as this node last saw it through the heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterFigures {
+    /// Nodes seen alive, this one included (0: not known yet).
+    pub nodes: usize,
+    /// Their open WebSocket connections.
+    pub connections: usize,
 }
 
 impl Readiness {
@@ -62,12 +73,13 @@ impl Readiness {
         Readiness(Some(flags))
     }
 
-    /// Nodes sharing the engine seen alive lately (`None`: the in-memory
-    /// engine, this node alone; `Some(0)`: not known yet).
-    pub fn cluster_nodes(&self) -> Option<usize> {
-        self.0
-            .as_ref()
-            .map(|flags| flags.nodes.load(Ordering::SeqCst))
+    /// The nodes sharing the engine seen alive lately and their
+    /// connections (`None`: the in-memory engine, this node alone).
+    pub fn cluster(&self) -> Option<ClusterFigures> {
+        self.0.as_ref().map(|flags| ClusterFigures {
+            nodes: flags.nodes.load(Ordering::SeqCst),
+            connections: flags.connections.load(Ordering::SeqCst),
+        })
     }
 
     /// Whether the engine answers now; `Err` says what is missing.

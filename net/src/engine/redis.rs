@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use super::presence::PresenceLane;
 use super::pubsub::{Subscriber, Subscription};
-use super::scripts::{direct_channel, direct_payload, nodes_key, RoomKeys, Scripts};
+use super::scripts::{cluster_key, direct_channel, direct_payload, RoomKeys, Scripts};
 use super::{Backoff, EngineLink, Readiness, ReadyFlags};
 use crate::config::redact_url;
 
@@ -58,6 +58,9 @@ pub struct RedisSettings {
     pub stream_check_interval_ms: u64,
     /// Appends, reads and lists in flight at most.
     pub calls_max: usize,
+    /// This node's open connections (the hub keeps the gauge), reported in
+    /// the heartbeat so every node can show the cluster's total.
+    pub local_connections: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl RedisSettings {
@@ -164,7 +167,7 @@ async fn connect(
     shown_url: String,
 ) {
     let timeout = settings.timeout;
-    let nodes_key = nodes_key(&settings.prefix);
+    let cluster_key = cluster_key(&settings.prefix);
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))
@@ -196,11 +199,16 @@ async fn connect(
         .await;
         let up = matches!(ping, Ok(Ok(_)));
         if up {
-            let mut heartbeat = scripts.heartbeat.key(&nodes_key);
-            heartbeat.arg(&settings.node).arg(NODE_TTL_MS);
-            let heartbeat = heartbeat.invoke_async::<usize>(&mut manager);
-            if let Ok(Ok(nodes)) = tokio::time::timeout(timeout, heartbeat).await {
+            let mut heartbeat = scripts.heartbeat.key(&cluster_key);
+            let connections = settings.local_connections.get().max(0);
+            heartbeat
+                .arg(&settings.node)
+                .arg(NODE_TTL_MS)
+                .arg(connections);
+            let heartbeat = heartbeat.invoke_async::<(usize, usize)>(&mut manager);
+            if let Ok(Ok((nodes, connections))) = tokio::time::timeout(timeout, heartbeat).await {
                 flags.nodes.store(nodes, Ordering::SeqCst);
+                flags.connections.store(connections, Ordering::SeqCst);
             }
         }
         if flags.commands.swap(up, Ordering::SeqCst) != up {

@@ -201,20 +201,32 @@ end
 return redis.call('HGETALL', KEYS[1])
 ";
 
-/// Node heartbeat. KEYS: the nodes sorted set. ARGV: node id, time-to-live
-/// (ms). The node is alive for another time-to-live; returns how many
-/// nodes are.
+/// Node heartbeat. KEYS: the cluster hash. ARGV: node id, time-to-live
+/// (ms), this node's open connections. Writes `expiry connections` for
+/// this node, drops nodes whose heartbeat expired, returns `{nodes,
+/// connections}` of the nodes alive. One hash, so the script stays a
+/// single-key script (Redis Cluster), and the number of nodes is small.
 const HEARTBEAT: &str = "
 local ttl = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d %d', now + ttl, tonumber(ARGV[3])))
+local nodes, connections = 0, 0
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local expiry, count = string.match(entries[i + 1], '^(%d+) (%d+)$')
+  if expiry == nil or tonumber(expiry) < now then
+    redis.call('HDEL', KEYS[1], entries[i])
+  else
+    nodes = nodes + 1
+    connections = connections + tonumber(count)
+  end
+end
 redis.call('PEXPIRE', KEYS[1], ttl * 2)
-return redis.call('ZCARD', KEYS[1])
+return {nodes, connections}
 ";
 
-/// The sorted set of live nodes (node id → when it expires, ms).
-pub(crate) fn nodes_key(prefix: &str) -> String {
-    format!("{prefix}:nodes")
+/// The hash of live nodes: node id → `expiry-ms connections`.
+pub(crate) fn cluster_key(prefix: &str) -> String {
+    format!("{prefix}:cluster")
 }
 
 /// The engine's scripts, each loaded once per Redis and then run by SHA.
