@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Summarises scripts/bench results (medians per server and size) as a
-Markdown table, and writes docs/bench-fanout.svg: latency percentiles and
-deliveries/s against member count. Standard library only."""
+"""Summarises scripts/bench and scripts/bench-cluster results (medians per
+server and size) as a Markdown table, and writes docs/bench-fanout.svg:
+latency percentiles and deliveries/s against member count (not with
+--no-plot). Standard library only.
+
+    scripts/bench_report.py target/bench/results.jsonl [--no-plot]"""
 import json
 import statistics
 import sys
@@ -29,7 +32,18 @@ for (server, mode, size), results in sorted(groups.items()):
         fanout[server][size] = (lat, rate)
         print(f"| {server} | fan-out | {size} | server CPU per delivery | {cpu:.2f} µs | {len(results)} |")
         print(f"| {server} | fan-out | {size} | latency p50 / p99 / max | {lat['p50']/1000:.1f} / {lat['p99']/1000:.1f} / {lat['max']/1000:.1f} ms | {len(results)} |")
+        print(f"| {server} | fan-out | {size} | deliveries/s | {rate:.0f} | {len(results)} |")
         print(f"| {server} | fan-out | {size} | every delivery received | {'yes' if ok else 'NO'} | {len(results)} |")
+        if all("receipt_us" in r for r in results):
+            rec = {p: med([r["receipt_us"][p] for r in results]) for p in ("p50", "p99")}
+            print(f"| {server} | fan-out | {size} | publish receipt p50 / p99 | {rec['p50']/1000:.2f} / {rec['p99']/1000:.2f} ms | {len(results)} |")
+        if any(r.get("engine_cpu_us_per_delivery") for r in results):
+            eng = med([r["engine_cpu_us_per_delivery"] for r in results])
+            print(f"| {server} | fan-out | {size} | engine (redis-server) CPU per delivery | {eng:.3f} µs | {len(results)} |")
+        if all(r.get("redis_commands_per_publish") for r in results):
+            ev = med([r["redis_commands_per_publish"]["evalsha"] for r in results])
+            al = med([r["redis_commands_per_publish"]["all"] for r in results])
+            print(f"| {server} | fan-out | {size} | redis script calls (EVALSHA) / all commands incl. inside scripts, per publish | {ev:.2f} / {al:.2f} | {len(results)} |")
     elif mode == "pingpong":
         cpu = med([r["server_cpu_us_per_reply"] for r in results])
         rps = med([r["replies_per_sec"] for r in results])
@@ -42,7 +56,7 @@ for (server, mode, size), results in sorted(groups.items()):
 
 # A small SVG line chart: one panel for p50/p99 latency, one for deliveries/s.
 sizes = sorted({s for server in fanout.values() for s in server})
-if len(sizes) >= 2:
+if len(sizes) >= 2 and "--no-plot" not in sys.argv:
     import math
     W, H, PAD = 720, 300, 50
     def xpos(size):

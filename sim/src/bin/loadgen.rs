@@ -10,6 +10,13 @@
 //! `--require-all` makes a fan-out that misses any delivery exit with 1
 //! (the CI smoke run uses it).
 //!
+//! Several nodes of one deployment (the Redis engine): `--addr` and `--pid`
+//! take comma-separated lists. Members are spread round-robin over the
+//! nodes, publishes go round-robin to them too, and the CPU reported is the
+//! sum over every `--pid`; `--engine-pid` adds the engine's process (e.g.
+//! `redis-server`), reported apart, and `--redis-addr` counts the Redis
+//! commands run during the publishes (`INFO commandstats` before and after).
+//!
 //! Connections spread their source addresses over 127.0.0.2-127.0.0.254 so
 //! more than one address's ephemeral ports are available. `--pid` is the
 //! server's process id: its CPU time (all threads, from /proc) and RSS are
@@ -36,8 +43,14 @@ type Ws = WebSocketStream<TcpStream>;
 
 struct Args {
     mode: String,
-    addr: SocketAddr,
-    pid: Option<u32>,
+    /// The nodes (the first one for ping/pong and idle).
+    addrs: Vec<SocketAddr>,
+    /// The nodes' processes (their CPU is summed).
+    pids: Vec<u32>,
+    /// The shared engine's process, measured apart.
+    engine_pid: Option<u32>,
+    /// A Redis to count commands on (`INFO commandstats`).
+    redis_addr: Option<SocketAddr>,
     token: String,
     members: usize,
     broadcasts: usize,
@@ -58,8 +71,10 @@ fn parse_args() -> Result<Args, String> {
         .ok_or("usage: loadgen fanout|pingpong|idle [--flags]")?;
     let mut args = Args {
         mode,
-        addr: "127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?,
-        pid: None,
+        addrs: vec!["127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?],
+        pids: Vec::new(),
+        engine_pid: None,
+        redis_addr: None,
         token: String::new(),
         members: 1000,
         broadcasts: 200,
@@ -83,8 +98,22 @@ fn parse_args() -> Result<Args, String> {
                 .map_err(|_| format!("{flag}: not a number: {value}"))
         };
         match flag.as_str() {
-            "--addr" => args.addr = value.parse().map_err(|e| format!("--addr: {e}"))?,
-            "--pid" => args.pid = Some(number()? as u32),
+            "--addr" => {
+                args.addrs = value
+                    .split(',')
+                    .map(|a| a.trim().parse().map_err(|e| format!("--addr {a}: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--pid" => {
+                args.pids = value
+                    .split(',')
+                    .map(|p| p.trim().parse().map_err(|_| format!("--pid: {p}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--engine-pid" => args.engine_pid = Some(number()? as u32),
+            "--redis-addr" => {
+                args.redis_addr = Some(value.parse().map_err(|e| format!("--redis-addr: {e}"))?)
+            }
             "--token" => args.token = value.clone(),
             "--members" => args.members = number()? as usize,
             "--broadcasts" => args.broadcasts = number()? as usize,
@@ -107,6 +136,13 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(args)
+}
+
+/// The servers' CPU time in ns (all threads) and RSS in bytes, summed.
+fn servers_usage(pids: &[u32]) -> (u64, u64) {
+    pids.iter()
+        .map(|&pid| server_usage(Some(pid)))
+        .fold((0, 0), |(cpu, rss), (c, r)| (cpu + c, rss + r))
 }
 
 /// The server's CPU time in ns (all threads) and RSS in bytes, from /proc.
@@ -161,12 +197,13 @@ async fn connect(addr: SocketAddr, n: usize) -> Result<Ws, String> {
     }
 }
 
-async fn connect_many(addr: SocketAddr, count: usize) -> Result<(Vec<Ws>, f64), String> {
+/// Opens `count` WebSockets, spread round-robin over `addrs`.
+async fn connect_many(addrs: &[SocketAddr], count: usize) -> Result<(Vec<Ws>, f64), String> {
     let started = Instant::now();
     let mut sockets = Vec::with_capacity(count);
     // Bounded concurrency keeps the accept backlog sane.
     let mut pending = futures_util::stream::iter(0..count)
-        .map(|n| connect(addr, n))
+        .map(|n| connect(addrs[n % addrs.len()], n))
         .buffered(256);
     while let Some(ws) = pending.next().await {
         sockets.push(ws?);
@@ -201,6 +238,69 @@ async fn api(
     Ok(sender)
 }
 
+/// Commands a Redis has run since its start.
+struct RedisCommands {
+    all: u64,
+    evalsha: u64,
+}
+
+/// `INFO commandstats` of the Redis at `addr`, summed (`None` without one).
+async fn redis_commands(addr: Option<SocketAddr>) -> Result<Option<RedisCommands>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(addr) = addr else { return Ok(None) };
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("redis: {e}"))?;
+    stream
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        .await
+        .map_err(|e| format!("redis: {e}"))?;
+    // One bulk string: `$<length>\r\n<text>\r\n`.
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        let n = stream
+            .read(&mut buffer)
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        if n == 0 {
+            return Err("redis closed during INFO".into());
+        }
+        reply.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        let Some((head, body)) = text.split_once("\r\n") else {
+            continue;
+        };
+        let length: usize = head
+            .trim_start_matches('$')
+            .parse()
+            .map_err(|_| format!("redis answered {head}"))?;
+        if body.len() < length {
+            continue;
+        }
+        let mut commands = RedisCommands { all: 0, evalsha: 0 };
+        for line in body[..length].lines() {
+            // cmdstat_evalsha:calls=12,usec=...
+            let Some((name, stats)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let calls = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            commands.all += calls;
+            if name == "evalsha" {
+                commands.evalsha += calls;
+            }
+        }
+        return Ok(Some(commands));
+    }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -209,7 +309,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 async fn fanout(args: &Args) -> Result<Value, String> {
-    let (sockets, connects_per_sec) = connect_many(args.addr, args.members).await?;
+    let (sockets, connects_per_sec) = connect_many(&args.addrs, args.members).await?;
     let clock = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
     let latencies: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::with_capacity(
@@ -246,14 +346,24 @@ async fn fanout(args: &Args) -> Result<Value, String> {
             ws
         }));
     }
-    let mut publisher = api(args.addr).await?;
+    let mut publishers = Vec::with_capacity(args.addrs.len());
+    for &addr in &args.addrs {
+        publishers.push(api(addr).await?);
+    }
     let pad = "x".repeat(args.payload.saturating_sub(40));
-    let (cpu_before, _) = server_usage(args.pid);
+    let (cpu_before, _) = servers_usage(&args.pids);
+    let (engine_cpu_before, _) = server_usage(args.engine_pid);
+    let commands_before = redis_commands(args.redis_addr).await?;
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
     let mut ticker = tokio::time::interval(interval);
-    for _ in 0..args.broadcasts {
+    // From sending a publish to its receipt (the HTTP answer, after the
+    // engine numbered it).
+    let mut receipts = Vec::with_capacity(args.broadcasts);
+    for n in 0..args.broadcasts {
         ticker.tick().await;
+        let publisher = &mut publishers[n % args.addrs.len()];
+        let sent = Instant::now();
         let body = json!({"room": args.room, "type": "download_progress", "data": {"key": "bench", "t": clock.elapsed().as_micros() as u64, "pad": pad}});
         let request = hyper::Request::post("/api/broadcast")
             .header("host", "bench")
@@ -271,6 +381,7 @@ async fn fanout(args: &Args) -> Result<Value, String> {
         if !status.is_success() {
             return Err(format!("publish answered {status}"));
         }
+        receipts.push(sent.elapsed().as_micros() as u64);
     }
     let expected = (args.members * args.broadcasts) as u64;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -278,7 +389,9 @@ async fn fanout(args: &Args) -> Result<Value, String> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let (cpu_after, rss) = server_usage(args.pid);
+    let (cpu_after, rss) = servers_usage(&args.pids);
+    let (engine_cpu_after, _) = server_usage(args.engine_pid);
+    let commands_after = redis_commands(args.redis_addr).await?;
     let got = received.load(Ordering::Relaxed);
     for reader in readers {
         reader.abort();
@@ -289,8 +402,16 @@ async fn fanout(args: &Args) -> Result<Value, String> {
     let mut lat = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
     lat.sort_unstable();
     let cpu_us = (cpu_after - cpu_before) as f64 / 1000.0;
+    let engine_cpu_us = (engine_cpu_after - engine_cpu_before) as f64 / 1000.0;
+    receipts.sort_unstable();
     Ok(json!({
-        "mode": "fanout", "members": args.members, "broadcasts": args.broadcasts, "rate": args.rate, "payload": args.payload,
+        "mode": "fanout", "nodes": args.addrs.len(), "members": args.members, "broadcasts": args.broadcasts, "rate": args.rate, "payload": args.payload,
+        "receipt_us": {"p50": percentile(&receipts, 0.5), "p99": percentile(&receipts, 0.99)},
+        "redis_commands_per_publish": commands_before.zip(commands_after).map(|(before, after)| {
+            let per = |f: fn(&RedisCommands) -> u64| (f(&after) - f(&before)) as f64 / args.broadcasts.max(1) as f64;
+            json!({"all": per(|c| c.all), "evalsha": per(|c| c.evalsha)})
+        }),
+        "engine_cpu_us_per_delivery": if got > 0 { engine_cpu_us / got as f64 } else { 0.0 },
         "connects_per_sec": connects_per_sec.round(),
         "deliveries_expected": expected, "deliveries_received": got,
         "deliveries_per_sec": (got as f64 / elapsed).round(),
@@ -301,12 +422,12 @@ async fn fanout(args: &Args) -> Result<Value, String> {
 }
 
 async fn pingpong(args: &Args) -> Result<Value, String> {
-    let (sockets, _) = connect_many(args.addr, args.conns).await?;
+    let (sockets, _) = connect_many(&args.addrs, args.conns).await?;
     let replies = Arc::new(AtomicU64::new(0));
     // Replies that were not pongs (e.g. RATE_LIMITED: raise the server's rate limit for benchmarks).
     let refused = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs(args.seconds);
-    let (cpu_before, _) = server_usage(args.pid);
+    let (cpu_before, _) = servers_usage(&args.pids);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for mut ws in sockets {
@@ -341,7 +462,7 @@ async fn pingpong(args: &Args) -> Result<Value, String> {
         let _ = task.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let (cpu_after, _) = server_usage(args.pid);
+    let (cpu_after, _) = servers_usage(&args.pids);
     let n = replies.load(Ordering::Relaxed);
     Ok(json!({
         "mode": "pingpong", "conns": args.conns, "seconds": args.seconds,
@@ -353,15 +474,15 @@ async fn pingpong(args: &Args) -> Result<Value, String> {
 
 async fn idle(args: &Args) -> Result<Value, String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, baseline) = server_usage(args.pid);
+    let (_, baseline) = servers_usage(&args.pids);
     let mut held: Vec<Ws> = Vec::new();
     let mut points = Vec::new();
     for &target in &args.steps {
         let more = target.saturating_sub(held.len());
-        let (sockets, _) = connect_many(args.addr, more).await?;
+        let (sockets, _) = connect_many(&args.addrs, more).await?;
         held.extend(sockets);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (_, rss) = server_usage(args.pid);
+        let (_, rss) = servers_usage(&args.pids);
         let per_conn = rss.saturating_sub(baseline) as f64 / held.len() as f64;
         points.push(json!({"connections": held.len(), "server_rss_bytes": rss, "bytes_per_connection": per_conn.round()}));
     }
