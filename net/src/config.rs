@@ -74,6 +74,8 @@ pub struct EngineConfig {
     pub redis_prefix: String,
     /// Longest wait for one Redis call, in ms (then the call fails).
     pub redis_timeout_ms: u64,
+    /// `redis_url` names the seed nodes of a Redis Cluster, comma-separated.
+    pub redis_cluster: bool,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +84,7 @@ impl Default for EngineConfig {
             redis_url: None,
             redis_prefix: "roomcast".to_owned(),
             redis_timeout_ms: 2_000,
+            redis_cluster: false,
         }
     }
 }
@@ -93,12 +96,21 @@ impl std::fmt::Debug for EngineConfig {
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("redis_prefix", &self.redis_prefix)
             .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .field("redis_cluster", &self.redis_cluster)
             .finish()
     }
 }
 
-/// A URL with its password (if any) replaced by `***`, for logs.
-pub fn redact_url(url: &str) -> String {
+/// A URL (or a comma-separated list of them) with every password replaced
+/// by `***`, for logs.
+pub fn redact_url(urls: &str) -> String {
+    urls.split(',')
+        .map(redact_one_url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -255,8 +267,15 @@ impl ServerConfig {
         if l.api_body_timeout_ms == 0 {
             return Err("limits: api_body_timeout_ms must be > 0".into());
         }
-        if let Some(url) = &self.engine.redis_url {
-            if !url.starts_with("redis://") {
+        if let Some(urls) = &self.engine.redis_url {
+            let mut seeds = urls.split(',').map(str::trim);
+            if !self.engine.redis_cluster && urls.contains(',') {
+                return Err(format!(
+                    "engine: redis_url lists several URLs; set redis_cluster = true for a Redis Cluster: {}",
+                    redact_url(urls)
+                ));
+            }
+            if let Some(url) = seeds.find(|url| !url.starts_with("redis://")) {
                 return Err(format!(
                     "engine: redis_url must start with redis:// (TLS, rediss://, is not supported yet): {}",
                     redact_url(url)
@@ -319,7 +338,15 @@ const TABLES: [(&str, &[&str]); 5] = [
             "conflation_window_ms",
         ],
     ),
-    ("engine", &["redis_url", "redis_prefix", "redis_timeout_ms"]),
+    (
+        "engine",
+        &[
+            "redis_url",
+            "redis_prefix",
+            "redis_timeout_ms",
+            "redis_cluster",
+        ],
+    ),
 ];
 
 /// The keys of `[limits]` ([`Limits`]).
@@ -730,6 +757,37 @@ mod tests {
         let refused = env(&[("ROOMCAST_ENGINE__REDIS_URL", "rediss://:hunter2@h")]);
         let error = ServerConfig::load(None, refused).unwrap_err();
         assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn a_redis_cluster_lists_its_seeds_and_hides_every_password() {
+        let seeds = "redis://:one@a:7000/0, redis://:two@b:7001/0";
+        assert_eq!(
+            redact_url(seeds),
+            "redis://:***@a:7000/0, redis://:***@b:7001/0"
+        );
+        let config = ServerConfig::load(
+            None,
+            env(&[
+                ("ROOMCAST_ENGINE__REDIS_URL", seeds),
+                ("ROOMCAST_ENGINE__REDIS_CLUSTER", "true"),
+            ]),
+        )
+        .unwrap();
+        assert!(config.engine.redis_cluster);
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("one@") && !shown.contains("two@"),
+            "{shown}"
+        );
+        // Several URLs without the switch: refused, passwords hidden.
+        let error =
+            ServerConfig::load(None, env(&[("ROOMCAST_ENGINE__REDIS_URL", seeds)])).unwrap_err();
+        assert!(error.contains("redis_cluster"), "{error}");
+        assert!(
+            !error.contains("one@") && !error.contains("two@"),
+            "{error}"
+        );
     }
 
     #[test]

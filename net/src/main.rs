@@ -43,6 +43,10 @@ enum Command {
         /// redis://[user:password@]host:port/db [env: ROOMCAST_ENGINE__REDIS_URL].
         #[arg(long, value_name = "URL")]
         redis: Option<String>,
+        /// --redis lists the seed nodes of a Redis Cluster, comma-separated
+        /// [env: ROOMCAST_ENGINE__REDIS_CLUSTER=true].
+        #[arg(long)]
+        redis_cluster: bool,
     },
     /// Print a JWT signed with the configured HS256 secret (development and tests).
     Token {
@@ -71,7 +75,8 @@ fn main() -> ExitCode {
             log_format,
             workers,
             redis,
-        } => run_server(listen, config, log_format, workers, redis),
+            redis_cluster,
+        } => run_server(listen, config, log_format, workers, redis, redis_cluster),
         Command::Token {
             sub,
             scope,
@@ -98,6 +103,7 @@ fn run_server(
     log_format: Option<LogFormat>,
     workers: usize,
     redis: Option<String>,
+    redis_cluster: bool,
 ) -> Result<(), String> {
     let (mut config, warnings) = ServerConfig::load_reporting(config.as_deref(), std::env::vars())?;
     if let Some(listen) = listen {
@@ -105,8 +111,11 @@ fn run_server(
     }
     if let Some(url) = redis {
         config.engine.redis_url = Some(url);
-        config.validate()?;
     }
+    if redis_cluster {
+        config.engine.redis_cluster = true;
+    }
+    config.validate()?;
     if let Some(format) = log_format {
         config.log_format = format;
     }

@@ -150,6 +150,7 @@ pub async fn serve<L: Listener>(
                 stream_check_interval_ms: limits.stream_check_interval_ms,
                 calls_max: limits.engine_calls_max,
                 local_connections: metrics.connections.clone(),
+                cluster: config.engine.redis_cluster,
             })?;
             info!(redis = %redact_url(url), prefix = %config.engine.redis_prefix, "engine: redis");
             let ready = link.ready.clone();

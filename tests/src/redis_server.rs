@@ -85,3 +85,89 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A Redis Cluster of the test's own: `masters` `redis-server`s in cluster
+/// mode on free loopback ports, the slots spread over them (no replicas),
+/// each node's cluster state in a temporary directory. Stopped when dropped.
+pub struct RedisCluster {
+    /// The nodes.
+    pub nodes: Vec<RedisServer>,
+    _state: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, joins them with `redis-cli --cluster create` and
+    /// waits until the cluster answers `cluster_state:ok` on every node.
+    pub fn start(masters: usize) -> RedisCluster {
+        let state = tempfile::tempdir().expect("a temporary directory");
+        let dir = state.path().to_string_lossy().into_owned();
+        let nodes: Vec<RedisServer> = (0..masters)
+            .map(|_| {
+                let port = cluster_port();
+                let config = format!("nodes-{port}.conf");
+                RedisServer::start_with(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &config,
+                        "--dir",
+                        &dir,
+                    ],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let started = Instant::now();
+        while !nodes
+            .iter()
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the redis cluster never became ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisCluster {
+            nodes,
+            _state: state,
+        }
+    }
+
+    /// Every node as a seed: `redis://a/0,redis://b/0,...`.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A free loopback port whose cluster bus port (+10000) is free too.
+fn cluster_port() -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("an address").port();
+        if port > 55_535 {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! The engine contract (docs/engine.md), one suite run against both
 //! engines: the in-memory engine (driven directly, with a fake clock) and
 //! the Redis engine (its real tasks, against a `redis-server` each test
-//! starts on a free loopback port). Redis-only fault cases follow.
+//! starts on a free loopback port, and against a three-node Redis Cluster
+//! each test starts the same way). Redis-only fault cases follow.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use roomcast_core::room_log::HistoryBounds;
 use roomcast_core::{ConnectionId, RoomName};
 use roomcast_net::engine::redis::{spawn, RedisSettings};
 use roomcast_net::engine::EngineLink;
-use roomcast_tests::redis_server::RedisServer;
+use roomcast_tests::redis_server::{RedisCluster, RedisServer};
 
 const HISTORY_MAX: usize = 3;
 const HISTORY_AGE_MS: u64 = 1_500;
@@ -54,6 +55,7 @@ fn redis_settings(url: &str, node: &str) -> RedisSettings {
         stream_check_interval_ms: 30_000,
         calls_max: 64,
         local_connections: Default::default(),
+        cluster: false,
     }
 }
 
@@ -81,8 +83,22 @@ impl Harness {
     }
 
     async fn redis(server: &RedisServer, nodes: usize) -> Harness {
+        Harness::redis_at(&server.url(), false, nodes).await
+    }
+
+    async fn redis_cluster(cluster: &RedisCluster, nodes: usize) -> Harness {
+        Harness::redis_at(&cluster.url(), true, nodes).await
+    }
+
+    async fn redis_at(url: &str, cluster: bool, nodes: usize) -> Harness {
         let nodes: Vec<EngineLink> = (0..nodes)
-            .map(|n| spawn(redis_settings(&server.url(), &format!("node{n}"))).unwrap())
+            .map(|n| {
+                let settings = RedisSettings {
+                    cluster,
+                    ..redis_settings(url, &format!("node{n}"))
+                };
+                spawn(settings).unwrap()
+            })
             .collect();
         for link in &nodes {
             let deadline = std::time::Instant::now() + WAIT;
@@ -456,6 +472,15 @@ macro_rules! conformance {
                 async fn $name() {
                     let server = roomcast_tests::redis_server::RedisServer::start();
                     super::$name(super::Harness::redis(&server, 2).await).await;
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let cluster = roomcast_tests::redis_server::RedisCluster::start(3);
+                    super::$name(super::Harness::redis_cluster(&cluster, 2).await).await;
                 }
             )*
         }

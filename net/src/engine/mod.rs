@@ -10,10 +10,12 @@
 //! | file | job |
 //! |---|---|
 //! | [`redis`] | the engine task: connections, calls with timeouts, bounds, readiness |
+//! | `connection` | where the connections go: one Redis or a Redis Cluster |
 //! | `scripts` | key and channel names, the Lua scripts, the live message format |
 //! | `pubsub` | the node's one pub/sub connection: (un)subscribe, resubscribe, live messages |
 //! | `presence` | presence calls, in request order, and the node's refresh of its entries |
 
+mod connection;
 mod presence;
 mod pubsub;
 pub mod redis;

@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use redis::aio::ConnectionManager;
 use roomcast_core::engine::{EngineError, EngineEvent, EngineRequest, PresenceEntry};
 use roomcast_core::{ConnectionId, RoomName};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
+use super::connection::Commands;
 use super::redis::run_call;
 use super::scripts::{presence_user, presence_value, RoomKeys, Scripts};
 
@@ -27,7 +27,7 @@ type Entries = Vec<(ConnectionId, Option<String>)>;
 
 /// The presence lane of one node.
 pub(crate) struct PresenceLane {
-    pub(crate) connection: watch::Receiver<Option<ConnectionManager>>,
+    pub(crate) connection: watch::Receiver<Option<Commands>>,
     pub(crate) scripts: Arc<Scripts>,
     pub(crate) prefix: String,
     pub(crate) timeout: Duration,

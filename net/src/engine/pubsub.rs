@@ -24,6 +24,7 @@ use roomcast_core::RoomName;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::connection::Target;
 use super::scripts::{direct_channel, parse_direct, parse_live, room_of_channel, RoomKeys};
 use super::Backoff;
 
@@ -40,7 +41,8 @@ pub(crate) enum Subscription {
 
 /// What the subscriber needs.
 pub(crate) struct Subscriber {
-    pub(crate) client: redis::Client,
+    /// Where the pub/sub connection goes (any node of a cluster).
+    pub(crate) target: Arc<Target>,
     pub(crate) prefix: String,
     /// This node's id (its own direct messages come back: skipped).
     pub(crate) node: String,
@@ -68,9 +70,14 @@ impl Subscriber {
         let mut acks: HashMap<RoomName, Vec<oneshot::Sender<()>>> = HashMap::new();
         let mut backoff = Backoff::new();
         let mut sessions = 0u64;
+        // Connection attempts so far: a cluster's next seed after a failure.
+        let mut attempts = 0u64;
         loop {
-            let connected =
-                tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await;
+            let connected = tokio::time::timeout(
+                self.timeout,
+                self.target.pubsub_client(attempts).get_async_pubsub(),
+            )
+            .await;
             let pubsub = match connected {
                 Ok(Ok(pubsub)) => pubsub,
                 failed => {
@@ -78,6 +85,7 @@ impl Subscriber {
                         Ok(Err(error)) => error.to_string(),
                         _ => "timed out".to_owned(),
                     };
+                    attempts += 1;
                     let delay = backoff.next_delay();
                     warn!(redis = %self.shown_url, error = %why, retry_in_ms = delay.as_millis() as u64, "redis pub/sub connection failed");
                     // Keep taking commands while disconnected.
@@ -101,6 +109,7 @@ impl Subscriber {
                 .await;
             self.connected.store(false, Ordering::SeqCst);
             sessions += 1;
+            attempts += 1;
             match ended {
                 Ended::Stop => return,
                 Ended::Lost(why) => {

@@ -2,7 +2,8 @@
 //! a Redis shared by every node (see `docs/engine.md`, "The Redis engine").
 //!
 //! - **Append** and **Read** each run one Lua script (by SHA) on a
-//!   multiplexed [`ConnectionManager`], concurrently, at most `calls_max`
+//!   multiplexed command connection ([`Commands`]: one Redis or a Redis
+//!   Cluster), concurrently, at most `calls_max`
 //!   at once (beyond that: an `Unavailable` answer at once), each within
 //!   the call timeout (then: an `Unavailable` answer).
 //! - **Interest** goes to the node's pub/sub connection
@@ -20,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{FutureExt, Shared};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisResult;
 use roomcast_core::engine::{
     EngineError, EngineEvent, EngineRequest, Epoch, Numbered, Position, ReadResult, Unnumbered,
@@ -31,6 +31,7 @@ use std::future::Future;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, info, warn};
 
+use super::connection::{Commands, KindText, Target};
 use super::presence::PresenceLane;
 use super::pubsub::{Subscriber, Subscription};
 use super::scripts::{cluster_key, direct_channel, direct_payload, RoomKeys, Scripts};
@@ -58,6 +59,8 @@ pub struct RedisSettings {
     pub stream_check_interval_ms: u64,
     /// Appends, reads and lists in flight at most.
     pub calls_max: usize,
+    /// `url` lists the seed nodes of a Redis Cluster (comma-separated).
+    pub cluster: bool,
     /// This node's open connections (the hub keeps the gauge), reported in
     /// the heartbeat so every node can show the cluster's total.
     pub local_connections: prometheus_client::metrics::gauge::Gauge,
@@ -91,15 +94,17 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Redis is retried in the background.
 pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
     let shown_url = redact_url(&settings.url);
-    let client = redis::Client::open(settings.url.as_str())
-        .map_err(|e| format!("invalid redis url {shown_url}: {}", e.kind_text()))?;
+    let target = Arc::new(
+        Target::open(&settings.url, settings.cluster, settings.timeout)
+            .map_err(|e| format!("{e}: {shown_url}"))?,
+    );
     let (requests_tx, requests) = mpsc::channel(settings.calls_max.max(1) + PRESENCE_CAPACITY);
     let (events, events_rx) = mpsc::channel(EVENTS_CAPACITY);
     let flags = Arc::new(ReadyFlags::default());
     let (connection_tx, connection) = watch::channel(None);
     let scripts = Arc::new(Scripts::new());
     tokio::spawn(connect(
-        client.clone(),
+        target.clone(),
         settings.clone(),
         scripts.clone(),
         connection_tx,
@@ -109,7 +114,7 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
     let (subscriptions, commands) = mpsc::unbounded_channel();
     tokio::spawn(
         Subscriber {
-            client,
+            target,
             prefix: settings.prefix.clone(),
             node: settings.node.clone(),
             timeout: settings.timeout,
@@ -156,26 +161,21 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
 
 /// Connects the command connection (retrying with backoff until it
 /// succeeds), then checks it every second for readiness (and writes this
-/// node's heartbeat). Once connected, the [`ConnectionManager`] reconnects
-/// by itself after failures.
+/// node's heartbeat). Once connected, the connection ([`Commands`])
+/// reconnects by itself after failures.
 async fn connect(
-    client: redis::Client,
+    target: Arc<Target>,
     settings: RedisSettings,
     scripts: Arc<Scripts>,
-    connection: watch::Sender<Option<ConnectionManager>>,
+    connection: watch::Sender<Option<Commands>>,
     flags: Arc<ReadyFlags>,
     shown_url: String,
 ) {
     let timeout = settings.timeout;
     let cluster_key = cluster_key(&settings.prefix);
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_secs(2));
     let mut backoff = Backoff::new();
     let mut manager = loop {
-        match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+        match target.connect(timeout).await {
             Ok(manager) => break manager,
             Err(error) => {
                 let delay = backoff.next_delay();
@@ -237,7 +237,7 @@ type Subscribed = Shared<
 /// Takes the core's requests and starts each.
 struct Dispatcher {
     settings: Arc<RedisSettings>,
-    connection: watch::Receiver<Option<ConnectionManager>>,
+    connection: watch::Receiver<Option<Commands>>,
     scripts: Arc<Scripts>,
     events: mpsc::Sender<EngineEvent>,
     presence: mpsc::Sender<EngineRequest>,
@@ -394,12 +394,12 @@ fn was_confirmed(ack: Result<(), oneshot::error::RecvError>) -> bool {
 /// Failures are logged here and come back as a sentence for clients
 /// (never the server's address or credentials).
 pub(crate) async fn run_call<T, F, Fut>(
-    connection: &watch::Receiver<Option<ConnectionManager>>,
+    connection: &watch::Receiver<Option<Commands>>,
     timeout: Duration,
     call: F,
 ) -> Result<T, String>
 where
-    F: FnOnce(ConnectionManager) -> Fut,
+    F: FnOnce(Commands) -> Fut,
     Fut: Future<Output = RedisResult<T>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -425,7 +425,7 @@ where
 
 async fn append(
     settings: Arc<RedisSettings>,
-    connection: watch::Receiver<Option<ConnectionManager>>,
+    connection: watch::Receiver<Option<Commands>>,
     scripts: Arc<Scripts>,
     fresh_epoch: String,
     room: RoomName,
@@ -473,7 +473,7 @@ async fn append(
 #[allow(clippy::too_many_arguments)]
 async fn read(
     settings: Arc<RedisSettings>,
-    connection: watch::Receiver<Option<ConnectionManager>>,
+    connection: watch::Receiver<Option<Commands>>,
     scripts: Arc<Scripts>,
     subscribed: Option<Subscribed>,
     fresh_epoch: String,
@@ -537,24 +537,4 @@ fn parse_read(flat: &[String]) -> Option<ReadResult> {
         top: top.parse().ok()?,
         frames,
     })
-}
-
-/// A short description of a redis error, without its details (which may
-/// name the server).
-trait KindText {
-    fn kind_text(&self) -> String;
-}
-
-impl KindText for redis::RedisError {
-    fn kind_text(&self) -> String {
-        if self.is_timeout() {
-            "timed out".into()
-        } else if self.is_connection_refusal() {
-            "connection refused".into()
-        } else if self.is_io_error() || self.is_connection_dropped() {
-            "connection failed".into()
-        } else {
-            format!("{:?}", self.kind())
-        }
-    }
 }
