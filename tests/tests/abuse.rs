@@ -192,19 +192,18 @@ async fn inbound_bytes_are_bounded_and_overflow_is_answered_server_busy() {
 
 mod harness {
     use std::net::SocketAddr;
-    use std::process::Stdio;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
 
     use roomcast_tests::tokens::{now_s, rs256};
-    use roomcast_tests::{binary, http, Auth, Client, TIMEOUT};
+    use roomcast_tests::{binary, Auth, Client, TIMEOUT};
     use serde_json::json;
-    use tokio::process::{Child, Command};
 
-    /// The `roomcast` process, configured for RS256.
+    /// The `roomcast` process, configured for RS256 (the shared
+    /// [`binary::Process`] with a key pair of its own).
     pub struct Server {
-        pub child: Child,
+        process: binary::Process,
         pub addr: SocketAddr,
         pub private_pem: Vec<u8>,
         _keys: tempfile::TempDir,
@@ -213,45 +212,19 @@ mod harness {
     impl Server {
         pub async fn start(extra_env: &[(&str, &str)]) -> Server {
             let (keys, private, public) = roomcast_tests::tokens::rsa_keypair();
-            let addr: SocketAddr = format!("127.0.0.1:{}", binary::free_port())
-                .parse()
-                .unwrap();
-            let mut command = Command::new(binary::path());
-            for (key, _) in std::env::vars() {
-                if key.starts_with("ROOMCAST_") {
-                    command.env_remove(key);
-                }
-            }
-            command
-                .args(["serve", "--listen", &addr.to_string()])
-                .env("ROOMCAST_LOG", "error")
-                .env("ROOMCAST_AUTH__ALGORITHM", "RS256")
-                .env("ROOMCAST_AUTH__PUBLIC_KEY_FILE", &public)
-                .env("ROOMCAST_SHUTDOWN_DRAIN_MS", "5000")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true);
-            for (key, value) in extra_env {
-                command.env(key, value);
-            }
-            let child = command.spawn().expect("spawn roomcast");
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                if tokio::net::TcpStream::connect(addr).await.is_ok()
-                    && http(addr, "GET", "/healthz", &[], "").await.status == 200
-                {
-                    break;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "roomcast did not come up"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let mut env = vec![
+                ("ROOMCAST_AUTH__ALGORITHM", "RS256".to_owned()),
+                (
+                    "ROOMCAST_AUTH__PUBLIC_KEY_FILE",
+                    public.to_string_lossy().into_owned(),
+                ),
+                ("ROOMCAST_SHUTDOWN_DRAIN_MS", "5000".to_owned()),
+            ];
+            env.extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+            let process = binary::Process::start(&[], &env).await;
             Server {
-                child,
-                addr,
+                addr: process.addr,
+                process,
                 private_pem: std::fs::read(private).unwrap(),
                 _keys: keys,
             }
@@ -267,30 +240,12 @@ mod harness {
 
         /// Peak resident memory of the server process so far, in KiB.
         pub fn peak_rss_kib(&self) -> u64 {
-            let pid = self.child.id().expect("pid");
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
+            self.process.rss_kib().1
         }
 
         /// SIGTERM; the exit status and how long the exit took.
-        pub async fn stop(mut self) -> (std::process::ExitStatus, Duration) {
-            let pid = self.child.id().expect("pid");
-            let started = tokio::time::Instant::now();
-            let status = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .expect("kill");
-            assert!(status.success());
-            let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-                .await
-                .expect("roomcast did not exit")
-                .expect("wait");
-            (exit, started.elapsed())
+        pub async fn stop(self) -> (std::process::ExitStatus, Duration) {
+            self.process.stop().await
         }
     }
 
