@@ -40,7 +40,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         workers: usize,
         /// Share rooms with other nodes through this Redis:
-        /// redis://[user:password@]host:port/db [env: ROOMCAST_ENGINE__REDIS_URL].
+        /// redis://[user:password@]host:port/db, or rediss://... for TLS
+        /// [env: ROOMCAST_ENGINE__REDIS_URL].
         #[arg(long, value_name = "URL")]
         redis: Option<String>,
     },
@@ -99,13 +100,17 @@ fn run_server(
     workers: usize,
     redis: Option<String>,
 ) -> Result<(), String> {
-    let (mut config, warnings) = ServerConfig::load_reporting(config.as_deref(), std::env::vars())?;
+    // `--redis` overrides the environment, as if it were the variable,
+    // so the `[engine]` settings are validated together (TLS files need
+    // a rediss:// URL).
+    const REDIS_URL: &str = "ROOMCAST_ENGINE__REDIS_URL";
+    let flag_given = redis.is_some();
+    let env = std::env::vars()
+        .filter(|(key, _)| !flag_given || key != REDIS_URL)
+        .chain(redis.map(|url| (REDIS_URL.to_owned(), url)));
+    let (mut config, warnings) = ServerConfig::load_reporting(config.as_deref(), env)?;
     if let Some(listen) = listen {
         config.listen = listen;
-    }
-    if let Some(url) = redis {
-        config.engine.redis_url = Some(url);
-        config.validate()?;
     }
     if let Some(format) = log_format {
         config.log_format = format;

@@ -34,14 +34,18 @@ use tracing::{debug, info, warn};
 use super::presence::PresenceLane;
 use super::pubsub::{Subscriber, Subscription};
 use super::scripts::{direct_channel, direct_payload, nodes_key, RoomKeys, Scripts};
+use super::tls::TlsFiles;
 use super::{Backoff, EngineLink, Readiness, ReadyFlags};
 use crate::config::redact_url;
 
 /// What the Redis engine is configured with.
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
-    /// `redis://...` (may hold a password: never log it, see [`redact_url`]).
+    /// `redis://...` or `rediss://...` (may hold a password: never log it,
+    /// see [`redact_url`]).
     pub url: String,
+    /// For `rediss://`: the CA and client certificate files, if any.
+    pub tls: TlsFiles,
     /// Prefix of every key and channel.
     pub prefix: String,
     /// This process's unique id: the prefix of the epochs it creates.
@@ -84,12 +88,12 @@ const NODE_TTL_MS: u64 = 5_000;
 /// heartbeat written.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Starts the engine's tasks. Fails only on a malformed URL; an unreachable
-/// Redis is retried in the background.
+/// Starts the engine's tasks. Fails only on a malformed URL or TLS file;
+/// an unreachable Redis (or a failing TLS handshake) is retried in the
+/// background.
 pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
     let shown_url = redact_url(&settings.url);
-    let client = redis::Client::open(settings.url.as_str())
-        .map_err(|e| format!("invalid redis url {shown_url}: {}", e.kind_text()))?;
+    let client = super::tls::client(&settings.url, &settings.tls)?;
     let (requests_tx, requests) = mpsc::channel(settings.calls_max.max(1) + PRESENCE_CAPACITY);
     let (events, events_rx) = mpsc::channel(EVENTS_CAPACITY);
     let flags = Arc::new(ReadyFlags::default());
@@ -531,8 +535,8 @@ fn parse_read(flat: &[String]) -> Option<ReadResult> {
     })
 }
 
-/// A short description of a redis error, without its details (which may
-/// name the server).
+/// A short description of a redis error for the logs, never with the
+/// URL (which may hold the password).
 trait KindText {
     fn kind_text(&self) -> String;
 }
@@ -544,7 +548,10 @@ impl KindText for redis::RedisError {
         } else if self.is_connection_refusal() {
             "connection refused".into()
         } else if self.is_io_error() || self.is_connection_dropped() {
-            "connection failed".into()
+            // The operating system's or the TLS library's words (such as
+            // "invalid peer certificate: UnknownIssuer"): they name no
+            // credentials, and a TLS misconfiguration is unfixable without them.
+            format!("connection failed: {self}")
         } else {
             format!("{:?}", self.kind())
         }
