@@ -92,10 +92,11 @@ impl Observer {
 
     /// The end of a workload: publishes one last broadcast to each of
     /// `rooms` through the node at `publish_on` (its receipt names each
-    /// room's final position), lets every client in `clients` read until
-    /// it has caught up (or panics after [`TIMEOUT`]), and runs the
-    /// oracle's quiet-state check, with the connections counted by every
-    /// node in `nodes` (which must be all the nodes still running).
+    /// room's final position), lets every client in `clients` (every open
+    /// one: the check covers them all) read until it has caught up, and
+    /// runs the oracle's quiet-state check, with the connections counted
+    /// by every node in `nodes` (all the nodes still running). Panics with
+    /// the oracle's violation when a member is still behind.
     pub async fn settle(
         &self,
         publish_on: SocketAddr,
