@@ -8,8 +8,9 @@
 //! - no broadcast arrives for a room the client is not in;
 //! - every request gets exactly one reply carrying its `id`;
 //! - once the workload is quiet, every open member has caught up with the
-//!   last broadcast of each of its rooms, and the server counts exactly the
-//!   open clients.
+//!   last broadcast of each of its rooms (and, where the caller knows a
+//!   room's final position, is in that room's final epoch), and the server
+//!   counts exactly the open clients.
 //!
 //! A server close with an explaining code (4008, 1008, 1009, 4001, 4002,
 //! 1001) ends the client's obligations: whatever it missed after that is
@@ -138,6 +139,9 @@ pub struct Oracle {
     clients: BTreeMap<ClientKey, ClientView>,
     /// (room, epoch) → last `seq` the publisher was told.
     published: BTreeMap<(String, String), u64>,
+    /// room → (epoch, seq) of its last broadcast once the workload is
+    /// quiet, when the caller knows it (see [`Oracle::settled`]).
+    settled: BTreeMap<String, (String, u64)>,
     /// When set, a recovery whose gap is at most this many broadcasts in the
     /// same epoch must succeed (use only when history never ages out during the run).
     history_window: Option<u64>,
@@ -196,6 +200,60 @@ impl Oracle {
             .entry((room.to_owned(), epoch.to_owned()))
             .or_insert(0);
         *last = (*last).max(seq);
+    }
+
+    /// The room's last broadcast before the quiet check is `seq` in
+    /// `epoch`: every open member must then be in that epoch, at that seq.
+    ///
+    /// For callers that publish a last broadcast to each room after the
+    /// faults (real clients against real servers): unlike
+    /// [`Oracle::published`] alone, it also catches a member left behind
+    /// in an older epoch (a restart it was never told about), and a
+    /// member ahead of the publisher (a publish that reported failure but
+    /// was applied) cannot make the check fail, as the last broadcast's
+    /// receipt names the true top.
+    pub fn settled(&mut self, room: &str, epoch: &str, seq: u64) {
+        self.published(room, epoch, seq);
+        self.settled
+            .insert(room.to_owned(), (epoch.to_owned(), seq));
+    }
+
+    /// Whether the client has caught up with every room it is in (what
+    /// [`Oracle::check_quiescent`] requires of it), so a real client knows
+    /// when it may stop reading. `false` for an unknown or ended client.
+    pub fn caught_up(&self, client: ClientKey) -> bool {
+        self.clients.get(&client).is_some_and(|view| {
+            view.ended.is_none()
+                && view
+                    .rooms
+                    .iter()
+                    .all(|(room, member)| self.behind(room, member).is_none())
+        })
+    }
+
+    /// How a member is behind its room's last broadcast, if it is.
+    fn behind(&self, room: &str, member: &Membership) -> Option<String> {
+        if let Some((epoch, seq)) = self.settled.get(room) {
+            if *epoch != member.epoch {
+                return Some(format!(
+                    "room {room}: still in epoch {} at seq {}, the room's last broadcast is {epoch}/{seq}",
+                    member.epoch,
+                    member.next_seq - 1
+                ));
+            }
+        }
+        let last = self
+            .published
+            .get(&(room.to_owned(), member.epoch.clone()))
+            .copied()
+            .unwrap_or(0);
+        let expected = last.max(member.joined_at);
+        (member.next_seq != expected + 1).then(|| {
+            format!(
+                "room {room}: last received seq {}, last published {expected}",
+                member.next_seq - 1
+            )
+        })
     }
 
     /// The client received `message`.
@@ -380,21 +438,8 @@ impl Oracle {
                 ));
             }
             for (room, member) in &view.rooms {
-                let last = self
-                    .published
-                    .get(&(room.clone(), member.epoch.clone()))
-                    .copied()
-                    .unwrap_or(0);
-                let expected = last.max(member.joined_at);
-                if member.next_seq != expected + 1 {
-                    return Err(violation(
-                        client,
-                        "gapless in-order delivery",
-                        format!(
-                            "room {room}: last received seq {}, last published {expected}",
-                            member.next_seq - 1
-                        ),
-                    ));
+                if let Some(detail) = self.behind(room, member) {
+                    return Err(violation(client, "gapless in-order delivery", detail));
                 }
             }
         }
@@ -525,6 +570,33 @@ mod tests {
         oracle.check_quiescent(1).unwrap();
         oracle.ended(1, Some(4008)).unwrap();
         oracle.check_quiescent(0).unwrap();
+    }
+
+    #[test]
+    fn a_settled_room_needs_every_member_in_its_final_epoch() {
+        // A restart the member was never told about: nothing of the new
+        // epoch arrived, which `published` alone cannot see.
+        let mut oracle = joined();
+        oracle.received(1, &broadcast("r", 1)).unwrap();
+        oracle.published("r", "e", 1);
+        oracle.published("r", "e2", 2);
+        oracle.check_quiescent(1).unwrap();
+        oracle.settled("r", "e2", 2);
+        assert!(!oracle.caught_up(1));
+        let stale = oracle.check_quiescent(1).unwrap_err();
+        assert!(stale.detail.contains("still in epoch e"), "{stale}");
+        // Told, and caught up with the final broadcast.
+        oracle.received(1, &gap("r", "e2", 1)).unwrap();
+        assert!(!oracle.caught_up(1));
+        oracle.received(1, &broadcast("r", 2)).unwrap();
+        assert!(oracle.caught_up(1));
+        oracle.check_quiescent(1).unwrap();
+        // The tail is still checked within the final epoch.
+        let mut oracle = joined();
+        oracle.settled("r", "e", 2);
+        oracle.received(1, &broadcast("r", 1)).unwrap();
+        assert!(!oracle.caught_up(1));
+        assert!(oracle.check_quiescent(1).is_err());
     }
 
     #[test]

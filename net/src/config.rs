@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 use roomcast_core::{AccessRules, Limits, RoomOptions};
 use serde::Deserialize;
 
+mod engine;
+
+pub use engine::{redact_url, EngineConfig};
+
 /// Everything `roomcast serve` is configured with.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -60,73 +64,6 @@ impl Default for ServerConfig {
             close_flush_timeout_ms: 5_000,
         }
     }
-}
-
-/// The `[engine]` table: without `redis_url`, the in-memory engine of one
-/// process; with it, a Redis shared by every node.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct EngineConfig {
-    /// `redis://[user:password@]host:port/db`; unset = the in-memory engine.
-    pub redis_url: Option<String>,
-    /// Prefix of every Redis key and channel (several deployments can
-    /// share one Redis).
-    pub redis_prefix: String,
-    /// Longest wait for one Redis call, in ms (then the call fails).
-    pub redis_timeout_ms: u64,
-    /// `redis_url` names the seed nodes of a Redis Cluster, comma-separated.
-    pub redis_cluster: bool,
-}
-
-impl Default for EngineConfig {
-    fn default() -> EngineConfig {
-        EngineConfig {
-            redis_url: None,
-            redis_prefix: "roomcast".to_owned(),
-            redis_timeout_ms: 2_000,
-            redis_cluster: false,
-        }
-    }
-}
-
-/// Never prints the password.
-impl std::fmt::Debug for EngineConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineConfig")
-            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
-            .field("redis_prefix", &self.redis_prefix)
-            .field("redis_timeout_ms", &self.redis_timeout_ms)
-            .field("redis_cluster", &self.redis_cluster)
-            .finish()
-    }
-}
-
-/// A URL (or a comma-separated list of them) with every password replaced
-/// by `***`, for logs.
-pub fn redact_url(urls: &str) -> String {
-    urls.split(',')
-        .map(redact_one_url)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn redact_one_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &rest[..at];
-    let user = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None if userinfo.is_empty() => String::new(),
-        // `redis://secret@host`: a lone user part is the password.
-        None => "***".to_owned(),
-    };
-    format!("{}://{}@{}", &url[..scheme_end], user, &rest[at + 1..])
 }
 
 /// Log output format.
@@ -267,30 +204,7 @@ impl ServerConfig {
         if l.api_body_timeout_ms == 0 {
             return Err("limits: api_body_timeout_ms must be > 0".into());
         }
-        if let Some(urls) = &self.engine.redis_url {
-            let mut seeds = urls.split(',').map(str::trim);
-            if !self.engine.redis_cluster && urls.contains(',') {
-                return Err(format!(
-                    "engine: redis_url lists several URLs; set redis_cluster = true for a Redis Cluster: {}",
-                    redact_url(urls)
-                ));
-            }
-            if let Some(url) = seeds.find(|url| !url.starts_with("redis://")) {
-                return Err(format!(
-                    "engine: redis_url must start with redis:// (TLS, rediss://, is not supported yet): {}",
-                    redact_url(url)
-                ));
-            }
-        }
-        if self.engine.redis_prefix.is_empty()
-            || self.engine.redis_prefix.contains(['{', '}'])
-            || self.engine.redis_timeout_ms == 0
-        {
-            return Err(
-                "engine: redis_prefix must be non-empty without { or }, and redis_timeout_ms > 0"
-                    .into(),
-            );
-        }
+        self.engine.validate()?;
         if l.idle_timeout_ms <= l.ping_interval_ms {
             return Err("limits: idle_timeout_ms must be greater than ping_interval_ms".into());
         }
@@ -345,6 +259,9 @@ const TABLES: [(&str, &[&str]); 5] = [
             "redis_prefix",
             "redis_timeout_ms",
             "redis_cluster",
+            "redis_tls_ca",
+            "redis_tls_cert",
+            "redis_tls_key",
         ],
     ),
 ];
@@ -523,10 +440,13 @@ fn apply_env(
 
 /// Keys whose values are always text, even when they look like a number
 /// (`ROOMCAST_JWT_SECRET=123456` is a secret, not an integer).
-const TEXT_KEYS: [&str; 9] = [
+const TEXT_KEYS: [&str; 12] = [
     "auth.jwt_secret",
     "engine.redis_url",
     "engine.redis_prefix",
+    "engine.redis_tls_ca",
+    "engine.redis_tls_cert",
+    "engine.redis_tls_key",
     "auth.algorithm",
     "auth.public_key_file",
     "auth.invalid_token",
@@ -733,61 +653,6 @@ mod tests {
         let over = env(&[("ROOMCAST_LIMITS__OUTBOUND_QUEUE_BYTES_MAX", "1073741825")]);
         let error = ServerConfig::load(None, over).unwrap_err();
         assert!(error.contains("at most 1 GiB"), "{error}");
-    }
-
-    #[test]
-    fn the_redis_password_is_never_shown() {
-        assert_eq!(
-            redact_url("redis://user:hunter2@db.internal:6379/0"),
-            "redis://user:***@db.internal:6379/0"
-        );
-        assert_eq!(redact_url("redis://:hunter2@h/0"), "redis://:***@h/0");
-        assert_eq!(redact_url("redis://hunter2@h"), "redis://***@h");
-        assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
-        let config = ServerConfig::load(
-            None,
-            env(&[("ROOMCAST_ENGINE__REDIS_URL", "redis://:hunter2@h:6379/0")]),
-        )
-        .unwrap();
-        assert_eq!(
-            config.engine.redis_url.as_deref(),
-            Some("redis://:hunter2@h:6379/0")
-        );
-        assert!(!format!("{config:?}").contains("hunter2"));
-        let refused = env(&[("ROOMCAST_ENGINE__REDIS_URL", "rediss://:hunter2@h")]);
-        let error = ServerConfig::load(None, refused).unwrap_err();
-        assert!(!error.contains("hunter2"), "{error}");
-    }
-
-    #[test]
-    fn a_redis_cluster_lists_its_seeds_and_hides_every_password() {
-        let seeds = "redis://:one@a:7000/0, redis://:two@b:7001/0";
-        assert_eq!(
-            redact_url(seeds),
-            "redis://:***@a:7000/0, redis://:***@b:7001/0"
-        );
-        let config = ServerConfig::load(
-            None,
-            env(&[
-                ("ROOMCAST_ENGINE__REDIS_URL", seeds),
-                ("ROOMCAST_ENGINE__REDIS_CLUSTER", "true"),
-            ]),
-        )
-        .unwrap();
-        assert!(config.engine.redis_cluster);
-        let shown = format!("{config:?}");
-        assert!(
-            !shown.contains("one@") && !shown.contains("two@"),
-            "{shown}"
-        );
-        // Several URLs without the switch: refused, passwords hidden.
-        let error =
-            ServerConfig::load(None, env(&[("ROOMCAST_ENGINE__REDIS_URL", seeds)])).unwrap_err();
-        assert!(error.contains("redis_cluster"), "{error}");
-        assert!(
-            !error.contains("one@") && !error.contains("two@"),
-            "{error}"
-        );
     }
 
     #[test]

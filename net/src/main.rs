@@ -40,7 +40,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         workers: usize,
         /// Share rooms with other nodes through this Redis:
-        /// redis://[user:password@]host:port/db [env: ROOMCAST_ENGINE__REDIS_URL].
+        /// redis://[user:password@]host:port/db, or rediss://... for TLS
+        /// [env: ROOMCAST_ENGINE__REDIS_URL].
         #[arg(long, value_name = "URL")]
         redis: Option<String>,
         /// --redis lists the seed nodes of a Redis Cluster, comma-separated
@@ -105,17 +106,21 @@ fn run_server(
     redis: Option<String>,
     redis_cluster: bool,
 ) -> Result<(), String> {
-    let (mut config, warnings) = ServerConfig::load_reporting(config.as_deref(), std::env::vars())?;
+    // `--redis` overrides the environment, as if it were the variable,
+    // so the `[engine]` settings are validated together (TLS files need
+    // a rediss:// URL).
+    const REDIS_URL: &str = "ROOMCAST_ENGINE__REDIS_URL";
+    const REDIS_CLUSTER: &str = "ROOMCAST_ENGINE__REDIS_CLUSTER";
+    let flag_given = redis.is_some();
+    let env = std::env::vars()
+        .filter(|(key, _)| !flag_given || key != REDIS_URL)
+        .filter(|(key, _)| !redis_cluster || key != REDIS_CLUSTER)
+        .chain(redis.map(|url| (REDIS_URL.to_owned(), url)))
+        .chain(redis_cluster.then(|| (REDIS_CLUSTER.to_owned(), "true".to_owned())));
+    let (mut config, warnings) = ServerConfig::load_reporting(config.as_deref(), env)?;
     if let Some(listen) = listen {
         config.listen = listen;
     }
-    if let Some(url) = redis {
-        config.engine.redis_url = Some(url);
-    }
-    if redis_cluster {
-        config.engine.redis_cluster = true;
-    }
-    config.validate()?;
     if let Some(format) = log_format {
         config.log_format = format;
     }

@@ -22,6 +22,7 @@ use crate::clock::{Clock, IdSource};
 use crate::config::{redact_url, ServerConfig};
 use crate::driver::{Driver, Remote};
 use crate::engine::redis::RedisSettings;
+use crate::engine::tls::TlsFiles;
 use crate::engine::Readiness;
 use crate::hub::{self, HubInput, HUB_CHANNEL_CAPACITY};
 use crate::listener::Listener;
@@ -139,8 +140,21 @@ pub async fn serve<L: Listener>(
         }
         Some(url) => {
             let limits = &config.limits;
+            let engine = &config.engine;
+            let tls = TlsFiles {
+                ca: engine.redis_tls_ca.clone(),
+                client: engine
+                    .redis_tls_cert
+                    .clone()
+                    .zip(engine.redis_tls_key.clone()),
+            };
+            debug_assert!(
+                engine.redis_tls_cert.is_some() == engine.redis_tls_key.is_some(),
+                "validate() lets only both or neither through"
+            );
             let link = crate::engine::redis::spawn(RedisSettings {
                 url: url.clone(),
+                tls,
                 prefix: config.engine.redis_prefix.clone(),
                 node: node_id.clone(),
                 timeout: Duration::from_millis(config.engine.redis_timeout_ms),

@@ -39,7 +39,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+pub mod cluster;
+pub mod oracle_client;
 pub mod redis_server;
+pub mod tls_certs;
 
 pub use roomcast_net;
 pub use serde_json;

@@ -1,16 +1,20 @@
 //! A `redis-server` of the test's own, on a free loopback port, with no
 //! persistence; stopped when dropped. No test uses a Redis the machine
-//! happens to run.
+//! happens to run. It can also listen with TLS only ([`RedisServer::start_tls`]).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::tls_certs::TestCerts;
 
 /// A running `redis-server`, killed on drop.
 pub struct RedisServer {
     /// Where it listens.
     pub addr: SocketAddr,
     child: Option<Child>,
+    /// `redis-cli` arguments to reach it over TLS (empty without TLS).
+    cli_tls: Vec<String>,
 }
 
 impl RedisServer {
@@ -31,11 +35,59 @@ impl RedisServer {
 
     /// Starts it on `port` with extra `redis-server` arguments.
     pub fn start_with(port: u16, extra: &[&str]) -> RedisServer {
+        let port_arg = port.to_string();
+        RedisServer::spawn(port, &[&["--port", &port_arg], extra].concat(), Vec::new())
+    }
+
+    /// Starts it with TLS only (no plain port) on a free loopback port,
+    /// with `certs`' server certificate; clients must present a
+    /// certificate signed by `certs`' CA when `auth_clients` is `"yes"`,
+    /// may with `"optional"`, and need not with `"no"`. `extra`: more
+    /// `redis-server` arguments.
+    pub fn start_tls(certs: &TestCerts, auth_clients: &str, extra: &[&str]) -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let path = |p: std::path::PathBuf| p.to_str().expect("a UTF-8 path").to_owned();
+        let (cert, key, ca) = (
+            path(certs.cert("server")),
+            path(certs.key("server")),
+            path(certs.cert("ca")),
+        );
+        let port_arg = port.to_string();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port_arg,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            auth_clients,
+        ];
+        let cli_tls = vec![
+            "--tls".to_owned(),
+            "--cacert".to_owned(),
+            ca.clone(),
+            "--cert".to_owned(),
+            path(certs.cert("client")),
+            "--key".to_owned(),
+            path(certs.key("client")),
+        ];
+        RedisServer::spawn(port, &[&args[..], extra].concat(), cli_tls)
+    }
+
+    fn spawn(port: u16, args: &[&str], cli_tls: Vec<String>) -> RedisServer {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
-            .args(extra)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -53,18 +105,25 @@ impl RedisServer {
         RedisServer {
             addr,
             child: Some(child),
+            cli_tls,
         }
     }
 
-    /// `redis://127.0.0.1:port/0`.
+    /// `redis://127.0.0.1:port/0`, or `rediss://...` with TLS.
     pub fn url(&self) -> String {
-        format!("redis://{}/0", self.addr)
+        let scheme = if self.cli_tls.is_empty() {
+            "redis"
+        } else {
+            "rediss"
+        };
+        format!("{scheme}://{}/0", self.addr)
     }
 
     /// Runs `redis-cli` against it (fault injection), returning its output.
     pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
             .args(["-p", &self.addr.port().to_string()])
+            .args(&self.cli_tls)
             .args(args)
             .output()
             .expect("redis-cli");

@@ -1,29 +1,24 @@
 //! Several roomcast nodes as one, on a Redis the test starts itself: three
 //! real servers on loopback (in this process) with the Redis engine.
+//!
+//! In every fault case, every client's requests and messages go through
+//! the shared delivery oracle (`roomcast_tests::oracle_client`, the
+//! simulator's `roomcast_core::oracle`): each member receives every message
+//! of its rooms in order or is told (a close code or `ROOM_GAP`), and once
+//! the workload is quiet every member of every node has caught up with each
+//! room's last broadcast.
 
 use std::time::Duration;
 
+use roomcast_tests::cluster::{redis_config, redis_node};
+use roomcast_tests::oracle_client::Observer;
 use roomcast_tests::redis_server::RedisServer;
 use roomcast_tests::serde_json::{json, Value};
 use roomcast_tests::tokens::{publisher, token};
 use roomcast_tests::{http, test_config, TestServer};
 
 async fn node(redis: &RedisServer, prefix: &str) -> TestServer {
-    let mut config = test_config();
-    config.engine.redis_url = Some(redis.url());
-    config.engine.redis_prefix = prefix.to_owned();
-    let server = TestServer::start(config).await;
-    // Ready once Redis answers on both connections.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let response = http(server.addr, "GET", "/readyz", &[], "").await;
-        if response.status == 200 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    server
+    redis_node(redis_config(&redis.url(), prefix)).await
 }
 
 fn seqs(messages: &[Value]) -> Vec<u64> {
@@ -63,11 +58,12 @@ async fn three_nodes_share_order_history_and_presence() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let mut on_a = a.client_with_token(&token("ann", "")).await;
-    let mut on_b = b.client_with_token(&token("bob", "")).await;
-    let mut on_c = c.client_with_token(&token("cat", "")).await;
+    let observer = Observer::new();
+    let mut on_a = observer.connect(a.addr, Some(token("ann", ""))).await;
+    let mut on_b = observer.connect(b.addr, Some(token("bob", ""))).await;
+    let mut on_c = observer.connect(c.addr, Some(token("cat", ""))).await;
     let joined = on_a.join("room").await;
-    let epoch = joined["data"]["epoch"].clone();
+    let epoch = joined["data"]["epoch"].as_str().unwrap().to_owned();
     for client in [&mut on_b, &mut on_c] {
         let reply = client.join("room").await;
         assert_eq!(reply["data"]["epoch"], epoch, "one epoch on every node");
@@ -75,53 +71,42 @@ async fn three_nodes_share_order_history_and_presence() {
 
     // Published on A: members on A, B and C get everything, in order.
     for n in 1..=20 {
-        let receipt = publish(&a, "room", n).await;
+        let receipt = observer.publish(a.addr, "room", n).await;
         assert_eq!(receipt["seq"], n, "{receipt}");
     }
     for client in [&mut on_a, &mut on_b, &mut on_c] {
-        let mut got = Vec::new();
-        while got.len() < 20 {
-            let message = client.recv_json().await;
-            if message["type"] == "queue_status" {
-                got.push(message);
-            }
-        }
+        let got = client.broadcasts("room", 20).await;
         assert_eq!(seqs(&got), (1..=20).collect::<Vec<u64>>());
     }
 
     // Presence lists the members of every node.
-    let presence = on_b
-        .request(json!({"action": "presence", "data": {"room": "room"}}))
-        .await;
+    let presence = on_b.presence("room").await;
     assert_eq!(presence["type"], "presence", "{presence}");
     assert_eq!(presence["data"]["connections"], 3, "{presence}");
     assert_eq!(presence["data"]["users"], json!(["ann", "bob", "cat"]));
 
     // A client drops from A; publishes go on (on C); it rejoins on B with
-    // `since` and recovers exactly what it missed.
+    // `since` (a new connection: a new client for the oracle) and recovers
+    // exactly what it missed.
     on_a.close().await;
     for n in 21..=23 {
-        publish(&c, "room", n).await;
+        observer.publish(c.addr, "room", n).await;
     }
-    let mut back = b.client_with_token(&token("ann", "")).await;
-    let reply = back
-        .request(json!({"action": "join", "data": {"room": "room", "since": {"epoch": epoch, "seq": 20}}}))
-        .await;
+    let mut back = observer.connect(b.addr, Some(token("ann", ""))).await;
+    let reply = back.recover("room", &epoch, 20).await;
     assert_eq!(reply["data"]["recovered"], true, "{reply}");
-    assert_eq!(seqs(&back.fence().await), vec![21, 22, 23]);
+    assert_eq!(seqs(&back.broadcasts("room", 3).await), vec![21, 22, 23]);
 
     // Members elsewhere got them live, in order.
     for client in [&mut on_b, &mut on_c] {
-        let mut got = Vec::new();
-        while got.len() < 3 {
-            let message = client.recv_json().await;
-            if message["type"] == "queue_status" {
-                got.push(message);
-            }
-        }
-        assert_eq!(seqs(&got), vec![21, 22, 23]);
+        assert_eq!(seqs(&client.broadcasts("room", 3).await), vec![21, 22, 23]);
     }
 
+    let nodes = [a.addr, b.addr, c.addr];
+    let mut members = [&mut back, &mut on_b, &mut on_c];
+    observer
+        .settle(a.addr, &["room"], &mut members, &nodes)
+        .await;
     back.close().await;
     on_b.close().await;
     on_c.close().await;
@@ -130,69 +115,44 @@ async fn three_nodes_share_order_history_and_presence() {
     }
 }
 
-/// Reads `client`'s broadcasts of `room` until it has `count` of them,
-/// with any `ROOM_GAP` warnings among them.
-async fn broadcasts(client: &mut roomcast_tests::Client, count: usize) -> Vec<Value> {
-    let mut got = Vec::new();
-    while got
-        .iter()
-        .filter(|m: &&Value| m["type"] == "queue_status")
-        .count()
-        < count
-    {
-        let message = client.recv_json().await;
-        if message["type"] == "queue_status" || message["data"]["code"] == "ROOM_GAP" {
-            got.push(message);
-        }
-    }
-    got
-}
-
 #[tokio::test]
 async fn killed_pubsub_connections_are_refilled_with_no_silent_gap() {
     let redis = RedisServer::start();
     let a = node(&redis, "pubsub").await;
     let b = node(&redis, "pubsub").await;
-    let mut member = b.client().await;
+    let observer = Observer::new();
+    let mut member = observer.connect(b.addr, None).await;
+    let mut on_a = observer.connect(a.addr, None).await;
     member.join("room").await;
+    on_a.join("room").await;
     for n in 1..=5 {
-        publish(&a, "room", n).await;
+        observer.publish(a.addr, "room", n).await;
     }
-    assert_eq!(seqs(&broadcasts(&mut member, 5).await), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        seqs(&member.broadcasts("room", 5).await),
+        vec![1, 2, 3, 4, 5]
+    );
     // Every node's pub/sub connection is killed; publishing goes on.
     let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     // One per node: every node follows the direct-message channel.
     assert_eq!(killed.trim(), "2", "{killed}");
     for n in 6..=15 {
-        publish(&a, "room", n).await;
+        observer.publish(a.addr, "room", n).await;
     }
     // B resubscribes and rereads: its member gets every message, in order
     // (the history holds them, so nothing needs a ROOM_GAP).
-    let got = broadcasts(&mut member, 10).await;
+    let got = member.broadcasts("room", 10).await;
     assert_eq!(seqs(&got), (6..=15).collect::<Vec<u64>>(), "{got:?}");
     assert!(got.iter().all(|m| m["type"] == "queue_status"), "{got:?}");
+    let nodes = [a.addr, b.addr];
+    let mut members = [&mut member, &mut on_a];
+    observer
+        .settle(a.addr, &["room"], &mut members, &nodes)
+        .await;
     member.close().await;
+    on_a.close().await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
-}
-
-/// Publishes, retrying while the engine answers 503; returns the seq.
-async fn publish_retrying(on: &TestServer, room: &str, n: u64) -> u64 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let response = on
-            .broadcast(
-                &publisher(),
-                json!({"room": room, "type": "queue_status", "data": {"n": n}}),
-            )
-            .await;
-        if response.status == 200 {
-            return response.json()["seq"].as_u64().unwrap();
-        }
-        response.assert_error(503, "ENGINE_UNAVAILABLE");
-        assert!(std::time::Instant::now() < deadline, "{}", response.text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Every connection to Redis is cut (the data stays): members get every
@@ -202,24 +162,99 @@ async fn cut_redis_connections_lose_nothing_when_the_data_stays() {
     let redis = RedisServer::start();
     let a = node(&redis, "cut").await;
     let b = node(&redis, "cut").await;
-    let mut member = b.client().await;
+    let observer = Observer::new();
+    let mut member = observer.connect(b.addr, None).await;
     member.join("room").await;
     for n in 1..=5 {
-        publish(&a, "room", n).await;
+        observer.publish(a.addr, "room", n).await;
     }
-    assert_eq!(seqs(&broadcasts(&mut member, 5).await), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        seqs(&member.broadcasts("room", 5).await),
+        vec![1, 2, 3, 4, 5]
+    );
     redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
     let mut last = 5;
     for n in 6..=15 {
-        last = publish_retrying(&a, "room", n).await;
+        last = observer.publish_retrying(a.addr, "room", n).await["seq"]
+            .as_u64()
+            .unwrap();
     }
-    let got = broadcasts(&mut member, (last - 5) as usize).await;
+    let got = member.broadcasts("room", (last - 5) as usize).await;
     assert!(got.iter().all(|m| m["type"] == "queue_status"), "{got:?}");
     assert_eq!(seqs(&got), (6..=last).collect::<Vec<u64>>());
+    observer
+        .settle(a.addr, &["room"], &mut [&mut member], &[a.addr, b.addr])
+        .await;
     member.close().await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// Redis killed (SIGKILL) mid-stream and restarted with its data (an
+/// append-only file synced on every write): members on two nodes get
+/// every message in order, in one epoch, with no gap announced.
+#[tokio::test]
+async fn redis_killed_and_restarted_with_its_data_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let persistent = [
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        dir_arg,
+    ];
+    let port = roomcast_tests::binary::free_port();
+    let mut redis = RedisServer::start_with(port, &persistent);
+    let a = node(&redis, "persist").await;
+    let b = node(&redis, "persist").await;
+    let c = node(&redis, "persist").await;
+    let observer = Observer::new();
+    let mut on_b = observer.connect(b.addr, None).await;
+    let mut on_c = observer.connect(c.addr, None).await;
+    let epoch = on_b.join("room").await["data"]["epoch"].clone();
+    on_c.join("room").await;
+    for n in 1..=5 {
+        observer.publish(a.addr, "room", n).await;
+    }
+    for member in [&mut on_b, &mut on_c] {
+        assert_eq!(
+            seqs(&member.broadcasts("room", 5).await),
+            vec![1, 2, 3, 4, 5]
+        );
+    }
+    redis.kill();
+    let response = a
+        .broadcast(
+            &publisher(),
+            json!({"room": "room", "type": "queue_status", "data": {}}),
+        )
+        .await;
+    response.assert_error(503, "ENGINE_UNAVAILABLE");
+    let _redis = RedisServer::start_with(port, &persistent);
+    let mut last = 5;
+    for n in 6..=10 {
+        let receipt = observer.publish_retrying(a.addr, "room", n).await;
+        assert_eq!(receipt["epoch"], epoch, "the epoch survives: {receipt}");
+        last = receipt["seq"].as_u64().unwrap();
+    }
+    for member in [&mut on_b, &mut on_c] {
+        let got = member.broadcasts("room", (last - 5) as usize).await;
+        assert!(got.iter().all(|m| m["type"] == "queue_status"), "{got:?}");
+        assert_eq!(seqs(&got), (6..=last).collect::<Vec<u64>>());
+    }
+    let nodes = [a.addr, b.addr, c.addr];
+    let mut members = [&mut on_b, &mut on_c];
+    observer
+        .settle(a.addr, &["room"], &mut members, &nodes)
+        .await;
+    on_b.close().await;
+    on_c.close().await;
+    for server in [a, b, c] {
+        server.shutdown().await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -228,12 +263,16 @@ async fn redis_restarted_empty_is_announced_and_old_cursors_do_not_recover() {
     let port = redis.addr.port();
     let a = node(&redis, "restart").await;
     let b = node(&redis, "restart").await;
-    let mut member = b.client().await;
-    let epoch = member.join("room").await["data"]["epoch"].clone();
+    let observer = Observer::new();
+    let mut member = observer.connect(b.addr, None).await;
+    let epoch = member.join("room").await["data"]["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for n in 1..=3 {
-        publish(&a, "room", n).await;
+        observer.publish(a.addr, "room", n).await;
     }
-    assert_eq!(seqs(&broadcasts(&mut member, 3).await), vec![1, 2, 3]);
+    assert_eq!(seqs(&member.broadcasts("room", 3).await), vec![1, 2, 3]);
     redis.kill();
     // Down: publishes fail with 503, the member stays connected.
     let response = a
@@ -245,66 +284,36 @@ async fn redis_restarted_empty_is_announced_and_old_cursors_do_not_recover() {
     response.assert_error(503, "ENGINE_UNAVAILABLE");
     // A rejoin with `since` on the node that knows the room is answered
     // honestly: joined, nothing recovered.
-    let mut during = b.client().await;
-    let reply = during
-        .request(json!({"action": "join", "data": {"room": "room", "since": {"epoch": epoch, "seq": 1}}}))
-        .await;
-    assert_eq!(reply["type"], "system_info", "{reply}");
+    let mut during = observer.connect(b.addr, None).await;
+    let reply = during.recover("room", &epoch, 1).await;
     assert_eq!(reply["data"]["recovered"], false, "{reply}");
     during.close().await;
     let _redis = RedisServer::start_on(port);
     // Back, empty: the first publish that works starts a new epoch.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let receipt = loop {
-        let response = a
-            .broadcast(
-                &publisher(),
-                json!({"room": "room", "type": "queue_status", "data": {"n": 4}}),
-            )
-            .await;
-        if response.status == 200 {
-            break response.json();
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", response.text());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let receipt = observer.publish_retrying(a.addr, "room", 4).await;
     assert_eq!(receipt["seq"], 1);
     assert_ne!(receipt["epoch"], epoch);
     // The member is told: a ROOM_GAP naming the new epoch and the seq it
     // goes on after (0, or later when B read the room only after appends
-    // whose live messages its pub/sub, still reconnecting, missed)...
-    let mut got = Vec::new();
+    // whose live messages its pub/sub, still reconnecting, missed); the
+    // oracle checks that nothing of the new epoch came before it...
     let gap = loop {
-        let Some(message) = member.recv_json_within(Duration::from_secs(10)).await else {
-            panic!("no ROOM_GAP; the member got {got:?}");
-        };
+        let message = member.recv().await;
         if message["data"]["code"] == "ROOM_GAP" {
             break message;
         }
-        got.push(message);
     };
-    assert_eq!(
-        seqs(&got),
-        Vec::<u64>::new(),
-        "nothing of the new epoch before the gap"
-    );
     assert_eq!(gap["data"]["epoch"], receipt["epoch"], "{gap}");
-    let from = gap["data"]["seq"].as_u64().unwrap();
-    // ...and then gets every message after that, in order.
-    let last = publish(&a, "room", 5).await["seq"].as_u64().unwrap();
-    let count = (last - from) as usize;
-    let got = broadcasts(&mut member, count).await;
-    assert_eq!(
-        seqs(&got),
-        (from + 1..=last).collect::<Vec<u64>>(),
-        "{got:?}"
-    );
+    // ...and that every message after it arrives, in order.
+    observer.publish(a.addr, "room", 5).await;
     // An old cursor does not recover.
-    let mut back = b.client().await;
-    let reply = back
-        .request(json!({"action": "join", "data": {"room": "room", "since": {"epoch": epoch, "seq": 3}}}))
-        .await;
+    let mut back = observer.connect(b.addr, None).await;
+    let reply = back.recover("room", &epoch, 3).await;
     assert_eq!(reply["data"]["recovered"], false, "{reply}");
+    let mut members = [&mut member, &mut back];
+    observer
+        .settle(a.addr, &["room"], &mut members, &[a.addr, b.addr])
+        .await;
     back.close().await;
     member.close().await;
     a.shutdown().await.unwrap();
@@ -359,60 +368,48 @@ async fn api_send_reaches_a_user_on_every_node() {
     }
 }
 
-async fn users(client: &mut roomcast_tests::Client) -> Value {
-    let request = json!({"action": "presence", "data": {"room": "room"}});
-    client.request(request).await["data"]["users"].clone()
+async fn users(client: &mut roomcast_tests::oracle_client::CheckedClient) -> Value {
+    client.presence("room").await["data"]["users"].clone()
 }
 
 /// The real binary with `--redis`, killed with SIGKILL: its members vanish
-/// from presence within `presence_ttl_ms`; the other node keeps serving.
+/// from presence within `presence_ttl_ms`; the other node keeps serving,
+/// and a member of the killed node rejoins there with `since` and
+/// recovers what it missed.
 #[tokio::test]
 async fn a_killed_node_loses_its_presence_within_the_ttl() {
-    use roomcast_tests::binary;
+    use roomcast_tests::cluster::{wait_ready, BinaryNode};
     let redis = RedisServer::start();
-    let port = binary::free_port();
-    let mut child = tokio::process::Command::new(binary::path())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--redis", &redis.url()])
-        .env("ROOMCAST_JWT_SECRET", roomcast_tests::SECRET)
-        .env("ROOMCAST_ENGINE__REDIS_PREFIX", "killed")
-        .env("ROOMCAST_LIMITS__PRESENCE_TTL_MS", "1500")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn roomcast");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let up = tokio::time::timeout(Duration::from_secs(1), async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
-        if up == Ok(true) && http(addr, "GET", "/readyz", &[], "").await.status == 200 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the binary never got ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut config = test_config();
-    config.engine.redis_url = Some(redis.url());
-    config.engine.redis_prefix = "killed".to_owned();
+    let mut doomed_node = BinaryNode::start(
+        &["--redis", &redis.url()],
+        &[
+            ("ROOMCAST_ENGINE__REDIS_PREFIX", "killed"),
+            ("ROOMCAST_LIMITS__PRESENCE_TTL_MS", "1500"),
+        ],
+    );
+    wait_ready(doomed_node.addr).await;
+    let mut config = redis_config(&redis.url(), "killed");
     config.limits.presence_ttl_ms = 1_500;
-    let b = TestServer::start(config).await;
-    let mut doomed =
-        roomcast_tests::Client::connect(addr, roomcast_tests::Auth::Query(token("ann", ""))).await;
-    doomed.join("room").await;
-    let mut survivor = b.client_with_token(&token("bob", "")).await;
+    let b = redis_node(config).await;
+    let observer = Observer::new();
+    let mut doomed = observer
+        .connect(doomed_node.addr, Some(token("ann", "")))
+        .await;
+    let epoch = doomed.join("room").await["data"]["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut survivor = observer.connect(b.addr, Some(token("bob", ""))).await;
     survivor.join("room").await;
     assert_eq!(users(&mut survivor).await, json!(["ann", "bob"]));
-    child.start_kill().unwrap();
-    child.wait().await.unwrap();
+    for n in 1..=3 {
+        observer.publish(b.addr, "room", n).await;
+    }
+    assert_eq!(seqs(&doomed.broadcasts("room", 3).await), vec![1, 2, 3]);
+    doomed_node.kill().await;
     let killed_at = std::time::Instant::now();
+    // Its client's connection is gone (no close frame: the process died).
+    doomed.read_until_lost().await;
     // Still listed for a while (nobody removed it), gone within the TTL.
     loop {
         let users = users(&mut survivor).await;
@@ -426,9 +423,19 @@ async fn a_killed_node_loses_its_presence_within_the_ttl() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // B keeps serving the room.
-    let receipt = publish(&b, "room", 1).await;
+    let receipt = observer.publish(b.addr, "room", 4).await;
     assert_eq!(receipt["delivered"], 1, "{receipt}");
+    // The killed node's client comes back on B and recovers seq 4.
+    let mut back = observer.connect(b.addr, Some(token("ann", ""))).await;
+    let reply = back.recover("room", &epoch, 3).await;
+    assert_eq!(reply["data"]["recovered"], true, "{reply}");
+    assert_eq!(seqs(&back.broadcasts("room", 1).await), vec![4]);
+    let mut members = [&mut survivor, &mut back];
+    observer
+        .settle(b.addr, &["room"], &mut members, &[b.addr])
+        .await;
     survivor.close().await;
+    back.close().await;
     b.shutdown().await.unwrap();
 }
 

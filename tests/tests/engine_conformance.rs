@@ -46,6 +46,7 @@ struct Harness {
 fn redis_settings(url: &str, node: &str) -> RedisSettings {
     RedisSettings {
         url: url.to_owned(),
+        tls: Default::default(),
         prefix: "conformance".to_owned(),
         node: node.to_owned(),
         timeout: Duration::from_millis(1_000),

@@ -18,6 +18,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
+use super::tls::{self, TlsFiles};
+
 /// The Redis (or Redis Cluster) a node's engine talks to.
 pub(crate) enum Target {
     /// One Redis.
@@ -33,26 +35,32 @@ pub(crate) enum Target {
 
 impl Target {
     /// Parses `url`: one URL, or with `cluster` a comma-separated list of
-    /// seed URLs. Errors never carry the password.
-    pub(crate) fn open(url: &str, cluster: bool, timeout: Duration) -> Result<Target, String> {
-        let invalid = |e: redis::RedisError| format!("invalid redis url: {}", e.kind_text());
+    /// seed URLs; `rediss://` ones with the TLS files. Errors never carry
+    /// the password.
+    pub(crate) fn open(
+        url: &str,
+        cluster: bool,
+        tls_files: &TlsFiles,
+        timeout: Duration,
+    ) -> Result<Target, String> {
         if !cluster {
-            return redis::Client::open(url)
-                .map(Target::Single)
-                .map_err(invalid);
+            return tls::client(url, tls_files).map(Target::Single);
         }
         let urls: Vec<&str> = url.split(',').map(str::trim).collect();
         let seeds = urls
             .iter()
-            .map(|url| redis::Client::open(*url))
-            .collect::<RedisResult<Vec<_>>>()
-            .map_err(invalid)?;
-        let cluster = ClusterClient::builder(urls)
+            .map(|url| tls::client(url, tls_files))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut builder = ClusterClient::builder(urls.clone())
             .connection_timeout(timeout)
             .response_timeout(timeout)
-            .retries(1)
+            .retries(1);
+        if let Some(certificates) = tls::certificates(urls[0], tls_files)? {
+            builder = builder.certs(certificates);
+        }
+        let cluster = builder
             .build()
-            .map_err(invalid)?;
+            .map_err(|e| format!("invalid redis cluster urls: {}", e.kind_text()))?;
         Ok(Target::Cluster { cluster, seeds })
     }
 
@@ -137,7 +145,10 @@ impl KindText for redis::RedisError {
         } else if self.is_connection_refusal() {
             "connection refused".into()
         } else if self.is_io_error() || self.is_connection_dropped() {
-            "connection failed".into()
+            // The operating system's or the TLS library's words (such as
+            // "invalid peer certificate: UnknownIssuer"): they name no
+            // credentials, and a TLS misconfiguration is unfixable without them.
+            format!("connection failed: {self}")
         } else {
             format!("{:?}", self.kind())
         }

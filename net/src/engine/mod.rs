@@ -14,12 +14,14 @@
 //! | `scripts` | key and channel names, the Lua scripts, the live message format |
 //! | `pubsub` | the node's one pub/sub connection: (un)subscribe, resubscribe, live messages |
 //! | `presence` | presence calls, in request order, and the node's refresh of its entries |
+//! | [`tls`] | the Redis client, with TLS for `rediss://` (CA and client certificate files) |
 
 mod connection;
 mod presence;
 mod pubsub;
 pub mod redis;
 mod scripts;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -35,14 +35,18 @@ use super::connection::{Commands, KindText, Target};
 use super::presence::PresenceLane;
 use super::pubsub::{Subscriber, Subscription};
 use super::scripts::{cluster_key, direct_channel, direct_payload, RoomKeys, Scripts};
+use super::tls::TlsFiles;
 use super::{Backoff, EngineLink, Readiness, ReadyFlags};
 use crate::config::redact_url;
 
 /// What the Redis engine is configured with.
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
-    /// `redis://...` (may hold a password: never log it, see [`redact_url`]).
+    /// `redis://...` or `rediss://...` (may hold a password: never log it,
+    /// see [`redact_url`]).
     pub url: String,
+    /// For `rediss://`: the CA and client certificate files, if any.
+    pub tls: TlsFiles,
     /// Prefix of every key and channel.
     pub prefix: String,
     /// This process's unique id: the prefix of the epochs it creates.
@@ -90,13 +94,19 @@ const NODE_TTL_MS: u64 = 5_000;
 /// heartbeat written.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Starts the engine's tasks. Fails only on a malformed URL; an unreachable
-/// Redis is retried in the background.
+/// Starts the engine's tasks. Fails only on a malformed URL or TLS file;
+/// an unreachable Redis (or a failing TLS handshake) is retried in the
+/// background.
 pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
     let shown_url = redact_url(&settings.url);
     let target = Arc::new(
-        Target::open(&settings.url, settings.cluster, settings.timeout)
-            .map_err(|e| format!("{e}: {shown_url}"))?,
+        Target::open(
+            &settings.url,
+            settings.cluster,
+            &settings.tls,
+            settings.timeout,
+        )
+        .map_err(|e| format!("{e}: {shown_url}"))?,
     );
     let (requests_tx, requests) = mpsc::channel(settings.calls_max.max(1) + PRESENCE_CAPACITY);
     let (events, events_rx) = mpsc::channel(EVENTS_CAPACITY);

@@ -1,0 +1,310 @@
+//! The `[engine]` table: which engine, and how to reach Redis (URL, key
+//! prefix, timeout, TLS files), with the checks serde cannot express and
+//! the password-free form of the URL for logs.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The `[engine]` table: without `redis_url`, the in-memory engine of one
+/// process; with it, a Redis shared by every node.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `redis://[user:password@]host:port/db`, or `rediss://...` for TLS;
+    /// unset = the in-memory engine.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel (several deployments can
+    /// share one Redis).
+    pub redis_prefix: String,
+    /// Longest wait for one Redis call, in ms (then the call fails).
+    pub redis_timeout_ms: u64,
+    /// `rediss://` only: PEM file of the certificate authorities to trust
+    /// for the server's certificate, instead of the system's store.
+    pub redis_tls_ca: Option<PathBuf>,
+    /// `rediss://` only: PEM certificate (chain) this node presents to
+    /// Redis (mutual TLS, Redis' `tls-auth-clients`), with `redis_tls_key`.
+    pub redis_tls_cert: Option<PathBuf>,
+    /// `rediss://` only: PEM private key of `redis_tls_cert`.
+    pub redis_tls_key: Option<PathBuf>,
+    /// `redis_url` names the seed nodes of a Redis Cluster, comma-separated.
+    pub redis_cluster: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            redis_url: None,
+            redis_prefix: "roomcast".to_owned(),
+            redis_timeout_ms: 2_000,
+            redis_tls_ca: None,
+            redis_tls_cert: None,
+            redis_tls_key: None,
+            redis_cluster: false,
+        }
+    }
+}
+
+/// Never prints the password.
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .field("redis_tls_ca", &self.redis_tls_ca)
+            .field("redis_tls_cert", &self.redis_tls_cert)
+            .field("redis_tls_key", &self.redis_tls_key)
+            .field("redis_cluster", &self.redis_cluster)
+            .finish()
+    }
+}
+
+impl EngineConfig {
+    /// Whether `redis_url` asks for TLS (`rediss://`).
+    pub fn redis_tls(&self) -> bool {
+        self.redis_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("rediss://"))
+    }
+
+    /// The rules serde cannot express (part of [`ServerConfig::validate`](super::ServerConfig::validate)).
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if self.redis_prefix.is_empty()
+            || self.redis_prefix.contains(['{', '}'])
+            || self.redis_timeout_ms == 0
+        {
+            return Err(
+                "engine: redis_prefix must be non-empty without { or }, and redis_timeout_ms > 0"
+                    .into(),
+            );
+        }
+        self.validate_tls()
+    }
+
+    /// The URL's scheme, and the TLS keys only where they take effect (a
+    /// setting that would be ignored is an error, not a silent no-op).
+    fn validate_tls(&self) -> Result<(), String> {
+        let tls_keys = [
+            ("redis_tls_ca", &self.redis_tls_ca),
+            ("redis_tls_cert", &self.redis_tls_cert),
+            ("redis_tls_key", &self.redis_tls_key),
+        ];
+        let Some(url) = &self.redis_url else {
+            if let Some((key, _)) = tls_keys.iter().find(|(_, v)| v.is_some()) {
+                return Err(format!("engine: {key} is set but redis_url is not"));
+            }
+            return Ok(());
+        };
+        if !self.redis_cluster && url.contains(',') {
+            return Err(format!(
+                "engine: redis_url lists several URLs; set redis_cluster = true for a Redis Cluster: {}",
+                redact_url(url)
+            ));
+        }
+        // A cluster's seeds share one scheme: TLS is all or nothing.
+        let scheme = if self.redis_tls() {
+            "rediss://"
+        } else {
+            "redis://"
+        };
+        if let Some(seed) = url
+            .split(',')
+            .map(str::trim)
+            .find(|seed| !seed.starts_with(scheme))
+        {
+            return Err(format!(
+                "engine: redis_url must start with redis:// or rediss:// (TLS), the same for every seed: {}",
+                redact_url(seed)
+            ));
+        }
+        if !self.redis_tls() {
+            if let Some((key, _)) = tls_keys.iter().find(|(_, v)| v.is_some()) {
+                return Err(format!(
+                    "engine: {key} needs a rediss:// (TLS) redis_url, not {}",
+                    redact_url(url)
+                ));
+            }
+            return Ok(());
+        }
+        if self.redis_tls_cert.is_some() != self.redis_tls_key.is_some() {
+            return Err("engine: redis_tls_cert and redis_tls_key go together".into());
+        }
+        // The redis crate's `#insecure` turns certificate checks off, which
+        // would make a configured CA meaningless.
+        if url.ends_with("#insecure") && self.redis_tls_ca.is_some() {
+            return Err(
+                "engine: redis_tls_ca has no effect with a rediss://...#insecure url (which checks no certificate); drop one of them"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A URL (or a comma-separated list of them) with every password replaced
+/// by `***`, for logs.
+pub fn redact_url(urls: &str) -> String {
+    urls.split(',')
+        .map(redact_one_url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let user = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None if userinfo.is_empty() => String::new(),
+        // `redis://secret@host`: a lone user part is the password.
+        None => "***".to_owned(),
+    };
+    format!("{}://{}@{}", &url[..scheme_end], user, &rest[at + 1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::ServerConfig;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_redis_password_is_never_shown() {
+        assert_eq!(
+            redact_url("redis://user:hunter2@db.internal:6379/0"),
+            "redis://user:***@db.internal:6379/0"
+        );
+        assert_eq!(redact_url("redis://:hunter2@h/0"), "redis://:***@h/0");
+        assert_eq!(redact_url("redis://hunter2@h"), "redis://***@h");
+        assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
+        let config = ServerConfig::load(
+            None,
+            env(&[("ROOMCAST_ENGINE__REDIS_URL", "redis://:hunter2@h:6379/0")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.engine.redis_url.as_deref(),
+            Some("redis://:hunter2@h:6379/0")
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let refused = env(&[("ROOMCAST_ENGINE__REDIS_URL", "http://:hunter2@h")]);
+        let error = ServerConfig::load(None, refused).unwrap_err();
+        assert!(error.contains("rediss://"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn a_redis_cluster_lists_its_seeds_and_hides_every_password() {
+        let seeds = "redis://:one@a:7000/0, redis://:two@b:7001/0";
+        assert_eq!(
+            redact_url(seeds),
+            "redis://:***@a:7000/0, redis://:***@b:7001/0"
+        );
+        let config = ServerConfig::load(
+            None,
+            env(&[
+                ("ROOMCAST_ENGINE__REDIS_URL", seeds),
+                ("ROOMCAST_ENGINE__REDIS_CLUSTER", "true"),
+            ]),
+        )
+        .unwrap();
+        assert!(config.engine.redis_cluster);
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("one@") && !shown.contains("two@"),
+            "{shown}"
+        );
+        // Several URLs without the switch: refused, passwords hidden.
+        let error =
+            ServerConfig::load(None, env(&[("ROOMCAST_ENGINE__REDIS_URL", seeds)])).unwrap_err();
+        assert!(error.contains("redis_cluster"), "{error}");
+        assert!(
+            !error.contains("one@") && !error.contains("two@"),
+            "{error}"
+        );
+        // Mixed schemes: refused.
+        let mixed = env(&[
+            (
+                "ROOMCAST_ENGINE__REDIS_URL",
+                "rediss://a:7000/0,redis://b:7001/0",
+            ),
+            ("ROOMCAST_ENGINE__REDIS_CLUSTER", "true"),
+        ]);
+        let error = ServerConfig::load(None, mixed).unwrap_err();
+        assert!(error.contains("every seed"), "{error}");
+    }
+
+    #[test]
+    fn tls_settings_need_a_rediss_url_and_go_together() {
+        let tls = ServerConfig::load(
+            None,
+            env(&[
+                ("ROOMCAST_ENGINE__REDIS_URL", "rediss://:hunter2@h:6380/0"),
+                (
+                    "ROOMCAST_ENGINE__REDIS_TLS_CA",
+                    "/etc/roomcast/redis-ca.pem",
+                ),
+                ("ROOMCAST_ENGINE__REDIS_TLS_CERT", "node.pem"),
+                ("ROOMCAST_ENGINE__REDIS_TLS_KEY", "node.key"),
+            ]),
+        )
+        .unwrap();
+        assert!(tls.engine.redis_tls());
+        assert_eq!(
+            tls.engine.redis_tls_ca.as_deref(),
+            Some(Path::new("/etc/roomcast/redis-ca.pem"))
+        );
+        assert!(!format!("{tls:?}").contains("hunter2"));
+        // Plain `rediss://` (the system's trust store) and `#insecure` alone are fine.
+        for url in ["rediss://h:6380/0", "rediss://h:6380/0#insecure"] {
+            let config = ServerConfig::load(None, env(&[("ROOMCAST_ENGINE__REDIS_URL", url)]));
+            assert!(config.is_ok(), "{url}: {config:?}");
+        }
+        for (pairs, expected) in [
+            (
+                vec![
+                    ("ROOMCAST_ENGINE__REDIS_URL", "redis://h:6379/0"),
+                    ("ROOMCAST_ENGINE__REDIS_TLS_CA", "ca.pem"),
+                ],
+                "needs a rediss://",
+            ),
+            (
+                vec![("ROOMCAST_ENGINE__REDIS_TLS_CA", "ca.pem")],
+                "redis_url is not",
+            ),
+            (
+                vec![
+                    ("ROOMCAST_ENGINE__REDIS_URL", "rediss://h/0"),
+                    ("ROOMCAST_ENGINE__REDIS_TLS_CERT", "node.pem"),
+                ],
+                "go together",
+            ),
+            (
+                vec![
+                    ("ROOMCAST_ENGINE__REDIS_URL", "rediss://h/0#insecure"),
+                    ("ROOMCAST_ENGINE__REDIS_TLS_CA", "ca.pem"),
+                ],
+                "no effect",
+            ),
+        ] {
+            let error = ServerConfig::load(None, env(&pairs)).unwrap_err();
+            assert!(error.contains(expected), "{pairs:?}: {error}");
+        }
+    }
+}
