@@ -72,7 +72,8 @@ async fn rediss_with_a_private_ca_works_across_nodes() {
 }
 
 /// A CA that did not sign the server's certificate: the node runs, answers
-/// `/healthz`, stays not ready, and logs the certificate error; a
+/// `/healthz`, stays not ready, and logs the certificate error; so does a
+/// node without a client certificate when Redis requires one; a
 /// `#insecure` URL (no certificate check) is ready, with a warning.
 #[tokio::test]
 async fn a_wrong_ca_keeps_the_node_not_ready_and_says_why() {
@@ -104,6 +105,23 @@ async fn a_wrong_ca_keeps_the_node_not_ready_and_says_why() {
     let ready = http(wrong.addr, "GET", "/readyz", &[], "").await;
     assert_eq!(ready.status, 503, "{}", ready.text());
     assert!(!log.contains("panicked"), "{log}");
+
+    // A Redis that requires client certificates, and a node without one.
+    let strict = RedisServer::start_tls(&certs, "yes", &[]);
+    let anonymous = BinaryNode::start(
+        &["--redis", &strict.url()],
+        &[("ROOMCAST_ENGINE__REDIS_TLS_CA", &path(certs.cert("ca")))],
+    );
+    while !anonymous.log().contains("CertificateRequired") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no missing client certificate logged: {}",
+            anonymous.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = http(anonymous.addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
 
     let insecure = BinaryNode::start(&["--redis", &format!("{url}#insecure")], &[]);
     wait_ready(insecure.addr).await;
