@@ -129,6 +129,9 @@ pub async fn serve<L: Listener>(
         epoch_prefix: node_id.clone(),
         server_name: config.server_name.clone(),
         rooms: config.rooms.clone(),
+        // A shared engine tells every node's presence changes: diffs are
+        // built from those (cluster-wide), not from this node's own.
+        presence_diffs_from_engine: config.engine.redis_url.is_some(),
     };
     let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
     let (mut hub_task, ready) = match &config.engine.redis_url {
