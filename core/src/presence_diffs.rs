@@ -136,24 +136,41 @@ impl Core {
             let Some(state) = self.rooms.get(&room) else {
                 continue; // nobody left to tell
             };
-            let frame = presence_diff(
-                self.now,
-                &room,
-                &diff,
-                diff.connections.unwrap_or(state.members.len()),
-                self.config.limits.presence_page_max,
-            );
+            let connections = diff.connections.unwrap_or(state.members.len());
+            let list_max = self.config.limits.presence_page_max;
+            let Some(frame) = presence_diff(self.now, &room, &diff, connections, list_max, None)
+            else {
+                continue;
+            };
             let mut sends = VecDeque::new();
             for (&member, &slot) in &state.members {
-                // From the engine, a member still here can be listed as
-                // left (its entry expired while this node was slow).
-                if diff.joined.contains_key(&member) || diff.left.contains_key(&member) {
-                    continue;
-                }
+                let listed = diff.joined.contains_key(&member) || diff.left.contains_key(&member);
+                let own;
+                let frame = match (listed, self.config.presence_diffs_from_engine) {
+                    (false, _) => &frame,
+                    // This node's own changes: the members that joined
+                    // during the input see the room with `presence`.
+                    (true, false) => continue,
+                    // From the engine, a change can list a member with
+                    // others (merged or batched changes, or its entry
+                    // expired while it is still here): it hears the rest,
+                    // never about itself. Its own join's echo comes after
+                    // its join reply, so the rest may be news to it.
+                    (true, true) => {
+                        let except = Some(member);
+                        match presence_diff(self.now, &room, &diff, connections, list_max, except) {
+                            Some(frame) => {
+                                own = frame;
+                                &own
+                            }
+                            None => continue,
+                        }
+                    }
+                };
                 let Some(connection) = self.conns[slot as usize].as_mut() else {
                     continue;
                 };
-                if !Self::try_send(&mut sends, &self.config.limits, connection, &frame) {
+                if !Self::try_send(&mut sends, &self.config.limits, connection, frame) {
                     self.doomed.push(member);
                 }
             }
@@ -262,33 +279,49 @@ impl Core {
 /// change as an object under `joined` or `left` (the shape diffs always
 /// had); several as two lists, in connection id order; more than
 /// `list_max` as counts with `"truncated": true` (ask `presence`).
+/// `except` (a member the change lists, with diffs from the engine) is
+/// left out; `None` when nothing else is left to tell.
 fn presence_diff(
     now: Now,
     room: &RoomName,
     diff: &PendingDiff,
     connections: usize,
     list_max: usize,
-) -> TextFrame {
+    except: Option<ConnectionId>,
+) -> Option<TextFrame> {
     let who = |(conn, user): (&ConnectionId, &Option<String>)| serde_json::json!({"connection_id": conn.to_string(), "user_id": user});
+    let kept = |set: &BTreeMap<ConnectionId, Option<String>>| {
+        set.len() - except.is_some_and(|conn| set.contains_key(&conn)) as usize
+    };
     let mut data = Map::new();
     data.insert("room".into(), room.as_str().into());
     data.insert("connections".into(), connections.into());
-    let changes = diff.joined.len() + diff.left.len();
+    let changes = kept(&diff.joined) + kept(&diff.left);
+    if changes == 0 {
+        return None;
+    }
     for (key, set) in [("joined", &diff.joined), ("left", &diff.left)] {
+        let mut listed = set.iter().filter(|(conn, _)| Some(**conn) != except);
         if changes == 1 {
-            if let Some(change) = set.iter().next() {
+            if let Some(change) = listed.next() {
                 data.insert(key.into(), who(change));
             }
         } else if changes <= list_max {
-            data.insert(key.into(), Value::Array(set.iter().map(who).collect()));
+            data.insert(key.into(), Value::Array(listed.map(who).collect()));
         } else {
-            data.insert(format!("{key}_count"), set.len().into());
+            data.insert(format!("{key}_count"), kept(set).into());
         }
     }
     if changes > 1 && changes > list_max {
         data.insert("truncated".into(), true.into());
     }
-    envelope::envelope("presence_diff", now.unix_ms, None, &data, None)
+    Some(envelope::envelope(
+        "presence_diff",
+        now.unix_ms,
+        None,
+        &data,
+        None,
+    ))
 }
 
 /// The diff that says "changes may have been missed; ask `presence`":

@@ -110,9 +110,9 @@ impl PresenceLane {
                     for (room, entries) in &self.entries {
                         let ops = pending.entry(room.clone()).or_default();
                         ops.extend(
-                            entries
-                                .iter()
-                                .map(|(conn, user)| Op::Put(*conn, presence_value(user.as_deref()))),
+                            entries.iter().map(|(conn, user)| {
+                                Op::Put(*conn, presence_value(user.as_deref()))
+                            }),
                         );
                     }
                 }

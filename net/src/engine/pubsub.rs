@@ -25,7 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::scripts::{
-    direct_channel, is_presence, parse_direct, parse_live, parse_presence, room_of_channel, RoomKeys,
+    direct_channel, is_presence, parse_direct, parse_live, parse_presence, room_of_channel,
+    RoomKeys,
 };
 use super::Backoff;
 

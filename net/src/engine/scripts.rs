@@ -411,7 +411,10 @@ mod tests {
                     conn: a,
                     user: Some(" al\nice".into())
                 }],
-                left: vec![PresenceEntry { conn: b, user: None }],
+                left: vec![PresenceEntry {
+                    conn: b,
+                    user: None
+                }],
             })
         );
         assert!(!is_presence("e-1\n7\n-\n{}"));
