@@ -11,8 +11,8 @@
 //! |---|---|
 //! | [`redis`] | the engine task: connections, calls with timeouts, bounds, readiness |
 //! | `scripts` | key and channel names, the Lua scripts, the live message format |
-//! | `pubsub` | the node's one pub/sub connection: (un)subscribe, resubscribe, live messages |
-//! | `presence` | presence calls, in request order, and the node's refresh of its entries |
+//! | `pubsub` | the node's one pub/sub connection: (un)subscribe, resubscribe, live messages and presence changes |
+//! | `presence` | presence writes (batched per room, in request order), lists, the node's refresh of its entries |
 
 mod presence;
 mod pubsub;
@@ -34,6 +34,10 @@ pub struct EngineLink {
     pub events: mpsc::Receiver<EngineEvent>,
     /// Whether the engine currently answers.
     pub ready: Readiness,
+    /// The engine's presence lane: it ends once the presence writes the
+    /// core asked for are done, after `requests` is dropped (a shutting
+    /// down node waits for it, so its `PresenceClear` lands).
+    pub presence_written: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Whether the engine answers (`GET /readyz`). Always ready for the

@@ -118,7 +118,7 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
         .run(),
     );
     let (presence, presence_rx) = mpsc::channel(PRESENCE_CAPACITY);
-    tokio::spawn(
+    let presence_written = tokio::spawn(
         PresenceLane {
             connection: connection.clone(),
             scripts: scripts.clone(),
@@ -148,6 +148,7 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
         requests: requests_tx,
         events: events_rx,
         ready: Readiness::flags(flags),
+        presence_written: Some(presence_written),
     })
 }
 
