@@ -150,6 +150,7 @@ pub async fn serve<L: Listener>(
                 history_messages_max: limits.history_messages_max,
                 history_age_ms: limits.history_age_ms,
                 presence_ttl_ms: limits.presence_ttl_ms,
+                presence_diff_prefixes: config.rooms.presence_diff_prefixes.clone(),
                 stream_check_interval_ms: limits.stream_check_interval_ms,
                 calls_max: limits.engine_calls_max,
             })?;

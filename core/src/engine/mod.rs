@@ -40,6 +40,8 @@
 //!   removes many entries at once (a clear, an expiry sweep) is one event.
 //!   The in-memory engine (one process) sends none: there the core builds
 //!   diffs from its own joins and leaves (`CoreConfig::presence_diffs_from_engine`).
+//!   An engine may send them only for rooms with presence diffs (the
+//!   Redis engine does: nobody listens to the others').
 //! - An engine that bounds its rooms (the in-memory engine's `rooms_max`)
 //!   answers an append or read that would create one too many with a
 //!   failure, and fails the node's reads of a room whose interest-on it

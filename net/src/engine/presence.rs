@@ -56,6 +56,8 @@ pub(crate) struct PresenceLane {
     pub(crate) prefix: String,
     pub(crate) timeout: Duration,
     pub(crate) ttl_ms: u64,
+    /// Rooms whose changes are published (see `RedisSettings`).
+    pub(crate) diff_prefixes: Vec<String>,
     pub(crate) requests: mpsc::Receiver<EngineRequest>,
     pub(crate) events: mpsc::Sender<EngineEvent>,
     /// This node's members, per room: what a refresh writes again.
@@ -152,11 +154,26 @@ impl PresenceLane {
         }
     }
 
+    /// The channel a room's presence changes are published on, or `""`
+    /// (not published) for rooms without presence diffs.
+    fn change_channel(&self, room: &RoomName, keys: &RoomKeys) -> String {
+        let published = self
+            .diff_prefixes
+            .iter()
+            .any(|prefix| room.as_str().starts_with(prefix.as_str()));
+        if published {
+            keys.channel.clone()
+        } else {
+            String::new()
+        }
+    }
+
     async fn run_change(&self, room: &RoomName, ops: &[Op]) -> Result<(), String> {
         if ops.is_empty() {
             return Ok(());
         }
         let keys = RoomKeys::new(&self.prefix, room);
+        let channel = self.change_channel(room, &keys);
         let scripts = self.scripts.clone();
         let ttl_ms = self.ttl_ms;
         run_call(&self.connection, self.timeout, move |mut conn| async move {
@@ -165,7 +182,7 @@ impl PresenceLane {
                 .key(&keys.presence)
                 .key(&keys.presence_expiry)
                 .arg(ttl_ms)
-                .arg(&keys.channel);
+                .arg(&channel);
             for op in ops {
                 match op {
                     Op::Put(conn_id, value) => {
@@ -182,6 +199,7 @@ impl PresenceLane {
     /// Every live entry of the room, on every node, in connection order.
     async fn list(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, String> {
         let keys = RoomKeys::new(&self.prefix, room);
+        let channel = self.change_channel(room, &keys);
         let scripts = self.scripts.clone();
         let flat: Vec<String> =
             run_call(&self.connection, self.timeout, move |mut conn| async move {
@@ -189,7 +207,7 @@ impl PresenceLane {
                     .presence_list
                     .key(&keys.presence)
                     .key(&keys.presence_expiry)
-                    .arg(&keys.channel)
+                    .arg(&channel)
                     .invoke_async::<Vec<String>>(&mut conn)
                     .await
             })

@@ -166,7 +166,8 @@ return out
 
 /// Presence change: adds, refreshes and removes of one room's entries in
 /// one atomic step, published as one change. KEYS: presence, presence
-/// expiry. ARGV: time-to-live (ms), the room's channel, then triples: `+`
+/// expiry. ARGV: time-to-live (ms), the room's channel (`''`: the change
+/// is not published, the room has no presence diffs), then triples: `+`
 /// connection value (add or refresh: the entry lives another
 /// time-to-live) or `-` connection `''` (remove).
 ///
@@ -222,7 +223,7 @@ for _, conn in ipairs(order) do
     out[#out + 1] = '+' .. conn .. '\\n' .. #now_value .. '\\n' .. now_value .. '\\n'
   end
 end
-if #out > 0 then
+if #out > 0 and ARGV[2] ~= '' then
   local count = redis.call('HLEN', KEYS[1])
   redis.call('PUBLISH', ARGV[2], 'P\\n' .. count .. '\\n' .. table.concat(out))
 end
@@ -230,7 +231,7 @@ return #out
 ";
 
 /// Presence list. KEYS: presence, presence expiry. ARGV: the room's
-/// channel. Sweeps expired entries (their node stopped refreshing) and
+/// channel (`''`: not published). Sweeps expired entries (their node stopped refreshing) and
 /// publishes their removal as one presence message, then returns every
 /// entry as `{conn1, value1, ...}`.
 const PRESENCE_LIST: &str = "
@@ -245,7 +246,7 @@ if #expired > 0 then
     end
   end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if #out > 0 then
+  if #out > 0 and ARGV[1] ~= '' then
     local count = redis.call('HLEN', KEYS[1])
     redis.call('PUBLISH', ARGV[1], 'P\\n' .. count .. '\\n' .. table.concat(out))
   end
