@@ -209,9 +209,11 @@ for i = 3, #ARGV, 3 do
     redis.call('ZREM', KEYS[2], conn)
   end
 end
+-- The keys outlive their entries: an expired entry stays until a write
+-- or list sweeps (and tells) it, however quiet the room.
 if puts > 0 then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[1], ttl * 2)
+  redis.call('PEXPIRE', KEYS[2], ttl * 2)
 end
 local out = {}
 for _, conn in ipairs(order) do
