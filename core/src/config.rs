@@ -23,6 +23,14 @@ pub struct CoreConfig {
     pub server_name: String,
     /// Per-room behaviours chosen by name prefix (presence diffs, conflation).
     pub rooms: RoomOptions,
+    /// Where `presence_diff` pushes come from. Off (the default, one
+    /// process): from this node's own joins and leaves. On (set by the
+    /// shell when the engine is shared by several nodes): from the engine's
+    /// [`PresenceChanged`](crate::engine::EngineEvent::PresenceChanged)
+    /// events, so members hear of every node's joins, leaves and expiries
+    /// with the cluster-wide count. Not a `[rooms]` setting: it follows
+    /// from the engine.
+    pub presence_diffs_from_engine: bool,
 }
 
 /// Room behaviours chosen by room-name prefix (the `[rooms]` config table).
@@ -72,6 +80,7 @@ impl Default for CoreConfig {
             epoch_prefix: "e".to_owned(),
             server_name: "roomcast".to_owned(),
             rooms: RoomOptions::default(),
+            presence_diffs_from_engine: false,
         }
     }
 }

@@ -138,6 +138,16 @@ impl Core {
                     ));
                 }
             }
+            let resync_in_flight = || {
+                self.calls
+                    .values()
+                    .any(|c| matches!(c, Call::PresenceResync { room } if room == name))
+            };
+            if room.presence_resyncing && !resync_in_flight() {
+                return Err(format!(
+                    "{name:?}: waits for a presence list that is not in flight"
+                ));
+            }
             for (id, &slot) in &room.members {
                 let connection = self.conns.get(slot as usize).and_then(|c| c.as_ref());
                 if !connection.is_some_and(|c| c.id == *id && c.rooms.contains(name)) {

@@ -118,6 +118,7 @@ pub mod names;
 #[cfg(any(test, feature = "testing"))]
 pub mod oracle;
 pub mod output;
+pub mod presence_diffs;
 pub mod publish;
 pub mod rate;
 pub mod request;

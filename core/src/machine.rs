@@ -85,6 +85,11 @@ pub(crate) struct Room {
     pub(crate) next_joins: VecDeque<PendingJoin>,
     /// Key in `Core::room_timers`: the next stream check (or read retry).
     pub(crate) check_at_us: Option<u64>,
+    /// Diffs from the engine: the members may have missed presence changes
+    /// (a stream reset) and are told to ask again once the room is listed.
+    pub(crate) presence_stale: bool,
+    /// That list is in flight.
+    pub(crate) presence_resyncing: bool,
 }
 
 /// The presence changes of one room during the current input, told to its
@@ -101,6 +106,9 @@ pub(crate) struct PendingDiff {
     pub(crate) joined: BTreeMap<ConnectionId, Option<String>>,
     /// Connections that left, net of those that also joined again.
     pub(crate) left: BTreeMap<ConnectionId, Option<String>>,
+    /// The room's count after the changes, when the engine told it
+    /// (cluster-wide); `None`: this node's member count.
+    pub(crate) connections: Option<usize>,
 }
 
 /// A join waiting for its room's read.
@@ -150,6 +158,8 @@ pub(crate) enum Call {
         after: Option<String>,
         id: Option<RequestId>,
     },
+    /// The list of a room whose members may have missed presence changes.
+    PresenceResync { room: RoomName },
 }
 
 /// The state machine. Feed it with [`Core::handle`]; drain it with
@@ -356,15 +366,39 @@ impl Core {
                 EngineEvent::Live(message) => self.on_stream(message),
                 EngineEvent::Appended { call, result } => self.on_appended(now, call, result),
                 EngineEvent::Read { call, result } => self.on_read(now, call, result),
-                EngineEvent::Presence { call, result } => self.on_presence(now, call, result),
-                EngineEvent::StreamReset => self.on_stream_reset(),
+                EngineEvent::Presence { call, result } => {
+                    if let Some(Call::PresenceResync { room }) = self.calls.get(&call) {
+                        let room = room.clone();
+                        self.calls.remove(&call);
+                        self.on_presence_resync(now, room, result);
+                    } else {
+                        self.on_presence(now, call, result);
+                    }
+                }
+                EngineEvent::PresenceChanged {
+                    room,
+                    joined,
+                    left,
+                    connections,
+                } => self.on_presence_changed(room, joined, left, connections),
+                EngineEvent::StreamReset => {
+                    self.on_stream_reset();
+                    self.presence_stream_reset();
+                }
                 EngineEvent::Direct { target, frame } => {
                     self.deliver_direct(&target, &frame);
                 }
             },
             Input::Shutdown => {
                 // No presence diffs from here on: everyone is leaving.
+                let first = !self.shutting_down;
                 self.shutting_down = true;
+                // One request removes every entry of this node, each room's
+                // in one step, instead of one remove per membership (which
+                // other nodes would hear as one diff each).
+                if first && self.rooms.values().any(|r| !r.members.is_empty()) {
+                    self.engine_out.push_back(EngineRequest::PresenceClear);
+                }
                 let mut all: Vec<ConnectionId> =
                     self.conns.iter().flatten().map(|c| c.id).collect();
                 // Slab order depends on slot reuse; close in id order.

@@ -1,22 +1,20 @@
 //! Rooms on this node: joining (at once, or after the room's read),
-//! leaving, presence diffs, and the room's local lifetime.
+//! leaving, and the room's local lifetime (presence diffs:
+//! [`presence_diffs`](crate::presence_diffs)).
 //!
 //! A room exists here while it has members, joins waiting for its read, or
 //! a read in flight; the engine is told `interest on` when it appears and
 //! `interest off` when it goes. History outlives local members in the
 //! engine, not here.
 
-use std::collections::{BTreeMap, VecDeque};
-
 use serde::Serialize;
-use serde_json::{Map, Value};
 
 use crate::codes::ErrorCode;
 use crate::engine::{EngineRequest, Position, PresenceEntry, ReadResult};
 use crate::envelope;
-use crate::machine::{Core, PendingDiff, PendingJoin, Room};
+use crate::machine::{Core, PendingJoin, Room};
 use crate::names::{ConnectionId, RoomName};
-use crate::output::{Output, TextFrame};
+use crate::presence_diffs::Change;
 use crate::request::{RequestId, Since};
 use crate::requests::unreachable_slot;
 use crate::time::Now;
@@ -165,108 +163,15 @@ impl Core {
         if let Some(state) = self.rooms.get_mut(room) {
             state.members.remove(&conn);
         }
-        self.engine_out.push_back(EngineRequest::PresenceRemove {
-            room: room.clone(),
-            conn,
-        });
+        // At shutdown one `PresenceClear` (sent first) removes them all.
+        if !self.shutting_down {
+            self.engine_out.push_back(EngineRequest::PresenceRemove {
+                room: room.clone(),
+                conn,
+            });
+        }
         self.notify_presence(room, conn, user, Change::Left);
         self.forget_if_idle(room);
-    }
-
-    /// Records that `conn` joined or left a room with presence diffs; the
-    /// other members are told once the input is done
-    /// ([`flush_presence`](Self::flush_presence)). Nothing is recorded
-    /// while shutting down: everyone is leaving.
-    fn notify_presence(
-        &mut self,
-        room: &RoomName,
-        conn: ConnectionId,
-        user: Option<&str>,
-        change: Change,
-    ) {
-        if self.shutting_down || !self.config.rooms.presence_diffs(room) {
-            return;
-        }
-        let at = self.outputs.len();
-        let diff = self
-            .presence
-            .entry(room.clone())
-            .or_insert_with(|| PendingDiff {
-                at,
-                joined: BTreeMap::new(),
-                left: BTreeMap::new(),
-            });
-        // A connection that joins and leaves within one input (or leaves
-        // and joins again) changed nothing the others need to hear.
-        let (this, opposite) = match change {
-            Change::Joined => (&mut diff.joined, &mut diff.left),
-            Change::Left => (&mut diff.left, &mut diff.joined),
-        };
-        if opposite.remove(&conn).is_none() {
-            this.insert(conn, user.map(str::to_owned));
-        }
-    }
-
-    /// Tells each room's members what changed during the input: one
-    /// `presence_diff` per room, placed where the room's first change
-    /// happened (docs/protocol.md, section 8). Members that joined during
-    /// the input are not told (they get no diff about themselves, and
-    /// `presence` shows them the room as it is now). A member whose queue
-    /// cannot take the diff is closed with 4008 once this is done.
-    pub(crate) fn flush_presence(&mut self) {
-        let mut diffs: Vec<(RoomName, PendingDiff)> =
-            std::mem::take(&mut self.presence).into_iter().collect();
-        // Stable: rooms changed at the same place keep their name order.
-        diffs.sort_by_key(|(_, diff)| diff.at);
-        let mut inserts: Vec<(usize, VecDeque<Output>)> = Vec::new();
-        for (room, diff) in diffs {
-            if diff.joined.is_empty() && diff.left.is_empty() {
-                continue;
-            }
-            let Some(state) = self.rooms.get(&room) else {
-                continue; // nobody left to tell
-            };
-            let frame = presence_diff(
-                self.now,
-                &room,
-                &diff,
-                state.members.len(),
-                self.config.limits.presence_page_max,
-            );
-            let mut sends = VecDeque::new();
-            for (&member, &slot) in &state.members {
-                if diff.joined.contains_key(&member) {
-                    continue;
-                }
-                let Some(connection) = self.conns[slot as usize].as_mut() else {
-                    continue;
-                };
-                if !Self::try_send(&mut sends, &self.config.limits, connection, &frame) {
-                    self.doomed.push(member);
-                }
-            }
-            if !sends.is_empty() {
-                inserts.push((diff.at, sends));
-            }
-        }
-        let Some(&(first, _)) = inserts.first() else {
-            return;
-        };
-        // Splice the diffs in at their places (outputs only grew since).
-        let first = first.min(self.outputs.len());
-        let mut tail = self.outputs.split_off(first).into_iter();
-        let mut position = first;
-        for (at, sends) in inserts {
-            while position < at {
-                match tail.next() {
-                    Some(output) => self.outputs.push_back(output),
-                    None => break,
-                }
-                position += 1;
-            }
-            self.outputs.extend(sends);
-        }
-        self.outputs.extend(tail);
     }
 
     /// Starts the periodic presence refresh when it is not running: the
@@ -316,46 +221,6 @@ impl Core {
             self.presence_refresh_at_us = None;
         }
     }
-}
-
-/// A membership change, for presence diffs.
-#[derive(Clone, Copy, Debug)]
-enum Change {
-    Joined,
-    Left,
-}
-
-/// The `presence_diff` frame for one room's changes of one input: a lone
-/// change as an object under `joined` or `left` (the shape diffs always
-/// had); several as two lists, in connection id order; more than
-/// `list_max` as counts with `"truncated": true` (ask `presence`).
-fn presence_diff(
-    now: Now,
-    room: &RoomName,
-    diff: &PendingDiff,
-    connections: usize,
-    list_max: usize,
-) -> TextFrame {
-    let who = |(conn, user): (&ConnectionId, &Option<String>)| serde_json::json!({"connection_id": conn.to_string(), "user_id": user});
-    let mut data = Map::new();
-    data.insert("room".into(), room.as_str().into());
-    data.insert("connections".into(), connections.into());
-    let changes = diff.joined.len() + diff.left.len();
-    for (key, set) in [("joined", &diff.joined), ("left", &diff.left)] {
-        if changes == 1 {
-            if let Some(change) = set.iter().next() {
-                data.insert(key.into(), who(change));
-            }
-        } else if changes <= list_max {
-            data.insert(key.into(), Value::Array(set.iter().map(who).collect()));
-        } else {
-            data.insert(format!("{key}_count"), set.len().into());
-        }
-    }
-    if changes > 1 && changes > list_max {
-        data.insert("truncated".into(), true.into());
-    }
-    envelope::envelope("presence_diff", now.unix_ms, None, &data, None)
 }
 
 /// Whether a read after `after` also carries what a join from `since` needs.

@@ -328,6 +328,8 @@ impl Core {
         if state.reading.is_none() {
             self.start_read(room);
         }
+        // Members told nothing yet after a stream reset: list the room again.
+        self.resync_presence(room);
     }
 
     /// The live stream may have lost messages of any room: every room

@@ -130,13 +130,16 @@ pub async fn serve<L: Listener>(
         epoch_prefix: node_id.clone(),
         server_name: config.server_name.clone(),
         rooms: config.rooms.clone(),
+        // A shared engine tells every node's presence changes: diffs are
+        // built from those (cluster-wide), not from this node's own.
+        presence_diffs_from_engine: config.engine.redis_url.is_some(),
     };
     let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
-    let (mut hub_task, ready) = match &config.engine.redis_url {
+    let (mut hub_task, ready, presence_written) = match &config.engine.redis_url {
         None => {
             let core = Standalone::new(core_config);
             let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier);
-            (task, Readiness::always())
+            (task, Readiness::always(), None)
         }
         Some(url) => {
             let limits = &config.limits;
@@ -152,7 +155,7 @@ pub async fn serve<L: Listener>(
                 engine.redis_tls_cert.is_some() == engine.redis_tls_key.is_some(),
                 "validate() lets only both or neither through"
             );
-            let link = crate::engine::redis::spawn(RedisSettings {
+            let mut link = crate::engine::redis::spawn(RedisSettings {
                 url: url.clone(),
                 tls,
                 prefix: config.engine.redis_prefix.clone(),
@@ -161,6 +164,7 @@ pub async fn serve<L: Listener>(
                 history_messages_max: limits.history_messages_max,
                 history_age_ms: limits.history_age_ms,
                 presence_ttl_ms: limits.presence_ttl_ms,
+                presence_diff_prefixes: config.rooms.presence_diff_prefixes.clone(),
                 stream_check_interval_ms: limits.stream_check_interval_ms,
                 calls_max: limits.engine_calls_max,
                 local_connections: metrics.connections.clone(),
@@ -168,9 +172,10 @@ pub async fn serve<L: Listener>(
             })?;
             info!(redis = %redact_url(url), prefix = %config.engine.redis_prefix, "engine: redis");
             let ready = link.ready.clone();
+            let presence_written = link.presence_written.take();
             let core = Remote::new(core_config, link);
             let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier);
-            (task, ready)
+            (task, ready, presence_written)
         }
     };
 
@@ -307,6 +312,7 @@ pub async fn serve<L: Listener>(
     }
     // 6. With every task that held a sender gone, the hub sees its channel
     //    close, stops, and joins its verification threads.
+    let redis_timeout_ms = app.config.engine.redis_timeout_ms;
     drop(app);
     match tokio::time::timeout(STRAGGLERS_MAX, &mut hub_task).await {
         Ok(_) => {}
@@ -314,6 +320,17 @@ pub async fn serve<L: Listener>(
             warn!("the hub did not stop; aborting it");
             hub_task.abort();
             let _ = hub_task.await;
+        }
+    }
+    // 7. With the hub gone, the engine's presence lane writes what the
+    //    shutdown asked (this node's entries removed, one change per room,
+    //    so other nodes' members hear one diff per room) and ends. Not
+    //    waited for beyond one Redis call timeout: entries left behind
+    //    expire within `presence_ttl_ms`, as a crashed node's do.
+    if let Some(lane) = presence_written {
+        let wait = Duration::from_millis(redis_timeout_ms);
+        if tokio::time::timeout(wait, lane).await.is_err() {
+            warn!("the engine's last presence writes did not finish in time; those entries expire within presence_ttl_ms");
         }
     }
     info!("stopped");

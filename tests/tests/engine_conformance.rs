@@ -53,6 +53,8 @@ fn redis_settings(url: &str, node: &str) -> RedisSettings {
         history_messages_max: HISTORY_MAX,
         history_age_ms: HISTORY_AGE_MS,
         presence_ttl_ms: PRESENCE_TTL_MS,
+        // Every room's presence changes are published.
+        presence_diff_prefixes: vec![String::new()],
         stream_check_interval_ms: 30_000,
         calls_max: 64,
         local_connections: Default::default(),
@@ -84,20 +86,25 @@ impl Harness {
     }
 
     async fn redis(server: &RedisServer, nodes: usize) -> Harness {
-        Harness::redis_at(&server.url(), false, nodes).await
+        Harness::redis_at(&server.url(), false, nodes, PRESENCE_TTL_MS).await
+    }
+
+    async fn redis_with_ttl(server: &RedisServer, nodes: usize, ttl_ms: u64) -> Harness {
+        Harness::redis_at(&server.url(), false, nodes, ttl_ms).await
     }
 
     async fn redis_cluster(cluster: &RedisCluster, nodes: usize) -> Harness {
-        Harness::redis_at(&cluster.url(), true, nodes).await
+        Harness::redis_at(&cluster.url(), true, nodes, PRESENCE_TTL_MS).await
     }
 
-    async fn redis_at(url: &str, cluster: bool, nodes: usize) -> Harness {
+    async fn redis_at(url: &str, cluster: bool, nodes: usize, ttl_ms: u64) -> Harness {
         let nodes: Vec<EngineLink> = (0..nodes)
             .map(|n| {
-                let settings = RedisSettings {
+                let mut settings = RedisSettings {
                     cluster,
                     ..redis_settings(url, &format!("node{n}"))
                 };
+                settings.presence_ttl_ms = ttl_ms;
                 spawn(settings).unwrap()
             })
             .collect();
@@ -689,4 +696,102 @@ async fn a_stalled_pubsub_connection_is_found_by_its_probe() {
     }
     h.append(0, "r", 1).await;
     assert_eq!(h.live(0).await.seq, 1);
+}
+
+// ----- Redis presence changes (the in-memory engine sends none) -------------
+
+/// The next `PresenceChanged` of `node`: (joined, left, connections).
+async fn presence_change(h: &mut Harness, node: usize) -> (Vec<u128>, Vec<u128>, usize) {
+    match h.next_event(node, WAIT).await {
+        Some(EngineEvent::PresenceChanged {
+            room,
+            joined,
+            left,
+            connections,
+        }) => {
+            assert_eq!(room.as_str(), "r");
+            let ids = |list: Vec<PresenceEntry>| list.iter().map(|e| e.conn.0.as_u128()).collect();
+            (ids(joined), ids(left), connections)
+        }
+        other => panic!("expected a presence change on node {node}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn redis_presence_changes_reach_followers_net_and_once() {
+    let server = RedisServer::start();
+    // Long enough that no entry expires before the test lets it.
+    const TTL_MS: u64 = 3_000;
+    let mut h = Harness::redis_with_ttl(&server, 2, TTL_MS).await;
+    h.follow(0, "r").await;
+    let room = || RoomName::new("r").unwrap();
+    // Node 1's add, add, remove: however they are batched and merged, the
+    // changes node 0 hears add up to connection 2 present, count 1.
+    for request in [
+        EngineRequest::PresenceAdd {
+            room: room(),
+            entry: entry(1, Some("a")),
+        },
+        EngineRequest::PresenceAdd {
+            room: room(),
+            entry: entry(2, None),
+        },
+        EngineRequest::PresenceRemove {
+            room: room(),
+            conn: ConnectionId::from_u128(1),
+        },
+    ] {
+        h.send(1, request).await;
+    }
+    let mut present = std::collections::BTreeSet::new();
+    loop {
+        let (joined, left, connections) = presence_change(&mut h, 0).await;
+        for conn in left {
+            assert!(present.remove(&conn), "{conn} left without joining");
+        }
+        present.extend(joined);
+        assert_eq!(connections, present.len());
+        if present == std::collections::BTreeSet::from([2]) {
+            break;
+        }
+    }
+    // Node 0 hears its own changes too.
+    let add = EngineRequest::PresenceAdd {
+        room: room(),
+        entry: entry(3, Some("c")),
+    };
+    h.send(0, add).await;
+    assert_eq!(presence_change(&mut h, 0).await, (vec![3], vec![], 2));
+    let remove = EngineRequest::PresenceRemove {
+        room: room(),
+        conn: ConnectionId::from_u128(3),
+    };
+    h.send(0, remove).await;
+    assert_eq!(presence_change(&mut h, 0).await, (vec![], vec![3], 1));
+    // A refresh of entries still there changes nothing.
+    h.send(1, EngineRequest::PresenceRefresh).await;
+    h.quiet(0).await;
+    // A clear is one change for all of the node's entries of the room.
+    let add = EngineRequest::PresenceAdd {
+        room: room(),
+        entry: entry(4, Some("d")),
+    };
+    h.send(1, add).await;
+    assert_eq!(presence_change(&mut h, 0).await, (vec![4], vec![], 2));
+    h.send(1, EngineRequest::PresenceClear).await;
+    assert_eq!(presence_change(&mut h, 0).await, (vec![], vec![2, 4], 0));
+    h.quiet(0).await;
+    // A silent node's entry expires; the next write or list of the room
+    // sweeps it and tells it, once.
+    let add = EngineRequest::PresenceAdd {
+        room: room(),
+        entry: entry(5, None),
+    };
+    h.send(1, add).await;
+    assert_eq!(presence_change(&mut h, 0).await, (vec![5], vec![], 1));
+    h.advance(TTL_MS + 200).await;
+    assert_eq!(h.presence(0, "r").await, vec![]);
+    assert_eq!(presence_change(&mut h, 0).await, (vec![], vec![5], 0));
+    assert_eq!(h.presence(1, "r").await, vec![]);
+    h.quiet(0).await;
 }

@@ -192,6 +192,7 @@ impl MemoryEngine {
                 self.events.push_back((node, answer));
             }
             EngineRequest::PresenceRefresh => self.presence.refresh(node, now_us),
+            EngineRequest::PresenceClear => self.presence.clear(node),
             // One process: its node already delivered it.
             EngineRequest::Direct { .. } => {}
             EngineRequest::Interest { room, on } => {

@@ -25,10 +25,23 @@
 //!   Interest is a hint with no answer; a read issued after interest-on
 //!   reflects every append whose live message the node will not receive.
 //! - **presence**: add / remove one member's entry of a room (no answer),
-//!   list a room's entries (answered), and refresh: every entry belongs to
-//!   the node that added it, and a node that stops refreshing for the
-//!   presence time-to-live (`presence_ttl_ms`) loses its entries (a crashed
-//!   node's members disappear within that bound).
+//!   clear every entry of this node (no answer; sent once, at shutdown,
+//!   instead of one remove per membership), list a room's entries
+//!   (answered), and refresh: every entry belongs to the node that added
+//!   it, and a node that stops refreshing for the presence time-to-live
+//!   (`presence_ttl_ms`) loses its entries (a crashed node's members
+//!   disappear within that bound).
+//! - **presence changes** (a shared engine): for every room the node
+//!   follows, each change of the room's entries (adds, removes, clears and
+//!   expiries, by any node, this one included) as
+//!   [`EngineEvent::PresenceChanged`] with the room's count after it,
+//!   **at most once**. An engine may merge consecutive changes of a room
+//!   into one (netting a connection that joined and left); a change that
+//!   removes many entries at once (a clear, an expiry sweep) is one event.
+//!   The in-memory engine (one process) sends none: there the core builds
+//!   diffs from its own joins and leaves (`CoreConfig::presence_diffs_from_engine`).
+//!   An engine may send them only for rooms with presence diffs (the
+//!   Redis engine does: nobody listens to the others').
 //! - An engine that bounds its rooms (the in-memory engine's `rooms_max`)
 //!   answers an append or read that would create one too many with a
 //!   failure, and fails the node's reads of a room whose interest-on it
@@ -44,6 +57,12 @@
 //! - Live messages of one room arrive in `seq` order; nothing else is
 //!   ordered: answers to different calls may arrive in any order, and an
 //!   append's answer may come before or after its own live message.
+//! - Presence changes of one room arrive in the order the engine applied
+//!   them. They are not ordered with the node's own requests: the change
+//!   an add causes arrives some time after the add was sent (possibly
+//!   after the member left again), and a list may or may not reflect a
+//!   change that has not arrived yet. A lost change is only noticed as
+//!   a [`EngineEvent::StreamReset`] (the stream that carries them broke).
 //! - Every request carrying a [`CallId`] gets exactly one answer with that
 //!   id (the shell turns a timeout into a failure answer).
 //!
@@ -168,6 +187,9 @@ pub enum EngineRequest {
     /// This node is alive: its presence entries stay for another
     /// `presence_ttl_ms`. No answer.
     PresenceRefresh,
+    /// Every member of this node left every room (it is shutting down):
+    /// remove all its entries, each room's in one step. No answer.
+    PresenceClear,
     /// A direct message (`POST /api/send`) this node delivered to its own
     /// targets: a shared engine passes it on to every other node (as
     /// [`EngineEvent::Direct`]), whose targets get it too. No answer; the
@@ -297,6 +319,19 @@ pub enum EngineEvent {
     },
     /// A message of a followed room (at most once, in `seq` order per room).
     Live(Numbered),
+    /// A shared engine's presence of a followed room changed (by any node,
+    /// this one included): at most once, in the engine's order per room.
+    /// A connection is in at most one of the two lists.
+    PresenceChanged {
+        /// The room.
+        room: RoomName,
+        /// Entries added, in connection order.
+        joined: Vec<PresenceEntry>,
+        /// Entries removed (left, cleared or expired), in connection order.
+        left: Vec<PresenceEntry>,
+        /// The room's entries on every node after the change.
+        connections: usize,
+    },
     /// A direct message sent on another node, for targets that may be here.
     Direct {
         /// One connection or every connection of one user.
@@ -309,5 +344,7 @@ pub enum EngineEvent {
     /// reads every room it follows now, instead of waiting for each
     /// room's periodic stream check. Live messages sent after this event
     /// are again in order; a gap the reads find is refilled or announced.
+    /// Presence changes may have been lost too: with diffs from the engine,
+    /// the members of rooms with presence diffs are told to ask again.
     StreamReset,
 }

@@ -79,6 +79,20 @@ impl PresenceBook {
         }
     }
 
+    /// Drops every entry of `node` (it shut down).
+    pub(crate) fn clear(&mut self, node: NodeId) {
+        if self.counts.remove(&node).is_none() {
+            return;
+        }
+        if let Some(at) = self.expiry.remove(&node) {
+            self.timers.remove(&(at, node));
+        }
+        for entries in self.rooms.values_mut() {
+            entries.retain(|_, (owner, _)| *owner != node);
+        }
+        self.rooms.retain(|_, entries| !entries.is_empty());
+    }
+
     /// Every entry of `room`, in connection order.
     pub(crate) fn list(&self, room: &RoomName) -> Vec<PresenceEntry> {
         let Some(entries) = self.rooms.get(room) else {

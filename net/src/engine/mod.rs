@@ -12,8 +12,8 @@
 //! | [`redis`] | the engine task: connections, calls with timeouts, bounds, readiness |
 //! | `connection` | where the connections go: one Redis or a Redis Cluster |
 //! | `scripts` | key and channel names, the Lua scripts, the live message format |
-//! | `pubsub` | the node's one pub/sub connection: (un)subscribe, resubscribe, live messages |
-//! | `presence` | presence calls, in request order, and the node's refresh of its entries |
+//! | `pubsub` | the node's one pub/sub connection: (un)subscribe, resubscribe, live messages and presence changes |
+//! | `presence` | presence writes (batched per room, in request order), lists, the node's refresh of its entries |
 //! | [`tls`] | the Redis client, with TLS for `rediss://` (CA and client certificate files) |
 
 mod connection;
@@ -38,6 +38,10 @@ pub struct EngineLink {
     pub events: mpsc::Receiver<EngineEvent>,
     /// Whether the engine currently answers.
     pub ready: Readiness,
+    /// The engine's presence lane: it ends once the presence writes the
+    /// core asked for are done, after `requests` is dropped (a shutting
+    /// down node waits for it, so its `PresenceClear` lands).
+    pub presence_written: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Whether the engine answers (`GET /readyz`). Always ready for the

@@ -18,14 +18,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use roomcast_core::engine::{EngineEvent, Numbered};
+use futures_util::{FutureExt, StreamExt};
+use roomcast_core::engine::{EngineEvent, Numbered, PresenceEntry};
 use roomcast_core::RoomName;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::connection::Target;
-use super::scripts::{direct_channel, parse_direct, parse_live, room_of_channel, RoomKeys};
+use super::scripts::{
+    direct_channel, is_presence, parse_direct, parse_live, parse_presence, room_of_channel,
+    RoomKeys,
+};
 use super::Backoff;
 
 /// How often the pub/sub connection is probed with a PING.
@@ -204,10 +207,28 @@ impl Subscriber {
                     let Some(message) = message else {
                         return Ended::Lost("the connection closed".to_owned());
                     };
-                    if let Some(event) = self.event(&message) {
+                    // With the messages already waiting behind it: consecutive
+                    // presence changes of one room go to the core as one.
+                    let mut events = Vec::new();
+                    let mut closed = false;
+                    push_merged(&mut events, self.event(&message));
+                    while events.len() < MERGE_MAX {
+                        match stream.next().now_or_never() {
+                            Some(Some(message)) => push_merged(&mut events, self.event(&message)),
+                            Some(None) => {
+                                closed = true;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    for event in events {
                         if self.events.send(event).await.is_err() {
                             return Ended::Stop;
                         }
+                    }
+                    if closed {
+                        return Ended::Lost("the connection closed".to_owned());
                     }
                 }
             }
@@ -238,6 +259,18 @@ impl Subscriber {
             });
         }
         let room = room_of_channel(&self.prefix, message.get_channel_name())?;
+        if is_presence(&payload) {
+            let Some(change) = parse_presence(&payload) else {
+                warn!(room = %room.as_str(), "malformed presence message on a room channel; ignored");
+                return None;
+            };
+            return Some(EngineEvent::PresenceChanged {
+                room,
+                joined: change.joined,
+                left: change.left,
+                connections: change.connections,
+            });
+        }
         let Some(live) = parse_live(&payload) else {
             warn!(room = %room.as_str(), "malformed live message on a room channel; ignored");
             return None;
@@ -250,6 +283,68 @@ impl Subscriber {
             series: live.series.map(str::to_owned),
         }))
     }
+}
+
+/// Events taken from the pub/sub stream in one go, at most (the rest wait
+/// for the next round).
+const MERGE_MAX: usize = 256;
+
+/// Appends `event`, merged into the last one when both are presence
+/// changes of the same room (nothing else is merged or reordered).
+fn push_merged(events: &mut Vec<EngineEvent>, event: Option<EngineEvent>) {
+    let Some(event) = event else {
+        return;
+    };
+    if let (
+        Some(EngineEvent::PresenceChanged {
+            room,
+            joined,
+            left,
+            connections,
+        }),
+        EngineEvent::PresenceChanged {
+            room: later_room,
+            joined: later_joined,
+            left: later_left,
+            connections: later_connections,
+        },
+    ) = (events.last_mut(), &event)
+    {
+        if *room == *later_room {
+            merge_presence(joined, left, later_joined, later_left);
+            *connections = *later_connections;
+            return;
+        }
+    }
+    events.push(event);
+}
+
+/// Folds a later change into an earlier one: a connection that joined and
+/// then left (or left and joined again) is in neither list.
+fn merge_presence(
+    joined: &mut Vec<PresenceEntry>,
+    left: &mut Vec<PresenceEntry>,
+    later_joined: &[PresenceEntry],
+    later_left: &[PresenceEntry],
+) {
+    for entry in later_left {
+        match joined.iter().position(|e| e.conn == entry.conn) {
+            Some(at) => {
+                joined.remove(at);
+            }
+            None => left.push(entry.clone()),
+        }
+    }
+    for entry in later_joined {
+        match left.iter().position(|e| e.conn == entry.conn) {
+            Some(at) => {
+                left.remove(at);
+            }
+            None => joined.push(entry.clone()),
+        }
+    }
+    joined.sort();
+    left.sort();
 }
 
 /// Applies a command to the followed set (acknowledged once subscribed).
@@ -268,5 +363,51 @@ fn apply(
             // Waiters see the sender dropped: the room is not followed.
             acks.remove(&room);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomcast_core::ConnectionId;
+
+    fn entry(n: u128) -> PresenceEntry {
+        PresenceEntry {
+            conn: ConnectionId::from_u128(n),
+            user: Some(format!("u{n}")),
+        }
+    }
+
+    fn change(room: &str, joined: &[u128], left: &[u128], connections: usize) -> EngineEvent {
+        EngineEvent::PresenceChanged {
+            room: RoomName::new(room).unwrap(),
+            joined: joined.iter().map(|&n| entry(n)).collect(),
+            left: left.iter().map(|&n| entry(n)).collect(),
+            connections,
+        }
+    }
+
+    #[test]
+    fn consecutive_changes_of_a_room_merge_and_net_out() {
+        let mut events = Vec::new();
+        push_merged(&mut events, Some(change("a", &[1], &[], 1)));
+        push_merged(&mut events, Some(change("a", &[3, 2], &[], 3)));
+        push_merged(&mut events, Some(change("a", &[], &[1, 4], 1)));
+        assert_eq!(events, vec![change("a", &[2, 3], &[4], 1)]);
+        // Another room, or anything else, is not merged across.
+        push_merged(&mut events, Some(change("b", &[5], &[], 1)));
+        push_merged(&mut events, Some(EngineEvent::StreamReset));
+        push_merged(&mut events, Some(change("b", &[], &[5], 0)));
+        push_merged(&mut events, Some(change("b", &[5], &[], 1)));
+        push_merged(&mut events, None);
+        assert_eq!(
+            events,
+            vec![
+                change("a", &[2, 3], &[4], 1),
+                change("b", &[5], &[], 1),
+                EngineEvent::StreamReset,
+                change("b", &[], &[], 1),
+            ]
+        );
     }
 }

@@ -59,6 +59,10 @@ pub struct RedisSettings {
     pub history_age_ms: u64,
     /// How long a node's presence entries live without a refresh, in ms.
     pub presence_ttl_ms: u64,
+    /// Rooms whose presence changes are published (`[rooms]
+    /// presence_diff_prefixes`; `[""]`: every room): nobody listens to the
+    /// others'. Every node of a deployment must have the same.
+    pub presence_diff_prefixes: Vec<String>,
     /// How often the core reads each followed room (keeps its epoch alive).
     pub stream_check_interval_ms: u64,
     /// Appends, reads and lists in flight at most.
@@ -136,13 +140,14 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
         .run(),
     );
     let (presence, presence_rx) = mpsc::channel(PRESENCE_CAPACITY);
-    tokio::spawn(
+    let presence_written = tokio::spawn(
         PresenceLane {
             connection: connection.clone(),
             scripts: scripts.clone(),
             prefix: settings.prefix.clone(),
             timeout: settings.timeout,
             ttl_ms: settings.presence_ttl_ms.max(1),
+            diff_prefixes: settings.presence_diff_prefixes.clone(),
             requests: presence_rx,
             events: events.clone(),
             entries: HashMap::new(),
@@ -166,6 +171,7 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
         requests: requests_tx,
         events: events_rx,
         ready: Readiness::flags(flags),
+        presence_written: Some(presence_written),
     })
 }
 

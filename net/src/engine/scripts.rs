@@ -7,6 +7,7 @@
 //! every node ages history by the same clock.
 
 use redis::Script;
+use roomcast_core::engine::PresenceEntry;
 use roomcast_core::{ConnectionId, RoomName, SendTarget};
 
 /// The names of one room's keys and channel under a prefix.
@@ -166,37 +167,94 @@ end
 return out
 ";
 
-/// Presence add or refresh. KEYS: presence, presence expiry. ARGV:
-/// time-to-live (ms), then connection and value pairs. Every listed entry
-/// is (re)written and lives another time-to-live.
-const PRESENCE_PUT: &str = "
+/// Presence change: adds, refreshes and removes of one room's entries in
+/// one atomic step, published as one change. KEYS: presence, presence
+/// expiry. ARGV: time-to-live (ms), the room's channel (`''`: the change
+/// is not published, the room has no presence diffs), then triples: `+`
+/// connection value (add or refresh: the entry lives another
+/// time-to-live) or `-` connection `''` (remove).
+///
+/// Entries whose expiry passed (their node stopped refreshing) are swept
+/// first, so every change also reports the room's dead entries; because
+/// the script is atomic, each expired entry is reported by exactly one
+/// script run. The net effect per connection (present before the script,
+/// present after) is published as one presence message (see
+/// [`parse_presence`]) when anything changed; a refresh of an entry that
+/// is still there changes nothing. Returns the number of changes.
+const PRESENCE_CHANGE: &str = "
 local ttl = tonumber(ARGV[1])
-for i = 2, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', KEYS[2], now + ttl, ARGV[i])
+local before = {}
+local order = {}
+local function touch(conn)
+  if before[conn] == nil then
+    before[conn] = redis.call('HGET', KEYS[1], conn)
+    order[#order + 1] = conn
+  end
 end
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PEXPIRE', KEYS[2], ttl)
-return #ARGV
-";
-
-/// Presence remove. KEYS: presence, presence expiry. ARGV: connection.
-const PRESENCE_REMOVE: &str = "
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 1
-";
-
-/// Presence list. KEYS: presence, presence expiry. Drops expired entries
-/// (their node stopped refreshing), then returns every entry as
-/// `{conn1, value1, ...}`.
-const PRESENCE_LIST: &str = "
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 for _, conn in ipairs(expired) do
+  touch(conn)
   redis.call('HDEL', KEYS[1], conn)
 end
 if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+end
+local puts = 0
+for i = 3, #ARGV, 3 do
+  local conn = ARGV[i + 1]
+  touch(conn)
+  if ARGV[i] == '+' then
+    redis.call('HSET', KEYS[1], conn, ARGV[i + 2])
+    redis.call('ZADD', KEYS[2], now + ttl, conn)
+    puts = puts + 1
+  else
+    redis.call('HDEL', KEYS[1], conn)
+    redis.call('ZREM', KEYS[2], conn)
+  end
+end
+-- The keys outlive their entries: an expired entry stays until a write
+-- or list sweeps (and tells) it, however quiet the room.
+if puts > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl * 2)
+  redis.call('PEXPIRE', KEYS[2], ttl * 2)
+end
+local out = {}
+for _, conn in ipairs(order) do
+  local was = before[conn]
+  local now_value = redis.call('HGET', KEYS[1], conn)
+  if was and not now_value then
+    out[#out + 1] = '-' .. conn .. '\\n' .. #was .. '\\n' .. was .. '\\n'
+  elseif now_value and not was then
+    out[#out + 1] = '+' .. conn .. '\\n' .. #now_value .. '\\n' .. now_value .. '\\n'
+  end
+end
+if #out > 0 and ARGV[2] ~= '' then
+  local count = redis.call('HLEN', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], 'P\\n' .. count .. '\\n' .. table.concat(out))
+end
+return #out
+";
+
+/// Presence list. KEYS: presence, presence expiry. ARGV: the room's
+/// channel (`''`: not published). Sweeps expired entries (their node stopped refreshing) and
+/// publishes their removal as one presence message, then returns every
+/// entry as `{conn1, value1, ...}`.
+const PRESENCE_LIST: &str = "
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+if #expired > 0 then
+  local out = {}
+  for _, conn in ipairs(expired) do
+    local was = redis.call('HGET', KEYS[1], conn)
+    if was then
+      redis.call('HDEL', KEYS[1], conn)
+      out[#out + 1] = '-' .. conn .. '\\n' .. #was .. '\\n' .. was .. '\\n'
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if #out > 0 and ARGV[1] ~= '' then
+    local count = redis.call('HLEN', KEYS[1])
+    redis.call('PUBLISH', ARGV[1], 'P\\n' .. count .. '\\n' .. table.concat(out))
+  end
 end
 return redis.call('HGETALL', KEYS[1])
 ";
@@ -233,8 +291,7 @@ pub(crate) fn cluster_key(prefix: &str) -> String {
 pub(crate) struct Scripts {
     pub(crate) append: Script,
     pub(crate) read: Script,
-    pub(crate) presence_put: Script,
-    pub(crate) presence_remove: Script,
+    pub(crate) presence_change: Script,
     pub(crate) presence_list: Script,
     pub(crate) heartbeat: Script,
 }
@@ -244,8 +301,7 @@ impl Scripts {
         Scripts {
             append: Script::new(&format!("{NOW}{EPOCH}{APPEND}")),
             read: Script::new(&format!("{NOW}{EPOCH}{READ}")),
-            presence_put: Script::new(&format!("{NOW}{PRESENCE_PUT}")),
-            presence_remove: Script::new(PRESENCE_REMOVE),
+            presence_change: Script::new(&format!("{NOW}{PRESENCE_CHANGE}")),
             presence_list: Script::new(&format!("{NOW}{PRESENCE_LIST}")),
             heartbeat: Script::new(&format!("{NOW}{HEARTBEAT}")),
         }
@@ -296,6 +352,54 @@ pub(crate) fn parse_live(payload: &str) -> Option<LiveMessage<'_>> {
     })
 }
 
+/// One presence message as the presence scripts publish it: the room's
+/// count after the change and its entries added and removed (each sorted).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PresenceMessage {
+    pub(crate) connections: usize,
+    pub(crate) joined: Vec<PresenceEntry>,
+    pub(crate) left: Vec<PresenceEntry>,
+}
+
+/// Parses `P \n count \n` followed by one record per changed entry:
+/// `+` or `-`, the connection, `\n`, the stored value's length in bytes,
+/// `\n`, the value, `\n`. A room channel's live messages start with
+/// their epoch, `<node>-<n>`, which is never `P`.
+pub(crate) fn parse_presence(payload: &str) -> Option<PresenceMessage> {
+    let rest = payload.strip_prefix("P\n")?;
+    let (count, mut rest) = rest.split_once('\n')?;
+    let mut message = PresenceMessage {
+        connections: count.parse().ok()?,
+        joined: Vec::new(),
+        left: Vec::new(),
+    };
+    while !rest.is_empty() {
+        let sign = rest.as_bytes()[0];
+        let (conn, after) = rest.get(1..)?.split_once('\n')?;
+        let (len, after) = after.split_once('\n')?;
+        let len: usize = len.parse().ok()?;
+        let value = after.get(..len)?;
+        rest = after.get(len..)?.strip_prefix('\n')?;
+        let entry = PresenceEntry {
+            conn: ConnectionId::parse(conn)?,
+            user: presence_user(value),
+        };
+        match sign {
+            b'+' => message.joined.push(entry),
+            b'-' => message.left.push(entry),
+            _ => return None,
+        }
+    }
+    message.joined.sort();
+    message.left.sort();
+    Some(message)
+}
+
+/// Whether a room channel's payload is a presence message (not a live one).
+pub(crate) fn is_presence(payload: &str) -> bool {
+    payload.starts_with("P\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +412,34 @@ mod tests {
         assert_eq!(keys.meta, "rc:{chat:lobby}:meta");
         assert_eq!(room_of_channel("rc", &keys.channel), Some(room));
         assert_eq!(room_of_channel("other", &keys.channel), None);
+    }
+
+    #[test]
+    fn presence_messages_parse() {
+        let a = ConnectionId::from_u128(1);
+        let b = ConnectionId::from_u128(2);
+        let odd = "u al\nice";
+        let payload = format!("P\n3\n-{b}\n1\n-\n+{a}\n{}\n{odd}\n", odd.len());
+        assert!(is_presence(&payload));
+        assert_eq!(
+            parse_presence(&payload),
+            Some(PresenceMessage {
+                connections: 3,
+                joined: vec![PresenceEntry {
+                    conn: a,
+                    user: Some(" al\nice".into())
+                }],
+                left: vec![PresenceEntry {
+                    conn: b,
+                    user: None
+                }],
+            })
+        );
+        assert!(!is_presence("e-1\n7\n-\n{}"));
+        assert_eq!(parse_presence("P\nx\n"), None);
+        assert_eq!(parse_presence(&format!("P\n1\n*{a}\n1\n-\n")), None);
+        assert_eq!(parse_presence(&format!("P\n1\n+{a}\n9\n-\n")), None);
+        assert_eq!(parse_presence("P\n0\n").map(|m| m.connections), Some(0));
     }
 
     #[test]

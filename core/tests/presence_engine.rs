@@ -1,0 +1,355 @@
+//! Presence diffs built from the engine's presence changes
+//! (`CoreConfig::presence_diffs_from_engine`, set when the engine is shared
+//! by several nodes): the core is driven directly, its engine requests are
+//! answered by an in-memory engine, and `PresenceChanged` events are
+//! planted as a shared engine would send them.
+
+use roomcast_core::engine::memory::MemoryEngine;
+use roomcast_core::engine::{EngineError, EngineEvent, EngineRequest, PresenceEntry};
+use roomcast_core::room_log::HistoryBounds;
+use roomcast_core::{
+    ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now, Output, RoomName, RoomOptions,
+    User,
+};
+use serde_json::{json, Value};
+
+const BOUNDS: HistoryBounds = HistoryBounds {
+    messages_max: 100,
+    age_max_us: 3_600_000_000,
+    bytes_max: usize::MAX,
+    rooms_max: usize::MAX,
+};
+
+struct Harness {
+    core: Core,
+    engine: MemoryEngine,
+    now_us: u64,
+    /// Requests the harness kept back instead of answering.
+    kept: Vec<EngineRequest>,
+}
+
+fn team() -> RoomName {
+    RoomName::new("team:x").unwrap()
+}
+
+fn entry(n: u128) -> PresenceEntry {
+    PresenceEntry {
+        conn: ConnectionId::from_u128(n),
+        user: Some(format!("u{n}")),
+    }
+}
+
+fn changed(joined: &[u128], left: &[u128], connections: usize) -> EngineEvent {
+    EngineEvent::PresenceChanged {
+        room: team(),
+        joined: joined.iter().map(|&n| entry(n)).collect(),
+        left: left.iter().map(|&n| entry(n)).collect(),
+        connections,
+    }
+}
+
+impl Harness {
+    fn new(from_engine: bool) -> Harness {
+        Harness {
+            core: Core::new(CoreConfig {
+                limits: Limits {
+                    presence_page_max: 3,
+                    ..Limits::default()
+                },
+                rooms: RoomOptions {
+                    presence_diff_prefixes: vec!["team:".into()],
+                    ..RoomOptions::default()
+                },
+                presence_diffs_from_engine: from_engine,
+                ..CoreConfig::default()
+            }),
+            engine: MemoryEngine::new(BOUNDS, "e".into(), 60_000_000),
+            now_us: 0,
+            kept: Vec::new(),
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now::from_start(1_760_000_000_000, self.now_us)
+    }
+
+    /// Opens connection `n` (user `u<n>`) and joins it to `room`, settled.
+    fn member(&mut self, n: u128, room: &str) -> ConnectionId {
+        let conn = ConnectionId::from_u128(n);
+        let identity = Identity::User(User {
+            id: format!("u{n}"),
+            scopes: Vec::new(),
+            expires_unix_ms: None,
+        });
+        self.core.handle(self.now(), Input::Open { conn, identity });
+        self.text(conn, json!({"action": "join", "data": {"room": room}}));
+        self.settle();
+        conn
+    }
+
+    fn text(&mut self, conn: ConnectionId, value: Value) {
+        let text = value.to_string();
+        self.core
+            .handle(self.now(), Input::Text { conn, text: &text });
+    }
+
+    fn feed(&mut self, event: EngineEvent) {
+        self.core.handle(self.now(), Input::Engine(event));
+        self.settle();
+    }
+
+    /// Answers the core's requests with the engine until quiet; presence
+    /// lists are kept back (see `kept`) when `keep_lists`.
+    fn settle_with(&mut self, keep_lists: bool) {
+        loop {
+            let requests: Vec<EngineRequest> = std::iter::from_fn(|| self.core.poll_engine())
+                .filter(|request| {
+                    let keep = keep_lists && matches!(request, EngineRequest::PresenceList { .. });
+                    if keep {
+                        self.kept.push(request.clone());
+                    }
+                    !keep
+                })
+                .collect();
+            let mut events = Vec::new();
+            for request in requests {
+                self.engine.handle(0, self.now_us, request);
+                events.extend(std::iter::from_fn(|| self.engine.poll_event()).map(|(_, e)| e));
+            }
+            if events.is_empty() {
+                return;
+            }
+            for event in events {
+                self.core.handle(self.now(), Input::Engine(event));
+            }
+        }
+    }
+
+    fn settle(&mut self) {
+        self.settle_with(false)
+    }
+
+    /// Every frame since the last call, with the connection it is for
+    /// (each reported written at once).
+    fn frames(&mut self) -> Vec<(ConnectionId, Value)> {
+        let mut frames = Vec::new();
+        while let Some(output) = self.core.poll_output() {
+            if let Output::Send { conn, frame } = output {
+                self.core.handle(
+                    self.now(),
+                    Input::Written {
+                        conn,
+                        bytes: frame.len(),
+                    },
+                );
+                frames.push((conn, serde_json::from_str(frame.as_str()).unwrap()));
+            }
+        }
+        self.core.check_invariants().unwrap();
+        frames
+    }
+
+    /// The presence diffs since the last call.
+    fn diffs(&mut self) -> Vec<(ConnectionId, Value)> {
+        self.frames()
+            .into_iter()
+            .filter(|(_, f)| f["type"] == "presence_diff")
+            .map(|(c, f)| (c, f["data"].clone()))
+            .collect()
+    }
+}
+
+fn conn(n: u128) -> ConnectionId {
+    ConnectionId::from_u128(n)
+}
+
+#[test]
+fn local_joins_and_leaves_are_told_only_through_the_engine() {
+    let mut h = Harness::new(true);
+    h.member(1, "team:x");
+    h.member(2, "team:x");
+    // Two local joins, and no diff yet: the engine's echo tells them.
+    assert_eq!(h.diffs(), vec![]);
+    // The echo of member 2's join: member 1 is told, member 2 is not.
+    h.feed(changed(&[2], &[], 2));
+    let diffs = h.diffs();
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    assert_eq!(diffs[0].0, conn(1));
+    assert_eq!(
+        diffs[0].1,
+        json!({"room": "team:x", "connections": 2,
+               "joined": {"connection_id": conn(2).to_string(), "user_id": "u2"}})
+    );
+    // A member of another node joins: both hear it, with the engine's count.
+    h.feed(changed(&[9], &[], 7));
+    let diffs = h.diffs();
+    assert_eq!(
+        diffs.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        [conn(1), conn(2)]
+    );
+    assert!(diffs.iter().all(|(_, d)| d["connections"] == 7));
+    // A local leave: no diff until its echo, which tells the one left here.
+    h.text(
+        conn(2),
+        json!({"action": "leave", "data": {"room": "team:x"}}),
+    );
+    h.settle();
+    assert_eq!(h.diffs(), vec![]);
+    h.feed(changed(&[], &[2], 6));
+    let diffs = h.diffs();
+    assert_eq!(diffs.len(), 1);
+    assert_eq!(diffs[0].0, conn(1));
+    assert_eq!(diffs[0].1["left"]["user_id"], "u2");
+    assert_eq!(diffs[0].1["connections"], 6);
+}
+
+#[test]
+fn a_change_is_one_diff_listing_lists_and_truncated_beyond_the_page() {
+    let mut h = Harness::new(true);
+    h.member(1, "team:x");
+    h.member(2, "team:x");
+    // Several changes in one event: one diff with lists. A member the
+    // change lists (here: one whose entry expired while it is still
+    // connected) hears the rest, never about itself.
+    h.feed(changed(&[7, 8], &[2], 4));
+    let diffs = h.diffs();
+    assert_eq!(diffs.len(), 2, "{diffs:?}");
+    let ids = |list: &Value| -> Vec<Value> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["user_id"].clone())
+            .collect()
+    };
+    assert_eq!(diffs[0].0, conn(1));
+    assert_eq!(ids(&diffs[0].1["joined"]), [json!("u7"), json!("u8")]);
+    assert_eq!(ids(&diffs[0].1["left"]), [json!("u2")]);
+    assert_eq!(diffs[1].0, conn(2));
+    assert_eq!(ids(&diffs[1].1["joined"]), [json!("u7"), json!("u8")]);
+    assert_eq!(ids(&diffs[1].1["left"]), Vec::<Value>::new());
+    // Its own join's echo merged with another node's join: the joiner is
+    // told of the other (its join reply went out before either).
+    h.member(3, "team:x");
+    h.frames();
+    h.feed(changed(&[3, 9], &[], 5));
+    let diffs = h.diffs();
+    assert_eq!(diffs.len(), 3, "{diffs:?}");
+    assert_eq!(diffs[2].0, conn(3));
+    assert_eq!(diffs[2].1["joined"]["user_id"], "u9", "{diffs:?}");
+    assert_eq!(diffs[2].1["connections"], 5);
+    // Beyond presence_page_max (3 here): counts and truncated.
+    h.feed(changed(&[], &[10, 11, 12, 13, 14], 2));
+    let diffs = h.diffs();
+    assert_eq!(diffs.len(), 3);
+    assert_eq!(
+        diffs[0].1,
+        json!({"room": "team:x", "connections": 2, "joined_count": 0, "left_count": 5, "truncated": true})
+    );
+}
+
+#[test]
+fn changes_of_rooms_without_diffs_or_members_here_are_ignored() {
+    let mut h = Harness::new(true);
+    h.member(1, "plain");
+    h.feed(EngineEvent::PresenceChanged {
+        room: RoomName::new("plain").unwrap(),
+        joined: vec![entry(5)],
+        left: Vec::new(),
+        connections: 2,
+    });
+    // A diff room this node has no member in.
+    h.feed(changed(&[5], &[], 1));
+    assert_eq!(h.diffs(), vec![]);
+}
+
+#[test]
+fn with_diffs_from_this_node_engine_changes_are_ignored() {
+    let mut h = Harness::new(false);
+    h.member(1, "team:x");
+    h.member(2, "team:x");
+    let diffs = h.diffs();
+    assert_eq!(diffs.len(), 1, "the local join is told at once");
+    assert_eq!(diffs[0].1["connections"], 2);
+    h.feed(changed(&[9], &[], 3));
+    assert_eq!(h.diffs(), vec![]);
+}
+
+#[test]
+fn shutdown_clears_presence_in_one_request_and_tells_nothing() {
+    let mut h = Harness::new(true);
+    h.member(1, "team:x");
+    h.member(2, "team:x");
+    h.member(3, "plain");
+    h.frames();
+    assert_eq!(h.engine.presence_count(), 3);
+    h.core.handle(h.now(), Input::Shutdown);
+    let requests: Vec<EngineRequest> = std::iter::from_fn(|| h.core.poll_engine()).collect();
+    let presence: Vec<&EngineRequest> = requests
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                EngineRequest::PresenceClear | EngineRequest::PresenceRemove { .. }
+            )
+        })
+        .collect();
+    assert_eq!(presence, [&EngineRequest::PresenceClear]);
+    for request in requests {
+        h.engine.handle(0, h.now_us, request);
+    }
+    assert_eq!(h.engine.presence_count(), 0);
+    // The engine's echo of the clear arrives during the shutdown: no diff.
+    h.feed(changed(&[], &[1, 2], 0));
+    assert!(h.diffs().is_empty());
+    // A second shutdown sends nothing more.
+    h.core.handle(h.now(), Input::Shutdown);
+    assert_eq!(h.core.poll_engine(), None);
+}
+
+#[test]
+fn after_a_stream_reset_members_are_told_to_ask_again() {
+    let mut h = Harness::new(true);
+    h.member(1, "team:x");
+    h.member(2, "plain");
+    h.frames();
+    h.core
+        .handle(h.now(), Input::Engine(EngineEvent::StreamReset));
+    h.settle_with(true);
+    // One list, of the room with diffs.
+    let kept = std::mem::take(&mut h.kept);
+    let [EngineRequest::PresenceList { call, room }] = kept.as_slice() else {
+        panic!("{kept:?}")
+    };
+    assert_eq!(*room, team());
+    // It fails: nothing yet; the room's next stream check lists it again.
+    h.feed(EngineEvent::Presence {
+        call: *call,
+        result: Err(EngineError::Unavailable("down".into())),
+    });
+    assert!(h.diffs().is_empty());
+    h.now_us += Limits::default().stream_check_interval_ms * 1000 + 1;
+    h.core.handle(h.now(), Input::Timeout);
+    h.settle_with(true);
+    let kept = std::mem::take(&mut h.kept);
+    let [EngineRequest::PresenceList { call, .. }] = kept.as_slice() else {
+        panic!("{kept:?}")
+    };
+    h.feed(EngineEvent::Presence {
+        call: *call,
+        result: Ok(vec![entry(1), entry(40), entry(41)]),
+    });
+    let diffs = h.diffs();
+    assert_eq!(
+        diffs,
+        vec![(
+            conn(1),
+            json!({"room": "team:x", "connections": 3, "truncated": true})
+        )]
+    );
+    // Told once: the next check lists nothing.
+    h.now_us += Limits::default().stream_check_interval_ms * 1000 + 1;
+    h.core.handle(h.now(), Input::Timeout);
+    h.settle_with(true);
+    assert!(h.kept.is_empty(), "{:?}", h.kept);
+    assert!(h.diffs().is_empty());
+}
