@@ -40,6 +40,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 pub mod cluster;
+pub mod engine_harness;
 pub mod oracle_client;
 pub mod redis_server;
 pub mod tls_certs;
