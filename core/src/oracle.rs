@@ -9,8 +9,10 @@
 //! - every request gets exactly one reply carrying its `id`;
 //! - once the workload is quiet, every open member has caught up with the
 //!   last broadcast of each of its rooms (and, where the caller knows a
-//!   room's final position, is in that room's final epoch), and the server
-//!   counts exactly the open clients.
+//!   room's final position, [`Oracle::settled`], is in that room's final
+//!   epoch), and the server counts exactly the open clients; optionally
+//!   ([`Oracle::expect_newest_epochs`]), no member is left in an epoch
+//!   older than the newest one its room was published in.
 //!
 //! A server close with an explaining code (4008, 1008, 1009, 4001, 4002,
 //! 1001) ends the client's obligations: whatever it missed after that is
@@ -145,6 +147,10 @@ pub struct Oracle {
     /// When set, a recovery whose gap is at most this many broadcasts in the
     /// same epoch must succeed (use only when history never ages out during the run).
     history_window: Option<u64>,
+    /// Room → its epochs in the order the publisher first saw them.
+    epochs: BTreeMap<String, Vec<String>>,
+    /// Whether the quiet state requires members in their room's newest epoch.
+    newest_epochs: bool,
 }
 
 impl Oracle {
@@ -156,6 +162,14 @@ impl Oracle {
     /// Requires recoveries of gaps up to `messages` broadcasts to succeed.
     pub fn expect_recovery_within(&mut self, messages: u64) {
         self.history_window = Some(messages);
+    }
+
+    /// Requires, in the quiet state, that no member is left in an epoch
+    /// older than the newest one its room was published in (it must have
+    /// been told `ROOM_GAP` and moved on). Use only when receipts are fed
+    /// in publish order (one publisher that waits for each receipt).
+    pub fn expect_newest_epochs(&mut self) {
+        self.newest_epochs = true;
     }
 
     /// Where the client is in each of its rooms: (room, epoch, last seq received).
@@ -200,6 +214,10 @@ impl Oracle {
             .entry((room.to_owned(), epoch.to_owned()))
             .or_insert(0);
         *last = (*last).max(seq);
+        let epochs = self.epochs.entry(room.to_owned()).or_default();
+        if !epochs.iter().any(|e| e == epoch) {
+            epochs.push(epoch.to_owned());
+        }
     }
 
     /// The room's last broadcast before the quiet check is `seq` in
@@ -438,6 +456,23 @@ impl Oracle {
                 ));
             }
             for (room, member) in &view.rooms {
+                if self.newest_epochs {
+                    let epochs = self.epochs.get(room).map(Vec::as_slice).unwrap_or_default();
+                    let at = epochs.iter().position(|e| *e == member.epoch);
+                    if let (Some(at), Some(newest)) = (at, epochs.last()) {
+                        if at + 1 < epochs.len() {
+                            return Err(violation(
+                                client,
+                                "members follow their room to its newest epoch",
+                                format!(
+                                    "room {room}: member still in epoch {} at seq {}, the room was published in epoch {newest} since",
+                                    member.epoch,
+                                    member.next_seq - 1
+                                ),
+                            ));
+                        }
+                    }
+                }
                 if let Some(detail) = self.behind(room, member) {
                     return Err(violation(client, "gapless in-order delivery", detail));
                 }
@@ -597,6 +632,29 @@ mod tests {
         oracle.received(1, &broadcast("r", 1)).unwrap();
         assert!(!oracle.caught_up(1));
         assert!(oracle.check_quiescent(1).is_err());
+    }
+
+    #[test]
+    fn planted_member_left_in_an_old_epoch() {
+        let mut oracle = joined();
+        oracle.expect_newest_epochs();
+        oracle.published("r", "e", 1);
+        oracle.received(1, &broadcast("r", 1)).unwrap();
+        oracle.check_quiescent(1).unwrap();
+        // The room lost its data: e2 was published in, the member never heard.
+        oracle.published("r", "e2", 1);
+        assert_eq!(
+            oracle.check_quiescent(1).unwrap_err().invariant,
+            "members follow their room to its newest epoch"
+        );
+        // Told, it moves on and catches up.
+        oracle.received(1, &gap("r", "e2", 0)).unwrap();
+        oracle.received(1, &broadcast("r", 1)).unwrap();
+        oracle.check_quiescent(1).unwrap();
+        // A member in an epoch nobody published in yet (its node read the
+        // new epoch first) is not behind.
+        oracle.received(1, &gap("r", "e3", 0)).unwrap();
+        oracle.check_quiescent(1).unwrap();
     }
 
     #[test]

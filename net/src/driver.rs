@@ -3,7 +3,8 @@
 //!
 //! - [`Standalone`] (the default): the core and the in-memory engine,
 //!   answered inline; it never has an engine event to wait for.
-//! - [`Remote`]: the bare core and an engine task (Redis) reached over
+//! - [`Remote`]: the bare core and an engine task (Redis, or one given to
+//!   [`serve_with_engine`](crate::serve_with_engine)) reached over
 //!   channels ([`EngineLink`]): the core's requests go out after every
 //!   input, and the engine's events come back through
 //!   [`Driver::next_engine_event`], which the hub awaits beside its inbox.

@@ -8,7 +8,7 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`server`] | [`serve`]: accept loop, admission control (503), graceful shutdown |
+//! | [`server`] | [`serve`] (and [`serve_with_engine`], for an engine task the configuration cannot name): accept loop, admission control (503), graceful shutdown |
 //! | [`http`] | routing: `/ws/connect`, `/ws/status`, `/api/broadcast`, `/api/send`, `/metrics`, `/healthz`, `/readyz`, `/`, `/client/roomcast.js` |
 //! | [`assets`] | the console page and the browser client, embedded at build time |
 //! | [`devmode`] | first run: an ephemeral secret and a console link on loopback without a key |
@@ -51,4 +51,4 @@ pub use clock::{Clock, IdSource};
 pub use config::ServerConfig;
 pub use listener::Listener;
 pub use metrics::Metrics;
-pub use server::{serve, ServeOptions};
+pub use server::{serve, serve_with_engine, ServeOptions};

@@ -23,7 +23,7 @@ use crate::config::{redact_url, ServerConfig};
 use crate::driver::{Driver, Remote};
 use crate::engine::redis::RedisSettings;
 use crate::engine::tls::TlsFiles;
-use crate::engine::Readiness;
+use crate::engine::{EngineLink, Readiness};
 use crate::hub::{self, HubInput, HUB_CHANNEL_CAPACITY};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
@@ -102,10 +102,40 @@ fn spawn_hub<D: Driver>(
 /// requests in progress, closes every client with 1001, and returns once
 /// they are gone (or `shutdown_drain_ms` passed) and every task it started
 /// has ended.
+///
+/// The engine is the one the configuration names: the in-memory engine, or
+/// Redis when `[engine] redis_url` is set.
 pub async fn serve<L: Listener>(
+    listener: L,
+    config: ServerConfig,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), String> {
+    serve_engine(listener, config, options, None, shutdown).await
+}
+
+/// Serves like [`serve`], with the engine task at the other end of `link`
+/// (the hub drives the bare core, as with Redis): for an engine the
+/// configuration cannot name, such as the simulator's broker. The
+/// configuration must not also name one (`[engine] redis_url`).
+pub async fn serve_with_engine<L: Listener>(
+    listener: L,
+    config: ServerConfig,
+    options: ServeOptions,
+    link: EngineLink,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), String> {
+    if config.engine.redis_url.is_some() {
+        return Err("an engine link was given and [engine] redis_url is set: choose one".into());
+    }
+    serve_engine(listener, config, options, Some(link), shutdown).await
+}
+
+async fn serve_engine<L: Listener>(
     mut listener: L,
     config: ServerConfig,
     options: ServeOptions,
+    link: Option<EngineLink>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
     config.validate()?;
@@ -135,13 +165,21 @@ pub async fn serve<L: Listener>(
         presence_diffs_from_engine: config.engine.redis_url.is_some(),
     };
     let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
-    let (mut hub_task, ready, presence_written) = match &config.engine.redis_url {
-        None => {
+    let (mut hub_task, ready, presence_written) = match (link, &config.engine.redis_url) {
+        (Some(mut link), _) => {
+            info!("engine: given by the caller");
+            let ready = link.ready.clone();
+            let presence_written = link.presence_written.take();
+            let core = Remote::new(core_config, link);
+            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier);
+            (task, ready, presence_written)
+        }
+        (None, None) => {
             let core = Standalone::new(core_config);
             let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier);
             (task, Readiness::always(), None)
         }
-        Some(url) => {
+        (None, Some(url)) => {
             let limits = &config.limits;
             let engine = &config.engine;
             let tls = TlsFiles {

@@ -161,6 +161,8 @@ pub fn run(
         closes: sim.closes,
         recoveries: sim.recoveries,
         engine_faults: Some(fault_summary(&sim.faults, sim.core.engine())),
+        nodes: None,
+        broker_faults: None,
         trace_hash: sim.trace.hex(),
         wall: started.elapsed(),
     })

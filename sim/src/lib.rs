@@ -5,7 +5,8 @@
 //! | module | job |
 //! |---|---|
 //! | [`core_tier`] | tier 1: the pure core under a seeded workload on a jumping virtual clock |
-//! | [`net_tier`] | tier 2: the production server (`roomcast_net::serve`) inside turmoil, with real WebSocket clients and network faults |
+//! | [`net_tier`] | tier 2: the production server (`roomcast_net::serve`) inside turmoil, with real WebSocket clients and network faults; with several nodes, against the broker host |
+//! | [`broker`] | the net tier's shared engine: the in-memory engine on a broker host, its wire protocol, and a node's link to it (with broker faults) |
 //! | [`swarm`] | per-seed workload mix (actions, limits, faults) |
 //! | [`rng`] | the seeded generator and the trace hash |
 //! | [`report`] | summaries, failures and the recent-event ring |
@@ -14,6 +15,7 @@
 //! seed and prints a summary line per tier with `seed=N` and `trace_hash=`;
 //! see `sim/README.md`.
 
+pub mod broker;
 pub mod core_tier;
 pub mod net_tier;
 pub mod report;

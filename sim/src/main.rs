@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use roomcast_sim::{core_tier, net_tier};
 
-const USAGE: &str = "usage: roomcast-sim [--seed N | --seeds A..B] [--tier core|net|both] [--clients N] [--events N] [--net-seconds S] [--engine-faults on|off]
+const USAGE: &str = "usage: roomcast-sim [--seed N | --seeds A..B] [--tier core|net|both] [--clients N] [--events N] [--net-seconds S] [--engine-faults on|off] [--nodes N] [--broker-faults on|off]
 
   --seed N         run one seed (default 42)
   --seeds A..B     sweep seeds A to B-1
@@ -13,7 +13,13 @@ const USAGE: &str = "usage: roomcast-sim [--seed N | --seeds A..B] [--tier core|
   --events N       core-tier inputs per run (default 200000)
   --net-seconds S  simulated seconds of net-tier workload (default 20)
   --engine-faults  core tier: inject the seed's drawn engine faults (on, default)
-                   or run the engine fault-free (off; same workload)";
+                   or run the engine fault-free (off; same workload)
+  --nodes N        net tier: server nodes (default 1: one server, in-memory
+                   engine inline; 2 or more: nodes sharing the broker host)
+  --broker-faults  net tier with --nodes 2+: inject the seed's drawn broker
+                   faults (on, default: lost live messages, node-broker
+                   partitions, broker restarts with data loss, node bounces)
+                   or run the cluster fault-free (off; same workload)";
 
 struct Args {
     seeds: std::ops::Range<u64>,
@@ -22,6 +28,8 @@ struct Args {
     events: u64,
     net_seconds: u64,
     engine_faults: bool,
+    nodes: usize,
+    broker_faults: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -32,6 +40,8 @@ fn parse_args() -> Result<Args, String> {
         events: 200_000,
         net_seconds: 20,
         engine_faults: true,
+        nodes: 1,
+        broker_faults: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,13 +61,9 @@ fn parse_args() -> Result<Args, String> {
             "--clients" => args.clients = Some(number(value()?)? as usize),
             "--events" => args.events = number(value()?)?,
             "--net-seconds" => args.net_seconds = number(value()?)?,
-            "--engine-faults" => {
-                args.engine_faults = match value()?.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    other => return Err(format!("--engine-faults takes on or off, not {other}")),
-                }
-            }
+            "--engine-faults" => args.engine_faults = on_off(&flag, value()?)?,
+            "--nodes" => args.nodes = number(value()?)?.max(1) as usize,
+            "--broker-faults" => args.broker_faults = on_off(&flag, value()?)?,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -66,6 +72,14 @@ fn parse_args() -> Result<Args, String> {
         return Err(format!("--tier must be core, net or both\n{USAGE}"));
     }
     Ok(args)
+}
+
+fn on_off(flag: &str, value: String) -> Result<bool, String> {
+    match value.as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{flag} takes on or off, not {other}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -93,7 +107,10 @@ fn main() -> ExitCode {
             }
         }
         if args.tier != "core" {
-            match net_tier::run(seed, args.clients.unwrap_or(2000), args.net_seconds) {
+            let run = net_tier::NetRun::new(seed, args.clients.unwrap_or(2000), args.net_seconds)
+                .nodes(args.nodes)
+                .broker_faults(args.broker_faults);
+            match net_tier::run_with(&run) {
                 Ok(summary) => println!("{summary}"),
                 Err(failure) => {
                     eprintln!("{failure}");

@@ -67,6 +67,11 @@ pub struct Summary {
     /// Engine faults injected (core tier: delays, lost live messages,
     /// failures, data losses); `None` when the engine ran fault-free by design.
     pub engine_faults: Option<String>,
+    /// Server nodes (net tier).
+    pub nodes: Option<usize>,
+    /// Broker faults injected and the seed's rates (net tier with several
+    /// nodes), or `off`.
+    pub broker_faults: Option<String>,
     /// Hash of the ordered event trace.
     pub trace_hash: String,
     /// Wall-clock time of the run.
@@ -83,7 +88,7 @@ impl fmt::Display for Summary {
         let per_sec = self.events as f64 / self.wall.as_secs_f64().max(1e-9);
         write!(
             f,
-            "tier={} seed={} clients={} events={} deliveries={} closes={} recovered={} refused={}{} events_per_sec={:.0} wall_ms={} trace_hash={} ok",
+            "tier={} seed={} clients={} events={} deliveries={} closes={} recovered={} refused={}{}{}{} events_per_sec={:.0} wall_ms={} trace_hash={} ok",
             self.tier,
             self.seed,
             self.clients,
@@ -95,6 +100,13 @@ impl fmt::Display for Summary {
             self.engine_faults
                 .as_ref()
                 .map(|faults| format!(" engine_faults={faults}"))
+                .unwrap_or_default(),
+            self.nodes
+                .map(|nodes| format!(" nodes={nodes}"))
+                .unwrap_or_default(),
+            self.broker_faults
+                .as_ref()
+                .map(|faults| format!(" broker_faults={faults}"))
                 .unwrap_or_default(),
             per_sec,
             self.wall.as_millis(),

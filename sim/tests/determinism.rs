@@ -23,3 +23,29 @@ fn net_tier_repeats_its_trace() {
     assert_eq!(first.events, second.events);
     assert!(first.deliveries > 0, "the workload delivers broadcasts");
 }
+
+#[test]
+fn a_cluster_with_broker_faults_repeats_its_trace() {
+    // Seed 14 draws every broker fault: a node partitioned from the
+    // broker, a node held from it, a broker restart (data loss), a node
+    // bounce, lost live messages. Run twice in one process, beside the
+    // other tests: a node bounce must not replay differently when tokio's
+    // process-wide task ids differ (see `net_tier/faults.rs`).
+    let run = net_tier::NetRun::new(14, 150, 5).nodes(3);
+    let first = net_tier::run_with(&run).expect("seed 14 passes");
+    let second = net_tier::run_with(&run).expect("seed 14 passes");
+    assert_eq!(first.trace_hash, second.trace_hash);
+    assert_eq!(first.events, second.events);
+    assert_eq!(first.broker_faults, second.broker_faults);
+    let faults = first.broker_faults.as_deref().unwrap_or_default();
+    for injected in ["partitions=1", "holds=1", "restarts=1", "bounces=1"] {
+        assert!(faults.contains(injected), "{injected} in {faults}");
+    }
+    assert!(first.deliveries > 0, "the workload delivers broadcasts");
+    // The same seed without its broker faults runs the same workload, but
+    // not the same trace.
+    let calm = net_tier::run_with(&run.clone().broker_faults(false)).expect("seed 14 passes");
+    let calm_faults = calm.broker_faults.as_deref().unwrap_or_default();
+    assert!(calm_faults.starts_with("off "), "{calm_faults}");
+    assert_ne!(calm.trace_hash, first.trace_hash);
+}

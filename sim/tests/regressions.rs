@@ -1,6 +1,7 @@
 //! Seeds that once failed, pinned so what they found cannot come back.
 //! Add every seed a sweep finds here, with a line on what it caught.
 
+use roomcast_sim::net_tier::NetRun;
 use roomcast_sim::{core_tier, net_tier};
 
 /// (seed, clients, simulated seconds, what it caught)
@@ -39,10 +40,20 @@ const CORE_SEEDS: &[(u64, usize, u64, &str)] = &[
     ),
 ];
 
+/// (seed, clients, simulated seconds, nodes, what it caught) of cluster
+/// runs (several nodes against the broker) with their drawn broker faults.
+const CLUSTER_SEEDS: &[(u64, usize, u64, usize, &str)] = &[];
+
 #[test]
 fn pinned_net_seeds_pass() {
     for &(seed, clients, seconds, what) in NET_SEEDS {
         if let Err(failure) = net_tier::run(seed, clients, seconds) {
+            panic!("regression ({what}) is back:\n{failure}");
+        }
+    }
+    for &(seed, clients, seconds, nodes, what) in CLUSTER_SEEDS {
+        let run = NetRun::new(seed, clients, seconds).nodes(nodes);
+        if let Err(failure) = net_tier::run_with(&run) {
             panic!("regression ({what}) is back:\n{failure}");
         }
     }

@@ -1,5 +1,7 @@
 //! Engines the hub drives without answering them inline: today the Redis
-//! engine ([`redis`]), shared by every node of a deployment.
+//! engine ([`redis`]), shared by every node of a deployment, or any engine
+//! task a caller hands [`serve_with_engine`](crate::serve_with_engine) as
+//! an [`EngineLink`] (the simulator's broker link is one).
 //!
 //! The hub talks to such an engine over two channels (an [`EngineLink`]):
 //! the core's requests go to the engine's task, and its answers, live
