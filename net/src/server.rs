@@ -288,7 +288,11 @@ async fn serve_engine<L: Listener>(
                             .with_upgrades();
                         tokio::pin!(connection);
                         loop {
+                            // Biased: when both are ready the outcome does not
+                            // depend on tokio's unseeded branch choice (the
+                            // simulator replays a seed exactly).
                             tokio::select! {
+                                biased;
                                 ended = connection.as_mut() => {
                                     if let Err(error) = ended {
                                         debug!(peer = %peer, %error, "http connection ended with an error");

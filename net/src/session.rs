@@ -275,6 +275,7 @@ impl Session {
             }
         });
         tokio::select! {
+            biased; // deterministic when both are ready (simulator replay)
             _ = wait => {}
             _ = settings.stop.cancelled() => {}
         }
@@ -318,6 +319,7 @@ impl Session {
             }
         });
         tokio::select! {
+            biased; // deterministic when both are ready (simulator replay)
             _ = wait => {}
             _ = settings.stop.cancelled() => {}
         }
