@@ -1,0 +1,293 @@
+//! The oracle's self-test: a clean trace passes, and every check fails on
+//! a trace with its planted defect.
+
+use super::*;
+
+fn msg(text: &str) -> Observed {
+    Observed::parse(text).unwrap()
+}
+
+fn broadcast(room: &str, seq: u64) -> Observed {
+    msg(&format!(
+        r#"{{"type":"queue_status","room":"{room}","seq":{seq},"data":{{}}}}"#
+    ))
+}
+
+/// Client 1 joined room r at seq 0 of epoch e.
+fn joined() -> Oracle {
+    let mut oracle = Oracle::new();
+    oracle.opened(1);
+    oracle.sent(1, "1".into(), Sent::Join("r".into())).unwrap();
+    oracle
+        .received(
+            1,
+            &msg(r#"{"type":"system_info","id":1,"data":{"room":"r","seq":0,"epoch":"e"}}"#),
+        )
+        .unwrap();
+    oracle
+}
+
+fn gap(room: &str, epoch: &str, seq: u64) -> Observed {
+    msg(&format!(
+        r#"{{"type":"system_warning","data":{{"code":"ROOM_GAP","room":"{room}","epoch":"{epoch}","seq":{seq}}}}}"#
+    ))
+}
+
+#[test]
+fn a_gap_warning_explains_what_it_names_and_no_more() {
+    let mut oracle = joined();
+    oracle.received(1, &broadcast("r", 1)).unwrap();
+    // Told: 2..=4 are gone; 5 follows.
+    oracle.received(1, &gap("r", "e", 4)).unwrap();
+    oracle.received(1, &broadcast("r", 5)).unwrap();
+    // A new epoch restarts the numbering.
+    oracle.received(1, &gap("r", "e2", 0)).unwrap();
+    oracle.received(1, &broadcast("r", 1)).unwrap();
+    oracle.published("r", "e2", 1);
+    oracle.check_quiescent(1).unwrap();
+    // A warning never explains going backwards, nor a silent gap after it.
+    let mut oracle = joined();
+    oracle.received(1, &broadcast("r", 1)).unwrap();
+    oracle.received(1, &broadcast("r", 2)).unwrap();
+    let back = oracle.received(1, &gap("r", "e", 0)).unwrap_err();
+    assert_eq!(back.invariant, "gapless in-order delivery");
+    let mut oracle = joined();
+    oracle.received(1, &gap("r", "e", 3)).unwrap();
+    let silent = oracle.received(1, &broadcast("r", 5)).unwrap_err();
+    assert_eq!(silent.invariant, "gapless in-order delivery");
+    let stray = oracle.received(1, &gap("other", "e", 3)).unwrap_err();
+    assert_eq!(stray.invariant, "no message to non-members");
+}
+
+#[test]
+fn a_clean_trace_passes() {
+    let mut oracle = joined();
+    for seq in 1..=3 {
+        oracle.published("r", "e", seq);
+        oracle.received(1, &broadcast("r", seq)).unwrap();
+    }
+    oracle.check_quiescent(1).unwrap();
+    oracle.ended(1, Some(4008)).unwrap();
+    oracle.check_quiescent(0).unwrap();
+}
+
+#[test]
+fn a_settled_room_needs_every_member_in_its_final_epoch() {
+    // A restart the member was never told about: nothing of the new
+    // epoch arrived, which `published` alone cannot see.
+    let mut oracle = joined();
+    oracle.received(1, &broadcast("r", 1)).unwrap();
+    oracle.published("r", "e", 1);
+    oracle.published("r", "e2", 2);
+    oracle.check_quiescent(1).unwrap();
+    oracle.settled("r", "e2", 2);
+    assert!(!oracle.caught_up(1));
+    let stale = oracle.check_quiescent(1).unwrap_err();
+    assert!(stale.detail.contains("still in epoch e"), "{stale}");
+    // Told, and caught up with the final broadcast.
+    oracle.received(1, &gap("r", "e2", 1)).unwrap();
+    assert!(!oracle.caught_up(1));
+    oracle.received(1, &broadcast("r", 2)).unwrap();
+    assert!(oracle.caught_up(1));
+    oracle.check_quiescent(1).unwrap();
+    // The tail is still checked within the final epoch.
+    let mut oracle = joined();
+    oracle.settled("r", "e", 2);
+    oracle.received(1, &broadcast("r", 1)).unwrap();
+    assert!(!oracle.caught_up(1));
+    assert!(oracle.check_quiescent(1).is_err());
+}
+
+#[test]
+fn planted_member_left_in_an_old_epoch() {
+    let mut oracle = joined();
+    oracle.expect_newest_epochs();
+    oracle.published("r", "e", 1);
+    oracle.received(1, &broadcast("r", 1)).unwrap();
+    oracle.check_quiescent(1).unwrap();
+    // The room lost its data: e2 was published in, the member never heard.
+    oracle.published("r", "e2", 1);
+    assert_eq!(
+        oracle.check_quiescent(1).unwrap_err().invariant,
+        "members follow their room to its newest epoch"
+    );
+    // Told, it moves on and catches up.
+    oracle.received(1, &gap("r", "e2", 0)).unwrap();
+    oracle.received(1, &broadcast("r", 1)).unwrap();
+    oracle.check_quiescent(1).unwrap();
+    // A member in an epoch nobody published in yet (its node read the
+    // new epoch first) is not behind.
+    oracle.received(1, &gap("r", "e3", 0)).unwrap();
+    oracle.check_quiescent(1).unwrap();
+}
+
+#[test]
+fn planted_missing_message_in_the_middle() {
+    let mut oracle = joined();
+    oracle.received(1, &broadcast("r", 1)).unwrap();
+    let v = oracle.received(1, &broadcast("r", 3)).unwrap_err();
+    assert_eq!(v.invariant, "gapless in-order delivery");
+}
+
+#[test]
+fn planted_missing_message_at_the_tail() {
+    let mut oracle = joined();
+    oracle.published("r", "e", 1);
+    oracle.published("r", "e", 2);
+    oracle.received(1, &broadcast("r", 1)).unwrap();
+    assert_eq!(
+        oracle.check_quiescent(1).unwrap_err().invariant,
+        "gapless in-order delivery"
+    );
+}
+
+#[test]
+fn planted_duplicate() {
+    let mut oracle = joined();
+    oracle.received(1, &broadcast("r", 1)).unwrap();
+    let v = oracle.received(1, &broadcast("r", 1)).unwrap_err();
+    assert!(v.detail.contains("duplicate"), "{v}");
+}
+
+#[test]
+fn planted_reordering() {
+    let mut oracle = joined();
+    oracle.received(1, &broadcast("r", 2)).unwrap_err();
+    let mut oracle = joined();
+    oracle.received(1, &broadcast("r", 1)).unwrap();
+    oracle.received(1, &broadcast("r", 2)).unwrap();
+    assert!(oracle.received(1, &broadcast("r", 1)).is_err());
+}
+
+#[test]
+fn planted_message_to_non_member() {
+    let mut oracle = joined();
+    let v = oracle.received(1, &broadcast("other", 1)).unwrap_err();
+    assert_eq!(v.invariant, "no message to non-members");
+    // After a confirmed leave, the room's messages are violations too.
+    let mut oracle = joined();
+    oracle.sent(1, "2".into(), Sent::Leave("r".into())).unwrap();
+    oracle
+        .received(
+            1,
+            &msg(r#"{"type":"system_info","id":2,"data":{"room":"r"}}"#),
+        )
+        .unwrap();
+    assert!(oracle.received(1, &broadcast("r", 1)).is_err());
+}
+
+#[test]
+fn planted_leaked_connection() {
+    let mut oracle = joined();
+    oracle.ended(1, None).unwrap();
+    let v = oracle.check_quiescent(1).unwrap_err();
+    assert_eq!(v.invariant, "no leaked connections");
+}
+
+#[test]
+fn planted_missing_and_unknown_replies() {
+    let mut oracle = joined();
+    oracle.sent(1, "\"p\"".into(), Sent::Other).unwrap();
+    assert_eq!(
+        oracle.check_quiescent(1).unwrap_err().invariant,
+        "one reply per request"
+    );
+    let v = oracle
+        .received(1, &msg(r#"{"type":"pong","id":"q","data":{}}"#))
+        .unwrap_err();
+    assert_eq!(v.invariant, "one reply per request");
+}
+
+/// Client 2 comes back after seq 1 of epoch e, asking to recover.
+fn recovering(window: Option<u64>) -> Oracle {
+    let mut oracle = Oracle::new();
+    if let Some(w) = window {
+        oracle.expect_recovery_within(w);
+    }
+    oracle.opened(2);
+    oracle
+        .sent(2, "1".into(), Sent::Recover("r".into(), "e".into(), 1))
+        .unwrap();
+    oracle
+}
+
+#[test]
+fn a_complete_recovery_passes_and_a_replay_gap_fails() {
+    let reply = msg(
+        r#"{"type":"system_info","id":1,"data":{"room":"r","seq":3,"epoch":"e","recovered":true}}"#,
+    );
+    let mut oracle = recovering(Some(10));
+    oracle.received(2, &reply).unwrap();
+    oracle.received(2, &broadcast("r", 2)).unwrap();
+    oracle.received(2, &broadcast("r", 3)).unwrap();
+    oracle.published("r", "e", 3);
+    oracle.check_quiescent(1).unwrap();
+    // Planted: the replay skips seq 2.
+    let mut oracle = recovering(Some(10));
+    oracle.received(2, &reply).unwrap();
+    assert_eq!(
+        oracle
+            .received(2, &broadcast("r", 3))
+            .unwrap_err()
+            .invariant,
+        "gapless in-order delivery"
+    );
+    // Planted: the replay stops short (seq 3 never comes).
+    let mut oracle = recovering(Some(10));
+    oracle.received(2, &reply).unwrap();
+    oracle.received(2, &broadcast("r", 2)).unwrap();
+    oracle.published("r", "e", 3);
+    assert!(oracle.check_quiescent(1).is_err());
+}
+
+#[test]
+fn planted_refused_recovery_inside_the_window() {
+    let refused = msg(
+        r#"{"type":"system_info","id":1,"data":{"room":"r","seq":3,"epoch":"e","recovered":false}}"#,
+    );
+    let v = recovering(Some(10)).received(2, &refused).unwrap_err();
+    assert_eq!(v.invariant, "recovery within the history window");
+    // Outside the window (or without one) a refusal is fine, and delivery goes on from seq 4.
+    let mut oracle = recovering(Some(1));
+    oracle.received(2, &refused).unwrap();
+    oracle.received(2, &broadcast("r", 4)).unwrap();
+    // Planted: claiming recovery across epochs.
+    let lie = msg(
+        r#"{"type":"system_info","id":1,"data":{"room":"r","seq":3,"epoch":"e2","recovered":true}}"#,
+    );
+    assert_eq!(
+        recovering(None).received(2, &lie).unwrap_err().invariant,
+        "recovery is honest"
+    );
+}
+
+#[test]
+fn conflated_events_may_jump_forward_only() {
+    let mut oracle = joined();
+    oracle.received(1, &broadcast("r", 1)).unwrap();
+    let jump = msg(r#"{"type":"download_progress","room":"r","seq":4,"conflated":true,"data":{}}"#);
+    oracle.received(1, &jump).unwrap();
+    oracle.received(1, &broadcast("r", 5)).unwrap();
+    // Planted: an unflagged jump, and a flagged step backwards.
+    assert!(oracle.received(1, &broadcast("r", 7)).is_err());
+    let mut oracle = joined();
+    oracle.received(1, &broadcast("r", 1)).unwrap();
+    let back = msg(r#"{"type":"download_progress","room":"r","seq":1,"conflated":true,"data":{}}"#);
+    assert!(oracle.received(1, &back).is_err());
+}
+
+#[test]
+fn planted_unexplained_close_and_late_message() {
+    let mut oracle = joined();
+    assert_eq!(
+        oracle.ended(1, Some(1011)).unwrap_err().invariant,
+        "explained closes"
+    );
+    assert_eq!(
+        oracle
+            .received(1, &broadcast("r", 1))
+            .unwrap_err()
+            .invariant,
+        "nothing after close"
+    );
+}
