@@ -8,9 +8,10 @@
 //! which live messages are held. The read's frames fill the gap; when
 //! they cannot, every member is told with a `ROOM_GAP` warning carrying
 //! the position the read's frames resume from (after data loss: the start
-//! of the new epoch), and then gets those frames. Because the live stream is at most once, a
-//! room with members is also read every `stream_check_interval_ms`, so a
-//! lost last message is noticed even when nothing follows it.
+//! of the new epoch), and then gets those frames. Because the live stream
+//! is at most once, a room with members is also read every
+//! `stream_check_interval_ms`, so a lost last message is noticed even when
+//! nothing follows it.
 
 use serde::Serialize;
 

@@ -109,6 +109,22 @@ impl RedisServer {
         }
     }
 
+    /// Starts it on `port` with an append-only file in `dir`, written and
+    /// synced before each answer (`appendfsync always`): killed with
+    /// SIGKILL and started again on the same `dir`, it has lost nothing.
+    pub fn start_persistent(port: u16, dir: &std::path::Path) -> RedisServer {
+        let dir = dir.to_string_lossy();
+        let persistent = [
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            &dir,
+        ];
+        RedisServer::start_with(port, &persistent)
+    }
+
     /// `redis://127.0.0.1:port/0`, or `rediss://...` with TLS.
     pub fn url(&self) -> String {
         let scheme = if self.cli_tls.is_empty() {

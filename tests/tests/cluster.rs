@@ -197,17 +197,8 @@ async fn cut_redis_connections_lose_nothing_when_the_data_stays() {
 #[tokio::test]
 async fn redis_killed_and_restarted_with_its_data_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let dir_arg = dir.path().to_str().unwrap();
-    let persistent = [
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--dir",
-        dir_arg,
-    ];
     let port = roomcast_tests::binary::free_port();
-    let mut redis = RedisServer::start_with(port, &persistent);
+    let mut redis = RedisServer::start_persistent(port, dir.path());
     let a = node(&redis, "persist").await;
     let b = node(&redis, "persist").await;
     let c = node(&redis, "persist").await;
@@ -233,7 +224,7 @@ async fn redis_killed_and_restarted_with_its_data_loses_nothing() {
         )
         .await;
     response.assert_error(503, "ENGINE_UNAVAILABLE");
-    let _redis = RedisServer::start_with(port, &persistent);
+    let _redis = RedisServer::start_persistent(port, dir.path());
     let mut last = 5;
     for n in 6..=10 {
         let receipt = observer.publish_retrying(a.addr, "room", n).await;

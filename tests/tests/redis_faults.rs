@@ -90,17 +90,8 @@ async fn redis_down_fails_calls_and_they_work_again_when_it_is_back() {
 async fn a_persistent_redis_killed_and_restarted_keeps_epochs_history_and_the_stream() {
     // Every write is in the append-only file before Redis answers it.
     let data = tempfile::tempdir().unwrap();
-    let dir = data.path().to_string_lossy().into_owned();
-    let persistent = [
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--dir",
-        dir.as_str(),
-    ];
     let port = RedisServer::start().addr.port(); // a free port, released
-    let mut server = RedisServer::start_with(port, &persistent);
+    let mut server = RedisServer::start_persistent(port, data.path());
     let mut h = Harness::redis(&server, 2).await;
     h.follow(1, "r").await;
     let first = h.append(0, "r", 1).await;
@@ -108,7 +99,7 @@ async fn a_persistent_redis_killed_and_restarted_keeps_epochs_history_and_the_st
     assert_eq!(h.live(1).await.seq, 1);
     assert_eq!(h.live(1).await.seq, 2);
     server.kill(); // SIGKILL: no shutdown save
-    let _server = RedisServer::start_with(port, &persistent);
+    let _server = RedisServer::start_persistent(port, data.path());
     // The follower's pub/sub connection comes back and says so...
     let deadline = std::time::Instant::now() + WAIT * 3;
     loop {

@@ -175,14 +175,8 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::config::tests::env;
     use crate::config::ServerConfig;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn the_redis_password_is_never_shown() {
