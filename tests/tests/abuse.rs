@@ -1,7 +1,6 @@
 //! Limits under abuse (issue 14): one client abusing an expensive path must
 //! not stall everyone else. Timings are printed for docs/operations.md and
-//! asserted only with generous bounds relative to a baseline measured in
-//! the same run.
+//! asserted only with generous liveness bounds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -117,9 +116,10 @@ async fn refresh_verification_does_not_stall_the_hub() {
         during > 0,
         "the flood was over before the bystander could ping"
     );
-    // Inline verification made the bystander wait for the verifications
-    // queued ahead of it (hundreds of `one_refresh`).
-    let bound = (one_refresh * 20).max(Duration::from_millis(250));
+    // A liveness bound, not a speed claim (docs/benchmarks.md has the
+    // numbers): inline verification made the bystander wait behind every
+    // verification queued ahead of it; off the hub it waits for none.
+    let bound = Duration::from_secs(2);
     assert!(
         worst < bound,
         "a bystander's ping took {worst:?} during the refresh flood (bound {bound:?})"

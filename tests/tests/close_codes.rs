@@ -303,15 +303,29 @@ async fn a_client_that_answers_pings_stays_connected() {
     server.assert_connections(0).await;
 }
 
+/// Client messages count as activity on their own. The client sends a
+/// ping action every 250 ms for over two idle timeouts and reads nothing
+/// meanwhile, so it answers none of the server's WebSocket pings (a
+/// tungstenite client queues its pong only when it reads the ping). Were
+/// its messages not counted, the server would close it with 4002 after
+/// 1.5 s; instead every request is answered, in order, with no close.
 #[tokio::test]
 async fn a_client_that_only_sends_messages_stays_connected() {
+    const PINGS: usize = 14;
     let server = TestServer::start(heartbeat_config()).await;
     let mut c = server.client().await;
-    for _ in 0..10 {
+    for i in 0..PINGS {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert_eq!(c.request(json!({"action": "ping"})).await["type"], "pong");
+        c.send_json(json!({"action": "ping", "id": i})).await;
     }
+    for i in 0..PINGS {
+        let reply = c.recv_json().await;
+        assert_eq!(reply["type"], "pong", "{reply}");
+        assert_eq!(reply["id"], i, "{reply}");
+    }
+    assert_eq!(disconnects(&server, "idle").await, 0.0);
     c.close().await;
+    server.assert_connections(0).await;
 }
 
 /// The core of the slow-consumer contract: a member that does not read is

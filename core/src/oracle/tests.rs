@@ -291,3 +291,65 @@ fn planted_unexplained_close_and_late_message() {
         "nothing after close"
     );
 }
+
+#[test]
+fn planted_rejoin_that_reports_an_older_position() {
+    // A re-join by a member reports the room's newest seq (or, with held
+    // progress events, one the member has not seen yet), never an older
+    // one, and never another epoch.
+    let mut oracle = joined();
+    for seq in 1..=3 {
+        oracle.received(1, &broadcast("r", seq)).unwrap();
+    }
+    oracle.sent(1, "2".into(), Sent::Join("r".into())).unwrap();
+    let older = msg(r#"{"type":"system_info","id":2,"data":{"room":"r","seq":1,"epoch":"e"}}"#);
+    assert_eq!(
+        oracle.received(1, &older).unwrap_err().invariant,
+        "idempotent join"
+    );
+    let mut oracle = joined();
+    oracle.sent(1, "2".into(), Sent::Join("r".into())).unwrap();
+    let other_epoch =
+        msg(r#"{"type":"system_info","id":2,"data":{"room":"r","seq":0,"epoch":"e2"}}"#);
+    assert_eq!(
+        oracle.received(1, &other_epoch).unwrap_err().invariant,
+        "idempotent join"
+    );
+    // The honest re-join passes: same epoch, the newest seq.
+    let mut oracle = joined();
+    oracle.received(1, &broadcast("r", 1)).unwrap();
+    oracle.sent(1, "2".into(), Sent::Join("r".into())).unwrap();
+    let newest = msg(r#"{"type":"system_info","id":2,"data":{"room":"r","seq":1,"epoch":"e"}}"#);
+    oracle.received(1, &newest).unwrap();
+}
+
+#[test]
+fn planted_join_replies_without_a_position() {
+    let mut oracle = Oracle::new();
+    oracle.opened(1);
+    oracle.sent(1, "1".into(), Sent::Join("r".into())).unwrap();
+    let no_epoch = msg(r#"{"type":"system_info","id":1,"data":{"room":"r","seq":0}}"#);
+    assert_eq!(
+        oracle.received(1, &no_epoch).unwrap_err().invariant,
+        "join reply shape"
+    );
+    oracle
+        .sent(1, "2".into(), Sent::Recover("r".into(), "e".into(), 3))
+        .unwrap();
+    let no_flag = msg(r#"{"type":"system_info","id":2,"data":{"room":"r","seq":5,"epoch":"e"}}"#);
+    assert_eq!(
+        oracle.received(1, &no_flag).unwrap_err().invariant,
+        "join reply shape"
+    );
+}
+
+#[test]
+fn planted_gap_warning_without_a_position() {
+    let mut oracle = joined();
+    let no_seq =
+        msg(r#"{"type":"system_warning","data":{"code":"ROOM_GAP","room":"r","epoch":"e"}}"#);
+    assert_eq!(
+        oracle.received(1, &no_seq).unwrap_err().invariant,
+        "gap warning shape"
+    );
+}

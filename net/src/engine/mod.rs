@@ -138,14 +138,22 @@ mod tests {
 
     #[test]
     fn backoff_grows_jittered_and_capped() {
+        // Attempt k waits between half and all of min(100 ms * 2^k, 5 s).
         let mut backoff = Backoff::new();
-        let first = backoff.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        for _ in 0..20 {
+        for attempt in 0..12u32 {
+            let full = (Duration::from_millis(100) * 2u32.pow(attempt)).min(Duration::from_secs(5));
             let delay = backoff.next_delay();
-            assert!(delay >= Duration::from_millis(2_500) || delay < Duration::from_secs(5));
-            assert!(delay <= Duration::from_secs(5));
+            assert!(
+                delay >= full / 2 && delay <= full,
+                "attempt {attempt}: {delay:?} outside {:?}..={full:?}",
+                full / 2
+            );
         }
+        // At the cap, the draws are spread (nodes do not reconnect in step).
+        let capped: std::collections::BTreeSet<Duration> =
+            (0..50).map(|_| backoff.next_delay()).collect();
+        assert!(capped.len() > 10, "jitter: {capped:?}");
+        assert!(capped.iter().all(|d| *d >= Duration::from_millis(2_500)));
     }
 
     #[test]
