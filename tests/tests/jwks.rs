@@ -19,6 +19,9 @@ use serde_json::{json, Value};
 
 const JWKS: &str = "/.well-known/jwks.json";
 
+/// Signs claims for one key source.
+type Signer = Box<dyn Fn(&Value) -> String>;
+
 /// Private keys made once per test process with the `openssl` command line.
 struct Keys {
     rsa: EncodingKey,
@@ -335,7 +338,7 @@ async fn audience_and_issuer_are_checked_with_every_key_source() {
         claims
     };
     // Each key source, with a way to sign claims for it.
-    let sources: Vec<(&str, ServerConfig, Box<dyn Fn(&Value) -> String>)> = vec![
+    let sources: Vec<(&str, ServerConfig, Signer)> = vec![
         (
             "secret",
             test_config(),
