@@ -432,3 +432,78 @@ async fn algorithm_confusion_and_unsigned_tokens_are_refused() {
     // None of them was a reason to ask the provider again.
     assert_eq!(idp.count(JWKS), 1);
 }
+
+#[tokio::test]
+async fn the_binary_fetches_over_https_and_checks_the_certificate() {
+    use roomcast_tests::cluster::{wait_ready, BinaryNode};
+    use roomcast_tests::tls_certs::TestCerts;
+    let certs = TestCerts::generate();
+    let idp = FakeHttp::start_tls(&certs.cert("server"), &certs.key("server")).await;
+    idp.reply(JWKS, key_set(&[rsa_jwk("r1")]));
+    let url = idp.url(JWKS);
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let env = |ca: &std::path::Path| {
+        vec![
+            // The only key source: no secret.
+            ("ROOMCAST_JWT_SECRET", String::new()),
+            ("ROOMCAST_AUTH__JWKS_URL", url.clone()),
+            ("ROOMCAST_AUTH__INVALID_TOKEN", "reject".to_owned()),
+            // The trust store: the test's CA (or one that signed nothing).
+            ("SSL_CERT_FILE", ca.to_str().unwrap().to_owned()),
+            ("SSL_CERT_DIR", String::new()),
+        ]
+    };
+    let start = |env: Vec<(&'static str, String)>| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        BinaryNode::start(&[], &env)
+    };
+    let trusting = start(env(&certs.cert("ca")));
+    wait_ready(trusting.addr).await;
+    let bearer = format!("Bearer {}", rs("r1"));
+    let upgrade =
+        upgrade_request(trusting.addr, "/ws/connect", &[("authorization", &bearer)]).await;
+    assert_eq!(upgrade.status, 101, "{upgrade:?}");
+
+    // A server whose trust store lacks the CA never loads the keys.
+    let untrusting = start(env(&certs.cert("other-ca")));
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    // Listening (it never gets ready).
+    while tokio::net::TcpStream::connect(untrusting.addr)
+        .await
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    loop {
+        let metrics = http(untrusting.addr, "GET", "/metrics", &[], "").await;
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        if roomcast_tests::metric_value(&text, "roomcast_jwks_fetches_total{outcome=\"connect\"}")
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed fetch counted: {}",
+            untrusting.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = http(untrusting.addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(ready.status, 503);
+    let upgrade = upgrade_request(
+        untrusting.addr,
+        "/ws/connect",
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(upgrade.status, 401);
+    assert!(
+        untrusting.log().contains("JWKS fetch failed"),
+        "{}",
+        untrusting.log()
+    );
+    // Tokens never reach the log.
+    assert!(!untrusting.log().contains(&rs("r1")[..40]));
+}
