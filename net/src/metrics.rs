@@ -14,6 +14,13 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+/// Label of a per-outcome counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// `ok`, or what went wrong (e.g. `timeout`, `connect`, `status`).
+    pub outcome: &'static str,
+}
+
 /// Every metric the server exports. Cheap to clone (shared counters).
 #[derive(Clone)]
 pub struct Metrics {
@@ -43,6 +50,10 @@ pub struct Metrics {
     pub publish_to_write_seconds: Histogram,
     /// Client messages and publishes refused because `inbound_bytes_max` was full.
     pub server_busy: Counter,
+    /// Fetches of the identity provider's key set (`jwks_url`), by outcome.
+    pub jwks_fetches: Family<Outcome, Counter>,
+    /// Usable keys in the current key set (0: none loaded).
+    pub jwks_keys: Gauge,
     registry: std::sync::Arc<Registry>,
 }
 
@@ -62,6 +73,8 @@ impl Metrics {
         let broadcasts = Counter::default();
         let deliveries = Counter::default();
         let server_busy = Counter::default();
+        let jwks_fetches = Family::<Outcome, Counter>::default();
+        let jwks_keys = Gauge::default();
         // 50 µs .. ~3.3 s
         let publish_to_write_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 17));
         registry.register(
@@ -129,6 +142,16 @@ impl Metrics {
             "Time from a publish reaching the server to its frame being written to a client",
             publish_to_write_seconds.clone(),
         );
+        registry.register(
+            "jwks_fetches",
+            "Fetches of the identity provider's token keys (auth.jwks_url), by outcome",
+            jwks_fetches.clone(),
+        );
+        registry.register(
+            "jwks_keys",
+            "Usable token keys in the identity provider's current key set",
+            jwks_keys.clone(),
+        );
         Metrics {
             connections,
             rooms,
@@ -142,6 +165,8 @@ impl Metrics {
             broadcasts,
             deliveries,
             server_busy,
+            jwks_fetches,
+            jwks_keys,
             publish_to_write_seconds,
             registry: std::sync::Arc::new(registry),
         }
@@ -157,6 +182,11 @@ impl Metrics {
         self.connections_rejected
             .get_or_create(&Reason { reason })
             .inc();
+    }
+
+    /// Counts one fetch of the identity provider's key set.
+    pub fn jwks_fetch(&self, outcome: &'static str) {
+        self.jwks_fetches.get_or_create(&Outcome { outcome }).inc();
     }
 
     /// The OpenMetrics text exposition.

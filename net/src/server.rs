@@ -262,6 +262,9 @@ async fn serve_engine<L: Listener>(
         config,
     });
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    // The identity provider's keys (with `[auth] jwks_url`), fetched by a
+    // task of their own, never on the hub; aborted when serving ends.
+    let keys_task = app.verifier.start(&app.metrics);
     info!(listen = %local, node = %app.node_id, "roomcast listening");
 
     tokio::pin!(shutdown);
@@ -374,6 +377,9 @@ async fn serve_engine<L: Listener>(
         if tokio::time::timeout(wait, lane).await.is_err() {
             warn!("the engine's last presence writes did not finish in time; those entries expire within presence_ttl_ms");
         }
+    }
+    if let Some(task) = keys_task {
+        task.abort();
     }
     info!("stopped");
     Ok(())

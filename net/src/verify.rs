@@ -85,7 +85,7 @@ impl VerifyPool {
         if let Some(jobs) = &self.jobs {
             if let Err(std_mpsc::SendError(job)) = jobs.send(job) {
                 // No thread could be started: answer inline rather than never.
-                let _ = self.results.send(run(&self.verifier, job));
+                run(&self.verifier, job, self.results.clone());
             }
         }
     }
@@ -104,9 +104,10 @@ impl VerifyPool {
                         Ok(job) => job,
                         Err(_) => return,
                     };
-                    if results.send(run(&verifier, job)).is_err() {
+                    if results.is_closed() {
                         return;
                     }
+                    run(&verifier, job, results.clone());
                 });
             if let Ok(handle) = spawned {
                 self.handles.push(handle);
@@ -123,12 +124,21 @@ impl VerifyPool {
     }
 }
 
-fn run(verifier: &TokenVerifier, job: Job) -> Verified {
-    Verified {
-        conn: job.conn,
-        id: job.id,
-        result: verifier
-            .verify(&job.token, job.now_unix_ms)
-            .map_err(|e| e.to_string()),
-    }
+/// Verifies `job` and sends the answer to `results`: at once, or, for a
+/// token whose `kid` the identity provider's key set lacks, from a tokio
+/// task once the set was fetched again (the thread does not wait for it).
+fn run(verifier: &Arc<TokenVerifier>, job: Job, results: mpsc::UnboundedSender<Verified>) {
+    let Job {
+        conn,
+        id,
+        token,
+        now_unix_ms,
+    } = job;
+    verifier.verify_then(token, now_unix_ms, move |result| {
+        let _ = results.send(Verified {
+            conn,
+            id,
+            result: result.map_err(|e| e.to_string()),
+        });
+    });
 }

@@ -13,6 +13,7 @@
 //! | [`cluster`] | nodes sharing one Redis (in this process, or the binary for `kill -9`) |
 //! | [`redis_server`], [`tls_certs`] | `redis-server` processes (single, persistent, TLS, Cluster) and their certificates |
 //! | [`engine_harness`], [`oracle_client`] | the engine contract suite's harness; clients checked by the shared oracle |
+//! | [`fake_http`] | a fake HTTP service (replies set per path, requests recorded, can go down and come back) playing the identity provider's JWKS and the application's hooks |
 //!
 //! Timeouts are generous ([`TIMEOUT`]) because the suite runs in debug
 //! builds on a small shared machine; no test asserts on timing.
@@ -25,6 +26,7 @@ pub mod binary;
 pub mod cluster;
 pub mod engine_harness;
 mod http_client;
+pub mod fake_http;
 pub mod oracle_client;
 pub mod redis_server;
 mod server;
