@@ -18,6 +18,7 @@
 //! | [`engine`] | the Redis engine: scripts, pub/sub, presence, readiness |
 //! | [`writer`] | the hub's write half of each socket: shared frames, vectored writes, backpressure |
 //! | [`auth`] | token extraction (query, header, subprotocol) and JWT verification |
+//! | [`http_client`] | the outbound HTTP(S) client (JWKS, hooks): timeouts, bounded bodies, typed errors |
 //! | [`verify`] | the threads that verify `refresh` tokens off the hub |
 //! | [`config`] | configuration: defaults, TOML file, `ROOMCAST_*` environment |
 //! | [`budget`] | the inbound byte budget (`inbound_bytes_max`) |
@@ -39,6 +40,7 @@ pub mod engine;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod http;
+pub mod http_client;
 pub mod hub;
 pub mod listener;
 pub mod metrics;

@@ -12,6 +12,9 @@
 //!   connection API) that returns status, headers and body.
 //! * [`tokens`] builds JWTs: valid, expired, wrong secret, `alg: none`,
 //!   string `exp`, future `nbf`, RS256.
+//! * [`fake_http`] is a fake HTTP service (replies set per path, requests
+//!   recorded, can go down and come back) playing the identity provider's
+//!   JWKS and the application's hooks.
 //! * [`binary`] finds (or builds) the real `roomcast` executable for the
 //!   signal tests.
 //!
@@ -41,6 +44,7 @@ use tokio_tungstenite::WebSocketStream;
 
 pub mod cluster;
 pub mod engine_harness;
+pub mod fake_http;
 pub mod oracle_client;
 pub mod redis_server;
 pub mod tls_certs;
