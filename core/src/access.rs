@@ -345,9 +345,18 @@ mod tests {
             default: RoomAccess::Public,
         };
         let alice = granted("alice", &["team:42", "team:7*"]);
-        assert_eq!(rules.join_access(&alice, &room("team:42")), JoinAccess::Allowed);
-        assert_eq!(rules.join_access(&alice, &room("team:71")), JoinAccess::Allowed);
-        assert_eq!(rules.join_access(&alice, &room("team:7")), JoinAccess::Allowed);
+        assert_eq!(
+            rules.join_access(&alice, &room("team:42")),
+            JoinAccess::Allowed
+        );
+        assert_eq!(
+            rules.join_access(&alice, &room("team:71")),
+            JoinAccess::Allowed
+        );
+        assert_eq!(
+            rules.join_access(&alice, &room("team:7")),
+            JoinAccess::Allowed
+        );
         assert_eq!(
             rules.join_access(&alice, &room("team:420")),
             JoinAccess::NotGranted
@@ -356,7 +365,10 @@ mod tests {
             rules.join_access(&Identity::Anonymous, &room("team:42")),
             JoinAccess::NotGranted
         );
-        assert_eq!(rules.join_access(&alice, &room("lobby")), JoinAccess::Allowed);
+        assert_eq!(
+            rules.join_access(&alice, &room("lobby")),
+            JoinAccess::Allowed
+        );
         let all = granted("root", &["*"]);
         assert!(rules.can_join(&all, &room("team:anything")));
         // Grants only matter for `granted` rooms.
@@ -371,7 +383,16 @@ mod tests {
     #[test]
     fn grant_grammar() {
         assert!(Grants::parse(["a", "b:*", "*", "x%2Fy"]).is_ok());
-        for bad in ["", "**", "a*b", "a b", "a/*", "*a", "room*x*", &"a".repeat(129)] {
+        for bad in [
+            "",
+            "**",
+            "a*b",
+            "a b",
+            "a/*",
+            "*a",
+            "room*x*",
+            &"a".repeat(129),
+        ] {
             assert!(
                 matches!(Grants::parse([bad]), Err(GrantError::BadEntry(_))),
                 "{bad:?}"

@@ -222,9 +222,9 @@ impl Core {
         };
         connection.token_deadline_us = user.expires_unix_ms.map(|exp| deadline_us(now, exp));
         connection.token_warned = false;
-        let expires_at = user.expires_unix_ms.map(|ms| {
-            String::from_utf8_lossy(&crate::time::format_rfc3339_ms(ms)).into_owned()
-        });
+        let expires_at = user
+            .expires_unix_ms
+            .map(|ms| String::from_utf8_lossy(&crate::time::format_rfc3339_ms(ms)).into_owned());
         // Rooms the old grants covered and the new ones do not. Rooms the
         // join hook allowed were never the token's to take away.
         let access = &self.config.access;

@@ -1095,9 +1095,7 @@ fn decode(output: Output) -> Result<Ev, String> {
         ),
         Output::Ping { conn } => Ev::Ping(conn_index(conn)),
         Output::Close { conn, code } => Ev::Close(conn_index(conn), code),
-        Output::Check { .. } => {
-            return Err("a Check must be answered by the harness".into())
-        }
+        Output::Check { .. } => return Err("a Check must be answered by the harness".into()),
     })
 }
 

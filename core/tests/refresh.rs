@@ -3,7 +3,8 @@
 //! either moves the expiry or leaves the old token in force.
 
 use roomcast_core::{
-    Check, CheckAnswer, CloseCode, ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output, Standalone, User,
+    Check, CheckAnswer, CloseCode, ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output,
+    Standalone, User,
 };
 use serde_json::Value;
 

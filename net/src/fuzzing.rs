@@ -586,6 +586,7 @@ pub fn sample_token(sub: &str) -> String {
         nbf: None,
         iat: None,
         scope: Some("publish".into()),
+        rooms: None,
     };
     fuzz_verifier().sign(&claims).expect("HS256 signing works")
 }

@@ -215,6 +215,7 @@ fn print_token(
         nbf: None,
         iat: Some(now as f64),
         scope: (!scope.trim().is_empty()).then(|| scope.trim().to_owned()),
+        rooms: None,
     };
     println!("{}", verifier.sign(&claims)?);
     Ok(())
