@@ -84,7 +84,10 @@ fn room(name: &str) -> RoomName {
 fn kind_and_code(frame: &Value) -> (String, String) {
     (
         frame["type"].as_str().unwrap_or_default().to_owned(),
-        frame["data"]["code"].as_str().unwrap_or_default().to_owned(),
+        frame["data"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
     )
 }
 
