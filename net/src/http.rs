@@ -339,7 +339,7 @@ async fn open_session(
         conn,
         identity,
         writer: ConnWriter::new(write, signal),
-        forwarded,
+        forwarded: (!forwarded.is_empty()).then(|| Box::new(forwarded)),
     };
     app.hub.send(open).await.ok()?;
     Some(Session {

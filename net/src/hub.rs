@@ -65,8 +65,9 @@ pub enum HubInput {
         identity: Identity,
         /// Its socket's write half.
         writer: ConnWriter,
-        /// Its upgrade request's headers to send on to the join hook.
-        forwarded: hyper::HeaderMap,
+        /// Its upgrade request's headers to send on to the join hook
+        /// (`None` when there are none; boxed, as few connections have them).
+        forwarded: Option<Box<hyper::HeaderMap>>,
     },
     /// Control frames tungstenite wrote while reading (pongs, a close echo).
     Control {

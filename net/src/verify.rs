@@ -61,7 +61,7 @@ pub struct Checker {
     handles: Vec<JoinHandle<()>>,
     /// Forwarded upgrade headers per connection (join hook only). Lookup
     /// only; never iterated.
-    forwarded: HashMap<ConnectionId, HeaderMap>,
+    forwarded: HashMap<ConnectionId, Box<HeaderMap>>,
 }
 
 impl Checker {
@@ -90,8 +90,8 @@ impl Checker {
     }
 
     /// A connection opened with these forwarded headers.
-    pub fn opened(&mut self, conn: ConnectionId, forwarded: HeaderMap) {
-        if self.hooks.has_join() && !forwarded.is_empty() {
+    pub fn opened(&mut self, conn: ConnectionId, forwarded: Option<Box<HeaderMap>>) {
+        if let Some(forwarded) = forwarded.filter(|_| self.hooks.has_join()) {
             self.forwarded.insert(conn, forwarded);
         }
     }
@@ -124,7 +124,11 @@ impl Checker {
                 };
                 let hooks = self.hooks.clone();
                 let results = self.results.clone();
-                let forwarded = self.forwarded.get(&conn).cloned().unwrap_or_default();
+                let forwarded = self
+                    .forwarded
+                    .get(&conn)
+                    .map(|headers| HeaderMap::clone(headers))
+                    .unwrap_or_default();
                 tokio::spawn(async move {
                     let verdict = hooks
                         .join(permit, conn, user.as_deref(), &room, &forwarded)
