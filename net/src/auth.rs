@@ -1,19 +1,29 @@
 //! Tokens: where they are found on a request, and how they are verified.
 //!
-//! The algorithm comes from configuration only; a token naming another
-//! `alg` (including `none`) is refused. `exp` is required and, like `nbf`,
+//! Keys: one HS256 secret, one RS256/ES256 PEM key, or the identity
+//! provider's key set at `jwks_url` (`jwks.rs`; the token's `kid` picks
+//! the key). The algorithm comes from configuration or the key, never from
+//! the token: a token naming another `alg` (including `none`) is refused.
+//! `aud` and `iss` are checked when `audience` / `issuer` are configured,
+//! with every key source. `exp` is required and, like `nbf`,
 //! checked against the server's [`Clock`](crate::clock::Clock) rather than the
 //! system clock, so the simulator controls token expiry too.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use hyper::HeaderMap;
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use roomcast_core::{Grants, User};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AuthConfig;
+use crate::jwks::{Jwks, Lookup};
+use crate::metrics::Metrics;
 
 /// The subprotocol browsers offer next to their token, and the one we select.
 pub const SUBPROTOCOL: &str = "roomcast";
@@ -55,6 +65,11 @@ pub enum TokenError {
     Expired,
     /// `nbf` is in the future.
     NotYetValid,
+    /// The token's `kid` names no key of the identity provider's set
+    /// (even after a refetch, when [`TokenVerifier::verify_fresh`] said so).
+    UnknownKey,
+    /// No key set was loaded from `jwks_url` yet.
+    KeysNotLoaded,
 }
 
 impl std::fmt::Display for TokenError {
@@ -64,21 +79,58 @@ impl std::fmt::Display for TokenError {
             TokenError::Invalid(why) => write!(f, "invalid token: {why}"),
             TokenError::Expired => f.write_str("token expired"),
             TokenError::NotYetValid => f.write_str("token not valid yet (nbf)"),
+            TokenError::UnknownKey => f.write_str("invalid token: no key with the token's kid"),
+            TokenError::KeysNotLoaded => {
+                f.write_str("invalid token: the identity provider's keys are not loaded yet")
+            }
         }
     }
 }
 
 /// Verifies (and, with an HS256 secret, signs) tokens.
 pub struct TokenVerifier {
-    algorithm: Algorithm,
-    decoding: Option<DecodingKey>,
+    keys: Keys,
     encoding: Option<EncodingKey>,
     leeway_ms: i64,
+    /// `[auth] audience`: when set, `aud` must contain it.
+    audience: Option<String>,
+    /// `[auth] issuer`: when set, `iss` must equal it.
+    issuer: Option<String>,
+}
+
+/// Where the verification keys come from.
+enum Keys {
+    /// One key from configuration (`jwt_secret` or `public_key_file`) and
+    /// the one algorithm tokens must name; `None`: no key.
+    Static {
+        algorithm: Algorithm,
+        decoding: Option<DecodingKey>,
+    },
+    /// The identity provider's key set (`jwks_url`): the token's `kid`
+    /// picks the key, whose algorithm the token must name.
+    Jwks(Arc<Jwks>),
 }
 
 impl TokenVerifier {
     /// Builds the verifier from configuration; errors name the bad setting.
+    ///
+    /// `jwks_url` is the only key source when set: combined with
+    /// `jwt_secret` or `public_key_file` it is refused (which key would a
+    /// token be checked with is then never a guess), and `algorithm` is
+    /// not used (each key has its own).
     pub fn from_config(auth: &AuthConfig) -> Result<TokenVerifier, String> {
+        let audience = non_empty(&auth.audience, "auth.audience")?;
+        let issuer = non_empty(&auth.issuer, "auth.issuer")?;
+        let leeway_ms = (auth.leeway_s as i64).saturating_mul(1000);
+        if let Some(url) = &auth.jwks_url {
+            return TokenVerifier::for_jwks(auth, url).map(|keys| TokenVerifier {
+                keys,
+                encoding: None,
+                leeway_ms,
+                audience,
+                issuer,
+            });
+        }
         let algorithm = match auth.algorithm.to_ascii_uppercase().as_str() {
             "HS256" => Algorithm::HS256,
             "RS256" => Algorithm::RS256,
@@ -100,7 +152,7 @@ impl TokenVerifier {
             _ => {
                 let path = auth.public_key_file.as_ref().ok_or_else(|| {
                     format!(
-                        "auth.algorithm {:?} needs auth.public_key_file",
+                        "auth.algorithm {:?} needs auth.public_key_file (or auth.jwks_url)",
                         auth.algorithm
                     )
                 })?;
@@ -118,27 +170,192 @@ impl TokenVerifier {
             }
         };
         Ok(TokenVerifier {
-            algorithm,
-            decoding,
+            keys: Keys::Static {
+                algorithm,
+                decoding,
+            },
             encoding,
-            leeway_ms: (auth.leeway_s as i64).saturating_mul(1000),
+            leeway_ms,
+            audience,
+            issuer,
         })
+    }
+
+    fn for_jwks(auth: &AuthConfig, url: &str) -> Result<Keys, String> {
+        if auth.jwt_secret.as_deref().is_some_and(|s| !s.is_empty())
+            || auth.public_key_file.is_some()
+        {
+            return Err("auth.jwks_url cannot be combined with auth.jwt_secret (ROOMCAST_JWT_SECRET) or auth.public_key_file: with jwks_url, tokens are verified with the identity provider's keys only; remove one".into());
+        }
+        let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+        if !scheme_ok
+            || url
+                .parse::<hyper::Uri>()
+                .map_or(true, |u| u.host().is_none())
+        {
+            return Err(format!(
+                "auth.jwks_url: {} is not an http:// or https:// URL",
+                crate::config::redact_url(url)
+            ));
+        }
+        if !(100..=86_400_000).contains(&auth.jwks_refresh_ms) {
+            return Err("auth.jwks_refresh_ms must be between 100 and 86400000".into());
+        }
+        if auth.jwks_refetch_min_ms > 86_400_000 {
+            return Err("auth.jwks_refetch_min_ms must be at most 86400000".into());
+        }
+        Ok(Keys::Jwks(Arc::new(Jwks::new(
+            url.to_owned(),
+            Duration::from_millis(auth.jwks_refresh_ms),
+            Duration::from_millis(auth.jwks_refetch_min_ms),
+        ))))
     }
 
     /// Whether any token can be valid at all.
     pub fn is_configured(&self) -> bool {
-        self.decoding.is_some()
+        match &self.keys {
+            Keys::Static { decoding, .. } => decoding.is_some(),
+            Keys::Jwks(_) => true,
+        }
     }
 
-    /// Verifies `token` at `now_unix_ms` and returns its user.
+    /// Starts fetching the identity provider's keys (with `jwks_url`;
+    /// `None` otherwise). The caller aborts the task when it stops.
+    pub fn start(&self, metrics: &Metrics) -> Option<tokio::task::JoinHandle<()>> {
+        match &self.keys {
+            Keys::Jwks(jwks) => Some(jwks.start(metrics)),
+            Keys::Static { .. } => None,
+        }
+    }
+
+    /// `Err` while tokens cannot be verified for want of keys that are
+    /// still to come (a JWKS never loaded): `/readyz` answers 503.
+    pub fn keys_ready(&self) -> Result<(), &'static str> {
+        match &self.keys {
+            Keys::Jwks(jwks) if jwks.current().is_none() => {
+                Err("the identity provider's token keys (auth.jwks_url) are not loaded yet")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Verifies `token` at `now_unix_ms` and returns its user, with the
+    /// keys at hand: a `kid` the key set lacks is [`TokenError::UnknownKey`]
+    /// (see [`TokenVerifier::verify_fresh`]).
     pub fn verify(&self, token: &str, now_unix_ms: i64) -> Result<User, TokenError> {
-        let key = self.decoding.as_ref().ok_or(TokenError::NotConfigured)?;
-        let mut validation = Validation::new(self.algorithm);
+        match &self.keys {
+            Keys::Static {
+                algorithm,
+                decoding,
+            } => {
+                let key = decoding.as_ref().ok_or(TokenError::NotConfigured)?;
+                self.check(token, key, *algorithm, now_unix_ms)
+            }
+            Keys::Jwks(jwks) => {
+                let header = decode_header(token)
+                    .map_err(|_| TokenError::Invalid("malformed token".into()))?;
+                let set = jwks.current().ok_or(TokenError::KeysNotLoaded)?;
+                let key = match set.lookup(header.kid.as_deref()) {
+                    Lookup::Found(key) => key,
+                    Lookup::UnknownKid => return Err(TokenError::UnknownKey),
+                    Lookup::NoKid => {
+                        return Err(TokenError::Invalid(
+                            "no kid, and the key set has several keys".into(),
+                        ))
+                    }
+                };
+                // The key decides the algorithm, never the token: an HS256
+                // token "signed" with a public key, or an RS256 token for
+                // an EC key, is refused here.
+                if header.alg != key.algorithm {
+                    return Err(TokenError::Invalid(format!(
+                        "alg {:?} is not the key's ({:?})",
+                        header.alg, key.algorithm
+                    )));
+                }
+                self.check(token, &key.decoding, key.algorithm, now_unix_ms)
+            }
+        }
+    }
+
+    /// Like [`TokenVerifier::verify`], and when the token names a `kid`
+    /// the key set lacks, fetches the set again (rate-limited, see
+    /// `jwks.rs`) and verifies once more. Awaits only that fetch: run it on
+    /// the task of the request that brought the token, never on a hub.
+    pub async fn verify_fresh(&self, token: &str, now_unix_ms: i64) -> Result<User, TokenError> {
+        let Keys::Jwks(jwks) = &self.keys else {
+            return self.verify(token, now_unix_ms);
+        };
+        let seen = jwks.generation();
+        match self.verify(token, now_unix_ms) {
+            Err(TokenError::UnknownKey) => {
+                jwks.refetch(seen).await;
+                self.verify(token, now_unix_ms)
+            }
+            other => other,
+        }
+    }
+
+    /// [`TokenVerifier::verify_fresh`] for a thread outside the runtime
+    /// (the verification pool): the answer goes to `deliver`, at once, or
+    /// from a tokio task after the refetch, so the thread never waits for
+    /// a fetch.
+    pub fn verify_then(
+        self: &Arc<Self>,
+        token: String,
+        now_unix_ms: i64,
+        deliver: impl FnOnce(Result<User, TokenError>) + Send + 'static,
+    ) {
+        if let Keys::Jwks(jwks) = &self.keys {
+            let seen = jwks.generation();
+            let result = self.verify(&token, now_unix_ms);
+            match (result, jwks.runtime()) {
+                (Err(TokenError::UnknownKey), Some(runtime)) => {
+                    let verifier = self.clone();
+                    let jwks = jwks.clone();
+                    runtime.spawn(async move {
+                        jwks.refetch(seen).await;
+                        deliver(verifier.verify(&token, now_unix_ms));
+                    });
+                }
+                (result, _) => deliver(result),
+            }
+            return;
+        }
+        deliver(self.verify(&token, now_unix_ms));
+    }
+
+    /// Loads `set` as if fetched from `jwks_url`.
+    #[cfg(test)]
+    pub(crate) fn load_for_test(&self, set: crate::jwks::KeySet) {
+        if let Keys::Jwks(jwks) = &self.keys {
+            jwks.store(set);
+        }
+    }
+
+    fn check(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        algorithm: Algorithm,
+        now_unix_ms: i64,
+    ) -> Result<User, TokenError> {
+        let mut validation = Validation::new(algorithm);
         // exp/nbf are checked below against our own clock, not the system's.
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
-        validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
+        let mut required = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
+        if let Some(audience) = &self.audience {
+            validation.validate_aud = true;
+            validation.set_audience(&[audience]);
+            required.insert("aud".to_owned());
+        }
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            required.insert("iss".to_owned());
+        }
+        validation.required_spec_claims = required;
         let data = decode::<Claims>(token, key, &validation)
             .map_err(|e| TokenError::Invalid(e.kind_description()))?;
         let claims = data.claims;
@@ -175,13 +392,38 @@ impl TokenVerifier {
         })
     }
 
-    /// Signs a token (HS256 only: the server never holds a private key).
+    /// Signs a token (HS256 only: the server never holds a private key),
+    /// with the configured `aud` and `iss`, so that it passes [`TokenVerifier::verify`].
     pub fn sign(&self, claims: &Claims) -> Result<String, String> {
+        #[derive(Serialize)]
+        struct Signed<'a> {
+            #[serde(flatten)]
+            claims: &'a Claims,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            aud: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            iss: Option<&'a str>,
+        }
         let key = self
             .encoding
             .as_ref()
             .ok_or("signing tokens needs auth.algorithm = \"HS256\" and a jwt_secret (ROOMCAST_JWT_SECRET)")?;
-        encode(&Header::new(self.algorithm), claims, key).map_err(|e| e.to_string())
+        let signed = Signed {
+            claims,
+            aud: self.audience.as_deref(),
+            iss: self.issuer.as_deref(),
+        };
+        encode(&Header::new(Algorithm::HS256), &signed, key).map_err(|e| e.to_string())
+    }
+}
+
+/// A set, non-empty setting (`Some("")` is a mistake, not "unset").
+fn non_empty(value: &Option<String>, key: &str) -> Result<Option<String>, String> {
+    match value {
+        Some(v) if v.is_empty() => Err(format!(
+            "{key} is set but empty (leave it out to not check it)"
+        )),
+        other => Ok(other.clone()),
     }
 }
 
@@ -196,6 +438,8 @@ impl KindDescription for jsonwebtoken::errors::Error {
         match self.kind() {
             ErrorKind::InvalidSignature => "bad signature".into(),
             ErrorKind::InvalidAlgorithm => "algorithm not allowed".into(),
+            ErrorKind::InvalidAudience => "wrong audience (aud)".into(),
+            ErrorKind::InvalidIssuer => "wrong issuer (iss)".into(),
             ErrorKind::MissingRequiredClaim(claim) => format!("missing claim {claim}"),
             ErrorKind::Json(_) => "malformed claims".into(),
             ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {

@@ -108,6 +108,17 @@ pub struct AuthConfig {
     pub invalid_token: InvalidTokenPolicy,
     /// Clock skew tolerated on `exp`/`nbf`, in seconds.
     pub leeway_s: u64,
+    /// The identity provider's key set (JWKS), `http://` or `https://`:
+    /// the only key source when set (see `jwks.rs`).
+    pub jwks_url: Option<String>,
+    /// How often the key set is fetched again, in ms.
+    pub jwks_refresh_ms: u64,
+    /// Least time between two fetches for an unknown `kid`, in ms.
+    pub jwks_refetch_min_ms: u64,
+    /// When set, a token's `aud` (string or array) must contain it.
+    pub audience: Option<String>,
+    /// When set, a token's `iss` must equal it.
+    pub issuer: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -118,6 +129,11 @@ impl Default for AuthConfig {
             public_key_file: None,
             invalid_token: InvalidTokenPolicy::Anonymous,
             leeway_s: 0,
+            jwks_url: None,
+            jwks_refresh_ms: 300_000,
+            jwks_refetch_min_ms: 10_000,
+            audience: None,
+            issuer: None,
         }
     }
 }
@@ -246,6 +262,11 @@ const TABLES: [(&str, &[&str]); 6] = [
             "public_key_file",
             "invalid_token",
             "leeway_s",
+            "jwks_url",
+            "jwks_refresh_ms",
+            "jwks_refetch_min_ms",
+            "audience",
+            "issuer",
         ],
     ),
     ("limits", LIMIT_KEYS),
@@ -456,8 +477,11 @@ fn apply_env(
 
 /// Keys whose values are always text, even when they look like a number
 /// (`ROOMCAST_JWT_SECRET=123456` is a secret, not an integer).
-const TEXT_KEYS: [&str; 14] = [
+const TEXT_KEYS: [&str; 17] = [
     "auth.jwt_secret",
+    "auth.jwks_url",
+    "auth.audience",
+    "auth.issuer",
     "engine.redis_url",
     "engine.redis_prefix",
     "engine.redis_tls_ca",
@@ -542,6 +566,41 @@ pub(crate) mod tests {
         assert_eq!(config.limits.rooms_per_connection_max, 3);
         assert_eq!(config.allowed_origins.len(), 2);
         assert_eq!(config.auth.invalid_token, InvalidTokenPolicy::Reject);
+    }
+
+    #[test]
+    fn identity_provider_settings_from_the_environment() {
+        let config = ServerConfig::load(
+            None,
+            env(&[
+                (
+                    "ROOMCAST_AUTH__JWKS_URL",
+                    "https://idp.example.com/jwks.json",
+                ),
+                ("ROOMCAST_AUTH__JWKS_REFRESH_MS", "60000"),
+                ("ROOMCAST_AUTH__JWKS_REFETCH_MIN_MS", "0"),
+                // Numbers stay text: an audience may be a numeric client id.
+                ("ROOMCAST_AUTH__AUDIENCE", "1234567890"),
+                ("ROOMCAST_AUTH__ISSUER", "https://idp.example.com/"),
+            ]),
+        )
+        .unwrap();
+        let auth = &config.auth;
+        assert_eq!(
+            auth.jwks_url.as_deref(),
+            Some("https://idp.example.com/jwks.json")
+        );
+        assert_eq!(
+            (auth.jwks_refresh_ms, auth.jwks_refetch_min_ms),
+            (60_000, 0)
+        );
+        assert_eq!(auth.audience.as_deref(), Some("1234567890"));
+        assert_eq!(auth.issuer.as_deref(), Some("https://idp.example.com/"));
+        let defaults = AuthConfig::default();
+        assert_eq!(
+            (defaults.jwks_refresh_ms, defaults.jwks_refetch_min_ms),
+            (300_000, 10_000)
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub fn key_mode(config: &ServerConfig) -> KeyMode {
         .jwt_secret
         .as_deref()
         .is_some_and(|s| !s.is_empty());
-    if !hs256 || has_secret {
+    if !hs256 || has_secret || config.auth.jwks_url.is_some() {
         KeyMode::Configured
     } else if config.listen.ip().is_loopback() {
         KeyMode::DevSecret

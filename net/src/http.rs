@@ -48,7 +48,7 @@ pub(crate) async fn handle(
         (&Method::POST, "/api/send") => send(&app, request).await,
         (&Method::GET, "/metrics") => Ok(metrics(&app)),
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        (&Method::GET, "/readyz") => Ok(match app.ready.check() {
+        (&Method::GET, "/readyz") => Ok(match app.verifier.keys_ready().and(app.ready.check()) {
             Ok(()) => json_response(StatusCode::OK, &json!({"status": "ready"})),
             Err(why) => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -212,7 +212,10 @@ async fn ws_connect(
             Err(refusal) => return Err(connect_refused(app, refusal)),
         },
         None => Identity::Anonymous,
-        Some((token, source)) => match app.verifier.verify(&token, app.clock.unix_ms()) {
+        // On this request's own task: a token whose key must first be
+        // fetched again (an unknown `kid`) makes only this request wait.
+        Some((token, source)) => match app.verifier.verify_fresh(&token, app.clock.unix_ms()).await
+        {
             Ok(user) => Identity::User(user),
             Err(error) if app.config.auth.invalid_token == InvalidTokenPolicy::Reject => {
                 app.metrics.reject("invalid_token");
@@ -397,7 +400,7 @@ fn metrics(app: &App) -> HttpResponse {
 // ----- publish API ------------------------------------------------------
 
 /// The caller of a publish endpoint: a bearer token with publishing rights.
-fn api_caller(app: &App, request: &Request<Incoming>) -> Result<User, ApiError> {
+async fn api_caller(app: &App, request: &Request<Incoming>) -> Result<User, ApiError> {
     let token = match extract_token(request.headers(), None) {
         Some((token, _)) => token,
         None => {
@@ -410,7 +413,8 @@ fn api_caller(app: &App, request: &Request<Incoming>) -> Result<User, ApiError> 
     };
     let user = app
         .verifier
-        .verify(&token, app.clock.unix_ms())
+        .verify_fresh(&token, app.clock.unix_ms())
+        .await
         .map_err(|error| {
             let code = if error == TokenError::Expired {
                 "TOKEN_EXPIRED"
@@ -504,7 +508,7 @@ fn refuse_when_shutting_down(app: &App) -> Result<(), ApiError> {
 async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let received = Instant::now();
     refuse_when_shutting_down(app)?;
-    let user = api_caller(app, &request)?;
+    let user = api_caller(app, &request).await?;
     let body = read_body(app, request).await?;
     let inbound = inbound_share(app, body.len())?;
     let publish =
@@ -554,7 +558,7 @@ async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse
 
 async fn send(app: &App, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     refuse_when_shutting_down(app)?;
-    let user = api_caller(app, &request)?;
+    let user = api_caller(app, &request).await?;
     if !user.scopes.iter().any(|s| s == "publish") {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

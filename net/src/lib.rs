@@ -18,6 +18,7 @@
 //! | [`engine`] | the Redis engine: scripts, pub/sub, presence, readiness |
 //! | [`writer`] | the hub's write half of each socket: shared frames, vectored writes, backpressure |
 //! | [`auth`] | token extraction (query, header, subprotocol) and JWT verification |
+//! | `jwks` | the identity provider's key set (`[auth] jwks_url`): fetch, refresh, refetch for an unknown `kid` |
 //! | [`http_client`] | the outbound HTTP(S) client (JWKS, hooks): timeouts, bounded bodies, typed errors |
 //! | [`verify`] | the off-hub checks the core asks for: `refresh` tokens (threads), the join hook (tasks) |
 //! | [`hooks`] | the application's hooks (`[hooks]`): connect and join, calls bounded, cache, metrics |
@@ -44,6 +45,7 @@ pub mod hooks;
 mod http;
 pub mod http_client;
 pub mod hub;
+mod jwks;
 pub mod listener;
 pub mod metrics;
 pub mod server;

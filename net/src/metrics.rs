@@ -31,6 +31,13 @@ pub struct HookFailure {
     pub kind: &'static str,
 }
 
+/// Label of a per-outcome counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// `ok`, or what went wrong (e.g. `timeout`, `connect`, `status`).
+    pub outcome: &'static str,
+}
+
 /// Every metric the server exports. Cheap to clone (shared counters).
 #[derive(Clone)]
 pub struct Metrics {
@@ -68,6 +75,10 @@ pub struct Metrics {
     pub hook_seconds: Family<HookLabel, Histogram, fn() -> Histogram>,
     /// Joins allowed from the join hook's cache (`cache_ms`), no call made.
     pub hook_cache_hits: Counter,
+    /// Fetches of the identity provider's key set (`jwks_url`), by outcome.
+    pub jwks_fetches: Family<Outcome, Counter>,
+    /// Usable keys in the current key set (0: none loaded).
+    pub jwks_keys: Gauge,
     registry: std::sync::Arc<Registry>,
 }
 
@@ -114,6 +125,8 @@ impl Metrics {
             "Joins allowed from the join hook's cache (cache_ms) without a request",
             hook_cache_hits.clone(),
         );
+        let jwks_fetches = Family::<Outcome, Counter>::default();
+        let jwks_keys = Gauge::default();
         // 50 µs .. ~3.3 s
         let publish_to_write_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 17));
         registry.register(
@@ -181,6 +194,16 @@ impl Metrics {
             "Time from a publish reaching the server to its frame being written to a client",
             publish_to_write_seconds.clone(),
         );
+        registry.register(
+            "jwks_fetches",
+            "Fetches of the identity provider's token keys (auth.jwks_url), by outcome",
+            jwks_fetches.clone(),
+        );
+        registry.register(
+            "jwks_keys",
+            "Usable token keys in the identity provider's current key set",
+            jwks_keys.clone(),
+        );
         Metrics {
             connections,
             rooms,
@@ -198,6 +221,8 @@ impl Metrics {
             hook_failures,
             hook_seconds,
             hook_cache_hits,
+            jwks_fetches,
+            jwks_keys,
             publish_to_write_seconds,
             registry: std::sync::Arc::new(registry),
         }
@@ -213,6 +238,11 @@ impl Metrics {
         self.connections_rejected
             .get_or_create(&Reason { reason })
             .inc();
+    }
+
+    /// Counts one fetch of the identity provider's key set.
+    pub fn jwks_fetch(&self, outcome: &'static str) {
+        self.jwks_fetches.get_or_create(&Outcome { outcome }).inc();
     }
 
     /// The OpenMetrics text exposition.

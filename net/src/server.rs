@@ -158,6 +158,9 @@ async fn serve_engine<L: Listener>(
         metrics,
     } = options;
     let node_id = ids.epoch_prefix();
+    // The identity provider's keys (with `[auth] jwks_url`), fetched by a
+    // task of their own, never on the hub; stopped when serving ends.
+    let keys_task = verifier.start(&metrics);
     let core_config = CoreConfig {
         limits: config.limits.clone(),
         access: config.access.clone(),
@@ -382,6 +385,9 @@ async fn serve_engine<L: Listener>(
         if tokio::time::timeout(wait, lane).await.is_err() {
             warn!("the engine's last presence writes did not finish in time; those entries expire within presence_ttl_ms");
         }
+    }
+    if let Some(task) = keys_task {
+        task.abort();
     }
     info!("stopped");
     Ok(())

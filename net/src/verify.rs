@@ -6,7 +6,9 @@
 //!   threads. RS256/ES256 verification costs tens to hundreds of
 //!   microseconds; on the hub, the one task that serves every connection,
 //!   a few hundred clients refreshing at their rate limit would stall
-//!   everyone.
+//!   everyone. A token naming a `kid` the identity provider's key set
+//!   lacks is answered from a tokio task once the set was fetched again
+//!   (`TokenVerifier::verify_then`), so no thread waits for a fetch.
 //! - **Join** (a `granted` room the grants do not cover): the join hook
 //!   ([`crate::hooks`]) is called on a tokio task, at most `calls_max` at
 //!   once (beyond, `HOOK_UNAVAILABLE` at once); a cached allow answers
@@ -146,7 +148,7 @@ impl Checker {
         if let Some(jobs) = &self.jobs {
             if let Err(std_mpsc::SendError(job)) = jobs.send(job) {
                 // No thread could be started: answer inline rather than never.
-                let _ = self.results.send(run(&self.verifier, job));
+                run(&self.verifier, job, self.results.clone());
             }
         }
     }
@@ -165,9 +167,10 @@ impl Checker {
                         Ok(job) => job,
                         Err(_) => return,
                     };
-                    if results.send(run(&verifier, job)).is_err() {
+                    if results.is_closed() {
                         return;
                     }
+                    run(&verifier, job, results.clone());
                 });
             if let Ok(handle) = spawned {
                 self.handles.push(handle);
@@ -185,13 +188,19 @@ impl Checker {
     }
 }
 
-fn run(verifier: &TokenVerifier, job: Job) -> Checked {
-    Checked {
-        conn: job.conn,
-        answer: CheckAnswer::Token(
-            verifier
-                .verify(&job.token, job.now_unix_ms)
-                .map_err(|e| e.to_string()),
-        ),
-    }
+/// Verifies `job` and sends the answer to `results`: at once, or, for a
+/// token whose `kid` the identity provider's key set lacks, from a tokio
+/// task once the set was fetched again (the thread does not wait for it).
+fn run(verifier: &Arc<TokenVerifier>, job: Job, results: mpsc::UnboundedSender<Checked>) {
+    let Job {
+        conn,
+        token,
+        now_unix_ms,
+    } = job;
+    verifier.verify_then(token, now_unix_ms, move |result| {
+        let _ = results.send(Checked {
+            conn,
+            answer: CheckAnswer::Token(result.map_err(|e| e.to_string())),
+        });
+    });
 }

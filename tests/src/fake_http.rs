@@ -7,10 +7,13 @@
 //! request it receives ([`Recorded`]), and can go down and come back on the
 //! same port ([`FakeHttp::stop`], [`FakeHttp::restart`]) to play an
 //! unreachable service. Paths without a reply answer 404.
+//! [`FakeHttp::start_tls`] serves `https://` with a certificate of the
+//! test's own CA ([`crate::tls_certs`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,9 +24,12 @@ use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 /// One request the fake received.
 #[derive(Debug, Clone)]
@@ -98,6 +104,7 @@ struct State {
 /// The fake service. Stops (and closes its connections) on drop.
 pub struct FakeHttp {
     addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
     state: Arc<Mutex<State>>,
     stop: Option<watch::Sender<bool>>,
 }
@@ -109,6 +116,35 @@ impl FakeHttp {
         let addr = listener.local_addr().expect("local addr");
         let mut fake = FakeHttp {
             addr,
+            tls: None,
+            state: Arc::new(Mutex::new(State::default())),
+            stop: None,
+        };
+        fake.serve(listener);
+        fake
+    }
+
+    /// Starts on an ephemeral loopback port, serving `https://` with the
+    /// certificate chain and key of these PEM files.
+    pub async fn start_tls(cert: &Path, key: &Path) -> FakeHttp {
+        let certs = CertificateDer::pem_file_iter(cert)
+            .expect("the certificate file")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("PEM certificates");
+        let key = PrivateKeyDer::from_pem_file(key).expect("the private key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("a certificate and its key");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let mut fake = FakeHttp {
+            addr,
+            tls: Some(TlsAcceptor::from(Arc::new(config))),
             state: Arc::new(Mutex::new(State::default())),
             stop: None,
         };
@@ -121,9 +157,10 @@ impl FakeHttp {
         self.addr
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://127.0.0.1:<port><path>` (`https://` with TLS).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     /// Answers `path` (any method) with `reply` from now on.
@@ -205,6 +242,7 @@ impl FakeHttp {
         let (stop, stopped) = watch::channel(false);
         self.stop = Some(stop);
         let state = self.state.clone();
+        let tls = self.tls.clone();
         let mut accept_stopped = stopped.clone();
         tokio::spawn(async move {
             loop {
@@ -214,16 +252,20 @@ impl FakeHttp {
                 };
                 let Ok((tcp, _)) = accepted else { continue };
                 let state = state.clone();
-                let mut stopped = stopped.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| answer(state.clone(), request));
-                    let connection =
-                        http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
-                    tokio::select! {
-                        _ = connection => {}
-                        _ = stopped.changed() => {}
+                let stopped = stopped.clone();
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(serve_connection(tcp, state, stopped));
                     }
-                });
+                    Some(tls) => {
+                        tokio::spawn(async move {
+                            // A failed handshake (an untrusting client) just ends.
+                            if let Ok(stream) = tls.accept(tcp).await {
+                                serve_connection(stream, state, stopped).await;
+                            }
+                        });
+                    }
+                }
             }
         });
     }
@@ -232,6 +274,18 @@ impl FakeHttp {
 impl Drop for FakeHttp {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+async fn serve_connection<I>(io: I, state: Arc<Mutex<State>>, mut stopped: watch::Receiver<bool>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| answer(state.clone(), request));
+    let connection = http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    tokio::select! {
+        _ = connection => {}
+        _ = stopped.changed() => {}
     }
 }
 
