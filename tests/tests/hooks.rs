@@ -438,3 +438,28 @@ async fn a_refresh_that_drops_a_grant_leaves_the_room() {
     assert_eq!(next["room"], "team:1", "{next}");
     assert_error(&join_reply(&mut alice, "team:2").await, "FORBIDDEN");
 }
+
+#[tokio::test]
+async fn roomcast_token_mints_grants_the_server_honours() {
+    let output = std::process::Command::new(roomcast_tests::binary::path())
+        .args(["token", "--sub", "alice", "--rooms", "team:42, team:ops-*"])
+        .env("ROOMCAST_JWT_SECRET", SECRET)
+        .output()
+        .expect("run roomcast token");
+    assert!(output.status.success(), "{output:?}");
+    let minted = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let server = TestServer::start(config()).await;
+    let mut alice = Client::connect(server.addr, Auth::Query(minted)).await;
+    alice.join("team:42").await;
+    alice.join("team:ops-1").await;
+    assert_error(&join_reply(&mut alice, "team:43").await, "FORBIDDEN");
+    // A bad entry is refused before a token is printed.
+    let bad = std::process::Command::new(roomcast_tests::binary::path())
+        .args(["token", "--sub", "alice", "--rooms", "team 42"])
+        .env("ROOMCAST_JWT_SECRET", SECRET)
+        .output()
+        .expect("run roomcast token");
+    assert!(!bad.status.success());
+    assert!(bad.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--rooms"));
+}
