@@ -109,8 +109,12 @@ impl Core {
         if connection.rooms.contains(room) {
             return true;
         }
+        let full = connection.rooms.len() >= self.config.limits.rooms_per_connection_max;
         match self.config.access.join_access(&connection.identity, room) {
             JoinAccess::Allowed => true,
+            // No hook call for a join that would be refused anyway: the
+            // join answers `TOO_MANY_ROOMS`.
+            JoinAccess::NotGranted if self.config.join_hook && full => true,
             JoinAccess::NotGranted if self.config.join_hook => {
                 let conn = connection.id;
                 let user = connection.identity.user().map(|u| u.id.clone());

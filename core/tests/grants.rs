@@ -166,6 +166,22 @@ fn the_join_hook_decides_uncovered_rooms_in_reply_order() {
 }
 
 #[test]
+fn a_connection_in_too_many_rooms_is_not_asked_about() {
+    let mut core = Standalone::new(CoreConfig {
+        limits: roomcast_core::Limits {
+            rooms_per_connection_max: 1,
+            ..roomcast_core::Limits::default()
+        },
+        ..core(true).config().clone()
+    });
+    open(&mut core, ALICE, Identity::User(user("alice", &[])));
+    text(&mut core, ALICE, &join("lobby", 1));
+    let outs = text(&mut core, ALICE, &join("team:9", 2));
+    assert_eq!(kind_and_code(&frames(&outs, ALICE)[0]).1, "TOO_MANY_ROOMS");
+    assert!(!outs.iter().any(|o| matches!(o, Output::Check { .. })));
+}
+
+#[test]
 fn anonymous_connections_are_asked_about_with_no_user() {
     let mut core = core(true);
     open(&mut core, BOB, Identity::Anonymous);
