@@ -51,13 +51,13 @@ impl Core {
             });
             return;
         }
-        // Too many messages behind a slow engine answer: refuse this one
+        // Too many messages behind a slow answer (engine or check): refuse this one
         // (with its id, so the client knows which) instead of growing.
         let id = text.and_then(|t| match parse_request(t) {
             Ok(request) => request.id,
             Err(rejection) => rejection.id,
         });
-        let message = "too many messages waiting behind an engine answer; slow down";
+        let message = "too many messages waiting behind an unanswered request; slow down";
         let frame = envelope::error(now.unix_ms, ErrorCode::RateLimited, message, id.as_ref());
         self.send(slot, frame);
     }
