@@ -158,9 +158,6 @@ async fn serve_engine<L: Listener>(
         metrics,
     } = options;
     let node_id = ids.epoch_prefix();
-    // The identity provider's keys (with `[auth] jwks_url`), fetched by a
-    // task of their own, never on the hub; stopped when serving ends.
-    let keys_task = verifier.start(&metrics);
     let core_config = CoreConfig {
         limits: config.limits.clone(),
         access: config.access.clone(),
@@ -273,6 +270,9 @@ async fn serve_engine<L: Listener>(
         config,
     });
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    // The identity provider's keys (with `[auth] jwks_url`), fetched by a
+    // task of their own, never on the hub; aborted when serving ends.
+    let keys_task = app.verifier.start(&app.metrics);
     info!(listen = %local, node = %app.node_id, "roomcast listening");
 
     tokio::pin!(shutdown);

@@ -507,3 +507,59 @@ async fn the_binary_fetches_over_https_and_checks_the_certificate() {
     // Tokens never reach the log.
     assert!(!untrusting.log().contains(&rs("r1")[..40]));
 }
+
+#[tokio::test]
+async fn a_token_waiting_for_a_refetch_holds_up_nobody_else() {
+    let idp = FakeHttp::start().await;
+    idp.reply(JWKS, key_set(&[rsa_jwk("r1")]));
+    let server = TestServer::start(config(&idp, 300_000, 0)).await;
+    wait_readyz(&server, 200).await;
+    let mut bystander = Client::connect(server.addr, Auth::Header(rs("r1"))).await;
+    // The provider becomes slow: the refetches for an unknown kid wait.
+    idp.reply(
+        JWKS,
+        key_set(&[rsa_jwk("r1"), ec_jwk("e2")]).delayed(Duration::from_secs(4)),
+    );
+    // More refreshes waiting for the refetch than the verification pool
+    // has threads, and an upgrade waiting for it too.
+    let mut waiting = Vec::new();
+    for i in 0..6 {
+        let mut client = Client::connect(server.addr, Auth::Header(rs("r1"))).await;
+        waiting.push(tokio::spawn(async move {
+            client
+                .request(json!({"action": "refresh", "data": {"token": es("e2")}, "id": i}))
+                .await
+        }));
+    }
+    let addr = server.addr;
+    let upgrade = tokio::spawn(async move {
+        let bearer = format!("Bearer {}", es("e2"));
+        upgrade_request(addr, "/ws/connect", &[("authorization", &bearer)])
+            .await
+            .status
+    });
+    assert!(
+        idp.wait_for(JWKS, 2, TIMEOUT).await >= 2,
+        "the refetch started"
+    );
+    // Meanwhile everyone whose key is known is served: a refresh (through
+    // the same verification pool), a new connection, a publish, a ping.
+    let reply = bystander
+        .request(json!({"action": "refresh", "data": {"token": rs("r1")}, "id": "b"}))
+        .await;
+    assert_eq!(reply["data"]["message"], "Token refreshed", "{reply}");
+    assert_eq!(upgrade_status(&server, &rs("r1")).await, 101);
+    assert_eq!(publish_status(&server, &rs("r1")).await, 200);
+    bystander.request(json!({"action": "ping"})).await;
+    assert!(
+        !upgrade.is_finished() && waiting.iter().all(|w| !w.is_finished()),
+        "the bystander's requests were answered while the refetch was still under way"
+    );
+    // And the waiting ones succeed once it arrives (one fetch for all).
+    for waiter in waiting {
+        let reply = waiter.await.unwrap();
+        assert_eq!(reply["data"]["message"], "Token refreshed", "{reply}");
+    }
+    assert_eq!(upgrade.await.unwrap(), 101);
+    assert_eq!(idp.count(JWKS), 2);
+}
