@@ -50,6 +50,7 @@ pub fn populated(conns: usize, rooms_each: usize) -> Standalone {
                 id: format!("user{}", i % 97),
                 scopes: Vec::new(),
                 expires_unix_ms: None,
+                grants: roomcast_core::Grants::none(),
             })
         };
         core.handle(

@@ -30,6 +30,85 @@ pub struct User {
     pub scopes: Vec<String>,
     /// The `exp` claim in Unix milliseconds; the core closes with 4001 when it passes.
     pub expires_unix_ms: Option<i64>,
+    /// The `rooms` claim: the `granted` rooms this user may join.
+    pub grants: Grants,
+}
+
+/// Room grants (a token's `rooms` claim, or a connect hook's `rooms`):
+/// exact room names, and prefixes written with a trailing `*`
+/// (`"series:*"` grants every room whose name starts with `series:`;
+/// `"*"` grants every room).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    exact: Vec<RoomName>,
+    prefixes: Vec<String>,
+}
+
+/// Why a `rooms` claim was refused (the token is then invalid).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantError {
+    /// The claim is not an array of strings.
+    NotAnArrayOfStrings,
+    /// An entry is neither a room name nor a room-name prefix followed by `*`.
+    BadEntry(String),
+}
+
+impl std::fmt::Display for GrantError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrantError::NotAnArrayOfStrings => f.write_str("rooms must be an array of strings"),
+            GrantError::BadEntry(entry) => write!(
+                f,
+                "rooms entry {entry:?} is neither a room name nor a prefix ending in *"
+            ),
+        }
+    }
+}
+
+impl Grants {
+    /// No room granted.
+    pub fn none() -> Grants {
+        Grants::default()
+    }
+
+    /// Parses the entries of a `rooms` claim. Every entry must be a valid
+    /// room name, or a valid room name (or nothing) followed by one `*`.
+    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Grants, GrantError> {
+        let mut grants = Grants::default();
+        for entry in entries {
+            let bad = || GrantError::BadEntry(entry.chars().take(140).collect());
+            match entry.strip_suffix('*') {
+                Some("") => grants.prefixes.push(String::new()),
+                Some(prefix) => {
+                    RoomName::new(prefix).ok_or_else(bad)?;
+                    grants.prefixes.push(prefix.to_owned());
+                }
+                None => grants.exact.push(RoomName::new(entry).ok_or_else(bad)?),
+            }
+        }
+        Ok(grants)
+    }
+
+    /// Parses a `rooms` claim as JSON: an array of strings.
+    pub fn from_json(value: &serde_json::Value) -> Result<Grants, GrantError> {
+        let entries = value.as_array().ok_or(GrantError::NotAnArrayOfStrings)?;
+        let texts: Option<Vec<&str>> = entries.iter().map(|e| e.as_str()).collect();
+        Grants::parse(texts.ok_or(GrantError::NotAnArrayOfStrings)?)
+    }
+
+    /// Whether these grants cover `room`.
+    pub fn covers(&self, room: &RoomName) -> bool {
+        self.exact.contains(room)
+            || self
+                .prefixes
+                .iter()
+                .any(|p| room.as_str().starts_with(p.as_str()))
+    }
+
+    /// Whether nothing is granted.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
 }
 
 impl User {
@@ -45,7 +124,8 @@ impl User {
     }
 }
 
-/// The access class of a room (`"public"`, `"authenticated"`, `"private_user"` in config).
+/// The access class of a room (`"public"`, `"authenticated"`,
+/// `"private_user"`, `"granted"` in config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RoomAccess {
@@ -58,6 +138,21 @@ pub enum RoomAccess {
     /// leaves ids such as `alice` unchanged), so any `sub` has its room:
     /// `user:auth0%7C5f1c` is the room of `auth0|5f1c`.
     PrivateUser,
+    /// Only connections whose grants (token `rooms` claim, connect hook)
+    /// cover the room, or that the join hook allows.
+    Granted,
+}
+
+/// What the access rules say about one join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinAccess {
+    /// Join.
+    Allowed,
+    /// Refuse (`FORBIDDEN`).
+    Denied,
+    /// A `granted` room the connection's grants do not cover: the join
+    /// hook may still allow it (refused when there is none).
+    NotGranted,
 }
 
 /// One rule: rooms whose names start with `prefix` have `access`.
@@ -107,14 +202,36 @@ impl AccessRules {
             .unwrap_or((self.default, room))
     }
 
-    /// Whether `identity` may join (and so receive and see presence of) `room`.
+    /// The access class of `room`.
+    pub fn access_of(&self, room: &RoomName) -> RoomAccess {
+        self.rule_for(room.as_str()).0
+    }
+
+    /// Whether `identity` may join (and so receive and see presence of)
+    /// `room` by the rules and its grants alone (no hook asked).
     pub fn can_join(&self, identity: &Identity, room: &RoomName) -> bool {
-        match self.rule_for(room.as_str()) {
+        self.join_access(identity, room) == JoinAccess::Allowed
+    }
+
+    /// What the rules say about `identity` joining `room`.
+    pub fn join_access(&self, identity: &Identity, room: &RoomName) -> JoinAccess {
+        let allowed = match self.rule_for(room.as_str()) {
             (RoomAccess::Public, _) => true,
             (RoomAccess::Authenticated, _) => identity.user().is_some(),
             (RoomAccess::PrivateUser, owner) => identity
                 .user()
                 .is_some_and(|u| is_encoding_of(owner, &u.id)),
+            (RoomAccess::Granted, _) => {
+                if identity.user().is_some_and(|u| u.grants.covers(room)) {
+                    return JoinAccess::Allowed;
+                }
+                return JoinAccess::NotGranted;
+            }
+        };
+        if allowed {
+            JoinAccess::Allowed
+        } else {
+            JoinAccess::Denied
         }
     }
 }
@@ -128,6 +245,7 @@ mod tests {
             id: id.to_owned(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             expires_unix_ms: None,
+            grants: Grants::none(),
         })
     }
 
@@ -206,5 +324,85 @@ mod tests {
         assert!(one.can_publish(&room("downloads")));
         assert!(!one.can_publish(&room("downloads2")));
         assert!(!none.can_publish(&room("downloads")));
+    }
+
+    fn granted(id: &str, rooms: &[&str]) -> Identity {
+        Identity::User(User {
+            id: id.to_owned(),
+            scopes: Vec::new(),
+            expires_unix_ms: None,
+            grants: Grants::parse(rooms.iter().copied()).unwrap(),
+        })
+    }
+
+    #[test]
+    fn grants_exact_and_by_prefix() {
+        let rules = AccessRules {
+            rules: vec![AccessRule {
+                prefix: "team:".into(),
+                access: RoomAccess::Granted,
+            }],
+            default: RoomAccess::Public,
+        };
+        let alice = granted("alice", &["team:42", "team:7*"]);
+        assert_eq!(
+            rules.join_access(&alice, &room("team:42")),
+            JoinAccess::Allowed
+        );
+        assert_eq!(
+            rules.join_access(&alice, &room("team:71")),
+            JoinAccess::Allowed
+        );
+        assert_eq!(
+            rules.join_access(&alice, &room("team:7")),
+            JoinAccess::Allowed
+        );
+        assert_eq!(
+            rules.join_access(&alice, &room("team:420")),
+            JoinAccess::NotGranted
+        );
+        assert_eq!(
+            rules.join_access(&Identity::Anonymous, &room("team:42")),
+            JoinAccess::NotGranted
+        );
+        assert_eq!(
+            rules.join_access(&alice, &room("lobby")),
+            JoinAccess::Allowed
+        );
+        let all = granted("root", &["*"]);
+        assert!(rules.can_join(&all, &room("team:anything")));
+        // Grants only matter for `granted` rooms.
+        let private = AccessRules::default();
+        let grabby = granted("bob", &["user:*"]);
+        assert_eq!(
+            private.join_access(&grabby, &room("user:alice")),
+            JoinAccess::Denied
+        );
+    }
+
+    #[test]
+    fn grant_grammar() {
+        assert!(Grants::parse(["a", "b:*", "*", "x%2Fy"]).is_ok());
+        for bad in [
+            "",
+            "**",
+            "a*b",
+            "a b",
+            "a/*",
+            "*a",
+            "room*x*",
+            &"a".repeat(129),
+        ] {
+            assert!(
+                matches!(Grants::parse([bad]), Err(GrantError::BadEntry(_))),
+                "{bad:?}"
+            );
+        }
+        let json = |text: &str| Grants::from_json(&serde_json::from_str(text).unwrap());
+        assert!(json(r#"["a","b*"]"#).unwrap().covers(&room("bc")));
+        assert!(json("[]").unwrap().is_empty());
+        for bad in [r#""a""#, "[1]", r#"["a",null]"#, "{}", "null"] {
+            assert_eq!(json(bad), Err(GrantError::NotAnArrayOfStrings), "{bad}");
+        }
     }
 }

@@ -30,11 +30,15 @@ pub enum ErrorCode {
     /// The server had no room for the message (its inbound byte budget
     /// was full); it was not executed. Retry later.
     ServerBusy,
+    /// The application's join hook (`[hooks] join_url`) did not answer
+    /// in time, could not be reached, or answered something other than an
+    /// allow or a deny: the join was not made. Retry later.
+    HookUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, for documentation tests and fuzz dictionaries.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidMessage,
         ErrorCode::InvalidSubscription,
         ErrorCode::UnknownAction,
@@ -47,6 +51,7 @@ impl ErrorCode {
         ErrorCode::InvalidKey,
         ErrorCode::EngineUnavailable,
         ErrorCode::ServerBusy,
+        ErrorCode::HookUnavailable,
     ];
 
     /// The wire spelling.
@@ -64,6 +69,37 @@ impl ErrorCode {
             ErrorCode::InvalidKey => "INVALID_KEY",
             ErrorCode::EngineUnavailable => "ENGINE_UNAVAILABLE",
             ErrorCode::ServerBusy => "SERVER_BUSY",
+            ErrorCode::HookUnavailable => "HOOK_UNAVAILABLE",
+        }
+    }
+}
+
+/// The `data.code` of a `system_warning`: a notice, the connection stays open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WarningCode {
+    /// The token expires in `expires_in_ms`: send a `refresh`.
+    TokenExpiring,
+    /// Messages of `room` were lost; the room continues after `epoch`/`seq`.
+    RoomGap,
+    /// A `refresh` took away the grant of a joined `granted` room: the
+    /// connection is no longer a member of `room`.
+    AccessRevoked,
+}
+
+impl WarningCode {
+    /// Every code, for documentation tests.
+    pub const ALL: [WarningCode; 3] = [
+        WarningCode::TokenExpiring,
+        WarningCode::RoomGap,
+        WarningCode::AccessRevoked,
+    ];
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WarningCode::TokenExpiring => "TOKEN_EXPIRING",
+            WarningCode::RoomGap => "ROOM_GAP",
+            WarningCode::AccessRevoked => "ACCESS_REVOKED",
         }
     }
 }

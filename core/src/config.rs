@@ -31,6 +31,10 @@ pub struct CoreConfig {
     /// with the cluster-wide count. Not a `[rooms]` setting: it follows
     /// from the engine.
     pub presence_diffs_from_engine: bool,
+    /// Whether the shell has a join hook (`[hooks] join_url`): a join of
+    /// a `granted` room the grants do not cover is then asked of it
+    /// ([`crate::checks`]) instead of refused.
+    pub join_hook: bool,
 }
 
 /// Room behaviours chosen by room-name prefix (the `[rooms]` config table).
@@ -81,6 +85,7 @@ impl Default for CoreConfig {
             server_name: "roomcast".to_owned(),
             rooms: RoomOptions::default(),
             presence_diffs_from_engine: false,
+            join_hook: false,
         }
     }
 }

@@ -108,6 +108,8 @@ impl Core {
         };
         self.free_slots.push(slot);
         self.timers.remove(&(connection.timer_at_us, conn));
+        // Its check's answer, when it comes, finds no connection.
+        self.checks.remove(&conn);
         let user = connection.identity.user().map(|u| u.id.as_str());
         for room in &connection.rooms {
             self.remove_member(room, conn, user);

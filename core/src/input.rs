@@ -78,15 +78,12 @@ pub enum Input<'a> {
     Send(DirectMessage),
     /// Time has passed: fire every deadline up to `now`.
     Timeout,
-    /// The answer to `Output::VerifyToken`: the new token's user, or why it
-    /// was refused (expired, bad signature...).
-    TokenVerified {
+    /// The answer to the connection's `Output::Check` (see [`crate::checks`]).
+    CheckDone {
         /// The connection that asked.
         conn: ConnectionId,
-        /// The refresh request's id.
-        id: Option<crate::request::RequestId>,
-        /// The verified user, or the reason for refusal.
-        result: Result<crate::access::User, String>,
+        /// The answer, of the kind the check asked for.
+        answer: crate::checks::CheckAnswer,
     },
     /// An engine's answer or live message (see [`crate::engine`]).
     Engine(crate::engine::EngineEvent),

@@ -49,7 +49,8 @@
 //!   failed append is an `ENGINE_UNAVAILABLE` error (HTTP 503), and the
 //!   engine calls in flight are bounded (`engine_calls_max`);
 //! - **reply order**: while one of a connection's requests waits for the
-//!   engine, its later messages wait behind it;
+//!   engine (or for a check the shell makes off the hub, [`checks`]), its
+//!   later messages wait behind it;
 //! - **presence** lists come from the engine (every node's members, a
 //!   silent node's entries expiring); diffs stay per node.
 //!
@@ -71,7 +72,8 @@
 //! | [`request`] | parsing one client text frame into a [`request::Request`] or a protocol error |
 //! | [`envelope`] | serializing server→client messages (the JSON envelope) |
 //! | [`publish`] | validating server-side publishes (HTTP API bodies, message types, series `key` rule) |
-//! | [`access`] | who may join or publish to which room ([`AccessRules`], [`Identity`]) |
+//! | [`access`] | who may join or publish to which room ([`AccessRules`], [`Identity`], [`Grants`]) |
+//! | [`checks`] | checks the shell makes off the hub (a refresh's token, the join hook), and their answers |
 //! | [`limits`] | the one table of limits, with defaults ([`Limits`]) |
 //! | [`rate`] | the token bucket and violation counter behind `RATE_LIMITED` / 1008 |
 //! | [`room_log`] | a room's numbers and bounded history inside the in-memory engine |
@@ -102,6 +104,7 @@
 //! ([`conflation`]).
 
 pub mod access;
+pub mod checks;
 pub mod codes;
 pub mod config;
 pub mod conflation;
@@ -130,8 +133,9 @@ pub mod stream;
 pub mod time;
 pub mod timers;
 
-pub use access::{AccessRules, Identity, RoomAccess, User};
-pub use codes::{CloseCode, ErrorCode};
+pub use access::{AccessRules, Grants, Identity, RoomAccess, User};
+pub use checks::{Check, CheckAnswer, HookVerdict};
+pub use codes::{CloseCode, ErrorCode, WarningCode};
 pub use config::{CoreConfig, Response, RoomOptions, Ticket};
 pub use input::{Input, SendTarget};
 pub use limits::Limits;

@@ -69,8 +69,9 @@ pub struct Limits {
     /// publish is refused with `ENGINE_UNAVAILABLE` / HTTP 503.
     pub engine_calls_max: usize,
     /// Messages of one connection that wait behind its request still
-    /// waiting for the engine (replies keep request order); beyond it
-    /// they are refused with `RATE_LIMITED`.
+    /// waiting for the engine, or for a check the shell makes off the hub
+    /// (`crate::checks`: a refresh token, the join hook), so replies keep
+    /// request order; beyond it they are refused with `RATE_LIMITED`.
     pub engine_deferred_messages_max: usize,
     /// How often a room with members reads its stream from the engine, in
     /// ms, so a lost last live message is noticed (the live stream is at

@@ -204,6 +204,9 @@ pub struct Core {
     /// Presence changes of the current input, per room, told once it is
     /// done (one diff per room per input, not one per change).
     pub(crate) presence: BTreeMap<RoomName, PendingDiff>,
+    /// Checks in flight ([`crate::checks`]), one per waiting connection.
+    /// Looked up only, never iterated.
+    pub(crate) checks: BTreeMap<ConnectionId, crate::checks::PendingCheck>,
     /// Latest `now` seen: time never goes backwards inside the core.
     pub(crate) now: Now,
     /// The first impossible state met (see [`Core::impossible`]).
@@ -234,6 +237,7 @@ impl Core {
             doomed: Vec::new(),
             resumable: Vec::new(),
             presence: BTreeMap::new(),
+            checks: BTreeMap::new(),
             now: Now::default(),
             broken: None,
         }
@@ -361,7 +365,7 @@ impl Core {
                 }
             }
             Input::Timeout => self.fire_timers(now),
-            Input::TokenVerified { conn, id, result } => self.token_verified(now, conn, id, result),
+            Input::CheckDone { conn, answer } => self.check_done(now, conn, answer),
             Input::Engine(event) => match event {
                 EngineEvent::Live(message) => self.on_stream(message),
                 EngineEvent::Appended { call, result } => self.on_appended(now, call, result),

@@ -69,15 +69,15 @@ pub enum Output {
         /// Recipient.
         conn: ConnectionId,
     },
-    /// Verify this token (a client's `refresh`) and answer with
-    /// `Input::TokenVerified` carrying the same connection and id.
-    VerifyToken {
+    /// Make this check off the hub (verify a `refresh`'s token, ask the
+    /// join hook) and answer with `Input::CheckDone` for the same
+    /// connection. Until then the connection's later messages wait
+    /// ([`crate::checks`]).
+    Check {
         /// The connection that asked.
         conn: ConnectionId,
-        /// The new token, as the client sent it.
-        token: String,
-        /// The request id to echo in the reply.
-        id: Option<crate::request::RequestId>,
+        /// What to check.
+        check: crate::checks::Check,
     },
     /// Send a close frame with this code and reason, then drop the socket.
     /// The core has already forgotten the connection.
@@ -95,7 +95,7 @@ impl Output {
         match self {
             Output::Send { conn, .. }
             | Output::Ping { conn }
-            | Output::VerifyToken { conn, .. }
+            | Output::Check { conn, .. }
             | Output::Close { conn, .. } => *conn,
         }
     }

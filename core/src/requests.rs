@@ -10,14 +10,14 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::access::{Identity, User};
+use crate::access::User;
+use crate::checks::{Check, PendingCheck};
 use crate::codes::{CloseCode, ErrorCode};
-use crate::connections::deadline_us;
 use crate::engine::{CallId, EngineError, EngineRequest, PresenceEntry};
 use crate::envelope;
 use crate::machine::{Call, Core, Deferred};
 use crate::names::{ConnectionId, RoomName};
-use crate::output::{Output, TextFrame};
+use crate::output::TextFrame;
 use crate::rate::Verdict;
 use crate::request::{parse_request, Action, Rejection, RequestId};
 use crate::time::Now;
@@ -51,13 +51,13 @@ impl Core {
             });
             return;
         }
-        // Too many messages behind a slow engine answer: refuse this one
+        // Too many messages behind a slow answer (engine or check): refuse this one
         // (with its id, so the client knows which) instead of growing.
         let id = text.and_then(|t| match parse_request(t) {
             Ok(request) => request.id,
             Err(rejection) => rejection.id,
         });
-        let message = "too many messages waiting behind an engine answer; slow down";
+        let message = "too many messages waiting behind an unanswered request; slow down";
         let frame = envelope::error(now.unix_ms, ErrorCode::RateLimited, message, id.as_ref());
         self.send(slot, frame);
     }
@@ -129,13 +129,9 @@ impl Core {
                     envelope::error(now.unix_ms, ErrorCode::InvalidToken, message, id)
                 } else {
                     // Verification is the shell's (it holds the keys); the
-                    // answer comes back as `Input::TokenVerified`.
-                    self.outputs.push_back(Output::VerifyToken {
-                        conn,
-                        token,
-                        id: request.id.clone(),
-                    });
-                    return;
+                    // answer comes back as `Input::CheckDone`.
+                    let pending = PendingCheck::Token { id: request.id };
+                    return self.start_check(conn, Check::Token { token }, pending);
                 }
             }
         };
@@ -238,51 +234,6 @@ impl Core {
                     &message,
                     id.as_ref(),
                 )
-            }
-        };
-        self.send(slot, frame);
-    }
-
-    /// The shell's verdict on a `refresh`: same user → new expiry and
-    /// scopes; anything else → `INVALID_TOKEN` and the old token stays.
-    pub(crate) fn token_verified(
-        &mut self,
-        now: Now,
-        conn: ConnectionId,
-        id: Option<RequestId>,
-        result: Result<User, String>,
-    ) {
-        let Some(&slot) = self.slot_of.get(&conn) else {
-            return;
-        };
-        let Some(connection) = self.conns[slot as usize].as_mut() else {
-            return;
-        };
-        let current = connection.identity.user().map(|u| u.id.clone());
-        let frame = match result {
-            Err(why) => envelope::error(
-                now.unix_ms,
-                ErrorCode::InvalidToken,
-                &format!("token refused: {why}"),
-                id.as_ref(),
-            ),
-            Ok(user) if Some(&user.id) != current.as_ref() => {
-                let message =
-                    "the new token is for another user (sub); the old token stays in force";
-                envelope::error(now.unix_ms, ErrorCode::InvalidToken, message, id.as_ref())
-            }
-            Ok(user) => {
-                connection.token_deadline_us =
-                    user.expires_unix_ms.map(|exp| deadline_us(now, exp));
-                connection.token_warned = false;
-                let expires_at = user.expires_unix_ms.map(|ms| {
-                    String::from_utf8_lossy(&crate::time::format_rfc3339_ms(ms)).into_owned()
-                });
-                connection.identity = Identity::User(user);
-                let data =
-                    serde_json::json!({"message": "Token refreshed", "expires_at": expires_at});
-                self.schedule(slot);
-                envelope::envelope("system_info", now.unix_ms, None, &data, id.as_ref())
             }
         };
         self.send(slot, frame);

@@ -30,15 +30,25 @@ impl Core {
         since: Option<Since>,
         id: Option<RequestId>,
     ) {
+        if self.join_admitted(now, slot, &room, &since, &id) {
+            self.join_member(now, slot, room, since, id);
+        }
+    }
+
+    /// A join the access rules (or the join hook, [`crate::checks`])
+    /// allowed.
+    pub(crate) fn join_member(
+        &mut self,
+        now: Now,
+        slot: u32,
+        room: RoomName,
+        since: Option<Since>,
+        id: Option<RequestId>,
+    ) {
         let Some(connection) = self.conns[slot as usize].as_mut() else {
             unreachable_slot()
         };
         let conn = connection.id;
-        if !self.config.access.can_join(&connection.identity, &room) {
-            let message = format!("not allowed to join room: {room}");
-            let frame = envelope::error(now.unix_ms, ErrorCode::Forbidden, &message, id.as_ref());
-            return self.send(slot, frame);
-        }
         if connection.rooms.contains(&room) {
             // A member already has everything since its join: nothing to
             // replay; "recovered" only when it claims exactly our position.

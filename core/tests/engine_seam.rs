@@ -83,6 +83,7 @@ impl Harness {
             id: format!("u{n}"),
             scopes: vec!["publish".into()],
             expires_unix_ms: None,
+            grants: roomcast_core::Grants::none(),
         });
         self.oracle.opened(n as u64);
         self.core.handle(self.now(), Input::Open { conn, identity });

@@ -545,6 +545,7 @@ fn identity(who: Who) -> Identity {
                 Scope::PublishDownloads => vec!["publish:downloads".to_owned()],
             },
             expires_unix_ms: None,
+            grants: roomcast_core::Grants::none(),
         }),
     }
 }
@@ -1094,9 +1095,7 @@ fn decode(output: Output) -> Result<Ev, String> {
         ),
         Output::Ping { conn } => Ev::Ping(conn_index(conn)),
         Output::Close { conn, code } => Ev::Close(conn_index(conn), code),
-        Output::VerifyToken { .. } => {
-            return Err("VerifyToken must be answered by the harness".into())
-        }
+        Output::Check { .. } => return Err("a Check must be answered by the harness".into()),
     })
 }
 
@@ -1195,10 +1194,11 @@ fn run_against_model(case: &Case, coverage: &Coverage) -> Result<(), TestCaseErr
         check_invariants(&core, &step)?;
         let mut actual = Vec::new();
         while let Some(output) = core.poll_output() {
-            if let Output::VerifyToken { conn, id, .. } = output {
+            if let Output::Check { conn, .. } = output {
                 // The shell's part of `refresh`: this harness refuses every token.
                 let result = Err("the model harness refuses every token".to_owned());
-                core.handle(model.now(), Input::TokenVerified { conn, id, result });
+                let answer = roomcast_core::CheckAnswer::Token(result);
+                core.handle(model.now(), Input::CheckDone { conn, answer });
                 continue;
             }
             let mut ev = decode(output).map_err(TestCaseError::fail)?;
@@ -1368,7 +1368,7 @@ fn raw(output: &Output) -> (ConnectionId, u8, Vec<u8>) {
         Output::Send { conn, frame } => (*conn, 0, frame.bytes().to_vec()),
         Output::Ping { conn } => (*conn, 1, Vec::new()),
         Output::Close { conn, code } => (*conn, 2, code.code().to_be_bytes().to_vec()),
-        Output::VerifyToken { conn, token, .. } => (*conn, 3, token.as_bytes().to_vec()),
+        Output::Check { conn, check } => (*conn, 3, format!("{check:?}").into_bytes()),
     }
 }
 

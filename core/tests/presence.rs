@@ -24,6 +24,7 @@ fn presence_diffs_tell_members_who_joined_and_left() {
         id: "bob".into(),
         scopes: Vec::new(),
         expires_unix_ms: None,
+        grants: roomcast_core::Grants::none(),
     };
     core.handle(
         now,

@@ -80,6 +80,7 @@ impl Harness {
             id: format!("u{n}"),
             scopes: Vec::new(),
             expires_unix_ms: None,
+            grants: roomcast_core::Grants::none(),
         });
         self.core.handle(self.now(), Input::Open { conn, identity });
         self.text(conn, json!({"action": "join", "data": {"room": room}}));

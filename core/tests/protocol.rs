@@ -52,7 +52,11 @@ fn decode(output: Output) -> Out {
         }
         Output::Ping { conn } => Out::Ping(conn),
         Output::Close { conn, code } => Out::Close(conn, code),
-        Output::VerifyToken { conn, token, .. } => Out::Verify(conn, token),
+        Output::Check {
+            conn,
+            check: roomcast_core::Check::Token { token },
+        } => Out::Verify(conn, token),
+        Output::Check { conn, check } => panic!("unexpected check for {conn}: {check:?}"),
     }
 }
 
@@ -73,6 +77,7 @@ fn user(id: &str, scopes: &[&str]) -> Identity {
         id: id.to_owned(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         expires_unix_ms: None,
+        grants: roomcast_core::Grants::none(),
     })
 }
 
@@ -81,6 +86,7 @@ fn user_expiring(id: &str, expires_unix_ms: i64) -> Identity {
         id: id.to_owned(),
         scopes: Vec::new(),
         expires_unix_ms: Some(expires_unix_ms),
+        grants: roomcast_core::Grants::none(),
     })
 }
 
@@ -884,12 +890,10 @@ fn refresh_is_refused_with_invalid_token_and_the_connection_stays_open() {
         r#"{"action":"refresh","data":{"token":"a.b.c"},"id":9}"#,
     );
     assert_eq!(outs, vec![Out::Verify(c(1), "a.b.c".into())]);
-    // ...and answers the shell's verdict.
-    let id = Some(roomcast_core::request::RequestId::Number(9.into()));
-    let outs = h.run(Input::TokenVerified {
+    // ...and answers the shell's verdict (the request id is the core's).
+    let outs = h.run(Input::CheckDone {
         conn: c(1),
-        id,
-        result: Err("bad signature".into()),
+        answer: roomcast_core::CheckAnswer::Token(Err("bad signature".into())),
     });
     assert_eq!(outs.len(), 1, "{outs:?}");
     let reply = outs[0].msg();

@@ -157,6 +157,7 @@ fn replay(inputs: &[&str]) -> Vec<String> {
                             id: format!("u{}", first),
                             scopes: vec!["publish".into()],
                             expires_unix_ms: None,
+                            grants: roomcast_core::Grants::none(),
                         })
                     };
                     core.handle(
@@ -199,7 +200,7 @@ fn replay(inputs: &[&str]) -> Vec<String> {
                 Output::Close { conn, code } => {
                     format!("< close {} {}", number_of(conn), code.code())
                 }
-                Output::VerifyToken { conn, .. } => format!("< verify {}", number_of(conn)),
+                Output::Check { conn, .. } => format!("< verify {}", number_of(conn)),
             });
         }
         out.push(format!("= {response:?}"));

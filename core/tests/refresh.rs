@@ -1,9 +1,10 @@
 //! In-band token refresh and the expiry warning: `refresh` hands the token
-//! to the shell (`Output::VerifyToken`), whose verdict (`Input::TokenVerified`)
+//! to the shell (`Output::Check`), whose verdict (`Input::CheckDone`)
 //! either moves the expiry or leaves the old token in force.
 
 use roomcast_core::{
-    CloseCode, ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output, Standalone, User,
+    Check, CheckAnswer, CloseCode, ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output,
+    Standalone, User,
 };
 use serde_json::Value;
 
@@ -15,6 +16,7 @@ fn user(id: &str, expires_in_s: i64) -> User {
         id: id.into(),
         scopes: Vec::new(),
         expires_unix_ms: Some(START_MS + expires_in_s * 1000),
+        grants: roomcast_core::Grants::none(),
     }
 }
 
@@ -80,7 +82,7 @@ impl Session {
     }
 
     /// Sends a refresh; returns the token the core asked the shell to verify.
-    fn refresh(&mut self) -> (String, Option<roomcast_core::request::RequestId>) {
+    fn refresh(&mut self) -> String {
         let conn = self.conn;
         self.core.handle(
             self.now(),
@@ -90,21 +92,19 @@ impl Session {
             },
         );
         match self.drain().as_slice() {
-            [Output::VerifyToken { conn: c, token, id }] if *c == conn => {
-                (token.clone(), id.clone())
-            }
-            other => panic!("expected one VerifyToken, got {other:?}"),
+            [Output::Check {
+                conn: c,
+                check: Check::Token { token },
+            }] if *c == conn => token.clone(),
+            other => panic!("expected one token Check, got {other:?}"),
         }
     }
 
-    fn verdict(
-        &mut self,
-        result: Result<User, String>,
-        id: Option<roomcast_core::request::RequestId>,
-    ) -> Value {
+    fn verdict(&mut self, result: Result<User, String>) -> Value {
         let conn = self.conn;
+        let answer = CheckAnswer::Token(result);
         self.core
-            .handle(self.now(), Input::TokenVerified { conn, id, result });
+            .handle(self.now(), Input::CheckDone { conn, answer });
         match self.drain().as_slice() {
             [Output::Send { frame, .. }] => serde_json::from_str(frame.as_str()).unwrap(),
             other => panic!("expected one reply, got {other:?}"),
@@ -141,9 +141,9 @@ fn a_warning_comes_ahead_of_expiry_then_close_4001() {
 fn a_valid_refresh_moves_the_expiry() {
     let mut s = Session::new();
     s.until(80 * SECOND_US);
-    let (token, id) = s.refresh();
+    let token = s.refresh();
     assert_eq!(token, "new.jwt");
-    let reply = s.verdict(Ok(user("alice", 400)), id);
+    let reply = s.verdict(Ok(user("alice", 400)));
     assert_eq!(reply["type"], "system_info");
     assert_eq!(reply["id"], "r1");
     assert_eq!(reply["data"]["message"], "Token refreshed");
@@ -169,12 +169,12 @@ fn a_valid_refresh_moves_the_expiry() {
 #[test]
 fn an_invalid_or_foreign_token_leaves_the_old_one_in_force() {
     let mut s = Session::new();
-    let (_, id) = s.refresh();
-    let reply = s.verdict(Err("token expired".into()), id);
+    s.refresh();
+    let reply = s.verdict(Err("token expired".into()));
     assert_eq!(reply["data"]["code"], "INVALID_TOKEN");
     assert_eq!(reply["id"], "r1");
-    let (_, id) = s.refresh();
-    let reply = s.verdict(Ok(user("mallory", 1000)), id);
+    s.refresh();
+    let reply = s.verdict(Ok(user("mallory", 1000)));
     assert_eq!(reply["data"]["code"], "INVALID_TOKEN");
     // The original expiry still holds.
     let seen = s.until(100 * SECOND_US);
@@ -218,15 +218,14 @@ fn anonymous_connections_cannot_refresh() {
 #[test]
 fn a_verdict_for_a_closed_connection_is_ignored() {
     let mut s = Session::new();
-    let (_, id) = s.refresh();
+    s.refresh();
     let conn = s.conn;
     s.core.handle(s.now(), Input::Closed { conn });
     s.core.handle(
         s.now(),
-        Input::TokenVerified {
+        Input::CheckDone {
             conn,
-            id,
-            result: Ok(user("alice", 500)),
+            answer: CheckAnswer::Token(Ok(user("alice", 500))),
         },
     );
     assert!(s.drain().is_empty());

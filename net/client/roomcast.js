@@ -34,6 +34,10 @@
 //   (`system_warning` ROOM_GAP), the room's handler gets
 //   {type: "roomcast:gap", room, recovered: false, data}, the client emits
 //   "gap", and the room continues from the (epoch, seq) the warning names.
+// * A join answered HOOK_UNAVAILABLE (the application's join hook could not
+//   decide) is sent again with the same capped, jittered backoff, up to
+//   joinRetriesMax times (6 by default); then the join rejects with that
+//   error. Other join errors (FORBIDDEN, ...) reject at once.
 // * While not connected, request() calls wait in a bounded outbox (outboxMax,
 //   64 by default) and are sent after the rooms are joined again; beyond the
 //   bound they are refused at once (RoomcastError code OUTBOX_FULL). Every
@@ -69,6 +73,7 @@ export class RoomcastClient {
    * @param {number} [options.maxDelayMs=15000] longest reconnect delay
    * @param {number} [options.outboxMax=64] requests kept while disconnected
    * @param {number} [options.requestTimeoutMs=0] reject a request after this long (0 = never)
+   * @param {number} [options.joinRetriesMax=6] retries of a join answered HOOK_UNAVAILABLE
    * @param {typeof WebSocket} [options.WebSocket] a WebSocket implementation (default: the global one)
    */
   constructor(url, options = {}) {
@@ -79,6 +84,7 @@ export class RoomcastClient {
     this.maxDelayMs = options.maxDelayMs ?? 15000;
     this.outboxMax = options.outboxMax ?? 64;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 0;
+    this.joinRetriesMax = options.joinRetriesMax ?? 6;
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
     /** "idle" before connect(), then "connecting" | "open" | "reconnecting" | "closed". */
     this.state = "idle";
@@ -87,7 +93,7 @@ export class RoomcastClient {
     /** How many times the client connected again after a drop. */
     this.reconnects = 0;
     this._listeners = new Map();
-    this._rooms = new Map(); // room -> {handler, epoch, seq, waiters: [{resolve, reject}]}
+    this._rooms = new Map(); // room -> {handler, epoch, seq, waiters: [{resolve, reject}], hookRetries}
     this._pending = new Map(); // id -> {resolve, reject, timer}
     this._outbox = []; // [{message, resolve, reject, timer}]
     this._nextId = 1;
@@ -217,8 +223,8 @@ export class RoomcastClient {
     }, delayMs);
   }
 
-  _backoff() {
-    const ceiling = Math.min(this.maxDelayMs, this.minDelayMs * 2 ** Math.min(this._attempt, 20));
+  _backoff(attempt = this._attempt) {
+    const ceiling = Math.min(this.maxDelayMs, this.minDelayMs * 2 ** Math.min(attempt, 20));
     return Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
   }
 
@@ -300,6 +306,13 @@ export class RoomcastClient {
   _onJoinReply(pending, msg) {
     const room = this._rooms.get(pending.room);
     if (!room) return; // left meanwhile
+    if (msg.type === "error" && msg.data?.code === "HOOK_UNAVAILABLE") {
+      if ((room.hookRetries ?? 0) < this.joinRetriesMax) {
+        this._retryJoin(pending, room);
+        return;
+      }
+    }
+    room.hookRetries = 0;
     const waiters = room.waiters.splice(0);
     if (msg.type === "error") {
       this._rooms.delete(pending.room);
@@ -319,6 +332,19 @@ export class RoomcastClient {
       this._emit("rejoin", notice);
     }
     for (const w of waiters) w.resolve(msg);
+  }
+
+  // The application could not decide on the join now: ask again later, on
+  // this connection (a reconnect rejoins every room by itself).
+  _retryJoin(pending, room) {
+    const delayMs = this._backoff(room.hookRetries ?? 0);
+    room.hookRetries = (room.hookRetries ?? 0) + 1;
+    const ws = this._ws;
+    setTimeout(() => {
+      if (this._ws !== ws || this.state !== "open") return;
+      if (this._rooms.get(pending.room) !== room) return; // left meanwhile
+      this._sendJoin(pending.room, room, pending.resuming);
+    }, delayMs);
   }
 
   _callRoom(room, msg) {
@@ -412,7 +438,7 @@ export class RoomcastClient {
       if (entry) {
         entry.handler = handler ?? entry.handler;
       } else {
-        entry = { handler, epoch: null, seq: null, waiters: [] };
+        entry = { handler, epoch: null, seq: null, waiters: [], hookRetries: 0 };
         this._rooms.set(room, entry);
       }
       entry.waiters.push({ resolve, reject });

@@ -18,7 +18,7 @@ use hyper::HeaderMap;
 use jsonwebtoken::{
     decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
 };
-use roomcast_core::User;
+use roomcast_core::{Grants, User};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AuthConfig;
@@ -47,6 +47,11 @@ pub struct Claims {
     /// Space-separated scopes (OAuth style); `publish` grants publishing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// Room grants for `granted` rooms: an array of room names and
+    /// prefixes ending in `*` (`roomcast_core::Grants`); anything else
+    /// makes the token invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<serde_json::Value>,
 }
 
 /// Why a token was refused. Messages never contain the token.
@@ -368,6 +373,12 @@ impl TokenVerifier {
                 return Err(TokenError::NotYetValid);
             }
         }
+        let grants = match &claims.rooms {
+            None => Grants::none(),
+            Some(rooms) => {
+                Grants::from_json(rooms).map_err(|e| TokenError::Invalid(e.to_string()))?
+            }
+        };
         Ok(User {
             id: claims.sub,
             scopes: claims
@@ -377,6 +388,7 @@ impl TokenVerifier {
                 .map(str::to_owned)
                 .collect(),
             expires_unix_ms: Some(exp_ms.saturating_add(self.leeway_ms)),
+            grants,
         })
     }
 
@@ -567,6 +579,7 @@ mod tests {
             nbf: None,
             iat: None,
             scope: Some("publish read".into()),
+            rooms: None,
         }
     }
 
@@ -586,6 +599,39 @@ mod tests {
             verifier("other").verify(&token, 0),
             Err(TokenError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn the_rooms_claim_is_grants_or_the_token_is_invalid() {
+        let v = verifier("s");
+        let with_rooms = |rooms: serde_json::Value| {
+            let token = v
+                .sign(&Claims {
+                    rooms: Some(rooms),
+                    ..claims(2_000_000_000.0)
+                })
+                .unwrap();
+            v.verify(&token, 1_000_000_000_000)
+        };
+        let user = with_rooms(serde_json::json!(["team:42", "series:*"])).unwrap();
+        let room = |name| roomcast_core::RoomName::new(name).unwrap();
+        assert!(user.grants.covers(&room("team:42")));
+        assert!(user.grants.covers(&room("series:x")));
+        assert!(!user.grants.covers(&room("team:4")));
+        for bad in [
+            serde_json::json!("team:42"),
+            serde_json::json!([42]),
+            serde_json::json!(["bad room"]),
+            serde_json::json!({"team:42": true}),
+        ] {
+            assert!(
+                matches!(with_rooms(bad.clone()), Err(TokenError::Invalid(_))),
+                "{bad}"
+            );
+        }
+        // No claim: no grants.
+        let token = v.sign(&claims(2_000_000_000.0)).unwrap();
+        assert!(v.verify(&token, 0).unwrap().grants.is_empty());
     }
 
     #[test]

@@ -14,8 +14,10 @@ use roomcast_core::{AccessRules, Limits, RoomOptions};
 use serde::Deserialize;
 
 mod engine;
+mod hooks;
 
 pub use engine::{redact_url, EngineConfig};
+pub use hooks::HooksConfig;
 
 /// Everything `roomcast serve` is configured with.
 #[derive(Clone, Debug, Deserialize)]
@@ -37,6 +39,8 @@ pub struct ServerConfig {
     pub rooms: RoomOptions,
     /// Where rooms' order, history and presence live (in memory, or Redis).
     pub engine: EngineConfig,
+    /// The application's join and connect hooks.
+    pub hooks: HooksConfig,
     /// Extra message types the publish API accepts (`[a-z0-9_]`, 1-64 bytes).
     pub custom_types: Vec<String>,
     /// When non-empty, browsers whose `Origin` is not listed get 403 before the upgrade.
@@ -58,6 +62,7 @@ impl Default for ServerConfig {
             access: AccessRules::default(),
             rooms: RoomOptions::default(),
             engine: EngineConfig::default(),
+            hooks: HooksConfig::default(),
             custom_types: Vec::new(),
             allowed_origins: Vec::new(),
             shutdown_drain_ms: 5_000,
@@ -221,6 +226,7 @@ impl ServerConfig {
             return Err("limits: api_body_timeout_ms must be > 0".into());
         }
         self.engine.validate()?;
+        self.hooks.validate()?;
         if l.idle_timeout_ms <= l.ping_interval_ms {
             return Err("limits: idle_timeout_ms must be greater than ping_interval_ms".into());
         }
@@ -247,7 +253,7 @@ const TOP_LEVEL_KEYS: [&str; 7] = [
 
 /// The tables of [`ServerConfig`] and their keys (checked against the
 /// structs by a test, so a new field cannot be forgotten here).
-const TABLES: [(&str, &[&str]); 5] = [
+const TABLES: [(&str, &[&str]); 6] = [
     (
         "auth",
         &[
@@ -283,6 +289,16 @@ const TABLES: [(&str, &[&str]); 5] = [
             "redis_tls_ca",
             "redis_tls_cert",
             "redis_tls_key",
+        ],
+    ),
+    (
+        "hooks",
+        &[
+            "join_url",
+            "connect_url",
+            "timeout_ms",
+            "calls_max",
+            "forward_headers",
         ],
     ),
 ];
@@ -461,7 +477,7 @@ fn apply_env(
 
 /// Keys whose values are always text, even when they look like a number
 /// (`ROOMCAST_JWT_SECRET=123456` is a secret, not an integer).
-const TEXT_KEYS: [&str; 15] = [
+const TEXT_KEYS: [&str; 17] = [
     "auth.jwt_secret",
     "auth.jwks_url",
     "auth.audience",
@@ -471,6 +487,8 @@ const TEXT_KEYS: [&str; 15] = [
     "engine.redis_tls_ca",
     "engine.redis_tls_cert",
     "engine.redis_tls_key",
+    "hooks.join_url",
+    "hooks.connect_url",
     "auth.algorithm",
     "auth.public_key_file",
     "auth.invalid_token",
@@ -697,6 +715,7 @@ pub(crate) mod tests {
         assert_eq!(fields_of::<AccessRules>(), sorted(TABLES[2].1));
         assert_eq!(fields_of::<RoomOptions>(), sorted(TABLES[3].1));
         assert_eq!(fields_of::<EngineConfig>(), sorted(TABLES[4].1));
+        assert_eq!(fields_of::<HooksConfig>(), sorted(TABLES[5].1));
     }
 
     #[test]

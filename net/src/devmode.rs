@@ -72,6 +72,7 @@ pub fn console_token(config: &ServerConfig, now_unix_s: u64) -> Result<String, S
         nbf: None,
         iat: Some(now_unix_s as f64),
         scope: Some("publish".to_owned()),
+        rooms: None,
     })
 }
 

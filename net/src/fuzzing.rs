@@ -246,6 +246,7 @@ pub fn core_events(data: &[u8]) {
                         id: format!("u{}", u % 3),
                         scopes: vec!["publish".into()],
                         expires_unix_ms: expires_in_ms.map(|ms| now.unix_ms + i64::from(ms)),
+                        grants: roomcast_core::Grants::none(),
                     }),
                 };
                 live[slot(client)] = Some((next_key, conn));
@@ -482,8 +483,8 @@ fn deliver(
             Output::Ping { .. } => {
                 core.handle(now_at(now_us), Input::Pong { conn });
             }
-            Output::VerifyToken { .. } => {
-                panic!("no refresh was sent, yet the core asks to verify a token: {output:?}");
+            Output::Check { .. } => {
+                panic!("no refresh was sent and no hook configured, yet the core asks for a check: {output:?}");
             }
             Output::Close { code, .. } => {
                 live[index] = None;
@@ -585,6 +586,7 @@ pub fn sample_token(sub: &str) -> String {
         nbf: None,
         iat: None,
         scope: Some("publish".into()),
+        rooms: None,
     };
     fuzz_verifier().sign(&claims).expect("HS256 signing works")
 }

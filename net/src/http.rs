@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_tungstenite::tungstenite::protocol::Role;
 use hyper_tungstenite::WebSocketStream;
 use hyper_util::rt::TokioIo;
-use roomcast_core::{Identity, User};
+use roomcast_core::{ConnectionId, Identity, User};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::auth::{extract_token, offers_subprotocol, redact_uri, TokenError, SUBPROTOCOL};
 use crate::budget::InboundBytes;
 use crate::config::InvalidTokenPolicy;
+use crate::hooks::ConnectRefusal;
 use crate::hub::HubInput;
 use crate::server::{App, Refusal};
 use crate::session::{Held, ReadSide, Session};
@@ -197,7 +198,19 @@ async fn ws_connect(
             message,
         )
     })?;
+    // Allocated before the upgrade: the connect hook is told the id the
+    // `connected` message will carry.
+    let conn = app
+        .ids
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .next_connection_id();
+    let forwarded = app.hooks.forwarded(request.headers());
     let identity = match extract_token(request.headers(), request.uri().query()) {
+        None if app.hooks.has_connect() => match app.hooks.connect(conn, &forwarded).await {
+            Ok(identity) => identity,
+            Err(refusal) => return Err(connect_refused(app, refusal)),
+        },
         None => Identity::Anonymous,
         // On this request's own task: a token whose key must first be
         // fetched again (an unknown `kid`) makes only this request wait.
@@ -248,21 +261,63 @@ async fn ws_connect(
             _permit: permit,
             _guard: guard,
         };
-        if let Some(session) = open_session(&app, upgrade, identity, peer, held).await {
+        let opening = Opening {
+            conn,
+            identity,
+            forwarded,
+        };
+        if let Some(session) = open_session(&app, upgrade, opening, peer, held).await {
             tokio::spawn(session.run());
         }
     });
     Ok(response)
 }
 
+/// The upgrade's answer: 401 or 403 as the backend said, 503
+/// `HOOK_UNAVAILABLE` when it gave no usable answer.
+fn connect_refused(app: &App, refusal: ConnectRefusal) -> ApiError {
+    let (reason, code, message) = match refusal {
+        ConnectRefusal::Unauthorized => (
+            "connect_hook_401",
+            "UNAUTHORIZED",
+            "the application does not know this client (its connect hook answered 401)",
+        ),
+        ConnectRefusal::Forbidden => (
+            "connect_hook_403",
+            "FORBIDDEN",
+            "the application refused this client (its connect hook answered 403)",
+        ),
+        ConnectRefusal::Unavailable => (
+            "hook_unavailable",
+            "HOOK_UNAVAILABLE",
+            "the application's connect hook did not answer; retry later",
+        ),
+    };
+    app.metrics.reject(reason);
+    ApiError::new(refusal.status(), code, message)
+}
+
+/// Who a connection is, decided before its upgrade.
+struct Opening {
+    conn: ConnectionId,
+    identity: Identity,
+    /// The upgrade request's headers for the join hook.
+    forwarded: hyper::HeaderMap,
+}
+
 /// Completes the upgrade and registers the connection with the hub.
 async fn open_session(
     app: &App,
     upgrade: hyper::upgrade::OnUpgrade,
-    identity: Identity,
+    opening: Opening,
     peer: SocketAddr,
     held: Held,
 ) -> Option<Session> {
+    let Opening {
+        conn,
+        identity,
+        forwarded,
+    } = opening;
     let handshake = Duration::from_millis(app.config.limits.handshake_timeout_ms);
     let upgraded = match tokio::time::timeout(handshake, upgrade).await {
         Ok(Ok(upgraded)) => upgraded,
@@ -281,17 +336,13 @@ async fn open_session(
         WebSocketStream::from_raw_socket(ReadSide::new(read), Role::Server, Some(app.ws_config))
             .await;
     let (signal, signalled) = oneshot::channel();
-    let conn = app
-        .ids
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .next_connection_id();
     let user_id = identity.user().map(|u| u.id.clone());
     info!(conn = %conn, user = user_id.as_deref().unwrap_or("-"), peer = %peer, "client connected");
     let open = HubInput::Open {
         conn,
         identity,
         writer: ConnWriter::new(write, signal),
+        forwarded: (!forwarded.is_empty()).then(|| Box::new(forwarded)),
     };
     app.hub.send(open).await.ok()?;
     Some(Session {

@@ -28,8 +28,9 @@ use crate::auth::TokenVerifier;
 use crate::budget::InboundBytes;
 use crate::clock::Clock;
 use crate::driver::Driver;
+use crate::hooks::Hooks;
 use crate::metrics::Metrics;
-use crate::verify::{Job, Verified, VerifyPool};
+use crate::verify::{Checked, Checker};
 use crate::writer::{ConnWriter, Writable};
 
 /// Capacity of the hub's input channel. Senders wait when it is full, which
@@ -64,6 +65,9 @@ pub enum HubInput {
         identity: Identity,
         /// Its socket's write half.
         writer: ConnWriter,
+        /// Its upgrade request's headers to send on to the join hook
+        /// (`None` when there are none; boxed, as few connections have them).
+        forwarded: Option<Box<hyper::HeaderMap>>,
     },
     /// Control frames tungstenite wrote while reading (pongs, a close echo).
     Control {
@@ -140,23 +144,6 @@ pub enum HubInput {
     Shutdown,
 }
 
-impl HubInput {
-    /// The connection whose order this input is part of: inputs that reach
-    /// the core on behalf of one connection (control frames go straight to
-    /// its writer and do not wait).
-    fn conn_order(&self) -> Option<ConnectionId> {
-        match self {
-            HubInput::Text { conn, .. }
-            | HubInput::Busy { conn, .. }
-            | HubInput::Binary { conn }
-            | HubInput::Alive { conn }
-            | HubInput::Abort { conn, .. }
-            | HubInput::Closed { conn } => Some(*conn),
-            _ => None,
-        }
-    }
-}
-
 /// Runs the hub until every sender is gone.
 pub async fn run<D: Driver>(
     core: D,
@@ -164,16 +151,16 @@ pub async fn run<D: Driver>(
     mut inbox: mpsc::Receiver<HubInput>,
     metrics: Metrics,
     verifier: Arc<TokenVerifier>,
+    hooks: Arc<Hooks>,
 ) {
     let write_gather_bytes = core.config().limits.write_buffer_bytes;
-    let (verified_tx, mut verified) = mpsc::unbounded_channel();
+    let (checked_tx, mut checked) = mpsc::unbounded_channel();
     let mut hub = Hub {
         core,
         pending: HashMap::new(),
         clock,
         metrics,
-        verify: VerifyPool::new(verifier, VerifyPool::default_threads(), verified_tx),
-        verifying: HashMap::new(),
+        checks: Checker::new(verifier, hooks, Checker::default_threads(), checked_tx),
         writers: HashMap::new(),
         dirty: VecDeque::new(),
         writable: Arc::new(Writable::new(write_gather_bytes)),
@@ -202,10 +189,10 @@ pub async fn run<D: Driver>(
                     hub.route(None);
                 }
             }
-            Some(answer) = verified.recv() => {
-                hub.token_verified(answer);
-                while let Ok(answer) = verified.try_recv() {
-                    hub.token_verified(answer);
+            Some(answer) = checked.recv() => {
+                hub.check_done(answer);
+                while let Ok(answer) = checked.try_recv() {
+                    hub.check_done(answer);
                 }
             }
             received = inbox.recv_many(&mut batch, BATCH_MAX) => {
@@ -246,8 +233,8 @@ pub async fn run<D: Driver>(
         }
     }
     // The verification threads end once their current job is done.
-    let threads = hub.verify.close();
-    drop(verified);
+    let threads = hub.checks.close();
+    drop(checked);
     if !threads.is_empty() {
         let _ = tokio::task::spawn_blocking(move || {
             for thread in threads {
@@ -267,13 +254,9 @@ struct Hub<D> {
     pending: HashMap<Ticket, (BroadcastReply, u64)>,
     clock: Clock,
     metrics: Metrics,
-    /// Verifies `refresh` tokens off the hub.
-    verify: VerifyPool,
-    /// Connections with a token verification in flight, and their inputs
-    /// that arrived meanwhile: handed to the core, in order, once the
-    /// answer is in, so the refresh reply keeps its place among the
-    /// connection's messages. Lookup only; never iterated.
-    verifying: HashMap<ConnectionId, VecDeque<HubInput>>,
+    /// Makes the core's checks (refresh tokens, join hook) off the hub;
+    /// meanwhile the core holds the connection's later messages.
+    checks: Checker,
     /// Lookup only; never iterated (flush order comes from `dirty`).
     /// Boxed so the table's empty buckets (up to half of them) cost a
     /// pointer each rather than a whole writer. Deliberately the standard
@@ -290,12 +273,6 @@ impl<D: Driver> Hub<D> {
     /// Applies one hub input to the core. Returns the publish time when the
     /// input was a broadcast, so its deliveries can be stamped.
     fn handle(&mut self, input: HubInput) -> Option<Instant> {
-        if let Some(conn) = input.conn_order() {
-            if let Some(held) = self.verifying.get_mut(&conn) {
-                held.push_back(input);
-                return None;
-            }
-        }
         let now = self.clock.now();
         let core = &mut self.core;
         let metrics = &self.metrics;
@@ -304,8 +281,10 @@ impl<D: Driver> Hub<D> {
                 conn,
                 identity,
                 writer,
+                forwarded,
             } => {
                 self.writers.insert(conn, Box::new(writer));
+                self.checks.opened(conn, forwarded);
                 metrics.connections_opened.inc();
                 core.handle(now, Input::Open { conn, identity });
             }
@@ -374,6 +353,7 @@ impl<D: Driver> Hub<D> {
                 core.handle(now, Input::Abort { conn, code });
             }
             HubInput::Closed { conn } => {
+                self.checks.closed(conn);
                 if let Some(mut writer) = self.writers.remove(&conn) {
                     if !writer.closed_by_server() {
                         metrics.disconnect("client");
@@ -433,25 +413,13 @@ impl<D: Driver> Hub<D> {
         None
     }
 
-    /// A verification is done: the core answers the refresh, then the
-    /// connection's inputs held meanwhile are handled in order (up to the
-    /// next refresh, which holds the rest again).
-    fn token_verified(&mut self, answer: Verified) {
-        let Verified { conn, id, result } = answer;
+    /// A check is done: the core answers the request (and then runs the
+    /// connection's messages that waited for it).
+    fn check_done(&mut self, checked: Checked) {
+        let Checked { conn, answer } = checked;
         self.core
-            .handle(self.clock.now(), Input::TokenVerified { conn, id, result });
+            .handle(self.clock.now(), Input::CheckDone { conn, answer });
         self.route(None);
-        let Some(mut held) = self.verifying.remove(&conn) else {
-            return;
-        };
-        while let Some(input) = held.pop_front() {
-            let published_at = self.handle(input);
-            self.route(published_at);
-            if let Some(again) = self.verifying.get_mut(&conn) {
-                again.extend(held);
-                return;
-            }
-        }
     }
 
     /// Queues every pending core output on its connection's writer, and
@@ -484,16 +452,10 @@ impl<D: Driver> Hub<D> {
                         Self::list(&mut self.dirty, conn, writer);
                     }
                 }
-                Output::VerifyToken { conn, token, id } => {
-                    // Verified off the hub; until the answer is in, the
-                    // connection's later inputs wait (see `verifying`).
-                    self.verifying.entry(conn).or_default();
-                    self.verify.submit(Job {
-                        conn,
-                        id,
-                        token,
-                        now_unix_ms: self.clock.unix_ms(),
-                    });
+                Output::Check { conn, check } => {
+                    // Made off the hub; the core holds the connection's
+                    // later messages until the answer is in.
+                    self.checks.submit(conn, check, self.clock.unix_ms());
                 }
                 Output::Close { conn, code } => {
                     if let Some(writer) = self.writers.get_mut(&conn) {

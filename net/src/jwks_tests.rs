@@ -276,6 +276,7 @@ fn audience_and_issuer_apply_to_a_secret_too() {
             nbf: None,
             iat: None,
             scope: None,
+            rooms: None,
         })
         .unwrap();
     assert!(strict.verify(&signed, 0).is_ok());

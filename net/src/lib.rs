@@ -20,7 +20,8 @@
 //! | [`auth`] | token extraction (query, header, subprotocol) and JWT verification |
 //! | `jwks` | the identity provider's key set (`[auth] jwks_url`): fetch, refresh, refetch for an unknown `kid` |
 //! | [`http_client`] | the outbound HTTP(S) client (JWKS, hooks): timeouts, bounded bodies, typed errors |
-//! | [`verify`] | the threads that verify `refresh` tokens off the hub |
+//! | [`verify`] | the off-hub checks the core asks for: `refresh` tokens (threads), the join hook (tasks) |
+//! | [`hooks`] | the application's hooks (`[hooks]`): connect and join, calls bounded, cache, metrics |
 //! | [`config`] | configuration: defaults, TOML file, `ROOMCAST_*` environment |
 //! | [`budget`] | the inbound byte budget (`inbound_bytes_max`) |
 //! | [`clock`] | the only time and id sources (replaced by the simulator) |
@@ -40,6 +41,7 @@ pub mod driver;
 pub mod engine;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod hooks;
 mod http;
 pub mod http_client;
 pub mod hub;

@@ -58,6 +58,10 @@ enum Command {
         /// "publish:<room>" to one room.
         #[arg(long, default_value = "")]
         scope: String,
+        /// Room grants (`rooms` claim) for `granted` rooms, comma-separated:
+        /// exact names or prefixes ending in `*`, e.g. "team:42,series:*".
+        #[arg(long, default_value = "")]
+        rooms: String,
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
@@ -81,9 +85,10 @@ fn main() -> ExitCode {
         Command::Token {
             sub,
             scope,
+            rooms,
             ttl,
             config,
-        } => print_token(sub, scope, ttl, config),
+        } => print_token(sub, scope, &rooms, ttl, config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -203,9 +208,17 @@ fn unix_now_s() -> Result<u64, String> {
 fn print_token(
     sub: String,
     scope: String,
+    rooms: &str,
     ttl: u64,
     config: Option<PathBuf>,
 ) -> Result<(), String> {
+    let rooms: Vec<&str> = rooms
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .collect();
+    // The server would refuse the whole token: say which entry is wrong now.
+    roomcast_core::Grants::parse(rooms.iter().copied()).map_err(|e| format!("--rooms: {e}"))?;
     let config = load(config)?;
     let verifier = TokenVerifier::from_config(&config.auth)?;
     let now = unix_now_s()?;
@@ -215,6 +228,7 @@ fn print_token(
         nbf: None,
         iat: Some(now as f64),
         scope: (!scope.trim().is_empty()).then(|| scope.trim().to_owned()),
+        rooms: (!rooms.is_empty()).then(|| serde_json::json!(rooms)),
     };
     println!("{}", verifier.sign(&claims)?);
     Ok(())

@@ -14,6 +14,23 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+/// Label of the hook metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabel {
+    /// `join` or `connect`.
+    pub hook: &'static str,
+}
+
+/// Label of the hook failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookFailure {
+    /// `join` or `connect`.
+    pub hook: &'static str,
+    /// `timeout`, `connect`, `transport`, `status`, `body_too_large`,
+    /// `bad_body`, `invalid_url`, or `busy` (over `calls_max`).
+    pub kind: &'static str,
+}
+
 /// Label of a per-outcome counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
@@ -50,6 +67,14 @@ pub struct Metrics {
     pub publish_to_write_seconds: Histogram,
     /// Client messages and publishes refused because `inbound_bytes_max` was full.
     pub server_busy: Counter,
+    /// Hook requests made (answered or not), by hook.
+    pub hook_calls: Family<HookLabel, Counter>,
+    /// Hook calls without a usable answer (`HOOK_UNAVAILABLE`), by hook and kind.
+    pub hook_failures: Family<HookFailure, Counter>,
+    /// Seconds from a hook request to its answer (or failure), by hook.
+    pub hook_seconds: Family<HookLabel, Histogram, fn() -> Histogram>,
+    /// Joins allowed from the join hook's cache (`cache_ms`), no call made.
+    pub hook_cache_hits: Counter,
     /// Fetches of the identity provider's key set (`jwks_url`), by outcome.
     pub jwks_fetches: Family<Outcome, Counter>,
     /// Usable keys in the current key set (0: none loaded).
@@ -73,6 +98,33 @@ impl Metrics {
         let broadcasts = Counter::default();
         let deliveries = Counter::default();
         let server_busy = Counter::default();
+        let hook_calls = Family::<HookLabel, Counter>::default();
+        let hook_failures = Family::<HookFailure, Counter>::default();
+        // 1 ms .. ~65 s
+        let hook_seconds = Family::<HookLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.001, 2.0, 17))) as fn() -> Histogram,
+        );
+        let hook_cache_hits = Counter::default();
+        registry.register(
+            "hook_calls",
+            "Requests to the application's hooks, by hook (join, connect)",
+            hook_calls.clone(),
+        );
+        registry.register(
+            "hook_failures",
+            "Hook requests without a usable answer (answered HOOK_UNAVAILABLE), by hook and kind",
+            hook_failures.clone(),
+        );
+        registry.register(
+            "hook_seconds",
+            "Time from a hook request to its answer or failure, by hook",
+            hook_seconds.clone(),
+        );
+        registry.register(
+            "hook_cache_hits",
+            "Joins allowed from the join hook's cache (cache_ms) without a request",
+            hook_cache_hits.clone(),
+        );
         let jwks_fetches = Family::<Outcome, Counter>::default();
         let jwks_keys = Gauge::default();
         // 50 µs .. ~3.3 s
@@ -165,6 +217,10 @@ impl Metrics {
             broadcasts,
             deliveries,
             server_busy,
+            hook_calls,
+            hook_failures,
+            hook_seconds,
+            hook_cache_hits,
             jwks_fetches,
             jwks_keys,
             publish_to_write_seconds,

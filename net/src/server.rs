@@ -24,6 +24,7 @@ use crate::driver::{Driver, Remote};
 use crate::engine::redis::RedisSettings;
 use crate::engine::tls::TlsFiles;
 use crate::engine::{EngineLink, Readiness};
+use crate::hooks::Hooks;
 use crate::hub::{self, HubInput, HUB_CHANNEL_CAPACITY};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
@@ -53,6 +54,8 @@ impl ServeOptions {
 pub(crate) struct App {
     pub(crate) config: ServerConfig,
     pub(crate) verifier: Arc<TokenVerifier>,
+    /// The application's hooks (the connect hook is called from here).
+    pub(crate) hooks: Arc<Hooks>,
     pub(crate) types: MessageTypes,
     pub(crate) hub: mpsc::Sender<HubInput>,
     pub(crate) metrics: Metrics,
@@ -84,6 +87,7 @@ fn spawn_hub<D: Driver>(
     inbox: mpsc::Receiver<HubInput>,
     metrics: &Metrics,
     verifier: &Arc<TokenVerifier>,
+    hooks: &Arc<Hooks>,
 ) -> tokio::task::JoinHandle<()> {
     // Unconstrained: tokio's cooperative budget (128 socket operations per
     // poll) would make the hub give up mid-fan-out and retry every other
@@ -95,6 +99,7 @@ fn spawn_hub<D: Driver>(
         inbox,
         metrics.clone(),
         verifier.clone(),
+        hooks.clone(),
     )))
 }
 
@@ -163,7 +168,9 @@ async fn serve_engine<L: Listener>(
         // A shared engine tells every node's presence changes: diffs are
         // built from those (cluster-wide), not from this node's own.
         presence_diffs_from_engine: config.engine.redis_url.is_some(),
+        join_hook: config.hooks.join_url.is_some(),
     };
+    let hooks = Arc::new(Hooks::new(&config.hooks, &metrics));
     let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
     let (mut hub_task, ready, presence_written) = match (link, &config.engine.redis_url) {
         (Some(mut link), _) => {
@@ -171,12 +178,12 @@ async fn serve_engine<L: Listener>(
             let ready = link.ready.clone();
             let presence_written = link.presence_written.take();
             let core = Remote::new(core_config, link);
-            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier);
+            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier, &hooks);
             (task, ready, presence_written)
         }
         (None, None) => {
             let core = Standalone::new(core_config);
-            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier);
+            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier, &hooks);
             (task, Readiness::always(), None)
         }
         (None, Some(url)) => {
@@ -212,7 +219,7 @@ async fn serve_engine<L: Listener>(
             let ready = link.ready.clone();
             let presence_written = link.presence_written.take();
             let core = Remote::new(core_config, link);
-            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier);
+            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier, &hooks);
             (task, ready, presence_written)
         }
     };
@@ -236,6 +243,7 @@ async fn serve_engine<L: Listener>(
             limits.connections_per_ip_max,
         )),
         verifier,
+        hooks,
         types,
         hub: hub_tx,
         metrics,

@@ -1,84 +1,147 @@
-//! Token verification off the hub: a small pool of threads that answers the
-//! core's `Output::VerifyToken` (a client's `refresh`).
+//! Off-hub checks: the one place that answers the core's `Output::Check`
+//! (see `roomcast_core::checks`), whatever it asks, and feeds every answer
+//! back to the hub through one channel as `Input::CheckDone`.
 //!
-//! RS256/ES256 verification costs tens to hundreds of microseconds; on the
-//! hub, the one task that serves every connection, a few hundred clients
-//! refreshing at their rate limit would stall everyone. The hub hands the
-//! token to the pool, holds back the connection's later inputs until the
-//! answer is in (so the reply keeps its place in the connection's order),
-//! and feeds the answer back as `Input::TokenVerified`.
+//! - **Token** (a client's `refresh`): verified on a small pool of
+//!   threads. RS256/ES256 verification costs tens to hundreds of
+//!   microseconds; on the hub, the one task that serves every connection,
+//!   a few hundred clients refreshing at their rate limit would stall
+//!   everyone. A token naming a `kid` the identity provider's key set
+//!   lacks is answered from a tokio task once the set was fetched again
+//!   (`TokenVerifier::verify_then`), so no thread waits for a fetch.
+//! - **Join** (a `granted` room the grants do not cover): the join hook
+//!   ([`crate::hooks`]) is called on a tokio task, at most `calls_max` at
+//!   once (beyond, `HOOK_UNAVAILABLE` at once); a cached allow answers
+//!   without a call. The connection's forwarded headers (its cookie) are
+//!   kept here from its upgrade until it closes, only while a join hook
+//!   is configured.
 //!
-//! Bounded: the hub has at most one verification in flight per connection
-//! (the connection's next inputs wait for it), so the job queue and the
-//! result channel hold at most one entry per open connection. Threads
-//! start at the first job (a server that never sees a `refresh`, like the
-//! simulator's, starts none) and end when the pool is dropped.
+//! Meanwhile the core holds the connection's later messages back, so the
+//! answer keeps its place in the connection's order; other connections
+//! never wait. Bounded: a connection has at most one check in flight, so
+//! the job queue and the result channel hold at most one entry per open
+//! connection. Threads start at the first token (a server that never sees
+//! a `refresh`, like the simulator's, starts none) and end when the pool
+//! is closed.
 
+use std::collections::HashMap;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use roomcast_core::request::RequestId;
-use roomcast_core::{ConnectionId, User};
+use hyper::HeaderMap;
+use roomcast_core::{Check, CheckAnswer, ConnectionId, HookVerdict};
 use tokio::sync::mpsc;
 
 use crate::auth::TokenVerifier;
+use crate::hooks::Hooks;
 
 /// One token to verify.
-pub struct Job {
-    /// The connection that asked.
-    pub conn: ConnectionId,
-    /// The refresh request's id.
-    pub id: Option<RequestId>,
-    /// The token as the client sent it.
-    pub token: String,
+struct Job {
+    conn: ConnectionId,
+    token: String,
     /// Wall-clock time of the request, Unix ms (read by the hub, so the
     /// simulator's clock governs expiry here too).
-    pub now_unix_ms: i64,
+    now_unix_ms: i64,
 }
 
-/// The answer to one [`Job`].
-pub struct Verified {
+/// The answer to one check, for the hub to hand to the core.
+pub struct Checked {
     /// The connection that asked.
     pub conn: ConnectionId,
-    /// The refresh request's id.
-    pub id: Option<RequestId>,
-    /// The verified user, or why the token was refused.
-    pub result: Result<User, String>,
+    /// The answer.
+    pub answer: CheckAnswer,
 }
 
-/// The verification threads.
-pub struct VerifyPool {
+/// Makes the core's checks off the hub.
+pub struct Checker {
     verifier: Arc<TokenVerifier>,
-    results: mpsc::UnboundedSender<Verified>,
+    hooks: Arc<Hooks>,
+    results: mpsc::UnboundedSender<Checked>,
     threads: usize,
     jobs: Option<std_mpsc::Sender<Job>>,
     handles: Vec<JoinHandle<()>>,
+    /// Forwarded upgrade headers per connection (join hook only). Lookup
+    /// only; never iterated.
+    forwarded: HashMap<ConnectionId, Box<HeaderMap>>,
 }
 
-impl VerifyPool {
-    /// A pool of `threads` (at least one) that sends its answers to `results`.
+impl Checker {
+    /// A checker with `threads` (at least one) token threads that sends
+    /// its answers to `results`.
     pub fn new(
         verifier: Arc<TokenVerifier>,
+        hooks: Arc<Hooks>,
         threads: usize,
-        results: mpsc::UnboundedSender<Verified>,
-    ) -> VerifyPool {
-        VerifyPool {
+        results: mpsc::UnboundedSender<Checked>,
+    ) -> Checker {
+        Checker {
             verifier,
+            hooks,
             results,
             threads: threads.max(1),
             jobs: None,
             handles: Vec::new(),
+            forwarded: HashMap::new(),
         }
     }
 
-    /// The default size: one thread per CPU, at most four.
+    /// The default number of token threads: one per CPU, at most four.
     pub fn default_threads() -> usize {
         std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
     }
 
-    /// Queues a job (starting the threads at the first one).
-    pub fn submit(&mut self, job: Job) {
+    /// A connection opened with these forwarded headers.
+    pub fn opened(&mut self, conn: ConnectionId, forwarded: Option<Box<HeaderMap>>) {
+        if let Some(forwarded) = forwarded.filter(|_| self.hooks.has_join()) {
+            self.forwarded.insert(conn, forwarded);
+        }
+    }
+
+    /// A connection is gone.
+    pub fn closed(&mut self, conn: ConnectionId) {
+        self.forwarded.remove(&conn);
+    }
+
+    /// Starts one check; its answer comes through `results`.
+    pub fn submit(&mut self, conn: ConnectionId, check: Check, now_unix_ms: i64) {
+        match check {
+            Check::Token { token } => self.verify(Job {
+                conn,
+                token,
+                now_unix_ms,
+            }),
+            Check::Join { room, user } => {
+                let answer = move |verdict| Checked {
+                    conn,
+                    answer: CheckAnswer::Join(verdict),
+                };
+                if self.hooks.cached(user.as_deref(), &room) {
+                    let _ = self.results.send(answer(HookVerdict::Allow));
+                    return;
+                }
+                let Some(permit) = self.hooks.permit() else {
+                    let _ = self.results.send(answer(self.hooks.busy()));
+                    return;
+                };
+                let hooks = self.hooks.clone();
+                let results = self.results.clone();
+                let forwarded = self
+                    .forwarded
+                    .get(&conn)
+                    .map(|headers| HeaderMap::clone(headers))
+                    .unwrap_or_default();
+                tokio::spawn(async move {
+                    let verdict = hooks
+                        .join(permit, conn, user.as_deref(), &room, &forwarded)
+                        .await;
+                    let _ = results.send(answer(verdict));
+                });
+            }
+        }
+    }
+
+    fn verify(&mut self, job: Job) {
         if self.jobs.is_none() {
             self.start();
         }
@@ -116,8 +179,9 @@ impl VerifyPool {
         self.jobs = Some(jobs);
     }
 
-    /// Stops taking jobs and returns the threads to join (they end once
-    /// the job they are on, if any, is done).
+    /// Stops taking tokens and returns the threads to join (they end once
+    /// the job they are on, if any, is done). Hook calls in flight end by
+    /// their timeout.
     pub fn close(&mut self) -> Vec<JoinHandle<()>> {
         self.jobs = None;
         std::mem::take(&mut self.handles)
@@ -127,18 +191,16 @@ impl VerifyPool {
 /// Verifies `job` and sends the answer to `results`: at once, or, for a
 /// token whose `kid` the identity provider's key set lacks, from a tokio
 /// task once the set was fetched again (the thread does not wait for it).
-fn run(verifier: &Arc<TokenVerifier>, job: Job, results: mpsc::UnboundedSender<Verified>) {
+fn run(verifier: &Arc<TokenVerifier>, job: Job, results: mpsc::UnboundedSender<Checked>) {
     let Job {
         conn,
-        id,
         token,
         now_unix_ms,
     } = job;
     verifier.verify_then(token, now_unix_ms, move |result| {
-        let _ = results.send(Verified {
+        let _ = results.send(Checked {
             conn,
-            id,
-            result: result.map_err(|e| e.to_string()),
+            answer: CheckAnswer::Token(result.map_err(|e| e.to_string())),
         });
     });
 }

@@ -388,8 +388,9 @@ impl CoreSim {
                     self.oracle.received(key, observed).map_err(oracle_error)?;
                     acks.push((conn, length));
                 }
-                Output::VerifyToken { .. } => {
-                    // The workload sends no `refresh`; a verification request is a core bug.
+                Output::Check { .. } => {
+                    // The workload sends no `refresh` and has no join hook;
+                    // a check is a core bug.
                     return Err(("no unsolicited outputs".into(), format!("{output:?}")));
                 }
                 Output::Ping { conn } => {
@@ -619,6 +620,7 @@ impl CoreSim {
                 id: format!("user-{}", self.rng.below(self.mix.users as u64)),
                 scopes: Vec::new(),
                 expires_unix_ms: expires,
+                grants: roomcast_core::Grants::none(),
             })
         } else {
             Identity::Anonymous

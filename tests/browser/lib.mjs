@@ -56,12 +56,15 @@ export function token(sub, scope = "", secret = SECRET, ttlS = 3600) {
  * `secret`: the HS256 secret (null: none, as on a first run).
  * Resolves once /healthz answers; `stdout` collects what it printed.
  */
-export async function startServer({ port, secret = SECRET } = {}) {
+export async function startServer({ port, secret = SECRET, config, env: extra = {} } = {}) {
   port ??= await freePort();
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ROOMCAST_")));
   if (secret) env.ROOMCAST_JWT_SECRET = secret;
   env.ROOMCAST_LOG = "warn";
-  const child = spawn(BINARY, ["serve", "--listen", `127.0.0.1:${port}`], {
+  Object.assign(env, extra);
+  const args = ["serve", "--listen", `127.0.0.1:${port}`];
+  if (config) args.push("--config", config);
+  const child = spawn(BINARY, args, {
     env,
     stdio: ["ignore", "pipe", "pipe"],
   });

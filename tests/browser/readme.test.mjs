@@ -1,10 +1,15 @@
 // The README's JavaScript and Python examples, extracted from README.md and
 // run exactly as printed: the JavaScript one as the module script of a page
-// in Chromium, the Python one with `websockets` (PYTHON names the
-// interpreter that has it; scripts/test makes a virtual environment).
+// in Chromium, the Python listener with `websockets`, the FastAPI join hook
+// with the README's roomcast.toml (PYTHON names the interpreter that has
+// websockets, fastapi and uvicorn; scripts/test makes a virtual
+// environment).
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { afterEach, beforeEach, test } from "node:test";
 import {
   broadcast,
@@ -13,6 +18,7 @@ import {
   openScriptPage,
   readmeBlocks,
   startProxy,
+  freePort,
   startServer,
   token,
   until,
@@ -79,8 +85,8 @@ test("the README's JavaScript example runs as printed in Chromium", async () => 
 });
 
 test("the README's Python example runs as printed, and resumes after a drop", async () => {
-  const blocks = readmeBlocks("python");
-  assert.equal(blocks.length, 1, "README.md has one python example");
+  const blocks = readmeBlocks("python").filter((b) => b.includes("import websockets"));
+  assert.equal(blocks.length, 1, "README.md has one websockets example");
   const python = process.env.PYTHON ?? "python3";
   const proxy = await startProxy(server.port);
   const child = spawn(python, ["-u", "-c", blocks[0]], {
@@ -118,5 +124,85 @@ test("the README's Python example runs as printed, and resumes after a drop", as
   } finally {
     child.kill();
     await proxy.close();
+  }
+});
+
+// Joins from Python clients: one line per case, "<room> <type> <code>".
+const JOINER = `
+import asyncio, json, os, websockets
+async def main():
+    for token, room in json.loads(os.environ["CASES"]):
+        async with websockets.connect(os.environ["WS_URL"] + "?token=" + token) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"action": "join", "data": {"room": room}}))
+            reply = json.loads(await ws.recv())
+            print(room, reply["type"], reply["data"].get("code", "-"), flush=True)
+asyncio.run(main())
+`;
+
+function run(python, args, env) {
+  const child = spawn(python, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const result = { child, out: "", err: "" };
+  child.stdout.on("data", (d) => (result.out += d));
+  child.stderr.on("data", (d) => (result.err += d));
+  result.done = new Promise((resolve) => child.on("exit", (code) => resolve(code)));
+  return result;
+}
+
+test("the README's FastAPI join hook decides team rooms, as printed", async () => {
+  const [hook] = readmeBlocks("python").filter((b) => b.includes("FastAPI"));
+  const [config] = readmeBlocks("toml");
+  assert.ok(hook && config, "README.md has the hook example and its roomcast.toml");
+  const python = process.env.PYTHON ?? "python3";
+  const port = await freePort();
+  const backend = run(python, ["-u", "-c", hook], { PORT: String(port) });
+  const dir = mkdtempSync(path.join(os.tmpdir(), "roomcast-readme-"));
+  const file = path.join(dir, "roomcast.toml");
+  writeFileSync(file, config);
+  // The README's file as printed; only the backend's port is the test's.
+  const hooked = await startServer({
+    config: file,
+    env: { ROOMCAST_HOOKS__JOIN_URL: `http://127.0.0.1:${port}/roomcast/join` },
+  });
+  try {
+    await until("the FastAPI backend answers", async () => {
+      if (backend.child.exitCode !== null) throw new Error(`backend exited: ${backend.err}`);
+      try {
+        const response = await fetch(`http://127.0.0.1:${port}/roomcast/join`, {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ connection_id: "probe", user: null, room: "team:42" }),
+        });
+        return response.ok;
+      } catch {
+        return false;
+      }
+    }, 30000);
+    const cases = [
+      [token("alice"), "team:42"],
+      [token("carol"), "team:42"],
+      [token("carol"), "team:7"],
+      [token("alice"), "lobby"],
+    ];
+    const joiner = run(python, ["-u", "-c", JOINER], { WS_URL: hooked.ws, CASES: JSON.stringify(cases) });
+    assert.equal(await joiner.done, 0, joiner.err);
+    assert.deepEqual(joiner.out.trim().split("\n"), [
+      "team:42 system_info -",
+      "team:42 error FORBIDDEN",
+      "team:7 system_info -",
+      "lobby system_info -",
+    ]);
+    // The backend going away fails closed: HOOK_UNAVAILABLE, not a join.
+    backend.child.kill();
+    await backend.done;
+    const late = run(python, ["-u", "-c", JOINER], {
+      WS_URL: hooked.ws,
+      CASES: JSON.stringify([[token("bob"), "team:42"]]),
+    });
+    assert.equal(await late.done, 0, late.err);
+    assert.equal(late.out.trim(), "team:42 error HOOK_UNAVAILABLE");
+  } finally {
+    backend.child.kill();
+    await hooked.stop();
   }
 });

@@ -21,6 +21,9 @@ async fn rs256_server() -> (TestServer, Vec<u8>, tempfile_guard::Guard) {
     config.auth.public_key_file = Some(public);
     config.limits.messages_per_second = 10_000;
     config.limits.message_burst = 10_000;
+    // The pipelined refreshes wait behind each other's verification in
+    // the core, like messages behind an engine answer (bounded by this).
+    config.limits.engine_deferred_messages_max = 2_000;
     let server = TestServer::start(config).await;
     (server, private_pem, tempfile_guard::Guard(dir))
 }

@@ -1,14 +1,14 @@
 //! `docs/asyncapi.yaml` against the code, both ways: the client actions the
-//! parser accepts, the message types the server supports, the error codes
-//! and the close codes (with their reasons) are exactly those the document
-//! lists. (`@asyncapi/parser` validates the document itself:
+//! parser accepts, the message types the server supports, the error codes,
+//! the warning codes and the close codes (with their reasons) are exactly
+//! those the document lists. (`@asyncapi/parser` validates the document itself:
 //! `tests/browser/asyncapi.test.mjs`.)
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use roomcast_core::request::{parse_request, Action};
-use roomcast_core::{CloseCode, ErrorCode, MessageTypes};
+use roomcast_core::{CloseCode, ErrorCode, MessageTypes, WarningCode};
 use serde_json::Value;
 
 fn document() -> Value {
@@ -144,6 +144,24 @@ fn server_message_types_match_the_supported_types() {
         .filter_map(|m| payload_const(resolve_message(&doc, m), "type"))
         .collect();
     assert_eq!(received, in_code);
+}
+
+#[test]
+fn warning_codes_match() {
+    let doc = document();
+    let data = &doc["components"]["messages"]["system_warning"]["payload"]["allOf"][1]
+        ["properties"]["data"];
+    let documented: BTreeSet<String> = data["properties"]["code"]["enum"]
+        .as_array()
+        .expect("system_warning code enum")
+        .iter()
+        .map(|c| c.as_str().expect("a code").to_owned())
+        .collect();
+    let in_code: BTreeSet<String> = WarningCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    assert_eq!(documented, in_code);
 }
 
 #[test]

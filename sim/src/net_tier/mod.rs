@@ -249,6 +249,7 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
                 nbf: None,
                 iat: None,
                 scope: scope.map(str::to_owned),
+                rooms: None,
             })
             .unwrap_or_default()
     };
