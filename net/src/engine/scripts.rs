@@ -90,10 +90,13 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 /// keeps the epoch. A caller ahead of the top in the same epoch means
 /// acknowledged messages were lost. Either way the room moves to the
 /// caller's fresh epoch, a compare-and-set on the old one, atomic with the
-/// append or read that follows.
+/// append or read that follows. Where `INFO` is refused (a provider that
+/// disables it), `l` stays empty and only the check against the caller's
+/// position applies.
 fn epoch_block(k: usize) -> String {
     format!(
-        "local life = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+        "local info = redis.pcall('INFO', 'server')
+local life = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or ''
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if epoch then
   local stored_top = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
