@@ -161,7 +161,7 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
     // workload is the same whatever the node count and the broker faults.
     let mut cluster_rng = SimRng::new(seed ^ 0xC1_B40C);
     let mut broker_fault_rng = SimRng::new(seed ^ 0xB40C_FA17);
-    let mut roll_back_rng = SimRng::new(seed ^ 0x2011_BAC);
+    let mut roll_back_rng = SimRng::new(seed ^ 0x0201_1BAC);
     let mut limits = cluster::draw_limits(&mut rng);
     let timing =
         clustered.then(|| ClusterTiming::draw(&mut cluster_rng, &mut limits, broker_faults));
