@@ -97,15 +97,17 @@ fn epoch_block(k: usize) -> String {
     format!(
         "local info = redis.pcall('INFO', 'server')
 local life = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or ''
-local epoch = redis.call('HGET', KEYS[1], 'e')
+local meta = redis.call('HMGET', KEYS[1], 'e', 's', 'l')
+local epoch = meta[1]
 if epoch then
-  local stored_top = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
+  local stored_top = tonumber(meta[2] or '0')
   local known = ARGV[{k}] == epoch
   local known_seq = tonumber(ARGV[{k1}])
   local ahead = known and known_seq > stored_top
-  if ahead or (redis.call('HGET', KEYS[1], 'l') ~= life and not (known and known_seq == stored_top)) then
+  local vouched = known and known_seq == stored_top
+  if ahead or (meta[3] ~= life and not vouched) then
     epoch = nil
-  else
+  elseif meta[3] ~= life then
     redis.call('HSET', KEYS[1], 'l', life)
   end
 end
