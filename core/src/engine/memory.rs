@@ -7,6 +7,11 @@
 //! under a new epoch. Driven by the caller in the same loop as the core
 //! ([`Standalone`](crate::Standalone) does it for one node).
 //!
+//! It keeps the contract's rollback check too, though in one process its
+//! store never goes back: the simulator's broker and the fault layer make
+//! it go back ([`MemoryEngine::roll_back`], [`MemoryEngine::restart`]) to
+//! play a Redis restarted from an older snapshot.
+//!
 //! ## Budgets
 //!
 //! Besides each room's count and age bounds, two engine-wide bounds
