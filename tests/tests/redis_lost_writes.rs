@@ -181,11 +181,22 @@ fn info_field(server: &RedisServer, field: &str) -> String {
 
 #[tokio::test]
 async fn a_lagging_replica_promoted_behind_the_endpoint_reuses_no_seq() {
-    let master = RedisServer::start();
+    // Their files (a full resync writes a snapshot) stay out of the tree.
+    let (master_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = |d: &tempfile::TempDir| d.path().to_string_lossy().into_owned();
+    let master_port = roomcast_tests::binary::free_port();
+    let master = RedisServer::start_with(master_port, &["--dir", &dir(&master_dir)]);
     let replica_port = roomcast_tests::binary::free_port();
-    let master_port = master.addr.port().to_string();
-    let replica =
-        RedisServer::start_with(replica_port, &["--replicaof", "127.0.0.1", &master_port]);
+    let master_port = master_port.to_string();
+    let replica_dir = dir(&replica_dir);
+    let replica_args = [
+        "--dir",
+        &replica_dir,
+        "--replicaof",
+        "127.0.0.1",
+        &master_port,
+    ];
+    let replica = RedisServer::start_with(replica_port, &replica_args);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while info_field(&replica, "master_link_status") != "up" {
         assert!(
