@@ -135,6 +135,9 @@ impl Core {
                 publish: number,
                 index,
             });
+            // What this node has streamed of the room: the engine's
+            // rollback check (a store behind it has lost messages).
+            let known = self.rooms.get(&room).and_then(|r| r.cursor.clone());
             self.engine_out.push_back(EngineRequest::Append {
                 call,
                 room: room.clone(),
@@ -143,6 +146,7 @@ impl Core {
                     tail,
                     series: series.clone(),
                 },
+                known,
             });
             pending.rooms.push((room, None));
         }

@@ -95,6 +95,17 @@ impl RoomLog {
         }
     }
 
+    /// Forgets every broadcast after `seq` (a store rolled back to an
+    /// earlier point): the next one is numbered `seq + 1` again.
+    pub fn truncate(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.min(seq);
+        while self.history.back().is_some_and(|e| e.seq > seq) {
+            if let Some(entry) = self.history.pop_back() {
+                self.bytes -= entry.frame.len();
+            }
+        }
+    }
+
     /// Bytes of the kept frames.
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -52,6 +52,9 @@ impl Core {
             self.forget_if_idle(room);
             return;
         }
+        // The engine's rollback check gets the cursor only: a client's
+        // `since` is not evidence (it must not move a room to a new epoch).
+        let known = state.cursor.clone();
         let mut after = state.cursor.clone();
         for since in state.joins.iter().filter_map(|j| j.since.as_ref()) {
             match &mut after {
@@ -76,6 +79,7 @@ impl Core {
             room: room.clone(),
             after,
             limit: self.config.limits.history_messages_max,
+            known,
         });
     }
 
@@ -101,7 +105,7 @@ impl Core {
         let mut stale = false;
         match result {
             Ok(read) => {
-                self.catch_up(&room, &read);
+                stale = self.catch_up(&room, &read);
                 while let Some(join) = self.next_waiting_join(&room) {
                     self.complete_join(now, &room, join, Some(&read));
                 }
@@ -161,9 +165,10 @@ impl Core {
     /// Brings the members up to the read's top: the missed frames when
     /// the read covers them, otherwise a `ROOM_GAP` warning naming where
     /// the read's frames resume, then those frames.
-    fn catch_up(&mut self, room: &RoomName, read: &ReadResult) {
+    /// Returns whether the read was behind the cursor (asked again soon).
+    fn catch_up(&mut self, room: &RoomName, read: &ReadResult) -> bool {
         let Some(state) = self.rooms.get_mut(room) else {
-            return;
+            return false;
         };
         let top = Position {
             epoch: read.epoch.clone(),
@@ -171,13 +176,15 @@ impl Core {
         };
         let Some(cursor) = state.cursor.clone() else {
             state.cursor = Some(top);
-            return;
+            return false;
         };
         if cursor.epoch == read.epoch && cursor.seq >= read.top {
-            if cursor.seq > read.top {
-                self.impossible("an engine read behind what it already streamed");
-            }
-            return;
+            // Behind the cursor in the same epoch is a store that lost
+            // messages this node streamed. The read carried the cursor
+            // (`known`), so the engine's rollback check moves the room to
+            // a new epoch; an engine that did not (a read that crossed a
+            // restart) is asked again soon. Nothing goes backwards.
+            return cursor.seq > read.top;
         }
         let from = if read.covers(&cursor) {
             cursor
@@ -214,6 +221,7 @@ impl Core {
             }
             self.fan_out(room, &message);
         }
+        false
     }
 
     /// A numbered message for a room: fanned out when it is the next one,

@@ -70,6 +70,7 @@ impl Harness {
             call: CallId(1_000 + n),
             room: room(),
             message,
+            known: None,
         }])
     }
 
@@ -522,6 +523,7 @@ fn a_stream_reset_reads_every_followed_room_at_once() {
             tail: r#","data":{}}"#.into(),
             series: None,
         },
+        known: None,
     }]);
     // No timer is due (the stream check is 30 s away), but the engine
     // says its live stream was re-established: the room is read now.
@@ -713,4 +715,66 @@ fn presence_comes_from_the_engine_and_counts_every_node() {
         .handle(0, 59_000_000, EngineRequest::PresenceRefresh);
     h.engine.on_timeout(60_000_001);
     assert_eq!(h.engine.presence_count(), 1);
+}
+
+/// The engine rolled back inside the epoch (a Redis restarted from an
+/// older snapshot): the core's cursor travels with its reads and appends,
+/// so the room moves to a new epoch; members are told `ROOM_GAP` at its
+/// start, a publish after the loss is answered in it, and a rejoin from
+/// before the loss is not recovered.
+#[test]
+fn a_rolled_back_engine_moves_the_room_to_a_new_epoch() {
+    let (mut h, a) = Harness::with_member(Limits::default());
+    for n in 1..=2 {
+        h.broadcast(n);
+        h.settle();
+    }
+    let point = h.engine.tops();
+    for n in 3..=4 {
+        h.broadcast(n);
+        h.settle();
+    }
+    while h.core.poll_answer().is_some() {}
+    assert_eq!(seqs(&h.frames(), a), vec![1, 2, 3, 4]);
+    h.engine.roll_back(&point);
+    // The engine's connection came back: the core reads with its cursor.
+    h.feed(EngineEvent::StreamReset);
+    let requests = h.requests();
+    let Some(EngineRequest::Read {
+        known: Some(known), ..
+    }) = requests.first()
+    else {
+        panic!("{requests:?}")
+    };
+    assert_eq!((&*known.epoch, known.seq), ("e-1", 4));
+    for event in h.engine_events(requests) {
+        h.feed(event);
+    }
+    h.settle();
+    let frames = h.frames();
+    assert_eq!(frames.len(), 1, "{frames:#?}");
+    let gap = &frames[0].1["data"];
+    assert_eq!(gap["code"], "ROOM_GAP");
+    assert_eq!(
+        (gap["epoch"].as_str(), gap["seq"].as_u64()),
+        (Some("e-2"), Some(0))
+    );
+    // A publish after the loss carries the new epoch, and seq 1 of it.
+    h.broadcast(5);
+    h.settle();
+    match h.core.poll_answer() {
+        Some((_, Response::Published(receipt))) => {
+            assert_eq!((&*receipt.rooms[0].epoch, receipt.rooms[0].seq), ("e-2", 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(seqs(&h.frames(), a), vec![1]);
+    // A client that saw seq 4 of the old epoch is not recovered.
+    let b = h.open(2);
+    let id = h.join_since(b, "e-1", 4);
+    h.settle();
+    let frames = h.frames();
+    let answer = reply(&frames, b, id);
+    assert_eq!(answer["data"]["recovered"], false, "{answer}");
+    assert_eq!(answer["data"]["epoch"], "e-2");
 }

@@ -200,13 +200,14 @@ fn draw_engine_faults(rng: &mut SimRng) -> EngineFaults {
 fn fault_summary(faults: &EngineFaults, engine: &FaultyEngine) -> String {
     let counts = engine.counts();
     format!(
-        "{}(delayed={},lost={},told={},failed={},resets={};rates_per_mille={}/{}/{}/{})",
+        "{}(delayed={},lost={},told={},failed={},resets={},roll_backs={};rates_per_mille={}/{}/{}/{})",
         counts.total(),
         counts.delayed,
         counts.lost,
         counts.resets_heard,
         counts.failed,
         counts.resets,
+        counts.roll_backs,
         faults.delay_per_mille,
         faults.lose_live_per_mille,
         faults.fail_per_mille,

@@ -31,6 +31,7 @@ fn read(call: u64) -> EngineRequest {
         room: room(),
         after: None,
         limit: 10,
+        known: None,
     }
 }
 
@@ -140,6 +141,7 @@ fn timeouts_answer_once_and_a_reconnect_resets_the_stream() -> turmoil::Result {
                 tail: "}".into(),
                 series: None,
             },
+            known: None,
         };
         requests.send(append).await?;
         let (mut live, mut answered) = (false, false);

@@ -84,3 +84,20 @@ fn pinned_core_seeds_pass() {
         }
     }
 }
+
+/// The engine's rollback check is what keeps a rolled-back broker (a Redis
+/// restarted from an older snapshot) from giving seqs to two messages:
+/// seed 18 rolls the broker back once, after publishes it then loses, and
+/// passes; with the check skipped (a planted defect) the oracle catches a
+/// publish receipt naming a seq that members already got for another
+/// message.
+#[test]
+fn a_broker_roll_back_without_the_rollback_check_is_caught() {
+    let run = NetRun::new(18, 120, 4).nodes(3);
+    let summary = net_tier::run_with(&run).unwrap_or_else(|failure| panic!("{failure}"));
+    let faults = summary.broker_faults.unwrap_or_default();
+    assert!(faults.contains("roll_backs=1/1"), "{faults}");
+    let planted = net_tier::run_with(&run.skip_rollback_check());
+    let failure = planted.expect_err("a reused seq must be caught");
+    assert_eq!(failure.invariant, "one message per seq", "{failure}");
+}

@@ -194,6 +194,19 @@ impl Harness {
         n: u64,
         series: Option<&str>,
     ) -> Result<Numbered, EngineError> {
+        self.append_knowing(node, room, n, series, None).await
+    }
+
+    /// An append by a node that has streamed the room up to `known` (the
+    /// rollback check).
+    pub async fn append_knowing(
+        &mut self,
+        node: usize,
+        room: &str,
+        n: u64,
+        series: Option<&str>,
+        known: Option<Position>,
+    ) -> Result<Numbered, EngineError> {
         let call = self.call();
         let message = Unnumbered {
             head: "{\"seq\":".into(),
@@ -207,6 +220,7 @@ impl Harness {
                 call,
                 room,
                 message,
+                known,
             },
         )
         .await;
@@ -237,6 +251,19 @@ impl Harness {
         after: Option<Position>,
         limit: usize,
     ) -> Result<ReadResult, EngineError> {
+        self.read_knowing(node, room, after, limit, None).await
+    }
+
+    /// A read by a node that has streamed the room up to `known` (the
+    /// rollback check).
+    pub async fn read_knowing(
+        &mut self,
+        node: usize,
+        room: &str,
+        after: Option<Position>,
+        limit: usize,
+        known: Option<Position>,
+    ) -> Result<ReadResult, EngineError> {
         let call = self.call();
         let room = RoomName::new(room).unwrap();
         let request = EngineRequest::Read {
@@ -244,6 +271,7 @@ impl Harness {
             room,
             after,
             limit,
+            known,
         };
         self.send(node, request).await;
         match self.answer(node, call).await {

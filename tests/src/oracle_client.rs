@@ -58,13 +58,25 @@ impl Observer {
         self.with(|oracle| oracle.published(room, &epoch, seq));
     }
 
+    /// Like [`Observer::published`] for the broadcast [`Observer::publish`]
+    /// sends (`data` `{"n": n}`): also checks that no member got another
+    /// message under that number (a seq reused).
+    pub fn published_n(&self, room: &str, receipt: &Value, n: u64) {
+        let (epoch, seq) = receipt_position(receipt);
+        let data = json!({ "n": n });
+        let result = self.with(|oracle| oracle.published_message(room, &epoch, seq, &data));
+        if let Err(violation) = result {
+            panic!("{violation}");
+        }
+    }
+
     /// Publishes a `queue_status` carrying `n` to `room` on `node`; the
     /// receipt (which must be a 200) is recorded.
     pub async fn publish(&self, node: SocketAddr, room: &str, n: u64) -> Value {
         let response = broadcast(node, room, n).await;
         assert_eq!(response.status, 200, "{}", response.text());
         let receipt = response.json();
-        self.published(room, &receipt);
+        self.published_n(room, &receipt, n);
         receipt
     }
 
@@ -77,7 +89,7 @@ impl Observer {
             let response = broadcast(node, room, n).await;
             if response.status == 200 {
                 let receipt = response.json();
-                self.published(room, &receipt);
+                self.published_n(room, &receipt, n);
                 return receipt;
             }
             response.assert_error(503, "ENGINE_UNAVAILABLE");
@@ -170,8 +182,10 @@ impl CheckedClient {
 
     /// Feeds one received message to the oracle.
     fn observe(&self, message: &Value) {
-        let observed: Observed = serde_json::from_value(message.clone())
+        let mut observed: Observed = serde_json::from_value(message.clone())
             .unwrap_or_else(|e| panic!("a server message the oracle cannot read ({e}): {message}"));
+        // A broadcast's data: one message per seq (`Observed::parse` does the same).
+        observed.payload = observed.seq.map(|_| message["data"].to_string());
         let result = self
             .observer
             .with(|oracle| oracle.received(self.key, &observed));

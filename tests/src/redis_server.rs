@@ -125,6 +125,14 @@ impl RedisServer {
         RedisServer::start_with(port, &persistent)
     }
 
+    /// Starts it on `port` with RDB snapshots in `dir` and no append-only
+    /// file: only what a `SAVE` wrote survives SIGKILL, so started again
+    /// on the same `dir` it is back at the last `SAVE` (a rollback).
+    pub fn start_snapshotting(port: u16, dir: &std::path::Path) -> RedisServer {
+        let dir = dir.to_string_lossy();
+        RedisServer::start_with(port, &["--dir", &dir])
+    }
+
     /// `redis://127.0.0.1:port/0`, or `rediss://...` with TLS.
     pub fn url(&self) -> String {
         let scheme = if self.cli_tls.is_empty() {

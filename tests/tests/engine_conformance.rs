@@ -163,6 +163,63 @@ async fn a_silent_node_loses_its_presence_within_the_ttl(mut h: Harness) {
     assert_eq!(h.presence(0, "r").await, vec![entry(1, Some("u"))]);
 }
 
+// ----- the rollback check (no seq reused after a store lost writes) ---------
+
+async fn a_node_ahead_of_the_stored_top_moves_the_room_to_a_new_epoch(mut h: Harness) {
+    h.follow(1, "r").await;
+    let first = h.append(0, "r", 1).await;
+    h.append(0, "r", 2).await;
+    // A node that streamed up to the top keeps the epoch.
+    let at_top = h.append_knowing(0, "r", 3, None, at(&first.epoch, 2));
+    let third = at_top.await.unwrap();
+    assert_eq!((&third.epoch, third.seq), (&first.epoch, 3));
+    // Node 1 streamed seq 5 of this epoch, but the room's top is 3: the
+    // store lost acknowledged messages (as a rolled-back Redis would).
+    // Its read moves the room to a new epoch, from the start.
+    let ahead = at(&first.epoch, 5);
+    let read = h.read_knowing(1, "r", ahead.clone(), 10, ahead.clone());
+    let read = read.await.unwrap();
+    assert_ne!(read.epoch, first.epoch);
+    assert_eq!((read.top, read.frames.len()), (0, 0));
+    assert!(!read.covers(ahead.as_ref().unwrap()));
+    // Another node that noticed the same loss converges on that epoch: the
+    // move is a compare-and-set on the old one.
+    let also = h.read_knowing(0, "r", None, 10, at(&first.epoch, 4));
+    assert_eq!(also.await.unwrap().epoch, read.epoch);
+    // An append from a node ahead renews too, and answers in the new epoch.
+    let next = h.append(0, "r", 9).await;
+    assert_eq!((&next.epoch, next.seq), (&read.epoch, 1));
+    let renewed = h.append_knowing(0, "r", 10, None, at(&read.epoch, 7));
+    let renewed = renewed.await.unwrap();
+    assert_ne!(renewed.epoch, read.epoch);
+    assert_eq!(renewed.seq, 1);
+    // The follower's live stream carries the epochs as they were appended.
+    for (epoch, seq) in [(&first.epoch, 1), (&first.epoch, 2), (&first.epoch, 3)] {
+        let live = h.live(1).await;
+        assert_eq!((&live.epoch, live.seq), (epoch, seq));
+    }
+    let live = h.live(1).await;
+    assert_eq!((&live.epoch, live.seq), (&read.epoch, 1));
+    assert_eq!(h.live(1).await.epoch, renewed.epoch);
+}
+
+async fn a_node_behind_the_top_keeps_the_epoch(mut h: Harness) {
+    let first = h.append(0, "r", 1).await;
+    for n in 2..=4 {
+        h.append(0, "r", n).await;
+    }
+    // Lagging (its live messages are late) is not a loss.
+    let read = h.read_knowing(1, "r", at(&first.epoch, 1), 10, at(&first.epoch, 1));
+    let read = read.await.unwrap();
+    assert_eq!((&read.epoch, read.top), (&first.epoch, 4));
+    let next = h.append_knowing(1, "r", 5, None, at(&first.epoch, 2));
+    assert_eq!(next.await.unwrap().seq, 5);
+    // Knowledge of another epoch (one the room left) is no evidence either.
+    let old = at(&Epoch::from("gone-1"), 50);
+    let read = h.read_knowing(1, "r", None, 10, old).await.unwrap();
+    assert_eq!((&read.epoch, read.top), (&first.epoch, 5));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -203,4 +260,6 @@ conformance!(
     interest_off_stops_the_live_stream,
     presence_lists_every_node_in_connection_order,
     a_silent_node_loses_its_presence_within_the_ttl,
+    a_node_ahead_of_the_stored_top_moves_the_room_to_a_new_epoch,
+    a_node_behind_the_top_keeps_the_epoch,
 );

@@ -109,10 +109,11 @@ async fn a_persistent_redis_killed_and_restarted_keeps_epochs_history_and_the_st
             None => assert!(std::time::Instant::now() < deadline, "no stream reset"),
         }
     }
-    // ...and the room goes on in the same epoch, its history intact.
+    // ...and the room goes on in the same epoch, its history intact: a
+    // node that streamed up to the top vouches for it (the rollback check).
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let third = loop {
-        match h.try_append(0, "r", 3, None).await {
+        match h.append_knowing(0, "r", 3, None, at(&first.epoch, 2)).await {
             Ok(numbered) => break numbered,
             Err(_) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await
@@ -137,6 +138,66 @@ async fn a_persistent_redis_killed_and_restarted_keeps_epochs_history_and_the_st
     assert_eq!(h.live(1).await.seq, 3);
 }
 
+/// Retries a call while Redis comes back (the first call on a dropped
+/// connection may fail; the core retries too).
+macro_rules! once_back {
+    ($call:expr) => {{
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match $call.await {
+                Ok(answer) => break answer,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(error) => panic!("redis is back but calls still fail: {error:?}"),
+            }
+        }
+    }};
+}
+
+#[tokio::test]
+async fn a_redis_restarted_from_an_older_snapshot_reuses_no_seq() {
+    let data = tempfile::tempdir().unwrap();
+    let port = RedisServer::start().addr.port(); // a free port, released
+    let mut server = RedisServer::start_snapshotting(port, data.path());
+    let mut h = Harness::redis(&server, 2).await;
+    let mut epochs = Vec::new();
+    for room in ["a", "b", "c"] {
+        h.follow(1, room).await;
+        epochs.push(h.append(0, room, 1).await.epoch);
+        h.append(0, room, 2).await;
+    }
+    assert_eq!(server.cli(&["SAVE"]).trim(), "OK");
+    for room in ["a", "b", "c"] {
+        h.append(0, room, 3).await;
+        h.append(0, room, 4).await;
+    }
+    // Node 1 streamed every room up to seq 4.
+    for _ in 0..12 {
+        h.live(1).await;
+    }
+    server.kill();
+    let _server = RedisServer::start_snapshotting(port, data.path());
+    // Every room is back at seq 2 of its epoch. Node 1 reads room a with
+    // its cursor: a new epoch, from its start.
+    let ahead = at(&epochs[0], 4);
+    let read = once_back!(h.read_knowing(1, "a", ahead.clone(), 10, ahead.clone()));
+    assert_ne!(read.epoch, epochs[0]);
+    assert_eq!(read.top, 0);
+    // Node 0 publishes to room b knowing nothing of it (as a node without
+    // members does): Redis restarted and nobody vouched for b's top, so
+    // the publish starts a new epoch rather than reuse seq 3.
+    let blind = once_back!(h.append_knowing(0, "b", 5, None, None));
+    assert_ne!(blind.epoch, epochs[1]);
+    assert_eq!(blind.seq, 1);
+    // Room c: an append from a node at its old top (2) vouches for it...
+    let vouched = once_back!(h.append_knowing(0, "c", 5, None, at(&epochs[2], 2)));
+    assert_eq!((&vouched.epoch, vouched.seq), (&epochs[2], 3));
+    // ...which a node that streamed seq 4 contradicts: a new epoch again.
+    let read = once_back!(h.read_knowing(1, "c", None, 10, at(&epochs[2], 4)));
+    assert_ne!(read.epoch, epochs[2]);
+}
+
 #[tokio::test]
 async fn not_ready_until_redis_answers() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -155,6 +216,7 @@ async fn not_ready_until_redis_answers() {
         room: RoomName::new("r").unwrap(),
         after: None,
         limit: 1,
+        known: None,
     };
     link.requests.send(read).await.unwrap();
     match tokio::time::timeout(WAIT, link.events.recv()).await {

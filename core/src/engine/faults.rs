@@ -12,12 +12,15 @@
 //! - **failure**: an append or read is answered with a failure and not
 //!   carried out;
 //! - **data loss**: the engine loses every room's data (new epochs), as a
-//!   shared engine restarted empty.
+//!   shared engine restarted empty; or, half the time, it **rolls back**
+//!   to the point marked at the previous data loss (or the start), keeping
+//!   each epoch, as a Redis restarted from an older snapshot: the rollback
+//!   check (docs/engine.md, "Lost writes") must turn it into new epochs.
 
 use std::collections::BTreeMap;
 
 use super::memory::{MemoryEngine, NodeId};
-use super::{EngineError, EngineEvent, EngineRequest};
+use super::{EngineError, EngineEvent, EngineRequest, Epoch};
 use crate::names::RoomName;
 use crate::standalone::InlineEngine;
 
@@ -53,8 +56,10 @@ pub struct FaultCounts {
     pub lost: u64,
     /// Requests failed.
     pub failed: u64,
-    /// Data losses.
+    /// Data losses (roll backs included).
     pub resets: u64,
+    /// Data losses that were roll backs to an earlier point.
+    pub roll_backs: u64,
     /// Lost live messages the node was told about (`StreamReset`).
     pub resets_heard: u64,
 }
@@ -79,6 +84,9 @@ pub struct FaultyEngine {
     /// messages of a room keep their order).
     live_due: BTreeMap<(NodeId, RoomName), u64>,
     counts: FaultCounts,
+    /// The point a roll back goes back to (marked at the start and after
+    /// each data loss).
+    point: Vec<(RoomName, Epoch, u64)>,
 }
 
 impl FaultyEngine {
@@ -92,6 +100,7 @@ impl FaultyEngine {
             order: 0,
             live_due: BTreeMap::new(),
             counts: FaultCounts::default(),
+            point: Vec::new(),
         }
     }
 
@@ -143,8 +152,14 @@ impl FaultyEngine {
 impl InlineEngine for FaultyEngine {
     fn request(&mut self, node: NodeId, now_us: u64, request: EngineRequest) {
         if self.strikes(self.faults.reset_per_mille) {
-            self.inner.lose_everything();
+            if self.next().is_multiple_of(2) {
+                self.inner.roll_back(&self.point);
+                self.counts.roll_backs += 1;
+            } else {
+                self.inner.lose_everything();
+            }
             self.counts.resets += 1;
+            self.point = self.inner.tops();
         }
         let failure = || EngineError::Unavailable("injected engine failure".into());
         match request {

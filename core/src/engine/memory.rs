@@ -7,6 +7,11 @@
 //! under a new epoch. Driven by the caller in the same loop as the core
 //! ([`Standalone`](crate::Standalone) does it for one node).
 //!
+//! It keeps the contract's rollback check too, though in one process its
+//! store never goes back: the simulator's broker and the fault layer make
+//! it go back ([`MemoryEngine::roll_back`], [`MemoryEngine::restart`]) to
+//! play a Redis restarted from an older snapshot.
+//!
 //! ## Budgets
 //!
 //! Besides each room's count and age bounds, two engine-wide bounds
@@ -48,6 +53,9 @@ struct EngineRoom {
     oldest_us: Option<u64>,
     /// The log's bytes as counted in `MemoryEngine::history_bytes`.
     counted_bytes: usize,
+    /// The engine's lifetime when the room was created or last vouched
+    /// for (the rollback check).
+    life: u64,
 }
 
 /// The in-memory engine. See the module docs.
@@ -70,6 +78,12 @@ pub struct MemoryEngine {
     events: VecDeque<(NodeId, EngineEvent)>,
     /// Every room's members, by node, with per-node expiry.
     presence: PresenceBook,
+    /// The store's lifetime: bumped by [`restart`](Self::restart) (a
+    /// shared engine restarted or failed over, possibly with older data).
+    life: u64,
+    /// Whether the rollback check runs (off only to show that the tests
+    /// catch its absence: `skip_rollback_check`).
+    rollback_check: bool,
 }
 
 impl MemoryEngine {
@@ -88,6 +102,8 @@ impl MemoryEngine {
             refused: BTreeSet::new(),
             events: VecDeque::new(),
             presence: PresenceBook::new(presence_ttl_us),
+            life: 0,
+            rollback_check: true,
         }
     }
 
@@ -116,8 +132,10 @@ impl MemoryEngine {
                 call,
                 room,
                 message,
+                known,
             } => {
                 let bounds = self.bounds;
+                self.check_rollback(&room, known.as_ref());
                 if !self.make_room_for(&room) {
                     let result = Err(self.rooms_full(&room));
                     self.events
@@ -160,8 +178,10 @@ impl MemoryEngine {
                 room,
                 after,
                 limit,
+                known,
             } => {
                 let bounds = self.bounds;
+                self.check_rollback(&room, known.as_ref());
                 let refused = self.refused.contains(&(node, room.clone()));
                 if refused || !self.make_room_for(&room) {
                     let result = Err(self.rooms_full(&room));
@@ -262,6 +282,79 @@ impl MemoryEngine {
         }
     }
 
+    /// The rollback check (see the [engine contract](super)): a kept room
+    /// behind `known` in its epoch, or written in an earlier lifetime and
+    /// not vouched for by `known`, moves to a new epoch with no history
+    /// (its followers stay).
+    fn check_rollback(&mut self, room: &RoomName, known: Option<&Position>) {
+        let life = self.life;
+        let Some(state) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let top = state.log.last_seq();
+        let same_epoch = known.filter(|k| k.epoch == state.epoch);
+        let ahead = same_epoch.is_some_and(|k| k.seq > top);
+        let vouched = same_epoch.is_some_and(|k| k.seq == top);
+        if !self.rollback_check || (!ahead && (state.life == life || vouched)) {
+            state.life = life;
+            return;
+        }
+        self.epochs_created += 1;
+        state.epoch = format!("{}-{}", self.epoch_prefix, self.epochs_created).into();
+        state.log = RoomLog::new();
+        state.life = life;
+        self.sync(room);
+    }
+
+    /// A shared engine restarted or failed over (its store may hold older
+    /// data): every kept room must be vouched for again (the rollback
+    /// check).
+    pub fn restart(&mut self) {
+        self.life += 1;
+    }
+
+    /// Each kept room's epoch and top: a point to [`roll_back`](Self::roll_back) to.
+    pub fn tops(&self) -> Vec<(RoomName, Epoch, u64)> {
+        let rooms = self.rooms.iter();
+        rooms
+            .map(|(name, room)| (name.clone(), room.epoch.clone(), room.log.last_seq()))
+            .collect()
+    }
+
+    /// Restores the streams of an earlier point ([`tops`](Self::tops)), as
+    /// a store restarted from an older snapshot would, **keeping each
+    /// epoch**: a room still in the epoch it had then loses the messages
+    /// after its top of then; a room not kept then, or in another epoch
+    /// now, loses everything and starts a new epoch when used. Then
+    /// [`restart`](Self::restart)s. Which nodes follow a room survives.
+    pub fn roll_back(&mut self, point: &[(RoomName, Epoch, u64)]) {
+        let names: Vec<RoomName> = self.rooms.keys().cloned().collect();
+        for name in names {
+            let then = point.iter().find(|(room, _, _)| *room == name);
+            let Some(state) = self.rooms.get_mut(&name) else {
+                continue;
+            };
+            match then {
+                Some((_, epoch, top)) if *epoch == state.epoch => state.log.truncate(*top),
+                _ => {
+                    self.epochs_created += 1;
+                    state.epoch = format!("{}-{}", self.epoch_prefix, self.epochs_created).into();
+                    state.log = RoomLog::new();
+                }
+            }
+            self.sync(&name);
+            self.settle(&name);
+        }
+        self.restart();
+    }
+
+    /// Turns the rollback check off: a planted defect, to show that the
+    /// simulator's oracle catches the seqs reused without it.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn skip_rollback_check(&mut self) {
+        self.rollback_check = false;
+    }
+
     /// The room, created under a fresh epoch when absent; a kept room stops
     /// its expiry timer (it is being used).
     fn room(&mut self, room: &RoomName) -> &mut EngineRoom {
@@ -277,6 +370,7 @@ impl MemoryEngine {
                     expiry_at_us: None,
                     oldest_us: None,
                     counted_bytes: 0,
+                    life: self.life,
                 },
             );
         }
@@ -486,257 +580,5 @@ fn read(state: &EngineRoom, after: Option<&Position>, limit: usize) -> ReadResul
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::PresenceEntry;
-    use crate::engine::{CallId, Unnumbered};
-    use crate::names::ConnectionId;
-
-    const BOUNDS: HistoryBounds = HistoryBounds {
-        messages_max: 3,
-        age_max_us: 1_000,
-        bytes_max: usize::MAX,
-        rooms_max: usize::MAX,
-    };
-
-    fn room() -> RoomName {
-        RoomName::new("r").unwrap()
-    }
-
-    fn append(engine: &mut MemoryEngine, node: NodeId, now_us: u64, n: u64) {
-        let message = Unnumbered {
-            head: "{\"seq\":".into(),
-            tail: format!(",\"n\":{n}}}"),
-            series: None,
-        };
-        engine.handle(
-            node,
-            now_us,
-            EngineRequest::Append {
-                call: CallId(n),
-                room: room(),
-                message,
-            },
-        );
-    }
-
-    fn drain(engine: &mut MemoryEngine) -> Vec<(NodeId, EngineEvent)> {
-        std::iter::from_fn(|| engine.poll_event()).collect()
-    }
-
-    #[test]
-    fn appends_are_numbered_and_streamed_to_followers_before_the_answer() {
-        let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000_000);
-        engine.handle(
-            1,
-            0,
-            EngineRequest::Interest {
-                room: room(),
-                on: true,
-            },
-        );
-        append(&mut engine, 2, 5, 7);
-        let events = drain(&mut engine);
-        assert_eq!(events.len(), 2);
-        let (to, EngineEvent::Live(live)) = &events[0] else {
-            panic!("live first: {events:?}")
-        };
-        assert_eq!((*to, live.seq, &*live.epoch), (1, 1, "e-1"));
-        assert_eq!(live.frame.as_str(), "{\"seq\":1,\"n\":7}");
-        let (to, EngineEvent::Appended { call, result }) = &events[1] else {
-            panic!("then the answer: {events:?}")
-        };
-        assert_eq!((*to, *call), (2, CallId(7)));
-        assert_eq!(result.as_ref().unwrap().frame, live.frame);
-        engine.check().unwrap();
-    }
-
-    #[test]
-    fn reads_cover_within_history_and_rooms_die_with_it() {
-        let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000_000);
-        for n in 1..=5 {
-            append(&mut engine, 0, n * 10, n);
-        }
-        drain(&mut engine);
-        let read_after = |engine: &mut MemoryEngine, seq| {
-            let after = Position {
-                epoch: "e-1".into(),
-                seq,
-            };
-            engine.handle(
-                0,
-                60,
-                EngineRequest::Read {
-                    call: CallId(0),
-                    room: room(),
-                    after: Some(after.clone()),
-                    limit: 10,
-                },
-            );
-            match drain(engine).pop() {
-                Some((_, EngineEvent::Read { result: Ok(r), .. })) => (r.covers(&after), r),
-                other => panic!("{other:?}"),
-            }
-        };
-        let (covered, result) = read_after(&mut engine, 2);
-        assert!(covered);
-        assert_eq!(result.top, 5);
-        assert_eq!(result.frames.len(), 3);
-        let (covered, _) = read_after(&mut engine, 1);
-        assert!(!covered, "seq 2 left the history");
-        engine.check().unwrap();
-        // Nobody follows it: it lives until its newest message ages out.
-        assert_eq!(engine.poll_timeout(), Some(1_050));
-        engine.on_timeout(1_050);
-        assert_eq!(engine.room_count(), 0);
-        append(&mut engine, 0, 2_000, 9);
-        match drain(&mut engine).pop() {
-            Some((_, EngineEvent::Appended { result: Ok(n), .. })) => {
-                assert_eq!((&*n.epoch, n.seq), ("e-2", 1), "a new lifetime")
-            }
-            other => panic!("{other:?}"),
-        }
-        engine.check().unwrap();
-    }
-
-    #[test]
-    fn losing_everything_starts_new_epochs() {
-        let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000_000);
-        append(&mut engine, 0, 0, 1);
-        engine.handle(
-            3,
-            0,
-            EngineRequest::Interest {
-                room: room(),
-                on: true,
-            },
-        );
-        engine.lose_everything();
-        drain(&mut engine);
-        append(&mut engine, 0, 1, 2);
-        match drain(&mut engine).pop() {
-            Some((_, EngineEvent::Appended { result: Ok(n), .. })) => {
-                assert_eq!((&*n.epoch, n.seq), ("e-2", 1))
-            }
-            other => panic!("{other:?}"),
-        }
-        engine.check().unwrap();
-    }
-
-    #[test]
-    fn presence_lists_every_node_and_forgets_a_silent_one() {
-        let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000);
-        let entry = |n: u128, user: &str| PresenceEntry {
-            conn: ConnectionId::from_u128(n),
-            user: Some(user.to_owned()),
-        };
-        let add = |engine: &mut MemoryEngine, node, now_us, entry| {
-            let request = EngineRequest::PresenceAdd {
-                room: room(),
-                entry,
-            };
-            engine.handle(node, now_us, request);
-        };
-        add(&mut engine, 1, 0, entry(1, "alice"));
-        add(&mut engine, 2, 0, entry(2, "bob"));
-        let list = |engine: &mut MemoryEngine, now_us| {
-            let request = EngineRequest::PresenceList {
-                call: CallId(1),
-                room: room(),
-            };
-            engine.handle(1, now_us, request);
-            match drain(engine).pop() {
-                Some((
-                    1,
-                    EngineEvent::Presence {
-                        result: Ok(entries),
-                        ..
-                    },
-                )) => entries,
-                other => panic!("{other:?}"),
-            }
-        };
-        assert_eq!(
-            list(&mut engine, 10),
-            vec![entry(1, "alice"), entry(2, "bob")]
-        );
-        // Node 1 keeps talking; node 2 falls silent and expires.
-        engine.handle(1, 900, EngineRequest::PresenceRefresh);
-        engine.on_timeout(1_000);
-        assert_eq!(list(&mut engine, 1_000), vec![entry(1, "alice")]);
-        engine.handle(
-            1,
-            1_001,
-            EngineRequest::PresenceRemove {
-                room: room(),
-                conn: ConnectionId::from_u128(1),
-            },
-        );
-        assert_eq!(engine.presence_count(), 0);
-        engine.check().unwrap();
-    }
-
-    fn interest(engine: &mut MemoryEngine, node: NodeId, name: &str, on: bool) {
-        let room = RoomName::new(name).unwrap();
-        engine.handle(node, 0, EngineRequest::Interest { room, on });
-    }
-
-    fn read_of(engine: &mut MemoryEngine, node: NodeId, name: &str) -> bool {
-        let room = RoomName::new(name).unwrap();
-        let request = EngineRequest::Read {
-            call: CallId(99),
-            room,
-            after: None,
-            limit: 10,
-        };
-        engine.handle(node, 0, request);
-        match drain(engine).pop() {
-            Some((_, EngineEvent::Read { result, .. })) => result.is_ok(),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_refused_interest_fails_the_nodes_reads_until_it_is_turned_off() {
-        let bounds = HistoryBounds {
-            rooms_max: 1,
-            ..BOUNDS
-        };
-        let mut engine = MemoryEngine::new(bounds, "e".into(), 1_000_000);
-        interest(&mut engine, 1, "a", true);
-        interest(&mut engine, 2, "b", true); // refused: "a" is in use
-        assert_eq!(engine.room_count(), 1);
-        engine.check().unwrap();
-        interest(&mut engine, 1, "a", false); // room for "b" now...
-        assert!(
-            !read_of(&mut engine, 2, "b"),
-            "...but node 2 does not follow it: its read fails"
-        );
-        interest(&mut engine, 2, "b", false);
-        interest(&mut engine, 2, "b", true);
-        assert!(read_of(&mut engine, 2, "b"), "asked again: followed");
-        engine.check().unwrap();
-    }
-
-    #[test]
-    fn the_byte_budget_is_kept_across_rooms_and_reset_by_data_loss() {
-        let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000_000);
-        append(&mut engine, 0, 1, 1);
-        let frame = engine.history_bytes();
-        let bounds = HistoryBounds {
-            bytes_max: 2 * frame,
-            ..BOUNDS
-        };
-        let mut engine = MemoryEngine::new(bounds, "e".into(), 1_000_000);
-        interest(&mut engine, 0, "r", true);
-        for n in 1..=3 {
-            append(&mut engine, 0, n, n);
-            assert!(engine.history_bytes() <= 2 * frame);
-            engine.check().unwrap();
-        }
-        assert_eq!(engine.history_bytes(), 2 * frame);
-        engine.lose_everything();
-        assert_eq!(engine.history_bytes(), 0);
-        engine.check().unwrap();
-    }
-}
+#[path = "memory_tests.rs"]
+mod tests;

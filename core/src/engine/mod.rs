@@ -11,15 +11,36 @@
 //!
 //! ## The contract
 //!
-//! - **append**(room, message) → `(epoch, seq, frame)` or a failure. The
-//!   engine numbers the message (gapless per epoch, starting at 1) and
-//!   builds its frame bytes once: `head + seq + tail` ([`Unnumbered`]). A
-//!   room that does not exist yet is created with a fresh epoch.
+//! - **append**(room, message, known) → `(epoch, seq, frame)` or a
+//!   failure. The engine numbers the message (gapless per epoch, starting
+//!   at 1) and builds its frame bytes once: `head + seq + tail`
+//!   ([`Unnumbered`]). A room that does not exist yet is created with a
+//!   fresh epoch.
 //! - **read**(room, after, limit) → the room's `epoch` and top `seq`, and
 //!   the retained frames after `after` (oldest first, at most `limit`;
 //!   none when `after` is `None` or of another epoch). Whether the gap is
 //!   covered is [`ReadResult::covers`]. A read of a room that does not
 //!   exist creates it (so a member's first position has a stable epoch).
+//! - **no seq reused** (the rollback check, before every append and
+//!   read): `known` is the position this node has streamed for the room
+//!   (its cursor, `None` when it follows none). A shared engine's store
+//!   can roll back inside an epoch (Redis restarted from an older
+//!   snapshot, an asynchronous replica promoted behind): numbering on
+//!   from the older top would reuse seqs that members already got for
+//!   other messages. So the engine first moves the room to a **new
+//!   epoch** (top 0, no history) when (a) `known` is in the room's epoch
+//!   and ahead of its top, or (b) the room was last written in an earlier
+//!   *lifetime* of the store (a restart or failover since, after which
+//!   data may be older) and `known` does not vouch for it (same epoch,
+//!   same top); a vouched room counts as written in this lifetime. The
+//!   move is a compare-and-set on the old epoch: nodes that notice
+//!   together converge on one new epoch, and the read or append that
+//!   caused it answers in it (a publish answered after a loss carries the
+//!   new epoch; members are told `ROOM_GAP` at its start). An engine
+//!   whose store cannot roll back (the in-memory engine of one process)
+//!   never moves a room for (b). A room that no node can vouch for after
+//!   a restart starts a new epoch even when nothing was lost: a gap
+//!   announced too often, never a message missed silently.
 //! - **interest**(room, on/off): this node follows the room's live stream
 //!   (sent when its first local member arrives and when its last leaves).
 //!   Interest is a hint with no answer; a read issued after interest-on
@@ -140,6 +161,9 @@ pub enum EngineRequest {
         room: RoomName,
         /// The message to number.
         message: Unnumbered,
+        /// The position this node has streamed for the room (its cursor):
+        /// the rollback check (module docs).
+        known: Option<Position>,
     },
     /// The room's top and the retained frames after `after`.
     Read {
@@ -155,6 +179,10 @@ pub enum EngineRequest {
         after: Option<Position>,
         /// Frames returned at most.
         limit: usize,
+        /// The position this node has streamed for the room (its cursor):
+        /// the rollback check (module docs). Never a client's `since`: a
+        /// client must not be able to move a room to a new epoch.
+        known: Option<Position>,
     },
     /// Follow (or stop following) the room's live stream. No answer.
     Interest {

@@ -6,6 +6,11 @@
 //! - a member receives its rooms' broadcasts exactly once, in `seq` order,
 //!   with no gap between its confirmed join and its leave or disconnect;
 //! - no broadcast arrives for a room the client is not in;
+//! - one message per `(room, epoch, seq)`: every member that receives it,
+//!   and the publisher whose receipt names it
+//!   ([`Oracle::published_message`]), sees the same `data` (a store that
+//!   rolled back and numbered new messages with seqs already given is a
+//!   *silent reuse*, even when every member's seqs look gapless);
 //! - every request gets exactly one reply carrying its `id`;
 //! - once the workload is quiet, every open member has caught up with the
 //!   last broadcast of each of its rooms (and, where the caller knows a
@@ -28,6 +33,9 @@ use serde_json::Value;
 
 /// Identifies one client connection in the oracle (the caller's numbering).
 pub type ClientKey = u64;
+
+/// The key violations found in a publisher's receipt are reported under.
+pub const PUBLISHER: ClientKey = u64::MAX;
 
 /// Close codes that explain why a client stopped receiving.
 pub const EXPLAINING_CLOSE_CODES: [u16; 6] = [1001, 1008, 1009, 4001, 4002, 4008];
@@ -87,6 +95,9 @@ pub struct Observed {
     /// Reply details.
     #[serde(default)]
     pub data: ObservedData,
+    /// A broadcast's `data`, as canonical JSON text (set by [`Observed::parse`]).
+    #[serde(skip)]
+    pub payload: Option<String>,
 }
 
 /// The `data` fields of replies the oracle reads.
@@ -112,7 +123,12 @@ pub struct ObservedData {
 impl Observed {
     /// Parses a server frame; `None` when it is not a JSON object.
     pub fn parse(text: &str) -> Option<Observed> {
-        serde_json::from_str(text).ok()
+        let mut observed: Observed = serde_json::from_str(text).ok()?;
+        if observed.seq.is_some() {
+            let value: Value = serde_json::from_str(text).ok()?;
+            observed.payload = Some(value["data"].to_string());
+        }
+        Some(observed)
     }
 }
 
@@ -151,6 +167,9 @@ pub struct Oracle {
     epochs: BTreeMap<String, Vec<String>>,
     /// Whether the quiet state requires members in their room's newest epoch.
     newest_epochs: bool,
+    /// (room, epoch, seq) → the message's `data` (canonical JSON text),
+    /// as first seen by a member or a publisher.
+    messages: BTreeMap<(String, String, u64), String>,
 }
 
 impl Oracle {
@@ -217,6 +236,47 @@ impl Oracle {
         let epochs = self.epochs.entry(room.to_owned()).or_default();
         if !epochs.iter().any(|e| e == epoch) {
             epochs.push(epoch.to_owned());
+        }
+    }
+
+    /// The publisher was told `seq` in `epoch` for `room`, for a broadcast
+    /// whose `data` is `data`: also checks that no member got another
+    /// message under that number (a silent reuse).
+    pub fn published_message(
+        &mut self,
+        room: &str,
+        epoch: &str,
+        seq: u64,
+        data: &Value,
+    ) -> Result<(), Violation> {
+        self.published(room, epoch, seq);
+        self.one_message(PUBLISHER, room, epoch, seq, data.to_string())
+    }
+
+    /// Records the `data` of `(room, epoch, seq)`, or checks it against
+    /// the one recorded.
+    fn one_message(
+        &mut self,
+        client: ClientKey,
+        room: &str,
+        epoch: &str,
+        seq: u64,
+        data: String,
+    ) -> Result<(), Violation> {
+        let key = (room.to_owned(), epoch.to_owned(), seq);
+        match self.messages.get(&key) {
+            Some(first) if *first != data => Err(violation(
+                client,
+                "one message per seq",
+                format!(
+                    "room {room}: {epoch}/{seq} is {data}, but was {first} before (a seq reused)"
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.messages.insert(key, data);
+                Ok(())
+            }
         }
     }
 
@@ -310,7 +370,11 @@ impl Oracle {
                 ));
             }
             member.next_seq = seq + 1;
-            return Ok(());
+            let epoch = member.epoch.clone();
+            return match message.payload.clone() {
+                Some(data) => self.one_message(client, room, &epoch, seq, data),
+                None => Ok(()),
+            };
         }
         if message.kind == "system_warning" && message.data.code == Some(Value::from("ROOM_GAP")) {
             return room_gap(client, view, message);

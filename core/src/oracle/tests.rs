@@ -352,4 +352,30 @@ fn planted_gap_warning_without_a_position() {
         oracle.received(1, &no_seq).unwrap_err().invariant,
         "gap warning shape"
     );
+
+fn a_seq_reused_for_another_message_is_caught() {
+    let with_data = |seq: u64, n: u64| {
+        msg(&format!(
+            r#"{{"type":"queue_status","room":"r","seq":{seq},"data":{{"n":{n}}}}}"#
+        ))
+    };
+    let mut oracle = joined();
+    oracle.received(1, &with_data(1, 10)).unwrap();
+    oracle.received(1, &with_data(2, 20)).unwrap();
+    // The publisher's receipts agree: fine.
+    let data = |n: u64| serde_json::json!({ "n": n });
+    oracle.published_message("r", "e", 2, &data(20)).unwrap();
+    // A store rolled back to seq 1 numbers the next message 2 again:
+    // every member's seqs still look gapless, the receipt does not.
+    let reused = oracle
+        .published_message("r", "e", 2, &data(30))
+        .unwrap_err();
+    assert_eq!(reused.invariant, "one message per seq");
+    // Nor may a member get another message under a number already given.
+    oracle.opened(2);
+    oracle.sent(2, "1".into(), Sent::Join("r".into())).unwrap();
+    let reply = r#"{"type":"system_info","id":1,"data":{"room":"r","seq":1,"epoch":"e"}}"#;
+    oracle.received(2, &msg(reply)).unwrap();
+    let other = oracle.received(2, &with_data(2, 30)).unwrap_err();
+    assert_eq!(other.invariant, "one message per seq");
 }

@@ -274,6 +274,7 @@ impl Dispatcher {
                     call,
                     room,
                     message,
+                    known,
                 } => {
                     let epoch = self.fresh_epoch();
                     let call_future = append(
@@ -283,6 +284,7 @@ impl Dispatcher {
                         epoch,
                         room,
                         message,
+                        known,
                     );
                     self.start(
                         call_future.map(move |result| EngineEvent::Appended { call, result }),
@@ -298,6 +300,7 @@ impl Dispatcher {
                     room,
                     after,
                     limit,
+                    known,
                 } => {
                     let subscribed = match self.subscribing.get(&room) {
                         Some(waiting) if waiting.peek().is_some() => {
@@ -316,6 +319,7 @@ impl Dispatcher {
                         room,
                         after,
                         limit,
+                        known,
                     );
                     self.start(
                         call_future.map(move |result| EngineEvent::Read { call, result }),
@@ -446,8 +450,10 @@ async fn append(
     fresh_epoch: String,
     room: RoomName,
     message: Unnumbered,
+    known: Option<Position>,
 ) -> Result<Numbered, EngineError> {
     let keys = RoomKeys::new(&settings.prefix, &room);
+    let (known_epoch, known_seq) = position_args(known.as_ref());
     let meta_ttl = settings.meta_ttl_ms();
     let (epoch, seq): (String, String) = run_call(&connection, settings.timeout, |mut conn| {
         let message = &message;
@@ -468,6 +474,8 @@ async fn append(
                 .arg(settings.history_age_ms)
                 .arg(meta_ttl)
                 .arg(&keys.channel)
+                .arg(&known_epoch)
+                .arg(known_seq)
                 .invoke_async(&mut conn)
                 .await
         }
@@ -496,6 +504,7 @@ async fn read(
     room: RoomName,
     after: Option<Position>,
     limit: usize,
+    known: Option<Position>,
 ) -> Result<ReadResult, EngineError> {
     let deadline = tokio::time::Instant::now() + settings.timeout;
     if let Some(subscribed) = subscribed {
@@ -508,10 +517,8 @@ async fn read(
         }
     }
     let keys = RoomKeys::new(&settings.prefix, &room);
-    let (after_epoch, after_seq) = match &after {
-        Some(position) => (position.epoch.to_string(), position.seq),
-        None => (String::new(), 0),
-    };
+    let (after_epoch, after_seq) = position_args(after.as_ref());
+    let (known_epoch, known_seq) = position_args(known.as_ref());
     let meta_ttl = settings.meta_ttl_ms();
     let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
     let flat: Vec<String> = run_call(&connection, timeout, |mut conn| {
@@ -529,6 +536,8 @@ async fn read(
                 .arg(limit)
                 .arg(settings.history_age_ms)
                 .arg(meta_ttl)
+                .arg(&known_epoch)
+                .arg(known_seq)
                 .invoke_async(&mut conn)
                 .await
         }
@@ -537,6 +546,14 @@ async fn read(
     .map_err(EngineError::Unavailable)?;
     parse_read(&flat)
         .ok_or_else(|| EngineError::Unavailable("the engine (redis) answered nonsense".into()))
+}
+
+/// A position as two script arguments (`''` and 0 for none).
+fn position_args(position: Option<&Position>) -> (String, u64) {
+    match position {
+        Some(position) => (position.epoch.to_string(), position.seq),
+        None => (String::new(), 0),
+    }
 }
 
 /// `{epoch, top, seq1, frame1, ...}` as a [`ReadResult`].

@@ -81,18 +81,49 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 ";
 
 /// Shared by append and read: the room's epoch, created with the caller's
-/// fresh epoch (and an empty history) when the room does not exist.
-const EPOCH: &str = "local epoch = redis.call('HGET', KEYS[1], 'e')
+/// fresh epoch (and an empty history) when the room does not exist, and
+/// the rollback check (`docs/engine.md`, "Lost writes"): `ARGV[k]` and
+/// `ARGV[k+1]` are the epoch and seq the calling node has streamed of the
+/// room ('' and 0 when none). The meta's `l` is the Redis server's
+/// `run_id` when the room was created or last vouched for: a restart or a
+/// failover changes it, and then only a caller at exactly the room's top
+/// keeps the epoch. A caller ahead of the top in the same epoch means
+/// acknowledged messages were lost. Either way the room moves to the
+/// caller's fresh epoch, a compare-and-set on the old one, atomic with the
+/// append or read that follows. Where `INFO` is refused (a provider that
+/// disables it), `l` stays empty and only the check against the caller's
+/// position applies.
+fn epoch_block(k: usize) -> String {
+    format!(
+        "local info = redis.pcall('INFO', 'server')
+local life = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or ''
+local meta = redis.call('HMGET', KEYS[1], 'e', 's', 'l')
+local epoch = meta[1]
+if epoch then
+  local stored_top = tonumber(meta[2] or '0')
+  local known = ARGV[{k}] == epoch
+  local known_seq = tonumber(ARGV[{k1}])
+  local ahead = known and known_seq > stored_top
+  local vouched = known and known_seq == stored_top
+  if ahead or (meta[3] ~= life and not vouched) then
+    epoch = nil
+  elseif meta[3] ~= life then
+    redis.call('HSET', KEYS[1], 'l', life)
+  end
+end
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0, 'l', life)
 end
-";
+",
+        k1 = k + 1
+    )
+}
 
 /// Append. KEYS: meta, log. ARGV: fresh epoch, head, tail, series ('' when
 /// none), has series ('1'/'0'), messages max, age max (ms), meta
-/// time-to-live (ms), channel. Returns `{epoch, seq}`.
+/// time-to-live (ms), channel, known epoch, known seq. Returns `{epoch, seq}`.
 ///
 /// Numbers the message (`HINCRBY`), keeps its frame (`XADD` with `MAXLEN`,
 /// then drops entries older than the age bound from the front), refreshes
@@ -138,7 +169,8 @@ return {epoch, seqs}
 ";
 
 /// Read. KEYS: meta, log. ARGV: fresh epoch, the reader's epoch ('' when
-/// none), its seq, limit, age max (ms), meta time-to-live (ms). Returns
+/// none), its seq, limit, age max (ms), meta time-to-live (ms), known
+/// epoch, known seq. Returns
 /// `{epoch, top, seq1, frame1, seq2, frame2, ...}`: the retained frames
 /// younger than the age bound, after the reader's seq when its epoch is
 /// the room's, from the epoch's start when it is another.
@@ -299,8 +331,8 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub(crate) fn new() -> Scripts {
         Scripts {
-            append: Script::new(&format!("{NOW}{EPOCH}{APPEND}")),
-            read: Script::new(&format!("{NOW}{EPOCH}{READ}")),
+            append: Script::new(&format!("{NOW}{}{APPEND}", epoch_block(10))),
+            read: Script::new(&format!("{NOW}{}{READ}", epoch_block(7))),
             presence_change: Script::new(&format!("{NOW}{PRESENCE_CHANGE}")),
             presence_list: Script::new(&format!("{NOW}{PRESENCE_LIST}")),
             heartbeat: Script::new(&format!("{NOW}{HEARTBEAT}")),

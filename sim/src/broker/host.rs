@@ -18,6 +18,12 @@
 //! outbound queue passes its bound is dropped (Redis's output buffer
 //! limit for a subscriber that does not read). Restarts (data loss) and
 //! partitions are the controller's (turmoil crash/bounce and partition).
+//! A **roll back** is the controller's too, carried out here: it marks a
+//! point ([`BrokerShared::snapshot_due`]), and later has the broker go
+//! back to it ([`BrokerShared::roll_back_due`]) as a Redis restarted from
+//! that point's snapshot would: each room's stream back to its top of
+//! then, *in the same epoch*, a new store lifetime, and every session
+//! dropped (a restarted server's connections break).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,7 +32,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use roomcast_core::engine::memory::{MemoryEngine, NodeId};
-use roomcast_core::engine::{EngineEvent, EngineRequest};
+use roomcast_core::engine::{EngineEvent, EngineRequest, Epoch};
 use roomcast_core::room_log::HistoryBounds;
 use roomcast_core::RoomName;
 use tokio::sync::mpsc;
@@ -76,6 +82,17 @@ pub struct BrokerShared {
     pub lifetimes: u64,
     /// The first engine invariant found broken.
     pub violation: Option<String>,
+    /// The controller asks for a point to roll back to (taken at the next tick).
+    pub snapshot_due: bool,
+    /// The controller asks for the roll back to the point (at the next tick).
+    pub roll_back_due: bool,
+    /// The point: each room's epoch and top when it was taken.
+    point: Option<Vec<(RoomName, Epoch, u64)>>,
+    /// Roll backs carried out.
+    pub rolled_back: u64,
+    /// A planted defect: the engine's rollback check is off (to show that
+    /// the oracle catches the seqs it would let be reused).
+    pub skip_rollback_check: bool,
 }
 
 impl BrokerShared {
@@ -91,6 +108,11 @@ impl BrokerShared {
             slow_dropped: 0,
             lifetimes: 0,
             violation: None,
+            snapshot_due: false,
+            roll_back_due: false,
+            point: None,
+            rolled_back: 0,
+            skip_rollback_check: false,
         }
     }
 }
@@ -109,12 +131,16 @@ pub async fn run(config: BrokerConfig, shared: BrokerHandle) -> turmoil::Result 
     shared.borrow_mut().lifetimes += 1;
     let listener =
         turmoil::net::TcpListener::bind((IpAddr::from(Ipv4Addr::UNSPECIFIED), config.port)).await?;
+    let mut engine = MemoryEngine::new(
+        config.bounds,
+        config.epoch_prefix.clone(),
+        config.presence_ttl_us,
+    );
+    if shared.borrow().skip_rollback_check {
+        engine.skip_rollback_check();
+    }
     let broker = Rc::new(RefCell::new(Broker {
-        engine: MemoryEngine::new(
-            config.bounds,
-            config.epoch_prefix.clone(),
-            config.presence_ttl_us,
-        ),
+        engine,
         origin: Instant::now(),
         sessions: BTreeMap::new(),
         next_session: 0,
@@ -283,11 +309,42 @@ impl Broker {
     }
 
     fn tick(&mut self) {
+        let (snapshot, roll_back) = {
+            let mut shared = self.shared.borrow_mut();
+            let due = (shared.snapshot_due, shared.roll_back_due);
+            shared.snapshot_due = false;
+            shared.roll_back_due = false;
+            due
+        };
+        if snapshot {
+            self.shared.borrow_mut().point = Some(self.engine.tops());
+        }
+        if roll_back {
+            self.roll_back();
+        }
         let now = self.now_us();
         if self.engine.poll_timeout().is_some_and(|at| at <= now) {
             self.engine.on_timeout(now);
             self.route();
         }
+    }
+
+    /// Back to the point, as a Redis restarted from its snapshot: streams
+    /// rolled back in their epochs, a new store lifetime (the engine), and
+    /// every session dropped (its node reconnects and resubscribes).
+    fn roll_back(&mut self) {
+        let Some(point) = self.shared.borrow_mut().point.take() else {
+            return;
+        };
+        let nodes: Vec<NodeId> = self.sessions.keys().copied().collect();
+        for node in nodes {
+            if let Some(session) = self.sessions.remove(&node) {
+                self.forget(node, session);
+            }
+        }
+        self.engine.roll_back(&point);
+        self.route();
+        self.shared.borrow_mut().rolled_back += 1;
     }
 
     fn check(&mut self) {

@@ -107,18 +107,22 @@ fn request_json(request: &EngineRequest) -> Value {
             call,
             room,
             message,
+            known,
         } => json!({"append": {
             "call": call.0, "room": room.as_str(),
             "head": message.head, "tail": message.tail, "series": message.series,
+            "known": position_json(known.as_ref()),
         }}),
         EngineRequest::Read {
             call,
             room,
             after,
             limit,
+            known,
         } => json!({"read": {
             "call": call.0, "room": room.as_str(), "limit": limit,
-            "after": after.as_ref().map(|p| json!({"epoch": &*p.epoch, "seq": p.seq})),
+            "after": position_json(after.as_ref()),
+            "known": position_json(known.as_ref()),
         }}),
         EngineRequest::Interest { room, on } => {
             json!({"interest": {"room": room.as_str(), "on": on}})
@@ -202,6 +206,20 @@ fn target_json(target: &SendTarget) -> Value {
     }
 }
 
+fn position_json(position: Option<&Position>) -> Value {
+    position.map_or(Value::Null, |p| json!({"epoch": &*p.epoch, "seq": p.seq}))
+}
+
+fn position_from(value: &Value) -> Result<Option<Position>, String> {
+    Ok(match value {
+        Value::Null => None,
+        position => Some(Position {
+            epoch: string(&position["epoch"])?.into(),
+            seq: number(&position["seq"])?,
+        }),
+    })
+}
+
 fn request_from(value: &Value) -> Result<EngineRequest, String> {
     let (kind, v) = single(value)?;
     Ok(match kind {
@@ -213,18 +231,14 @@ fn request_from(value: &Value) -> Result<EngineRequest, String> {
                 tail: string(&v["tail"])?,
                 series: optional_string(&v["series"])?,
             },
+            known: position_from(&v["known"])?,
         },
         "read" => EngineRequest::Read {
             call: call(v)?,
             room: room(v)?,
-            after: match &v["after"] {
-                Value::Null => None,
-                after => Some(Position {
-                    epoch: string(&after["epoch"])?.into(),
-                    seq: number(&after["seq"])?,
-                }),
-            },
+            after: position_from(&v["after"])?,
             limit: number(&v["limit"])? as usize,
+            known: position_from(&v["known"])?,
         },
         "interest" => EngineRequest::Interest {
             room: room(v)?,
@@ -412,6 +426,7 @@ mod tests {
                     tail: "}".into(),
                     series: None,
                 },
+                known: None,
             },
             EngineRequest::Read {
                 call: CallId(2),
@@ -421,12 +436,17 @@ mod tests {
                     seq: 9,
                 }),
                 limit: 100,
+                known: Some(Position {
+                    epoch: "e".into(),
+                    seq: 12,
+                }),
             },
             EngineRequest::Read {
                 call: CallId(3),
                 room: room.clone(),
                 after: None,
                 limit: 0,
+                known: None,
             },
             EngineRequest::Interest {
                 room: room.clone(),

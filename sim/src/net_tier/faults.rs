@@ -10,7 +10,12 @@
 //!   their answers come late), the broker restarted with every room
 //!   lost (crash, then restart after a downtime: new epochs), and a node
 //!   restarted (its power cut, then a new process: its clients lose their
-//!   connections and come back through any node with `since`). Each seed draws its mix
+//!   connections and come back through any node with `since`), and the
+//!   broker **rolled back**: a point is marked, and some time later the
+//!   broker goes back to it keeping every epoch (a Redis restarted from an
+//!   older RDB snapshot, or a lagging replica promoted), which the
+//!   engine's rollback check must turn into new epochs (without it, the
+//!   oracle sees seqs given to two messages). Each seed draws its mix
 //!   from its own generator, so the workload of a seed is the same with
 //!   broker faults on or off; a third of the seeds draw none.
 //!
@@ -31,7 +36,7 @@ use std::time::Duration;
 
 use super::world::Shared;
 use super::{BROKER, CLIENT_HOSTS, CONNECT_SPREAD_MS, PUBLISHER};
-use crate::broker::host::BrokerShared;
+use crate::broker::host::{BrokerHandle, BrokerShared};
 use crate::rng::SimRng;
 
 #[derive(Clone, Copy, Debug)]
@@ -119,6 +124,8 @@ pub(crate) enum BrokerFault {
     Restart,
     /// A node is down, then starts again (a new process: new ids).
     Bounce(usize),
+    /// A point is marked; when healed, the broker goes back to it.
+    RollBack,
 }
 
 impl BrokerFault {
@@ -128,6 +135,7 @@ impl BrokerFault {
             BrokerFault::Hold(_) => "broker-hold",
             BrokerFault::Restart => "broker-restart",
             BrokerFault::Bounce(_) => "node-bounce",
+            BrokerFault::RollBack => "broker-roll-back",
         }
     }
 
@@ -136,14 +144,14 @@ impl BrokerFault {
     fn target(&self) -> (u8, usize) {
         match *self {
             BrokerFault::Partition(n) | BrokerFault::Hold(n) | BrokerFault::Bounce(n) => (0, n),
-            BrokerFault::Restart => (1, 0),
+            BrokerFault::Restart | BrokerFault::RollBack => (1, 0),
         }
     }
 
     fn node(&self) -> u64 {
         match *self {
             BrokerFault::Partition(n) | BrokerFault::Hold(n) | BrokerFault::Bounce(n) => n as u64,
-            BrokerFault::Restart => 0,
+            BrokerFault::Restart | BrokerFault::RollBack => 0,
         }
     }
 }
@@ -157,15 +165,18 @@ pub(crate) struct BrokerFaults {
     planned: Vec<(u64, u64, BrokerFault)>,
     /// Started and not healed: until when.
     active: Vec<(u64, BrokerFault)>,
-    /// Started: partitions, holds, restarts, bounces.
-    pub(crate) injected: [u64; 4],
+    /// Started: partitions, holds, restarts, bounces, roll backs.
+    pub(crate) injected: [u64; 5],
     enabled: bool,
 }
 
 impl BrokerFaults {
     /// Draws the mix of a seed (`enabled` off: none, with the same draws).
+    /// Roll backs come from `roll_back_rng`, so adding them changed no
+    /// other draw of a seed.
     pub(crate) fn draw(
         rng: &mut SimRng,
+        roll_back_rng: &mut SimRng,
         enabled: bool,
         nodes: usize,
         work_ms: u64,
@@ -201,6 +212,13 @@ impl BrokerFaults {
                 planned.push((start, start + lasts, fault));
             }
         }
+        // Half the seeds roll the broker back, once: the point is marked,
+        // messages follow, then the broker goes back to the point.
+        if roll_back_rng.chance(500_000) {
+            let start = roll_back_rng.range(CONNECT_SPREAD_MS, latest);
+            let lasts = roll_back_rng.range(300, 3_000);
+            planned.push((start, start + lasts, BrokerFault::RollBack));
+        }
         let enabled = enabled && !fault_free;
         if !enabled {
             planned.clear();
@@ -211,7 +229,7 @@ impl BrokerFaults {
             loss_per_million: if enabled { loss_per_million } else { 0 },
             planned,
             active: Vec::new(),
-            injected: [0; 4],
+            injected: [0; 5],
             enabled,
         }
     }
@@ -222,6 +240,7 @@ impl BrokerFaults {
         &mut self,
         sim: &mut turmoil::Sim<'_>,
         world: &Shared,
+        broker: &BrokerHandle,
         nodes: &[String],
         elapsed_ms: u64,
         heal_all: bool,
@@ -248,6 +267,7 @@ impl BrokerFaults {
                 BrokerFault::Partition(node) => sim.partition(nodes[node].as_str(), BROKER),
                 BrokerFault::Hold(node) => sim.hold(nodes[node].as_str(), BROKER),
                 BrokerFault::Restart => sim.crash(BROKER),
+                BrokerFault::RollBack => broker.borrow_mut().snapshot_due = true,
                 BrokerFault::Bounce(node) => {
                     // A power cut (see the module docs).
                     let host = nodes[node].as_str();
@@ -263,6 +283,7 @@ impl BrokerFaults {
                 BrokerFault::Hold(_) => 1,
                 BrokerFault::Restart => 2,
                 BrokerFault::Bounce(_) => 3,
+                BrokerFault::RollBack => 4,
             };
             self.injected[kind] += 1;
             world
@@ -279,6 +300,9 @@ impl BrokerFaults {
                     BrokerFault::Partition(node) => sim.repair(nodes[node].as_str(), BROKER),
                     BrokerFault::Hold(node) => sim.release(nodes[node].as_str(), BROKER),
                     BrokerFault::Restart => sim.bounce(BROKER),
+                    // Healed early (the end of the faults): no roll back.
+                    BrokerFault::RollBack if heal_all => {}
+                    BrokerFault::RollBack => broker.borrow_mut().roll_back_due = true,
                     BrokerFault::Bounce(node) => {
                         let host = nodes[node].as_str();
                         for peer in peers() {
@@ -308,10 +332,11 @@ impl BrokerFaults {
         if !self.enabled {
             return "off".into();
         }
-        let [partitions, holds, restarts, bounces] = self.injected;
+        let [partitions, holds, restarts, bounces, roll_backs] = self.injected;
         let mut text = format!(
-            "{}(partitions={partitions},holds={holds},restarts={restarts},bounces={bounces},lost={}/{}",
-            partitions + holds + restarts + bounces + broker.lost,
+            "{}(partitions={partitions},holds={holds},restarts={restarts},bounces={bounces},roll_backs={roll_backs}/{},lost={}/{}",
+            partitions + holds + restarts + bounces + broker.rolled_back + broker.lost,
+            broker.rolled_back,
             broker.lost,
             broker.lost + broker.live_sent,
         );

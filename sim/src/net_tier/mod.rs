@@ -81,6 +81,9 @@ pub struct NetRun {
     /// Cluster runs: inject the seed's drawn broker faults (on) or run the
     /// broker and the nodes fault-free (off; same workload).
     pub broker_faults: bool,
+    /// A planted defect: the broker's engine skips its rollback check
+    /// (the tests show that the oracle catches it; no command-line flag).
+    pub skip_rollback_check: bool,
 }
 
 impl NetRun {
@@ -92,7 +95,14 @@ impl NetRun {
             seconds,
             nodes: 1,
             broker_faults: true,
+            skip_rollback_check: false,
         }
+    }
+
+    /// Plants a defect: the broker's engine skips its rollback check.
+    pub fn skip_rollback_check(mut self) -> NetRun {
+        self.skip_rollback_check = true;
+        self
     }
 
     /// `nodes` server nodes against the broker (1: the one-node run).
@@ -115,6 +125,7 @@ impl NetRun {
             seconds,
             nodes,
             broker_faults,
+            skip_rollback_check: _,
         } = self;
         let mut command = format!("cargo run --release -p roomcast-sim -- --tier net --seed {seed} --clients {clients} --net-seconds {seconds}");
         if *nodes > 1 {
@@ -139,6 +150,7 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
         seconds,
         nodes,
         broker_faults,
+        skip_rollback_check,
     } = run.clone();
     let clustered = nodes > 1;
     install_panic_hook();
@@ -149,6 +161,7 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
     // workload is the same whatever the node count and the broker faults.
     let mut cluster_rng = SimRng::new(seed ^ 0xC1_B40C);
     let mut broker_fault_rng = SimRng::new(seed ^ 0xB40C_FA17);
+    let mut roll_back_rng = SimRng::new(seed ^ 0x0201_1BAC);
     let mut limits = cluster::draw_limits(&mut rng);
     let timing =
         clustered.then(|| ClusterTiming::draw(&mut cluster_rng, &mut limits, broker_faults));
@@ -158,6 +171,7 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
     let mut broker_plan = timing.as_ref().map(|_| {
         BrokerFaults::draw(
             &mut broker_fault_rng,
+            &mut roll_back_rng,
             broker_faults,
             nodes,
             work_ms,
@@ -222,6 +236,7 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
     let broker: Option<BrokerHandle> = broker_plan.as_ref().map(|faults| {
         let mut shared = BrokerShared::new(broker_fault_rng.fork());
         shared.loss_per_million = faults.loss_per_million;
+        shared.skip_rollback_check = skip_rollback_check;
         Rc::new(RefCell::new(shared))
     });
     let link_stats = Arc::new(LinkStats::default());
@@ -348,7 +363,7 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
         }
         if let (Some(planned), Some(broker)) = (&mut broker_plan, &broker) {
             let heal = phase != Phase::Working;
-            planned.step(&mut sim, &world, &node_names, elapsed_ms, heal);
+            planned.step(&mut sim, &world, broker, &node_names, elapsed_ms, heal);
             let mut shared = broker.borrow_mut();
             if heal {
                 shared.loss_per_million = 0;

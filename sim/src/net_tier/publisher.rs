@@ -193,13 +193,16 @@ impl Apis {
     }
 }
 
-/// Tells the oracle what a broadcast's receipt says was published.
-fn record_receipt(world: &Shared, rooms: &[String], receipt: &Value) {
+/// Tells the oracle what a broadcast's receipt says was published (and
+/// with which `data`: a seq given to another message is a silent reuse).
+fn record_receipt(world: &Shared, body: &Value, receipt: &Value) {
     let mut w = world.borrow_mut();
     let (seqs, epochs) = (&receipt["seqs"], &receipt["epochs"]);
-    for room in rooms {
+    let rooms = body["rooms"].as_array().into_iter().flatten();
+    for room in rooms.filter_map(Value::as_str) {
         if let (Some(seq), Some(epoch)) = (seqs[room].as_u64(), epochs[room].as_str()) {
-            w.oracle.published(room, epoch, seq);
+            let result = w.oracle.published_message(room, epoch, seq, &body["data"]);
+            w.check(result);
         }
     }
 }
@@ -234,11 +237,17 @@ pub(crate) async fn publisher_task(world: Shared, mut spec: PublisherSpec) {
             None => 0,
         };
         let answer = apis
-            .call(node, "POST", "/api/broadcast", &spec.token, Some(body))
+            .call(
+                node,
+                "POST",
+                "/api/broadcast",
+                &spec.token,
+                Some(body.clone()),
+            )
             .await;
         match answer {
             Some((200, receipt)) => {
-                record_receipt(&world, &rooms, &receipt);
+                record_receipt(&world, &body, &receipt);
                 for room in &rooms {
                     uncertain.remove(room);
                 }
@@ -305,7 +314,7 @@ pub(crate) async fn publisher_task(world: Shared, mut spec: PublisherSpec) {
                     )
                     .await;
                 if let Some((200, receipt)) = answer {
-                    record_receipt(&world, &rooms, &receipt);
+                    record_receipt(&world, &body, &receipt);
                     break;
                 }
                 if world.borrow().now_ms > deadline {

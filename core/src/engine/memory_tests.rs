@@ -1,0 +1,258 @@
+//! The in-memory engine's own tests (the shared contract is in the
+//! engine conformance suite, `tests/tests/engine_conformance.rs`).
+
+use super::*;
+use crate::engine::PresenceEntry;
+use crate::engine::{CallId, Unnumbered};
+use crate::names::ConnectionId;
+
+const BOUNDS: HistoryBounds = HistoryBounds {
+    messages_max: 3,
+    age_max_us: 1_000,
+    bytes_max: usize::MAX,
+    rooms_max: usize::MAX,
+};
+
+fn room() -> RoomName {
+    RoomName::new("r").unwrap()
+}
+
+fn append(engine: &mut MemoryEngine, node: NodeId, now_us: u64, n: u64) {
+    let message = Unnumbered {
+        head: "{\"seq\":".into(),
+        tail: format!(",\"n\":{n}}}"),
+        series: None,
+    };
+    engine.handle(
+        node,
+        now_us,
+        EngineRequest::Append {
+            call: CallId(n),
+            room: room(),
+            message,
+            known: None,
+        },
+    );
+}
+
+fn drain(engine: &mut MemoryEngine) -> Vec<(NodeId, EngineEvent)> {
+    std::iter::from_fn(|| engine.poll_event()).collect()
+}
+
+#[test]
+fn appends_are_numbered_and_streamed_to_followers_before_the_answer() {
+    let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000_000);
+    engine.handle(
+        1,
+        0,
+        EngineRequest::Interest {
+            room: room(),
+            on: true,
+        },
+    );
+    append(&mut engine, 2, 5, 7);
+    let events = drain(&mut engine);
+    assert_eq!(events.len(), 2);
+    let (to, EngineEvent::Live(live)) = &events[0] else {
+        panic!("live first: {events:?}")
+    };
+    assert_eq!((*to, live.seq, &*live.epoch), (1, 1, "e-1"));
+    assert_eq!(live.frame.as_str(), "{\"seq\":1,\"n\":7}");
+    let (to, EngineEvent::Appended { call, result }) = &events[1] else {
+        panic!("then the answer: {events:?}")
+    };
+    assert_eq!((*to, *call), (2, CallId(7)));
+    assert_eq!(result.as_ref().unwrap().frame, live.frame);
+    engine.check().unwrap();
+}
+
+#[test]
+fn reads_cover_within_history_and_rooms_die_with_it() {
+    let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000_000);
+    for n in 1..=5 {
+        append(&mut engine, 0, n * 10, n);
+    }
+    drain(&mut engine);
+    let read_after = |engine: &mut MemoryEngine, seq| {
+        let after = Position {
+            epoch: "e-1".into(),
+            seq,
+        };
+        engine.handle(
+            0,
+            60,
+            EngineRequest::Read {
+                call: CallId(0),
+                room: room(),
+                after: Some(after.clone()),
+                limit: 10,
+                known: None,
+            },
+        );
+        match drain(engine).pop() {
+            Some((_, EngineEvent::Read { result: Ok(r), .. })) => (r.covers(&after), r),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (covered, result) = read_after(&mut engine, 2);
+    assert!(covered);
+    assert_eq!(result.top, 5);
+    assert_eq!(result.frames.len(), 3);
+    let (covered, _) = read_after(&mut engine, 1);
+    assert!(!covered, "seq 2 left the history");
+    engine.check().unwrap();
+    // Nobody follows it: it lives until its newest message ages out.
+    assert_eq!(engine.poll_timeout(), Some(1_050));
+    engine.on_timeout(1_050);
+    assert_eq!(engine.room_count(), 0);
+    append(&mut engine, 0, 2_000, 9);
+    match drain(&mut engine).pop() {
+        Some((_, EngineEvent::Appended { result: Ok(n), .. })) => {
+            assert_eq!((&*n.epoch, n.seq), ("e-2", 1), "a new lifetime")
+        }
+        other => panic!("{other:?}"),
+    }
+    engine.check().unwrap();
+}
+
+#[test]
+fn losing_everything_starts_new_epochs() {
+    let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000_000);
+    append(&mut engine, 0, 0, 1);
+    engine.handle(
+        3,
+        0,
+        EngineRequest::Interest {
+            room: room(),
+            on: true,
+        },
+    );
+    engine.lose_everything();
+    drain(&mut engine);
+    append(&mut engine, 0, 1, 2);
+    match drain(&mut engine).pop() {
+        Some((_, EngineEvent::Appended { result: Ok(n), .. })) => {
+            assert_eq!((&*n.epoch, n.seq), ("e-2", 1))
+        }
+        other => panic!("{other:?}"),
+    }
+    engine.check().unwrap();
+}
+
+#[test]
+fn presence_lists_every_node_and_forgets_a_silent_one() {
+    let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000);
+    let entry = |n: u128, user: &str| PresenceEntry {
+        conn: ConnectionId::from_u128(n),
+        user: Some(user.to_owned()),
+    };
+    let add = |engine: &mut MemoryEngine, node, now_us, entry| {
+        let request = EngineRequest::PresenceAdd {
+            room: room(),
+            entry,
+        };
+        engine.handle(node, now_us, request);
+    };
+    add(&mut engine, 1, 0, entry(1, "alice"));
+    add(&mut engine, 2, 0, entry(2, "bob"));
+    let list = |engine: &mut MemoryEngine, now_us| {
+        let request = EngineRequest::PresenceList {
+            call: CallId(1),
+            room: room(),
+        };
+        engine.handle(1, now_us, request);
+        match drain(engine).pop() {
+            Some((
+                1,
+                EngineEvent::Presence {
+                    result: Ok(entries),
+                    ..
+                },
+            )) => entries,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        list(&mut engine, 10),
+        vec![entry(1, "alice"), entry(2, "bob")]
+    );
+    // Node 1 keeps talking; node 2 falls silent and expires.
+    engine.handle(1, 900, EngineRequest::PresenceRefresh);
+    engine.on_timeout(1_000);
+    assert_eq!(list(&mut engine, 1_000), vec![entry(1, "alice")]);
+    engine.handle(
+        1,
+        1_001,
+        EngineRequest::PresenceRemove {
+            room: room(),
+            conn: ConnectionId::from_u128(1),
+        },
+    );
+    assert_eq!(engine.presence_count(), 0);
+    engine.check().unwrap();
+}
+
+fn interest(engine: &mut MemoryEngine, node: NodeId, name: &str, on: bool) {
+    let room = RoomName::new(name).unwrap();
+    engine.handle(node, 0, EngineRequest::Interest { room, on });
+}
+
+fn read_of(engine: &mut MemoryEngine, node: NodeId, name: &str) -> bool {
+    let room = RoomName::new(name).unwrap();
+    let request = EngineRequest::Read {
+        call: CallId(99),
+        room,
+        after: None,
+        limit: 10,
+        known: None,
+    };
+    engine.handle(node, 0, request);
+    match drain(engine).pop() {
+        Some((_, EngineEvent::Read { result, .. })) => result.is_ok(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_refused_interest_fails_the_nodes_reads_until_it_is_turned_off() {
+    let bounds = HistoryBounds {
+        rooms_max: 1,
+        ..BOUNDS
+    };
+    let mut engine = MemoryEngine::new(bounds, "e".into(), 1_000_000);
+    interest(&mut engine, 1, "a", true);
+    interest(&mut engine, 2, "b", true); // refused: "a" is in use
+    assert_eq!(engine.room_count(), 1);
+    engine.check().unwrap();
+    interest(&mut engine, 1, "a", false); // room for "b" now...
+    assert!(
+        !read_of(&mut engine, 2, "b"),
+        "...but node 2 does not follow it: its read fails"
+    );
+    interest(&mut engine, 2, "b", false);
+    interest(&mut engine, 2, "b", true);
+    assert!(read_of(&mut engine, 2, "b"), "asked again: followed");
+    engine.check().unwrap();
+}
+
+#[test]
+fn the_byte_budget_is_kept_across_rooms_and_reset_by_data_loss() {
+    let mut engine = MemoryEngine::new(BOUNDS, "e".into(), 1_000_000);
+    append(&mut engine, 0, 1, 1);
+    let frame = engine.history_bytes();
+    let bounds = HistoryBounds {
+        bytes_max: 2 * frame,
+        ..BOUNDS
+    };
+    let mut engine = MemoryEngine::new(bounds, "e".into(), 1_000_000);
+    interest(&mut engine, 0, "r", true);
+    for n in 1..=3 {
+        append(&mut engine, 0, n, n);
+        assert!(engine.history_bytes() <= 2 * frame);
+        engine.check().unwrap();
+    }
+    assert_eq!(engine.history_bytes(), 2 * frame);
+    engine.lose_everything();
+    assert_eq!(engine.history_bytes(), 0);
+    engine.check().unwrap();
+}
