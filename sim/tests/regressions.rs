@@ -1,6 +1,7 @@
 //! Seeds that once failed, pinned so what they found cannot come back.
 //! Add every seed a sweep finds here, with a line on what it caught.
 
+use roomcast_sim::net_tier::NetRun;
 use roomcast_sim::{core_tier, net_tier};
 
 /// (seed, clients, simulated seconds, what it caught)

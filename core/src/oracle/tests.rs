@@ -352,7 +352,9 @@ fn planted_gap_warning_without_a_position() {
         oracle.received(1, &no_seq).unwrap_err().invariant,
         "gap warning shape"
     );
+}
 
+#[test]
 fn a_seq_reused_for_another_message_is_caught() {
     let with_data = |seq: u64, n: u64| {
         msg(&format!(
