@@ -181,6 +181,9 @@ impl ServerConfig {
         if l.message_bytes_max == 0 || l.outbound_queue_bytes_max == 0 || l.read_buffer_bytes == 0 {
             return Err("limits: message_bytes_max, outbound_queue_bytes_max and read_buffer_bytes must be > 0".into());
         }
+        if l.outbound_bytes_max < l.outbound_queue_bytes_max {
+            return Err("limits: outbound_bytes_max must be at least outbound_queue_bytes_max".into());
+        }
         if l.outbound_queue_bytes_max > 1 << 30 {
             return Err(
                 "limits: outbound_queue_bytes_max must be at most 1 GiB (1073741824)".into(),
@@ -197,6 +200,9 @@ impl ServerConfig {
         }
         if self.rooms.conflation_window_ms == 0 || self.rooms.conflation_window_ms > 60_000 {
             return Err("rooms: conflation_window_ms must be between 1 and 60000".into());
+        }
+        if self.rooms.presence_diff_interval_ms > 60_000 {
+            return Err("rooms: presence_diff_interval_ms must be at most 60000".into());
         }
         if l.inbound_bytes_max / 2 < l.message_bytes_max.max(l.api_body_bytes_max) {
             return Err("limits: inbound_bytes_max must be at least twice message_bytes_max and api_body_bytes_max".into());
@@ -248,6 +254,7 @@ const TABLES: [(&str, &[&str]); 5] = [
         "rooms",
         &[
             "presence_diff_prefixes",
+            "presence_diff_interval_ms",
             "conflate_prefixes",
             "conflation_window_ms",
         ],
@@ -272,6 +279,7 @@ const LIMIT_KEYS: &[&str] = &[
     "read_buffer_bytes",
     "write_buffer_bytes",
     "outbound_queue_bytes_max",
+    "outbound_bytes_max",
     "rooms_per_connection_max",
     "messages_per_second",
     "message_burst",
