@@ -64,7 +64,10 @@ impl Outbox {
 
     /// `bytes` left the node's backlog (written, or their connection closed).
     pub(crate) fn forget(&mut self, bytes: usize) {
-        debug_assert!(bytes <= self.queued_total, "more bytes forgotten than queued");
+        debug_assert!(
+            bytes <= self.queued_total,
+            "more bytes forgotten than queued"
+        );
         self.queued_total = self.queued_total.saturating_sub(bytes);
     }
 }

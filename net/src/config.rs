@@ -182,7 +182,9 @@ impl ServerConfig {
             return Err("limits: message_bytes_max, outbound_queue_bytes_max and read_buffer_bytes must be > 0".into());
         }
         if l.outbound_bytes_max < l.outbound_queue_bytes_max {
-            return Err("limits: outbound_bytes_max must be at least outbound_queue_bytes_max".into());
+            return Err(
+                "limits: outbound_bytes_max must be at least outbound_queue_bytes_max".into(),
+            );
         }
         if l.outbound_queue_bytes_max > 1 << 30 {
             return Err(
