@@ -196,10 +196,12 @@ impl Core {
             if diff.joined.is_empty() && diff.left.is_empty() {
                 continue;
             }
+            // Only a diff someone was told opens a window (the echo of a
+            // lone member's own join leaves the room quiet).
             if let Some(sends) = self.diff_sends(&room, &diff) {
                 inserts.push((diff.at, sends));
+                self.open_presence_window(room);
             }
-            self.open_presence_window(room);
         }
         let Some(&(first, _)) = inserts.first() else {
             return;
@@ -264,8 +266,8 @@ impl Core {
             }
             if let Some(sends) = self.diff_sends(&room, &diff) {
                 self.outputs.append(sends);
+                self.open_presence_window(room);
             }
-            self.open_presence_window(room);
         }
     }
 
