@@ -15,6 +15,11 @@ use serde_json::json;
 const PER_CONNECTION: usize = 20_000;
 const BUDGET: usize = 50_000;
 
+/// Bytes sent to a connection.
+type Sent = (ConnectionId, usize);
+/// A connection closed, with its code.
+type Closed = (ConnectionId, CloseCode);
+
 struct Node {
     core: Standalone,
     now_us: u64,
@@ -63,7 +68,7 @@ impl Node {
 
     /// The outputs since the last call: bytes sent per connection, and
     /// the connections closed with their code.
-    fn outputs(&mut self) -> (Vec<(ConnectionId, usize)>, Vec<(ConnectionId, CloseCode)>) {
+    fn outputs(&mut self) -> (Vec<Sent>, Vec<Closed>) {
         let (mut sent, mut closed) = (Vec::new(), Vec::new());
         while let Some(output) = self.core.poll_output() {
             match output {
