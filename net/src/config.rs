@@ -181,14 +181,14 @@ impl ServerConfig {
         if l.message_bytes_max == 0 || l.outbound_queue_bytes_max == 0 || l.read_buffer_bytes == 0 {
             return Err("limits: message_bytes_max, outbound_queue_bytes_max and read_buffer_bytes must be > 0".into());
         }
-        if l.outbound_bytes_max < l.outbound_queue_bytes_max {
-            return Err(
-                "limits: outbound_bytes_max must be at least outbound_queue_bytes_max".into(),
-            );
-        }
         if l.outbound_queue_bytes_max > 1 << 30 {
             return Err(
                 "limits: outbound_queue_bytes_max must be at most 1 GiB (1073741824)".into(),
+            );
+        }
+        if l.outbound_bytes_max < l.outbound_queue_bytes_max {
+            return Err(
+                "limits: outbound_bytes_max must be at least outbound_queue_bytes_max".into(),
             );
         }
         if l.ping_interval_ms == 0
@@ -659,8 +659,15 @@ pub(crate) mod tests {
 
     #[test]
     fn the_outbound_queue_is_capped_at_one_gibibyte() {
-        let at_cap = env(&[("ROOMCAST_LIMITS__OUTBOUND_QUEUE_BYTES_MAX", "1073741824")]);
+        let at_cap = env(&[
+            ("ROOMCAST_LIMITS__OUTBOUND_QUEUE_BYTES_MAX", "1073741824"),
+            ("ROOMCAST_LIMITS__OUTBOUND_BYTES_MAX", "1073741824"),
+        ]);
         assert!(ServerConfig::load(None, at_cap).is_ok());
+        // The node-wide budget holds at least one connection's backlog.
+        let under = env(&[("ROOMCAST_LIMITS__OUTBOUND_QUEUE_BYTES_MAX", "1073741824")]);
+        let error = ServerConfig::load(None, under).unwrap_err();
+        assert!(error.contains("outbound_bytes_max"), "{error}");
         let over = env(&[("ROOMCAST_LIMITS__OUTBOUND_QUEUE_BYTES_MAX", "1073741825")]);
         let error = ServerConfig::load(None, over).unwrap_err();
         assert!(error.contains("at most 1 GiB"), "{error}");
