@@ -64,7 +64,7 @@
 //! | [`rooms`] | joins, leaves, presence diffs, a room's local lifetime |
 //! | [`stream`] | the engine conversation per room: reads, live messages, gaps, checks |
 //! | [`fanout`] | publishing (API and client) and delivery to members |
-//! | [`timers`] | heartbeats, token expiry, conflation flushes, stream checks |
+//! | [`timers`] | heartbeats, token expiry, conflation flushes, stream checks, the end of presence-diff windows |
 //! | [`config`] | [`CoreConfig`], [`RoomOptions`], [`Response`] |
 //! | [`engine`] | the engine contract; [`engine::memory`] the in-memory engine |
 //! | [`standalone`] | [`Standalone`]: a core and its inline engine, driven together |
