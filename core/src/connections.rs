@@ -1,7 +1,7 @@
 //! Connections: opening, closing, and queueing frames with the
 //! slow-consumer bound.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use serde::Serialize;
 
@@ -12,6 +12,7 @@ use crate::envelope;
 use crate::limits::Limits;
 use crate::machine::{Connection, Core};
 use crate::names::ConnectionId;
+use crate::outbound::Outbox;
 use crate::output::{Output, TextFrame};
 use crate::rate::RateLimiter;
 use crate::time::Now;
@@ -107,6 +108,8 @@ impl Core {
             return;
         };
         self.free_slots.push(slot);
+        // Its backlog leaves the node's (written or not, it is not ours to write).
+        self.outputs.forget(connection.queued_bytes);
         self.timers.remove(&(connection.timer_at_us, conn));
         // Its check's answer, when it comes, finds no connection.
         self.checks.remove(&conn);
@@ -134,7 +137,7 @@ impl Core {
     #[must_use]
     #[inline]
     pub(crate) fn try_send(
-        outputs: &mut VecDeque<Output>,
+        outputs: &mut Outbox,
         limits: &Limits,
         connection: &mut Connection,
         frame: &TextFrame,
@@ -145,6 +148,7 @@ impl Core {
             return false;
         }
         connection.queued_bytes = queued;
+        outputs.queued_total += frame.len();
         outputs.push_back(Output::Send {
             conn: connection.id,
             frame: frame.clone(),
@@ -160,7 +164,7 @@ impl Core {
     /// recipient (callgrind, `examples/hot_paths.rs broadcast`).
     #[inline(always)]
     pub(crate) fn send_held(
-        outputs: &mut VecDeque<Output>,
+        outputs: &mut Outbox,
         limits: &Limits,
         connection: &mut Connection,
         room: Option<&crate::names::RoomName>,

@@ -13,11 +13,13 @@ impl Core {
         }
         let limits = &self.config.limits;
         let mut live = 0usize;
+        let mut queued = 0usize;
         for (slot, connection) in self.conns.iter().enumerate() {
             let Some(connection) = connection else {
                 continue;
             };
             live += 1;
+            queued += connection.queued_bytes;
             let id = connection.id;
             if self.slot_of.get(&id) != Some(&(slot as u32)) {
                 return Err(format!("{id:?} in slot {slot} is not indexed there"));
@@ -84,6 +86,20 @@ impl Core {
                     return Err(format!("{id:?} is missing from user {:?}", user.id));
                 }
             }
+        }
+        if queued != self.outputs.queued_total {
+            return Err(format!(
+                "connections hold {queued} bytes queued but the node counts {}",
+                self.outputs.queued_total
+            ));
+        }
+        for (at, room) in &self.presence_timers {
+            if self.presence_windows.get(room).map(|w| w.until_us) != Some(*at) {
+                return Err(format!("{room:?}: a presence timer without its window"));
+            }
+        }
+        if self.presence_windows.len() != self.presence_timers.len() {
+            return Err("a presence window without its timer".into());
         }
         if live != self.slot_of.len() {
             return Err(format!(

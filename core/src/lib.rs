@@ -60,11 +60,12 @@
 //! |---|---|
 //! | [`machine`] | [`Core`]: its state and input dispatch |
 //! | [`connections`] | opening, closing, queueing frames with the slow-consumer bound |
+//! | `outbound` | the outbound queue and the node-wide byte budget (`outbound_bytes_max`) |
 //! | [`requests`] | client messages: rate limit, parse, the simple actions, deferral |
 //! | [`rooms`] | joins, leaves, presence diffs, a room's local lifetime |
 //! | [`stream`] | the engine conversation per room: reads, live messages, gaps, checks |
 //! | [`fanout`] | publishing (API and client) and delivery to members |
-//! | [`timers`] | heartbeats, token expiry, conflation flushes, stream checks |
+//! | [`timers`] | heartbeats, token expiry, conflation flushes, stream checks, the end of presence-diff windows |
 //! | [`config`] | [`CoreConfig`], [`RoomOptions`], [`Response`] |
 //! | [`engine`] | the engine contract; [`engine::memory`] the in-memory engine |
 //! | [`standalone`] | [`Standalone`]: a core and its inline engine, driven together |
@@ -102,6 +103,10 @@
 //! whose backlog passed [`Limits::conflation_behind_bytes`], is *behind*, and
 //! only a member that is behind has progress events conflated
 //! ([`conflation`]).
+//!
+//! The backlogs of all connections together are bounded too
+//! ([`Limits::outbound_bytes_max`]): past it, the members that do not keep
+//! up are closed with 4008, the largest backlog first (`outbound`).
 
 pub mod access;
 pub mod checks;
@@ -120,6 +125,7 @@ pub mod machine;
 pub mod names;
 #[cfg(any(test, feature = "testing"))]
 pub mod oracle;
+pub(crate) mod outbound;
 pub mod output;
 pub mod presence_diffs;
 pub mod publish;

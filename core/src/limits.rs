@@ -19,6 +19,12 @@ pub struct Limits {
     pub write_buffer_bytes: usize,
     /// Outbound backlog per connection in bytes before close 4008 (slow consumer).
     pub outbound_queue_bytes_max: usize,
+    /// Outbound backlog of all connections together, in bytes. Past it,
+    /// the connections that do not keep up (their socket pushed back) are
+    /// closed with 4008, the largest backlog first, until the total is
+    /// under 15/16 of it; members that keep up are never closed for it. A
+    /// frame shared by many members counts once per member.
+    pub outbound_bytes_max: usize,
     /// Unwritten bytes beyond which a member counts as *behind* for
     /// conflation even if its socket never pushed back (`Input::Blocked`
     /// does that at once). 0: any unwritten byte.
@@ -110,6 +116,7 @@ impl Default for Limits {
             read_buffer_bytes: 512,
             write_buffer_bytes: 16 * 1024,
             outbound_queue_bytes_max: 1024 * 1024,
+            outbound_bytes_max: 512 * 1024 * 1024,
             conflation_behind_bytes: 64 * 1024,
             rooms_per_connection_max: 64,
             messages_per_second: 50,

@@ -14,7 +14,9 @@ use crate::conflation::HeldFrames;
 use crate::engine::{CallId, EngineEvent, EngineRequest, Epoch, Numbered, Position};
 use crate::input::Input;
 use crate::names::{ConnectionId, ConnectionMap, RoomName};
+use crate::outbound::Outbox;
 use crate::output::Output;
+use crate::presence_diffs::PresenceWindow;
 use crate::rate::RateLimiter;
 use crate::request::{RequestId, Since};
 use crate::time::Now;
@@ -183,7 +185,8 @@ pub struct Core {
     pub(crate) room_timers: BTreeSet<(u64, RoomName)>,
     /// When to tell the engine this node is alive (while it has members).
     pub(crate) presence_refresh_at_us: Option<u64>,
-    pub(crate) outputs: VecDeque<Output>,
+    /// Outputs in order, and the bytes queued to all connections.
+    pub(crate) outputs: Outbox,
     /// Requests for the engine, in the order decided.
     pub(crate) engine_out: VecDeque<EngineRequest>,
     /// Engine calls awaiting their answer.
@@ -207,6 +210,11 @@ pub struct Core {
     /// Checks in flight ([`crate::checks`]), one per waiting connection.
     /// Looked up only, never iterated.
     pub(crate) checks: BTreeMap<ConnectionId, crate::checks::PendingCheck>,
+    /// Rooms whose last diff went out less than `presence_diff_interval_ms`
+    /// ago, with the changes told when their window ends.
+    pub(crate) presence_windows: BTreeMap<RoomName, PresenceWindow>,
+    /// When each window ends (one entry per window).
+    pub(crate) presence_timers: BTreeSet<(u64, RoomName)>,
     /// Latest `now` seen: time never goes backwards inside the core.
     pub(crate) now: Now,
     /// The first impossible state met (see [`Core::impossible`]).
@@ -226,7 +234,7 @@ impl Core {
             timers: BTreeSet::new(),
             room_timers: BTreeSet::new(),
             presence_refresh_at_us: None,
-            outputs: VecDeque::new(),
+            outputs: Outbox::default(),
             engine_out: VecDeque::new(),
             calls: BTreeMap::new(),
             next_call: 0,
@@ -238,6 +246,8 @@ impl Core {
             resumable: Vec::new(),
             presence: BTreeMap::new(),
             checks: BTreeMap::new(),
+            presence_windows: BTreeMap::new(),
+            presence_timers: BTreeSet::new(),
             now: Now::default(),
             broken: None,
         }
@@ -293,9 +303,11 @@ impl Core {
     pub fn poll_timeout(&self) -> Option<u64> {
         let connections = self.timers.first().map(|(at, _)| *at);
         let rooms = self.room_timers.first().map(|(at, _)| *at);
+        let presence = self.presence_timers.first().map(|(at, _)| *at);
         connections
             .into_iter()
             .chain(rooms)
+            .chain(presence)
             .chain(self.presence_refresh_at_us)
             .min()
     }
@@ -321,6 +333,13 @@ impl Core {
                 self.flush_presence();
                 continue;
             }
+            // The node's outbound backlog past its budget: the members
+            // that do not keep up are closed (their leaves are presence
+            // changes, told in the next round).
+            if self.outbound_over_budget() {
+                self.enforce_outbound_budget();
+                continue;
+            }
             break;
         }
         response
@@ -343,11 +362,13 @@ impl Core {
             }
             Input::Written { conn, bytes } => {
                 if let Some(c) = self.conn_mut(conn) {
-                    c.queued_bytes = c.queued_bytes.saturating_sub(bytes);
+                    let written = bytes.min(c.queued_bytes);
+                    c.queued_bytes -= written;
                     // Everything it was given is written: it caught up.
                     if c.queued_bytes == 0 {
                         c.pushed_back = false;
                     }
+                    self.outputs.forget(written);
                 }
             }
             Input::Blocked { conn } => {
@@ -397,6 +418,7 @@ impl Core {
                 // No presence diffs from here on: everyone is leaving.
                 let first = !self.shutting_down;
                 self.shutting_down = true;
+                self.close_presence_windows();
                 // One request removes every entry of this node, each room's
                 // in one step, instead of one remove per membership (which
                 // other nodes would hear as one diff each).

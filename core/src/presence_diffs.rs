@@ -16,11 +16,14 @@
 //!   of a room with diffs gets one "ask again" diff (`truncated` without
 //!   counts) once the engine has listed the room.
 //!
-//! Either way the diff of an input is built once the input is done
-//! ([`flush_presence`](Core::flush_presence)), goes to every member but
-//! those it lists, and nothing is sent while the node shuts down.
+//! Either way the changes of an input are gathered once the input is done
+//! ([`flush_presence`](Core::flush_presence)) and throttled per room: the
+//! first change of a quiet room goes out at once, the changes within the
+//! next `presence_diff_interval_ms` go out as one diff when that window
+//! ends. A diff goes to every member; a member it lists hears the rest,
+//! never about itself. Nothing is sent while the node shuts down.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
@@ -28,8 +31,37 @@ use crate::engine::{EngineError, EngineRequest, PresenceEntry};
 use crate::envelope;
 use crate::machine::{Call, Core, PendingDiff};
 use crate::names::{ConnectionId, RoomName};
-use crate::output::{Output, TextFrame};
+use crate::outbound::Outbox;
+use crate::output::TextFrame;
 use crate::time::Now;
+
+/// A room's presence throttle: a diff went out and the next may not
+/// before `until_us`; the changes meanwhile wait here, merged.
+#[derive(Debug)]
+pub(crate) struct PresenceWindow {
+    pub(crate) until_us: u64,
+    pub(crate) pending: Option<PendingDiff>,
+}
+
+impl PendingDiff {
+    /// Adds a later diff of the same room, netting a connection that joined
+    /// in one and left in the other (or the reverse); the later count wins.
+    fn merge(&mut self, later: PendingDiff) {
+        for (conn, user) in later.left {
+            if self.joined.remove(&conn).is_none() {
+                self.left.insert(conn, user);
+            }
+        }
+        for (conn, user) in later.joined {
+            if self.left.remove(&conn).is_none() {
+                self.joined.insert(conn, user);
+            }
+        }
+        if later.connections.is_some() {
+            self.connections = later.connections;
+        }
+    }
+}
 
 /// A membership change, for presence diffs.
 #[derive(Clone, Copy, Debug)]
@@ -117,65 +149,58 @@ impl Core {
         }
     }
 
-    /// Tells each room's members what changed during the input: one
-    /// `presence_diff` per room, placed where the room's first change
-    /// happened (docs/protocol.md, section 8). The connections a diff lists
-    /// are not told (no diff about oneself; a member that joined during the
-    /// input sees the room as it is now with `presence`). A member whose
-    /// queue cannot take the diff is closed with 4008 once this is done.
+    /// Tells each room's members what changed during the input, throttled
+    /// per room (docs/protocol.md, section 8): the first change of a quiet
+    /// room goes out at once, as one `presence_diff` placed where the
+    /// room's first change of the input happened, and opens a window of
+    /// `presence_diff_interval_ms`; changes during the window are merged
+    /// and told as one diff when it ends
+    /// ([`fire_presence_windows`](Self::fire_presence_windows)), which opens
+    /// the next. A join storm so costs one diff per member per window, not
+    /// one per join. A member whose queue cannot take the diff is closed
+    /// with 4008 once this is done.
     pub(crate) fn flush_presence(&mut self) {
         let mut diffs: Vec<(RoomName, PendingDiff)> =
             std::mem::take(&mut self.presence).into_iter().collect();
         // Stable: rooms changed at the same place keep their name order.
         diffs.sort_by_key(|(_, diff)| diff.at);
-        let mut inserts: Vec<(usize, VecDeque<Output>)> = Vec::new();
+        let now_us = self.now.monotonic_us;
+        let mut inserts: Vec<(usize, Outbox)> = Vec::new();
         for (room, diff) in diffs {
+            let diff = match self.presence_windows.remove(&room) {
+                // Inside the room's window: told when it ends.
+                Some(mut window) if window.until_us > now_us => {
+                    match window.pending.as_mut() {
+                        Some(pending) => pending.merge(diff),
+                        None => window.pending = Some(diff),
+                    }
+                    self.presence_windows.insert(room, window);
+                    continue;
+                }
+                // A window that ended before its timer was handled: its
+                // changes go out now, with this input's.
+                Some(window) => {
+                    self.presence_timers
+                        .remove(&(window.until_us, room.clone()));
+                    match window.pending {
+                        Some(mut pending) => {
+                            pending.at = diff.at;
+                            pending.merge(diff);
+                            pending
+                        }
+                        None => diff,
+                    }
+                }
+                None => diff,
+            };
             if diff.joined.is_empty() && diff.left.is_empty() {
                 continue;
             }
-            let Some(state) = self.rooms.get(&room) else {
-                continue; // nobody left to tell
-            };
-            let connections = diff.connections.unwrap_or(state.members.len());
-            let list_max = self.config.limits.presence_page_max;
-            let Some(frame) = presence_diff(self.now, &room, &diff, connections, list_max, None)
-            else {
-                continue;
-            };
-            let mut sends = VecDeque::new();
-            for (&member, &slot) in &state.members {
-                let listed = diff.joined.contains_key(&member) || diff.left.contains_key(&member);
-                let own;
-                let frame = match (listed, self.config.presence_diffs_from_engine) {
-                    (false, _) => &frame,
-                    // This node's own changes: the members that joined
-                    // during the input see the room with `presence`.
-                    (true, false) => continue,
-                    // From the engine, a change can list a member with
-                    // others (merged or batched changes, or its entry
-                    // expired while it is still here): it hears the rest,
-                    // never about itself. Its own join's echo comes after
-                    // its join reply, so the rest may be news to it.
-                    (true, true) => {
-                        let except = Some(member);
-                        match presence_diff(self.now, &room, &diff, connections, list_max, except) {
-                            Some(frame) => {
-                                own = frame;
-                                &own
-                            }
-                            None => continue,
-                        }
-                    }
-                };
-                let Some(connection) = self.conns[slot as usize].as_mut() else {
-                    continue;
-                };
-                if !Self::try_send(&mut sends, &self.config.limits, connection, frame) {
-                    self.doomed.push(member);
-                }
-            }
-            if !sends.is_empty() {
+            // Only a diff someone was told opens a window (the echo of a
+            // lone member's own join leaves the room quiet).
+            if let Some(sends) = self.diff_sends(&room, &diff) {
                 inserts.push((diff.at, sends));
+                self.open_presence_window(room);
             }
         }
         let Some(&(first, _)) = inserts.first() else {
@@ -193,9 +218,98 @@ impl Core {
                 }
                 position += 1;
             }
-            self.outputs.extend(sends);
+            self.outputs.append(sends);
         }
         self.outputs.extend(tail);
+    }
+
+    /// Starts a room's throttle window (none with an interval of 0: every
+    /// input's changes then go out as they happen).
+    fn open_presence_window(&mut self, room: RoomName) {
+        let interval_us = self
+            .config
+            .rooms
+            .presence_diff_interval_ms
+            .saturating_mul(1000);
+        if interval_us == 0 || self.shutting_down {
+            return;
+        }
+        let until_us = self.now.monotonic_us.saturating_add(interval_us);
+        self.presence_timers.insert((until_us, room.clone()));
+        self.presence_windows.insert(
+            room,
+            PresenceWindow {
+                until_us,
+                pending: None,
+            },
+        );
+    }
+
+    /// The windows that ended by `now_us`: each one's merged changes go out
+    /// as one diff (at the end of the outputs), which opens the next
+    /// window; a window without changes leaves the room quiet.
+    pub(crate) fn fire_presence_windows(&mut self, now_us: u64) {
+        while let Some((at, room)) = self.presence_timers.first().cloned() {
+            if at > now_us {
+                break;
+            }
+            self.presence_timers.remove(&(at, room.clone()));
+            let Some(window) = self.presence_windows.remove(&room) else {
+                self.impossible("a presence timer without its window");
+                continue;
+            };
+            let Some(diff) = window.pending else {
+                continue;
+            };
+            if diff.joined.is_empty() && diff.left.is_empty() {
+                continue; // the window's changes cancelled out
+            }
+            if let Some(sends) = self.diff_sends(&room, &diff) {
+                self.outputs.append(sends);
+                self.open_presence_window(room);
+            }
+        }
+    }
+
+    /// Forgets every window (shutting down: no more diffs).
+    pub(crate) fn close_presence_windows(&mut self) {
+        self.presence_windows.clear();
+        self.presence_timers.clear();
+    }
+
+    /// The `presence_diff` of `diff` for every member of `room`, in member
+    /// order; `None` when nobody is left to tell. A member the diff lists
+    /// (it joined during the window, or an engine change lists it) hears
+    /// the rest, never about itself. Members whose queue is full are left
+    /// to close (`doomed`).
+    fn diff_sends(&mut self, room: &RoomName, diff: &PendingDiff) -> Option<Outbox> {
+        let state = self.rooms.get(room)?;
+        let connections = diff.connections.unwrap_or(state.members.len());
+        let list_max = self.config.limits.presence_page_max;
+        let frame = presence_diff(self.now, room, diff, connections, list_max, None)?;
+        let mut sends = Outbox::default();
+        for (&member, &slot) in &state.members {
+            let listed = diff.joined.contains_key(&member) || diff.left.contains_key(&member);
+            let own;
+            let frame = if listed {
+                match presence_diff(self.now, room, diff, connections, list_max, Some(member)) {
+                    Some(frame) => {
+                        own = frame;
+                        &own
+                    }
+                    None => continue,
+                }
+            } else {
+                &frame
+            };
+            let Some(connection) = self.conns[slot as usize].as_mut() else {
+                continue;
+            };
+            if !Self::try_send(&mut sends, &self.config.limits, connection, frame) {
+                self.doomed.push(member);
+            }
+        }
+        (!sends.is_empty()).then_some(sends)
     }
 
     /// After a stream reset (diffs from the engine): the members of every

@@ -1,5 +1,6 @@
 //! Timers: heartbeats (ping, idle close), token expiry and its warning,
-//! conflation flushes, and each room's stream check.
+//! conflation flushes, each room's stream check, and the end of each
+//! room's presence-diff window (`presence_diffs`).
 
 use crate::codes::CloseCode;
 use crate::envelope;
@@ -68,6 +69,7 @@ impl Core {
             let every_ms = (self.config.limits.presence_ttl_ms / 3).max(1);
             self.presence_refresh_at_us = members.then(|| now_us.saturating_add(every_ms * 1000));
         }
+        self.fire_presence_windows(now_us);
         while let Some((at, room)) = self.room_timers.first().cloned() {
             if at > now_us {
                 break;

@@ -12,6 +12,9 @@ use serde_json::Value;
 fn presence_diffs_tell_members_who_joined_and_left() {
     let rooms = RoomOptions {
         presence_diff_prefixes: vec!["team:".into()],
+        // One diff per input: what these tests pin (windows that merge
+        // several inputs' changes: `presence_windows.rs`).
+        presence_diff_interval_ms: 0,
         ..RoomOptions::default()
     };
     let mut core = Standalone::new(CoreConfig {
@@ -104,6 +107,9 @@ fn presence_diffs_tell_members_who_joined_and_left() {
 fn presence_room(n: u128) -> Standalone {
     let rooms = RoomOptions {
         presence_diff_prefixes: vec!["team:".into()],
+        // One diff per input: what these tests pin (windows that merge
+        // several inputs' changes: `presence_windows.rs`).
+        presence_diff_interval_ms: 0,
         ..RoomOptions::default()
     };
     let mut core = Standalone::new(CoreConfig {
@@ -268,8 +274,9 @@ fn changes_of_one_input_are_coalesced_into_lists() {
 }
 
 /// Joins answered by one history read complete in one input: the member
-/// already there hears about them in one diff, and the joiners hear
-/// nothing about each other (`presence` shows them the room).
+/// already there hears about them in one diff, and each joiner hears about
+/// the others in the same diff without itself (a member never hears of
+/// itself; one rule for diffs of one input and of a window).
 #[test]
 fn joins_answered_by_one_read_are_told_in_one_diff() {
     use roomcast_core::engine::memory::MemoryEngine;
@@ -278,6 +285,7 @@ fn joins_answered_by_one_read_are_told_in_one_diff() {
     let config = CoreConfig {
         rooms: RoomOptions {
             presence_diff_prefixes: vec!["team:".into()],
+            presence_diff_interval_ms: 0,
             ..RoomOptions::default()
         },
         ..CoreConfig::default()
@@ -324,18 +332,25 @@ fn joins_answered_by_one_read_are_told_in_one_diff() {
     }
     let out: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
     let diffs = diffs_of(&out);
-    assert_eq!(diffs.len(), 1, "{diffs:?}");
-    let (to, diff) = &diffs[0];
-    assert_eq!(*to, conns[0]);
-    assert_eq!(diff["data"]["connections"], 4);
-    assert_eq!(diff["data"]["left"], serde_json::json!([]));
-    let joined: Vec<&str> = diff["data"]["joined"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["connection_id"].as_str().unwrap())
-        .collect();
-    let expected: Vec<String> = conns[1..].iter().map(|c| c.to_string()).collect();
-    assert_eq!(joined, expected);
+    let to: Vec<ConnectionId> = diffs.iter().map(|(c, _)| *c).collect();
+    assert_eq!(to, conns, "one diff per member, in id order");
+    let listed = |diff: &Value| -> Vec<String> {
+        diff["data"]["joined"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["connection_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for (to, diff) in &diffs {
+        assert_eq!(diff["data"]["connections"], 4);
+        assert_eq!(diff["data"]["left"], serde_json::json!([]));
+        let expected: Vec<String> = conns[1..]
+            .iter()
+            .filter(|c| *c != to)
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(listed(diff), expected, "{to} hears the others, not itself");
+    }
     core.check_invariants().unwrap();
 }

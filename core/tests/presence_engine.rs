@@ -58,6 +58,9 @@ impl Harness {
                 },
                 rooms: RoomOptions {
                     presence_diff_prefixes: vec!["team:".into()],
+                    // One diff per input, as these tests pin (windows:
+                    // `presence_windows.rs`, engine-driven ones included).
+                    presence_diff_interval_ms: 0,
                     ..RoomOptions::default()
                 },
                 presence_diffs_from_engine: from_engine,

@@ -33,6 +33,7 @@ fn config() -> CoreConfig {
             presence_diff_prefixes: vec!["lobby".into()],
             conflate_prefixes: vec!["progress".into()],
             conflation_window_ms: 200,
+            ..RoomOptions::default()
         },
         epoch_prefix: "rec".into(),
         ..CoreConfig::default()

@@ -207,6 +207,11 @@ impl ServerConfig {
                 "limits: outbound_queue_bytes_max must be at most 1 GiB (1073741824)".into(),
             );
         }
+        if l.outbound_bytes_max < l.outbound_queue_bytes_max {
+            return Err(
+                "limits: outbound_bytes_max must be at least outbound_queue_bytes_max".into(),
+            );
+        }
         if l.ping_interval_ms == 0
             || l.ping_interval_ms > 86_400_000
             || l.idle_timeout_ms > 86_400_000
@@ -218,6 +223,9 @@ impl ServerConfig {
         }
         if self.rooms.conflation_window_ms == 0 || self.rooms.conflation_window_ms > 60_000 {
             return Err("rooms: conflation_window_ms must be between 1 and 60000".into());
+        }
+        if self.rooms.presence_diff_interval_ms > 60_000 {
+            return Err("rooms: presence_diff_interval_ms must be at most 60000".into());
         }
         if l.inbound_bytes_max / 2 < l.message_bytes_max.max(l.api_body_bytes_max) {
             return Err("limits: inbound_bytes_max must be at least twice message_bytes_max and api_body_bytes_max".into());
@@ -275,6 +283,7 @@ const TABLES: [(&str, &[&str]); 6] = [
         "rooms",
         &[
             "presence_diff_prefixes",
+            "presence_diff_interval_ms",
             "conflate_prefixes",
             "conflation_window_ms",
         ],
@@ -309,6 +318,7 @@ const LIMIT_KEYS: &[&str] = &[
     "read_buffer_bytes",
     "write_buffer_bytes",
     "outbound_queue_bytes_max",
+    "outbound_bytes_max",
     "rooms_per_connection_max",
     "messages_per_second",
     "message_burst",
@@ -727,8 +737,15 @@ pub(crate) mod tests {
 
     #[test]
     fn the_outbound_queue_is_capped_at_one_gibibyte() {
-        let at_cap = env(&[("ROOMCAST_LIMITS__OUTBOUND_QUEUE_BYTES_MAX", "1073741824")]);
+        let at_cap = env(&[
+            ("ROOMCAST_LIMITS__OUTBOUND_QUEUE_BYTES_MAX", "1073741824"),
+            ("ROOMCAST_LIMITS__OUTBOUND_BYTES_MAX", "1073741824"),
+        ]);
         assert!(ServerConfig::load(None, at_cap).is_ok());
+        // The node-wide budget holds at least one connection's backlog.
+        let under = env(&[("ROOMCAST_LIMITS__OUTBOUND_QUEUE_BYTES_MAX", "1073741824")]);
+        let error = ServerConfig::load(None, under).unwrap_err();
+        assert!(error.contains("outbound_bytes_max"), "{error}");
         let over = env(&[("ROOMCAST_LIMITS__OUTBOUND_QUEUE_BYTES_MAX", "1073741825")]);
         let error = ServerConfig::load(None, over).unwrap_err();
         assert!(error.contains("at most 1 GiB"), "{error}");

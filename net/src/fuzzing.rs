@@ -195,6 +195,8 @@ pub fn core_events(data: &[u8]) {
         conflate_prefixes: vec!["r0".into(), "r1".into()],
         presence_diff_prefixes: vec!["r1".into(), "r2".into()],
         conflation_window_ms: 50,
+        // Short, so the fuzzed timeouts end windows too.
+        presence_diff_interval_ms: 30,
     };
     let config = CoreConfig {
         limits,

@@ -30,6 +30,7 @@ use crate::clock::Clock;
 use crate::driver::Driver;
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
+use crate::server::Cancel;
 use crate::verify::{Checked, Checker};
 use crate::writer::{ConnWriter, Writable};
 
@@ -140,11 +141,13 @@ pub enum HubInput {
         /// Where the snapshot goes.
         reply: oneshot::Sender<StatusSnapshot>,
     },
-    /// Close every connection with 1001.
-    Shutdown,
 }
 
-/// Runs the hub until every sender is gone.
+/// Runs the hub until every sender is gone. Once `stop` is cancelled, every
+/// connection is closed with 1001. The signal is not an input of the
+/// channel on purpose: under load the channel holds thousands of inputs
+/// (and senders wait while it is full), and the drain must start at once,
+/// not behind them.
 pub async fn run<D: Driver>(
     core: D,
     clock: Clock,
@@ -152,6 +155,7 @@ pub async fn run<D: Driver>(
     metrics: Metrics,
     verifier: Arc<TokenVerifier>,
     hooks: Arc<Hooks>,
+    stop: Arc<Cancel>,
 ) {
     let write_gather_bytes = core.config().limits.write_buffer_bytes;
     let (checked_tx, mut checked) = mpsc::unbounded_channel();
@@ -168,11 +172,22 @@ pub async fn run<D: Driver>(
     let writable = hub.writable.clone();
     let mut batch = Vec::with_capacity(BATCH_MAX);
     let mut ready = Vec::new();
+    let mut stopping = false;
     loop {
         let deadline = hub.core.poll_timeout().map(|us| hub.clock.instant_of(us));
         let writing = !hub.dirty.is_empty();
         tokio::select! {
             biased;
+            // First of all: a shutdown never waits behind queued inputs.
+            _ = stop.cancelled(), if !stopping => {
+                stopping = true;
+                info!(
+                    connections = hub.core.connection_count(),
+                    "closing every connection with 1001"
+                );
+                hub.core.handle(hub.clock.now(), Input::Shutdown);
+                hub.route(None);
+            }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 hub.core.handle(hub.clock.now(), Input::Timeout);
                 hub.route(None);
@@ -401,13 +416,6 @@ impl<D: Driver> Hub<D> {
                     rooms: core.room_count(),
                     local_rooms: core.local_room_count(),
                 });
-            }
-            HubInput::Shutdown => {
-                info!(
-                    connections = core.connection_count(),
-                    "closing every connection with 1001"
-                );
-                core.handle(now, Input::Shutdown);
             }
         }
         None

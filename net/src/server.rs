@@ -88,6 +88,7 @@ fn spawn_hub<D: Driver>(
     metrics: &Metrics,
     verifier: &Arc<TokenVerifier>,
     hooks: &Arc<Hooks>,
+    stop: &Arc<Cancel>,
 ) -> tokio::task::JoinHandle<()> {
     // Unconstrained: tokio's cooperative budget (128 socket operations per
     // poll) would make the hub give up mid-fan-out and retry every other
@@ -100,6 +101,7 @@ fn spawn_hub<D: Driver>(
         metrics.clone(),
         verifier.clone(),
         hooks.clone(),
+        stop.clone(),
     )))
 }
 
@@ -172,18 +174,21 @@ async fn serve_engine<L: Listener>(
     };
     let hooks = Arc::new(Hooks::new(&config.hooks, &metrics));
     let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
+    // Tells the hub to close every connection (beside its channel, which
+    // may be full: see `hub::run`).
+    let hub_stop = Arc::new(Cancel::default());
     let (mut hub_task, ready, presence_written) = match (link, &config.engine.redis_url) {
         (Some(mut link), _) => {
             info!("engine: given by the caller");
             let ready = link.ready.clone();
             let presence_written = link.presence_written.take();
             let core = Remote::new(core_config, link);
-            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier, &hooks);
+            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier, &hooks, &hub_stop);
             (task, ready, presence_written)
         }
         (None, None) => {
             let core = Standalone::new(core_config);
-            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier, &hooks);
+            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier, &hooks, &hub_stop);
             (task, Readiness::always(), None)
         }
         (None, Some(url)) => {
@@ -219,7 +224,7 @@ async fn serve_engine<L: Listener>(
             let ready = link.ready.clone();
             let presence_written = link.presence_written.take();
             let core = Remote::new(core_config, link);
-            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier, &hooks);
+            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier, &hooks, &hub_stop);
             (task, ready, presence_written)
         }
     };
@@ -339,8 +344,9 @@ async fn serve_engine<L: Listener>(
     // 2. HTTP connections finish the request they are serving (a publish
     //    being answered completes), then close; idle ones close now.
     app.phase.send_replace(Phase::Draining);
-    // 3. Every WebSocket is closed with 1001 after what is queued for it.
-    let _ = app.hub.send(HubInput::Shutdown).await;
+    // 3. Every WebSocket is closed with 1001 after what is queued for it:
+    //    the hub hears it before any input still queued for it.
+    hub_stop.cancel();
     // 4. Wait for both, up to the drain time.
     let drain = Duration::from_millis(app.config.shutdown_drain_ms);
     let drained = tokio::time::timeout(drain, async {

@@ -142,6 +142,11 @@ pub fn run(
         sim.oracle
             .expect_recovery_within(sim.mix.limits.history_messages_max as u64);
     }
+    // One node, every connection a client of the oracle: each member's
+    // last presence diff must count its room once the last window ended.
+    if !sim.mix.room_options.presence_diff_prefixes.is_empty() {
+        sim.oracle.expect_presence_counts();
+    }
     let switch = if engine_faults { "on" } else { "off" };
     let reproduce = format!("cargo run --release -p roomcast-sim -- --tier core --seed {seed} --clients {clients} --events {events} --engine-faults {switch}");
     sim.run(events).map_err(|(invariant, detail)| Failure {
@@ -259,6 +264,13 @@ impl CoreSim {
         self.settle_for(settle_ms)?;
         // Progress events held for conflation go out when their window closes.
         self.advance_past(self.mix.room_options.conflation_window_ms)?;
+        // So do presence diffs: the last window's diff, and the diffs of
+        // the closes it may cause (a member that overflows), each of
+        // which may wait for one more window.
+        if !self.mix.room_options.presence_diff_prefixes.is_empty() {
+            let window_ms = self.mix.room_options.presence_diff_interval_ms;
+            self.settle_for(3 * (window_ms + 1))?;
+        }
         self.check_core()?;
         self.oracle
             .check_quiescent(self.core.connection_count())

@@ -130,7 +130,14 @@ impl Mix {
             conflate_prefixes: prefix(rng),
             presence_diff_prefixes: prefix(rng),
             conflation_window_ms: rng.range(10, 500),
+            presence_diff_interval_ms: 0,
         };
+        // Derived from a value drawn already (not a new draw, which would
+        // shift every later choice of every seed): per input (0), short
+        // and default-length presence windows.
+        let mut room_options = room_options;
+        room_options.presence_diff_interval_ms =
+            [0, 40, 500][(room_options.conflation_window_ms % 3) as usize];
         Mix {
             clients,
             rooms: rng.range(1, 30) as usize,

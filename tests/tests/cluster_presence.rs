@@ -17,6 +17,10 @@ async fn diff_node(redis: &RedisServer, prefix: &str, ttl_ms: u64) -> TestServer
     config.engine.redis_url = Some(redis.url());
     config.engine.redis_prefix = prefix.to_owned();
     config.rooms.presence_diff_prefixes = vec!["team:".into()];
+    // One diff per change as Redis reports it: these tests follow each
+    // change across nodes (windows over engine changes:
+    // core/tests/presence_windows.rs).
+    config.rooms.presence_diff_interval_ms = 0;
     config.limits.presence_ttl_ms = ttl_ms;
     let server = TestServer::start(config).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

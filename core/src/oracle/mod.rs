@@ -118,6 +118,9 @@ pub struct ObservedData {
     /// Join-with-since outcome.
     #[serde(default)]
     pub recovered: Option<Value>,
+    /// A `presence_diff`'s count of the room's connections.
+    #[serde(default)]
+    pub connections: Option<Value>,
 }
 
 impl Observed {
@@ -148,6 +151,8 @@ struct ClientView {
     pending: BTreeMap<String, Sent>,
     /// Set once the connection ended: the server's close code, or `None` for a transport loss.
     ended: Option<Option<u16>>,
+    /// Room → the count of the last `presence_diff` heard while a member.
+    presence_counts: BTreeMap<String, u64>,
 }
 
 /// The oracle. Feed it what clients send and receive; it reports the first
@@ -170,6 +175,8 @@ pub struct Oracle {
     /// (room, epoch, seq) → the message's `data` (canonical JSON text),
     /// as first seen by a member or a publisher.
     messages: BTreeMap<(String, String, u64), String>,
+    /// Whether the quiet state requires presence counts that converged.
+    presence_counts: bool,
 }
 
 impl Oracle {
@@ -189,6 +196,16 @@ impl Oracle {
     /// in publish order (one publisher that waits for each receipt).
     pub fn expect_newest_epochs(&mut self) {
         self.newest_epochs = true;
+    }
+
+    /// Requires, in the quiet state, that every member that heard a
+    /// `presence_diff` of a room last heard the room's true count: the open
+    /// clients that are members (the last window's diff went out). Use
+    /// only when every connection of the room is a client of this oracle
+    /// and the count is this node's (not a cluster's, whose crashed nodes'
+    /// entries linger until they expire).
+    pub fn expect_presence_counts(&mut self) {
+        self.presence_counts = true;
     }
 
     /// Where the client is in each of its rooms: (room, epoch, last seq received).
@@ -379,6 +396,18 @@ impl Oracle {
         if message.kind == "system_warning" && message.data.code == Some(Value::from("ROOM_GAP")) {
             return room_gap(client, view, message);
         }
+        if message.kind == "presence_diff" {
+            let room = message.data.room.as_ref().and_then(Value::as_str);
+            let count = message.data.connections.as_ref().and_then(Value::as_u64);
+            if let (Some(room), Some(count)) = (room, count) {
+                // Before its join reply a joiner may hear its window's diff
+                // (without itself): its view starts at its join.
+                if view.rooms.contains_key(room) {
+                    view.presence_counts.insert(room.to_owned(), count);
+                }
+            }
+            return Ok(());
+        }
         let Some(id) = &message.id else { return Ok(()) };
         let key = id.to_string();
         let Some(asked) = view.pending.remove(&key) else {
@@ -474,6 +503,7 @@ impl Oracle {
             }
             Sent::Leave(room) if message.kind == "system_info" => {
                 view.rooms.remove(&room);
+                view.presence_counts.remove(&room);
             }
             _ => {}
         }
@@ -486,6 +516,7 @@ impl Oracle {
         let view = self.view(client);
         view.ended = Some(code);
         view.rooms.clear();
+        view.presence_counts.clear();
         view.pending.clear();
         match code {
             Some(code) if !EXPLAINING_CLOSE_CODES.contains(&code) && code != 1000 => {
@@ -542,6 +573,9 @@ impl Oracle {
                 }
             }
         }
+        if self.presence_counts {
+            self.check_presence_counts()?;
+        }
         let open = self.open_clients();
         if open != server_connections {
             return Err(violation(
@@ -549,6 +583,33 @@ impl Oracle {
                 "no leaked connections",
                 format!("server counts {server_connections} connections, {open} clients are open"),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Oracle {
+    /// Every open member's last heard count of a room is the room's true
+    /// count (see [`Oracle::expect_presence_counts`]).
+    fn check_presence_counts(&self) -> Result<(), Violation> {
+        let open = || self.clients.iter().filter(|(_, v)| v.ended.is_none());
+        let mut members: BTreeMap<&str, u64> = BTreeMap::new();
+        for (_, view) in open() {
+            for room in view.rooms.keys() {
+                *members.entry(room.as_str()).or_default() += 1;
+            }
+        }
+        for (&client, view) in open() {
+            for (room, &heard) in &view.presence_counts {
+                let actual = members.get(room.as_str()).copied().unwrap_or(0);
+                if view.rooms.contains_key(room) && heard != actual {
+                    return Err(violation(
+                        client,
+                        "presence counts converge",
+                        format!("room {room}: last presence_diff counted {heard}, the room has {actual}"),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -381,3 +381,49 @@ fn a_seq_reused_for_another_message_is_caught() {
     let other = oracle.received(2, &with_data(2, 30)).unwrap_err();
     assert_eq!(other.invariant, "one message per seq");
 }
+
+fn presence_diff(room: &str, connections: u64) -> Observed {
+    msg(&format!(
+        r#"{{"type":"presence_diff","data":{{"room":"{room}","connections":{connections},"joined":[]}}}}"#
+    ))
+}
+
+/// Clients 1 and 2 in room r; 1 heard a diff counting `heard`.
+fn presence_room(heard: u64) -> Oracle {
+    let mut oracle = joined();
+    oracle.expect_presence_counts();
+    oracle.opened(2);
+    oracle.sent(2, "1".into(), Sent::Join("r".into())).unwrap();
+    let reply = msg(r#"{"type":"system_info","id":1,"data":{"room":"r","seq":0,"epoch":"e"}}"#);
+    oracle.received(2, &reply).unwrap();
+    oracle.received(1, &presence_diff("r", 3)).unwrap();
+    oracle.received(1, &presence_diff("r", heard)).unwrap();
+    oracle
+}
+
+#[test]
+fn presence_counts_that_converge_pass() {
+    presence_room(2).check_quiescent(2).unwrap();
+    // A member that left forgets its count; the one left hears none yet.
+    let mut oracle = presence_room(2);
+    oracle.ended(2, Some(4008)).unwrap();
+    let stale = oracle.check_quiescent(1).unwrap_err();
+    assert_eq!(stale.invariant, "presence counts converge", "{stale}");
+    oracle.received(1, &presence_diff("r", 1)).unwrap();
+    oracle.check_quiescent(1).unwrap();
+}
+
+/// Planted: the last window's diff never went out, so member 1's view is
+/// stuck at the count of an earlier window.
+#[test]
+fn planted_presence_count_left_stale() {
+    let violation = presence_room(1).check_quiescent(2).unwrap_err();
+    assert_eq!(
+        violation.invariant, "presence counts converge",
+        "{violation}"
+    );
+    // Without the expectation the oracle does not look.
+    let mut lenient = joined();
+    lenient.received(1, &presence_diff("r", 7)).unwrap();
+    lenient.check_quiescent(1).unwrap();
+}

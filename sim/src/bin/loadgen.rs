@@ -5,7 +5,13 @@
 //! loadgen fanout   --addr 127.0.0.1:8080 --pid PID --members 10000 --broadcasts 200 --rate 50 --payload 100
 //! loadgen pingpong --addr 127.0.0.1:8080 --pid PID --conns 100 --seconds 5
 //! loadgen idle     --addr 127.0.0.1:8080 --pid PID --steps 1000,5000,15000
+//! loadgen joinstorm --addr 127.0.0.1:8080 --pid PID --members 15000 --room pd-room
 //! ```
+//!
+//! `joinstorm`: `--members` connections that never read join `--room` (a
+//! presence-diff room) at once; reports the server's CPU and the bytes and
+//! frames it wrote (`/metrics`) until it is quiet again (less than 2% of a
+//! core for 2 s), its peak RSS, and the slowest `/ws/status` meanwhile.
 //!
 //! `--require-all` makes a fan-out that misses any delivery exit with 1
 //! (the CI smoke run uses it).
@@ -68,7 +74,7 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let mode = it
         .next()
-        .ok_or("usage: loadgen fanout|pingpong|idle [--flags]")?;
+        .ok_or("usage: loadgen fanout|pingpong|idle|joinstorm [--flags]")?;
     let mut args = Args {
         mode,
         addrs: vec!["127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?],
@@ -489,6 +495,115 @@ async fn idle(args: &Args) -> Result<Value, String> {
     Ok(json!({"mode": "idle", "baseline_rss_bytes": baseline, "points": points}))
 }
 
+/// One `GET path` on a fresh connection: the body, and how long it took.
+async fn get(addr: SocketAddr, path: &str) -> Result<(String, Duration), String> {
+    let started = Instant::now();
+    let mut sender = api(addr).await?;
+    let request = hyper::Request::get(path)
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((
+        String::from_utf8_lossy(&body).into_owned(),
+        started.elapsed(),
+    ))
+}
+
+/// A counter of the server's `/metrics` (0 when absent).
+async fn metric(addr: SocketAddr, name: &str) -> Result<f64, String> {
+    let (text, _) = get(addr, "/metrics").await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// The server's peak RSS (VmHWM) in bytes.
+fn peak_rss(pid: Option<u32>) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+async fn joinstorm(args: &Args) -> Result<Value, String> {
+    let addr = args.addrs[0];
+    let pid = args.pids.first().copied();
+    let (mut sockets, connects_per_s) = connect_many(&args.addrs, args.members).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let bytes_before = metric(addr, "roomcast_bytes_out_total").await?;
+    let frames_before = metric(addr, "roomcast_messages_out_total").await?;
+    let (cpu_before, _) = server_usage(pid);
+    let started = Instant::now();
+    let join = json!({"action": "join", "data": {"room": args.room}}).to_string();
+    for ws in &mut sockets {
+        ws.send(Message::text(join.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let joins_sent_s = started.elapsed().as_secs_f64();
+    // Quiet: under 2% of a core for two seconds in a row.
+    let mut slowest_status = Duration::ZERO;
+    let mut quiet_since: Option<Instant> = None;
+    let (mut cpu_last, mut at_last) = (cpu_before, Instant::now());
+    let quiet_at = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let status = tokio::time::timeout(Duration::from_secs(60), get(addr, "/ws/status")).await;
+        let took = match status {
+            Ok(Ok((_, took))) => took,
+            _ => Duration::from_secs(60),
+        };
+        slowest_status = slowest_status.max(took);
+        let (cpu, _) = server_usage(pid);
+        let busy = (cpu - cpu_last) as f64 / at_last.elapsed().as_nanos() as f64;
+        (cpu_last, at_last) = (cpu, Instant::now());
+        if busy < 0.02 {
+            let since = *quiet_since.get_or_insert(at_last);
+            if since.elapsed() >= Duration::from_secs(2) {
+                break since;
+            }
+        } else {
+            quiet_since = None;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err("the server did not go quiet within 600 s".into());
+        }
+    };
+    let (cpu_after, _) = server_usage(pid);
+    let bytes = metric(addr, "roomcast_bytes_out_total").await? - bytes_before;
+    let frames = metric(addr, "roomcast_messages_out_total").await? - frames_before;
+    let busy_s = quiet_at.duration_since(started).as_secs_f64();
+    println!(
+        "join storm: {} members into {}: server CPU {:.2} s, busy {busy_s:.1} s, {frames} frames and {:.1} MB written, peak RSS {} MiB, slowest /ws/status {slowest_status:?}",
+        args.members,
+        args.room,
+        (cpu_after - cpu_before) as f64 / 1e9,
+        bytes / 1e6,
+        peak_rss(pid) >> 20
+    );
+    drop(sockets);
+    Ok(json!({
+        "mode": "joinstorm", "members": args.members, "room": args.room,
+        "connects_per_s": connects_per_s.round(), "joins_sent_s": joins_sent_s,
+        "server_cpu_s": (cpu_after - cpu_before) as f64 / 1e9,
+        "busy_s": busy_s, "frames_written": frames, "bytes_written": bytes,
+        "peak_rss_bytes": peak_rss(pid), "slowest_status_ms": slowest_status.as_millis() as u64,
+    }))
+}
+
 fn main() -> std::process::ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
@@ -506,6 +621,7 @@ fn main() -> std::process::ExitCode {
             "fanout" => fanout(&args).await,
             "pingpong" => pingpong(&args).await,
             "idle" => idle(&args).await,
+            "joinstorm" => joinstorm(&args).await,
             other => Err(format!("unknown mode {other}")),
         }
     });

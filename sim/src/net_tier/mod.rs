@@ -223,6 +223,9 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
             Vec::new()
         },
         conflation_window_ms: rng.range(20, 300),
+        // Not drawn (a new draw would shift every later choice of every
+        // seed); short enough that windows end within a run.
+        presence_diff_interval_ms: 200,
     };
     let mut config = ServerConfig {
         limits: limits.clone(),
