@@ -31,9 +31,9 @@ use std::future::Future;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, info, warn};
 
-use super::connection::{Commands, KindText, Target};
+use super::connection::{master_changed, Commands, KindText, Target, Topology};
 use super::presence::PresenceLane;
-use super::pubsub::{Subscriber, Subscription};
+use super::pubsub::{Probe, Subscriber, Subscription};
 use super::scripts::{cluster_key, direct_channel, direct_payload, RoomKeys, Scripts};
 use super::tls::TlsFiles;
 use super::{Backoff, EngineLink, Readiness, ReadyFlags};
@@ -69,6 +69,16 @@ pub struct RedisSettings {
     pub calls_max: usize,
     /// `url` lists the seed nodes of a Redis Cluster (comma-separated).
     pub cluster: bool,
+    /// `url` lists Redis Sentinels (comma-separated), and this is the name
+    /// of the master they monitor (the password in `url` is the master's).
+    pub sentinel_master: Option<String>,
+    /// The Sentinels' own password, if they require one.
+    pub sentinel_password: Option<String>,
+    /// How often the pub/sub connection is probed end to end.
+    pub probe_interval: Duration,
+    /// How long a probe may take to come back before the pub/sub
+    /// connection counts as lost.
+    pub probe_timeout: Duration,
     /// This node's open connections (the hub keeps the gauge), reported in
     /// the heartbeat so every node can show the cluster's total.
     pub local_connections: prometheus_client::metrics::gauge::Gauge,
@@ -104,14 +114,19 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
     let shown_url = redact_url(&settings.url);
     let target = Arc::new(
-        Target::open(
-            &settings.url,
-            settings.cluster,
-            &settings.tls,
-            settings.timeout,
-        )
+        Target::open(Topology {
+            url: &settings.url,
+            cluster: settings.cluster,
+            sentinel: settings
+                .sentinel_master
+                .as_deref()
+                .map(|name| (name, settings.sentinel_password.as_deref())),
+            tls_files: &settings.tls,
+            timeout: settings.timeout,
+        })
         .map_err(|e| format!("{e}: {shown_url}"))?,
     );
+    target.spawn();
     let (requests_tx, requests) = mpsc::channel(settings.calls_max.max(1) + PRESENCE_CAPACITY);
     let (events, events_rx) = mpsc::channel(EVENTS_CAPACITY);
     let flags = Arc::new(ReadyFlags::default());
@@ -136,6 +151,11 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
             events: events.clone(),
             connected: flags.pubsub.clone(),
             shown_url,
+            probe: Probe {
+                connection: connection.clone(),
+                interval: settings.probe_interval,
+                timeout: settings.probe_timeout,
+            },
         }
         .run(),
     );
@@ -178,7 +198,10 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
 /// Connects the command connection (retrying with backoff until it
 /// succeeds), then checks it every second for readiness (and writes this
 /// node's heartbeat). Once connected, the connection ([`Commands`])
-/// reconnects by itself after failures.
+/// reconnects by itself after failures, to the same server; a new one is
+/// opened when the server answers `READONLY` (a demoted master: a managed
+/// endpoint or proxy may lead elsewhere now) and, with Sentinel, when the
+/// master changes.
 async fn connect(
     target: Arc<Target>,
     settings: RedisSettings,
@@ -189,6 +212,7 @@ async fn connect(
 ) {
     let timeout = settings.timeout;
     let cluster_key = cluster_key(&settings.prefix);
+    let mut master_changes = target.master_changes();
     let mut backoff = Backoff::new();
     let mut manager = loop {
         match target.connect(timeout).await {
@@ -198,6 +222,7 @@ async fn connect(
                 warn!(redis = %shown_url, error = %error.kind_text(), retry_in_ms = delay.as_millis() as u64, "cannot connect to redis; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
+                    _ = master_changed(&mut master_changes) => {}
                     _ = connection.closed() => return,
                 }
             }
@@ -208,25 +233,9 @@ async fn connect(
         return;
     }
     loop {
-        let ping = tokio::time::timeout(
-            timeout,
-            redis::cmd("PING").query_async::<String>(&mut manager),
-        )
-        .await;
-        let up = matches!(ping, Ok(Ok(_)));
-        if up {
-            let mut heartbeat = scripts.heartbeat.key(&cluster_key);
-            let connections = settings.local_connections.get().max(0);
-            heartbeat
-                .arg(&settings.node)
-                .arg(NODE_TTL_MS)
-                .arg(connections);
-            let heartbeat = heartbeat.invoke_async::<(usize, usize)>(&mut manager);
-            if let Ok(Ok((nodes, connections))) = tokio::time::timeout(timeout, heartbeat).await {
-                flags.nodes.store(nodes, Ordering::SeqCst);
-                flags.connections.store(connections, Ordering::SeqCst);
-            }
-        }
+        let health = check(&mut manager, &scripts, &settings, &cluster_key, &flags).await;
+        let up = health != Health::Down;
+        let read_only = health == Health::ReadOnly;
         if flags.commands.swap(up, Ordering::SeqCst) != up {
             if up {
                 info!(redis = %shown_url, "redis answers again");
@@ -234,10 +243,95 @@ async fn connect(
                 warn!(redis = %shown_url, "redis does not answer; publishes fail until it is back");
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-            _ = connection.closed() => return,
+        if flags.read_only.swap(read_only, Ordering::SeqCst) != read_only {
+            if read_only {
+                warn!(redis = %shown_url, "redis answers READONLY (a replica, such as a demoted master): not ready, publishes fail until a master answers");
+            } else {
+                info!(redis = %shown_url, "redis accepts writes again");
+            }
         }
+        let mut reconnect = false;
+        if health != Health::Writable {
+            target.suspect();
+            // The open connection keeps talking to the replica: a new one
+            // may reach the master (behind one endpoint).
+            reconnect = read_only && master_changes.is_none();
+        }
+        if !reconnect {
+            tokio::select! {
+                _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+                _ = master_changed(&mut master_changes) => reconnect = true,
+                _ = connection.closed() => return,
+            }
+        }
+        if reconnect {
+            match target.connect(timeout).await {
+                Ok(fresh) => {
+                    manager = fresh;
+                    debug!(redis = %shown_url, "redis command connection opened anew");
+                    if connection.send(Some(manager.clone())).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    debug!(redis = %shown_url, error = %error.kind_text(), "redis command connection not opened anew; later");
+                }
+            }
+            if read_only {
+                tokio::select! {
+                    _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+                    _ = connection.closed() => return,
+                }
+            }
+        }
+    }
+}
+
+/// What the health check found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Health {
+    /// PING and the heartbeat's write worked (or the heartbeat failed
+    /// otherwise: only READONLY says appends cannot succeed).
+    Writable,
+    /// PING works but writes answer `READONLY`.
+    ReadOnly,
+    /// No answer to PING.
+    Down,
+}
+
+/// PING, then this node's heartbeat (a write: it fails with `READONLY`
+/// on a replica), recording the deployment's figures it answers.
+async fn check(
+    manager: &mut Commands,
+    scripts: &Scripts,
+    settings: &RedisSettings,
+    cluster_key: &str,
+    flags: &ReadyFlags,
+) -> Health {
+    let timeout = settings.timeout;
+    let ping = tokio::time::timeout(
+        timeout,
+        redis::cmd("PING").query_async::<String>(&mut *manager),
+    )
+    .await;
+    if !matches!(ping, Ok(Ok(_))) {
+        return Health::Down;
+    }
+    let mut heartbeat = scripts.heartbeat.key(cluster_key);
+    let connections = settings.local_connections.get().max(0);
+    heartbeat
+        .arg(&settings.node)
+        .arg(NODE_TTL_MS)
+        .arg(connections);
+    let heartbeat = heartbeat.invoke_async::<(usize, usize)>(&mut *manager);
+    match tokio::time::timeout(timeout, heartbeat).await {
+        Ok(Ok((nodes, connections))) => {
+            flags.nodes.store(nodes, Ordering::SeqCst);
+            flags.connections.store(connections, Ordering::SeqCst);
+            Health::Writable
+        }
+        Ok(Err(error)) if error.code() == Some("READONLY") => Health::ReadOnly,
+        _ => Health::Writable,
     }
 }
 
