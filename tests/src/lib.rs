@@ -43,6 +43,7 @@ pub mod cluster;
 pub mod engine_harness;
 pub mod oracle_client;
 pub mod redis_server;
+pub mod redis_sentinel;
 pub mod tls_certs;
 
 pub use roomcast_net;

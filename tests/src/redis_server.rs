@@ -125,6 +125,36 @@ impl RedisServer {
         RedisServer::start_with(port, &persistent)
     }
 
+    /// Starts it on a free loopback port as a replica of `master`, and waits
+    /// until it has synchronised (`master_link_status:up`).
+    pub fn start_replica(master: &RedisServer) -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let master_port = master.addr.port().to_string();
+        let replica = RedisServer::start_with(port, &["--replicaof", "127.0.0.1", &master_port]);
+        replica.wait_for_info("replication", "master_link_status:up");
+        replica
+    }
+
+    /// Waits (at most 20 s) until `INFO section` contains `expected`.
+    pub fn wait_for_info(&self, section: &str, expected: &str) {
+        let started = Instant::now();
+        loop {
+            let info = self.cli(&["INFO", section]);
+            if info.contains(expected) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{} never had {expected}: {info}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `redis://127.0.0.1:port/0`, or `rediss://...` with TLS.
     pub fn url(&self) -> String {
         let scheme = if self.cli_tls.is_empty() {
