@@ -140,10 +140,7 @@ fn run_server(
             "ROOMCAST_ENGINE__REDIS_CLUSTER",
             redis.cluster.then(|| "true".to_owned()),
         ),
-        (
-            "ROOMCAST_ENGINE__REDIS_SENTINEL_MASTER",
-            redis.sentinel,
-        ),
+        ("ROOMCAST_ENGINE__REDIS_SENTINEL_MASTER", redis.sentinel),
     ]
     .into_iter()
     .filter_map(|(key, value)| value.map(|value| (key.to_owned(), value)))

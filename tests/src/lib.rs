@@ -42,8 +42,9 @@ use tokio_tungstenite::WebSocketStream;
 pub mod cluster;
 pub mod engine_harness;
 pub mod oracle_client;
-pub mod redis_server;
+pub mod redis_proxy;
 pub mod redis_sentinel;
+pub mod redis_server;
 pub mod tls_certs;
 
 pub use roomcast_net;

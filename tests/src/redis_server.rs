@@ -1,5 +1,7 @@
 //! A `redis-server` of the test's own, on a free loopback port, with no
-//! persistence; stopped when dropped. No test uses a Redis the machine
+//! persistence and a fresh working directory of its own (a replica writes
+//! the snapshot it receives there, and Redis loads any `dump.rdb` of its
+//! directory at startup); stopped when dropped. No test uses a Redis the machine
 //! happens to run. It can also listen with TLS only ([`RedisServer::start_tls`]).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,6 +17,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// `redis-cli` arguments to reach it over TLS (empty without TLS).
     cli_tls: Vec<String>,
+    /// Its working directory (unless `--dir` names another).
+    _dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -84,9 +88,12 @@ impl RedisServer {
 
     fn spawn(port: u16, args: &[&str], cli_tls: Vec<String>) -> RedisServer {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = tempfile::tempdir().expect("a temporary directory");
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -106,6 +113,7 @@ impl RedisServer {
             addr,
             child: Some(child),
             cli_tls,
+            _dir: dir,
         }
     }
 

@@ -98,12 +98,10 @@ impl Subscriber {
         let mut master_changes = self.target.master_changes();
         loop {
             let connected = match self.target.pubsub_client(attempts) {
-                Some(client) => {
-                    tokio::time::timeout(self.timeout, client.get_async_pubsub())
-                        .await
-                        .map_err(|_| "timed out".to_owned())
-                        .and_then(|connected| connected.map_err(|e| e.to_string()))
-                }
+                Some(client) => tokio::time::timeout(self.timeout, client.get_async_pubsub())
+                    .await
+                    .map_err(|_| "timed out".to_owned())
+                    .and_then(|connected| connected.map_err(|e| e.to_string())),
                 None => Err("the sentinels named no usable master yet".to_owned()),
             };
             let pubsub = match connected {

@@ -7,11 +7,12 @@
 use std::time::{Duration, Instant};
 
 use roomcast_tests::cluster::{redis_config, redis_node, wait_ready, BinaryNode};
+use roomcast_tests::http;
 use roomcast_tests::oracle_client::Observer;
+use roomcast_tests::redis_proxy::RedisProxy;
 use roomcast_tests::redis_sentinel::{Sentinel, MASTER};
 use roomcast_tests::redis_server::RedisServer;
 use roomcast_tests::serde_json::Value;
-use roomcast_tests::http;
 
 fn seqs(messages: &[Value]) -> Vec<u64> {
     messages
@@ -53,8 +54,9 @@ async fn nodes_follow_a_sentinel_failover_and_never_write_to_the_old_master() {
     let replica = RedisServer::start_replica(&master);
     let sentinel = Sentinel::start(master.addr, 1);
     let args = ["--redis", &sentinel.url(), "--redis-sentinel", MASTER];
-    let mut a = BinaryNode::start(&args, &[]);
-    let mut b = BinaryNode::start(&args, &[]);
+    let env = [("ROOMCAST_ENGINE__REDIS_PREFIX", "failover")];
+    let mut a = BinaryNode::start(&args, &env);
+    let mut b = BinaryNode::start(&args, &env);
     wait_ready(a.addr).await;
     wait_ready(b.addr).await;
 
@@ -67,7 +69,10 @@ async fn nodes_follow_a_sentinel_failover_and_never_write_to_the_old_master() {
         observer.publish(a.addr, "room", n).await;
     }
     for member in [&mut on_a, &mut on_b] {
-        assert_eq!(seqs(&member.broadcasts("room", 5).await), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            seqs(&member.broadcasts("room", 5).await),
+            vec![1, 2, 3, 4, 5]
+        );
     }
     // The replica has everything (this test is about following the
     // failover; losing acknowledged writes is another test's).
@@ -79,8 +84,15 @@ async fn nodes_follow_a_sentinel_failover_and_never_write_to_the_old_master() {
     // Publishing goes on through both nodes as soon as they follow.
     let first = observer.publish_retrying(a.addr, "room", 6).await;
     let followed_in = killed.elapsed();
-    assert_eq!(sentinel.master(), replica.addr, "the sentinel promoted the replica");
-    assert_eq!(first["epoch"], epoch, "the promoted replica kept the room: {first}");
+    assert_eq!(
+        sentinel.master(),
+        replica.addr,
+        "the sentinel promoted the replica"
+    );
+    assert_eq!(
+        first["epoch"], epoch,
+        "the promoted replica kept the room: {first}"
+    );
     observer.publish_retrying(b.addr, "room", 7).await;
     // Generous liveness bound: down-after (1 s) + election + promotion +
     // the nodes' re-ask, well under this.
@@ -92,11 +104,12 @@ async fn nodes_follow_a_sentinel_failover_and_never_write_to_the_old_master() {
         assert_eq!(readyz(node).await, 200);
     }
 
-    // The old master comes back as a replica of the new one: nothing of
-    // roomcast's lands there (its scripts would show in its command
-    // statistics, as calls or as rejected calls).
+    // The old master comes back as a replica of the new one: no node
+    // sends it anything (a node's scripts name its keys, "failover:...";
+    // what the replica applies from its master are plain commands).
     let new_master = replica.addr.port().to_string();
     let old = RedisServer::start_with(old_port, &["--replicaof", "127.0.0.1", &new_master]);
+    let mut monitor = Monitor::start(&old);
     old.wait_for_info("replication", "master_link_status:up");
     for n in 8..=12 {
         let on = if n % 2 == 0 { a.addr } else { b.addr };
@@ -111,15 +124,29 @@ async fn nodes_follow_a_sentinel_failover_and_never_write_to_the_old_master() {
     for node in [a.addr, b.addr] {
         assert_eq!(readyz(node).await, 200);
     }
-    let stats = old.cli(&["INFO", "commandstats"]);
+    let seen = monitor.stop();
+    let scripts: Vec<&str> = seen
+        .lines()
+        .filter(|line| line.to_ascii_lowercase().contains("\"eval"))
+        .filter(|line| line.contains("\"failover:"))
+        .collect();
     assert!(
-        !stats.contains("cmdstat_evalsha") && !stats.contains("cmdstat_eval:"),
-        "a node ran scripts on the old master: {stats}"
+        scripts.is_empty(),
+        "a node wrote to the old master: {scripts:?}"
+    );
+    assert!(
+        seen.contains("\"PING\""),
+        "the monitor saw nothing at all: {seen}"
     );
     assert!(old.cli(&["ROLE"]).starts_with("slave"));
 
     observer
-        .settle(a.addr, &["room"], &mut [&mut on_a, &mut on_b], &[a.addr, b.addr])
+        .settle(
+            a.addr,
+            &["room"],
+            &mut [&mut on_a, &mut on_b],
+            &[a.addr, b.addr],
+        )
         .await;
     let log = a.log();
     assert!(log.contains("redis sentinel: using this master"), "{log}");
@@ -127,6 +154,37 @@ async fn nodes_follow_a_sentinel_failover_and_never_write_to_the_old_master() {
     on_b.close().await;
     a.kill().await;
     b.kill().await;
+}
+
+/// `redis-cli MONITOR` on a server, into a file: every command it runs.
+struct Monitor {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl Monitor {
+    fn start(server: &RedisServer) -> Monitor {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("monitor.txt");
+        let child = std::process::Command::new("redis-cli")
+            .args(["-p", &server.addr.port().to_string(), "MONITOR"])
+            .stdout(std::fs::File::create(&path).unwrap())
+            .spawn()
+            .expect("redis-cli MONITOR");
+        Monitor {
+            child,
+            _dir: dir,
+            path,
+        }
+    }
+
+    /// Stops it; what it saw.
+    fn stop(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.path).unwrap()
+    }
 }
 
 /// A node whose Redis becomes a replica (`REPLICAOF`, as when a master is
@@ -158,4 +216,45 @@ async fn a_node_on_a_demoted_master_is_not_ready_until_it_accepts_writes() {
     wait_readyz(node.addr, 200, Duration::from_secs(10)).await;
     observer.publish(node.addr, "room", 2).await;
     node.shutdown().await.unwrap();
+}
+
+/// The node's pub/sub connection stays open and answers PING but silently
+/// lost its subscriptions (a proxy moves it to a connection subscribed to
+/// nothing of the node's): the end-to-end probe notices within its bound,
+/// the node reconnects, resubscribes and refills, and the member gets
+/// every broadcast in order (the periodic stream check, which would
+/// notice much later, is set out of the way).
+#[tokio::test]
+async fn a_pubsub_connection_that_stops_delivering_is_noticed_by_the_probe() {
+    let redis = RedisServer::start();
+    let proxy = RedisProxy::start(redis.addr).await;
+    let a = redis_node(redis_config(&redis.url(), "probe")).await;
+    let mut config = redis_config(&proxy.url(), "probe");
+    config.limits.stream_check_interval_ms = 600_000;
+    config.engine.redis_probe_interval_ms = 200;
+    config.engine.redis_probe_timeout_ms = 1_000;
+    let b = redis_node(config).await;
+    let observer = Observer::new();
+    let mut member = observer.connect(b.addr, None).await;
+    member.join("room").await;
+    for n in 1..=3 {
+        observer.publish(a.addr, "room", n).await;
+    }
+    assert_eq!(seqs(&member.broadcasts("room", 3).await), vec![1, 2, 3]);
+
+    proxy.lose_subscriptions(1).await;
+    // Still "connected": PING is answered on the moved connection.
+    assert_eq!(readyz(b.addr).await, 200);
+    for n in 4..=8 {
+        observer.publish(a.addr, "room", n).await;
+    }
+    let got = member.broadcasts("room", 5).await;
+    assert!(got.iter().all(|m| m["type"] == "queue_status"), "{got:?}");
+    assert_eq!(seqs(&got), vec![4, 5, 6, 7, 8]);
+    observer
+        .settle(a.addr, &["room"], &mut [&mut member], &[a.addr, b.addr])
+        .await;
+    member.close().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }
