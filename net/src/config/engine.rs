@@ -312,6 +312,73 @@ mod tests {
     }
 
     #[test]
+    fn sentinel_lists_sentinels_and_excludes_a_cluster_and_tls() {
+        let sentinels = "redis://:master-pass@s1:26379,redis://s2:26379";
+        let config = ServerConfig::load(
+            None,
+            env(&[
+                ("ROOMCAST_ENGINE__REDIS_URL", sentinels),
+                ("ROOMCAST_ENGINE__REDIS_SENTINEL_MASTER", "mymaster"),
+                ("ROOMCAST_ENGINE__REDIS_SENTINEL_PASSWORD", "12345"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.engine.redis_sentinel_master.as_deref(),
+            Some("mymaster")
+        );
+        // A numeric-looking password stays text, and is never shown.
+        assert_eq!(
+            config.engine.redis_sentinel_password.as_deref(),
+            Some("12345")
+        );
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("12345") && !shown.contains("master-pass"),
+            "{shown}"
+        );
+        for (pairs, expected) in [
+            (
+                vec![
+                    ("ROOMCAST_ENGINE__REDIS_URL", sentinels),
+                    ("ROOMCAST_ENGINE__REDIS_SENTINEL_MASTER", "mymaster"),
+                    ("ROOMCAST_ENGINE__REDIS_CLUSTER", "true"),
+                ],
+                "exclude each other",
+            ),
+            (
+                vec![
+                    ("ROOMCAST_ENGINE__REDIS_URL", "rediss://s1:26379"),
+                    ("ROOMCAST_ENGINE__REDIS_SENTINEL_MASTER", "mymaster"),
+                ],
+                "not supported yet",
+            ),
+            (
+                vec![("ROOMCAST_ENGINE__REDIS_SENTINEL_MASTER", "mymaster")],
+                "redis_url (the Sentinels) is not",
+            ),
+            (
+                vec![
+                    ("ROOMCAST_ENGINE__REDIS_URL", "redis://s1:26379"),
+                    ("ROOMCAST_ENGINE__REDIS_SENTINEL_PASSWORD", "x"),
+                ],
+                "redis_sentinel_master is not",
+            ),
+            (
+                vec![
+                    ("ROOMCAST_ENGINE__REDIS_URL", "redis://s1:26379"),
+                    ("ROOMCAST_ENGINE__REDIS_PROBE_TIMEOUT_MS", "0"),
+                ],
+                "redis_probe_timeout_ms",
+            ),
+        ] {
+            let error = ServerConfig::load(None, env(&pairs)).unwrap_err();
+            assert!(error.contains(expected), "{pairs:?}: {error}");
+            assert!(!error.contains("master-pass"), "{error}");
+        }
+    }
+
+    #[test]
     fn tls_settings_need_a_rediss_url_and_go_together() {
         let tls = ServerConfig::load(
             None,
