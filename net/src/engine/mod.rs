@@ -12,6 +12,7 @@
 //! | file | job |
 //! |---|---|
 //! | [`redis`] | the engine task: connections, calls with timeouts, bounds, readiness |
+//! | `health` | the command connection: connecting, the health check behind readiness, reconnecting on `READONLY` or a new master |
 //! | `connection` | where the connections go: one Redis, a Redis Cluster, or Sentinel's master |
 //! | `sentinel` | asking Redis Sentinels for the master and following its failovers |
 //! | `scripts` | key and channel names, the Lua scripts, the live message format |
@@ -20,6 +21,7 @@
 //! | [`tls`] | the Redis client, with TLS for `rediss://` (CA and client certificate files) |
 
 mod connection;
+mod health;
 mod presence;
 mod pubsub;
 pub mod redis;

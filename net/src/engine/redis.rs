@@ -14,7 +14,8 @@
 //!
 //! Redis unreachable at startup is not an error: the engine keeps trying
 //! with capped, jittered backoff, every call fails fast meanwhile, and
-//! `/readyz` says not ready.
+//! `/readyz` says not ready (the command connection and its health check:
+//! [`health`](super::health)).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,14 +30,15 @@ use roomcast_core::RoomName;
 use std::collections::HashMap;
 use std::future::Future;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-use super::connection::{master_changed, Commands, KindText, Target, Topology};
+use super::connection::{Commands, KindText, Target, Topology};
+use super::health;
 use super::presence::PresenceLane;
 use super::pubsub::{Probe, Subscriber, Subscription};
-use super::scripts::{cluster_key, direct_channel, direct_payload, RoomKeys, Scripts};
+use super::scripts::{direct_channel, direct_payload, RoomKeys, Scripts};
 use super::tls::TlsFiles;
-use super::{Backoff, EngineLink, Readiness, ReadyFlags};
+use super::{EngineLink, Readiness, ReadyFlags};
 use crate::config::redact_url;
 
 /// What the Redis engine is configured with.
@@ -101,13 +103,6 @@ const EVENTS_CAPACITY: usize = 8192;
 /// Presence requests waiting for their lane, at most.
 const PRESENCE_CAPACITY: usize = 4096;
 
-/// How long a node counts as alive after its last heartbeat, in ms.
-const NODE_TTL_MS: u64 = 5_000;
-
-/// How often the command connection is checked (readiness) and the node's
-/// heartbeat written.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Starts the engine's tasks. Fails only on a malformed URL or TLS file;
 /// an unreachable Redis (or a failing TLS handshake) is retried in the
 /// background.
@@ -132,7 +127,7 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
     let flags = Arc::new(ReadyFlags::default());
     let (connection_tx, connection) = watch::channel(None);
     let scripts = Arc::new(Scripts::new());
-    tokio::spawn(connect(
+    tokio::spawn(health::connect(
         target.clone(),
         settings.clone(),
         scripts.clone(),
@@ -193,146 +188,6 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
         ready: Readiness::flags(flags),
         presence_written: Some(presence_written),
     })
-}
-
-/// Connects the command connection (retrying with backoff until it
-/// succeeds), then checks it every second for readiness (and writes this
-/// node's heartbeat). Once connected, the connection ([`Commands`])
-/// reconnects by itself after failures, to the same server; a new one is
-/// opened when the server answers `READONLY` (a demoted master: a managed
-/// endpoint or proxy may lead elsewhere now) and, with Sentinel, when the
-/// master changes.
-async fn connect(
-    target: Arc<Target>,
-    settings: RedisSettings,
-    scripts: Arc<Scripts>,
-    connection: watch::Sender<Option<Commands>>,
-    flags: Arc<ReadyFlags>,
-    shown_url: String,
-) {
-    let timeout = settings.timeout;
-    let cluster_key = cluster_key(&settings.prefix);
-    let mut master_changes = target.master_changes();
-    let mut backoff = Backoff::new();
-    let mut manager = loop {
-        match target.connect(timeout).await {
-            Ok(manager) => break manager,
-            Err(error) => {
-                let delay = backoff.next_delay();
-                warn!(redis = %shown_url, error = %error.kind_text(), retry_in_ms = delay.as_millis() as u64, "cannot connect to redis; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = master_changed(&mut master_changes) => {}
-                    _ = connection.closed() => return,
-                }
-            }
-        }
-    };
-    info!(redis = %shown_url, "redis connected");
-    if connection.send(Some(manager.clone())).is_err() {
-        return;
-    }
-    loop {
-        let health = check(&mut manager, &scripts, &settings, &cluster_key, &flags).await;
-        let up = health != Health::Down;
-        let read_only = health == Health::ReadOnly;
-        if flags.commands.swap(up, Ordering::SeqCst) != up {
-            if up {
-                info!(redis = %shown_url, "redis answers again");
-            } else {
-                warn!(redis = %shown_url, "redis does not answer; publishes fail until it is back");
-            }
-        }
-        if flags.read_only.swap(read_only, Ordering::SeqCst) != read_only {
-            if read_only {
-                warn!(redis = %shown_url, "redis answers READONLY (a replica, such as a demoted master): not ready, publishes fail until a master answers");
-            } else {
-                info!(redis = %shown_url, "redis accepts writes again");
-            }
-        }
-        let mut reconnect = false;
-        if health != Health::Writable {
-            target.suspect();
-            // The open connection keeps talking to the replica: a new one
-            // may reach the master (behind one endpoint).
-            reconnect = read_only && master_changes.is_none();
-        }
-        if !reconnect {
-            tokio::select! {
-                _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-                _ = master_changed(&mut master_changes) => reconnect = true,
-                _ = connection.closed() => return,
-            }
-        }
-        if reconnect {
-            match target.connect(timeout).await {
-                Ok(fresh) => {
-                    manager = fresh;
-                    debug!(redis = %shown_url, "redis command connection opened anew");
-                    if connection.send(Some(manager.clone())).is_err() {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    debug!(redis = %shown_url, error = %error.kind_text(), "redis command connection not opened anew; later");
-                }
-            }
-            if read_only {
-                tokio::select! {
-                    _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-                    _ = connection.closed() => return,
-                }
-            }
-        }
-    }
-}
-
-/// What the health check found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Health {
-    /// PING and the heartbeat's write worked (or the heartbeat failed
-    /// otherwise: only READONLY says appends cannot succeed).
-    Writable,
-    /// PING works but writes answer `READONLY`.
-    ReadOnly,
-    /// No answer to PING.
-    Down,
-}
-
-/// PING, then this node's heartbeat (a write: it fails with `READONLY`
-/// on a replica), recording the deployment's figures it answers.
-async fn check(
-    manager: &mut Commands,
-    scripts: &Scripts,
-    settings: &RedisSettings,
-    cluster_key: &str,
-    flags: &ReadyFlags,
-) -> Health {
-    let timeout = settings.timeout;
-    let ping = tokio::time::timeout(
-        timeout,
-        redis::cmd("PING").query_async::<String>(&mut *manager),
-    )
-    .await;
-    if !matches!(ping, Ok(Ok(_))) {
-        return Health::Down;
-    }
-    let mut heartbeat = scripts.heartbeat.key(cluster_key);
-    let connections = settings.local_connections.get().max(0);
-    heartbeat
-        .arg(&settings.node)
-        .arg(NODE_TTL_MS)
-        .arg(connections);
-    let heartbeat = heartbeat.invoke_async::<(usize, usize)>(&mut *manager);
-    match tokio::time::timeout(timeout, heartbeat).await {
-        Ok(Ok((nodes, connections))) => {
-            flags.nodes.store(nodes, Ordering::SeqCst);
-            flags.connections.store(connections, Ordering::SeqCst);
-            Health::Writable
-        }
-        Ok(Err(error)) if error.code() == Some("READONLY") => Health::ReadOnly,
-        _ => Health::Writable,
-    }
 }
 
 /// A room's subscribe, as reads wait for it: `true` once confirmed,
