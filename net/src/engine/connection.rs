@@ -148,6 +148,18 @@ impl Target {
         }
     }
 
+    /// The master named now (Sentinel; `None` otherwise, or while none is).
+    pub(crate) fn master_addr(&self) -> Option<String> {
+        match self {
+            Target::Sentinel(sentinels) => sentinels
+                .master()
+                .borrow()
+                .as_ref()
+                .map(|master| master.addr.clone()),
+            _ => None,
+        }
+    }
+
     /// The master's changes, where it can change (Sentinel).
     pub(crate) fn master_changes(&self) -> Option<watch::Receiver<Option<Master>>> {
         match self {

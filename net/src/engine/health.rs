@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::connection::{master_changed, Commands, KindText, Target};
 use super::redis::RedisSettings;
@@ -42,7 +42,10 @@ pub(crate) async fn connect(
     let timeout = settings.timeout;
     let cluster_key = cluster_key(&settings.prefix);
     let mut master_changes = target.master_changes();
+    let following = master_changes.is_some();
     let mut backoff = Backoff::new();
+    // With Sentinel, the master the open connection goes to.
+    let mut connected_to = target.master_addr();
     let mut manager = loop {
         match target.connect(timeout).await {
             Ok(manager) => break manager,
@@ -54,6 +57,7 @@ pub(crate) async fn connect(
                     _ = master_changed(&mut master_changes) => {}
                     _ = connection.closed() => return,
                 }
+                connected_to = target.master_addr();
             }
         }
     };
@@ -61,10 +65,37 @@ pub(crate) async fn connect(
     if connection.send(Some(manager.clone())).is_err() {
         return;
     }
+    let mut read_only = false;
     loop {
+        // A new connection where the open one cannot help: with Sentinel,
+        // whenever it goes elsewhere than the master named now (tried
+        // again every round until one opens); without, after `READONLY`
+        // (behind a managed endpoint or proxy, a new one may reach the new
+        // master).
+        let reconnect = if following {
+            target.master_addr().is_some() && target.master_addr() != connected_to
+        } else {
+            read_only
+        };
+        if reconnect {
+            let aiming = target.master_addr();
+            match target.connect(timeout).await {
+                Ok(fresh) => {
+                    manager = fresh;
+                    connected_to = aiming;
+                    info!(redis = %shown_url, master = ?connected_to, "redis command connection opened anew");
+                    if connection.send(Some(manager.clone())).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    warn!(redis = %shown_url, error = %error.kind_text(), "redis command connection not opened anew; again in a second");
+                }
+            }
+        }
         let health = check(&mut manager, &scripts, &settings, &cluster_key, &flags).await;
         let up = health != Health::Down;
-        let read_only = health == Health::ReadOnly;
+        read_only = health == Health::ReadOnly;
         if flags.commands.swap(up, Ordering::SeqCst) != up {
             if up {
                 info!(redis = %shown_url, "redis answers again");
@@ -79,39 +110,14 @@ pub(crate) async fn connect(
                 info!(redis = %shown_url, "redis accepts writes again");
             }
         }
-        let mut reconnect = false;
         if health != Health::Writable {
+            // With Sentinel: which is the master now?
             target.suspect();
-            // The open connection keeps talking to the replica: a new one
-            // may reach the master (behind one endpoint).
-            reconnect = read_only && master_changes.is_none();
         }
-        if !reconnect {
-            tokio::select! {
-                _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-                _ = master_changed(&mut master_changes) => reconnect = true,
-                _ = connection.closed() => return,
-            }
-        }
-        if reconnect {
-            match target.connect(timeout).await {
-                Ok(fresh) => {
-                    manager = fresh;
-                    debug!(redis = %shown_url, "redis command connection opened anew");
-                    if connection.send(Some(manager.clone())).is_err() {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    debug!(redis = %shown_url, error = %error.kind_text(), "redis command connection not opened anew; later");
-                }
-            }
-            if read_only {
-                tokio::select! {
-                    _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-                    _ = connection.closed() => return,
-                }
-            }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = master_changed(&mut master_changes) => {}
+            _ = connection.closed() => return,
         }
     }
 }
