@@ -132,7 +132,9 @@ async fn nodes_follow_a_sentinel_failover_and_never_write_to_the_old_master() {
         .collect();
     assert!(
         scripts.is_empty(),
-        "a node wrote to the old master: {scripts:?}"
+        "a node wrote to the old master: {scripts:?}\n--- a:\n{}\n--- b:\n{}",
+        a.log(),
+        b.log()
     );
     assert!(
         seen.contains("\"PING\""),

@@ -78,6 +78,11 @@ pub(crate) async fn connect(
             read_only
         };
         if reconnect {
+            if following {
+                // Calls wait (within their timeouts) for the new master's
+                // connection rather than go to the old one.
+                connection.send_replace(None);
+            }
             let aiming = target.master_addr();
             match target.connect(timeout).await {
                 Ok(fresh) => {
