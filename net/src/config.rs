@@ -298,6 +298,10 @@ const TABLES: [(&str, &[&str]); 6] = [
             "redis_tls_ca",
             "redis_tls_cert",
             "redis_tls_key",
+            "redis_sentinel_master",
+            "redis_sentinel_password",
+            "redis_probe_interval_ms",
+            "redis_probe_timeout_ms",
         ],
     ),
     (
@@ -487,11 +491,13 @@ fn apply_env(
 
 /// Keys whose values are always text, even when they look like a number
 /// (`ROOMCAST_JWT_SECRET=123456` is a secret, not an integer).
-const TEXT_KEYS: [&str; 17] = [
+const TEXT_KEYS: [&str; 19] = [
     "auth.jwt_secret",
     "auth.jwks_url",
     "auth.audience",
     "auth.issuer",
+    "engine.redis_sentinel_master",
+    "engine.redis_sentinel_password",
     "engine.redis_url",
     "engine.redis_prefix",
     "engine.redis_tls_ca",

@@ -40,14 +40,22 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         workers: usize,
         /// Share rooms with other nodes through this Redis:
-        /// redis://[user:password@]host:port/db, or rediss://... for TLS
+        /// redis://[user:password@]host:port/db, or rediss://... for TLS;
+        /// with --redis-cluster or --redis-sentinel, a comma-separated list
         /// [env: ROOMCAST_ENGINE__REDIS_URL].
         #[arg(long, value_name = "URL")]
         redis: Option<String>,
         /// --redis lists the seed nodes of a Redis Cluster, comma-separated
         /// [env: ROOMCAST_ENGINE__REDIS_CLUSTER=true].
-        #[arg(long)]
+        #[arg(long, conflicts_with = "redis_sentinel")]
         redis_cluster: bool,
+        /// --redis lists Redis Sentinels (redis://host:26379,...); the node
+        /// uses the master they name MASTER and follows its failovers. The
+        /// password in --redis is the master's (Sentinels' own:
+        /// [engine] redis_sentinel_password)
+        /// [env: ROOMCAST_ENGINE__REDIS_SENTINEL_MASTER].
+        #[arg(long, value_name = "MASTER")]
+        redis_sentinel: Option<String>,
     },
     /// Print a JWT signed with the configured HS256 secret (development and tests).
     Token {
@@ -81,7 +89,18 @@ fn main() -> ExitCode {
             workers,
             redis,
             redis_cluster,
-        } => run_server(listen, config, log_format, workers, redis, redis_cluster),
+            redis_sentinel,
+        } => run_server(
+            listen,
+            config,
+            log_format,
+            workers,
+            RedisFlags {
+                url: redis,
+                cluster: redis_cluster,
+                sentinel: redis_sentinel,
+            },
+        ),
         Command::Token {
             sub,
             scope,
@@ -103,25 +122,38 @@ fn load(config: Option<PathBuf>) -> Result<ServerConfig, String> {
     ServerConfig::load(config.as_deref(), std::env::vars())
 }
 
+/// The `--redis*` flags of `serve`.
+struct RedisFlags {
+    url: Option<String>,
+    cluster: bool,
+    sentinel: Option<String>,
+}
+
 fn run_server(
     listen: Option<std::net::SocketAddr>,
     config: Option<PathBuf>,
     log_format: Option<LogFormat>,
     workers: usize,
-    redis: Option<String>,
-    redis_cluster: bool,
+    redis: RedisFlags,
 ) -> Result<(), String> {
-    // `--redis` overrides the environment, as if it were the variable,
-    // so the `[engine]` settings are validated together (TLS files need
-    // a rediss:// URL).
-    const REDIS_URL: &str = "ROOMCAST_ENGINE__REDIS_URL";
-    const REDIS_CLUSTER: &str = "ROOMCAST_ENGINE__REDIS_CLUSTER";
-    let flag_given = redis.is_some();
+    // Each `--redis*` flag overrides the environment, as if it were the
+    // variable, so the `[engine]` settings are validated together (TLS
+    // files need a rediss:// URL, Sentinel excludes a cluster).
+    let overrides: Vec<(String, String)> = [
+        ("ROOMCAST_ENGINE__REDIS_URL", redis.url),
+        (
+            "ROOMCAST_ENGINE__REDIS_CLUSTER",
+            redis.cluster.then(|| "true".to_owned()),
+        ),
+        ("ROOMCAST_ENGINE__REDIS_SENTINEL_MASTER", redis.sentinel),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.map(|value| (key.to_owned(), value)))
+    .collect();
+    let overridden: Vec<String> = overrides.iter().map(|(key, _)| key.clone()).collect();
     let env = std::env::vars()
-        .filter(|(key, _)| !flag_given || key != REDIS_URL)
-        .filter(|(key, _)| !redis_cluster || key != REDIS_CLUSTER)
-        .chain(redis.map(|url| (REDIS_URL.to_owned(), url)))
-        .chain(redis_cluster.then(|| (REDIS_CLUSTER.to_owned(), "true".to_owned())));
+        .filter(|(key, _)| !overridden.contains(key))
+        .chain(overrides);
     let (mut config, warnings) = ServerConfig::load_reporting(config.as_deref(), env)?;
     if let Some(listen) = listen {
         config.listen = listen;

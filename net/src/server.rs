@@ -219,8 +219,12 @@ async fn serve_engine<L: Listener>(
                 calls_max: limits.engine_calls_max,
                 local_connections: metrics.connections.clone(),
                 cluster: config.engine.redis_cluster,
+                sentinel_master: config.engine.redis_sentinel_master.clone(),
+                sentinel_password: config.engine.redis_sentinel_password.clone(),
+                probe_interval: Duration::from_millis(config.engine.redis_probe_interval_ms),
+                probe_timeout: Duration::from_millis(config.engine.redis_probe_timeout_ms),
             })?;
-            info!(redis = %redact_url(url), prefix = %config.engine.redis_prefix, "engine: redis");
+            info!(redis = %redact_url(url), prefix = %config.engine.redis_prefix, sentinel_master = ?config.engine.redis_sentinel_master, "engine: redis");
             let ready = link.ready.clone();
             let presence_written = link.presence_written.take();
             let core = Remote::new(core_config, link);

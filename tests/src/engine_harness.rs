@@ -60,6 +60,10 @@ pub fn redis_settings(url: &str, node: &str) -> RedisSettings {
         calls_max: 64,
         local_connections: Default::default(),
         cluster: false,
+        sentinel_master: None,
+        sentinel_password: None,
+        probe_interval: Duration::from_millis(2_000),
+        probe_timeout: Duration::from_millis(3_000),
     }
 }
 

@@ -28,6 +28,8 @@ pub mod engine_harness;
 pub mod fake_http;
 mod http_client;
 pub mod oracle_client;
+pub mod redis_proxy;
+pub mod redis_sentinel;
 pub mod redis_server;
 mod server;
 pub mod tls_certs;

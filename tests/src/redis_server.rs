@@ -1,5 +1,7 @@
 //! A `redis-server` of the test's own, on a free loopback port, with no
-//! persistence; stopped when dropped. No test uses a Redis the machine
+//! persistence and a fresh working directory of its own (a replica writes
+//! the snapshot it receives there, and Redis loads any `dump.rdb` of its
+//! directory at startup); stopped when dropped. No test uses a Redis the machine
 //! happens to run. It can also listen with TLS only ([`RedisServer::start_tls`]).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,6 +17,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// `redis-cli` arguments to reach it over TLS (empty without TLS).
     cli_tls: Vec<String>,
+    /// Its working directory (unless `--dir` names another).
+    _dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -84,9 +88,12 @@ impl RedisServer {
 
     fn spawn(port: u16, args: &[&str], cli_tls: Vec<String>) -> RedisServer {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = tempfile::tempdir().expect("a temporary directory");
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -106,6 +113,7 @@ impl RedisServer {
             addr,
             child: Some(child),
             cli_tls,
+            _dir: dir,
         }
     }
 
@@ -131,6 +139,36 @@ impl RedisServer {
     pub fn start_snapshotting(port: u16, dir: &std::path::Path) -> RedisServer {
         let dir = dir.to_string_lossy();
         RedisServer::start_with(port, &["--dir", &dir])
+    }
+
+    /// Starts it on a free loopback port as a replica of `master`, and waits
+    /// until it has synchronised (`master_link_status:up`).
+    pub fn start_replica(master: &RedisServer) -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let master_port = master.addr.port().to_string();
+        let replica = RedisServer::start_with(port, &["--replicaof", "127.0.0.1", &master_port]);
+        replica.wait_for_info("replication", "master_link_status:up");
+        replica
+    }
+
+    /// Waits (at most 20 s) until `INFO section` contains `expected`.
+    pub fn wait_for_info(&self, section: &str, expected: &str) {
+        let started = Instant::now();
+        loop {
+            let info = self.cli(&["INFO", section]);
+            if info.contains(expected) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{} never had {expected}: {info}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `redis://127.0.0.1:port/0`, or `rediss://...` with TLS.

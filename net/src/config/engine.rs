@@ -1,6 +1,7 @@
 //! The `[engine]` table: which engine, and how to reach Redis (URL, key
-//! prefix, timeout, TLS files), with the checks serde cannot express and
-//! the password-free form of the URL for logs.
+//! prefix, timeout, TLS files, Redis Cluster or Sentinel, the pub/sub
+//! probe), with the checks serde cannot express and the password-free form
+//! of the URL for logs.
 
 use std::path::PathBuf;
 
@@ -29,6 +30,18 @@ pub struct EngineConfig {
     pub redis_tls_key: Option<PathBuf>,
     /// `redis_url` names the seed nodes of a Redis Cluster, comma-separated.
     pub redis_cluster: bool,
+    /// `redis_url` lists Redis Sentinels (comma-separated); the master is
+    /// the one they name so (`SENTINEL get-master-addr-by-name`).
+    pub redis_sentinel_master: Option<String>,
+    /// The password of the Sentinels themselves (their `requirepass`); the
+    /// password in `redis_url` is the master's.
+    pub redis_sentinel_password: Option<String>,
+    /// How often the pub/sub connection is probed end to end (a message
+    /// published to this node's probe channel must come back on it), in ms.
+    pub redis_probe_interval_ms: u64,
+    /// How long a probe may take to come back before the pub/sub
+    /// connection counts as lost, in ms.
+    pub redis_probe_timeout_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +54,10 @@ impl Default for EngineConfig {
             redis_tls_cert: None,
             redis_tls_key: None,
             redis_cluster: false,
+            redis_sentinel_master: None,
+            redis_sentinel_password: None,
+            redis_probe_interval_ms: 2_000,
+            redis_probe_timeout_ms: 3_000,
         }
     }
 }
@@ -56,6 +73,13 @@ impl std::fmt::Debug for EngineConfig {
             .field("redis_tls_cert", &self.redis_tls_cert)
             .field("redis_tls_key", &self.redis_tls_key)
             .field("redis_cluster", &self.redis_cluster)
+            .field("redis_sentinel_master", &self.redis_sentinel_master)
+            .field(
+                "redis_sentinel_password",
+                &self.redis_sentinel_password.as_ref().map(|_| "***"),
+            )
+            .field("redis_probe_interval_ms", &self.redis_probe_interval_ms)
+            .field("redis_probe_timeout_ms", &self.redis_probe_timeout_ms)
             .finish()
     }
 }
@@ -79,7 +103,50 @@ impl EngineConfig {
                     .into(),
             );
         }
+        if self.redis_probe_interval_ms == 0 || self.redis_probe_timeout_ms == 0 {
+            return Err(
+                "engine: redis_probe_interval_ms and redis_probe_timeout_ms must be > 0".into(),
+            );
+        }
+        self.validate_sentinel()?;
         self.validate_tls()
+    }
+
+    /// Sentinel needs a plain `redis_url` of Sentinels and excludes a
+    /// Redis Cluster (which fails over by itself).
+    fn validate_sentinel(&self) -> Result<(), String> {
+        let Some(master) = &self.redis_sentinel_master else {
+            if self.redis_sentinel_password.is_some() {
+                return Err(
+                    "engine: redis_sentinel_password is set but redis_sentinel_master is not"
+                        .into(),
+                );
+            }
+            return Ok(());
+        };
+        if master.is_empty() || master.contains(char::is_whitespace) {
+            return Err(format!(
+                "engine: redis_sentinel_master must be a master name without spaces, not {master:?}"
+            ));
+        }
+        if self.redis_url.is_none() {
+            return Err(
+                "engine: redis_sentinel_master is set but redis_url (the Sentinels) is not".into(),
+            );
+        }
+        if self.redis_cluster {
+            return Err(
+                "engine: redis_sentinel_master and redis_cluster exclude each other (a Redis Cluster fails over by itself)"
+                    .into(),
+            );
+        }
+        if self.redis_tls() {
+            return Err(
+                "engine: Sentinel with TLS (rediss://) is not supported yet; use redis:// Sentinels on a trusted network, or a Redis Cluster or one endpoint with TLS"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// The URL's scheme, and the TLS keys only where they take effect (a
@@ -96,9 +163,9 @@ impl EngineConfig {
             }
             return Ok(());
         };
-        if !self.redis_cluster && url.contains(',') {
+        if !self.redis_cluster && self.redis_sentinel_master.is_none() && url.contains(',') {
             return Err(format!(
-                "engine: redis_url lists several URLs; set redis_cluster = true for a Redis Cluster: {}",
+                "engine: redis_url lists several URLs; set redis_cluster = true for a Redis Cluster, or redis_sentinel_master for Sentinels: {}",
                 redact_url(url)
             ));
         }
@@ -242,6 +309,73 @@ mod tests {
         ]);
         let error = ServerConfig::load(None, mixed).unwrap_err();
         assert!(error.contains("every seed"), "{error}");
+    }
+
+    #[test]
+    fn sentinel_lists_sentinels_and_excludes_a_cluster_and_tls() {
+        let sentinels = "redis://:master-pass@s1:26379,redis://s2:26379";
+        let config = ServerConfig::load(
+            None,
+            env(&[
+                ("ROOMCAST_ENGINE__REDIS_URL", sentinels),
+                ("ROOMCAST_ENGINE__REDIS_SENTINEL_MASTER", "mymaster"),
+                ("ROOMCAST_ENGINE__REDIS_SENTINEL_PASSWORD", "12345"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.engine.redis_sentinel_master.as_deref(),
+            Some("mymaster")
+        );
+        // A numeric-looking password stays text, and is never shown.
+        assert_eq!(
+            config.engine.redis_sentinel_password.as_deref(),
+            Some("12345")
+        );
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("12345") && !shown.contains("master-pass"),
+            "{shown}"
+        );
+        for (pairs, expected) in [
+            (
+                vec![
+                    ("ROOMCAST_ENGINE__REDIS_URL", sentinels),
+                    ("ROOMCAST_ENGINE__REDIS_SENTINEL_MASTER", "mymaster"),
+                    ("ROOMCAST_ENGINE__REDIS_CLUSTER", "true"),
+                ],
+                "exclude each other",
+            ),
+            (
+                vec![
+                    ("ROOMCAST_ENGINE__REDIS_URL", "rediss://s1:26379"),
+                    ("ROOMCAST_ENGINE__REDIS_SENTINEL_MASTER", "mymaster"),
+                ],
+                "not supported yet",
+            ),
+            (
+                vec![("ROOMCAST_ENGINE__REDIS_SENTINEL_MASTER", "mymaster")],
+                "redis_url (the Sentinels) is not",
+            ),
+            (
+                vec![
+                    ("ROOMCAST_ENGINE__REDIS_URL", "redis://s1:26379"),
+                    ("ROOMCAST_ENGINE__REDIS_SENTINEL_PASSWORD", "x"),
+                ],
+                "redis_sentinel_master is not",
+            ),
+            (
+                vec![
+                    ("ROOMCAST_ENGINE__REDIS_URL", "redis://s1:26379"),
+                    ("ROOMCAST_ENGINE__REDIS_PROBE_TIMEOUT_MS", "0"),
+                ],
+                "redis_probe_timeout_ms",
+            ),
+        ] {
+            let error = ServerConfig::load(None, env(&pairs)).unwrap_err();
+            assert!(error.contains(expected), "{pairs:?}: {error}");
+            assert!(!error.contains("master-pass"), "{error}");
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Where the Redis engine's connections go: one Redis, or a Redis Cluster.
+//! Where the Redis engine's connections go: one Redis, a Redis Cluster, or
+//! the master that Redis Sentinels name.
 //!
 //! - **Commands** ([`Commands`]): one multiplexed, self-reconnecting
 //!   connection to a single Redis ([`ConnectionManager`]), or a cluster
@@ -10,14 +11,19 @@
 //!   cluster, so the node's one pub/sub connection goes to any one node:
 //!   the first seed, then the next one after each failure
 //!   ([`Target::pubsub_client`]).
+//! - **Sentinel**: both connections go to the master the Sentinels name
+//!   ([`Sentinels`]), and move when it changes ([`Target::master_changes`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use tokio::sync::watch;
 
+use super::sentinel::{Master, Sentinels};
 use super::tls::{self, TlsFiles};
 
 /// The Redis (or Redis Cluster) a node's engine talks to.
@@ -31,18 +37,39 @@ pub(crate) enum Target {
         /// The seeds, each a candidate for the pub/sub connection.
         seeds: Vec<redis::Client>,
     },
+    /// The master that Sentinels name (its task: [`Sentinels::run`]).
+    Sentinel(Arc<Sentinels>),
+}
+
+/// How the engine reaches Redis, as configured.
+pub(crate) struct Topology<'a> {
+    /// One URL, or a comma-separated list of them.
+    pub(crate) url: &'a str,
+    /// `url` lists a Redis Cluster's seeds.
+    pub(crate) cluster: bool,
+    /// `url` lists Sentinels: the master's name, and their own password.
+    pub(crate) sentinel: Option<(&'a str, Option<&'a str>)>,
+    pub(crate) tls_files: &'a TlsFiles,
+    pub(crate) timeout: Duration,
 }
 
 impl Target {
-    /// Parses `url`: one URL, or with `cluster` a comma-separated list of
-    /// seed URLs; `rediss://` ones with the TLS files. Errors never carry
-    /// the password.
-    pub(crate) fn open(
-        url: &str,
-        cluster: bool,
-        tls_files: &TlsFiles,
-        timeout: Duration,
-    ) -> Result<Target, String> {
+    /// Parses the URL: one URL, or with `cluster` a comma-separated list
+    /// of seed URLs, or with `sentinel` of Sentinels; `rediss://` ones with
+    /// the TLS files. Errors never carry the password. A Sentinel target's
+    /// task must be started ([`Target::spawn`]).
+    pub(crate) fn open(topology: Topology<'_>) -> Result<Target, String> {
+        let Topology {
+            url,
+            cluster,
+            sentinel,
+            tls_files,
+            timeout,
+        } = topology;
+        if let Some((name, password)) = sentinel {
+            return Sentinels::new(url, name, password, timeout)
+                .map(|sentinels| Target::Sentinel(Arc::new(sentinels)));
+        }
         if !cluster {
             return tls::client(url, tls_files).map(Target::Single);
         }
@@ -64,32 +91,101 @@ impl Target {
         Ok(Target::Cluster { cluster, seeds })
     }
 
-    /// Opens the command connection; once open it reconnects by itself.
-    pub(crate) async fn connect(&self, timeout: Duration) -> RedisResult<Commands> {
-        match self {
-            Target::Single(client) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_secs(2));
-                ConnectionManager::new_with_config(client.clone(), config)
-                    .await
-                    .map(Commands::Single)
-            }
-            Target::Cluster { cluster, .. } => cluster
-                .get_async_connection()
-                .await
-                .map(|connection| Commands::Cluster(Box::new(connection))),
+    /// Starts what the target needs in the background (Sentinel: finding
+    /// and following the master).
+    pub(crate) fn spawn(&self) {
+        if let Target::Sentinel(sentinels) = self {
+            tokio::spawn(sentinels.clone().run());
         }
     }
 
-    /// Where the pub/sub connection of the `attempt`-th session goes.
-    pub(crate) fn pubsub_client(&self, attempt: u64) -> &redis::Client {
+    /// Opens the command connection; once open it reconnects by itself (to
+    /// the same server: after [`Target::master_changes`], open a new one).
+    pub(crate) async fn connect(&self, timeout: Duration) -> RedisResult<Commands> {
+        let client = match self {
+            Target::Single(client) => client.clone(),
+            Target::Sentinel(sentinels) => {
+                let master = sentinels.master().borrow().clone();
+                let Some(master) = master else {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the sentinels named no usable master yet",
+                    )
+                    .into());
+                };
+                master.client
+            }
+            Target::Cluster { cluster, .. } => {
+                return cluster
+                    .get_async_connection()
+                    .await
+                    .map(|connection| Commands::Cluster(Box::new(connection)))
+            }
+        };
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        ConnectionManager::new_with_config(client, config)
+            .await
+            .map(Commands::Single)
+    }
+
+    /// Where the pub/sub connection of the `attempt`-th session goes
+    /// (`None`: no master known yet).
+    pub(crate) fn pubsub_client(&self, attempt: u64) -> Option<redis::Client> {
         match self {
-            Target::Single(client) => client,
-            Target::Cluster { seeds, .. } => &seeds[(attempt % seeds.len() as u64) as usize],
+            Target::Single(client) => Some(client.clone()),
+            Target::Cluster { seeds, .. } => {
+                Some(seeds[(attempt % seeds.len() as u64) as usize].clone())
+            }
+            Target::Sentinel(sentinels) => sentinels
+                .master()
+                .borrow()
+                .as_ref()
+                .map(|master| master.client.clone()),
         }
+    }
+
+    /// The master named now (Sentinel; `None` otherwise, or while none is).
+    pub(crate) fn master_addr(&self) -> Option<String> {
+        match self {
+            Target::Sentinel(sentinels) => sentinels
+                .master()
+                .borrow()
+                .as_ref()
+                .map(|master| master.addr.clone()),
+            _ => None,
+        }
+    }
+
+    /// The master's changes, where it can change (Sentinel).
+    pub(crate) fn master_changes(&self) -> Option<watch::Receiver<Option<Master>>> {
+        match self {
+            Target::Sentinel(sentinels) => Some(sentinels.master()),
+            _ => None,
+        }
+    }
+
+    /// The server stopped answering, or answered `READONLY`: with
+    /// Sentinel, ask which is the master now.
+    pub(crate) fn suspect(&self) {
+        if let Target::Sentinel(sentinels) = self {
+            sentinels.recheck();
+        }
+    }
+}
+
+/// Waits until `changes` (if any) names another master.
+pub(crate) async fn master_changed(changes: &mut Option<watch::Receiver<Option<Master>>>) {
+    match changes {
+        Some(changes) => {
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 

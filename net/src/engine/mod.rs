@@ -12,17 +12,21 @@
 //! | file | job |
 //! |---|---|
 //! | [`redis`] | the engine task: connections, calls with timeouts, bounds, readiness |
-//! | `connection` | where the connections go: one Redis or a Redis Cluster |
+//! | `health` | the command connection: connecting, the health check behind readiness, reconnecting on `READONLY` or a new master |
+//! | `connection` | where the connections go: one Redis, a Redis Cluster, or Sentinel's master |
+//! | `sentinel` | asking Redis Sentinels for the master and following its failovers |
 //! | `scripts` | key and channel names, the Lua scripts, the live message format |
-//! | `pubsub` | the node's one pub/sub connection: (un)subscribe, resubscribe, live messages and presence changes |
+//! | `pubsub` | the node's one pub/sub connection: (un)subscribe, resubscribe, live messages and presence changes, the end-to-end probe |
 //! | `presence` | presence writes (batched per room, in request order), lists, the node's refresh of its entries |
 //! | [`tls`] | the Redis client, with TLS for `rediss://` (CA and client certificate files) |
 
 mod connection;
+mod health;
 mod presence;
 mod pubsub;
 pub mod redis;
 mod scripts;
+mod sentinel;
 pub mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -56,6 +60,9 @@ pub struct Readiness(Option<Arc<ReadyFlags>>);
 pub(crate) struct ReadyFlags {
     /// The command connection answered its last health check.
     pub(crate) commands: AtomicBool,
+    /// ...but refused the heartbeat's write with `READONLY` (a replica,
+    /// such as a demoted master): appends cannot succeed there.
+    pub(crate) read_only: AtomicBool,
     /// The pub/sub connection is up and subscribed.
     pub(crate) pubsub: Arc<AtomicBool>,
     /// Nodes of the deployment seen alive (heartbeats), 0 before the first.
@@ -99,6 +106,9 @@ impl Readiness {
         };
         if !flags.commands.load(Ordering::SeqCst) {
             return Err("the redis engine does not answer");
+        }
+        if flags.read_only.load(Ordering::SeqCst) {
+            return Err("the redis engine is read-only (a replica): publishes cannot be stored");
         }
         if !flags.pubsub.load(Ordering::SeqCst) {
             return Err("the redis pub/sub connection is down");
@@ -163,6 +173,9 @@ mod tests {
         let ready = Readiness::flags(flags.clone());
         assert!(ready.check().is_err());
         flags.commands.store(true, Ordering::SeqCst);
+        flags.read_only.store(true, Ordering::SeqCst);
+        assert!(ready.check().unwrap_err().contains("read-only"));
+        flags.read_only.store(false, Ordering::SeqCst);
         assert_eq!(ready.check(), Err("the redis pub/sub connection is down"));
         flags.pubsub.store(true, Ordering::SeqCst);
         assert_eq!(ready.check(), Ok(()));

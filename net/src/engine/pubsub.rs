@@ -12,6 +12,15 @@
 //! with capped, jittered backoff, subscribes every followed room again, and
 //! then sends the core [`EngineEvent::StreamReset`] so it reads every room
 //! it follows and refills (or announces) what was missed.
+//!
+//! A connection can also go quiet without failing: it still answers PING
+//! but no longer receives what is published (a half-open TCP connection, a
+//! proxy or a failover that lost the subscriptions). So the stream is
+//! probed end to end ([`Probe`]): every `interval`, a message is published
+//! to this node's probe channel through the command connection, and it
+//! must come back on the pub/sub connection within `timeout`, or the
+//! connection counts as lost like any other. With Sentinel, the
+//! connection also moves when the master changes.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,18 +30,26 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use roomcast_core::engine::{EngineEvent, Numbered, PresenceEntry};
 use roomcast_core::RoomName;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use super::connection::Target;
+use super::connection::{master_changed, Commands, Target};
+use super::redis::run_call;
 use super::scripts::{
-    direct_channel, is_presence, parse_direct, parse_live, parse_presence, room_of_channel,
-    RoomKeys,
+    direct_channel, is_presence, parse_direct, parse_live, parse_presence, probe_channel,
+    room_of_channel, RoomKeys,
 };
 use super::Backoff;
 
-/// How often the pub/sub connection is probed with a PING.
-const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// The end-to-end check of the pub/sub connection.
+pub(crate) struct Probe {
+    /// The command connection, which publishes the probes.
+    pub(crate) connection: watch::Receiver<Option<Commands>>,
+    /// How often a probe is published.
+    pub(crate) interval: Duration,
+    /// How long it may take to come back.
+    pub(crate) timeout: Duration,
+}
 
 /// A change of the rooms the node follows.
 pub(crate) enum Subscription {
@@ -56,6 +73,7 @@ pub(crate) struct Subscriber {
     pub(crate) connected: Arc<AtomicBool>,
     /// Redacted URL, for logs.
     pub(crate) shown_url: String,
+    pub(crate) probe: Probe,
 }
 
 /// Why a connected session ended.
@@ -64,6 +82,8 @@ enum Ended {
     Stop,
     /// The connection failed: reconnect.
     Lost(String),
+    /// The master changed (Sentinel): move there.
+    Moved,
 }
 
 impl Subscriber {
@@ -75,19 +95,18 @@ impl Subscriber {
         let mut sessions = 0u64;
         // Connection attempts so far: a cluster's next seed after a failure.
         let mut attempts = 0u64;
+        let mut master_changes = self.target.master_changes();
         loop {
-            let connected = tokio::time::timeout(
-                self.timeout,
-                self.target.pubsub_client(attempts).get_async_pubsub(),
-            )
-            .await;
+            let connected = match self.target.pubsub_client(attempts) {
+                Some(client) => tokio::time::timeout(self.timeout, client.get_async_pubsub())
+                    .await
+                    .map_err(|_| "timed out".to_owned())
+                    .and_then(|connected| connected.map_err(|e| e.to_string())),
+                None => Err("the sentinels named no usable master yet".to_owned()),
+            };
             let pubsub = match connected {
-                Ok(Ok(pubsub)) => pubsub,
-                failed => {
-                    let why = match failed {
-                        Ok(Err(error)) => error.to_string(),
-                        _ => "timed out".to_owned(),
-                    };
+                Ok(pubsub) => pubsub,
+                Err(why) => {
                     attempts += 1;
                     let delay = backoff.next_delay();
                     warn!(redis = %self.shown_url, error = %why, retry_in_ms = delay.as_millis() as u64, "redis pub/sub connection failed");
@@ -97,6 +116,7 @@ impl Subscriber {
                     loop {
                         tokio::select! {
                             _ = &mut sleep => break,
+                            _ = master_changed(&mut master_changes) => break,
                             command = self.commands.recv() => match command {
                                 Some(command) => apply(command, &mut followed, &mut acks),
                                 None => return,
@@ -108,7 +128,13 @@ impl Subscriber {
             };
             let (sink, stream) = pubsub.split();
             let ended = self
-                .session(sink, stream, &mut followed, &mut acks, sessions > 0)
+                .session(
+                    (sink, stream),
+                    &mut followed,
+                    &mut acks,
+                    sessions > 0,
+                    &mut master_changes,
+                )
                 .await;
             self.connected.store(false, Ordering::SeqCst);
             sessions += 1;
@@ -117,6 +143,10 @@ impl Subscriber {
                 Ended::Stop => return,
                 Ended::Lost(why) => {
                     warn!(redis = %self.shown_url, error = %why, "redis pub/sub connection lost; live messages may be missed until it is back")
+                }
+                Ended::Moved => {
+                    info!(redis = %self.shown_url, "redis master changed; the pub/sub connection moves there");
+                    continue;
                 }
             }
             backoff = Backoff::new();
@@ -128,23 +158,25 @@ impl Subscriber {
     /// commands and messages until the connection fails.
     async fn session(
         &mut self,
-        mut sink: redis::aio::PubSubSink,
-        mut stream: redis::aio::PubSubStream,
+        (mut sink, mut stream): (redis::aio::PubSubSink, redis::aio::PubSubStream),
         followed: &mut BTreeSet<RoomName>,
         acks: &mut HashMap<RoomName, Vec<oneshot::Sender<()>>>,
         reconnected: bool,
+        master_changes: &mut Option<watch::Receiver<Option<super::sentinel::Master>>>,
     ) -> Ended {
         let mut channels: Vec<String> = followed
             .iter()
             .map(|room| RoomKeys::new(&self.prefix, room).channel)
             .collect();
-        // Every node follows the direct messages.
+        // Every node follows the direct messages, and its own probes.
         channels.push(direct_channel(&self.prefix));
+        let probe_channel = probe_channel(&self.prefix, &self.node);
+        channels.push(probe_channel.clone());
         if let Err(why) = self.call(sink.subscribe(&channels)).await {
             return Ended::Lost(why);
         }
         self.connected.store(true, Ordering::SeqCst);
-        info!(redis = %self.shown_url, rooms = channels.len() - 1, "redis pub/sub connected");
+        info!(redis = %self.shown_url, rooms = channels.len() - 2, "redis pub/sub connected");
         for (_, waiting) in acks.drain() {
             for ack in waiting {
                 let _ = ack.send(());
@@ -153,20 +185,62 @@ impl Subscriber {
         if reconnected && self.events.send(EngineEvent::StreamReset).await.is_err() {
             return Ended::Stop;
         }
-        let mut probe = tokio::time::interval(PROBE_INTERVAL);
+        let mut probe = tokio::time::interval(self.probe.interval);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         probe.tick().await;
+        // Probes are numbered within the session; a published one is
+        // reported on `published` (the PUBLISH runs on its own task, so a
+        // slow command connection does not hold live messages up).
+        let (published_tx, mut published) = mpsc::unbounded_channel::<u64>();
+        let mut probes_sent = 0u64;
+        let mut probe_received = 0u64;
+        // The oldest published probe not back yet, and when it is due.
+        let mut awaited: Option<(u64, tokio::time::Instant)> = None;
         loop {
+            let due = awaited.map(|(_, due)| due);
             tokio::select! {
                 biased;
+                _ = master_changed(master_changes) => return Ended::Moved,
+                _ = async { tokio::time::sleep_until(due.expect("guarded")).await }, if due.is_some() => {
+                    let (missing, _) = awaited.expect("guarded");
+                    return Ended::Lost(format!(
+                        "probe {missing} published but not received within {} ms: the connection stopped delivering",
+                        self.probe.timeout.as_millis()
+                    ));
+                }
+                Some(n) = published.recv() => {
+                    if n > probe_received && awaited.is_none() {
+                        awaited = Some((n, tokio::time::Instant::now() + self.probe.timeout));
+                    }
+                }
                 _ = probe.tick() => {
-                    // A connection can stall without failing (a half-open
-                    // TCP connection, a failover): live messages would stop
-                    // silently. A PING on it must come back in time.
+                    // A PING on the connection must come back in time...
                     let ping = sink.ping::<redis::Value>();
                     if let Err(why) = self.call(async { ping.await.map(|_| ()) }).await {
-                        return Ended::Lost(format!("probe failed: {why}"));
+                        return Ended::Lost(format!("ping failed: {why}"));
                     }
+                    // ...and a message published to its probe channel
+                    // must arrive (checked once PUBLISH succeeded: with the
+                    // command connection down, readiness says so already).
+                    probes_sent += 1;
+                    let n = probes_sent;
+                    let connection = self.probe.connection.clone();
+                    let channel = probe_channel.clone();
+                    let timeout = self.timeout;
+                    let published_tx = published_tx.clone();
+                    tokio::spawn(async move {
+                        let sent = run_call(&connection, timeout, |mut conn| async move {
+                            redis::cmd("PUBLISH")
+                                .arg(&channel)
+                                .arg(n)
+                                .query_async::<i64>(&mut conn)
+                                .await
+                        })
+                        .await;
+                        if sent.is_ok() {
+                            let _ = published_tx.send(n);
+                        }
+                    });
                 }
                 command = self.commands.recv() => {
                     let Some(command) = command else { return Ended::Stop };
@@ -211,16 +285,27 @@ impl Subscriber {
                     // presence changes of one room go to the core as one.
                     let mut events = Vec::new();
                     let mut closed = false;
-                    push_merged(&mut events, self.event(&message));
+                    let mut take = |message: &redis::Msg, events: &mut Vec<EngineEvent>| {
+                        if message.get_channel_name() == probe_channel {
+                            let n: u64 = message.get_payload().unwrap_or(0);
+                            probe_received = probe_received.max(n);
+                        } else {
+                            push_merged(events, self.event(message));
+                        }
+                    };
+                    take(&message, &mut events);
                     while events.len() < MERGE_MAX {
                         match stream.next().now_or_never() {
-                            Some(Some(message)) => push_merged(&mut events, self.event(&message)),
+                            Some(Some(message)) => take(&message, &mut events),
                             Some(None) => {
                                 closed = true;
                                 break;
                             }
                             None => break,
                         }
+                    }
+                    if awaited.is_some_and(|(awaited, _)| awaited <= probe_received) {
+                        awaited = None;
                     }
                     for event in events {
                         if self.events.send(event).await.is_err() {

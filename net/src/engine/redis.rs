@@ -14,7 +14,8 @@
 //!
 //! Redis unreachable at startup is not an error: the engine keeps trying
 //! with capped, jittered backoff, every call fails fast meanwhile, and
-//! `/readyz` says not ready.
+//! `/readyz` says not ready (the command connection and its health check:
+//! [`health`](super::health)).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,14 +30,15 @@ use roomcast_core::RoomName;
 use std::collections::HashMap;
 use std::future::Future;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-use super::connection::{Commands, KindText, Target};
+use super::connection::{Commands, KindText, Target, Topology};
+use super::health;
 use super::presence::PresenceLane;
-use super::pubsub::{Subscriber, Subscription};
-use super::scripts::{cluster_key, direct_channel, direct_payload, RoomKeys, Scripts};
+use super::pubsub::{Probe, Subscriber, Subscription};
+use super::scripts::{direct_channel, direct_payload, RoomKeys, Scripts};
 use super::tls::TlsFiles;
-use super::{Backoff, EngineLink, Readiness, ReadyFlags};
+use super::{EngineLink, Readiness, ReadyFlags};
 use crate::config::redact_url;
 
 /// What the Redis engine is configured with.
@@ -69,6 +71,16 @@ pub struct RedisSettings {
     pub calls_max: usize,
     /// `url` lists the seed nodes of a Redis Cluster (comma-separated).
     pub cluster: bool,
+    /// `url` lists Redis Sentinels (comma-separated), and this is the name
+    /// of the master they monitor (the password in `url` is the master's).
+    pub sentinel_master: Option<String>,
+    /// The Sentinels' own password, if they require one.
+    pub sentinel_password: Option<String>,
+    /// How often the pub/sub connection is probed end to end.
+    pub probe_interval: Duration,
+    /// How long a probe may take to come back before the pub/sub
+    /// connection counts as lost.
+    pub probe_timeout: Duration,
     /// This node's open connections (the hub keeps the gauge), reported in
     /// the heartbeat so every node can show the cluster's total.
     pub local_connections: prometheus_client::metrics::gauge::Gauge,
@@ -91,33 +103,31 @@ const EVENTS_CAPACITY: usize = 8192;
 /// Presence requests waiting for their lane, at most.
 const PRESENCE_CAPACITY: usize = 4096;
 
-/// How long a node counts as alive after its last heartbeat, in ms.
-const NODE_TTL_MS: u64 = 5_000;
-
-/// How often the command connection is checked (readiness) and the node's
-/// heartbeat written.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Starts the engine's tasks. Fails only on a malformed URL or TLS file;
 /// an unreachable Redis (or a failing TLS handshake) is retried in the
 /// background.
 pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
     let shown_url = redact_url(&settings.url);
     let target = Arc::new(
-        Target::open(
-            &settings.url,
-            settings.cluster,
-            &settings.tls,
-            settings.timeout,
-        )
+        Target::open(Topology {
+            url: &settings.url,
+            cluster: settings.cluster,
+            sentinel: settings
+                .sentinel_master
+                .as_deref()
+                .map(|name| (name, settings.sentinel_password.as_deref())),
+            tls_files: &settings.tls,
+            timeout: settings.timeout,
+        })
         .map_err(|e| format!("{e}: {shown_url}"))?,
     );
+    target.spawn();
     let (requests_tx, requests) = mpsc::channel(settings.calls_max.max(1) + PRESENCE_CAPACITY);
     let (events, events_rx) = mpsc::channel(EVENTS_CAPACITY);
     let flags = Arc::new(ReadyFlags::default());
     let (connection_tx, connection) = watch::channel(None);
     let scripts = Arc::new(Scripts::new());
-    tokio::spawn(connect(
+    tokio::spawn(health::connect(
         target.clone(),
         settings.clone(),
         scripts.clone(),
@@ -136,6 +146,11 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
             events: events.clone(),
             connected: flags.pubsub.clone(),
             shown_url,
+            probe: Probe {
+                connection: connection.clone(),
+                interval: settings.probe_interval,
+                timeout: settings.probe_timeout,
+            },
         }
         .run(),
     );
@@ -173,72 +188,6 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
         ready: Readiness::flags(flags),
         presence_written: Some(presence_written),
     })
-}
-
-/// Connects the command connection (retrying with backoff until it
-/// succeeds), then checks it every second for readiness (and writes this
-/// node's heartbeat). Once connected, the connection ([`Commands`])
-/// reconnects by itself after failures.
-async fn connect(
-    target: Arc<Target>,
-    settings: RedisSettings,
-    scripts: Arc<Scripts>,
-    connection: watch::Sender<Option<Commands>>,
-    flags: Arc<ReadyFlags>,
-    shown_url: String,
-) {
-    let timeout = settings.timeout;
-    let cluster_key = cluster_key(&settings.prefix);
-    let mut backoff = Backoff::new();
-    let mut manager = loop {
-        match target.connect(timeout).await {
-            Ok(manager) => break manager,
-            Err(error) => {
-                let delay = backoff.next_delay();
-                warn!(redis = %shown_url, error = %error.kind_text(), retry_in_ms = delay.as_millis() as u64, "cannot connect to redis; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = connection.closed() => return,
-                }
-            }
-        }
-    };
-    info!(redis = %shown_url, "redis connected");
-    if connection.send(Some(manager.clone())).is_err() {
-        return;
-    }
-    loop {
-        let ping = tokio::time::timeout(
-            timeout,
-            redis::cmd("PING").query_async::<String>(&mut manager),
-        )
-        .await;
-        let up = matches!(ping, Ok(Ok(_)));
-        if up {
-            let mut heartbeat = scripts.heartbeat.key(&cluster_key);
-            let connections = settings.local_connections.get().max(0);
-            heartbeat
-                .arg(&settings.node)
-                .arg(NODE_TTL_MS)
-                .arg(connections);
-            let heartbeat = heartbeat.invoke_async::<(usize, usize)>(&mut manager);
-            if let Ok(Ok((nodes, connections))) = tokio::time::timeout(timeout, heartbeat).await {
-                flags.nodes.store(nodes, Ordering::SeqCst);
-                flags.connections.store(connections, Ordering::SeqCst);
-            }
-        }
-        if flags.commands.swap(up, Ordering::SeqCst) != up {
-            if up {
-                info!(redis = %shown_url, "redis answers again");
-            } else {
-                warn!(redis = %shown_url, "redis does not answer; publishes fail until it is back");
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-            _ = connection.closed() => return,
-        }
-    }
 }
 
 /// A room's subscribe, as reads wait for it: `true` once confirmed,

@@ -44,6 +44,12 @@ pub(crate) fn direct_channel(prefix: &str) -> String {
     format!("{prefix}:direct")
 }
 
+/// This node's probe channel: what it publishes there must come back on
+/// its pub/sub connection (not a room channel: no `{room}` in it).
+pub(crate) fn probe_channel(prefix: &str, node: &str) -> String {
+    format!("{prefix}:probe:{node}")
+}
+
 /// A direct message as published: `origin node \n c|u \n target \n frame`.
 pub(crate) fn direct_payload(origin: &str, target: &SendTarget, frame: &str) -> String {
     let (kind, target) = match target {
