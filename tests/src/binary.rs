@@ -71,6 +71,29 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
+/// `roomcast serve --listen <a free loopback port> <args>`, with none of
+/// the test's own `ROOMCAST_*` variables, no standard input or output,
+/// killed (SIGKILL) when dropped: what every test that runs the binary
+/// starts from. Returns the address it will listen on.
+pub fn serve_command(args: &[&str]) -> (std::net::SocketAddr, tokio::process::Command) {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("an address");
+    let mut command = tokio::process::Command::new(path());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ROOMCAST_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .args(["serve", "--listen", &addr.to_string()])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    (addr, command)
+}
+
 /// A running `roomcast serve` process on a free loopback port.
 pub struct Process {
     pub child: tokio::process::Child,
@@ -82,23 +105,10 @@ impl Process {
     /// the given `ROOMCAST_*` variables (the test's own are removed);
     /// returns once `/healthz` answers.
     pub async fn start(args: &[&str], env: &[(&str, String)]) -> Process {
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("an address");
-        let mut command = tokio::process::Command::new(path());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("ROOMCAST_") {
-                command.env_remove(key);
-            }
-        }
+        let (addr, mut command) = serve_command(args);
         command
-            .args(["serve", "--listen", &addr.to_string()])
-            .args(args)
             .env("ROOMCAST_LOG", "error")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
+            .stderr(std::process::Stdio::null());
         for (key, value) in env {
             command.env(key, value);
         }

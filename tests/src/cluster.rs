@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use roomcast_net::ServerConfig;
@@ -59,27 +58,14 @@ impl BinaryNode {
     /// variables (the test's own `ROOMCAST_*` are removed; the JWT key is
     /// [`SECRET`]). Returns at once: see [`wait_ready`].
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> BinaryNode {
-        let addr: SocketAddr = format!("127.0.0.1:{}", binary::free_port())
-            .parse()
-            .expect("an address");
+        let (addr, mut command) = binary::serve_command(args);
         let dir = tempfile::tempdir().expect("a temporary directory");
         let log = dir.path().join("roomcast.log");
         let log_file = std::fs::File::create(&log).expect("the log file");
-        let mut command = tokio::process::Command::new(binary::path());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("ROOMCAST_") {
-                command.env_remove(key);
-            }
-        }
         command
-            .args(["serve", "--listen", &addr.to_string()])
-            .args(args)
             .env("ROOMCAST_JWT_SECRET", SECRET)
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .kill_on_drop(true);
+            .stderr(log_file);
         let child = command.spawn().expect("spawn roomcast");
         BinaryNode {
             addr,

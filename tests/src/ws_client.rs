@@ -8,7 +8,7 @@ use hyper::header::HeaderMap;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -39,6 +39,8 @@ pub struct ConnectOptions {
     pub origin: Option<String>,
     /// The client's own limits (e.g. a small read buffer for a slow client).
     pub config: Option<WebSocketConfig>,
+    /// More upgrade request headers, sent as given (a cookie, say).
+    pub headers: Vec<(String, String)>,
 }
 
 impl From<Auth> for ConnectOptions {
@@ -47,6 +49,7 @@ impl From<Auth> for ConnectOptions {
             auth,
             origin: None,
             config: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -116,6 +119,12 @@ impl Client {
         }
         if let Some(origin) = &options.origin {
             headers.insert("origin", HeaderValue::from_str(origin).expect("header"));
+        }
+        for (name, value) in &options.headers {
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
+                HeaderValue::from_str(value).expect("a header value"),
+            );
         }
         let stream = TcpStream::connect(addr).await.map_err(WsError::Io)?;
         let _ = stream.set_nodelay(true);

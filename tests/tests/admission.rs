@@ -123,6 +123,7 @@ async fn a_foreign_origin_is_403() {
                 auth: roomcast_tests::Auth::None,
                 origin: Some(origin.to_owned()),
                 config: None,
+                headers: Vec::new(),
             },
         )
         .await;
@@ -141,6 +142,7 @@ async fn a_foreign_origin_is_403() {
                 auth: roomcast_tests::Auth::None,
                 origin: Some(origin.to_owned()),
                 config: None,
+                headers: Vec::new(),
             },
         )
         .await

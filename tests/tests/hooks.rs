@@ -14,10 +14,9 @@ use roomcast_core::{AccessRules, RoomAccess};
 use roomcast_net::config::ServerConfig;
 use roomcast_tests::fake_http::{FakeHttp, Recorded, Reply};
 use roomcast_tests::tokens::{hs256_claims, now_s, token};
-use roomcast_tests::tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use roomcast_tests::tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use roomcast_tests::{
-    assert_error, test_config, upgrade_request, Auth, Client, TestServer, SECRET, TIMEOUT,
+    assert_error, test_config, upgrade_request, Auth, Client, ConnectOptions, TestServer, SECRET,
+    TIMEOUT,
 };
 use serde_json::{json, Value};
 
@@ -52,37 +51,15 @@ fn granting(sub: &str, rooms: Value) -> String {
 
 /// Connects with extra upgrade headers (a cookie, a token header).
 async fn connect_with(addr: SocketAddr, headers: &[(&str, &str)]) -> Client {
-    let mut request = format!("ws://{addr}/ws/connect")
-        .into_client_request()
-        .unwrap();
-    for (name, value) in headers {
-        request.headers_mut().insert(
-            HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            HeaderValue::from_str(value).unwrap(),
-        );
-    }
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (ws, response) = tokio::time::timeout(
-        TIMEOUT,
-        roomcast_tests::tokio_tungstenite::client_async(request, stream),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("handshake");
-    let mut client = Client {
-        ws,
-        connected: Value::Null,
-        connection_id: String::new(),
-        response_headers: response.headers().clone(),
+    let headers = headers
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+    let options = ConnectOptions {
+        headers,
+        ..ConnectOptions::from(Auth::None)
     };
-    let connected = client.recv_json().await;
-    assert_eq!(connected["type"], "connected", "{connected}");
-    client.connection_id = connected["data"]["connection_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    client.connected = connected;
-    client
+    Client::connect(addr, options).await
 }
 
 async fn join_reply(client: &mut Client, room: &str) -> Value {
