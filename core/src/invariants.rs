@@ -6,6 +6,12 @@
 use crate::machine::{Call, Core};
 
 impl Core {
+    /// Whether some room's presence throttle window is still open (its
+    /// changes, if any, not yet told): a simulation settles until none is.
+    pub fn presence_windows_open(&self) -> bool {
+        !self.presence_windows.is_empty()
+    }
+
     /// Checks every structural invariant; `Err` names the first one broken.
     pub fn check_invariants(&self) -> Result<(), String> {
         if let Some(what) = self.broken {

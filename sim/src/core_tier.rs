@@ -32,6 +32,10 @@ const START_UNIX_MS: i64 = 1_760_000_000_000;
 /// Structural invariants are checked every this many events (and at the end).
 const INVARIANT_EVERY: u64 = 4096;
 
+/// The most presence windows the quiet phase waits through after its first
+/// settle (closes from expiring tokens can keep opening new ones).
+const QUIET_WINDOWS_MAX: usize = 1000;
+
 /// Messages no server should accept, with whether they carry an id.
 const GARBAGE: [(&str, bool); 8] = [
     ("not json at all", false),
@@ -270,6 +274,16 @@ impl CoreSim {
         if !self.mix.room_options.presence_diff_prefixes.is_empty() {
             let window_ms = self.mix.room_options.presence_diff_interval_ms;
             self.settle_for(3 * (window_ms + 1))?;
+            // Closes that timers still make meanwhile (tokens expiring:
+            // nobody refreshes now) open windows of their own: settle until
+            // every window has told its changes and closed. Bounded: each
+            // connection's token expires once.
+            for _ in 0..QUIET_WINDOWS_MAX {
+                if !self.core.core().presence_windows_open() {
+                    break;
+                }
+                self.settle_for(window_ms + 1)?;
+            }
         }
         self.check_core()?;
         self.oracle
