@@ -35,7 +35,7 @@ async fn a_presence_room_shuts_down_without_a_diff_storm() {
     let mut members = Vec::with_capacity(MEMBERS);
     for _ in 0..MEMBERS {
         let mut member = Client::connect(server.addr, Auth::None).await;
-        member.join("team:all").await;
+        join_past_diffs(&mut member, "team:all").await;
         members.push(member);
     }
     // The last joins' diffs wait for their window to end (500 ms by
@@ -223,4 +223,23 @@ async fn a_join_storm_of_members_that_never_read_leaves_the_server_responsive() 
         "a member that reads is closed with 1001: {ending:?}"
     );
     drop(members);
+}
+
+/// Joins `room`, skipping presence diffs that arrive before the reply. A
+/// window that ended before its timer ran goes out with the input that
+/// joins, placed where that input's first change happened, so a joiner
+/// can hear of the others just ahead of its own join reply (see the
+/// session note: an ordering to revisit in the core).
+async fn join_past_diffs(member: &mut Client, room: &str) {
+    member
+        .send_json(serde_json::json!({"action": "join", "data": {"room": room}}))
+        .await;
+    loop {
+        let reply = member.recv_json().await;
+        if reply["type"] == "presence_diff" {
+            continue;
+        }
+        assert_eq!(reply["type"], "system_info", "join {room}: {reply}");
+        return;
+    }
 }
