@@ -97,9 +97,42 @@ impl Core {
         self.send(slot, frame);
     }
 
+    /// Closes `conn` now (a caller that is not iterating a room's members;
+    /// one that is pushes to `Core::closing` and calls
+    /// [`run_closes`](Self::run_closes) once done, or uses
+    /// [`close_each`](Self::close_each)). With `code`, the caller is told to
+    /// close the socket; without, it is already gone.
+    pub(crate) fn close(&mut self, conn: ConnectionId, code: Option<CloseCode>) {
+        let mark = self.closing.len();
+        self.closing.push((conn, code));
+        self.run_closes(mark);
+    }
+
+    /// Closes `conns` with `code`, in this order (collected while a room's
+    /// members were iterated).
+    pub(crate) fn close_each(&mut self, conns: Vec<ConnectionId>, code: CloseCode) {
+        let mark = self.closing.len();
+        // The queue is a stack: pushed last, closed first.
+        self.closing
+            .extend(conns.into_iter().rev().map(|conn| (conn, Some(code))));
+        self.run_closes(mark);
+    }
+
+    /// Runs the close queue down to `mark` entries, latest first: the one
+    /// place a connection is forgotten. Closes queued below `mark` (by
+    /// presence diffs of this input) stay queued for `Core::handle`.
+    pub(crate) fn run_closes(&mut self, mark: usize) {
+        while self.closing.len() > mark {
+            let Some((conn, code)) = self.closing.pop() else {
+                return;
+            };
+            self.tear_down(conn, code);
+        }
+    }
+
     /// Forgets a connection; with `code`, tells the caller to close it.
     /// Joins it left waiting are skipped when their read answers.
-    pub(crate) fn close(&mut self, conn: ConnectionId, code: Option<CloseCode>) {
+    fn tear_down(&mut self, conn: ConnectionId, code: Option<CloseCode>) {
         let Some(slot) = self.slot_of.remove(&conn) else {
             return;
         };

@@ -366,9 +366,7 @@ impl Core {
             self.schedule(slot);
         }
         // Close overflowing members now so they get nothing after their gap.
-        for conn in overflowed {
-            self.close(conn, Some(CloseCode::SlowConsumer));
-        }
+        self.close_each(overflowed, CloseCode::SlowConsumer);
     }
 
     /// `POST /api/send`: a direct message (not numbered) to this node's

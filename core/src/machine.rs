@@ -199,8 +199,11 @@ pub struct Core {
     pub(crate) answers: VecDeque<(Ticket, Response)>,
     /// Set by `Input::Shutdown`: connections opened afterwards are closed with 1001 at once.
     pub(crate) shutting_down: bool,
-    /// Connections to close as slow consumers once the current input is done.
-    pub(crate) doomed: Vec<ConnectionId>,
+    /// The close queue: every close the core decides is pushed here and
+    /// run by [`Core::run_closes`](crate::connections), the one place that
+    /// forgets a connection. A stack: closes decided while a room's members
+    /// are iterated wait here until the iteration is over.
+    pub(crate) closing: Vec<(ConnectionId, Option<crate::codes::CloseCode>)>,
     /// Connections whose engine wait ended: their deferred messages run
     /// once the current input is done.
     pub(crate) resumable: Vec<ConnectionId>,
@@ -242,7 +245,7 @@ impl Core {
             next_publish: 0,
             answers: VecDeque::new(),
             shutting_down: false,
-            doomed: Vec::new(),
+            closing: Vec::new(),
             resumable: Vec::new(),
             presence: BTreeMap::new(),
             checks: BTreeMap::new(),
@@ -316,10 +319,10 @@ impl Core {
     pub fn handle(&mut self, now: Now, input: Input<'_>) -> Response {
         let response = self.apply(now, input);
         loop {
-            // Members that overflowed while a notification was fanned out are
-            // closed here, iteratively (closing one is a presence change).
-            if let Some(conn) = self.doomed.pop() {
-                self.close(conn, Some(crate::codes::CloseCode::SlowConsumer));
+            // Members that overflowed while a presence diff was fanned out
+            // are closed here (closing one is a presence change).
+            if !self.closing.is_empty() {
+                self.run_closes(0);
                 continue;
             }
             // Connections whose engine wait ended run their deferred messages.

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::codes::CloseCode;
 use crate::engine::{EngineError, EngineRequest, PresenceEntry};
 use crate::envelope;
 use crate::machine::{Call, Core, PendingDiff};
@@ -281,7 +282,7 @@ impl Core {
     /// order; `None` when nobody is left to tell. A member the diff lists
     /// (it joined during the window, or an engine change lists it) hears
     /// the rest, never about itself. Members whose queue is full are left
-    /// to close (`doomed`).
+    /// in the close queue, closed once the input is done.
     fn diff_sends(&mut self, room: &RoomName, diff: &PendingDiff) -> Option<Outbox> {
         let state = self.rooms.get(room)?;
         let connections = diff.connections.unwrap_or(state.members.len());
@@ -306,7 +307,7 @@ impl Core {
                 continue;
             };
             if !Self::try_send(&mut sends, &self.config.limits, connection, frame) {
-                self.doomed.push(member);
+                self.closing.push((member, Some(CloseCode::SlowConsumer)));
             }
         }
         (!sends.is_empty()).then_some(sends)
@@ -383,7 +384,7 @@ impl Core {
                 continue;
             };
             if !Self::try_send(&mut self.outputs, &self.config.limits, connection, &frame) {
-                self.doomed.push(member);
+                self.closing.push((member, Some(CloseCode::SlowConsumer)));
             }
         }
     }

@@ -308,9 +308,7 @@ impl Core {
         }
         // Closed now, not later: a member that missed the warning must not
         // get the messages after it.
-        for conn in overflowed {
-            self.close(conn, Some(crate::codes::CloseCode::SlowConsumer));
-        }
+        self.close_each(overflowed, crate::codes::CloseCode::SlowConsumer);
     }
 
     /// (Re)schedules the room's stream check `after_ms` from now.
