@@ -101,7 +101,7 @@ impl Core {
         since: &Option<Since>,
         id: &Option<RequestId>,
     ) -> bool {
-        let Some(connection) = self.conns[slot as usize].as_ref() else {
+        let Some(connection) = self.conns.at(slot) else {
             unreachable_slot()
         };
         // A member asking again is answered as a member (grants are
@@ -145,7 +145,7 @@ impl Core {
 
     /// The shell's answer to a connection's check.
     pub(crate) fn check_done(&mut self, now: Now, conn: ConnectionId, answer: CheckAnswer) {
-        let Some(&slot) = self.slot_of.get(&conn) else {
+        let Some(slot) = self.conns.slot(conn) else {
             return; // closed while waiting (which forgot its check)
         };
         let Some(pending) = self.checks.remove(&conn) else {
@@ -154,7 +154,7 @@ impl Core {
         };
         // The wait is lifted for the answer (a join may wait again, for
         // the room's read); the messages deferred meanwhile run after it.
-        let deferred = self.conn_mut(conn).and_then(|c| c.waiting.take());
+        let deferred = self.conns.get_mut(conn).and_then(|c| c.waiting.take());
         match (pending, answer) {
             (PendingCheck::Token { id }, CheckAnswer::Token(result)) => {
                 self.token_verified(now, slot, id, result)
@@ -180,7 +180,7 @@ impl Core {
                 let _ = (pending, answer);
             }
         }
-        let Some(connection) = self.conn_mut(conn) else {
+        let Some(connection) = self.conns.get_mut(conn) else {
             return; // closed by the answer (a slow consumer)
         };
         match (connection.waiting.as_mut(), deferred) {
@@ -204,7 +204,7 @@ impl Core {
         id: Option<RequestId>,
         result: Result<User, String>,
     ) {
-        let Some(connection) = self.conns[slot as usize].as_mut() else {
+        let Some(connection) = self.conns.at_mut(slot) else {
             unreachable_slot()
         };
         let current = connection.identity.user().map(|u| u.id.clone());
@@ -257,7 +257,7 @@ impl Core {
 
     /// Takes the connection in `slot` out of `room` and tells it why.
     fn revoke(&mut self, now: Now, slot: u32, room: RoomName) {
-        let Some(connection) = self.conns[slot as usize].as_mut() else {
+        let Some(connection) = self.conns.at_mut(slot) else {
             return; // closed as a slow consumer by an earlier frame
         };
         if !connection.rooms.remove(&room) {

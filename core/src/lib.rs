@@ -58,11 +58,14 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`machine`] | [`Core`]: its state and input dispatch |
-//! | [`connections`] | opening, closing, queueing frames with the slow-consumer bound |
+//! | [`machine`] | [`Core`]: its parts and input dispatch |
+//! | [`connections`] | the connections part (slab, ids, timers, the close queue); opening, closing (one way: the close queue), queueing frames with the slow-consumer bound, reply order |
+//! | `calls` | the engine calls part: requests, calls in flight, publishes awaiting appends, answers to the caller |
+//! | `presence` | the presence part: the input's changes, throttle windows, the node's refresh |
 //! | `outbound` | the outbound queue and the node-wide byte budget (`outbound_bytes_max`) |
 //! | [`requests`] | client messages: rate limit, parse, the simple actions, deferral |
-//! | [`rooms`] | joins, leaves, presence diffs, a room's local lifetime |
+//! | [`rooms`] | the rooms part (rooms, stream-check timers); joins, leaves, a room's local lifetime |
+//! | [`presence_diffs`] | who is told which `presence_diff`, and presence lists |
 //! | [`stream`] | the engine conversation per room: reads, live messages, gaps, checks |
 //! | [`fanout`] | publishing (API and client) and delivery to members |
 //! | [`timers`] | heartbeats, token expiry, conflation flushes, stream checks, the end of presence-diff windows |
@@ -109,6 +112,7 @@
 //! up are closed with 4008, the largest backlog first (`outbound`).
 
 pub mod access;
+pub(crate) mod calls;
 pub mod checks;
 pub mod codes;
 pub mod config;
@@ -127,6 +131,7 @@ pub mod names;
 pub mod oracle;
 pub(crate) mod outbound;
 pub mod output;
+pub(crate) mod presence;
 pub mod presence_diffs;
 pub mod publish;
 pub mod rate;

@@ -10,12 +10,13 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::access::User;
+use crate::calls::Call;
 use crate::checks::{Check, PendingCheck};
 use crate::codes::{CloseCode, ErrorCode};
+use crate::connections::Deferred;
 use crate::engine::{CallId, EngineError, EngineRequest, PresenceEntry};
 use crate::envelope;
-use crate::machine::{Call, Core, Deferred};
+use crate::machine::Core;
 use crate::names::{ConnectionId, RoomName};
 use crate::output::TextFrame;
 use crate::rate::Verdict;
@@ -27,10 +28,10 @@ impl Core {
     /// that waits for the engine.
     pub(crate) fn client_message(&mut self, now: Now, conn: ConnectionId, text: Option<&str>) {
         let deferred_max = self.config.limits.engine_deferred_messages_max;
-        let Some(&slot) = self.slot_of.get(&conn) else {
+        let Some(slot) = self.conns.slot(conn) else {
             return;
         };
-        let Some(connection) = self.conns[slot as usize].as_mut() else {
+        let Some(connection) = self.conns.at_mut(slot) else {
             return;
         };
         connection.last_heard_us = now.monotonic_us;
@@ -71,7 +72,7 @@ impl Core {
         text: Option<&str>,
         verdict: Verdict,
     ) {
-        let Some(&slot) = self.slot_of.get(&conn) else {
+        let Some(slot) = self.conns.slot(conn) else {
             return;
         };
         let parsed = match text {
@@ -123,7 +124,12 @@ impl Core {
                 return self.client_publish(now, slot, room, kind, data, request.id)
             }
             Action::Refresh { token } => {
-                if connection_user(&self.conns, slot).is_none() {
+                if self
+                    .conns
+                    .at(slot)
+                    .and_then(|c| c.identity.user())
+                    .is_none()
+                {
                     let message =
                         "an anonymous connection has no token to refresh; reconnect with a token";
                     envelope::error(now.unix_ms, ErrorCode::InvalidToken, message, id)
@@ -139,7 +145,7 @@ impl Core {
     }
 
     fn leave(&mut self, now: Now, slot: u32, room: RoomName, id: Option<&RequestId>) -> TextFrame {
-        let Some(connection) = self.conns[slot as usize].as_mut() else {
+        let Some(connection) = self.conns.at_mut(slot) else {
             unreachable_slot()
         };
         if connection.rooms.remove(&room) {
@@ -170,7 +176,7 @@ impl Core {
         after: Option<String>,
         id: Option<RequestId>,
     ) {
-        let Some(connection) = self.conns[slot as usize].as_ref() else {
+        let Some(connection) = self.conns.at(slot) else {
             unreachable_slot()
         };
         let conn = connection.id;
@@ -189,14 +195,13 @@ impl Core {
             );
             return self.send(slot, frame);
         }
-        let call = self.new_call(Call::Presence {
+        let call = self.engine.call(Call::Presence {
             conn,
             room: room.clone(),
             after,
             id,
         });
-        self.engine_out
-            .push_back(EngineRequest::PresenceList { call, room });
+        self.engine.push(EngineRequest::PresenceList { call, room });
         self.start_waiting(conn);
     }
 
@@ -212,12 +217,12 @@ impl Core {
             room,
             after,
             id,
-        }) = self.calls.remove(&call)
+        }) = self.engine.take(call)
         else {
             self.impossible("a presence answer for no presence request");
             return;
         };
-        let Some(&slot) = self.slot_of.get(&conn) else {
+        let Some(slot) = self.conns.slot(conn) else {
             return; // closed while waiting
         };
         self.finish_waiting(conn);
@@ -277,14 +282,6 @@ fn presence_reply(
         next: if more { page.last().copied() } else { None },
     };
     envelope::envelope("presence", now.unix_ms, None, &data, id)
-}
-
-/// The user behind the connection in `slot`, if authenticated.
-pub(crate) fn connection_user(
-    conns: &[Option<crate::machine::Connection>],
-    slot: u32,
-) -> Option<&User> {
-    conns.get(slot as usize)?.as_ref()?.identity.user()
 }
 
 #[track_caller]

@@ -137,8 +137,7 @@ impl<E: InlineEngine> Standalone<E> {
     }
 
     fn take_answer(&mut self, ticket: Ticket) -> Option<Response> {
-        let at = self.core.answers.iter().position(|(t, _)| *t == ticket)?;
-        self.core.answers.remove(at).map(|(_, response)| response)
+        self.core.take_answer(ticket)
     }
 
     /// The next output for a connection, in the order decided.

@@ -15,9 +15,10 @@
 
 use serde::Serialize;
 
+use crate::calls::Call;
 use crate::engine::{EngineError, EngineRequest, Numbered, Position, ReadResult};
 use crate::envelope;
-use crate::machine::{Call, Core};
+use crate::machine::Core;
 use crate::names::RoomName;
 use crate::time::Now;
 
@@ -27,6 +28,10 @@ impl Core {
     pub(crate) fn start_read(&mut self, room: &RoomName) {
         let now = self.now;
         let has_room = self.engine_has_room(1);
+        if self.rooms.get(room).is_some_and(|r| r.reading.is_none()) {
+            // A read answers what the check would have.
+            self.rooms.cancel_check(room);
+        }
         let Some(state) = self.rooms.get_mut(room) else {
             self.impossible("read of an unknown room");
             return;
@@ -34,9 +39,6 @@ impl Core {
         if state.reading.is_some() {
             self.impossible("two reads of one room");
             return;
-        }
-        if let Some(at) = state.check_at_us.take() {
-            self.room_timers.remove(&(at, room.clone()));
         }
         state.joins.append(&mut state.next_joins);
         if !has_room {
@@ -69,12 +71,12 @@ impl Core {
             }
         }
         state.read_again = false;
-        let call = self.new_call(Call::Read { room: room.clone() });
+        let call = self.engine.call(Call::Read { room: room.clone() });
         let Some(state) = self.rooms.get_mut(room) else {
             unreachable!("checked above")
         };
         state.reading = Some((call, after.clone()));
-        self.engine_out.push_back(EngineRequest::Read {
+        self.engine.push(EngineRequest::Read {
             call,
             room: room.clone(),
             after,
@@ -90,7 +92,7 @@ impl Core {
         call: crate::engine::CallId,
         result: Result<ReadResult, EngineError>,
     ) {
-        let Some(Call::Read { room }) = self.calls.remove(&call) else {
+        let Some(Call::Read { room }) = self.engine.take(call) else {
             self.impossible("a read answer for no read in flight");
             return;
         };
@@ -158,7 +160,7 @@ impl Core {
 
     /// The next join the answered read serves. Taken one at a time: the
     /// rest keep the room alive even if this one's joiner is closed.
-    fn next_waiting_join(&mut self, room: &RoomName) -> Option<crate::machine::PendingJoin> {
+    fn next_waiting_join(&mut self, room: &RoomName) -> Option<crate::rooms::PendingJoin> {
         self.rooms.get_mut(room)?.joins.pop_front()
     }
 
@@ -291,7 +293,7 @@ impl Core {
         };
         let mut overflowed = Vec::new();
         for (&member, &slot) in &state.members {
-            let Some(connection) = self.conns[slot as usize].as_mut() else {
+            let Some(connection) = self.conns.at_mut(slot) else {
                 continue;
             };
             // Held progress events are older than the gap: they go first.
@@ -317,13 +319,7 @@ impl Core {
             .now
             .monotonic_us
             .saturating_add(after_ms.max(1).saturating_mul(1000));
-        let Some(state) = self.rooms.get_mut(room) else {
-            return;
-        };
-        if let Some(old) = state.check_at_us.replace(at) {
-            self.room_timers.remove(&(old, room.clone()));
-        }
-        self.room_timers.insert((at, room.clone()));
+        self.rooms.set_check(room, at);
     }
 
     /// A room's check is due: read it (which refills any gap).
