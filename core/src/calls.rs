@@ -2,7 +2,7 @@
 //! order decided, the calls awaiting their answer (each with what it was
 //! for), the publishes awaiting their appends, and the answers to the
 //! caller's broadcasts. What an answer means is the handlers' (`stream`,
-//! `fanout`, `presence_diffs`, `requests`); this part keeps the calls,
+//! `fanout`, `presence_diffs`, `client_messages`); this part keeps the calls,
 //! their ids and the publishes' counts in step.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -11,7 +11,7 @@ use crate::config::{Response, Ticket};
 use crate::engine::{CallId, EngineRequest, Epoch};
 use crate::machine::Core;
 use crate::names::{ConnectionId, RoomName};
-use crate::request::RequestId;
+use crate::parse::RequestId;
 
 /// Who waits for a publish's receipt.
 #[derive(Debug)]

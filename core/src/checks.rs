@@ -18,14 +18,14 @@
 use serde::Serialize;
 
 use crate::access::{Identity, JoinAccess, RoomAccess, User};
+use crate::client_messages::unreachable_slot;
 use crate::codes::{ErrorCode, WarningCode};
 use crate::connections::deadline_us;
 use crate::envelope;
 use crate::machine::Core;
 use crate::names::{ConnectionId, RoomName};
 use crate::output::Output;
-use crate::request::{RequestId, Since};
-use crate::requests::unreachable_slot;
+use crate::parse::{RequestId, Since};
 use crate::time::Now;
 
 /// What the shell is asked to check (in [`Output::Check`]).
@@ -263,7 +263,7 @@ impl Core {
         if !connection.rooms.remove(&room) {
             return;
         }
-        connection.held.drop_room(&room);
+        connection.conflated.drop_room(&room);
         let conn = connection.id;
         let user = connection.identity.user().map(|u| u.id.clone());
         self.remove_member(&room, conn, user.as_deref());

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::access::Identity;
 use crate::codes::CloseCode;
-use crate::conflation::HeldFrames;
+use crate::conflation::ConflatedFrames;
 use crate::engine::EngineRequest;
 use crate::envelope;
 use crate::limits::Limits;
@@ -43,7 +43,7 @@ pub(crate) struct Connection {
     /// The key of this connection's entry in `Connections::timers`.
     pub(crate) timer_at_us: u64,
     /// Progress events held back while this member is behind (conflation).
-    pub(crate) held: HeldFrames,
+    pub(crate) conflated: ConflatedFrames,
     /// Set while one of its requests waits for the engine: later messages
     /// wait here, so replies keep the order of requests. Boxed on purpose:
     /// every connection carries this field and almost all are idle, so it
@@ -316,7 +316,7 @@ impl Core {
             token_deadline_us,
             token_warned: false,
             timer_at_us: 0,
-            held: HeldFrames::default(),
+            conflated: ConflatedFrames::default(),
             waiting: None,
         };
         let user = connection.identity.user().map(|u| u.id.clone());
@@ -488,16 +488,16 @@ impl Core {
     /// always with nothing held; as a call it cost 20 instructions per
     /// recipient (callgrind, `examples/hot_paths.rs broadcast`).
     #[inline(always)]
-    pub(crate) fn send_held(
+    pub(crate) fn send_conflated(
         outputs: &mut Outbox,
         limits: &Limits,
         connection: &mut Connection,
         room: Option<&crate::names::RoomName>,
     ) -> bool {
-        if connection.held.is_empty() {
+        if connection.conflated.is_empty() {
             return true;
         }
-        let held = connection.held.take(room);
+        let held = connection.conflated.take(room);
         held.iter()
             .all(|frame| Self::try_send(outputs, limits, connection, frame))
     }

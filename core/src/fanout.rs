@@ -23,11 +23,11 @@ use crate::input::SendTarget;
 use crate::machine::Core;
 use crate::names::{ConnectionId, RoomName};
 use crate::output::TextFrame;
-use crate::publish::{
+use crate::parse::RequestId;
+use crate::time::Now;
+use crate::validate::{
     validate_message, DirectMessage, Publish, PublishError, PublishReceipt, RoomSeq,
 };
-use crate::request::RequestId;
-use crate::time::Now;
 
 /// Room for the envelope around a payload (type, timestamp, room, seq, id):
 /// a payload bigger than the outbound bound minus this could never be
@@ -329,11 +329,11 @@ impl Core {
                 // wins). Bytes merely waiting for the shell's next write do
                 // not make a member behind.
                 let behind = connection.pushed_back || connection.queued_bytes > behind_bytes;
-                if behind || connection.held.holds(room, series) {
-                    if connection.held.is_empty() {
+                if behind || connection.conflated.holds(room, series) {
+                    if connection.conflated.is_empty() {
                         newly_holding.push(slot);
                     }
-                    connection.held.hold(
+                    connection.conflated.hold(
                         room,
                         series.clone(),
                         message.seq,
@@ -344,7 +344,7 @@ impl Core {
                 }
             }
             // Anything held for this room goes first: seq never goes backwards.
-            let ok = Self::send_held(
+            let ok = Self::send_conflated(
                 &mut self.outputs,
                 &self.config.limits,
                 connection,

@@ -46,7 +46,7 @@ impl Core {
                 }
             }
             if let Some(room) = connection
-                .held
+                .conflated
                 .rooms()
                 .find(|room| !connection.rooms.contains(*room))
             {
@@ -61,13 +61,13 @@ impl Core {
             {
                 return Err(format!("{id:?} defers more messages than allowed"));
             }
-            if connection.held.is_empty() != connection.held.flush_at_us().is_none() {
+            if connection.conflated.is_empty() != connection.conflated.flush_at_us().is_none() {
                 return Err(format!(
                     "{id:?}: a flush time must be set exactly while frames are held"
                 ));
             }
             if connection
-                .held
+                .conflated
                 .flush_at_us()
                 .is_some_and(|at| at < connection.timer_at_us)
             {
@@ -100,7 +100,7 @@ impl Core {
             if !room.members.is_empty() && room.cursor.is_none() {
                 return Err(format!("{name:?} has members but no cursor"));
             }
-            if room.reading.is_none() && !room.held_live.is_empty() {
+            if room.reading.is_none() && !room.buffered_live.is_empty() {
                 return Err(format!(
                     "{name:?} holds live messages with no read in flight"
                 ));

@@ -38,7 +38,7 @@
 //! core keeps whatever the engine does:
 //! - **join barrier**: a member's first live message is the one after the
 //!   `seq` its join reply reports (a join that needs the room's position
-//!   waits for the room's read; live messages arriving meanwhile are held);
+//!   waits for the room's read; live messages arriving meanwhile are buffered);
 //! - **recovery**: a join with `since` is answered from one room-level
 //!   read merged with the live messages that arrived meanwhile: all missed
 //!   frames with `recovered: true`, or none with `recovered: false`;
@@ -63,7 +63,7 @@
 //! | `calls` | the engine calls part: requests, calls in flight, publishes awaiting appends, answers to the caller |
 //! | `presence` | the presence part: the input's changes, throttle windows, the node's refresh |
 //! | `outbound` | the outbound queue and the node-wide byte budget (`outbound_bytes_max`) |
-//! | [`requests`] | client messages: rate limit, parse, the simple actions, deferral |
+//! | [`client_messages`] | handling client messages: rate limit, parse, the simple actions, deferral |
 //! | [`rooms`] | the rooms part (rooms, stream-check timers); joins, leaves, a room's local lifetime |
 //! | [`presence_diffs`] | who is told which `presence_diff`, and presence lists |
 //! | [`stream`] | the engine conversation per room: reads, live messages, gaps, checks |
@@ -73,9 +73,9 @@
 //! | [`engine`] | the engine contract; [`engine::memory`] the in-memory engine |
 //! | [`standalone`] | [`Standalone`]: a core and its inline engine, driven together |
 //! | [`input`] / [`output`] | the vocabulary between caller and core |
-//! | [`request`] | parsing one client text frame into a [`request::Request`] or a protocol error |
+//! | [`parse`] | parsing one client text frame into a [`parse::Request`] or a protocol error |
 //! | [`envelope`] | serializing server→client messages (the JSON envelope) |
-//! | [`publish`] | validating server-side publishes (HTTP API bodies, message types, series `key` rule) |
+//! | [`validate`] | validating publishes and direct messages before anything is sent (HTTP API bodies, message types, series `key` rule) |
 //! | [`access`] | who may join or publish to which room ([`AccessRules`], [`Identity`], [`Grants`]) |
 //! | [`checks`] | checks the shell makes off the hub (a refresh's token, the join hook), and their answers |
 //! | [`limits`] | the one table of limits, with defaults ([`Limits`]) |
@@ -114,6 +114,7 @@
 pub mod access;
 pub(crate) mod calls;
 pub mod checks;
+pub mod client_messages;
 pub mod codes;
 pub mod config;
 pub mod conflation;
@@ -131,18 +132,17 @@ pub mod names;
 pub mod oracle;
 pub(crate) mod outbound;
 pub mod output;
+pub mod parse;
 pub(crate) mod presence;
 pub mod presence_diffs;
-pub mod publish;
 pub mod rate;
-pub mod request;
-pub mod requests;
 pub mod room_log;
 pub mod rooms;
 pub mod standalone;
 pub mod stream;
 pub mod time;
 pub mod timers;
+pub mod validate;
 
 pub use access::{AccessRules, Grants, Identity, RoomAccess, User};
 pub use checks::{Check, CheckAnswer, HookVerdict};
@@ -153,6 +153,6 @@ pub use limits::Limits;
 pub use machine::Core;
 pub use names::{ConnectionId, ConnectionMap, RoomName};
 pub use output::{Output, TextFrame};
-pub use publish::{MessageTypes, Publish, PublishError, PublishReceipt};
 pub use standalone::Standalone;
 pub use time::Now;
+pub use validate::{MessageTypes, Publish, PublishError, PublishReceipt};

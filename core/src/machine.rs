@@ -10,7 +10,7 @@
 //! `Presence` (changes, throttle windows,
 //! refresh). The handlers are `impl Core` blocks, one job per file:
 //! [`connections`](crate::connections) (open, close, sending, reply order),
-//! [`requests`](crate::requests) (client messages), [`rooms`](crate::rooms)
+//! [`client_messages`](crate::client_messages) (client messages), [`rooms`](crate::rooms)
 //! (joins and memberships), [`stream`](crate::stream) (the engine
 //! conversation per room), [`fanout`](crate::fanout) (publishing and
 //! delivery), [`presence_diffs`](crate::presence_diffs), [`checks`](crate::checks)
@@ -184,7 +184,7 @@ impl Core {
             Input::Abort { conn, code } => self.close(conn, Some(code)),
             Input::Closed { conn } => self.close(conn, None),
             Input::Broadcast(publish) => return self.api_broadcast(now, publish),
-            Input::Send(message) => {
+            Input::Direct(message) => {
                 return match self.direct(now, message) {
                     Ok(delivered) => Response::Sent { delivered },
                     Err(error) => Response::Rejected(error),

@@ -11,14 +11,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::Serialize;
 
+use crate::client_messages::unreachable_slot;
 use crate::codes::ErrorCode;
 use crate::engine::{CallId, EngineRequest, Numbered, Position, PresenceEntry, ReadResult};
 use crate::envelope;
 use crate::machine::Core;
 use crate::names::{ConnectionId, RoomName};
+use crate::parse::{RequestId, Since};
 use crate::presence_diffs::Change;
-use crate::request::{RequestId, Since};
-use crate::requests::unreachable_slot;
 use crate::time::Now;
 
 /// One room this node has local business in: members, joins waiting for
@@ -34,7 +34,7 @@ pub(crate) struct Room {
     /// The room-level read in flight, and the position it reads after.
     pub(crate) reading: Option<(CallId, Option<Position>)>,
     /// Live messages that arrived while the read was in flight (bounded).
-    pub(crate) held_live: Vec<Numbered>,
+    pub(crate) buffered_live: Vec<Numbered>,
     /// Set when a live message had to be dropped or could not be placed
     /// during the read: read again once it answers.
     pub(crate) read_again: bool,

@@ -5,7 +5,7 @@
 //! have been given. A live message (or an append's answer) one past the
 //! cursor is fanned out; an older one is a duplicate and dropped; a jump or
 //! another epoch starts one room-level read (never one per member), during
-//! which live messages are held. The read's frames fill the gap; when
+//! which live messages are buffered. The read's frames fill the gap; when
 //! they cannot, every member is told with a `ROOM_GAP` warning carrying
 //! the position the read's frames resume from (after data loss: the start
 //! of the new epoch), and then gets those frames. Because the live stream
@@ -45,7 +45,7 @@ impl Core {
             // The engine has too much in flight: refuse the joins, retry the
             // members' refill later.
             let joins: Vec<_> = state.joins.drain(..).collect();
-            state.held_live.clear();
+            state.buffered_live.clear();
             state.read_again = true;
             for join in joins {
                 self.refuse_join(now, join, "the engine is overloaded");
@@ -102,7 +102,7 @@ impl Core {
         };
         debug_assert_eq!(state.reading.as_ref().map(|r| r.0), Some(call));
         state.reading = None;
-        let held = std::mem::take(&mut state.held_live);
+        let buffered = std::mem::take(&mut state.buffered_live);
         let failed = result.is_err();
         let mut stale = false;
         match result {
@@ -111,8 +111,8 @@ impl Core {
                 while let Some(join) = self.next_waiting_join(&room) {
                     self.complete_join(now, &room, join, Some(&read));
                 }
-                for message in held {
-                    // The read is the room's truth for its epoch: a held
+                for message in buffered {
+                    // The read is the room's truth for its epoch: a buffered
                     // message of another one is stale (or from a later
                     // reset, which the soon check below will find).
                     if message.epoch == read.epoch {
@@ -134,7 +134,7 @@ impl Core {
                     }
                 }
                 if let Some(state) = self.rooms.get_mut(&room) {
-                    // Held live messages are not lost: the retry reads them.
+                    // Buffered live messages are not lost: the retry reads them.
                     state.read_again = has_cursor;
                 }
             }
@@ -227,7 +227,7 @@ impl Core {
     }
 
     /// A numbered message for a room: fanned out when it is the next one,
-    /// dropped when already given, held when a read is in flight, or the
+    /// dropped when already given, buffered when a read is in flight, or the
     /// start of a refill when it jumps.
     pub(crate) fn on_stream(&mut self, message: Numbered) {
         let buffer_max = self.config.limits.stream_buffer_max;
@@ -235,8 +235,8 @@ impl Core {
             return; // nobody here follows the room (any more)
         };
         if state.reading.is_some() {
-            if state.held_live.len() < buffer_max {
-                state.held_live.push(message);
+            if state.buffered_live.len() < buffer_max {
+                state.buffered_live.push(message);
             } else {
                 // The read answers first; the next read picks this up.
                 state.read_again = true;
@@ -261,7 +261,7 @@ impl Core {
             return; // a retry read is scheduled and will carry this
         }
         let room = message.room.clone();
-        state.held_live.push(message);
+        state.buffered_live.push(message);
         self.start_read(&room);
     }
 
@@ -298,7 +298,7 @@ impl Core {
             };
             // Held progress events are older than the gap: they go first.
             let ok =
-                Self::send_held(
+                Self::send_conflated(
                     &mut self.outputs,
                     &self.config.limits,
                     connection,

@@ -19,7 +19,7 @@ impl Core {
             .max(connection.last_ping_us)
             .saturating_add(ping_us);
         let mut at = idle_at.min(ping_at);
-        if let Some(flush_at) = connection.held.flush_at_us() {
+        if let Some(flush_at) = connection.conflated.flush_at_us() {
             at = at.min(flush_at);
         }
         if let Some(deadline) = connection.token_deadline_us {
@@ -81,9 +81,12 @@ impl Core {
                 self.close(conn, Some(CloseCode::TokenExpired));
                 continue;
             }
-            let flush_due = connection.held.flush_at_us().is_some_and(|at| at <= now_us);
+            let flush_due = connection
+                .conflated
+                .flush_at_us()
+                .is_some_and(|at| at <= now_us);
             if flush_due
-                && !Self::send_held(&mut self.outputs, &self.config.limits, connection, None)
+                && !Self::send_conflated(&mut self.outputs, &self.config.limits, connection, None)
             {
                 self.close(conn, Some(CloseCode::SlowConsumer));
                 continue;

@@ -7,8 +7,8 @@ use roomcast_core::engine::{
     CallId, EngineError, EngineEvent, EngineRequest, Numbered, ReadResult,
 };
 use roomcast_core::oracle::{Observed, Oracle, Sent};
-use roomcast_core::publish::PublishError;
 use roomcast_core::room_log::HistoryBounds;
+use roomcast_core::validate::PublishError;
 use roomcast_core::{
     ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now, Output, Publish, Response,
     RoomName, User,

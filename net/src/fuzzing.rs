@@ -10,10 +10,10 @@ use hyper::header::{HeaderValue, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use hyper::HeaderMap;
 use roomcast_core::envelope::{envelope, RoomStamp};
 use roomcast_core::oracle::{Observed, Oracle, Sent};
-use roomcast_core::publish::{
+use roomcast_core::parse::parse_request;
+use roomcast_core::validate::{
     is_url_safe_key, parse_broadcast_body, parse_send_body, validate_message,
 };
-use roomcast_core::request::parse_request;
 use roomcast_core::{
     CloseCode, ConnectionId, CoreConfig, ErrorCode, Identity, Input, Limits, MessageTypes, Now,
     Output, Publish, Response, RoomName, Standalone, User,
@@ -368,12 +368,12 @@ pub fn core_events(data: &[u8]) {
                 record_receipt(&mut oracle, response);
             }
             Op::Send { user } => {
-                let message = roomcast_core::publish::DirectMessage {
+                let message = roomcast_core::validate::DirectMessage {
                     target: roomcast_core::SendTarget::User(format!("u{}", user % 3)),
                     kind: "system_info".into(),
                     data: Map::new(),
                 };
-                core.handle(now, Input::Send(message));
+                core.handle(now, Input::Direct(message));
             }
             Op::Written { client, bytes } => {
                 let Some((_, conn)) = live[slot(client)] else {

@@ -512,7 +512,7 @@ async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse
     let body = read_body(app, request).await?;
     let inbound = inbound_share(app, body.len())?;
     let publish =
-        roomcast_core::publish::parse_broadcast_body(&body, &app.types, &app.config.limits)
+        roomcast_core::validate::parse_broadcast_body(&body, &app.types, &app.config.limits)
             .map_err(invalid)?;
     if let Some(room) = publish.rooms.iter().find(|room| !user.can_publish(room)) {
         return Err(ApiError::new(
@@ -568,7 +568,7 @@ async fn send(app: &App, request: Request<Incoming>) -> Result<HttpResponse, Api
     }
     let body = read_body(app, request).await?;
     let inbound = inbound_share(app, body.len())?;
-    let message = roomcast_core::publish::parse_send_body(&body, &app.types).map_err(invalid)?;
+    let message = roomcast_core::validate::parse_send_body(&body, &app.types).map_err(invalid)?;
     let (reply, answer) = oneshot::channel();
     app.hub
         .send(HubInput::Send {
@@ -591,7 +591,7 @@ async fn send(app: &App, request: Request<Incoming>) -> Result<HttpResponse, Api
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roomcast_core::publish::RoomSeq;
+    use roomcast_core::validate::RoomSeq;
     use roomcast_core::{PublishError, RoomName};
 
     #[test]

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use roomcast_core::publish::DirectMessage;
-use roomcast_core::request::RequestId;
+use roomcast_core::parse::RequestId;
+use roomcast_core::validate::DirectMessage;
 use roomcast_core::{
     CloseCode, ConnectionId, ErrorCode, Identity, Input, Output, Publish, PublishError,
     PublishReceipt, Response, Ticket,
@@ -401,7 +401,7 @@ impl<D: Driver> Hub<D> {
                 reply,
                 inbound: _inbound,
             } => {
-                let answer = match core.handle(now, Input::Send(message)) {
+                let answer = match core.handle(now, Input::Direct(message)) {
                     Response::Sent { delivered } => Ok(delivered),
                     Response::Rejected(error) => Err(error),
                     other => Err(PublishError::InvalidBody(format!(

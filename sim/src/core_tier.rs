@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use roomcast_core::engine::faults::{EngineFaults, FaultyEngine};
 use roomcast_core::oracle::{ClientKey, Observed, Oracle, Sent, Violation};
-use roomcast_core::publish::DirectMessage;
 use roomcast_core::standalone::memory_engine;
+use roomcast_core::validate::DirectMessage;
 use roomcast_core::{
     ConnectionId, CoreConfig, Identity, Input, Now, Output, Publish, PublishError, Response,
     RoomName, SendTarget, Standalone, TextFrame, User,

@@ -18,7 +18,7 @@ impl CoreSim {
                 kind: "system_info".into(),
                 data: Map::new(),
             };
-            self.input(0, "direct", Input::Send(message))?;
+            self.input(0, "direct", Input::Direct(message))?;
             return Ok(());
         }
         let Some(key) = self.pick_client() else {

@@ -19,8 +19,8 @@ use crate::envelope;
 use crate::machine::Core;
 use crate::names::{ConnectionId, RoomName};
 use crate::output::TextFrame;
+use crate::parse::{parse_request, Action, Rejection, RequestId};
 use crate::rate::Verdict;
-use crate::request::{parse_request, Action, Rejection, RequestId};
 use crate::time::Now;
 
 impl Core {
@@ -149,7 +149,7 @@ impl Core {
             unreachable_slot()
         };
         if connection.rooms.remove(&room) {
-            connection.held.drop_room(&room);
+            connection.conflated.drop_room(&room);
             let conn = connection.id;
             let user = connection.identity.user().map(|u| u.id.clone());
             self.remove_member(&room, conn, user.as_deref());
