@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::config::{Response, Ticket};
-use crate::engine::{CallId, EngineRequest, Epoch};
+use crate::engine::{CallId, EngineError, EngineRequest, Epoch};
+#[cfg(any(test, feature = "testing"))]
+use crate::invariants::Broken;
 use crate::machine::Core;
 use crate::names::{ConnectionId, RoomName};
 use crate::parse::RequestId;
@@ -36,7 +38,7 @@ pub(crate) struct PendingPublish {
 
 /// One room of a publish, answered: where the engine numbered it and how
 /// many local members it went to, or why the engine did not append it.
-pub(crate) type AppendOutcome = Result<(Epoch, u64, u64), String>;
+pub(crate) type AppendOutcome = Result<(Epoch, u64, u64), EngineError>;
 
 /// What an engine call was for.
 #[derive(Debug)]
@@ -152,12 +154,13 @@ impl EngineCalls {
     /// The part's invariants: the calls in flight within `calls_max`, and
     /// one append in flight per room a publish still awaits.
     #[cfg(any(test, feature = "testing"))]
-    pub(crate) fn check(&self, calls_max: usize) -> Result<(), String> {
+    pub(crate) fn check(&self, calls_max: usize) -> Result<(), Broken> {
         if self.calls.len() > calls_max {
             return Err(format!(
                 "{} engine calls in flight, over the bound",
                 self.calls.len()
-            ));
+            )
+            .into());
         }
         let appends = self
             .calls
@@ -166,9 +169,9 @@ impl EngineCalls {
             .count();
         let awaited: usize = self.publishes.values().map(|p| p.outstanding).sum();
         if appends != awaited {
-            return Err(format!(
-                "{appends} appends in flight, {awaited} awaited by publishes"
-            ));
+            return Err(
+                format!("{appends} appends in flight, {awaited} awaited by publishes").into(),
+            );
         }
         Ok(())
     }

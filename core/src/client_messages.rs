@@ -145,14 +145,17 @@ impl Core {
     }
 
     fn leave(&mut self, now: Now, slot: u32, room: RoomName, id: Option<&RequestId>) -> TextFrame {
-        let Some(connection) = self.conns.at_mut(slot) else {
-            unreachable_slot()
-        };
-        if connection.rooms.remove(&room) {
-            connection.conflated.drop_room(&room);
-            let conn = connection.id;
-            let user = connection.identity.user().map(|u| u.id.clone());
-            self.remove_member(&room, conn, user.as_deref());
+        match self.conns.at_mut(slot) {
+            Some(connection) => {
+                if connection.rooms.remove(&room) {
+                    connection.conflated.drop_room(&room);
+                    let conn = connection.id;
+                    let user = connection.identity.user().map(|u| u.id.clone());
+                    self.remove_member(&room, conn, user.as_deref());
+                }
+            }
+            // The reply then finds no connection either (`send`).
+            None => self.impossible("a leave handled for an empty slot"),
         }
         #[derive(Serialize)]
         struct Left<'a> {
@@ -177,7 +180,8 @@ impl Core {
         id: Option<RequestId>,
     ) {
         let Some(connection) = self.conns.at(slot) else {
-            unreachable_slot()
+            self.impossible("a presence request handled for an empty slot");
+            return;
         };
         let conn = connection.id;
         if !connection.rooms.contains(&room) {
@@ -282,11 +286,4 @@ fn presence_reply(
         next: if more { page.last().copied() } else { None },
     };
     envelope::envelope("presence", now.unix_ms, None, &data, id)
-}
-
-#[track_caller]
-pub(crate) fn unreachable_slot() -> ! {
-    // Only called with the slot of the connection whose message is being
-    // handled, which is live for the whole call.
-    unreachable!("handler called for an empty slot")
 }

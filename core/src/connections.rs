@@ -12,6 +12,8 @@ use crate::codes::CloseCode;
 use crate::conflation::ConflatedFrames;
 use crate::engine::EngineRequest;
 use crate::envelope;
+#[cfg(any(test, feature = "testing"))]
+use crate::invariants::Broken;
 use crate::limits::Limits;
 use crate::machine::Core;
 use crate::names::{ConnectionId, ConnectionMap, RoomName};
@@ -96,6 +98,7 @@ impl Connections {
         self.slot_of.len()
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn is_empty(&self) -> bool {
         self.slot_of.is_empty()
     }
@@ -241,7 +244,7 @@ impl Connections {
 
     /// The part's invariants: slab, indexes and timers in step.
     #[cfg(any(test, feature = "testing"))]
-    pub(crate) fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), Broken> {
         let mut live = 0usize;
         for (slot, connection) in self.slab.iter().enumerate() {
             let Some(connection) = connection else {
@@ -250,10 +253,10 @@ impl Connections {
             live += 1;
             let id = connection.id;
             if self.slot_of.get(&id) != Some(&(slot as u32)) {
-                return Err(format!("{id:?} in slot {slot} is not indexed there"));
+                return Err(format!("{id:?} in slot {slot} is not indexed there").into());
             }
             if !self.timers.contains(&(connection.timer_at_us, id)) {
-                return Err(format!("{id:?} has no timer"));
+                return Err(format!("{id:?} has no timer").into());
             }
             if let Some(user) = connection.identity.user() {
                 if !self
@@ -261,33 +264,29 @@ impl Connections {
                     .get(&user.id)
                     .is_some_and(|set| set.contains(&id))
                 {
-                    return Err(format!("{id:?} is missing from user {:?}", user.id));
+                    return Err(format!("{id:?} is missing from user {:?}", user.id).into());
                 }
             }
         }
         if live != self.slot_of.len() {
-            return Err(format!(
-                "{live} live connections but {} indexed",
-                self.slot_of.len()
-            ));
+            return Err(
+                format!("{live} live connections but {} indexed", self.slot_of.len()).into(),
+            );
         }
         if live + self.free_slots.len() != self.slab.len() {
             return Err("slab slots leaked".into());
         }
         if self.timers.len() != live {
-            return Err(format!(
-                "{} timers for {live} connections",
-                self.timers.len()
-            ));
+            return Err(format!("{} timers for {live} connections", self.timers.len()).into());
         }
         for (user, conns) in &self.users {
             if conns.is_empty() {
-                return Err(format!("user {user:?} kept with no connections"));
+                return Err(format!("user {user:?} kept with no connections").into());
             }
             for id in conns {
                 let owner = self.get(*id).and_then(|c| c.identity.user()).map(|u| &u.id);
                 if owner != Some(user) {
-                    return Err(format!("user {user:?} lists {id:?}, which is not theirs"));
+                    return Err(format!("user {user:?} lists {id:?}, which is not theirs").into());
                 }
             }
         }
@@ -517,10 +516,15 @@ impl Core {
     /// Marks the connection as waiting for the engine: its next messages
     /// are deferred until [`finish_waiting`](Self::finish_waiting).
     pub(crate) fn start_waiting(&mut self, conn: ConnectionId) {
-        if let Some(connection) = self.conns.get_mut(conn) {
-            debug_assert!(connection.waiting.is_none(), "one engine wait at a time");
-            connection.waiting = Some(Box::default());
+        let Some(connection) = self.conns.get_mut(conn) else {
+            return;
+        };
+        if connection.waiting.is_some() {
+            // One engine wait at a time: the deferred messages stay.
+            self.impossible("two engine waits for one connection");
+            return;
         }
+        connection.waiting = Some(Box::default());
     }
 
     /// Ends the connection's engine wait; its deferred messages run once

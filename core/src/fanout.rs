@@ -20,7 +20,7 @@ use crate::conflation::series_of;
 use crate::engine::{CallId, EngineError, EngineRequest, Numbered, Unnumbered};
 use crate::envelope;
 use crate::input::SendTarget;
-use crate::machine::Core;
+use crate::machine::{impossible, Core};
 use crate::names::{ConnectionId, RoomName};
 use crate::output::TextFrame;
 use crate::parse::RequestId;
@@ -174,7 +174,7 @@ impl Core {
                 let delivered = self.member_count(&room) as u64;
                 Ok((epoch, seq, delivered))
             }
-            Err(error) => Err(error.message().to_owned()),
+            Err(error) => Err(error),
         };
         let Some(pending) = self.engine.publish_mut(publish) else {
             self.impossible("an append of an unknown publish");
@@ -206,7 +206,7 @@ impl Core {
                         seq,
                     });
                 }
-                Some(Err(why)) => failed.push(format!("{room} ({why})")),
+                Some(Err(why)) => failed.push(format!("{room} ({})", why.message())),
                 None => self.impossible("a publish answered before all its rooms"),
             }
         }
@@ -320,7 +320,7 @@ impl Core {
         for &slot in state.members.values() {
             let Some(connection) = self.conns.at_mut(slot) else {
                 // Members always occupy their slot (`check_invariants`).
-                debug_assert!(false, "a member's slot is empty");
+                impossible(&mut self.broken, "a member's slot is empty");
                 continue;
             };
             if let Some(series) = conflating {

@@ -85,7 +85,7 @@
 //! | [`codes`] | error codes and close codes of the protocol |
 //! | [`names`] | validated room names and connection ids |
 //! | [`time`] | [`Now`] and the RFC 3339 timestamp formatter |
-//! | `invariants` | `Core::check_invariants` (feature `testing`) |
+//! | `invariants` | `Core::check_invariants` and its typed failure, `Broken` (feature `testing`) |
 //! | `oracle` | the client-side delivery oracle of the simulator, property tests and fuzzers (feature `testing`) |
 //! | `engine::faults` | the in-memory engine behind a seeded fault layer (feature `testing`) |
 //!

@@ -59,6 +59,20 @@ pub struct Core {
     pub(crate) broken: Option<&'static str>,
 }
 
+/// The one way the core reports a state that cannot happen: a
+/// `debug_assert!` (tests and fuzzers stop there), and, for the simulator,
+/// which runs release builds, remembered in `broken` so that
+/// `check_invariants` fails. The core then carries on as safely as it can:
+/// never a panic in release. (For code that holds part of the core
+/// borrowed; otherwise [`Core::impossible`].) Pure helpers with no core at
+/// hand (`try_send`, `Outbox::forget`) check their callers' promises with
+/// a plain `debug_assert!` and stay safe when broken.
+#[track_caller]
+pub(crate) fn impossible(broken: &mut Option<&'static str>, what: &'static str) {
+    debug_assert!(false, "impossible state: {what}");
+    broken.get_or_insert(what);
+}
+
 impl Core {
     /// A core with no connections and no rooms.
     pub fn new(config: CoreConfig) -> Core {
@@ -216,13 +230,10 @@ impl Core {
         Response::Done
     }
 
-    /// Reports a state that cannot happen: a `debug_assert!`, and (for the
-    /// simulator, which runs release builds) remembered so that
-    /// `check_invariants` fails. The core carries on as safely as it can.
+    /// Reports a state that cannot happen (see [`impossible`]).
     #[track_caller]
     pub(crate) fn impossible(&mut self, what: &'static str) {
-        debug_assert!(false, "impossible state: {what}");
-        self.broken.get_or_insert(what);
+        impossible(&mut self.broken, what);
     }
 
     /// Whether the bound on engine calls in flight leaves room for `calls` more.

@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+#[cfg(any(test, feature = "testing"))]
+use crate::invariants::Broken;
 #[cfg(doc)]
 use crate::machine::Core;
 use crate::names::{ConnectionId, RoomName};
@@ -169,19 +171,19 @@ impl Presence {
     /// The part's invariants: windows and timers in step, and no change
     /// left untold once an input is done.
     #[cfg(any(test, feature = "testing"))]
-    pub(crate) fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), Broken> {
         for (at, room) in &self.timers {
             if self.windows.get(room).map(|w| w.until_us) != Some(*at) {
-                return Err(format!("{room:?}: a presence timer without its window"));
+                return Err(format!("{room:?}: a presence timer without its window").into());
             }
         }
         if self.windows.len() != self.timers.len() {
             return Err("a presence window without its timer".into());
         }
         if let Some(room) = self.changes.keys().next() {
-            return Err(format!(
-                "presence changes of {room:?} were not told when the input ended"
-            ));
+            return Err(
+                format!("presence changes of {room:?} were not told when the input ended").into(),
+            );
         }
         Ok(())
     }

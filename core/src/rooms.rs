@@ -11,10 +11,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::Serialize;
 
-use crate::client_messages::unreachable_slot;
 use crate::codes::ErrorCode;
 use crate::engine::{CallId, EngineRequest, Numbered, Position, PresenceEntry, ReadResult};
 use crate::envelope;
+#[cfg(any(test, feature = "testing"))]
+use crate::invariants::Broken;
 use crate::machine::Core;
 use crate::names::{ConnectionId, RoomName};
 use crate::parse::{RequestId, Since};
@@ -156,12 +157,12 @@ impl Rooms {
 
     /// The part's invariants: a timer exactly for each room with a check.
     #[cfg(any(test, feature = "testing"))]
-    pub(crate) fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), Broken> {
         for (name, room) in &self.rooms {
             let timer = room.check_at_us.map(|at| (at, name.clone()));
             let scheduled = timer.as_ref().is_some_and(|t| self.checks.contains(t));
             if room.check_at_us.is_some() != scheduled {
-                return Err(format!("{name:?}: its stream check is not scheduled"));
+                return Err(format!("{name:?}: its stream check is not scheduled").into());
             }
         }
         let with_check = self
@@ -173,7 +174,8 @@ impl Rooms {
             return Err(format!(
                 "{} room timers for the rooms with a stream check",
                 self.checks.len()
-            ));
+            )
+            .into());
         }
         Ok(())
     }
@@ -206,7 +208,8 @@ impl Core {
         id: Option<RequestId>,
     ) {
         let Some(connection) = self.conns.at_mut(slot) else {
-            unreachable_slot()
+            self.impossible("a join handled for an empty slot");
+            return;
         };
         let conn = connection.id;
         if connection.rooms.contains(&room) {
@@ -277,13 +280,19 @@ impl Core {
             };
             read.is_some_and(|r| r.epoch == cursor.epoch && r.top == cursor.seq && r.covers(&from))
         });
+        if self.rooms.get(room).is_none() {
+            // Joins are answered from their room's read: it exists.
+            self.impossible("a join answered for a room that is gone");
+            return;
+        }
         let Some(connection) = self.conns.at_mut(slot) else {
-            unreachable_slot()
+            self.impossible("a join answered for an empty slot");
+            return;
         };
         connection.rooms.insert(room.clone());
         let user = connection.identity.user().map(|u| u.id.clone());
         let Some(state) = self.rooms.get_mut(room) else {
-            unreachable_slot()
+            unreachable!("checked above")
         };
         state.members.insert(join.conn, slot);
         let entry = PresenceEntry {

@@ -199,8 +199,10 @@ impl<E: InlineEngine> Standalone<E> {
 
     /// The core's and the engine's invariants.
     #[cfg(any(test, feature = "testing"))]
-    pub fn check_invariants(&self) -> Result<(), String> {
+    pub fn check_invariants(&self) -> Result<(), crate::invariants::Broken> {
         self.core.check_invariants()?;
-        self.engine.check()
+        self.engine
+            .check()
+            .map_err(crate::invariants::Broken::Engine)
     }
 }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::calls::Call;
 use crate::engine::{EngineError, EngineRequest, Numbered, Position, ReadResult};
 use crate::envelope;
-use crate::machine::Core;
+use crate::machine::{impossible, Core};
 use crate::names::RoomName;
 use crate::time::Now;
 
@@ -100,7 +100,12 @@ impl Core {
             self.impossible("a room forgotten while its read was in flight");
             return;
         };
-        debug_assert_eq!(state.reading.as_ref().map(|r| r.0), Some(call));
+        if state.reading.as_ref().map(|r| r.0) != Some(call) {
+            impossible(
+                &mut self.broken,
+                "a read answer that is not the room's read",
+            );
+        }
         state.reading = None;
         let buffered = std::mem::take(&mut state.buffered_live);
         let failed = result.is_err();
@@ -198,7 +203,12 @@ impl Core {
                 epoch: read.epoch.clone(),
                 seq: read.resume_after(),
             };
-            debug_assert!(cursor.epoch != resume.epoch || cursor.seq < resume.seq);
+            if cursor.epoch == resume.epoch && cursor.seq >= resume.seq {
+                impossible(
+                    &mut self.broken,
+                    "a gap that does not move the cursor forward",
+                );
+            }
             state.cursor = Some(resume.clone());
             self.announce_gap(room, &resume);
             resume

@@ -323,7 +323,7 @@ impl CoreSim {
     fn check_core(&self) -> Result<(), SimError> {
         self.core
             .check_invariants()
-            .map_err(|e| ("core invariants".to_owned(), e))
+            .map_err(|e| ("core invariants".to_owned(), e.to_string()))
     }
 
     /// Lets `ms` of virtual time pass deadline by deadline (clients answer
