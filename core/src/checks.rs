@@ -7,7 +7,7 @@
 //! makes the connection *wait*, exactly like a request waiting for the
 //! engine: its later messages are deferred (bounded by
 //! `engine_deferred_messages_max`), so the reply keeps its place in the
-//! connection's order. The shell answers with [`Input::CheckDone`]
+//! connection's order. The shell answers with [`Input::CheckDone`](crate::Input::CheckDone)
 //! (`crate::Input::CheckDone`); the core then answers the request and runs
 //! the deferred messages. A connection has at most one check in flight.
 //!

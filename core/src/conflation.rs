@@ -154,6 +154,7 @@ impl ConflatedFrames {
     }
 
     /// Rooms something is held for (invariant checks).
+    #[cfg(any(test, feature = "testing"))]
     pub fn rooms(&self) -> impl Iterator<Item = &RoomName> {
         self.0
             .iter()

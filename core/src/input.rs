@@ -53,7 +53,7 @@ pub enum Input<'a> {
     /// The connection's socket pushed back: a write returned `WouldBlock`
     /// or took only part of what was offered. For conflation the member
     /// counts as *behind* from now until a [`Input::Written`] report
-    /// brings its backlog to zero (see [`crate::conflation`]).
+    /// brings its backlog to zero (see `conflation`).
     Blocked {
         /// The connection.
         conn: ConnectionId,

@@ -58,33 +58,33 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`machine`] | [`Core`]: its parts and input dispatch |
-//! | [`connections`] | the connections part (slab, ids, timers, the close queue); opening, closing (one way: the close queue), queueing frames with the slow-consumer bound, reply order |
+//! | `machine` | [`Core`]: its parts and input dispatch |
+//! | `connections` | the connections part (slab, ids, timers, the close queue); opening, closing (one way: the close queue), queueing frames with the slow-consumer bound, reply order |
 //! | `calls` | the engine calls part: requests, calls in flight, publishes awaiting appends, answers to the caller |
 //! | `presence` | the presence part: the input's changes, throttle windows, the node's refresh |
 //! | `outbound` | the outbound queue and the node-wide byte budget (`outbound_bytes_max`) |
-//! | [`client_messages`] | handling client messages: rate limit, parse, the simple actions, deferral |
-//! | [`rooms`] | the rooms part (rooms, stream-check timers); joins, leaves, a room's local lifetime |
-//! | [`presence_diffs`] | who is told which `presence_diff`, and presence lists |
-//! | [`stream`] | the engine conversation per room: reads, live messages, gaps, checks |
-//! | [`fanout`] | publishing (API and client) and delivery to members |
-//! | [`timers`] | heartbeats, token expiry, conflation flushes, stream checks, the end of presence-diff windows |
-//! | [`config`] | [`CoreConfig`], [`RoomOptions`], [`Response`] |
+//! | `client_messages` | handling client messages: rate limit, parse, the simple actions, deferral |
+//! | `rooms` | the rooms part (rooms, stream-check timers); joins, leaves, a room's local lifetime |
+//! | `presence_diffs` | who is told which `presence_diff`, and presence lists |
+//! | `stream` | the engine conversation per room: reads, live messages, gaps, checks |
+//! | `fanout` | publishing (API and client) and delivery to members |
+//! | `timers` | heartbeats, token expiry, conflation flushes, stream checks, the end of presence-diff windows |
+//! | `config` | [`CoreConfig`], [`RoomOptions`], [`Response`] |
 //! | [`engine`] | the engine contract; [`engine::memory`] the in-memory engine |
 //! | [`standalone`] | [`Standalone`]: a core and its inline engine, driven together |
-//! | [`input`] / [`output`] | the vocabulary between caller and core |
+//! | `input` / `output` | the vocabulary between caller and core ([`Input`], [`Output`]) |
 //! | [`parse`] | parsing one client text frame into a [`parse::Request`] or a protocol error |
 //! | [`envelope`] | serializing server→client messages (the JSON envelope) |
 //! | [`validate`] | validating publishes and direct messages before anything is sent (HTTP API bodies, message types, series `key` rule) |
 //! | [`access`] | who may join or publish to which room ([`AccessRules`], [`Identity`], [`Grants`]) |
 //! | [`checks`] | checks the shell makes off the hub (a refresh's token, the join hook), and their answers |
-//! | [`limits`] | the one table of limits, with defaults ([`Limits`]) |
+//! | `limits` | the one table of limits, with defaults ([`Limits`]) |
 //! | [`rate`] | the token bucket and violation counter behind `RATE_LIMITED` / 1008 |
 //! | [`room_log`] | a room's numbers and bounded history inside the in-memory engine |
-//! | [`conflation`] | holding back superseded progress events for members that are behind |
-//! | [`codes`] | error codes and close codes of the protocol |
-//! | [`names`] | validated room names and connection ids |
-//! | [`time`] | [`Now`] and the RFC 3339 timestamp formatter |
+//! | `conflation` | holding back superseded progress events for members that are behind |
+//! | `codes` | error codes and close codes of the protocol |
+//! | `names` | validated room names and connection ids |
+//! | `time` | [`Now`] and the RFC 3339 timestamp formatter |
 //! | `invariants` | `Core::check_invariants` and its typed failure, `Broken` (feature `testing`) |
 //! | `oracle` | the client-side delivery oracle of the simulator, property tests and fuzzers (feature `testing`) |
 //! | `engine::faults` | the in-memory engine behind a seeded fault layer (feature `testing`) |
@@ -105,43 +105,43 @@
 //! `WouldBlock` or was partial) with [`Input::Blocked`]: such a member, or one
 //! whose backlog passed [`Limits::conflation_behind_bytes`], is *behind*, and
 //! only a member that is behind has progress events conflated
-//! ([`conflation`]).
+//! (`conflation`).
 //!
 //! The backlogs of all connections together are bounded too
 //! ([`Limits::outbound_bytes_max`]): past it, the members that do not keep
 //! up are closed with 4008, the largest backlog first (`outbound`).
 
 pub mod access;
-pub(crate) mod calls;
+mod calls;
 pub mod checks;
-pub mod client_messages;
-pub mod codes;
-pub mod config;
-pub mod conflation;
-pub mod connections;
+mod client_messages;
+mod codes;
+mod config;
+mod conflation;
+mod connections;
 pub mod engine;
 pub mod envelope;
-pub mod fanout;
-pub mod input;
+mod fanout;
+mod input;
 #[cfg(any(test, feature = "testing"))]
 pub mod invariants;
-pub mod limits;
-pub mod machine;
-pub mod names;
+mod limits;
+mod machine;
+mod names;
 #[cfg(any(test, feature = "testing"))]
 pub mod oracle;
-pub(crate) mod outbound;
-pub mod output;
+mod outbound;
+mod output;
 pub mod parse;
-pub(crate) mod presence;
-pub mod presence_diffs;
+mod presence;
+mod presence_diffs;
 pub mod rate;
 pub mod room_log;
-pub mod rooms;
+mod rooms;
 pub mod standalone;
-pub mod stream;
-pub mod time;
-pub mod timers;
+mod stream;
+mod time;
+mod timers;
 pub mod validate;
 
 pub use access::{AccessRules, Grants, Identity, RoomAccess, User};

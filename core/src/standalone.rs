@@ -193,6 +193,7 @@ impl<E: InlineEngine> Standalone<E> {
     }
 
     /// The engine, for fault injection in tests.
+    #[cfg(any(test, feature = "testing"))]
     pub fn engine_mut(&mut self) -> &mut E {
         &mut self.engine
     }
