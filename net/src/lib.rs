@@ -39,8 +39,6 @@ pub mod config;
 pub mod devmode;
 pub mod driver;
 pub mod engine;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 pub mod hooks;
 mod http;
 pub mod http_client;

@@ -18,8 +18,8 @@ use roomcast_core::oracle::{ClientKey, Observed, Oracle, Sent, Violation};
 use roomcast_core::standalone::memory_engine;
 use roomcast_core::validate::DirectMessage;
 use roomcast_core::{
-    ConnectionId, CoreConfig, Identity, Input, Now, Output, Publish, PublishError, Response,
-    RoomName, SendTarget, Standalone, TextFrame, User,
+    ConnectionId, CoreConfig, Identity, Input, Now, Output, Publish, Response, RoomName,
+    SendTarget, Standalone, TextFrame, User,
 };
 use serde_json::{json, Map};
 
