@@ -384,10 +384,11 @@ impl Core {
     pub(crate) fn direct(&mut self, now: Now, message: DirectMessage) -> Result<u64, PublishError> {
         let payload = self.serialize_payload(&message.data)?;
         let frame = envelope::envelope(&message.kind, now.unix_ms, None, &payload, None);
-        let elsewhere = match &message.target {
-            SendTarget::User(_) => true,
-            SendTarget::Connection(conn) => !self.slot_of.contains_key(conn),
-        };
+        let elsewhere = message.to_other_nodes
+            && match &message.target {
+                SendTarget::User(_) => true,
+                SendTarget::Connection(conn) => !self.slot_of.contains_key(conn),
+            };
         let delivered = self.deliver_direct(&message.target, &frame);
         if elsewhere {
             self.engine_out.push_back(EngineRequest::Direct {
