@@ -294,9 +294,11 @@ fn remove_member(engine: &mut MemoryEngine, node: NodeId, name: &str, n: u128) {
     engine.handle(node, 0, EngineRequest::PresenceRemove { room, conn });
 }
 
-/// `(node, room, joined, left, count)` of each `PresenceChanged`; panics
-/// on any other event.
-fn changes(engine: &mut MemoryEngine) -> Vec<(NodeId, String, Vec<u128>, Vec<u128>, usize)> {
+/// One `PresenceChanged` as `(node, room, joined, left, count)`.
+type Change = (NodeId, String, Vec<u128>, Vec<u128>, usize);
+
+/// Every event so far, each a `PresenceChanged`; panics on any other.
+fn changes(engine: &mut MemoryEngine) -> Vec<Change> {
     let ids = |entries: Vec<PresenceEntry>| entries.iter().map(|e| e.conn.0.as_u128()).collect();
     drain(engine)
         .into_iter()
