@@ -70,13 +70,19 @@ pub fn history_bounds(config: &CoreConfig) -> HistoryBounds {
 }
 
 /// The in-memory engine a configuration asks for (history bounds, epoch
-/// prefix, presence time-to-live).
+/// prefix, presence time-to-live), telling presence changes when the core
+/// builds its diffs from them (`presence_diffs_from_engine`).
 pub fn memory_engine(config: &CoreConfig) -> MemoryEngine {
-    MemoryEngine::new(
+    let engine = MemoryEngine::new(
         history_bounds(config),
         config.epoch_prefix.clone(),
         config.limits.presence_ttl_ms.saturating_mul(1000),
-    )
+    );
+    if config.presence_diffs_from_engine {
+        engine.with_presence_changes(config.rooms.clone())
+    } else {
+        engine
+    }
 }
 
 /// A core and its inline engine. See the module docs.
