@@ -498,7 +498,7 @@ impl<D: Driver> Hub<D> {
                     };
                     writer.push_text(frame);
                     if let Some(at) = published_at {
-                        writer.oldest_publish.get_or_insert(at);
+                        writer.note_publish(at);
                     }
                     Self::list(&mut self.dirty, conn, writer);
                 }
@@ -541,8 +541,7 @@ impl<D: Driver> Hub<D> {
 
     /// Puts `conn` on the queue of writers to flush, once.
     fn list(dirty: &mut VecDeque<ConnectionId>, conn: ConnectionId, writer: &mut ConnWriter) {
-        if !writer.listed {
-            writer.listed = true;
+        if writer.list() {
             dirty.push_back(conn);
         }
     }
@@ -551,12 +550,12 @@ impl<D: Driver> Hub<D> {
         let Some(writer) = self.writers.get_mut(&conn) else {
             return;
         };
-        writer.listed = false;
+        writer.unlist();
         if !writer.wants_flush() {
             return;
         }
         // Recorded once per write, for the oldest broadcast in it.
-        let oldest_publish = writer.oldest_publish.take();
+        let oldest_publish = writer.take_oldest_publish();
         let flushed = writer.flush(conn, &self.writable);
         if flushed.text_bytes > 0 {
             self.metrics.messages_out.inc_by(flushed.frames);

@@ -340,7 +340,8 @@ impl Router {
             }
             EngineEvent::Live(message) => {
                 let room = message.room.clone();
-                self.send_to_followers(&room, EngineEvent::Live(message)).await;
+                self.send_to_followers(&room, EngineEvent::Live(message))
+                    .await;
             }
             EngineEvent::PresenceChanged {
                 room,
