@@ -95,6 +95,33 @@ pub struct Standalone<E = MemoryEngine> {
 /// The one node of a standalone engine.
 const NODE: NodeId = 0;
 
+/// After an input at `now`: lets `core` and its inline `engine` talk until
+/// both are quiet (the core's requests to the engine, the engine's answers
+/// and live messages back as `Input::Engine`). `timeout`: the input was
+/// `Input::Timeout`, so the engine's own timers run too, after the core's
+/// (its presence refresh, due now, reaches the engine before the engine
+/// expires anything at this instant). The one inline loop: [`Standalone`]
+/// and the server's single-shard hub both run it.
+pub fn settle<E: InlineEngine>(core: &mut Core, engine: &mut E, now: Now, timeout: bool) {
+    pump(core, engine, now);
+    if timeout {
+        engine.on_timeout(now.monotonic_us);
+        pump(core, engine, now);
+    }
+}
+
+fn pump<E: InlineEngine>(core: &mut Core, engine: &mut E, now: Now) {
+    loop {
+        while let Some(request) = core.poll_engine() {
+            engine.request(NODE, now.monotonic_us, request);
+        }
+        let Some((_, event)) = engine.next_event(now.monotonic_us) else {
+            return;
+        };
+        core.handle(now, Input::Engine(event));
+    }
+}
+
 impl Standalone<MemoryEngine> {
     /// A core with its in-memory engine.
     pub fn new(config: CoreConfig) -> Standalone<MemoryEngine> {
@@ -116,29 +143,10 @@ impl<E: InlineEngine> Standalone<E> {
     pub fn handle(&mut self, now: Now, input: Input<'_>) -> Response {
         let timeout = matches!(input, Input::Timeout);
         let response = self.core.handle(now, input);
-        self.pump(now);
-        if timeout {
-            // After the core's own timers, so that its presence refresh
-            // (due now) reaches the engine before the engine expires
-            // anything at this instant.
-            self.engine.on_timeout(now.monotonic_us);
-            self.pump(now);
-        }
+        settle(&mut self.core, &mut self.engine, now, timeout);
         match response {
             Response::Pending(ticket) => self.take_answer(ticket).unwrap_or(response),
             other => other,
-        }
-    }
-
-    fn pump(&mut self, now: Now) {
-        loop {
-            while let Some(request) = self.core.poll_engine() {
-                self.engine.request(NODE, now.monotonic_us, request);
-            }
-            let Some((_, event)) = self.engine.next_event(now.monotonic_us) else {
-                return;
-            };
-            self.core.handle(now, Input::Engine(event));
         }
     }
 

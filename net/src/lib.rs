@@ -2,9 +2,10 @@
 //!
 //! A thin shell around [`roomcast_core`]: it owns sockets, timers, tokens and
 //! HTTP; the core owns every protocol decision. Data flows one way:
-//! socket → [`session`] → bounded channel → [`hub`] (the one task that owns
-//! the core) → [`writer`] → socket. The hub writes every connection's
-//! socket itself, so a delivery costs no task wake-up.
+//! socket → [`session`] → bounded channel → [`hub`] (the task that owns
+//! one shard's core) → [`writer`] → socket. A hub writes every socket of
+//! its shard's connections itself, so a delivery costs no task wake-up; a
+//! node runs one hub per shard, each on a thread of its own ([`shards`]).
 //!
 //! | module | job |
 //! |---|---|
@@ -13,8 +14,10 @@
 //! | [`assets`] | the console page and the browser client, embedded at build time |
 //! | [`devmode`] | first run: an ephemeral secret and a console link on loopback without a key |
 //! | [`session`] | one WebSocket connection's reading task: client frames into the hub |
-//! | [`hub`] | the task that owns the core and routes its outputs |
-//! | [`driver`] | what the hub drives: the core with its inline engine, or with an engine task |
+//! | [`hub`] | the task that owns a shard's core and routes its outputs |
+//! | `shard_core` | what a hub drives: the core with its inline engine, or linked to an engine task |
+//! | `node` | starting the node's hubs and engine, for one shard or several |
+//! | [`shards`] | shard threads, placement at accept, the shard router, the in-memory engine as a task |
 //! | [`engine`] | the Redis engine: scripts, pub/sub, presence, readiness |
 //! | [`writer`] | the hub's write half of each socket: shared frames, vectored writes, backpressure |
 //! | [`auth`] | token extraction (query, header, subprotocol) and JWT verification |
@@ -37,7 +40,6 @@ pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod devmode;
-pub mod driver;
 pub mod engine;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -51,6 +53,7 @@ pub mod metrics;
 mod node;
 pub mod server;
 pub mod session;
+mod shard_core;
 pub mod shards;
 pub mod verify;
 pub mod writer;
