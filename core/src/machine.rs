@@ -389,7 +389,11 @@ impl Core {
             Input::CheckDone { conn, answer } => self.check_done(now, conn, answer),
             Input::Engine(event) => match event {
                 EngineEvent::Live(message) => self.on_stream(message),
-                EngineEvent::Appended { call, result } => self.on_appended(now, call, result),
+                EngineEvent::Appended {
+                    call,
+                    result,
+                    peer_members,
+                } => self.on_appended(now, call, result, peer_members),
                 EngineEvent::Read { call, result } => self.on_read(now, call, result),
                 EngineEvent::Presence { call, result } => {
                     if let Some(Call::PresenceResync { room }) = self.calls.get(&call) {

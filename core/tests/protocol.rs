@@ -102,6 +102,7 @@ fn publish(rooms: &[&str], kind: &str, data: Value) -> Input<'static> {
         rooms: rooms.iter().map(|r| room(r)).collect(),
         kind: kind.to_owned(),
         data: obj(data),
+        to_other_nodes: true,
     })
 }
 
@@ -110,6 +111,7 @@ fn direct(target: SendTarget, kind: &str, data: Value) -> Input<'static> {
         target,
         kind: kind.to_owned(),
         data: obj(data),
+        to_other_nodes: true,
     })
 }
 

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub custom_types: Vec<String>,
     /// When non-empty, browsers whose `Origin` is not listed get 403 before the upgrade.
     pub allowed_origins: Vec<String>,
+    /// Shards (hubs, each on a core of its own) of the node: 0, the
+    /// default, is one per CPU this process may run on.
+    pub shards: usize,
     /// Longest wait for clients to receive their 1001 close on shutdown, in ms.
     pub shutdown_drain_ms: u64,
     /// Longest wait to deliver a close frame to one client, in ms.
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             hooks: HooksConfig::default(),
             custom_types: Vec::new(),
             allowed_origins: Vec::new(),
+            shards: 0,
             shutdown_drain_ms: 5_000,
             close_flush_timeout_ms: 5_000,
         }
@@ -221,6 +225,9 @@ impl ServerConfig {
                     .into(),
             );
         }
+        if self.shards > SHARDS_MAX {
+            return Err(format!("shards: at most {SHARDS_MAX} (0 = one per CPU)"));
+        }
         if self.rooms.conflation_window_ms == 0 || self.rooms.conflation_window_ms > 60_000 {
             return Err("rooms: conflation_window_ms must be between 1 and 60000".into());
         }
@@ -242,6 +249,20 @@ impl ServerConfig {
     }
 }
 
+/// The most shards a node may run (`shards`).
+pub const SHARDS_MAX: usize = 1024;
+
+impl ServerConfig {
+    /// The shard count to run with: `shards`, or `cpus` when it is 0.
+    pub fn shard_count(&self, cpus: usize) -> usize {
+        if self.shards == 0 {
+            cpus.max(1)
+        } else {
+            self.shards
+        }
+    }
+}
+
 /// `ROOMCAST_*` variables that are not configuration keys.
 const NOT_CONFIG_KEYS: [&str; 1] = [
     // The log filter (tracing `EnvFilter` syntax), read by `roomcast serve`.
@@ -249,8 +270,9 @@ const NOT_CONFIG_KEYS: [&str; 1] = [
 ];
 
 /// Top-level keys of [`ServerConfig`] that hold a value (not a table).
-const TOP_LEVEL_KEYS: [&str; 7] = [
+const TOP_LEVEL_KEYS: [&str; 8] = [
     "listen",
+    "shards",
     "server_name",
     "log_format",
     "custom_types",

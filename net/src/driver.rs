@@ -132,6 +132,7 @@ fn refuse(refused: &mut VecDeque<EngineEvent>, request: EngineRequest) {
         EngineRequest::Append { call, .. } => EngineEvent::Appended {
             call,
             result: Err(error()),
+            peer_members: 0,
         },
         EngineRequest::Read { call, .. } => EngineEvent::Read {
             call,

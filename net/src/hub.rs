@@ -24,14 +24,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::auth::TokenVerifier;
 use crate::budget::InboundBytes;
 use crate::clock::Clock;
 use crate::driver::Driver;
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
 use crate::server::Cancel;
-use crate::verify::{Checked, Checker};
+use crate::verify::{Checked, Checker, TokenPool};
 use crate::writer::{ConnWriter, Writable};
 
 /// Capacity of the hub's input channel. Senders wait when it is full, which
@@ -133,8 +132,9 @@ pub enum HubInput {
         message: DirectMessage,
         /// Where the delivered count goes.
         reply: oneshot::Sender<Result<u64, PublishError>>,
-        /// The body's share of the inbound byte budget.
-        inbound: InboundBytes,
+        /// The body's share of the inbound byte budget (held by one shard's
+        /// copy when the message goes to every shard).
+        inbound: Option<InboundBytes>,
     },
     /// `/ws/status`.
     Status {
@@ -148,23 +148,25 @@ pub enum HubInput {
 /// channel on purpose: under load the channel holds thousands of inputs
 /// (and senders wait while it is full), and the drain must start at once,
 /// not behind them.
-pub async fn run<D: Driver>(
-    core: D,
-    clock: Clock,
-    mut inbox: mpsc::Receiver<HubInput>,
-    metrics: Metrics,
-    verifier: Arc<TokenVerifier>,
-    hooks: Arc<Hooks>,
-    stop: Arc<Cancel>,
-) {
+pub async fn run<D: Driver>(core: D, mut inbox: mpsc::Receiver<HubInput>, setup: HubSetup) {
+    let HubSetup {
+        clock,
+        metrics,
+        tokens,
+        hooks,
+        stop,
+        shard,
+        shards,
+    } = setup;
     let write_gather_bytes = core.config().limits.write_buffer_bytes;
     let (checked_tx, mut checked) = mpsc::unbounded_channel();
     let mut hub = Hub {
         core,
         pending: HashMap::new(),
         clock,
+        gauges: Gauges::new(&metrics, shard, shards),
         metrics,
-        checks: Checker::new(verifier, hooks, Checker::default_threads(), checked_tx),
+        checks: Checker::new(tokens, hooks, checked_tx),
         writers: HashMap::new(),
         dirty: VecDeque::new(),
         writable: Arc::new(Writable::new(write_gather_bytes)),
@@ -234,10 +236,8 @@ pub async fn run<D: Driver>(
             }
         }
         hub.write_some(WRITE_SLICE);
-        hub.metrics
-            .connections
-            .set(hub.core.connection_count() as i64);
-        hub.metrics.rooms.set(hub.core.room_count() as i64);
+        hub.gauges
+            .report(hub.core.connection_count(), hub.core.room_count());
         if !hub.dirty.is_empty() {
             // Let the rest of the server run between slices of a big
             // fan-out. New broadcasts that arrive meanwhile join the queues
@@ -247,18 +247,65 @@ pub async fn run<D: Driver>(
             tokio::task::yield_now().await;
         }
     }
-    // The verification threads end once their current job is done.
-    let threads = hub.checks.close();
+    hub.gauges.report(0, 0);
     drop(checked);
-    if !threads.is_empty() {
-        let _ = tokio::task::spawn_blocking(move || {
-            for thread in threads {
-                let _ = thread.join();
-            }
-        })
-        .await;
+    debug!(shard, "hub stopped");
+}
+
+/// What a hub runs with besides its core and inbox.
+pub struct HubSetup {
+    /// The node's clock.
+    pub clock: Clock,
+    /// The node's metrics.
+    pub metrics: Metrics,
+    /// The node's token threads (refresh).
+    pub tokens: Arc<TokenPool>,
+    /// The application's hooks (join).
+    pub hooks: Arc<Hooks>,
+    /// Cancelled when the node shuts down (every hub's drain starts).
+    pub stop: Arc<Cancel>,
+    /// This hub's shard number.
+    pub shard: usize,
+    /// The node's shard count.
+    pub shards: usize,
+}
+
+/// The hub's share of the node-wide gauges: it adds what changed since
+/// its last report, so several hubs sum into one gauge instead of the
+/// last writer winning.
+struct Gauges {
+    connections: prometheus_client::metrics::gauge::Gauge,
+    shard_connections: prometheus_client::metrics::gauge::Gauge,
+    /// With one shard the core's room count is the node's; with several,
+    /// rooms are counted once for the node (`crate::shards`), not here.
+    rooms: Option<prometheus_client::metrics::gauge::Gauge>,
+    reported: (usize, usize),
+}
+
+impl Gauges {
+    fn new(metrics: &Metrics, shard: usize, shards: usize) -> Gauges {
+        Gauges {
+            connections: metrics.connections.clone(),
+            shard_connections: metrics.shard_connections(shard),
+            rooms: (shards == 1).then(|| metrics.rooms.clone()),
+            reported: (0, 0),
+        }
     }
-    debug!("hub stopped");
+
+    fn report(&mut self, connections: usize, rooms: usize) {
+        let (last_connections, last_rooms) = self.reported;
+        if connections != last_connections {
+            self.connections
+                .inc_by(connections as i64 - last_connections as i64);
+            self.shard_connections.set(connections as i64);
+        }
+        if let Some(gauge) = &self.rooms {
+            if rooms != last_rooms {
+                gauge.set(rooms as i64);
+            }
+        }
+        self.reported = (connections, rooms);
+    }
 }
 
 /// The hub's state: the core and the write half of every connection.
@@ -269,6 +316,7 @@ struct Hub<D> {
     pending: HashMap<Ticket, (BroadcastReply, u64)>,
     clock: Clock,
     metrics: Metrics,
+    gauges: Gauges,
     /// Makes the core's checks (refresh tokens, join hook) off the hub;
     /// meanwhile the core holds the connection's later messages.
     checks: Checker,

@@ -48,8 +48,10 @@ pub mod hub;
 mod jwks;
 pub mod listener;
 pub mod metrics;
+mod node;
 pub mod server;
 pub mod session;
+pub mod shards;
 pub mod verify;
 pub mod writer;
 
@@ -58,3 +60,4 @@ pub use config::ServerConfig;
 pub use listener::Listener;
 pub use metrics::Metrics;
 pub use server::{serve, serve_with_engine, ServeOptions};
+pub use shards::ShardRuntime;

@@ -151,6 +151,8 @@ pub struct SessionSettings {
 pub struct Held {
     pub(crate) _permit: crate::server::Permit,
     pub(crate) _guard: crate::server::SessionGuard,
+    /// The socket's place on its shard (placement counts it while open).
+    pub(crate) seat: std::sync::Arc<crate::shards::Seat>,
 }
 
 impl Session {

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use roomcast_net::{Clock, IdSource, Metrics, ServeOptions, ServerConfig};
+use roomcast_net::{Clock, IdSource, Metrics, ServeOptions, ServerConfig, ShardRuntime};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -37,6 +37,8 @@ impl TestServer {
             clock,
             ids: IdSource::Random,
             metrics: metrics.clone(),
+            cpus: 1,
+            shard_runtime: ShardRuntime::Tasks,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(roomcast_net::serve(listener, config, options, async move {

@@ -168,6 +168,7 @@ impl InlineEngine for FaultyEngine {
                 let event = EngineEvent::Appended {
                     call,
                     result: Err(failure()),
+                    peer_members: 0,
                 };
                 self.schedule(now_us, node, event);
             }

@@ -138,8 +138,14 @@ impl MemoryEngine {
                 self.check_rollback(&room, known.as_ref());
                 if !self.make_room_for(&room) {
                     let result = Err(self.rooms_full(&room));
-                    self.events
-                        .push_back((node, EngineEvent::Appended { call, result }));
+                    self.events.push_back((
+                        node,
+                        EngineEvent::Appended {
+                            call,
+                            result,
+                            peer_members: 0,
+                        },
+                    ));
                     return;
                 }
                 self.room(&room);
@@ -167,6 +173,7 @@ impl MemoryEngine {
                     EngineEvent::Appended {
                         call,
                         result: Ok(numbered),
+                        peer_members: 0,
                     },
                 ));
                 self.sync(&room);

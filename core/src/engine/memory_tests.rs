@@ -58,10 +58,19 @@ fn appends_are_numbered_and_streamed_to_followers_before_the_answer() {
     };
     assert_eq!((*to, live.seq, &*live.epoch), (1, 1, "e-1"));
     assert_eq!(live.frame.as_str(), "{\"seq\":1,\"n\":7}");
-    let (to, EngineEvent::Appended { call, result }) = &events[1] else {
+    let (
+        to,
+        EngineEvent::Appended {
+            call,
+            result,
+            peer_members,
+        },
+    ) = &events[1]
+    else {
         panic!("then the answer: {events:?}")
     };
-    assert_eq!((*to, *call), (2, CallId(7)));
+    // One engine, one core per node: no other shards' members.
+    assert_eq!((*to, *call, *peer_members), (2, CallId(7), 0));
     assert_eq!(result.as_ref().unwrap().frame, live.frame);
     engine.check().unwrap();
 }

@@ -330,6 +330,11 @@ pub enum EngineEvent {
         call: CallId,
         /// The numbered message, or why it was not appended.
         result: Result<Numbered, EngineError>,
+        /// Members of the room on this node's other shards when the engine
+        /// numbered it; 0 from an engine that serves one core. The core
+        /// adds it to the publish's `delivered`, so a receipt counts the
+        /// whole node's members (`docs/engine.md`, "Shards").
+        peer_members: u64,
     },
     /// The answer to a read.
     Read {
