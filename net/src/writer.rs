@@ -373,6 +373,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
     }
 
     /// Whether the sending side was shut down after a lingering close.
+    #[cfg(test)]
     pub fn is_shut_down(&self) -> bool {
         self.stage == Stage::ShutDown
     }
