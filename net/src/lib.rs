@@ -41,6 +41,7 @@ pub mod clock;
 pub mod config;
 pub mod devmode;
 pub mod engine;
+pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod hooks;
@@ -60,6 +61,7 @@ mod writer;
 
 pub use clock::{Clock, IdSource};
 pub use config::ServerConfig;
+pub use error::{ConfigError, ServeError};
 pub use listener::Listener;
 pub use metrics::Metrics;
 pub use server::{serve, serve_with_engine, ServeOptions};

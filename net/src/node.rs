@@ -23,6 +23,7 @@ use crate::config::{redact_url, ServerConfig};
 use crate::engine::redis::RedisSettings;
 use crate::engine::tls::TlsFiles;
 use crate::engine::{EngineLink, Readiness};
+use crate::error::ServeError;
 use crate::hooks::Hooks;
 use crate::hub::{self, HubInput, HubSetup, HUB_CHANNEL_CAPACITY};
 use crate::metrics::Metrics;
@@ -79,7 +80,7 @@ pub(crate) enum NodeRooms {
 }
 
 /// Starts the engine and the hubs.
-pub(crate) fn start(parts: NodeParts<'_>) -> Result<Node, String> {
+pub(crate) fn start(parts: NodeParts<'_>) -> Result<Node, ServeError> {
     let NodeParts {
         config,
         mut core,
@@ -98,7 +99,8 @@ pub(crate) fn start(parts: NodeParts<'_>) -> Result<Node, String> {
             Some(link)
         }
         (None, Some(url)) => {
-            let link = redis_engine(config, url, &core.epoch_prefix, metrics)?;
+            let link = redis_engine(config, url, &core.epoch_prefix, metrics)
+                .map_err(ServeError::Engine)?;
             info!(redis = %redact_url(url), prefix = %config.engine.redis_prefix, sentinel_master = ?config.engine.redis_sentinel_master, "engine: redis");
             Some(link)
         }
@@ -114,7 +116,7 @@ pub(crate) fn start(parts: NodeParts<'_>) -> Result<Node, String> {
         shards,
     };
     if shards == 1 {
-        let runtimes = Runtimes::start(1, ShardRuntime::Tasks).map_err(|e| e.to_string())?;
+        let runtimes = Runtimes::start(1, ShardRuntime::Tasks)?;
         let (hub, inbox) = mpsc::channel(HUB_CHANNEL_CAPACITY);
         let (task, ready, presence_written) = match link {
             Some(mut link) => {
@@ -161,7 +163,7 @@ pub(crate) fn start(parts: NodeParts<'_>) -> Result<Node, String> {
     let presence_written = link.presence_written.take();
     let (links, followed, router_task) = router::spawn(link, shards);
     engine_tasks.push(router_task);
-    let runtimes = Runtimes::start(shards, runtime).map_err(|e| e.to_string())?;
+    let runtimes = Runtimes::start(shards, runtime)?;
     let mut hubs = Vec::with_capacity(shards);
     let mut hub_tasks = Vec::with_capacity(shards);
     for (shard, link) in links.into_iter().enumerate() {
