@@ -173,6 +173,7 @@ pub fn run(
         recoveries: sim.recoveries,
         engine_faults: Some(fault_summary(&sim.faults, sim.core.engine())),
         nodes: None,
+        shards: None,
         broker_faults: None,
         trace_hash: sim.trace.hex(),
         wall: started.elapsed(),
