@@ -70,7 +70,7 @@ fn rig(shards: usize) -> Rig {
 }
 
 impl Rig {
-    async fn from_shard(&self, shard: usize, request: EngineRequest) {
+    async fn shard_asks(&self, shard: usize, request: EngineRequest) {
         self.shards[shard].requests.send(request).await.unwrap();
     }
 
@@ -105,21 +105,21 @@ async fn the_engine_hears_the_nodes_interest_once_and_live_messages_reach_every_
     // Each step waits for what the engine hears (shards are not ordered
     // among themselves); a refresh from the same shard shows that what
     // came before it was held back.
-    rig.from_shard(0, interest("r", true)).await;
+    rig.shard_asks(0, interest("r", true)).await;
     assert_eq!(rig.engine_hears().await, interest("r", true));
-    rig.from_shard(2, interest("r", true)).await;
-    rig.from_shard(2, EngineRequest::PresenceRefresh).await;
+    rig.shard_asks(2, interest("r", true)).await;
+    rig.shard_asks(2, EngineRequest::PresenceRefresh).await;
     assert_eq!(rig.engine_hears().await, EngineRequest::PresenceRefresh);
-    rig.from_shard(0, interest("r", false)).await;
-    rig.from_shard(0, EngineRequest::PresenceRefresh).await;
+    rig.shard_asks(0, interest("r", false)).await;
+    rig.shard_asks(0, EngineRequest::PresenceRefresh).await;
     assert_eq!(rig.engine_hears().await, EngineRequest::PresenceRefresh);
-    rig.from_shard(2, interest("r", false)).await;
+    rig.shard_asks(2, interest("r", false)).await;
     assert_eq!(rig.engine_hears().await, interest("r", false));
 
-    rig.from_shard(1, interest("r", true)).await;
+    rig.shard_asks(1, interest("r", true)).await;
     assert_eq!(rig.engine_hears().await, interest("r", true));
-    rig.from_shard(2, interest("r", true)).await;
-    rig.from_shard(2, EngineRequest::PresenceRefresh).await;
+    rig.shard_asks(2, interest("r", true)).await;
+    rig.shard_asks(2, EngineRequest::PresenceRefresh).await;
     assert_eq!(rig.engine_hears().await, EngineRequest::PresenceRefresh);
     let live = EngineEvent::Live(Numbered {
         room: room("r"),
@@ -137,12 +137,12 @@ async fn the_engine_hears_the_nodes_interest_once_and_live_messages_reach_every_
 #[tokio::test]
 async fn an_append_is_answered_to_its_shard_with_the_other_shards_members() {
     let mut rig = rig(2);
-    rig.from_shard(0, add("r", 1)).await;
-    rig.from_shard(1, add("r", 2)).await;
-    rig.from_shard(1, add("r", 3)).await;
+    rig.shard_asks(0, add("r", 1)).await;
+    rig.shard_asks(1, add("r", 2)).await;
+    rig.shard_asks(1, add("r", 3)).await;
     // Both shards number their calls from 1: the engine sees two ids.
-    rig.from_shard(0, append(1, "r")).await;
-    rig.from_shard(1, append(1, "r")).await;
+    rig.shard_asks(0, append(1, "r")).await;
+    rig.shard_asks(1, append(1, "r")).await;
     let mut calls = Vec::new();
     while calls.len() < 2 {
         if let EngineRequest::Append { call, .. } = rig.engine_hears().await {
@@ -190,8 +190,8 @@ async fn an_append_is_answered_to_its_shard_with_the_other_shards_members() {
 #[tokio::test]
 async fn the_nodes_presence_is_cleared_once_every_shard_has_cleared() {
     let mut rig = rig(2);
-    rig.from_shard(0, add("r", 1)).await;
-    rig.from_shard(1, add("r", 2)).await;
+    rig.shard_asks(0, add("r", 1)).await;
+    rig.shard_asks(1, add("r", 2)).await;
     assert!(matches!(
         rig.engine_hears().await,
         EngineRequest::PresenceAdd { .. }
@@ -200,14 +200,14 @@ async fn the_nodes_presence_is_cleared_once_every_shard_has_cleared() {
         rig.engine_hears().await,
         EngineRequest::PresenceAdd { .. }
     ));
-    rig.from_shard(0, EngineRequest::PresenceClear).await;
-    rig.from_shard(0, EngineRequest::PresenceRefresh).await;
+    rig.shard_asks(0, EngineRequest::PresenceClear).await;
+    rig.shard_asks(0, EngineRequest::PresenceRefresh).await;
     assert_eq!(
         rig.engine_hears().await,
         EngineRequest::PresenceRefresh,
         "one shard's clear is held back: shard 1's member is still there"
     );
-    rig.from_shard(1, EngineRequest::PresenceClear).await;
+    rig.shard_asks(1, EngineRequest::PresenceClear).await;
     assert_eq!(rig.engine_hears().await, EngineRequest::PresenceClear);
 }
 
@@ -215,7 +215,7 @@ async fn the_nodes_presence_is_cleared_once_every_shard_has_cleared() {
 async fn a_call_the_gone_engine_cannot_take_is_answered_with_a_failure() {
     let mut rig = rig(2);
     rig.engine_requests.close();
-    rig.from_shard(1, append(7, "r")).await;
+    rig.shard_asks(1, append(7, "r")).await;
     match rig.shard_gets(1).await {
         EngineEvent::Appended { call, result, .. } => {
             assert_eq!(call, CallId(7));
