@@ -92,6 +92,12 @@ pub(crate) struct Room {
     pub(crate) presence_stale: bool,
     /// That list is in flight.
     pub(crate) presence_resyncing: bool,
+    /// Diffs from the engine: members whose own add the engine has not
+    /// echoed yet. They are told no change until it is: a change applied
+    /// before their add is no news to them (a `presence` list they make
+    /// already shows it), and a member told one would keep its count
+    /// without itself (nobody hears a change about itself).
+    pub(crate) unechoed: BTreeSet<ConnectionId>,
 }
 
 /// The presence changes of one room during the current input, told to its
