@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Summarises scripts/bench and scripts/bench-cluster results (medians per
-server and size) as a Markdown table, and writes docs/bench-fanout.svg:
+"""Summarises scripts/bench, scripts/bench-cluster and scripts/bench-shards
+results (medians per server and size) as a Markdown table, and writes
+docs/bench-fanout.svg:
 latency percentiles and deliveries/s against member count (not with
 --no-plot). Standard library only.
 
@@ -23,7 +24,13 @@ def med(values):
 print("| server | test | size | metric | median | runs |")
 print("|---|---|---|---|---|---|")
 fanout = defaultdict(dict)
-for (server, mode, size), results in sorted(groups.items()):
+def natural(item):
+    # "shards=10" after "shards=2".
+    (server, mode, size), _ = item
+    name, _, number = server.partition("=")
+    return (name, int(number) if number.isdigit() else 0, server, mode, size)
+
+for (server, mode, size), results in sorted(groups.items(), key=natural):
     if mode == "fanout":
         cpu = med([r["server_cpu_us_per_delivery"] for r in results])
         ok = all(r["deliveries_received"] == r["deliveries_expected"] for r in results)
@@ -44,6 +51,20 @@ for (server, mode, size), results in sorted(groups.items()):
             ev = med([r["redis_commands_per_publish"]["evalsha"] for r in results])
             al = med([r["redis_commands_per_publish"]["all"] for r in results])
             print(f"| {server} | fan-out | {size} | redis script calls (EVALSHA) / all commands incl. inside scripts, per publish | {ev:.2f} / {al:.2f} | {len(results)} |")
+        shares = [r["shard_threads"] for r in results if r.get("shard_threads") and r["shard_threads"]["threads"]]
+        if shares:
+            # Each shard thread's median share per broadcast, and the spread
+            # of those medians over the threads (medians over the runs).
+            p50s = [med([t["share_per_broadcast"]["p50"] for t in s["threads"]]) for s in shares]
+            lows = [min(t["share_per_broadcast"]["p10"] for t in s["threads"]) for s in shares]
+            highs = [max(t["share_per_broadcast"]["p90"] for t in s["threads"]) for s in shares]
+            band = sum(s["intervals_all_in_band"] for s in shares) / max(1, sum(s["intervals"] for s in shares))
+            lo, hi = shares[0]["band"]
+            print(f"| {server} | fan-out | {size} | shard thread's share of server CPU per broadcast: median / lowest p10 / highest p90 | {100*med(p50s):.0f}% / {100*med(lows):.0f}% / {100*med(highs):.0f}% ({len(shares[0]['threads'])} threads; every thread in {100*lo:.0f}–{100*hi:.0f}% in {100*band:.0f}% of broadcasts) | {len(results)} |")
+    elif mode == "connects":
+        rate = med([r["connects_per_sec"] for r in results])
+        cpu = med([r["server_cpu_us_per_connect"] for r in results])
+        print(f"| {server} | connects | {size} | connects/s (server CPU per connect) | {rate:.0f} ({cpu:.1f} µs) | {len(results)} |")
     elif mode == "pingpong":
         cpu = med([r["server_cpu_us_per_reply"] for r in results])
         rps = med([r["replies_per_sec"] for r in results])

@@ -19,6 +19,7 @@ use crate::machine::Core;
 use crate::names::{ConnectionId, ConnectionMap, RoomName};
 use crate::outbound::Outbox;
 use crate::output::{Output, TextFrame};
+use crate::parse::RequestId;
 use crate::rate::RateLimiter;
 use crate::time::Now;
 
@@ -62,6 +63,9 @@ pub(crate) struct Connection {
 pub(crate) struct Deferred {
     pub(crate) text: Option<String>,
     pub(crate) verdict: crate::rate::Verdict,
+    /// Refused by the shell (`Input::Busy`, with the message's id): answered
+    /// `SERVER_BUSY` in its turn instead of run.
+    pub(crate) busy: Option<Option<RequestId>>,
 }
 
 /// The connections part of [`Core`]: the slab of open connections, its
@@ -552,7 +556,10 @@ impl Core {
             // Run it as if it just arrived: the wait is lifted for this one
             // message and put back if it waits for the engine again.
             let rest = connection.waiting.take();
-            self.run_message(now, conn, next.text.as_deref(), next.verdict);
+            match next.busy {
+                Some(id) => self.answer_busy(now, conn, id.as_ref()),
+                None => self.run_message(now, conn, next.text.as_deref(), next.verdict),
+            }
             let Some(connection) = self.conns.get_mut(conn) else {
                 return;
             };

@@ -7,7 +7,10 @@
 //! `delivered` in a receipt counts this node's members of the room when
 //! the engine's answer was handled: each of them receives the message in
 //! order, held for conflation, or is told (closed as a slow consumer or
-//! warned of a `ROOM_GAP`). Members on other nodes are not counted.
+//! warned of a `ROOM_GAP`). With shards, the members on the node's other
+//! shards are added as the engine seam tells them with the answer
+//! (`EngineEvent::Appended::peer_members`). Members on other nodes are
+//! not counted.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -162,6 +165,7 @@ impl Core {
         now: Now,
         call: CallId,
         result: Result<Numbered, EngineError>,
+        peer_members: u64,
     ) {
         let Some(Call::Append { publish, index }) = self.engine.take(call) else {
             self.impossible("an append answer for no append in flight");
@@ -171,7 +175,9 @@ impl Core {
             Ok(message) => {
                 let (room, epoch, seq) = (message.room.clone(), message.epoch.clone(), message.seq);
                 self.on_stream(message);
-                let delivered = self.member_count(&room) as u64;
+                // This core's members, and those of the node's other
+                // shards (told by the engine seam; 0 with one core).
+                let delivered = self.member_count(&room) as u64 + peer_members;
                 Ok((epoch, seq, delivered))
             }
             Err(error) => Err(error),
@@ -376,10 +382,11 @@ impl Core {
     pub(crate) fn direct(&mut self, now: Now, message: DirectMessage) -> Result<u64, PublishError> {
         let payload = self.serialize_payload(&message.data)?;
         let frame = envelope::envelope(&message.kind, now.unix_ms, None, &payload, None);
-        let elsewhere = match &message.target {
-            SendTarget::User(_) => true,
-            SendTarget::Connection(conn) => !self.conns.is_open(*conn),
-        };
+        let elsewhere = message.to_other_nodes
+            && match &message.target {
+                SendTarget::User(_) => true,
+                SendTarget::Connection(conn) => !self.conns.is_open(*conn),
+            };
         let delivered = self.deliver_direct(&message.target, &frame);
         if elsewhere {
             self.engine.push(EngineRequest::Direct {

@@ -163,6 +163,13 @@ impl Core {
                     format!("{name:?}: waits for a presence list that is not in flight").into(),
                 );
             }
+            if let Some(id) = room
+                .unechoed
+                .iter()
+                .find(|id| !room.members.contains_key(id))
+            {
+                return Err(format!("{name:?} awaits the echo of non-member {id:?}").into());
+            }
             for (id, &slot) in &room.members {
                 let connection = self.conns.at(slot);
                 if !connection.is_some_and(|c| c.id == *id && c.rooms.contains(name)) {

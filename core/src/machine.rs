@@ -192,6 +192,7 @@ impl Core {
             Input::Open { conn, identity } => self.open(now, conn, identity),
             Input::Text { conn, text } => self.client_message(now, conn, Some(text)),
             Input::Binary { conn } => self.client_message(now, conn, None),
+            Input::Busy { conn, id } => self.busy_message(now, conn, id),
             Input::Pong { conn } => self.heard(now, conn),
             Input::Written { conn, bytes } => self.written(conn, bytes),
             Input::Blocked { conn } => self.blocked(conn),
@@ -208,7 +209,11 @@ impl Core {
             Input::CheckDone { conn, answer } => self.check_done(now, conn, answer),
             Input::Engine(event) => match event {
                 EngineEvent::Live(message) => self.on_stream(message),
-                EngineEvent::Appended { call, result } => self.on_appended(now, call, result),
+                EngineEvent::Appended {
+                    call,
+                    result,
+                    peer_members,
+                } => self.on_appended(now, call, result, peer_members),
                 EngineEvent::Read { call, result } => self.on_read(now, call, result),
                 EngineEvent::Presence { call, result } => self.on_presence_list(now, call, result),
                 EngineEvent::PresenceChanged {

@@ -51,6 +51,12 @@ pub(crate) struct Room {
     pub(crate) presence_stale: bool,
     /// That list is in flight.
     pub(crate) presence_resyncing: bool,
+    /// Diffs from the engine: members whose own add the engine has not
+    /// echoed yet. They are told no change until it is: a change applied
+    /// before their add is no news to them (a `presence` list they make
+    /// already shows it), and a member told one would keep its count
+    /// without itself (nobody hears a change about itself).
+    pub(crate) unechoed: BTreeSet<ConnectionId>,
 }
 
 /// A join waiting for its room's read.
@@ -93,6 +99,11 @@ impl Rooms {
     /// Every room, in name order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&RoomName, &Room)> {
         self.rooms.iter()
+    }
+
+    /// Every room's state, in name order.
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Room> {
+        self.rooms.values_mut()
     }
 
     /// Whether any room has a member here.

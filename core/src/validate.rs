@@ -109,6 +109,11 @@ pub struct DirectMessage {
     pub kind: String,
     /// Payload object.
     pub data: Map<String, Value>,
+    /// Whether this node passes it on to the other nodes through the
+    /// engine (for targets that may be there). True as parsed; a node of
+    /// several shards hands the message to each of its shards and lets
+    /// one of them pass it on.
+    pub to_other_nodes: bool,
 }
 
 /// What a broadcast did.
@@ -310,7 +315,12 @@ pub fn parse_send_body(body: &[u8], types: &MessageTypes) -> Result<DirectMessag
     };
     let (kind, data) = type_and_data(&mut object)?;
     validate_message(types, &kind, &data)?;
-    Ok(DirectMessage { target, kind, data })
+    Ok(DirectMessage {
+        target,
+        kind,
+        data,
+        to_other_nodes: true,
+    })
 }
 
 #[cfg(test)]

@@ -580,6 +580,7 @@ fn publish_receipts_wait_for_the_engine_and_failures_are_errors() {
     h.feed(EngineEvent::Appended {
         call: *call,
         result: Err(EngineError::Unavailable("timed out".into())),
+        peer_members: 0,
     });
     match h.core.poll_answer() {
         Some((t, Response::Rejected(error))) => {

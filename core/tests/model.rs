@@ -1067,11 +1067,13 @@ fn input<'a>(op: &Op, text: &'a mut String) -> Input<'a> {
             target: SendTarget::User(USERS[*u as usize].to_owned()),
             kind: "system_info".to_owned(),
             data: obj(direct_data(*n)),
+            to_other_nodes: true,
         }),
         Op::SendConn(c, n) => Input::Direct(DirectMessage {
             target: SendTarget::Connection(conn_id(*c)),
             kind: "system_info".to_owned(),
             data: obj(direct_data(*n)),
+            to_other_nodes: true,
         }),
         Op::Advance(_) => Input::Timeout,
     }

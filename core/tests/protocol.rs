@@ -110,6 +110,7 @@ fn direct(target: SendTarget, kind: &str, data: Value) -> Input<'static> {
         target,
         kind: kind.to_owned(),
         data: obj(data),
+        to_other_nodes: true,
     })
 }
 

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,26 +28,33 @@ use crate::auth::{extract_token, offers_subprotocol, redact_uri, TokenError, SUB
 use crate::budget::InboundBytes;
 use crate::config::InvalidTokenPolicy;
 use crate::hooks::ConnectRefusal;
-use crate::hub::HubInput;
+use crate::hub::{HubInput, StatusSnapshot};
+use crate::node::NodeRooms;
 use crate::server::{App, Refusal};
 use crate::session::{Held, ReadSide, Session};
+use crate::shards::Seat;
 use crate::writer::ConnWriter;
 
 type HttpResponse = Response<Full<Bytes>>;
 
 /// Handles one HTTP request.
+///
+/// `seat` is the socket's place on its shard: the shard whose hub serves
+/// its requests, held by an upgraded connection for its whole life.
 pub(crate) async fn handle(
     app: Arc<App>,
+    seat: Arc<Seat>,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<HttpResponse, Infallible> {
     let path = request.uri().path().to_owned();
+    let shard = seat.shard;
     let response = match (request.method(), path.as_str()) {
-        (&Method::GET, "/ws/connect") => ws_connect(&app, peer, request).await,
+        (&Method::GET, "/ws/connect") => ws_connect(&app, seat, peer, request).await,
         (&Method::GET, "/ws/status") => status(&app).await,
-        (&Method::POST, "/api/broadcast") => broadcast(&app, request).await,
-        (&Method::POST, "/api/send") => send(&app, request).await,
-        (&Method::GET, "/metrics") => Ok(metrics(&app)),
+        (&Method::POST, "/api/broadcast") => broadcast(&app, shard, request).await,
+        (&Method::POST, "/api/send") => send(&app, shard, request).await,
+        (&Method::GET, "/metrics") => Ok(metrics(&app).await),
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (&Method::GET, "/readyz") => Ok(match app.verifier.keys_ready().and(app.ready.check()) {
             Ok(()) => json_response(StatusCode::OK, &json!({"status": "ready"})),
@@ -155,6 +163,7 @@ fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
 
 async fn ws_connect(
     app: &Arc<App>,
+    seat: Arc<Seat>,
     peer: SocketAddr,
     mut request: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
@@ -260,6 +269,7 @@ async fn ws_connect(
         let held = Held {
             _permit: permit,
             _guard: guard,
+            seat,
         };
         let opening = Opening {
             conn,
@@ -344,28 +354,24 @@ async fn open_session(
         writer: ConnWriter::new(write, signal),
         forwarded: (!forwarded.is_empty()).then(|| Box::new(forwarded)),
     };
-    app.hub.send(open).await.ok()?;
+    let hub = &app.hubs[held.seat.shard];
+    hub.send(open).await.ok()?;
     Some(Session {
         socket,
         conn,
         signalled,
-        hub: app.hub.clone(),
+        hub: hub.clone(),
         settings: app.session_settings.clone(),
         control_frames: None,
         user_id,
-        held,
+        _held: held,
     })
 }
 
 // ----- status, metrics --------------------------------------------------
 
 async fn status(app: &App) -> Result<HttpResponse, ApiError> {
-    let (reply, answer) = oneshot::channel();
-    app.hub
-        .send(HubInput::Status { reply })
-        .await
-        .map_err(|_| ApiError::unavailable())?;
-    let snapshot = answer.await.map_err(|_| ApiError::unavailable())?;
+    let snapshot = node_status(app).await?;
     let mut body = json!({
             "status": "operational",
             "active_connections": snapshot.connections,
@@ -374,6 +380,7 @@ async fn status(app: &App) -> Result<HttpResponse, ApiError> {
             "local_rooms": snapshot.local_rooms,
             "node_id": app.node_id,
             "uptime_seconds": app.started.elapsed().as_secs(),
+            "shards": app.hubs.len(),
     });
     if let Some(cluster) = app.ready.cluster() {
         // With a shared engine: the deployment's nodes seen alive (through
@@ -388,7 +395,40 @@ async fn status(app: &App) -> Result<HttpResponse, ApiError> {
     Ok(json_response(StatusCode::OK, &body))
 }
 
-fn metrics(app: &App) -> HttpResponse {
+/// The node's figures: every shard's hub asked, the answers summed; rooms
+/// counted once for the node (a room followed by two shards is one room).
+async fn node_status(app: &App) -> Result<StatusSnapshot, ApiError> {
+    let mut total = StatusSnapshot {
+        connections: 0,
+        rooms: 0,
+        local_rooms: 0,
+    };
+    for hub in &app.hubs {
+        let (reply, answer) = oneshot::channel();
+        hub.send(HubInput::Status { reply })
+            .await
+            .map_err(|_| ApiError::unavailable())?;
+        let snapshot = answer.await.map_err(|_| ApiError::unavailable())?;
+        total.connections += snapshot.connections;
+        total.rooms += snapshot.rooms;
+        total.local_rooms += snapshot.local_rooms;
+    }
+    if let NodeRooms::Shards { followed, engine } = &app.rooms {
+        total.local_rooms = followed.load(Ordering::Relaxed);
+        total.rooms = match engine {
+            Some(rooms) => rooms.load(Ordering::Relaxed),
+            None => total.local_rooms,
+        };
+    }
+    Ok(total)
+}
+
+async fn metrics(app: &App) -> HttpResponse {
+    if let NodeRooms::Shards { followed, engine } = &app.rooms {
+        // Counted once for the node, when asked (see `node_status`).
+        let rooms = engine.as_ref().unwrap_or(followed).load(Ordering::Relaxed);
+        app.metrics.rooms.set(rooms as i64);
+    }
     let mut response = Response::new(Full::new(Bytes::from(app.metrics.encode())));
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -505,7 +545,11 @@ fn refuse_when_shutting_down(app: &App) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+async fn broadcast(
+    app: &App,
+    shard: usize,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
     let received = Instant::now();
     refuse_when_shutting_down(app)?;
     let user = api_caller(app, &request).await?;
@@ -522,7 +566,7 @@ async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse
         ));
     }
     let (reply, answer) = oneshot::channel();
-    app.hub
+    app.hubs[shard]
         .send(HubInput::Broadcast {
             publish,
             received,
@@ -556,7 +600,14 @@ async fn broadcast(app: &App, request: Request<Incoming>) -> Result<HttpResponse
     Ok(json_response(StatusCode::OK, &body))
 }
 
-async fn send(app: &App, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+/// `POST /api/send`: handed to every shard's hub (each delivers to its
+/// own connections), and from this shard's on to the engine for other
+/// nodes; `delivered` sums the shards' counts.
+async fn send(
+    app: &App,
+    shard: usize,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
     refuse_when_shutting_down(app)?;
     let user = api_caller(app, &request).await?;
     if !user.scopes.iter().any(|s| s == "publish") {
@@ -569,19 +620,32 @@ async fn send(app: &App, request: Request<Incoming>) -> Result<HttpResponse, Api
     let body = read_body(app, request).await?;
     let inbound = inbound_share(app, body.len())?;
     let message = roomcast_core::validate::parse_send_body(&body, &app.types).map_err(invalid)?;
-    let (reply, answer) = oneshot::channel();
-    app.hub
-        .send(HubInput::Send {
-            message,
-            reply,
-            inbound,
-        })
-        .await
-        .map_err(|_| ApiError::unavailable())?;
-    let delivered = answer
-        .await
-        .map_err(|_| ApiError::unavailable())?
-        .map_err(invalid)?;
+    let mut answers = Vec::with_capacity(app.hubs.len());
+    // This shard first: it passes the message on to other nodes, and holds
+    // the body's share of the inbound budget.
+    let mut inbound = Some(inbound);
+    let order = std::iter::once(shard).chain((0..app.hubs.len()).filter(|&s| s != shard));
+    for (nth, target) in order.enumerate() {
+        let mut message = message.clone();
+        message.to_other_nodes = nth == 0;
+        let (reply, answer) = oneshot::channel();
+        app.hubs[target]
+            .send(HubInput::Send {
+                message,
+                reply,
+                inbound: inbound.take(),
+            })
+            .await
+            .map_err(|_| ApiError::unavailable())?;
+        answers.push(answer);
+    }
+    let mut delivered = 0;
+    for answer in answers {
+        delivered += answer
+            .await
+            .map_err(|_| ApiError::unavailable())?
+            .map_err(invalid)?;
+    }
     Ok(json_response(
         StatusCode::OK,
         &json!({"delivered": delivered}),

@@ -1,8 +1,8 @@
-//! The hub: the one task that owns the core, through a [`Driver`]: by
-//! default a [`Standalone`](roomcast_core::Standalone) (the core and its
-//! in-memory engine, answered in the same loop), or the core and a Redis
-//! engine task ([`crate::driver::Remote`]), whose answers and live
-//! messages the hub awaits beside its inbox. Everything reaches it
+//! A hub: the task that owns one shard's core and its engine side
+//! (`crate::shard_core`: the in-memory engine answered in the same loop,
+//! or an engine task whose answers and live messages the hub awaits
+//! beside its inbox), and writes its connections' sockets. A node runs
+//! one hub per shard (`crate::shards`). Everything reaches a hub
 //! through one bounded channel of [`HubInput`]s; it turns them into core
 //! inputs stamped with the clock, queues the core's frames on the
 //! connections' [`ConnWriter`]s, answers callers on their reply channels,
@@ -17,21 +17,20 @@ use bytes::Bytes;
 use roomcast_core::parse::RequestId;
 use roomcast_core::validate::DirectMessage;
 use roomcast_core::{
-    CloseCode, ConnectionId, ErrorCode, Identity, Input, Output, Publish, PublishError,
-    PublishReceipt, Response, Ticket,
+    CloseCode, ConnectionId, Identity, Input, Output, Publish, PublishError, PublishReceipt,
+    Response, Ticket,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::auth::TokenVerifier;
 use crate::budget::InboundBytes;
 use crate::clock::Clock;
-use crate::driver::Driver;
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
 use crate::server::Cancel;
-use crate::verify::{Checked, Checker};
+use crate::shard_core::ShardCore;
+use crate::verify::{Checked, Checker, TokenPool};
 use crate::writer::{ConnWriter, Writable};
 
 /// Capacity of the hub's input channel. Senders wait when it is full, which
@@ -133,8 +132,9 @@ pub enum HubInput {
         message: DirectMessage,
         /// Where the delivered count goes.
         reply: oneshot::Sender<Result<u64, PublishError>>,
-        /// The body's share of the inbound byte budget.
-        inbound: InboundBytes,
+        /// The body's share of the inbound byte budget (held by one shard's
+        /// copy when the message goes to every shard).
+        inbound: Option<InboundBytes>,
     },
     /// `/ws/status`.
     Status {
@@ -148,23 +148,29 @@ pub enum HubInput {
 /// channel on purpose: under load the channel holds thousands of inputs
 /// (and senders wait while it is full), and the drain must start at once,
 /// not behind them.
-pub async fn run<D: Driver>(
-    core: D,
-    clock: Clock,
+pub(crate) async fn run(
+    shard_core: ShardCore,
     mut inbox: mpsc::Receiver<HubInput>,
-    metrics: Metrics,
-    verifier: Arc<TokenVerifier>,
-    hooks: Arc<Hooks>,
-    stop: Arc<Cancel>,
+    setup: HubSetup,
 ) {
-    let write_gather_bytes = core.config().limits.write_buffer_bytes;
-    let (checked_tx, mut checked) = mpsc::unbounded_channel();
-    let mut hub = Hub {
-        core,
-        pending: HashMap::new(),
+    let HubSetup {
         clock,
         metrics,
-        checks: Checker::new(verifier, hooks, Checker::default_threads(), checked_tx),
+        tokens,
+        hooks,
+        stop,
+        shard,
+        shards,
+    } = setup;
+    let write_gather_bytes = shard_core.core.config().limits.write_buffer_bytes;
+    let (checked_tx, mut checked) = mpsc::unbounded_channel();
+    let mut hub = Hub {
+        shard: shard_core,
+        pending: HashMap::new(),
+        clock,
+        gauges: Gauges::new(&metrics, shard, shards),
+        metrics,
+        checks: Checker::new(tokens, hooks, checked_tx),
         writers: HashMap::new(),
         dirty: VecDeque::new(),
         writable: Arc::new(Writable::new(write_gather_bytes)),
@@ -174,7 +180,7 @@ pub async fn run<D: Driver>(
     let mut ready = Vec::new();
     let mut stopping = false;
     loop {
-        let deadline = hub.core.poll_timeout().map(|us| hub.clock.instant_of(us));
+        let deadline = hub.shard.poll_timeout().map(|us| hub.clock.instant_of(us));
         let writing = !hub.dirty.is_empty();
         tokio::select! {
             biased;
@@ -182,25 +188,25 @@ pub async fn run<D: Driver>(
             _ = stop.cancelled(), if !stopping => {
                 stopping = true;
                 info!(
-                    connections = hub.core.connection_count(),
+                    connections = hub.shard.core.connection_count(),
                     "closing every connection with 1001"
                 );
-                hub.core.handle(hub.clock.now(), Input::Shutdown);
+                hub.shard.handle(hub.clock.now(), Input::Shutdown);
                 hub.route(None);
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                hub.core.handle(hub.clock.now(), Input::Timeout);
+                hub.shard.handle(hub.clock.now(), Input::Timeout);
                 hub.route(None);
             }
             // Before the inbox, which under load is never empty.
-            event = hub.core.next_engine_event() => {
-                hub.core.handle(hub.clock.now(), Input::Engine(event));
+            event = hub.shard.next_engine_event() => {
+                hub.shard.handle(hub.clock.now(), Input::Engine(event));
                 hub.route(None);
                 for _ in 0..BATCH_MAX {
-                    let Some(event) = hub.core.try_engine_event() else {
+                    let Some(event) = hub.shard.try_engine_event() else {
                         break;
                     };
-                    hub.core.handle(hub.clock.now(), Input::Engine(event));
+                    hub.shard.handle(hub.clock.now(), Input::Engine(event));
                     hub.route(None);
                 }
             }
@@ -230,14 +236,12 @@ pub async fn run<D: Driver>(
         for conn in ready.drain(..) {
             if let Some(writer) = hub.writers.get_mut(&conn) {
                 writer.writable();
-                Hub::<D>::list(&mut hub.dirty, conn, writer);
+                Hub::list(&mut hub.dirty, conn, writer);
             }
         }
         hub.write_some(WRITE_SLICE);
-        hub.metrics
-            .connections
-            .set(hub.core.connection_count() as i64);
-        hub.metrics.rooms.set(hub.core.room_count() as i64);
+        hub.gauges
+            .report(hub.shard.core.connection_count(), hub.shard.room_count());
         if !hub.dirty.is_empty() {
             // Let the rest of the server run between slices of a big
             // fan-out. New broadcasts that arrive meanwhile join the queues
@@ -247,28 +251,76 @@ pub async fn run<D: Driver>(
             tokio::task::yield_now().await;
         }
     }
-    // The verification threads end once their current job is done.
-    let threads = hub.checks.close();
+    hub.gauges.report(0, 0);
     drop(checked);
-    if !threads.is_empty() {
-        let _ = tokio::task::spawn_blocking(move || {
-            for thread in threads {
-                let _ = thread.join();
-            }
-        })
-        .await;
+    debug!(shard, "hub stopped");
+}
+
+/// What a hub runs with besides its core and inbox.
+pub struct HubSetup {
+    /// The node's clock.
+    pub clock: Clock,
+    /// The node's metrics.
+    pub metrics: Metrics,
+    /// The node's token threads (refresh).
+    pub tokens: Arc<TokenPool>,
+    /// The application's hooks (join).
+    pub hooks: Arc<Hooks>,
+    /// Cancelled when the node shuts down (every hub's drain starts).
+    pub stop: Arc<Cancel>,
+    /// This hub's shard number.
+    pub shard: usize,
+    /// The node's shard count.
+    pub shards: usize,
+}
+
+/// The hub's share of the node-wide gauges: it adds what changed since
+/// its last report, so several hubs sum into one gauge instead of the
+/// last writer winning.
+struct Gauges {
+    connections: prometheus_client::metrics::gauge::Gauge,
+    shard_connections: prometheus_client::metrics::gauge::Gauge,
+    /// With one shard the core's room count is the node's; with several,
+    /// rooms are counted once for the node (`crate::shards`), not here.
+    rooms: Option<prometheus_client::metrics::gauge::Gauge>,
+    reported: (usize, usize),
+}
+
+impl Gauges {
+    fn new(metrics: &Metrics, shard: usize, shards: usize) -> Gauges {
+        Gauges {
+            connections: metrics.connections.clone(),
+            shard_connections: metrics.shard_connections(shard),
+            rooms: (shards == 1).then(|| metrics.rooms.clone()),
+            reported: (0, 0),
+        }
     }
-    debug!("hub stopped");
+
+    fn report(&mut self, connections: usize, rooms: usize) {
+        let (last_connections, last_rooms) = self.reported;
+        if connections != last_connections {
+            self.connections
+                .inc_by(connections as i64 - last_connections as i64);
+            self.shard_connections.set(connections as i64);
+        }
+        if let Some(gauge) = &self.rooms {
+            if rooms != last_rooms {
+                gauge.set(rooms as i64);
+            }
+        }
+        self.reported = (connections, rooms);
+    }
 }
 
 /// The hub's state: the core and the write half of every connection.
-struct Hub<D> {
-    core: D,
+struct Hub {
+    shard: ShardCore,
     /// Broadcasts waiting for the engine, with their caller's reply
     /// channel and room count (for metrics).
     pending: HashMap<Ticket, (BroadcastReply, u64)>,
     clock: Clock,
     metrics: Metrics,
+    gauges: Gauges,
     /// Makes the core's checks (refresh tokens, join hook) off the hub;
     /// meanwhile the core holds the connection's later messages.
     checks: Checker,
@@ -284,12 +336,12 @@ struct Hub<D> {
     writable: Arc<Writable>,
 }
 
-impl<D: Driver> Hub<D> {
+impl Hub {
     /// Applies one hub input to the core. Returns the publish time when the
     /// input was a broadcast, so its deliveries can be stamped.
     fn handle(&mut self, input: HubInput) -> Option<Instant> {
         let now = self.clock.now();
-        let core = &mut self.core;
+        let shard = &mut self.shard;
         let metrics = &self.metrics;
         match input {
             HubInput::Open {
@@ -301,7 +353,7 @@ impl<D: Driver> Hub<D> {
                 self.writers.insert(conn, Box::new(writer));
                 self.checks.opened(conn, forwarded);
                 metrics.connections_opened.inc();
-                core.handle(now, Input::Open { conn, identity });
+                shard.handle(now, Input::Open { conn, identity });
             }
             HubInput::Text {
                 conn,
@@ -310,7 +362,7 @@ impl<D: Driver> Hub<D> {
             } => {
                 metrics.messages_in.inc();
                 metrics.bytes_in.inc_by(text.len() as u64);
-                core.handle(
+                shard.handle(
                     now,
                     Input::Text {
                         conn,
@@ -322,39 +374,23 @@ impl<D: Driver> Hub<D> {
             HubInput::Busy { conn, id } => {
                 metrics.messages_in.inc();
                 metrics.server_busy.inc();
-                if let Some(writer) = self.writers.get_mut(&conn) {
-                    let frame = roomcast_core::envelope::error(
-                        now.unix_ms,
-                        ErrorCode::ServerBusy,
-                        "the server is busy: message not executed; retry later",
-                        id.as_ref(),
-                    );
-                    Self::list(&mut self.dirty, conn, writer);
-                    if !writer.push_own_text(frame) {
-                        // Refusals keep coming but the client does not read.
-                        core.handle(
-                            now,
-                            Input::Abort {
-                                conn,
-                                code: CloseCode::SlowConsumer,
-                            },
-                        );
-                    }
-                }
+                // The core answers it in its place among the replies
+                // (behind any waiting for the engine).
+                shard.handle(now, Input::Busy { conn, id });
             }
             HubInput::Binary { conn } => {
                 metrics.messages_in.inc();
-                core.handle(now, Input::Binary { conn });
+                shard.handle(now, Input::Binary { conn });
             }
             HubInput::Alive { conn } => {
-                core.handle(now, Input::Pong { conn });
+                shard.handle(now, Input::Pong { conn });
             }
             HubInput::Control { conn, frame } => {
                 if let Some(writer) = self.writers.get_mut(&conn) {
                     Self::list(&mut self.dirty, conn, writer);
                     if !writer.push_control(frame) {
                         // Pings keep coming but the client does not read.
-                        core.handle(
+                        shard.handle(
                             now,
                             Input::Abort {
                                 conn,
@@ -365,7 +401,7 @@ impl<D: Driver> Hub<D> {
                 }
             }
             HubInput::Abort { conn, code } => {
-                core.handle(now, Input::Abort { conn, code });
+                shard.handle(now, Input::Abort { conn, code });
             }
             HubInput::Closed { conn } => {
                 self.checks.closed(conn);
@@ -379,7 +415,7 @@ impl<D: Driver> Hub<D> {
                         writer.flush(conn, &self.writable);
                     }
                 }
-                core.handle(now, Input::Closed { conn });
+                shard.handle(now, Input::Closed { conn });
             }
             HubInput::Broadcast {
                 publish,
@@ -388,7 +424,7 @@ impl<D: Driver> Hub<D> {
                 inbound: _inbound,
             } => {
                 let rooms = publish.rooms.len() as u64;
-                match core.handle(now, Input::Broadcast(publish)) {
+                match shard.handle(now, Input::Broadcast(publish)) {
                     Response::Pending(ticket) => {
                         self.pending.insert(ticket, (reply, rooms));
                     }
@@ -401,7 +437,7 @@ impl<D: Driver> Hub<D> {
                 reply,
                 inbound: _inbound,
             } => {
-                let answer = match core.handle(now, Input::Direct(message)) {
+                let answer = match shard.handle(now, Input::Direct(message)) {
                     Response::Sent { delivered } => Ok(delivered),
                     Response::Rejected(error) => Err(error),
                     other => Err(PublishError::InvalidBody(format!(
@@ -412,9 +448,9 @@ impl<D: Driver> Hub<D> {
             }
             HubInput::Status { reply } => {
                 let _ = reply.send(StatusSnapshot {
-                    connections: core.connection_count(),
-                    rooms: core.room_count(),
-                    local_rooms: core.local_room_count(),
+                    connections: shard.core.connection_count(),
+                    rooms: shard.room_count(),
+                    local_rooms: shard.core.room_count(),
                 });
             }
         }
@@ -425,7 +461,7 @@ impl<D: Driver> Hub<D> {
     /// connection's messages that waited for it).
     fn check_done(&mut self, checked: Checked) {
         let Checked { conn, answer } = checked;
-        self.core
+        self.shard
             .handle(self.clock.now(), Input::CheckDone { conn, answer });
         self.route(None);
     }
@@ -433,12 +469,12 @@ impl<D: Driver> Hub<D> {
     /// Queues every pending core output on its connection's writer, and
     /// answers broadcasts the engine has now answered.
     fn route(&mut self, published_at: Option<Instant>) {
-        while let Some((ticket, response)) = self.core.poll_answer() {
+        while let Some((ticket, response)) = self.shard.core.poll_answer() {
             if let Some((reply, rooms)) = self.pending.remove(&ticket) {
                 answer_broadcast(&self.metrics, reply, rooms, response);
             }
         }
-        while let Some(output) = self.core.poll_output() {
+        while let Some(output) = self.shard.core.poll_output() {
             match output {
                 Output::Send { conn, frame } => {
                     // The core only addresses open connections, and a
@@ -450,7 +486,7 @@ impl<D: Driver> Hub<D> {
                     };
                     writer.push_text(frame);
                     if let Some(at) = published_at {
-                        writer.oldest_publish.get_or_insert(at);
+                        writer.note_publish(at);
                     }
                     Self::list(&mut self.dirty, conn, writer);
                 }
@@ -493,8 +529,7 @@ impl<D: Driver> Hub<D> {
 
     /// Puts `conn` on the queue of writers to flush, once.
     fn list(dirty: &mut VecDeque<ConnectionId>, conn: ConnectionId, writer: &mut ConnWriter) {
-        if !writer.listed {
-            writer.listed = true;
+        if writer.list() {
             dirty.push_back(conn);
         }
     }
@@ -503,12 +538,12 @@ impl<D: Driver> Hub<D> {
         let Some(writer) = self.writers.get_mut(&conn) else {
             return;
         };
-        writer.listed = false;
+        writer.unlist();
         if !writer.wants_flush() {
             return;
         }
         // Recorded once per write, for the oldest broadcast in it.
-        let oldest_publish = writer.oldest_publish.take();
+        let oldest_publish = writer.take_oldest_publish();
         let flushed = writer.flush(conn, &self.writable);
         if flushed.text_bytes > 0 {
             self.metrics.messages_out.inc_by(flushed.frames);
@@ -518,7 +553,7 @@ impl<D: Driver> Hub<D> {
                     .publish_to_write_seconds
                     .observe(at.elapsed().as_secs_f64());
             }
-            self.core.handle(
+            self.shard.handle(
                 self.clock.now(),
                 Input::Written {
                     conn,
@@ -529,7 +564,7 @@ impl<D: Driver> Hub<D> {
         if flushed.blocked {
             // The client is not keeping up: conflation may hold its
             // progress events until its socket drains.
-            self.core.handle(self.clock.now(), Input::Blocked { conn });
+            self.shard.handle(self.clock.now(), Input::Blocked { conn });
         }
         if flushed.failed {
             // The reading task was told and will report `Closed`; the core
@@ -541,7 +576,7 @@ impl<D: Driver> Hub<D> {
             {
                 self.metrics.disconnect("client");
             }
-            self.core.handle(self.clock.now(), Input::Closed { conn });
+            self.shard.handle(self.clock.now(), Input::Closed { conn });
         }
     }
 }

@@ -17,6 +17,16 @@ pub trait Listener: Send + 'static {
 
     /// The bound address.
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// An accepted stream, unhooked from the runtime that accepted it so
+    /// it can move to a shard's thread.
+    type Detached: Send + 'static;
+
+    /// Unhooks `io` from the accepting runtime.
+    fn detach(io: Self::Io) -> io::Result<Self::Detached>;
+
+    /// Hooks a detached stream to the runtime of the calling task.
+    fn attach(detached: Self::Detached) -> io::Result<Self::Io>;
 }
 
 impl Listener for tokio::net::TcpListener {
@@ -31,5 +41,16 @@ impl Listener for tokio::net::TcpListener {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         tokio::net::TcpListener::local_addr(self)
+    }
+
+    type Detached = std::net::TcpStream;
+
+    fn detach(io: Self::Io) -> io::Result<Self::Detached> {
+        // Stays non-blocking.
+        io.into_std()
+    }
+
+    fn attach(detached: Self::Detached) -> io::Result<Self::Io> {
+        tokio::net::TcpStream::from_std(detached)
     }
 }

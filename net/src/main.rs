@@ -36,7 +36,15 @@ enum Command {
         /// Log format [default: text; env: ROOMCAST_LOG_FORMAT].
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
-        /// Runtime worker threads (0 = one per CPU).
+        /// Shards: hubs, each with its own core and connections on a
+        /// thread of its own [default: one per CPU this process may run
+        /// on; env: ROOMCAST_SHARDS].
+        #[arg(long, value_name = "N")]
+        shards: Option<usize>,
+        /// Threads of the runtime that accepts connections (0 = automatic:
+        /// one per CPU with --shards 1, where the sessions run there too;
+        /// 2 with more shards, which run their connections on their own
+        /// threads).
         #[arg(long, default_value_t = 0)]
         workers: usize,
         /// Share rooms with other nodes through this Redis:
@@ -86,6 +94,7 @@ fn main() -> ExitCode {
             listen,
             config,
             log_format,
+            shards,
             workers,
             redis,
             redis_cluster,
@@ -94,6 +103,7 @@ fn main() -> ExitCode {
             listen,
             config,
             log_format,
+            shards,
             workers,
             RedisFlags {
                 url: redis,
@@ -118,8 +128,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(config: Option<PathBuf>) -> Result<ServerConfig, String> {
-    ServerConfig::load(config.as_deref(), std::env::vars())
+fn load(config: Option<PathBuf>) -> Result<ServerConfig, Box<dyn std::error::Error>> {
+    Ok(ServerConfig::load(config.as_deref(), std::env::vars())?)
 }
 
 /// The `--redis*` flags of `serve`.
@@ -133,9 +143,10 @@ fn run_server(
     listen: Option<std::net::SocketAddr>,
     config: Option<PathBuf>,
     log_format: Option<LogFormat>,
+    shards: Option<usize>,
     workers: usize,
     redis: RedisFlags,
-) -> Result<(), String> {
+) -> Result<(), Box<dyn std::error::Error>> {
     // Each `--redis*` flag overrides the environment, as if it were the
     // variable, so the `[engine]` settings are validated together (TLS
     // files need a rediss:// URL, Sentinel excludes a cluster).
@@ -161,13 +172,25 @@ fn run_server(
     if let Some(format) = log_format {
         config.log_format = format;
     }
+    if let Some(shards) = shards {
+        config.shards = shards;
+        config.validate()?;
+    }
     init_logging(config.log_format);
     for warning in warnings {
         tracing::warn!("{warning}");
     }
+    let options = ServeOptions::production();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        runtime.worker_threads(workers);
+    match (workers, config.shard_count(options.cpus)) {
+        (0, 1) => {}
+        // The acceptor, the engine task and the shard router.
+        (0, _) => {
+            runtime.worker_threads(2);
+        }
+        (workers, _) => {
+            runtime.worker_threads(workers);
+        }
     }
     let runtime = runtime.enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
@@ -197,13 +220,8 @@ fn run_server(
                  generated; set ROOMCAST_JWT_SECRET (or auth.public_key_file) to accept tokens"
             ),
         }
-        serve(
-            listener,
-            config,
-            ServeOptions::production(),
-            shutdown_signal(),
-        )
-        .await
+        serve(listener, config, options, shutdown_signal()).await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
     })
 }
 
@@ -230,7 +248,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn unix_now_s() -> Result<u64, String> {
+fn unix_now_s() -> Result<u64, Box<dyn std::error::Error>> {
     Ok(std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| e.to_string())?
@@ -243,7 +261,7 @@ fn print_token(
     rooms: &str,
     ttl: u64,
     config: Option<PathBuf>,
-) -> Result<(), String> {
+) -> Result<(), Box<dyn std::error::Error>> {
     let rooms: Vec<&str> = rooms
         .split(',')
         .map(str::trim)

@@ -31,6 +31,13 @@ pub struct HookFailure {
     pub kind: &'static str,
 }
 
+/// Label of the per-shard gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    /// The shard's number, from 0.
+    pub shard: String,
+}
+
 /// Label of a per-outcome counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
@@ -43,8 +50,10 @@ pub struct Outcome {
 pub struct Metrics {
     /// Open WebSocket connections.
     pub connections: Gauge,
-    /// Rooms held by the core.
+    /// Rooms kept by the node (see `/ws/status`'s `rooms`).
     pub rooms: Gauge,
+    /// Open WebSocket connections per shard (operators watch the balance).
+    pub shard_connections_by_shard: Family<ShardLabel, Gauge>,
     /// Connections accepted since start.
     pub connections_opened: Counter,
     /// Upgrades refused before the connection existed, by reason.
@@ -83,6 +92,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Shard `shard`'s open connections gauge.
+    pub fn shard_connections(&self, shard: usize) -> Gauge {
+        self.shard_connections_by_shard
+            .get_or_create(&ShardLabel {
+                shard: shard.to_string(),
+            })
+            .clone()
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("roomcast");
@@ -133,6 +151,12 @@ impl Metrics {
             "connections",
             "Open WebSocket connections",
             connections.clone(),
+        );
+        let shard_connections_by_shard = Family::<ShardLabel, Gauge>::default();
+        registry.register(
+            "shard_connections",
+            "Open WebSocket connections per shard",
+            shard_connections_by_shard.clone(),
         );
         registry.register(
             "rooms",
@@ -207,6 +231,7 @@ impl Metrics {
         Metrics {
             connections,
             rooms,
+            shard_connections_by_shard,
             connections_opened,
             connections_rejected,
             disconnects,

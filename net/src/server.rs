@@ -11,7 +11,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_tungstenite::tungstenite::protocol::WebSocketConfig;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use roomcast_core::{CoreConfig, MessageTypes, Standalone};
+use roomcast_core::{CoreConfig, MessageTypes};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -19,15 +19,16 @@ use tracing::{debug, info, warn};
 use crate::auth::TokenVerifier;
 use crate::budget::InboundBudget;
 use crate::clock::{Clock, IdSource};
-use crate::config::{redact_url, ServerConfig};
-use crate::driver::{Driver, Remote};
-use crate::engine::redis::RedisSettings;
-use crate::engine::tls::TlsFiles;
+use crate::config::ServerConfig;
 use crate::engine::{EngineLink, Readiness};
+use crate::error::{ConfigError, ServeError};
 use crate::hooks::Hooks;
-use crate::hub::{self, HubInput, HUB_CHANNEL_CAPACITY};
+use crate::hub::HubInput;
 use crate::listener::Listener;
 use crate::metrics::Metrics;
+use crate::node::{Node, NodeParts, NodeRooms};
+use crate::shards::{Placement, Seat, ShardRuntime};
+use crate::verify::TokenPool;
 
 /// What varies between production and simulation: the clock and the ids.
 pub struct ServeOptions {
@@ -37,15 +38,25 @@ pub struct ServeOptions {
     pub ids: IdSource,
     /// Metrics registry (pass one in to read it from outside, as tests do).
     pub metrics: Metrics,
+    /// The CPUs this process may run on: the shard count when the
+    /// configuration's `shards` is 0.
+    pub cpus: usize,
+    /// Where shards run: threads (production) or tasks (the simulator).
+    pub shard_runtime: ShardRuntime,
 }
 
 impl ServeOptions {
-    /// Production: system wall clock, random ids.
+    /// Production: system wall clock, random ids, shards on threads of
+    /// their own, one per CPU by default (what `taskset`, cpusets and
+    /// cgroup CPU quotas leave this process, as
+    /// `std::thread::available_parallelism` reports it).
     pub fn production() -> ServeOptions {
         ServeOptions {
             clock: Clock::system(),
             ids: IdSource::Random,
             metrics: Metrics::new(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            shard_runtime: ShardRuntime::Threads,
         }
     }
 }
@@ -57,7 +68,10 @@ pub(crate) struct App {
     /// The application's hooks (the connect hook is called from here).
     pub(crate) hooks: Arc<Hooks>,
     pub(crate) types: MessageTypes,
-    pub(crate) hub: mpsc::Sender<HubInput>,
+    /// Each shard's hub, in shard order.
+    pub(crate) hubs: Vec<mpsc::Sender<HubInput>>,
+    /// Where the node's room counts come from (`/ws/status`, `/metrics`).
+    pub(crate) rooms: NodeRooms,
     pub(crate) metrics: Metrics,
     pub(crate) gate: Arc<Gate>,
     pub(crate) ids: Mutex<IdSource>,
@@ -80,31 +94,6 @@ pub(crate) struct App {
     pub(crate) ready: Readiness,
 }
 
-/// Starts the hub task over a driver.
-fn spawn_hub<D: Driver>(
-    core: D,
-    clock: &Clock,
-    inbox: mpsc::Receiver<HubInput>,
-    metrics: &Metrics,
-    verifier: &Arc<TokenVerifier>,
-    hooks: &Arc<Hooks>,
-    stop: &Arc<Cancel>,
-) -> tokio::task::JoinHandle<()> {
-    // Unconstrained: tokio's cooperative budget (128 socket operations per
-    // poll) would make the hub give up mid-fan-out and retry every other
-    // socket through its readiness path. The hub yields by itself between
-    // slices of writes and whenever its channel is empty.
-    tokio::spawn(tokio::task::unconstrained(hub::run(
-        core,
-        clock.clone(),
-        inbox,
-        metrics.clone(),
-        verifier.clone(),
-        hooks.clone(),
-        stop.clone(),
-    )))
-}
-
 /// Serves on `listener` until `shutdown` resolves, then finishes the HTTP
 /// requests in progress, closes every client with 1001, and returns once
 /// they are gone (or `shutdown_drain_ms` passed) and every task it started
@@ -117,7 +106,7 @@ pub async fn serve<L: Listener>(
     config: ServerConfig,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     serve_engine(listener, config, options, None, shutdown).await
 }
 
@@ -131,9 +120,9 @@ pub async fn serve_with_engine<L: Listener>(
     options: ServeOptions,
     link: EngineLink,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     if config.engine.redis_url.is_some() {
-        return Err("an engine link was given and [engine] redis_url is set: choose one".into());
+        return Err(ServeError::TwoEngines);
     }
     serve_engine(listener, config, options, Some(link), shutdown).await
 }
@@ -144,7 +133,7 @@ async fn serve_engine<L: Listener>(
     options: ServeOptions,
     link: Option<EngineLink>,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     config.validate()?;
     let verifier = Arc::new(TokenVerifier::from_config(&config.auth)?);
     if !verifier.is_configured() {
@@ -153,11 +142,13 @@ async fn serve_engine<L: Listener>(
         );
     }
     let types = MessageTypes::with_custom(config.custom_types.iter().map(String::as_str))
-        .map_err(|bad| format!("invalid custom type {bad:?}"))?;
+        .map_err(|bad| ConfigError::new(format!("invalid custom type {bad:?}")))?;
     let ServeOptions {
         clock,
         mut ids,
         metrics,
+        cpus,
+        shard_runtime,
     } = options;
     let node_id = ids.epoch_prefix();
     let core_config = CoreConfig {
@@ -173,65 +164,36 @@ async fn serve_engine<L: Listener>(
         join_hook: config.hooks.join_url.is_some(),
     };
     let hooks = Arc::new(Hooks::new(&config.hooks, &metrics));
-    let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
-    // Tells the hub to close every connection (beside its channel, which
-    // may be full: see `hub::run`).
+    let tokens = TokenPool::new(verifier.clone(), TokenPool::default_threads());
+    // Tells the hubs to close every connection (beside their channels,
+    // which may be full: see `hub::run`).
     let hub_stop = Arc::new(Cancel::default());
-    let (mut hub_task, ready, presence_written) = match (link, &config.engine.redis_url) {
-        (Some(mut link), _) => {
-            info!("engine: given by the caller");
-            let ready = link.ready.clone();
-            let presence_written = link.presence_written.take();
-            let core = Remote::new(core_config, link);
-            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier, &hooks, &hub_stop);
-            (task, ready, presence_written)
-        }
-        (None, None) => {
-            let core = Standalone::new(core_config);
-            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier, &hooks, &hub_stop);
-            (task, Readiness::always(), None)
-        }
-        (None, Some(url)) => {
-            let limits = &config.limits;
-            let engine = &config.engine;
-            let tls = TlsFiles {
-                ca: engine.redis_tls_ca.clone(),
-                client: engine
-                    .redis_tls_cert
-                    .clone()
-                    .zip(engine.redis_tls_key.clone()),
-            };
-            debug_assert!(
-                engine.redis_tls_cert.is_some() == engine.redis_tls_key.is_some(),
-                "validate() lets only both or neither through"
-            );
-            let mut link = crate::engine::redis::spawn(RedisSettings {
-                url: url.clone(),
-                tls,
-                prefix: config.engine.redis_prefix.clone(),
-                node: node_id.clone(),
-                timeout: Duration::from_millis(config.engine.redis_timeout_ms),
-                history_messages_max: limits.history_messages_max,
-                history_age_ms: limits.history_age_ms,
-                presence_ttl_ms: limits.presence_ttl_ms,
-                presence_diff_prefixes: config.rooms.presence_diff_prefixes.clone(),
-                stream_check_interval_ms: limits.stream_check_interval_ms,
-                calls_max: limits.engine_calls_max,
-                local_connections: metrics.connections.clone(),
-                cluster: config.engine.redis_cluster,
-                sentinel_master: config.engine.redis_sentinel_master.clone(),
-                sentinel_password: config.engine.redis_sentinel_password.clone(),
-                probe_interval: Duration::from_millis(config.engine.redis_probe_interval_ms),
-                probe_timeout: Duration::from_millis(config.engine.redis_probe_timeout_ms),
-            })?;
-            info!(redis = %redact_url(url), prefix = %config.engine.redis_prefix, sentinel_master = ?config.engine.redis_sentinel_master, "engine: redis");
-            let ready = link.ready.clone();
-            let presence_written = link.presence_written.take();
-            let core = Remote::new(core_config, link);
-            let task = spawn_hub(core, &clock, hub_rx, &metrics, &verifier, &hooks, &hub_stop);
-            (task, ready, presence_written)
-        }
-    };
+    let shards = config.shard_count(cpus);
+    let node = crate::node::start(NodeParts {
+        config: &config,
+        core: core_config,
+        link,
+        shards,
+        runtime: shard_runtime,
+        clock: &clock,
+        metrics: &metrics,
+        tokens: &tokens,
+        hooks: &hooks,
+        stop: &hub_stop,
+    })?;
+    let Node {
+        hubs,
+        hub_tasks,
+        runtimes,
+        engine_tasks,
+        ready,
+        presence_written,
+        rooms,
+    } = node;
+    let placement = Placement::new(shards);
+    // Sockets move to a shard thread's own reactor; within one runtime
+    // they stay where they are.
+    let moves_sockets = shards > 1 && shard_runtime == ShardRuntime::Threads;
 
     let limits = &config.limits;
     let inbound = InboundBudget::new(limits.inbound_bytes_max);
@@ -254,7 +216,8 @@ async fn serve_engine<L: Listener>(
         verifier,
         hooks,
         types,
-        hub: hub_tx,
+        hubs,
+        rooms,
         metrics,
         ids: Mutex::new(ids),
         clock: clock.clone(),
@@ -278,7 +241,7 @@ async fn serve_engine<L: Listener>(
         ready,
         config,
     });
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let local = listener.local_addr()?;
     // The identity provider's keys (with `[auth] jwks_url`), fetched by a
     // task of their own, never on the hub; aborted when serving ends.
     let keys_task = app.verifier.start(&app.metrics);
@@ -291,44 +254,30 @@ async fn serve_engine<L: Listener>(
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((io, peer)) => {
-                    let app = app.clone();
-                    let handshake = Duration::from_millis(app.config.limits.handshake_timeout_ms);
+                    let seat = Arc::new(placement.place());
                     let guard = app.http_connections.enter();
-                    let mut phase = app.phase.subscribe();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        let service = {
-                            let app = app.clone();
-                            service_fn(move |request| crate::http::handle(app.clone(), peer, request))
-                        };
-                        let connection = http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(handshake)
-                            .serve_connection(TokioIo::new(io), service)
-                            .with_upgrades();
-                        tokio::pin!(connection);
-                        loop {
-                            // Biased: when both are ready the outcome does not
-                            // depend on tokio's unseeded branch choice (the
-                            // simulator replays a seed exactly).
-                            tokio::select! {
-                                biased;
-                                ended = connection.as_mut() => {
-                                    if let Err(error) = ended {
-                                        debug!(peer = %peer, %error, "http connection ended with an error");
+                    let app = app.clone();
+                    let runtime = runtimes.handle(seat.shard);
+                    if moves_sockets {
+                        match L::detach(io) {
+                            Ok(detached) => {
+                                runtime.spawn(async move {
+                                    // Registered with the shard's own reactor.
+                                    match L::attach(detached) {
+                                        Ok(io) => serve_connection(app, seat, io, peer).await,
+                                        Err(error) => debug!(peer = %peer, %error, "socket lost moving to its shard"),
                                     }
-                                    break;
-                                }
-                                changed = phase.changed() => match changed.map(|()| *phase.borrow()) {
-                                    // Finish the request in progress (if any), then close.
-                                    Ok(Phase::Draining) => connection.as_mut().graceful_shutdown(),
-                                    Ok(Phase::Serving) => {}
-                                    // The drain time is over.
-                                    Ok(Phase::Stopped) | Err(_) => break,
-                                },
+                                    drop(guard);
+                                });
                             }
+                            Err(error) => debug!(peer = %peer, %error, "socket lost moving to its shard"),
                         }
-                    });
+                    } else {
+                        runtime.spawn(async move {
+                            serve_connection(app, seat, io, peer).await;
+                            drop(guard);
+                        });
+                    }
                 }
                 Err(error) => {
                     // Usually fd exhaustion: back off briefly instead of spinning.
@@ -373,19 +322,43 @@ async fn serve_engine<L: Listener>(
         })
         .await;
     }
-    // 6. With every task that held a sender gone, the hub sees its channel
-    //    close, stops, and joins its verification threads.
+    // 6. With every task that held a sender gone, each hub sees its
+    //    channel close and stops.
     let redis_timeout_ms = app.config.engine.redis_timeout_ms;
     drop(app);
-    match tokio::time::timeout(STRAGGLERS_MAX, &mut hub_task).await {
-        Ok(_) => {}
-        Err(_) => {
-            warn!("the hub did not stop; aborting it");
+    for mut hub_task in hub_tasks {
+        if tokio::time::timeout(STRAGGLERS_MAX, &mut hub_task)
+            .await
+            .is_err()
+        {
+            warn!("a hub did not stop; aborting it");
             hub_task.abort();
             let _ = hub_task.await;
         }
     }
-    // 7. With the hub gone, the engine's presence lane writes what the
+    // 7. With every hub gone, the shard router (several shards) ends, and
+    //    with it the in-memory engine's task. Their work is in memory: a
+    //    hub's last requests are forwarded at once.
+    for mut task in engine_tasks {
+        if tokio::time::timeout(STRAGGLERS_MAX, &mut task)
+            .await
+            .is_err()
+        {
+            warn!("the engine task did not stop; aborting it");
+            task.abort();
+        }
+    }
+    // The token threads end once their current job is done; the shard
+    // threads, idle now, end.
+    let threads = tokens.close();
+    let _ = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+    })
+    .await;
+    runtimes.stop().await;
+    // 8. With the hubs gone, the engine's presence lane writes what the
     //    shutdown asked (this node's entries removed, one change per room,
     //    so other nodes' members hear one diff per room) and ends. Not
     //    waited for beyond one Redis call timeout: entries left behind
@@ -401,6 +374,51 @@ async fn serve_engine<L: Listener>(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Serves one accepted socket's HTTP requests (and upgrades) on its shard
+/// until it closes or the drain ends.
+async fn serve_connection<Io>(app: Arc<App>, seat: Arc<Seat>, io: Io, peer: std::net::SocketAddr)
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = Duration::from_millis(app.config.limits.handshake_timeout_ms);
+    let mut phase = app.phase.subscribe();
+    let service = {
+        let app = app.clone();
+        let seat = seat.clone();
+        service_fn(move |request| crate::http::handle(app.clone(), seat.clone(), peer, request))
+    };
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    loop {
+        // Biased: when both are ready the outcome does not depend on
+        // tokio's unseeded branch choice (the simulator replays a seed
+        // exactly).
+        tokio::select! {
+            biased;
+            ended = connection.as_mut() => {
+                if let Err(error) = ended {
+                    debug!(peer = %peer, %error, "http connection ended with an error");
+                }
+                break;
+            }
+            changed = phase.changed() => match changed.map(|()| *phase.borrow()) {
+                // Finish the request in progress (if any), then close.
+                Ok(Phase::Draining) => connection.as_mut().graceful_shutdown(),
+                Ok(Phase::Serving) => {}
+                // The drain time is over.
+                Ok(Phase::Stopped) | Err(_) => break,
+            },
+        }
+    }
+    // The seat is held by the upgraded WebSocket's session too (see
+    // `http::ws_connect`), so the socket counts on its shard until closed.
+    drop(seat);
 }
 
 /// How long tasks told to stop (after the drain time) may take to end.

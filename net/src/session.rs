@@ -120,7 +120,7 @@ pub struct Session {
     /// Who it is, for the logs.
     pub user_id: Option<String>,
     /// What the connection holds until it ends.
-    pub held: Held,
+    pub _held: Held,
     /// The token bucket of the client's ping and pong frames, made at the
     /// first one (most connections never send any).
     pub control_frames: Option<Box<RateLimiter>>,
@@ -151,6 +151,8 @@ pub struct SessionSettings {
 pub struct Held {
     pub(crate) _permit: crate::server::Permit,
     pub(crate) _guard: crate::server::SessionGuard,
+    /// The socket's place on its shard (placement counts it while open).
+    pub(crate) seat: std::sync::Arc<crate::shards::Seat>,
 }
 
 impl Session {

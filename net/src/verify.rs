@@ -3,7 +3,7 @@
 //! back to the hub through one channel as `Input::CheckDone`.
 //!
 //! - **Token** (a client's `refresh`): verified on a small pool of
-//!   threads. RS256/ES256 verification costs tens to hundreds of
+//!   threads ([`TokenPool`], one per node, shared by every shard's hub). RS256/ES256 verification costs tens to hundreds of
 //!   microseconds; on the hub, the one task that serves every connection,
 //!   a few hundred clients refreshing at their rate limit would stall
 //!   everyone. A token naming a `kid` the identity provider's key set
@@ -43,6 +43,91 @@ struct Job {
     /// Wall-clock time of the request, Unix ms (read by the hub, so the
     /// simulator's clock governs expiry here too).
     now_unix_ms: i64,
+    /// Where the answer goes (the asking hub's channel).
+    results: mpsc::UnboundedSender<Checked>,
+}
+
+/// The node's token threads, started at the first token and shared by
+/// every shard's hub.
+pub struct TokenPool {
+    verifier: Arc<TokenVerifier>,
+    threads: usize,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    jobs: Option<std_mpsc::Sender<Job>>,
+    handles: Vec<JoinHandle<()>>,
+    closed: bool,
+}
+
+impl TokenPool {
+    /// A pool of `threads` (at least one) threads, none started yet.
+    pub fn new(verifier: Arc<TokenVerifier>, threads: usize) -> Arc<TokenPool> {
+        Arc::new(TokenPool {
+            verifier,
+            threads: threads.max(1),
+            state: Mutex::new(PoolState::default()),
+        })
+    }
+
+    /// The default number of token threads: one per CPU, at most four.
+    pub fn default_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    }
+
+    fn verify(&self, job: Job) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.jobs.is_none() && !state.closed {
+            self.start(&mut state);
+        }
+        let job = match &state.jobs {
+            Some(jobs) => match jobs.send(job) {
+                Ok(()) => return,
+                Err(std_mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        drop(state);
+        // No thread could be started (or the pool is closing): answer
+        // inline rather than never.
+        run(&self.verifier, job);
+    }
+
+    fn start(&self, state: &mut PoolState) {
+        let (jobs, queue) = std_mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..self.threads {
+            let queue = queue.clone();
+            let verifier = self.verifier.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("roomcast-verify-{i}"))
+                .spawn(move || loop {
+                    let job = match queue.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    };
+                    if job.results.is_closed() {
+                        continue;
+                    }
+                    run(&verifier, job);
+                });
+            if let Ok(handle) = spawned {
+                state.handles.push(handle);
+            }
+        }
+        state.jobs = Some(jobs);
+    }
+
+    /// Stops taking tokens and returns the threads to join (they end once
+    /// the job they are on, if any, is done).
+    pub fn close(&self) -> Vec<JoinHandle<()>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.closed = true;
+        state.jobs = None;
+        std::mem::take(&mut state.handles)
+    }
 }
 
 /// The answer to one check, for the hub to hand to the core.
@@ -55,40 +140,28 @@ pub struct Checked {
 
 /// Makes the core's checks off the hub.
 pub struct Checker {
-    verifier: Arc<TokenVerifier>,
+    tokens: Arc<TokenPool>,
     hooks: Arc<Hooks>,
     results: mpsc::UnboundedSender<Checked>,
-    threads: usize,
-    jobs: Option<std_mpsc::Sender<Job>>,
-    handles: Vec<JoinHandle<()>>,
     /// Forwarded upgrade headers per connection (join hook only). Lookup
     /// only; never iterated.
     forwarded: HashMap<ConnectionId, Box<HeaderMap>>,
 }
 
 impl Checker {
-    /// A checker with `threads` (at least one) token threads that sends
-    /// its answers to `results`.
+    /// A checker verifying tokens on `tokens` that sends its answers to
+    /// `results`.
     pub fn new(
-        verifier: Arc<TokenVerifier>,
+        tokens: Arc<TokenPool>,
         hooks: Arc<Hooks>,
-        threads: usize,
         results: mpsc::UnboundedSender<Checked>,
     ) -> Checker {
         Checker {
-            verifier,
+            tokens,
             hooks,
             results,
-            threads: threads.max(1),
-            jobs: None,
-            handles: Vec::new(),
             forwarded: HashMap::new(),
         }
-    }
-
-    /// The default number of token threads: one per CPU, at most four.
-    pub fn default_threads() -> usize {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
     }
 
     /// A connection opened with these forwarded headers.
@@ -106,10 +179,11 @@ impl Checker {
     /// Starts one check; its answer comes through `results`.
     pub fn submit(&mut self, conn: ConnectionId, check: Check, now_unix_ms: i64) {
         match check {
-            Check::Token { token } => self.verify(Job {
+            Check::Token { token } => self.tokens.verify(Job {
                 conn,
                 token,
                 now_unix_ms,
+                results: self.results.clone(),
             }),
             Check::Join { room, user } => {
                 let answer = move |verdict| Checked {
@@ -140,62 +214,17 @@ impl Checker {
             }
         }
     }
-
-    fn verify(&mut self, job: Job) {
-        if self.jobs.is_none() {
-            self.start();
-        }
-        if let Some(jobs) = &self.jobs {
-            if let Err(std_mpsc::SendError(job)) = jobs.send(job) {
-                // No thread could be started: answer inline rather than never.
-                run(&self.verifier, job, self.results.clone());
-            }
-        }
-    }
-
-    fn start(&mut self) {
-        let (jobs, queue) = std_mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
-        for i in 0..self.threads {
-            let queue = queue.clone();
-            let verifier = self.verifier.clone();
-            let results = self.results.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("roomcast-verify-{i}"))
-                .spawn(move || loop {
-                    let job = match queue.lock().unwrap_or_else(|p| p.into_inner()).recv() {
-                        Ok(job) => job,
-                        Err(_) => return,
-                    };
-                    if results.is_closed() {
-                        return;
-                    }
-                    run(&verifier, job, results.clone());
-                });
-            if let Ok(handle) = spawned {
-                self.handles.push(handle);
-            }
-        }
-        self.jobs = Some(jobs);
-    }
-
-    /// Stops taking tokens and returns the threads to join (they end once
-    /// the job they are on, if any, is done). Hook calls in flight end by
-    /// their timeout.
-    pub fn close(&mut self) -> Vec<JoinHandle<()>> {
-        self.jobs = None;
-        std::mem::take(&mut self.handles)
-    }
 }
 
 /// Verifies `job` and sends the answer to `results`: at once, or, for a
 /// token whose `kid` the identity provider's key set lacks, from a tokio
 /// task once the set was fetched again (the thread does not wait for it).
-fn run(verifier: &Arc<TokenVerifier>, job: Job, results: mpsc::UnboundedSender<Checked>) {
+fn run(verifier: &Arc<TokenVerifier>, job: Job) {
     let Job {
         conn,
         token,
         now_unix_ms,
+        results,
     } = job;
     verifier.verify_then(token, now_unix_ms, move |result| {
         let _ = results.send(Checked {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use roomcast_sim::{core_tier, net_tier};
 
-const USAGE: &str = "usage: roomcast-sim [--seed N | --seeds A..B] [--tier core|net|both] [--clients N] [--events N] [--net-seconds S] [--engine-faults on|off] [--nodes N] [--broker-faults on|off]
+const USAGE: &str = "usage: roomcast-sim [--seed N | --seeds A..B] [--tier core|net|both] [--clients N] [--events N] [--net-seconds S] [--engine-faults on|off] [--nodes N] [--broker-faults on|off] [--shards K]
 
   --seed N         run one seed (default 42)
   --seeds A..B     sweep seeds A to B-1
@@ -19,7 +19,10 @@ const USAGE: &str = "usage: roomcast-sim [--seed N | --seeds A..B] [--tier core|
   --broker-faults  net tier with --nodes 2+: inject the seed's drawn broker
                    faults (on, default: lost live messages, node-broker
                    partitions, broker restarts with data loss, node bounces)
-                   or run the cluster fault-free (off; same workload)";
+                   or run the cluster fault-free (off; same workload)
+  --shards K       net tier: shards per server node (default 1; the shards
+                   are tasks of the node's host, routed by the production
+                   shard router; the workload is the same at any K)";
 
 struct Args {
     seeds: std::ops::Range<u64>,
@@ -30,6 +33,7 @@ struct Args {
     engine_faults: bool,
     nodes: usize,
     broker_faults: bool,
+    shards: usize,
 }
 
 /// Why the command line was not understood (printed, exit status 2).
@@ -76,6 +80,7 @@ fn parse_args() -> Result<Args, ArgsError> {
         engine_faults: true,
         nodes: 1,
         broker_faults: true,
+        shards: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -98,6 +103,7 @@ fn parse_args() -> Result<Args, ArgsError> {
             "--engine-faults" => args.engine_faults = on_off(&flag, value()?)?,
             "--nodes" => args.nodes = number(value()?)?.max(1) as usize,
             "--broker-faults" => args.broker_faults = on_off(&flag, value()?)?,
+            "--shards" => args.shards = number(value()?)?.max(1) as usize,
             "-h" | "--help" => return Err(ArgsError::Help),
             other => return Err(ArgsError::Unknown(other.to_owned())),
         }
@@ -146,7 +152,8 @@ fn main() -> ExitCode {
         if args.tier != "core" {
             let run = net_tier::NetRun::new(seed, args.clients.unwrap_or(2000), args.net_seconds)
                 .nodes(args.nodes)
-                .broker_faults(args.broker_faults);
+                .broker_faults(args.broker_faults)
+                .shards(args.shards);
             match net_tier::run_with(&run) {
                 Ok(summary) => println!("{summary}"),
                 Err(failure) => {

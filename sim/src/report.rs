@@ -69,6 +69,8 @@ pub struct Summary {
     pub engine_faults: Option<String>,
     /// Server nodes (net tier).
     pub nodes: Option<usize>,
+    /// Shards per node (net tier).
+    pub shards: Option<usize>,
     /// Broker faults injected and the seed's rates (net tier with several
     /// nodes), or `off`.
     pub broker_faults: Option<String>,
@@ -88,7 +90,7 @@ impl fmt::Display for Summary {
         let per_sec = self.events as f64 / self.wall.as_secs_f64().max(1e-9);
         write!(
             f,
-            "tier={} seed={} clients={} events={} deliveries={} closes={} recovered={} refused={}{}{}{} events_per_sec={:.0} wall_ms={} trace_hash={} ok",
+            "tier={} seed={} clients={} events={} deliveries={} closes={} recovered={} refused={}{}{}{}{} events_per_sec={:.0} wall_ms={} trace_hash={} ok",
             self.tier,
             self.seed,
             self.clients,
@@ -103,6 +105,9 @@ impl fmt::Display for Summary {
                 .unwrap_or_default(),
             self.nodes
                 .map(|nodes| format!(" nodes={nodes}"))
+                .unwrap_or_default(),
+            self.shards
+                .map(|shards| format!(" shards={shards}"))
                 .unwrap_or_default(),
             self.broker_faults
                 .as_ref()

@@ -151,6 +151,7 @@ fn timeouts_answer_once_and_a_reconnect_resets_the_stream() -> turmoil::Result {
                 Some(EngineEvent::Appended {
                     call: CallId(300),
                     result: Ok(_),
+                    peer_members: 0,
                 }) => answered = true,
                 other => panic!("expected the append live and answered, got {other:?}"),
             }

@@ -49,3 +49,34 @@ fn a_cluster_with_broker_faults_repeats_its_trace() {
     assert!(calm_faults.starts_with("off "), "{calm_faults}");
     assert_ne!(calm.trace_hash, first.trace_hash);
 }
+
+#[test]
+fn a_node_of_shards_repeats_its_trace() {
+    // Three shards (tasks of the host) behind the shard router and the
+    // in-memory engine task: placement, the router's routing and the
+    // engine's answers replay exactly.
+    let run = net_tier::NetRun::new(3, 120, 4).shards(3);
+    let first = net_tier::run_with(&run).expect("seed 3 passes with 3 shards");
+    let second = net_tier::run_with(&run).expect("seed 3 passes with 3 shards");
+    assert_eq!(first.trace_hash, second.trace_hash);
+    assert_eq!(first.events, second.events);
+    assert_eq!(first.shards, Some(3));
+    assert!(first.deliveries > 0, "the workload delivers broadcasts");
+    // The same workload on one shard is another trace (the shard
+    // count reaches the server).
+    let one = net_tier::run_with(&run.clone().shards(1)).expect("seed 3 passes");
+    assert_ne!(one.trace_hash, first.trace_hash);
+}
+
+#[test]
+fn a_cluster_of_sharded_nodes_with_broker_faults_repeats_its_trace() {
+    // Seed 14 draws every broker fault (see above); each of the three
+    // nodes runs two shards behind its router, on the broker link.
+    let run = net_tier::NetRun::new(14, 150, 5).nodes(3).shards(2);
+    let first = net_tier::run_with(&run).expect("seed 14 passes with 2 shards a node");
+    let second = net_tier::run_with(&run).expect("seed 14 passes with 2 shards a node");
+    assert_eq!(first.trace_hash, second.trace_hash);
+    assert_eq!(first.events, second.events);
+    assert_eq!(first.broker_faults, second.broker_faults);
+    assert!(first.deliveries > 0, "the workload delivers broadcasts");
+}

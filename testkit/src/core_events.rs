@@ -295,6 +295,7 @@ pub fn core_events(data: &[u8]) {
                     target: roomcast_core::SendTarget::User(format!("u{}", user % 3)),
                     kind: "system_info".into(),
                     data: Map::new(),
+                    to_other_nodes: true,
                 };
                 core.handle(now, Input::Direct(message));
             }

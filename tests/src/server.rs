@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use roomcast_net::{Clock, IdSource, Metrics, ServeOptions, ServerConfig};
+use roomcast_net::{Clock, IdSource, Metrics, ServeOptions, ServerConfig, ShardRuntime};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -18,7 +18,7 @@ pub struct TestServer {
     /// The server's own metrics registry.
     pub metrics: Metrics,
     shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<Result<(), String>>>,
+    handle: Option<JoinHandle<Result<(), roomcast_net::ServeError>>>,
 }
 
 impl TestServer {
@@ -37,6 +37,8 @@ impl TestServer {
             clock,
             ids: IdSource::Random,
             metrics: metrics.clone(),
+            cpus: 1,
+            shard_runtime: ShardRuntime::Tasks,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(roomcast_net::serve(listener, config, options, async move {
@@ -74,7 +76,7 @@ impl TestServer {
     }
 
     /// Waits for `serve` to return (after [`TestServer::trigger_shutdown`]).
-    pub async fn join(&mut self) -> Result<(), String> {
+    pub async fn join(&mut self) -> Result<(), roomcast_net::ServeError> {
         let handle = self.handle.take().expect("server already joined");
         tokio::time::timeout(Duration::from_secs(60), handle)
             .await
@@ -83,7 +85,7 @@ impl TestServer {
     }
 
     /// Triggers the shutdown and waits for `serve` to return.
-    pub async fn shutdown(mut self) -> Result<(), String> {
+    pub async fn shutdown(mut self) -> Result<(), roomcast_net::ServeError> {
         self.trigger_shutdown();
         self.join().await
     }

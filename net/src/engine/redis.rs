@@ -236,10 +236,15 @@ impl Dispatcher {
                         known,
                     );
                     self.start(
-                        call_future.map(move |result| EngineEvent::Appended { call, result }),
+                        call_future.map(move |result| EngineEvent::Appended {
+                            call,
+                            result,
+                            peer_members: 0,
+                        }),
                         |error| EngineEvent::Appended {
                             call,
                             result: Err(error),
+                            peer_members: 0,
                         },
                     )
                     .await;

@@ -452,6 +452,7 @@ impl Link {
             Kind::Append => EngineEvent::Appended {
                 call,
                 result: Err(error),
+                peer_members: 0,
             },
             Kind::Read => EngineEvent::Read {
                 call,

@@ -180,8 +180,13 @@ fn request_json(request: &EngineRequest) -> Value {
 fn event_json(event: &EngineEvent) -> Value {
     let failure = |e: &EngineError| json!({"err": e.message()});
     match event {
-        EngineEvent::Appended { call, result } => json!({"appended": {
+        EngineEvent::Appended {
+            call,
+            result,
+            peer_members,
+        } => json!({"appended": {
             "call": call.0,
+            "peer_members": peer_members,
             "result": match result { Ok(n) => json!({"ok": numbered_json(n)}), Err(e) => failure(e) },
         }}),
         EngineEvent::Read { call, result } => json!({"read": {
@@ -308,6 +313,7 @@ fn event_from(value: &Value) -> Result<EngineEvent, WireError> {
         "appended" => EngineEvent::Appended {
             call: call(v)?,
             result: result(&v["result"], numbered_from)?,
+            peer_members: number(&v["peer_members"])?,
         },
         "read" => EngineEvent::Read {
             call: call(v)?,
@@ -515,10 +521,17 @@ mod tests {
             EngineEvent::Appended {
                 call: CallId(1),
                 result: Ok(numbered.clone()),
+                peer_members: 0,
+            },
+            EngineEvent::Appended {
+                call: CallId(1),
+                result: Ok(numbered.clone()),
+                peer_members: 3,
             },
             EngineEvent::Appended {
                 call: CallId(1),
                 result: Err(EngineError::Unavailable("down".into())),
+                peer_members: 0,
             },
             EngineEvent::Read {
                 call: CallId(2),

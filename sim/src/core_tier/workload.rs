@@ -17,6 +17,7 @@ impl CoreSim {
                 target: SendTarget::User(user),
                 kind: "system_info".into(),
                 data: Map::new(),
+                to_other_nodes: true,
             };
             self.input(0, "direct", Input::Direct(message))?;
             return Ok(());

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use roomcast_core::standalone::history_bounds;
 use roomcast_core::{CoreConfig, Limits};
-use roomcast_net::{Clock, IdSource, Listener, Metrics, ServeOptions, ServerConfig};
+use roomcast_net::{Clock, IdSource, Listener, Metrics, ServeOptions, ServerConfig, ShardRuntime};
 
 use super::{BROKER, PORT, START_UNIX_MS};
 use crate::broker::host::{BrokerConfig, BrokerHandle};
@@ -34,6 +34,17 @@ impl Listener for TurmoilListener {
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.0.local_addr()
+    }
+
+    // Shards are tasks of the host's runtime here: sockets never move.
+    type Detached = turmoil::net::TcpStream;
+
+    fn detach(io: Self::Io) -> std::io::Result<Self::Detached> {
+        Ok(io)
+    }
+
+    fn attach(detached: Self::Detached) -> std::io::Result<Self::Io> {
+        Ok(detached)
     }
 }
 
@@ -78,6 +89,8 @@ pub(crate) fn add_standalone(
                 clock: Clock::starting_at(START_UNIX_MS),
                 ids: IdSource::Seeded(seed),
                 metrics: Metrics::new(),
+                cpus: 1,
+                shard_runtime: ShardRuntime::Tasks,
             };
             roomcast_net::serve(bind().await?, config, options, std::future::pending()).await?;
             Ok(())
@@ -228,6 +241,8 @@ pub(crate) fn add_node(
                 clock: Clock::starting_at(START_UNIX_MS + elapsed.as_millis() as i64),
                 ids,
                 metrics: Metrics::new(),
+                cpus: 1,
+                shard_runtime: ShardRuntime::Tasks,
             };
             let listener = bind().await?;
             let engine = crate::broker::link::spawn(link);

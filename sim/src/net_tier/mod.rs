@@ -12,6 +12,12 @@
 //!   node (and come back through any node), the publisher publishes
 //!   through any node, and the oracle checks every member of every node.
 //!
+//! Either shape runs each node with `shards` shards (`--shards`, default
+//! 1): the node's hubs are tasks of the host's runtime
+//! ([`roomcast_net::ShardRuntime::Tasks`]) behind the node's shard router,
+//! placed and routed by the production code, so a node of K shards must
+//! look to the clients and the oracle exactly like a node of one.
+//!
 //! Phases (simulated time): clients connect (0-3 s), the workload runs with
 //! faults for `seconds`, then every fault heals and clients go quiet long
 //! enough for dead connections to time out; the oracle then checks
@@ -81,6 +87,8 @@ pub struct NetRun {
     /// Cluster runs: inject the seed's drawn broker faults (on) or run the
     /// broker and the nodes fault-free (off; same workload).
     pub broker_faults: bool,
+    /// Shards per node (1: one hub, the single-shard path).
+    pub shards: usize,
     /// A planted defect: the broker's engine skips its rollback check
     /// (the tests show that the oracle catches it; no command-line flag).
     pub skip_rollback_check: bool,
@@ -95,8 +103,15 @@ impl NetRun {
             seconds,
             nodes: 1,
             broker_faults: true,
+            shards: 1,
             skip_rollback_check: false,
         }
+    }
+
+    /// `shards` shards in every node (1: one hub).
+    pub fn shards(mut self, shards: usize) -> NetRun {
+        self.shards = shards.max(1);
+        self
     }
 
     /// Plants a defect: the broker's engine skips its rollback check.
@@ -125,12 +140,16 @@ impl NetRun {
             seconds,
             nodes,
             broker_faults,
+            shards,
             skip_rollback_check: _,
         } = self;
         let mut command = format!("cargo run --release -p roomcast-sim -- --tier net --seed {seed} --clients {clients} --net-seconds {seconds}");
         if *nodes > 1 {
             let faults = if *broker_faults { "on" } else { "off" };
             command.push_str(&format!(" --nodes {nodes} --broker-faults {faults}"));
+        }
+        if *shards > 1 {
+            command.push_str(&format!(" --shards {shards}"));
         }
         command
     }
@@ -150,6 +169,7 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
         seconds,
         nodes,
         broker_faults,
+        shards,
         skip_rollback_check,
     } = run.clone();
     let clustered = nodes > 1;
@@ -232,6 +252,9 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
         rooms: room_options,
         close_flush_timeout_ms: 1_000,
         shutdown_drain_ms: 1_000,
+        // Not drawn from the seed, so a seed's workload is the same at
+        // any shard count.
+        shards,
         ..ServerConfig::default()
     };
     config.auth.jwt_secret = Some(SECRET.to_owned());
@@ -258,7 +281,7 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
         jwt_secret: Some(SECRET.to_owned()),
         ..Default::default()
     })
-    .map_err(|e| failure(run, "setup", e, &world))?;
+    .map_err(|e| failure(run, "setup", e.to_string(), &world))?;
     let token = |sub: &str, scope: Option<&str>| {
         signer
             .sign(&Claims {
@@ -432,6 +455,7 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
         recoveries: w.recoveries,
         engine_faults: None,
         nodes: Some(nodes),
+        shards: Some(shards),
         broker_faults: broker_summary,
         trace_hash: w.trace.hex(),
         wall: started.elapsed(),

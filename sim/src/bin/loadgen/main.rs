@@ -6,7 +6,20 @@
 //! loadgen pingpong --addr 127.0.0.1:8080 --pid PID --conns 100 --seconds 5
 //! loadgen idle     --addr 127.0.0.1:8080 --pid PID --steps 1000,5000,15000
 //! loadgen joinstorm --addr 127.0.0.1:8080 --pid PID --members 15000 --room pd-room
+//! loadgen connects --addr 127.0.0.1:8080 --pid PID --conns 5000
 //! ```
+//!
+//! `fanout --window W` keeps at most W broadcasts on their way (the next
+//! publish waits until every member has the one W back): a closed loop
+//! whose deliveries/s is the server's capacity, not the offered rate
+//! (`scripts/bench-shards`). `--thread-prefix roomcast-shard` reads the
+//! CPU time of the server's threads so named at every broadcast and
+//! reports each one's share of the server's CPU per broadcast
+//! (`procfs.rs`). `--threads N` gives loadgen itself N runtime threads
+//! (a bigger machine's server outruns one).
+//!
+//! `connects`: `--conns` WebSockets opened as fast as they go; connects
+//! per second and the server's CPU per connect.
 //!
 //! `joinstorm`: `--members` connections that never read join `--room` (a
 //! presence-diff room) at once; reports the server's CPU and the bytes and
@@ -45,6 +58,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+mod procfs;
+
+use procfs::{peak_rss, server_usage, servers_usage, ThreadShares};
+
 type Ws = WebSocketStream<TcpStream>;
 
 struct Args {
@@ -68,13 +85,22 @@ struct Args {
     room: String,
     /// Fail (exit 1) when a fan-out misses any delivery (the CI smoke run).
     require_all: bool,
+    /// Fan-out: at most this many broadcasts on their way at once (0: no
+    /// bound, only `--rate`); a closed loop that measures capacity.
+    window: usize,
+    /// Threads of loadgen's own runtime (1: one thread, as the
+    /// side-by-side benchmarks always ran).
+    threads: usize,
+    /// Fan-out: sample the CPU of the server threads whose name starts
+    /// with this, per broadcast (the first `--pid`).
+    thread_prefix: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let mode = it
         .next()
-        .ok_or("usage: loadgen fanout|pingpong|idle|joinstorm [--flags]")?;
+        .ok_or("usage: loadgen fanout|pingpong|idle|joinstorm|connects [--flags]")?;
     let mut args = Args {
         mode,
         addrs: vec!["127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?],
@@ -91,6 +117,9 @@ fn parse_args() -> Result<Args, String> {
         steps: vec![1000, 5000, 15000],
         room: "bench".into(),
         require_all: false,
+        window: 0,
+        threads: 1,
+        thread_prefix: None,
     };
     while let Some(flag) = it.next() {
         if flag == "--require-all" {
@@ -138,41 +167,13 @@ fn parse_args() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?
             }
             "--room" => args.room = value.clone(),
+            "--window" => args.window = number()? as usize,
+            "--threads" => args.threads = (number()? as usize).max(1),
+            "--thread-prefix" => args.thread_prefix = Some(value.clone()),
             other => return Err(format!("unknown flag {other}")),
         }
     }
     Ok(args)
-}
-
-/// The servers' CPU time in ns (all threads) and RSS in bytes, summed.
-fn servers_usage(pids: &[u32]) -> (u64, u64) {
-    pids.iter()
-        .map(|&pid| server_usage(Some(pid)))
-        .fold((0, 0), |(cpu, rss), (c, r)| (cpu + c, rss + r))
-}
-
-/// The server's CPU time in ns (all threads) and RSS in bytes, from /proc.
-fn server_usage(pid: Option<u32>) -> (u64, u64) {
-    let Some(pid) = pid else { return (0, 0) };
-    let mut cpu_ns = 0;
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-            cpu_ns += stat
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    (cpu_ns, rss_kib * 1024)
 }
 
 /// Opens one WebSocket from source address 127.0.0.(2 + n % 253).
@@ -321,11 +322,18 @@ async fn fanout(args: &Args) -> Result<Value, String> {
     let latencies: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::with_capacity(
         args.members * args.broadcasts,
     )));
+    // done[k]: how many members have received broadcast k (each member
+    // gets them in order, so its k-th message is broadcast k); the
+    // publisher's window waits on it.
+    let done: Arc<Vec<AtomicU64>> =
+        Arc::new((0..args.broadcasts).map(|_| AtomicU64::new(0)).collect());
+    let complete = Arc::new(tokio::sync::Notify::new());
     let mut readers = Vec::new();
     for mut ws in sockets {
         join(&mut ws, &args.room).await?;
         let (received, latencies, expected) =
             (received.clone(), latencies.clone(), args.broadcasts);
+        let (done, complete, members) = (done.clone(), complete.clone(), args.members as u64);
         readers.push(tokio::spawn(async move {
             let mut mine = Vec::with_capacity(expected);
             while mine.len() < expected {
@@ -339,6 +347,9 @@ async fn fanout(args: &Args) -> Result<Value, String> {
                         {
                             mine.push((clock.elapsed().as_micros() as u64).saturating_sub(at));
                             received.fetch_add(1, Ordering::Relaxed);
+                            if done[mine.len() - 1].fetch_add(1, Ordering::AcqRel) + 1 == members {
+                                complete.notify_waiters();
+                            }
                         }
                     }
                     Some(Ok(_)) => {}
@@ -357,6 +368,11 @@ async fn fanout(args: &Args) -> Result<Value, String> {
         publishers.push(api(addr).await?);
     }
     let pad = "x".repeat(args.payload.saturating_sub(40));
+    let mut shares = args
+        .thread_prefix
+        .as_deref()
+        .zip(args.pids.first())
+        .map(|(prefix, &pid)| ThreadShares::new(pid, prefix));
     let (cpu_before, _) = servers_usage(&args.pids);
     let (engine_cpu_before, _) = server_usage(args.engine_pid);
     let commands_before = redis_commands(args.redis_addr).await?;
@@ -368,6 +384,30 @@ async fn fanout(args: &Args) -> Result<Value, String> {
     let mut receipts = Vec::with_capacity(args.broadcasts);
     for n in 0..args.broadcasts {
         ticker.tick().await;
+        if args.window > 0 && n >= args.window {
+            let waited = n - args.window;
+            let members = args.members as u64;
+            let all_got_it = async {
+                loop {
+                    let notified = complete.notified();
+                    if done[waited].load(Ordering::Acquire) >= members {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(30), all_got_it)
+                .await
+                .is_err()
+            {
+                return Err(format!(
+                    "broadcast {waited} did not reach every member within 30 s"
+                ));
+            }
+        }
+        if let Some(shares) = &mut shares {
+            shares.sample();
+        }
         let publisher = &mut publishers[n % args.addrs.len()];
         let sent = Instant::now();
         let body = json!({"room": args.room, "type": "download_progress", "data": {"key": "bench", "t": clock.elapsed().as_micros() as u64, "pad": pad}});
@@ -395,6 +435,9 @@ async fn fanout(args: &Args) -> Result<Value, String> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(shares) = &mut shares {
+        shares.sample();
+    }
     let (cpu_after, rss) = servers_usage(&args.pids);
     let (engine_cpu_after, _) = server_usage(args.engine_pid);
     let commands_after = redis_commands(args.redis_addr).await?;
@@ -424,6 +467,8 @@ async fn fanout(args: &Args) -> Result<Value, String> {
         "latency_us": {"p50": percentile(&lat, 0.5), "p90": percentile(&lat, 0.9), "p99": percentile(&lat, 0.99), "max": lat.last().copied().unwrap_or(0)},
         "server_cpu_us_per_delivery": if got > 0 { cpu_us / got as f64 } else { 0.0 },
         "server_rss_bytes": rss,
+        "window": args.window,
+        "shard_threads": shares.map(|s| s.report()),
     }))
 }
 
@@ -528,17 +573,6 @@ async fn metric(addr: SocketAddr, name: &str) -> Result<f64, String> {
         .unwrap_or(0.0))
 }
 
-/// The server's peak RSS (VmHWM) in bytes.
-fn peak_rss(pid: Option<u32>) -> u64 {
-    let Some(pid) = pid else { return 0 };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
-
 async fn joinstorm(args: &Args) -> Result<Value, String> {
     let addr = args.addrs[0];
     let pid = args.pids.first().copied();
@@ -604,6 +638,24 @@ async fn joinstorm(args: &Args) -> Result<Value, String> {
     }))
 }
 
+/// `--conns` WebSockets opened (256 handshakes in flight) and held until
+/// the last one is up: connects per second, and the server's CPU per
+/// connect (upgrade, admission, registration, the `connected` message).
+async fn connects(args: &Args) -> Result<Value, String> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (cpu_before, _) = servers_usage(&args.pids);
+    let (sockets, per_sec) = connect_many(&args.addrs, args.conns).await?;
+    let (cpu_after, rss) = servers_usage(&args.pids);
+    let opened = sockets.len();
+    drop(sockets);
+    Ok(json!({
+        "mode": "connects", "conns": opened,
+        "connects_per_sec": per_sec.round(),
+        "server_cpu_us_per_connect": (cpu_after - cpu_before) as f64 / 1000.0 / opened.max(1) as f64,
+        "server_rss_bytes": rss,
+    }))
+}
+
 fn main() -> std::process::ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
@@ -612,16 +664,24 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let runtime = if args.threads > 1 {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .expect("a tokio runtime");
     let result = runtime.block_on(async {
         match args.mode.as_str() {
             "fanout" => fanout(&args).await,
             "pingpong" => pingpong(&args).await,
             "idle" => idle(&args).await,
             "joinstorm" => joinstorm(&args).await,
+            "connects" => connects(&args).await,
             other => Err(format!("unknown mode {other}")),
         }
     });
