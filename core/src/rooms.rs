@@ -16,7 +16,7 @@ use crate::engine::{CallId, EngineRequest, Numbered, Position, PresenceEntry, Re
 use crate::envelope;
 #[cfg(any(test, feature = "testing"))]
 use crate::invariants::Broken;
-use crate::machine::Core;
+use crate::machine::{impossible, Core};
 use crate::names::{ConnectionId, RoomName};
 use crate::parse::{RequestId, Since};
 use crate::presence_diffs::Change;
@@ -125,8 +125,25 @@ impl Rooms {
 
     /// Forgets a room and its stream check.
     pub(crate) fn remove(&mut self, room: &RoomName) {
-        self.cancel_check(room);
-        self.rooms.remove(room);
+        let Some(state) = self.rooms.remove(room) else {
+            return;
+        };
+        if let Some(at) = state.check_at_us {
+            self.checks.remove(&(at, room.clone()));
+        }
+    }
+
+    /// The room, its stream check taken down unless a read is in flight
+    /// (then it has none). One lookup: on the path of every join of a
+    /// room nobody else is in.
+    pub(crate) fn get_unchecked_mut(&mut self, room: &RoomName) -> Option<&mut Room> {
+        let state = self.rooms.get_mut(room)?;
+        if state.reading.is_none() {
+            if let Some(at) = state.check_at_us.take() {
+                self.checks.remove(&(at, room.clone()));
+            }
+        }
+        Some(state)
     }
 
     /// (Re)sets the room's stream check to `at`.
@@ -138,16 +155,6 @@ impl Rooms {
             self.checks.remove(&(old, room.clone()));
         }
         self.checks.insert((at, room.clone()));
-    }
-
-    /// Takes the room's stream check down.
-    pub(crate) fn cancel_check(&mut self, room: &RoomName) {
-        let Some(state) = self.rooms.get_mut(room) else {
-            return;
-        };
-        if let Some(at) = state.check_at_us.take() {
-            self.checks.remove(&(at, room.clone()));
-        }
     }
 
     /// The earliest stream check.
@@ -291,20 +298,17 @@ impl Core {
             };
             read.is_some_and(|r| r.epoch == cursor.epoch && r.top == cursor.seq && r.covers(&from))
         });
-        if self.rooms.get(room).is_none() {
-            // Joins are answered from their room's read: it exists.
-            self.impossible("a join answered for a room that is gone");
+        // Joins are answered from their room's read: it exists.
+        let Some(state) = self.rooms.get_mut(room) else {
+            impossible(&mut self.broken, "a join answered for a room that is gone");
             return;
-        }
+        };
         let Some(connection) = self.conns.at_mut(slot) else {
-            self.impossible("a join answered for an empty slot");
+            impossible(&mut self.broken, "a join answered for an empty slot");
             return;
         };
         connection.rooms.insert(room.clone());
         let user = connection.identity.user().map(|u| u.id.clone());
-        let Some(state) = self.rooms.get_mut(room) else {
-            unreachable!("checked above")
-        };
         state.members.insert(join.conn, slot);
         let entry = PresenceEntry {
             conn: join.conn,

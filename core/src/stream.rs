@@ -28,11 +28,8 @@ impl Core {
     pub(crate) fn start_read(&mut self, room: &RoomName) {
         let now = self.now;
         let has_room = self.engine_has_room(1);
-        if self.rooms.get(room).is_some_and(|r| r.reading.is_none()) {
-            // A read answers what the check would have.
-            self.rooms.cancel_check(room);
-        }
-        let Some(state) = self.rooms.get_mut(room) else {
+        // A read answers what the room's check would have: it is taken down.
+        let Some(state) = self.rooms.get_unchecked_mut(room) else {
             self.impossible("read of an unknown room");
             return;
         };
