@@ -70,7 +70,7 @@
 //! | `fanout` | publishing (API and client) and delivery to members |
 //! | `timers` | heartbeats, token expiry, conflation flushes, stream checks, the end of presence-diff windows |
 //! | `config` | [`CoreConfig`], [`RoomOptions`], [`Response`] |
-//! | [`engine`] | the engine contract; [`engine::memory`] the in-memory engine |
+//! | [`engine`] | the engine contract; [`engine::memory`] the in-memory engine (`engine/memory/room_log.rs`: a room's numbers and bounded history in it) |
 //! | [`standalone`] | [`Standalone`]: a core and its inline engine, driven together |
 //! | `input` / `output` | the vocabulary between caller and core ([`Input`], [`Output`]) |
 //! | [`parse`] | parsing one client text frame into a [`parse::Request`] or a protocol error |
@@ -80,7 +80,6 @@
 //! | [`checks`] | checks the shell makes off the hub (a refresh's token, the join hook), and their answers |
 //! | `limits` | the one table of limits, with defaults ([`Limits`]) |
 //! | [`rate`] | the token bucket and violation counter behind `RATE_LIMITED` / 1008 |
-//! | [`room_log`] | a room's numbers and bounded history inside the in-memory engine |
 //! | `conflation` | holding back superseded progress events for members that are behind |
 //! | `codes` | error codes and close codes of the protocol |
 //! | `names` | validated room names and connection ids |
@@ -136,7 +135,6 @@ pub mod parse;
 mod presence;
 mod presence_diffs;
 pub mod rate;
-pub mod room_log;
 mod rooms;
 pub mod standalone;
 mod stream;

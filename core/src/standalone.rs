@@ -12,13 +12,13 @@
 //! [`Standalone::poll_answer`].
 
 use crate::config::{CoreConfig, Response, Ticket};
+use crate::engine::memory::HistoryBounds;
 use crate::engine::memory::{MemoryEngine, NodeId};
 use crate::engine::{EngineEvent, EngineRequest};
 use crate::input::Input;
 use crate::machine::Core;
 use crate::names::RoomName;
 use crate::output::Output;
-use crate::room_log::HistoryBounds;
 use crate::time::Now;
 
 /// An engine driven inline, in the caller's loop: requests in, answers and

@@ -5,9 +5,9 @@
 //! The core is driven directly; its engine requests are answered by an
 //! in-memory engine, or held back and answered by hand.
 
+use roomcast_core::engine::memory::HistoryBounds;
 use roomcast_core::engine::memory::MemoryEngine;
 use roomcast_core::engine::{EngineEvent, EngineRequest};
-use roomcast_core::room_log::HistoryBounds;
 use roomcast_core::{
     ConnectionId, Core, CoreConfig, Identity, Input, Now, Output, Publish, Response, RoomName, User,
 };

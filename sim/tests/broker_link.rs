@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use roomcast_core::engine::memory::HistoryBounds;
 use roomcast_core::engine::{CallId, EngineEvent, EngineRequest, Unnumbered};
-use roomcast_core::room_log::HistoryBounds;
 use roomcast_core::RoomName;
 use roomcast_sim::broker::host::{self, BrokerConfig, BrokerShared};
 use roomcast_sim::broker::link::{self, LinkConfig, LinkStats};

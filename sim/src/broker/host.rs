@@ -31,9 +31,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::Duration;
 
+use roomcast_core::engine::memory::HistoryBounds;
 use roomcast_core::engine::memory::{MemoryEngine, NodeId};
 use roomcast_core::engine::{EngineEvent, EngineRequest, Epoch};
-use roomcast_core::room_log::HistoryBounds;
 use roomcast_core::RoomName;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
