@@ -70,13 +70,19 @@ pub fn history_bounds(config: &CoreConfig) -> HistoryBounds {
 }
 
 /// The in-memory engine a configuration asks for (history bounds, epoch
-/// prefix, presence time-to-live).
+/// prefix, presence time-to-live), telling presence changes when the core
+/// builds its diffs from them (`presence_diffs_from_engine`).
 pub fn memory_engine(config: &CoreConfig) -> MemoryEngine {
-    MemoryEngine::new(
+    let engine = MemoryEngine::new(
         history_bounds(config),
         config.epoch_prefix.clone(),
         config.limits.presence_ttl_ms.saturating_mul(1000),
-    )
+    );
+    if config.presence_diffs_from_engine {
+        engine.with_presence_changes(config.rooms.clone())
+    } else {
+        engine
+    }
 }
 
 /// A core and its inline engine. See the module docs.
@@ -88,6 +94,33 @@ pub struct Standalone<E = MemoryEngine> {
 
 /// The one node of a standalone engine.
 const NODE: NodeId = 0;
+
+/// After an input at `now`: lets `core` and its inline `engine` talk until
+/// both are quiet (the core's requests to the engine, the engine's answers
+/// and live messages back as `Input::Engine`). `timeout`: the input was
+/// `Input::Timeout`, so the engine's own timers run too, after the core's
+/// (its presence refresh, due now, reaches the engine before the engine
+/// expires anything at this instant). The one inline loop: [`Standalone`]
+/// and the server's single-shard hub both run it.
+pub fn settle<E: InlineEngine>(core: &mut Core, engine: &mut E, now: Now, timeout: bool) {
+    pump(core, engine, now);
+    if timeout {
+        engine.on_timeout(now.monotonic_us);
+        pump(core, engine, now);
+    }
+}
+
+fn pump<E: InlineEngine>(core: &mut Core, engine: &mut E, now: Now) {
+    loop {
+        while let Some(request) = core.poll_engine() {
+            engine.request(NODE, now.monotonic_us, request);
+        }
+        let Some((_, event)) = engine.next_event(now.monotonic_us) else {
+            return;
+        };
+        core.handle(now, Input::Engine(event));
+    }
+}
 
 impl Standalone<MemoryEngine> {
     /// A core with its in-memory engine.
@@ -110,29 +143,10 @@ impl<E: InlineEngine> Standalone<E> {
     pub fn handle(&mut self, now: Now, input: Input<'_>) -> Response {
         let timeout = matches!(input, Input::Timeout);
         let response = self.core.handle(now, input);
-        self.pump(now);
-        if timeout {
-            // After the core's own timers, so that its presence refresh
-            // (due now) reaches the engine before the engine expires
-            // anything at this instant.
-            self.engine.on_timeout(now.monotonic_us);
-            self.pump(now);
-        }
+        settle(&mut self.core, &mut self.engine, now, timeout);
         match response {
             Response::Pending(ticket) => self.take_answer(ticket).unwrap_or(response),
             other => other,
-        }
-    }
-
-    fn pump(&mut self, now: Now) {
-        loop {
-            while let Some(request) = self.core.poll_engine() {
-                self.engine.request(NODE, now.monotonic_us, request);
-            }
-            let Some((_, event)) = self.engine.next_event(now.monotonic_us) else {
-                return;
-            };
-            self.core.handle(now, Input::Engine(event));
         }
     }
 

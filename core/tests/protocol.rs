@@ -102,7 +102,6 @@ fn publish(rooms: &[&str], kind: &str, data: Value) -> Input<'static> {
         rooms: rooms.iter().map(|r| room(r)).collect(),
         kind: kind.to_owned(),
         data: obj(data),
-        to_other_nodes: true,
     })
 }
 

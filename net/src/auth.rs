@@ -22,6 +22,7 @@ use roomcast_core::{Grants, User};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AuthConfig;
+use crate::error::ConfigError;
 use crate::jwks::{Jwks, Lookup};
 use crate::metrics::Metrics;
 
@@ -118,7 +119,7 @@ impl TokenVerifier {
     /// `jwt_secret` or `public_key_file` it is refused (which key would a
     /// token be checked with is then never a guess), and `algorithm` is
     /// not used (each key has its own).
-    pub fn from_config(auth: &AuthConfig) -> Result<TokenVerifier, String> {
+    pub fn from_config(auth: &AuthConfig) -> Result<TokenVerifier, ConfigError> {
         let audience = non_empty(&auth.audience, "auth.audience")?;
         let issuer = non_empty(&auth.issuer, "auth.issuer")?;
         let leeway_ms = (auth.leeway_s as i64).saturating_mul(1000);
@@ -138,7 +139,8 @@ impl TokenVerifier {
             other => {
                 return Err(format!(
                     "auth.algorithm: unsupported {other:?} (use HS256, RS256 or ES256)"
-                ))
+                )
+                .into())
             }
         };
         let (decoding, encoding) = match algorithm {
@@ -181,7 +183,7 @@ impl TokenVerifier {
         })
     }
 
-    fn for_jwks(auth: &AuthConfig, url: &str) -> Result<Keys, String> {
+    fn for_jwks(auth: &AuthConfig, url: &str) -> Result<Keys, ConfigError> {
         if auth.jwt_secret.as_deref().is_some_and(|s| !s.is_empty())
             || auth.public_key_file.is_some()
         {
@@ -196,7 +198,8 @@ impl TokenVerifier {
             return Err(format!(
                 "auth.jwks_url: {} is not an http:// or https:// URL",
                 crate::config::redact_url(url)
-            ));
+            )
+            .into());
         }
         if !(100..=86_400_000).contains(&auth.jwks_refresh_ms) {
             return Err("auth.jwks_refresh_ms must be between 100 and 86400000".into());
@@ -394,7 +397,7 @@ impl TokenVerifier {
 
     /// Signs a token (HS256 only: the server never holds a private key),
     /// with the configured `aud` and `iss`, so that it passes [`TokenVerifier::verify`].
-    pub fn sign(&self, claims: &Claims) -> Result<String, String> {
+    pub fn sign(&self, claims: &Claims) -> Result<String, ConfigError> {
         #[derive(Serialize)]
         struct Signed<'a> {
             #[serde(flatten)]
@@ -413,16 +416,17 @@ impl TokenVerifier {
             aud: self.audience.as_deref(),
             iss: self.issuer.as_deref(),
         };
-        encode(&Header::new(Algorithm::HS256), &signed, key).map_err(|e| e.to_string())
+        encode(&Header::new(Algorithm::HS256), &signed, key)
+            .map_err(|e| ConfigError::new(format!("signing a token: {e}")))
     }
 }
 
 /// A set, non-empty setting (`Some("")` is a mistake, not "unset").
-fn non_empty(value: &Option<String>, key: &str) -> Result<Option<String>, String> {
+fn non_empty(value: &Option<String>, key: &str) -> Result<Option<String>, ConfigError> {
     match value {
-        Some(v) if v.is_empty() => Err(format!(
-            "{key} is set but empty (leave it out to not check it)"
-        )),
+        Some(v) if v.is_empty() => {
+            Err(format!("{key} is set but empty (leave it out to not check it)").into())
+        }
         other => Ok(other.clone()),
     }
 }

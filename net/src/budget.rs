@@ -63,6 +63,7 @@ impl InboundBudget {
     }
 
     /// Bytes taken now.
+    #[cfg(test)]
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }

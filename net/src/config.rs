@@ -7,6 +7,7 @@
 //! `ROOMCAST_JWT_SECRET` is a short alias of `ROOMCAST_AUTH__JWT_SECRET`.
 //! `config/roomcast.example.toml` documents every key with its default.
 
+use crate::error::ConfigError;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -149,7 +150,7 @@ impl ServerConfig {
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<ServerConfig, String> {
+    ) -> Result<ServerConfig, ConfigError> {
         ServerConfig::load_reporting(file, env).map(|(config, _)| config)
     }
 
@@ -165,7 +166,7 @@ impl ServerConfig {
     pub fn load_reporting(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<(ServerConfig, Vec<String>), String> {
+    ) -> Result<(ServerConfig, Vec<String>), ConfigError> {
         let mut table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -197,7 +198,7 @@ impl ServerConfig {
     }
 
     /// Checks cross-field rules that serde cannot express.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         roomcast_core::MessageTypes::with_custom(self.custom_types.iter().map(String::as_str))
             .map_err(|bad| {
                 format!("custom_types: invalid type name {bad:?} (use [a-z0-9_], 1-64 bytes)")
@@ -226,7 +227,7 @@ impl ServerConfig {
             );
         }
         if self.shards > SHARDS_MAX {
-            return Err(format!("shards: at most {SHARDS_MAX} (0 = one per CPU)"));
+            return Err(format!("shards: at most {SHARDS_MAX} (0 = one per CPU)").into());
         }
         if self.rooms.conflation_window_ms == 0 || self.rooms.conflation_window_ms > 60_000 {
             return Err("rooms: conflation_window_ms must be between 1 and 60000".into());
@@ -387,7 +388,7 @@ enum EnvKey {
 /// Sorts a `ROOMCAST_*` variable into a setting or a foreign variable, or
 /// refuses it as a typo: a known table with an unknown key, or a name
 /// within a small edit distance of a setting.
-fn classify_env(key: &str) -> Result<EnvKey, String> {
+fn classify_env(key: &str) -> Result<EnvKey, ConfigError> {
     let name = key.trim_start_matches("ROOMCAST_").to_ascii_lowercase();
     if name == "jwt_secret" {
         return Ok(EnvKey::Setting(vec!["auth".into(), "jwt_secret".into()]));
@@ -412,11 +413,11 @@ fn classify_env(key: &str) -> Result<EnvKey, String> {
                         )
                     })
                     .unwrap_or_default();
-                return Err(format!("{key}: [{table}] has no key {field:?}{hint}"));
+                return Err(format!("{key}: [{table}] has no key {field:?}{hint}").into());
             }
         }
         [table, _, ..] if known_table(table).is_some() => {
-            return Err(format!("{key}: malformed configuration variable"));
+            return Err(format!("{key}: malformed configuration variable").into());
         }
         _ => {}
     }
@@ -434,14 +435,16 @@ fn classify_env(key: &str) -> Result<EnvKey, String> {
         return Err(format!(
             "{key}: no such setting (did you mean ROOMCAST_{}?)",
             near.to_ascii_uppercase()
-        ));
+        )
+        .into());
     }
     if let [table, _] = path.as_slice() {
         if let Some((near, _)) = TABLES.iter().find(|(t, _)| is_near_miss(table, t)) {
             return Err(format!(
                 "{key}: no table {table:?} (did you mean ROOMCAST_{}__...?)",
                 near.to_ascii_uppercase()
-            ));
+            )
+            .into());
         }
     }
     Ok(EnvKey::Foreign)
@@ -491,7 +494,7 @@ fn apply_env(
     key: &str,
     path: &[String],
     value: &str,
-) -> Result<(), String> {
+) -> Result<(), ConfigError> {
     let mut node = table;
     for part in &path[..path.len() - 1] {
         let entry = node

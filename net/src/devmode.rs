@@ -64,7 +64,10 @@ pub fn ephemeral_secret() -> String {
 }
 
 /// Signs the console token with `config`'s (development) secret.
-pub fn console_token(config: &ServerConfig, now_unix_s: u64) -> Result<String, String> {
+pub fn console_token(
+    config: &ServerConfig,
+    now_unix_s: u64,
+) -> Result<String, crate::error::ConfigError> {
     let verifier = TokenVerifier::from_config(&config.auth)?;
     verifier.sign(&Claims {
         sub: DEV_TOKEN_SUB.to_owned(),

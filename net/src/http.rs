@@ -364,7 +364,7 @@ async fn open_session(
         settings: app.session_settings.clone(),
         control_frames: None,
         user_id,
-        held,
+        _held: held,
     })
 }
 

@@ -37,7 +37,6 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -111,15 +110,14 @@ impl HttpError {
 pub struct Response {
     /// The status (2xx).
     pub status: StatusCode,
-    /// The response headers.
-    pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
 }
 
 impl Response {
     /// The body as JSON of type `T` ([`HttpError::BadBody`] otherwise).
-    pub fn json<T: DeserializeOwned>(&self) -> Result<T, HttpError> {
+    #[cfg(test)]
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HttpError> {
         serde_json::from_slice(&self.body).map_err(|e| HttpError::BadBody(e.to_string()))
     }
 }
@@ -249,7 +247,7 @@ impl HttpClient {
         if announced.is_some_and(|n| n > self.body_max as u64) {
             return Err(HttpError::BodyTooLarge(self.body_max));
         }
-        let (parts, mut incoming) = response.into_parts();
+        let mut incoming = response.into_body();
         let mut body = BytesMut::new();
         while let Some(frame) = incoming.frame().await {
             let frame = frame.map_err(|e| HttpError::Transport(root_cause(&e)))?;
@@ -262,7 +260,6 @@ impl HttpClient {
         }
         Ok(Response {
             status,
-            headers: parts.headers,
             body: body.freeze(),
         })
     }

@@ -1,8 +1,8 @@
-//! The hub: the one task that owns the core, through a [`Driver`]: by
-//! default a [`Standalone`](roomcast_core::Standalone) (the core and its
-//! in-memory engine, answered in the same loop), or the core and a Redis
-//! engine task ([`crate::driver::Remote`]), whose answers and live
-//! messages the hub awaits beside its inbox. Everything reaches it
+//! A hub: the task that owns one shard's core and its engine side
+//! (`crate::shard_core`: the in-memory engine answered in the same loop,
+//! or an engine task whose answers and live messages the hub awaits
+//! beside its inbox), and writes its connections' sockets. A node runs
+//! one hub per shard (`crate::shards`). Everything reaches a hub
 //! through one bounded channel of [`HubInput`]s; it turns them into core
 //! inputs stamped with the clock, queues the core's frames on the
 //! connections' [`ConnWriter`]s, answers callers on their reply channels,
@@ -26,10 +26,10 @@ use tracing::{debug, info};
 
 use crate::budget::InboundBytes;
 use crate::clock::Clock;
-use crate::driver::Driver;
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
 use crate::server::Cancel;
+use crate::shard_core::ShardCore;
 use crate::verify::{Checked, Checker, TokenPool};
 use crate::writer::{ConnWriter, Writable};
 
@@ -148,7 +148,11 @@ pub enum HubInput {
 /// channel on purpose: under load the channel holds thousands of inputs
 /// (and senders wait while it is full), and the drain must start at once,
 /// not behind them.
-pub async fn run<D: Driver>(core: D, mut inbox: mpsc::Receiver<HubInput>, setup: HubSetup) {
+pub(crate) async fn run(
+    shard_core: ShardCore,
+    mut inbox: mpsc::Receiver<HubInput>,
+    setup: HubSetup,
+) {
     let HubSetup {
         clock,
         metrics,
@@ -158,10 +162,10 @@ pub async fn run<D: Driver>(core: D, mut inbox: mpsc::Receiver<HubInput>, setup:
         shard,
         shards,
     } = setup;
-    let write_gather_bytes = core.config().limits.write_buffer_bytes;
+    let write_gather_bytes = shard_core.core.config().limits.write_buffer_bytes;
     let (checked_tx, mut checked) = mpsc::unbounded_channel();
     let mut hub = Hub {
-        core,
+        shard: shard_core,
         pending: HashMap::new(),
         clock,
         gauges: Gauges::new(&metrics, shard, shards),
@@ -176,7 +180,7 @@ pub async fn run<D: Driver>(core: D, mut inbox: mpsc::Receiver<HubInput>, setup:
     let mut ready = Vec::new();
     let mut stopping = false;
     loop {
-        let deadline = hub.core.poll_timeout().map(|us| hub.clock.instant_of(us));
+        let deadline = hub.shard.poll_timeout().map(|us| hub.clock.instant_of(us));
         let writing = !hub.dirty.is_empty();
         tokio::select! {
             biased;
@@ -184,25 +188,25 @@ pub async fn run<D: Driver>(core: D, mut inbox: mpsc::Receiver<HubInput>, setup:
             _ = stop.cancelled(), if !stopping => {
                 stopping = true;
                 info!(
-                    connections = hub.core.connection_count(),
+                    connections = hub.shard.core.connection_count(),
                     "closing every connection with 1001"
                 );
-                hub.core.handle(hub.clock.now(), Input::Shutdown);
+                hub.shard.handle(hub.clock.now(), Input::Shutdown);
                 hub.route(None);
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                hub.core.handle(hub.clock.now(), Input::Timeout);
+                hub.shard.handle(hub.clock.now(), Input::Timeout);
                 hub.route(None);
             }
             // Before the inbox, which under load is never empty.
-            event = hub.core.next_engine_event() => {
-                hub.core.handle(hub.clock.now(), Input::Engine(event));
+            event = hub.shard.next_engine_event() => {
+                hub.shard.handle(hub.clock.now(), Input::Engine(event));
                 hub.route(None);
                 for _ in 0..BATCH_MAX {
-                    let Some(event) = hub.core.try_engine_event() else {
+                    let Some(event) = hub.shard.try_engine_event() else {
                         break;
                     };
-                    hub.core.handle(hub.clock.now(), Input::Engine(event));
+                    hub.shard.handle(hub.clock.now(), Input::Engine(event));
                     hub.route(None);
                 }
             }
@@ -232,12 +236,12 @@ pub async fn run<D: Driver>(core: D, mut inbox: mpsc::Receiver<HubInput>, setup:
         for conn in ready.drain(..) {
             if let Some(writer) = hub.writers.get_mut(&conn) {
                 writer.writable();
-                Hub::<D>::list(&mut hub.dirty, conn, writer);
+                Hub::list(&mut hub.dirty, conn, writer);
             }
         }
         hub.write_some(WRITE_SLICE);
         hub.gauges
-            .report(hub.core.connection_count(), hub.core.room_count());
+            .report(hub.shard.core.connection_count(), hub.shard.room_count());
         if !hub.dirty.is_empty() {
             // Let the rest of the server run between slices of a big
             // fan-out. New broadcasts that arrive meanwhile join the queues
@@ -309,8 +313,8 @@ impl Gauges {
 }
 
 /// The hub's state: the core and the write half of every connection.
-struct Hub<D> {
-    core: D,
+struct Hub {
+    shard: ShardCore,
     /// Broadcasts waiting for the engine, with their caller's reply
     /// channel and room count (for metrics).
     pending: HashMap<Ticket, (BroadcastReply, u64)>,
@@ -332,12 +336,12 @@ struct Hub<D> {
     writable: Arc<Writable>,
 }
 
-impl<D: Driver> Hub<D> {
+impl Hub {
     /// Applies one hub input to the core. Returns the publish time when the
     /// input was a broadcast, so its deliveries can be stamped.
     fn handle(&mut self, input: HubInput) -> Option<Instant> {
         let now = self.clock.now();
-        let core = &mut self.core;
+        let shard = &mut self.shard;
         let metrics = &self.metrics;
         match input {
             HubInput::Open {
@@ -349,7 +353,7 @@ impl<D: Driver> Hub<D> {
                 self.writers.insert(conn, Box::new(writer));
                 self.checks.opened(conn, forwarded);
                 metrics.connections_opened.inc();
-                core.handle(now, Input::Open { conn, identity });
+                shard.handle(now, Input::Open { conn, identity });
             }
             HubInput::Text {
                 conn,
@@ -358,7 +362,7 @@ impl<D: Driver> Hub<D> {
             } => {
                 metrics.messages_in.inc();
                 metrics.bytes_in.inc_by(text.len() as u64);
-                core.handle(
+                shard.handle(
                     now,
                     Input::Text {
                         conn,
@@ -380,7 +384,7 @@ impl<D: Driver> Hub<D> {
                     Self::list(&mut self.dirty, conn, writer);
                     if !writer.push_own_text(frame) {
                         // Refusals keep coming but the client does not read.
-                        core.handle(
+                        shard.handle(
                             now,
                             Input::Abort {
                                 conn,
@@ -392,17 +396,17 @@ impl<D: Driver> Hub<D> {
             }
             HubInput::Binary { conn } => {
                 metrics.messages_in.inc();
-                core.handle(now, Input::Binary { conn });
+                shard.handle(now, Input::Binary { conn });
             }
             HubInput::Alive { conn } => {
-                core.handle(now, Input::Pong { conn });
+                shard.handle(now, Input::Pong { conn });
             }
             HubInput::Control { conn, frame } => {
                 if let Some(writer) = self.writers.get_mut(&conn) {
                     Self::list(&mut self.dirty, conn, writer);
                     if !writer.push_control(frame) {
                         // Pings keep coming but the client does not read.
-                        core.handle(
+                        shard.handle(
                             now,
                             Input::Abort {
                                 conn,
@@ -413,7 +417,7 @@ impl<D: Driver> Hub<D> {
                 }
             }
             HubInput::Abort { conn, code } => {
-                core.handle(now, Input::Abort { conn, code });
+                shard.handle(now, Input::Abort { conn, code });
             }
             HubInput::Closed { conn } => {
                 self.checks.closed(conn);
@@ -427,7 +431,7 @@ impl<D: Driver> Hub<D> {
                         writer.flush(conn, &self.writable);
                     }
                 }
-                core.handle(now, Input::Closed { conn });
+                shard.handle(now, Input::Closed { conn });
             }
             HubInput::Broadcast {
                 publish,
@@ -436,7 +440,7 @@ impl<D: Driver> Hub<D> {
                 inbound: _inbound,
             } => {
                 let rooms = publish.rooms.len() as u64;
-                match core.handle(now, Input::Broadcast(publish)) {
+                match shard.handle(now, Input::Broadcast(publish)) {
                     Response::Pending(ticket) => {
                         self.pending.insert(ticket, (reply, rooms));
                     }
@@ -449,7 +453,7 @@ impl<D: Driver> Hub<D> {
                 reply,
                 inbound: _inbound,
             } => {
-                let answer = match core.handle(now, Input::Send(message)) {
+                let answer = match shard.handle(now, Input::Send(message)) {
                     Response::Sent { delivered } => Ok(delivered),
                     Response::Rejected(error) => Err(error),
                     other => Err(PublishError::InvalidBody(format!(
@@ -460,9 +464,9 @@ impl<D: Driver> Hub<D> {
             }
             HubInput::Status { reply } => {
                 let _ = reply.send(StatusSnapshot {
-                    connections: core.connection_count(),
-                    rooms: core.room_count(),
-                    local_rooms: core.local_room_count(),
+                    connections: shard.core.connection_count(),
+                    rooms: shard.room_count(),
+                    local_rooms: shard.core.room_count(),
                 });
             }
         }
@@ -473,7 +477,7 @@ impl<D: Driver> Hub<D> {
     /// connection's messages that waited for it).
     fn check_done(&mut self, checked: Checked) {
         let Checked { conn, answer } = checked;
-        self.core
+        self.shard
             .handle(self.clock.now(), Input::CheckDone { conn, answer });
         self.route(None);
     }
@@ -481,12 +485,12 @@ impl<D: Driver> Hub<D> {
     /// Queues every pending core output on its connection's writer, and
     /// answers broadcasts the engine has now answered.
     fn route(&mut self, published_at: Option<Instant>) {
-        while let Some((ticket, response)) = self.core.poll_answer() {
+        while let Some((ticket, response)) = self.shard.core.poll_answer() {
             if let Some((reply, rooms)) = self.pending.remove(&ticket) {
                 answer_broadcast(&self.metrics, reply, rooms, response);
             }
         }
-        while let Some(output) = self.core.poll_output() {
+        while let Some(output) = self.shard.core.poll_output() {
             match output {
                 Output::Send { conn, frame } => {
                     // The core only addresses open connections, and a
@@ -498,7 +502,7 @@ impl<D: Driver> Hub<D> {
                     };
                     writer.push_text(frame);
                     if let Some(at) = published_at {
-                        writer.oldest_publish.get_or_insert(at);
+                        writer.note_publish(at);
                     }
                     Self::list(&mut self.dirty, conn, writer);
                 }
@@ -541,8 +545,7 @@ impl<D: Driver> Hub<D> {
 
     /// Puts `conn` on the queue of writers to flush, once.
     fn list(dirty: &mut VecDeque<ConnectionId>, conn: ConnectionId, writer: &mut ConnWriter) {
-        if !writer.listed {
-            writer.listed = true;
+        if writer.list() {
             dirty.push_back(conn);
         }
     }
@@ -551,12 +554,12 @@ impl<D: Driver> Hub<D> {
         let Some(writer) = self.writers.get_mut(&conn) else {
             return;
         };
-        writer.listed = false;
+        writer.unlist();
         if !writer.wants_flush() {
             return;
         }
         // Recorded once per write, for the oldest broadcast in it.
-        let oldest_publish = writer.oldest_publish.take();
+        let oldest_publish = writer.take_oldest_publish();
         let flushed = writer.flush(conn, &self.writable);
         if flushed.text_bytes > 0 {
             self.metrics.messages_out.inc_by(flushed.frames);
@@ -566,7 +569,7 @@ impl<D: Driver> Hub<D> {
                     .publish_to_write_seconds
                     .observe(at.elapsed().as_secs_f64());
             }
-            self.core.handle(
+            self.shard.handle(
                 self.clock.now(),
                 Input::Written {
                     conn,
@@ -577,7 +580,7 @@ impl<D: Driver> Hub<D> {
         if flushed.blocked {
             // The client is not keeping up: conflation may hold its
             // progress events until its socket drains.
-            self.core.handle(self.clock.now(), Input::Blocked { conn });
+            self.shard.handle(self.clock.now(), Input::Blocked { conn });
         }
         if flushed.failed {
             // The reading task was told and will report `Closed`; the core
@@ -589,7 +592,7 @@ impl<D: Driver> Hub<D> {
             {
                 self.metrics.disconnect("client");
             }
-            self.core.handle(self.clock.now(), Input::Closed { conn });
+            self.shard.handle(self.clock.now(), Input::Closed { conn });
         }
     }
 }

@@ -2,28 +2,31 @@
 //!
 //! A thin shell around [`roomcast_core`]: it owns sockets, timers, tokens and
 //! HTTP; the core owns every protocol decision. Data flows one way:
-//! socket → [`session`] → bounded channel → [`hub`] (the one task that owns
-//! the core) → [`writer`] → socket. The hub writes every connection's
-//! socket itself, so a delivery costs no task wake-up.
+//! socket → [`session`] → bounded channel → [`hub`] (the task that owns
+//! one shard's core) → [`writer`] → socket. A hub writes every socket of
+//! its shard's connections itself, so a delivery costs no task wake-up; a
+//! node runs one hub per shard, each on a thread of its own ([`shards`]).
 //!
 //! | module | job |
 //! |---|---|
 //! | [`server`] | [`serve`] (and [`serve_with_engine`], for an engine task the configuration cannot name): accept loop, admission control (503), graceful shutdown |
 //! | [`http`] | routing: `/ws/connect`, `/ws/status`, `/api/broadcast`, `/api/send`, `/metrics`, `/healthz`, `/readyz`, `/`, `/client/roomcast.js` |
-//! | [`assets`] | the console page and the browser client, embedded at build time |
+//! | `assets` | the console page and the browser client, embedded at build time |
 //! | [`devmode`] | first run: an ephemeral secret and a console link on loopback without a key |
-//! | [`session`] | one WebSocket connection's reading task: client frames into the hub |
-//! | [`hub`] | the task that owns the core and routes its outputs |
-//! | [`driver`] | what the hub drives: the core with its inline engine, or with an engine task |
+//! | `session` | one WebSocket connection's reading task: client frames into the hub |
+//! | `hub` | the task that owns a shard's core and routes its outputs |
+//! | `shard_core` | what a hub drives: the core with its inline engine, or linked to an engine task |
+//! | `node` | starting the node's hubs and engine, for one shard or several |
+//! | [`shards`] | shard threads, placement at accept, the shard router, the in-memory engine as a task |
 //! | [`engine`] | the Redis engine: scripts, pub/sub, presence, readiness |
-//! | [`writer`] | the hub's write half of each socket: shared frames, vectored writes, backpressure |
+//! | `writer` | the hub's write half of each socket: shared frames, vectored writes, backpressure |
 //! | [`auth`] | token extraction (query, header, subprotocol) and JWT verification |
 //! | `jwks` | the identity provider's key set (`[auth] jwks_url`): fetch, refresh, refetch for an unknown `kid` |
-//! | [`http_client`] | the outbound HTTP(S) client (JWKS, hooks): timeouts, bounded bodies, typed errors |
-//! | [`verify`] | the off-hub checks the core asks for: `refresh` tokens (threads), the join hook (tasks) |
-//! | [`hooks`] | the application's hooks (`[hooks]`): connect and join, calls bounded, cache, metrics |
+//! | `http_client` | the outbound HTTP(S) client (JWKS, hooks): timeouts, bounded bodies, typed errors |
+//! | `verify` | the off-hub checks the core asks for: `refresh` tokens (threads), the join hook (tasks) |
+//! | `hooks` | the application's hooks (`[hooks]`): connect and join, calls bounded, cache, metrics |
 //! | [`config`] | configuration: defaults, TOML file, `ROOMCAST_*` environment |
-//! | [`budget`] | the inbound byte budget (`inbound_bytes_max`) |
+//! | `budget` | the inbound byte budget (`inbound_bytes_max`) |
 //! | [`clock`] | the only time and id sources (replaced by the simulator) |
 //! | [`listener`] | [`Listener`]: what `serve` accepts from (tokio or turmoil) |
 //! | [`metrics`] | Prometheus metrics |
@@ -31,32 +34,34 @@
 //! The server is generic over its [`Listener`] and uses only `tokio::time`,
 //! so the simulator runs exactly this code over turmoil's network.
 
-pub mod assets;
+mod assets;
 pub mod auth;
-pub mod budget;
+mod budget;
 pub mod clock;
 pub mod config;
 pub mod devmode;
-pub mod driver;
 pub mod engine;
+pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod hooks;
+mod hooks;
 mod http;
-pub mod http_client;
-pub mod hub;
+mod http_client;
+mod hub;
 mod jwks;
 pub mod listener;
 pub mod metrics;
 mod node;
 pub mod server;
-pub mod session;
+mod session;
+mod shard_core;
 pub mod shards;
-pub mod verify;
-pub mod writer;
+mod verify;
+mod writer;
 
 pub use clock::{Clock, IdSource};
 pub use config::ServerConfig;
+pub use error::{ConfigError, ServeError};
 pub use listener::Listener;
 pub use metrics::Metrics;
 pub use server::{serve, serve_with_engine, ServeOptions};

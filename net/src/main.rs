@@ -128,8 +128,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(config: Option<PathBuf>) -> Result<ServerConfig, String> {
-    ServerConfig::load(config.as_deref(), std::env::vars())
+fn load(config: Option<PathBuf>) -> Result<ServerConfig, Box<dyn std::error::Error>> {
+    Ok(ServerConfig::load(config.as_deref(), std::env::vars())?)
 }
 
 /// The `--redis*` flags of `serve`.
@@ -146,7 +146,7 @@ fn run_server(
     shards: Option<usize>,
     workers: usize,
     redis: RedisFlags,
-) -> Result<(), String> {
+) -> Result<(), Box<dyn std::error::Error>> {
     // Each `--redis*` flag overrides the environment, as if it were the
     // variable, so the `[engine]` settings are validated together (TLS
     // files need a rediss:// URL, Sentinel excludes a cluster).
@@ -220,7 +220,8 @@ fn run_server(
                  generated; set ROOMCAST_JWT_SECRET (or auth.public_key_file) to accept tokens"
             ),
         }
-        serve(listener, config, options, shutdown_signal()).await
+        serve(listener, config, options, shutdown_signal()).await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
     })
 }
 
@@ -247,7 +248,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn unix_now_s() -> Result<u64, String> {
+fn unix_now_s() -> Result<u64, Box<dyn std::error::Error>> {
     Ok(std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| e.to_string())?
@@ -260,7 +261,7 @@ fn print_token(
     rooms: &str,
     ttl: u64,
     config: Option<PathBuf>,
-) -> Result<(), String> {
+) -> Result<(), Box<dyn std::error::Error>> {
     let rooms: Vec<&str> = rooms
         .split(',')
         .map(str::trim)

@@ -2,9 +2,9 @@
 //!
 //! - **One shard** (`--shards 1`): the hub runs on the listener's runtime
 //!   and drives either the core with the in-memory engine inline
-//!   (`Standalone`) or the core and an engine task (`Remote`: Redis, or a
-//!   link the caller gave). Nothing of the shard machinery is on its path.
-//! - **Several shards**: every hub drives a `Remote` core whose engine
+//!   (inline) or the core and an engine task (linked: Redis, or a
+//!   link the caller gave); see `crate::shard_core`. Nothing of the shard machinery is on its path.
+//! - **Several shards**: every hub drives a linked core whose engine
 //!   link leads to the [shard router](crate::shards::router), in front of
 //!   the node's one engine (the in-memory engine as a task, Redis, or the
 //!   caller's link). Presence diffs then come from the engine's changes
@@ -13,21 +13,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use roomcast_core::{standalone, CoreConfig, Standalone};
+use roomcast_core::{standalone, CoreConfig};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::clock::Clock;
 use crate::config::{redact_url, ServerConfig};
-use crate::driver::{Driver, Remote};
 use crate::engine::redis::RedisSettings;
 use crate::engine::tls::TlsFiles;
 use crate::engine::{EngineLink, Readiness};
+use crate::error::ServeError;
 use crate::hooks::Hooks;
 use crate::hub::{self, HubInput, HubSetup, HUB_CHANNEL_CAPACITY};
 use crate::metrics::Metrics;
 use crate::server::Cancel;
+use crate::shard_core::ShardCore;
 use crate::shards::memory_engine::{self, RoomCount};
 use crate::shards::router::{self, FollowedRooms, SHARD_CHANNEL_CAPACITY};
 use crate::shards::{Runtimes, ShardRuntime};
@@ -79,7 +80,7 @@ pub(crate) enum NodeRooms {
 }
 
 /// Starts the engine and the hubs.
-pub(crate) fn start(parts: NodeParts<'_>) -> Result<Node, String> {
+pub(crate) fn start(parts: NodeParts<'_>) -> Result<Node, ServeError> {
     let NodeParts {
         config,
         mut core,
@@ -98,7 +99,8 @@ pub(crate) fn start(parts: NodeParts<'_>) -> Result<Node, String> {
             Some(link)
         }
         (None, Some(url)) => {
-            let link = redis_engine(config, url, &core.epoch_prefix, metrics)?;
+            let link = redis_engine(config, url, &core.epoch_prefix, metrics)
+                .map_err(ServeError::Engine)?;
             info!(redis = %redact_url(url), prefix = %config.engine.redis_prefix, sentinel_master = ?config.engine.redis_sentinel_master, "engine: redis");
             Some(link)
         }
@@ -114,17 +116,17 @@ pub(crate) fn start(parts: NodeParts<'_>) -> Result<Node, String> {
         shards,
     };
     if shards == 1 {
-        let runtimes = Runtimes::start(1, ShardRuntime::Tasks).map_err(|e| e.to_string())?;
+        let runtimes = Runtimes::start(1, ShardRuntime::Tasks)?;
         let (hub, inbox) = mpsc::channel(HUB_CHANNEL_CAPACITY);
         let (task, ready, presence_written) = match link {
             Some(mut link) => {
                 let ready = link.ready.clone();
                 let presence_written = link.presence_written.take();
-                let task = spawn_hub(&runtimes, 0, Remote::new(core, link), inbox, setup(0));
+                let task = spawn_hub(&runtimes, 0, ShardCore::linked(core, link), inbox, setup(0));
                 (task, ready, presence_written)
             }
             None => {
-                let task = spawn_hub(&runtimes, 0, Standalone::new(core), inbox, setup(0));
+                let task = spawn_hub(&runtimes, 0, ShardCore::inline(core), inbox, setup(0));
                 (task, Readiness::always(), None)
             }
         };
@@ -161,13 +163,13 @@ pub(crate) fn start(parts: NodeParts<'_>) -> Result<Node, String> {
     let presence_written = link.presence_written.take();
     let (links, followed, router_task) = router::spawn(link, shards);
     engine_tasks.push(router_task);
-    let runtimes = Runtimes::start(shards, runtime).map_err(|e| e.to_string())?;
+    let runtimes = Runtimes::start(shards, runtime)?;
     let mut hubs = Vec::with_capacity(shards);
     let mut hub_tasks = Vec::with_capacity(shards);
     for (shard, link) in links.into_iter().enumerate() {
         let (hub, inbox) = mpsc::channel(HUB_CHANNEL_CAPACITY);
-        let driver = Remote::new(core.clone(), link);
-        hub_tasks.push(spawn_hub(&runtimes, shard, driver, inbox, setup(shard)));
+        let shard_core = ShardCore::linked(core.clone(), link);
+        hub_tasks.push(spawn_hub(&runtimes, shard, shard_core, inbox, setup(shard)));
         hubs.push(hub);
     }
     info!(shards, "shards started");
@@ -186,10 +188,10 @@ pub(crate) fn start(parts: NodeParts<'_>) -> Result<Node, String> {
 }
 
 /// Starts a hub on its shard's runtime.
-fn spawn_hub<D: Driver>(
+fn spawn_hub(
     runtimes: &Runtimes,
     shard: usize,
-    core: D,
+    core: ShardCore,
     inbox: mpsc::Receiver<HubInput>,
     setup: HubSetup,
 ) -> JoinHandle<()> {

@@ -21,6 +21,7 @@ use crate::budget::InboundBudget;
 use crate::clock::{Clock, IdSource};
 use crate::config::ServerConfig;
 use crate::engine::{EngineLink, Readiness};
+use crate::error::{ConfigError, ServeError};
 use crate::hooks::Hooks;
 use crate::hub::HubInput;
 use crate::listener::Listener;
@@ -105,7 +106,7 @@ pub async fn serve<L: Listener>(
     config: ServerConfig,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     serve_engine(listener, config, options, None, shutdown).await
 }
 
@@ -119,9 +120,9 @@ pub async fn serve_with_engine<L: Listener>(
     options: ServeOptions,
     link: EngineLink,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     if config.engine.redis_url.is_some() {
-        return Err("an engine link was given and [engine] redis_url is set: choose one".into());
+        return Err(ServeError::TwoEngines);
     }
     serve_engine(listener, config, options, Some(link), shutdown).await
 }
@@ -132,7 +133,7 @@ async fn serve_engine<L: Listener>(
     options: ServeOptions,
     link: Option<EngineLink>,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     config.validate()?;
     let verifier = Arc::new(TokenVerifier::from_config(&config.auth)?);
     if !verifier.is_configured() {
@@ -141,7 +142,7 @@ async fn serve_engine<L: Listener>(
         );
     }
     let types = MessageTypes::with_custom(config.custom_types.iter().map(String::as_str))
-        .map_err(|bad| format!("invalid custom type {bad:?}"))?;
+        .map_err(|bad| ConfigError::new(format!("invalid custom type {bad:?}")))?;
     let ServeOptions {
         clock,
         mut ids,
@@ -240,7 +241,7 @@ async fn serve_engine<L: Listener>(
         ready,
         config,
     });
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let local = listener.local_addr()?;
     // The identity provider's keys (with `[auth] jwks_url`), fetched by a
     // task of their own, never on the hub; aborted when serving ends.
     let keys_task = app.verifier.start(&app.metrics);

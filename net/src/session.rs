@@ -120,7 +120,7 @@ pub struct Session {
     /// Who it is, for the logs.
     pub user_id: Option<String>,
     /// What the connection holds until it ends.
-    pub held: Held,
+    pub _held: Held,
     /// The token bucket of the client's ping and pong frames, made at the
     /// first one (most connections never send any).
     pub control_frames: Option<Box<RateLimiter>>,

@@ -185,24 +185,38 @@ pub struct ConnWriter<W = WriteIo> {
     blocked: bool,
     /// When the oldest broadcast queued since the last write was published
     /// (publish-to-write histogram).
-    pub oldest_publish: Option<Instant>,
+    oldest_publish: Option<Instant>,
     /// Listed in the hub's queue of writers to flush (lists it once).
-    pub listed: bool,
+    listed: bool,
     /// Registers this connection's write readiness with the hub.
     waker: Option<Waker>,
     signal: Option<oneshot::Sender<SessionSignal>>,
-    /// Set once a close frame (ours or the echo of the client's) is
-    /// queued: nothing is queued after it.
-    closing: bool,
-    /// Set when the hub closed the connection (its metric is counted then).
+    /// Where the sending side is in its life.
+    stage: Stage,
+    /// Set when the hub closed the connection (its metric is counted then),
+    /// whatever the stage was.
     closed_by_server: bool,
-    /// Set by a close for a violation ([`CloseCode::lingers`]): once the
-    /// close frame is written, the sending side is shut down (FIN) while
-    /// the reading task reads and discards what the client still sends.
-    shutdown_after_close: bool,
-    /// The sending side was shut down.
-    shut_down: bool,
-    failed: bool,
+}
+
+/// Where a connection's sending side is in its life. It only moves
+/// forward: `Open` → `Closing` → `ShutDown`, and to `Failed` from any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Frames are queued and written.
+    Open,
+    /// A close frame (ours or the echo of the client's) is queued: nothing
+    /// is queued after it. `linger` is set by a close for a violation
+    /// ([`CloseCode::lingers`]): once the close frame is written, the
+    /// sending side is shut down (FIN) while the reading task reads and
+    /// discards what the client still sends.
+    Closing {
+        /// Shut the sending side down once the queue is written.
+        linger: bool,
+    },
+    /// The lingering close's frame is out and the sending side shut down.
+    ShutDown,
+    /// A write failed: the queue is dropped, nothing more is written.
+    Failed,
 }
 
 impl<W: AsyncWrite + Unpin> ConnWriter<W> {
@@ -217,17 +231,14 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
             listed: false,
             waker: None,
             signal: Some(signal),
-            closing: false,
+            stage: Stage::Open,
             closed_by_server: false,
-            shutdown_after_close: false,
-            shut_down: false,
-            failed: false,
         }
     }
 
     /// Queues a text frame.
     pub fn push_text(&mut self, frame: TextFrame) {
-        if self.closing || self.failed {
+        if self.stage != Stage::Open {
             return;
         }
         self.queue.push(Chunk {
@@ -242,7 +253,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
     /// it: a `SERVER_BUSY` error). It counts against [`CONTROL_QUEUE_MAX`];
     /// returns false when too many such bytes are unwritten.
     pub fn push_own_text(&mut self, frame: TextFrame) -> bool {
-        if self.closing || self.failed {
+        if self.stage != Stage::Open {
             return true;
         }
         self.control_bytes += frame.len();
@@ -263,7 +274,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
     /// Queues control frames the reading side produced (pongs, the echo of
     /// the client's close). Returns false when too many are unwritten.
     pub fn push_control(&mut self, frame: Bytes) -> bool {
-        if self.closing || self.failed {
+        if self.stage != Stage::Open {
             return true;
         }
         // The echo of the client's close ends the stream like our own close
@@ -277,7 +288,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
             sent: 0,
         });
         if is_close {
-            self.closing = true;
+            self.stage = Stage::Closing { linger: false };
             // The reading task already knows: it is the one that saw the close.
             self.signal = None;
         }
@@ -291,11 +302,12 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
     /// `close_flush_timeout` and the socket is dropped.
     pub fn close(&mut self, code: CloseCode) {
         self.closed_by_server = true;
-        if self.closing {
+        if self.stage != Stage::Open {
             return;
         }
-        self.closing = true;
-        self.shutdown_after_close = code.lingers();
+        self.stage = Stage::Closing {
+            linger: code.lingers(),
+        };
         let mut frame = Vec::with_capacity(4 + code.reason().len());
         let close = Frame::close(Some(CloseFrame {
             code: WsCloseCode::from(code.code()),
@@ -314,6 +326,28 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
         }
     }
 
+    /// Notes that a broadcast published at `at` was queued (the oldest
+    /// since the last write is kept).
+    pub fn note_publish(&mut self, at: Instant) {
+        self.oldest_publish.get_or_insert(at);
+    }
+
+    /// The oldest broadcast queued since the last call, if any.
+    pub fn take_oldest_publish(&mut self) -> Option<Instant> {
+        self.oldest_publish.take()
+    }
+
+    /// Marks the writer as listed in the hub's flush queue; false when it
+    /// already was (the hub lists each writer once).
+    pub fn list(&mut self) -> bool {
+        !std::mem::replace(&mut self.listed, true)
+    }
+
+    /// The hub took the writer off its flush queue.
+    pub fn unlist(&mut self) {
+        self.listed = false;
+    }
+
     /// Whether the hub asked this connection to close.
     pub fn closed_by_server(&self) -> bool {
         self.closed_by_server
@@ -327,18 +361,27 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
     /// Whether something is queued (or the sending side is due to be shut
     /// down) and no readiness wait is pending.
     pub fn wants_flush(&self) -> bool {
-        (!self.queue.is_empty() || self.shutdown_due()) && !self.blocked && !self.failed
+        (!self.queue.is_empty() || self.shutdown_due())
+            && !self.blocked
+            && self.stage != Stage::Failed
     }
 
     /// Whether the lingering close's frame is written and the sending side
     /// still needs its shutdown.
     fn shutdown_due(&self) -> bool {
-        self.shutdown_after_close && self.closing && !self.shut_down && self.queue.is_empty()
+        self.stage == Stage::Closing { linger: true } && self.queue.is_empty()
     }
 
     /// Whether the sending side was shut down after a lingering close.
+    #[cfg(test)]
     pub fn is_shut_down(&self) -> bool {
-        self.shut_down
+        self.stage == Stage::ShutDown
+    }
+
+    /// Where the sending side is.
+    #[cfg(test)]
+    pub(crate) fn stage(&self) -> Stage {
+        self.stage
     }
 
     /// Writes as much of the queue as the socket takes now. When it takes
@@ -347,7 +390,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
     pub fn flush(&mut self, conn: ConnectionId, writable: &Arc<Writable>) -> Flushed {
         self.blocked = false;
         let mut done = Flushed::default();
-        if self.failed {
+        if self.stage == Stage::Failed {
             return done;
         }
         // The fast path needs no waker: a write that completes registers
@@ -367,7 +410,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
                 // The close frame is out: send FIN, keep the socket open
                 // for reading (the reading task lingers).
                 match Pin::new(&mut self.io).poll_shutdown(&mut cx) {
-                    Poll::Ready(_) => self.shut_down = true,
+                    Poll::Ready(_) => self.stage = Stage::ShutDown,
                     Poll::Pending if registered => {
                         self.blocked = true;
                         return done;
@@ -473,7 +516,7 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
     }
 
     fn fail(&mut self) {
-        self.failed = true;
+        self.stage = Stage::Failed;
         self.queue = Queue::default();
         if let Some(signal) = self.signal.take() {
             let _ = signal.send(SessionSignal::Gone);

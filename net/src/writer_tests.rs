@@ -165,9 +165,9 @@ fn nothing_is_queued_after_the_echo_of_a_client_close() {
     };
     let mut writer = ConnWriter::new(socket, signal);
     writer.push_control(Bytes::from_static(&[0x8a, 0x00])); // a pong
-    assert!(!writer.closing);
+    assert_eq!(writer.stage(), Stage::Open);
     writer.push_control(Bytes::from_static(&[0x88, 0x02, 0x03, 0xe8])); // close 1000
-    assert!(writer.closing);
+    assert_eq!(writer.stage(), Stage::Closing { linger: false });
     assert!(!writer.closed_by_server());
     writer.push_text(text("late broadcast"));
     writer.push_ping();

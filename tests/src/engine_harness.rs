@@ -15,7 +15,7 @@ use roomcast_core::engine::{
     ReadResult, Unnumbered,
 };
 use roomcast_core::room_log::HistoryBounds;
-use roomcast_core::{ConnectionId, RoomName};
+use roomcast_core::{ConnectionId, RoomName, RoomOptions};
 use roomcast_net::engine::redis::{spawn, RedisSettings};
 use roomcast_net::engine::EngineLink;
 
@@ -77,11 +77,15 @@ impl Harness {
         };
         Harness {
             engines: Engines::Memory {
-                engine: Box::new(MemoryEngine::new(
-                    bounds,
-                    "mem".into(),
-                    PRESENCE_TTL_MS * 1000,
-                )),
+                // Every room's presence changes are told, as the Redis
+                // settings below publish them.
+                engine: Box::new(
+                    MemoryEngine::new(bounds, "mem".into(), PRESENCE_TTL_MS * 1000)
+                        .with_presence_changes(RoomOptions {
+                            presence_diff_prefixes: vec![String::new()],
+                            ..RoomOptions::default()
+                        }),
+                ),
                 now_us: 1_000_000,
                 queues: vec![VecDeque::new(); nodes],
             },

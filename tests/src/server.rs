@@ -18,7 +18,7 @@ pub struct TestServer {
     /// The server's own metrics registry.
     pub metrics: Metrics,
     shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<Result<(), String>>>,
+    handle: Option<JoinHandle<Result<(), roomcast_net::ServeError>>>,
 }
 
 impl TestServer {
@@ -76,7 +76,7 @@ impl TestServer {
     }
 
     /// Waits for `serve` to return (after [`TestServer::trigger_shutdown`]).
-    pub async fn join(&mut self) -> Result<(), String> {
+    pub async fn join(&mut self) -> Result<(), roomcast_net::ServeError> {
         let handle = self.handle.take().expect("server already joined");
         tokio::time::timeout(Duration::from_secs(60), handle)
             .await
@@ -85,7 +85,7 @@ impl TestServer {
     }
 
     /// Triggers the shutdown and waits for `serve` to return.
-    pub async fn shutdown(mut self) -> Result<(), String> {
+    pub async fn shutdown(mut self) -> Result<(), roomcast_net::ServeError> {
         self.trigger_shutdown();
         self.join().await
     }

@@ -7,7 +7,7 @@
 
 #![allow(clippy::wildcard_imports)]
 
-use roomcast_core::engine::{EngineRequest, Epoch};
+use roomcast_core::engine::{EngineEvent, EngineRequest, Epoch, PresenceEntry};
 use roomcast_core::{ConnectionId, RoomName};
 use roomcast_tests::engine_harness::*;
 
@@ -163,6 +163,92 @@ async fn a_silent_node_loses_its_presence_within_the_ttl(mut h: Harness) {
     assert_eq!(h.presence(0, "r").await, vec![entry(1, Some("u"))]);
 }
 
+/// The next `PresenceChanged` of `node` in room r: (joined, left, count).
+async fn presence_change(h: &mut Harness, node: usize) -> (Vec<u128>, Vec<u128>, usize) {
+    match h.next_event(node, WAIT).await {
+        Some(EngineEvent::PresenceChanged {
+            room,
+            joined,
+            left,
+            connections,
+        }) => {
+            assert_eq!(room.as_str(), "r");
+            let ids = |list: Vec<PresenceEntry>| list.iter().map(|e| e.conn.0.as_u128()).collect();
+            (ids(joined), ids(left), connections)
+        }
+        other => panic!("expected a presence change on node {node}, got {other:?}"),
+    }
+}
+
+async fn presence_changes_reach_every_follower_with_the_count_after_them(mut h: Harness) {
+    h.follow(0, "r").await;
+    h.follow(1, "r").await;
+    let room = || RoomName::new("r").unwrap();
+    // Each change is awaited before the next (Redis may merge changes that
+    // wait together): both followers hear it, the node that made it too.
+    let steps = [
+        (
+            1,
+            EngineRequest::PresenceAdd {
+                room: room(),
+                entry: entry(1, Some("a")),
+            },
+        ),
+        (
+            0,
+            EngineRequest::PresenceAdd {
+                room: room(),
+                entry: entry(2, None),
+            },
+        ),
+        (
+            1,
+            EngineRequest::PresenceRemove {
+                room: room(),
+                conn: ConnectionId::from_u128(1),
+            },
+        ),
+        (
+            1,
+            EngineRequest::PresenceAdd {
+                room: room(),
+                entry: entry(3, None),
+            },
+        ),
+        (
+            1,
+            EngineRequest::PresenceAdd {
+                room: room(),
+                entry: entry(4, None),
+            },
+        ),
+    ];
+    let told = [
+        (vec![1], vec![], 1),
+        (vec![2], vec![], 2),
+        (vec![], vec![1], 1),
+        (vec![3], vec![], 2),
+        (vec![4], vec![], 3),
+    ];
+    for ((node, request), change) in steps.into_iter().zip(told) {
+        h.send(node, request).await;
+        for follower in [0, 1] {
+            assert_eq!(presence_change(&mut h, follower).await, change);
+        }
+    }
+    // A clear is one change with all of the node's entries of the room.
+    h.send(1, EngineRequest::PresenceClear).await;
+    for follower in [0, 1] {
+        assert_eq!(
+            presence_change(&mut h, follower).await,
+            (vec![], vec![3, 4], 1)
+        );
+    }
+    for follower in [0, 1] {
+        h.quiet(follower).await;
+    }
+}
+
 // ----- the rollback check (no seq reused after a store lost writes) ---------
 
 async fn a_node_ahead_of_the_stored_top_moves_the_room_to_a_new_epoch(mut h: Harness) {
@@ -260,6 +346,7 @@ conformance!(
     interest_off_stops_the_live_stream,
     presence_lists_every_node_in_connection_order,
     a_silent_node_loses_its_presence_within_the_ttl,
+    presence_changes_reach_every_follower_with_the_count_after_them,
     a_node_ahead_of_the_stored_top_moves_the_room_to_a_new_epoch,
     a_node_behind_the_top_keeps_the_epoch,
 );

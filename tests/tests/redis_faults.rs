@@ -247,7 +247,8 @@ async fn a_stalled_pubsub_connection_is_found_by_its_probe() {
     assert_eq!(h.live(0).await.seq, 1);
 }
 
-// ----- Redis presence changes (the in-memory engine sends none) -------------
+// ----- Redis presence changes: batching, merging, sweeps (the shared ------
+// ----- contract is in engine_conformance.rs) --------------------------------
 
 /// The next `PresenceChanged` of `node`: (joined, left, connections).
 async fn presence_change(h: &mut Harness, node: usize) -> (Vec<u128>, Vec<u128>, usize) {

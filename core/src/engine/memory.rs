@@ -28,11 +28,25 @@
 //!   followed, the append or read fails (`Unavailable`, naming `rooms_max`)
 //!   and an interest-on is refused: that node's reads of the room fail until
 //!   it turns the interest off.
+//!
+//! ## Presence changes
+//!
+//! Asked to ([`MemoryEngine::with_presence_changes`]: a node of several
+//! shards, whose diffs must count every shard's members), it tells every
+//! node that follows a room with presence diffs each change of the room's
+//! entries as one [`EngineEvent::PresenceChanged`] with the room's count
+//! after it: an add, a remove, a node's clear, a node's expiry. In the order
+//! applied, once each (it never loses one, so it never merges either).
+//! Without it, it sends none and each core builds diffs from its own joins
+//! and leaves (one process, one core).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::presence_book::PresenceBook;
-use super::{EngineError, EngineEvent, EngineRequest, Epoch, Numbered, Position, ReadResult};
+use super::{
+    EngineError, EngineEvent, EngineRequest, Epoch, Numbered, Position, PresenceEntry, ReadResult,
+};
+use crate::config::RoomOptions;
 use crate::names::RoomName;
 use crate::room_log::{HistoryBounds, RoomLog};
 
@@ -84,6 +98,9 @@ pub struct MemoryEngine {
     /// Whether the rollback check runs (off only to show that the tests
     /// catch its absence: `skip_rollback_check`).
     rollback_check: bool,
+    /// Set by [`with_presence_changes`](Self::with_presence_changes): the
+    /// rooms (those with presence diffs) whose changes are told.
+    presence_changes: Option<RoomOptions>,
 }
 
 impl MemoryEngine {
@@ -104,7 +121,16 @@ impl MemoryEngine {
             presence: PresenceBook::new(presence_ttl_us),
             life: 0,
             rollback_check: true,
+            presence_changes: None,
         }
+    }
+
+    /// The same engine telling the followers of every room with presence
+    /// diffs (`rooms.presence_diff_prefixes`) each change of its entries
+    /// (module docs, "Presence changes").
+    pub fn with_presence_changes(mut self, rooms: RoomOptions) -> MemoryEngine {
+        self.presence_changes = Some(rooms);
+        self
     }
 
     /// Presence entries kept, over all rooms.
@@ -210,16 +236,26 @@ impl MemoryEngine {
                 self.settle(&room);
             }
             EngineRequest::PresenceAdd { room, entry } => {
-                self.presence.add(node, now_us, room, entry);
+                if let Some(entry) = self.presence.add(node, now_us, room.clone(), entry) {
+                    self.presence_changed(&room, vec![entry], Vec::new());
+                }
             }
-            EngineRequest::PresenceRemove { room, conn } => self.presence.remove(&room, conn),
+            EngineRequest::PresenceRemove { room, conn } => {
+                if let Some(entry) = self.presence.remove(&room, conn) {
+                    self.presence_changed(&room, Vec::new(), vec![entry]);
+                }
+            }
             EngineRequest::PresenceList { call, room } => {
                 let result = Ok(self.presence.list(&room));
                 let answer = EngineEvent::Presence { call, result };
                 self.events.push_back((node, answer));
             }
             EngineRequest::PresenceRefresh => self.presence.refresh(node, now_us),
-            EngineRequest::PresenceClear => self.presence.clear(node),
+            EngineRequest::PresenceClear => {
+                for (room, left) in self.presence.clear(node) {
+                    self.presence_changed(&room, Vec::new(), left);
+                }
+            }
             // One process: its node already delivered it.
             EngineRequest::Direct { .. } => {}
             EngineRequest::Interest { room, on } => {
@@ -256,7 +292,9 @@ impl MemoryEngine {
     /// Expires history, drops rooms, and drops the presence entries of
     /// nodes that stopped refreshing, whose time has come.
     pub fn on_timeout(&mut self, now_us: u64) {
-        self.presence.expire_due(now_us);
+        for (room, left) in self.presence.expire_due(now_us) {
+            self.presence_changed(&room, Vec::new(), left);
+        }
         while let Some((at, room)) = self.expiries.first().cloned() {
             if at > now_us {
                 break;
@@ -268,6 +306,33 @@ impl MemoryEngine {
             }
             self.sync(&room);
             self.settle(&room);
+        }
+    }
+
+    /// Tells the room's followers one change of its presence entries, with
+    /// the count after it, when presence changes are asked for the room.
+    fn presence_changed(
+        &mut self,
+        room: &RoomName,
+        joined: Vec<PresenceEntry>,
+        left: Vec<PresenceEntry>,
+    ) {
+        let asked = self.presence_changes.as_ref();
+        if !asked.is_some_and(|rooms| rooms.presence_diffs(room)) {
+            return;
+        }
+        let Some(state) = self.rooms.get(room) else {
+            return; // nobody follows it
+        };
+        let connections = self.presence.room_len(room);
+        for &follower in &state.followers {
+            let change = EngineEvent::PresenceChanged {
+                room: room.clone(),
+                joined: joined.clone(),
+                left: left.clone(),
+                connections,
+            };
+            self.events.push_back((follower, change));
         }
     }
 

@@ -265,3 +265,137 @@ fn the_byte_budget_is_kept_across_rooms_and_reset_by_data_loss() {
     assert_eq!(engine.history_bytes(), 0);
     engine.check().unwrap();
 }
+
+/// An engine telling the presence changes of rooms under `team:`.
+fn telling_changes() -> MemoryEngine {
+    let rooms = RoomOptions {
+        presence_diff_prefixes: vec!["team:".into()],
+        ..RoomOptions::default()
+    };
+    MemoryEngine::new(BOUNDS, "e".into(), 1_000).with_presence_changes(rooms)
+}
+
+fn member(n: u128) -> PresenceEntry {
+    PresenceEntry {
+        conn: ConnectionId::from_u128(n),
+        user: Some(format!("u{n}")),
+    }
+}
+
+fn add_member(engine: &mut MemoryEngine, node: NodeId, now_us: u64, name: &str, n: u128) {
+    let room = RoomName::new(name).unwrap();
+    let entry = member(n);
+    engine.handle(node, now_us, EngineRequest::PresenceAdd { room, entry });
+}
+
+fn remove_member(engine: &mut MemoryEngine, node: NodeId, name: &str, n: u128) {
+    let room = RoomName::new(name).unwrap();
+    let conn = ConnectionId::from_u128(n);
+    engine.handle(node, 0, EngineRequest::PresenceRemove { room, conn });
+}
+
+/// One `PresenceChanged` as `(node, room, joined, left, count)`.
+type Change = (NodeId, String, Vec<u128>, Vec<u128>, usize);
+
+/// Every event so far, each a `PresenceChanged`; panics on any other.
+fn changes(engine: &mut MemoryEngine) -> Vec<Change> {
+    let ids = |entries: Vec<PresenceEntry>| entries.iter().map(|e| e.conn.0.as_u128()).collect();
+    drain(engine)
+        .into_iter()
+        .map(|(node, event)| match event {
+            EngineEvent::PresenceChanged {
+                room,
+                joined,
+                left,
+                connections,
+            } => (node, room.to_string(), ids(joined), ids(left), connections),
+            other => panic!("only presence changes expected: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn presence_changes_reach_every_follower_once_in_order_with_the_count_after_them() {
+    let mut engine = telling_changes();
+    interest(&mut engine, 1, "team:x", true);
+    interest(&mut engine, 2, "team:x", true);
+    interest(&mut engine, 3, "team:y", true); // another room: hears nothing of x
+    add_member(&mut engine, 1, 0, "team:x", 10);
+    add_member(&mut engine, 2, 0, "team:x", 20);
+    add_member(&mut engine, 2, 0, "team:x", 20); // the same entry again: no change
+    remove_member(&mut engine, 1, "team:x", 10);
+    remove_member(&mut engine, 1, "team:x", 10); // gone already: no change
+    let x = || "team:x".to_owned();
+    assert_eq!(
+        changes(&mut engine),
+        vec![
+            (1, x(), vec![10], vec![], 1),
+            (2, x(), vec![10], vec![], 1),
+            (1, x(), vec![20], vec![], 2),
+            (2, x(), vec![20], vec![], 2),
+            (1, x(), vec![], vec![10], 1),
+            (2, x(), vec![], vec![10], 1),
+        ]
+    );
+    // A node that stops following hears no more of the room.
+    interest(&mut engine, 1, "team:x", false);
+    add_member(&mut engine, 2, 0, "team:x", 21);
+    assert_eq!(changes(&mut engine), vec![(2, x(), vec![21], vec![], 2)]);
+    engine.check().unwrap();
+}
+
+#[test]
+fn a_clear_and_an_expiry_are_one_change_per_room() {
+    let mut engine = telling_changes();
+    for node in [1, 2] {
+        interest(&mut engine, node, "team:x", true);
+        interest(&mut engine, node, "team:y", true);
+    }
+    add_member(&mut engine, 1, 0, "team:x", 10);
+    add_member(&mut engine, 1, 0, "team:x", 11);
+    add_member(&mut engine, 1, 0, "team:y", 10);
+    add_member(&mut engine, 2, 500, "team:x", 20);
+    drain(&mut engine);
+    // Node 1 shuts down: its entries go, each room's in one change.
+    engine.handle(1, 600, EngineRequest::PresenceClear);
+    let (x, y) = ("team:x".to_owned(), "team:y".to_owned());
+    assert_eq!(
+        changes(&mut engine),
+        vec![
+            (1, x.clone(), vec![], vec![10, 11], 1),
+            (2, x.clone(), vec![], vec![10, 11], 1),
+            (1, y.clone(), vec![], vec![10], 0),
+            (2, y.clone(), vec![], vec![10], 0),
+        ]
+    );
+    // Node 2 falls silent past the time-to-live: its entries expire.
+    engine.on_timeout(1_499);
+    assert!(changes(&mut engine).is_empty(), "not due yet");
+    engine.on_timeout(1_500);
+    assert_eq!(
+        changes(&mut engine),
+        vec![
+            (1, x.clone(), vec![], vec![20], 0),
+            (2, x, vec![], vec![20], 0)
+        ]
+    );
+    engine.check().unwrap();
+}
+
+#[test]
+fn presence_changes_are_told_only_when_asked_and_only_for_rooms_with_diffs() {
+    let mut plain = MemoryEngine::new(BOUNDS, "e".into(), 1_000);
+    interest(&mut plain, 1, "team:x", true);
+    add_member(&mut plain, 1, 0, "team:x", 10);
+    remove_member(&mut plain, 1, "team:x", 10);
+    assert!(drain(&mut plain).is_empty(), "not asked: none");
+    let mut engine = telling_changes();
+    interest(&mut engine, 1, "lobby", true);
+    add_member(&mut engine, 1, 0, "lobby", 10);
+    engine.handle(1, 0, EngineRequest::PresenceClear);
+    assert!(drain(&mut engine).is_empty(), "no diffs in lobby: none");
+    // A room with diffs that nobody follows: nobody to tell.
+    add_member(&mut engine, 1, 0, "team:z", 11);
+    assert!(drain(&mut engine).is_empty());
+    engine.check().unwrap();
+}

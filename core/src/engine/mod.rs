@@ -59,10 +59,12 @@
 //!   **at most once**. An engine may merge consecutive changes of a room
 //!   into one (netting a connection that joined and left); a change that
 //!   removes many entries at once (a clear, an expiry sweep) is one event.
-//!   The in-memory engine (one process) sends none: there the core builds
-//!   diffs from its own joins and leaves (`CoreConfig::presence_diffs_from_engine`).
 //!   An engine may send them only for rooms with presence diffs (the
-//!   Redis engine does: nobody listens to the others').
+//!   Redis engine does: nobody listens to the others'). The in-memory
+//!   engine sends them only when asked
+//!   ([`memory::MemoryEngine::with_presence_changes`], for the shards of
+//!   one node); otherwise the core builds diffs from its own joins and
+//!   leaves (`CoreConfig::presence_diffs_from_engine` off).
 //! - An engine that bounds its rooms (the in-memory engine's `rooms_max`)
 //!   answers an append or read that would create one too many with a
 //!   failure, and fails the node's reads of a room whose interest-on it

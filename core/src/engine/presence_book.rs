@@ -1,6 +1,7 @@
 //! [`PresenceBook`]: the in-memory engine's presence: every room's member
 //! entries, the node each belongs to, and when each node's entries expire
-//! if it stops refreshing them.
+//! if it stops refreshing them. Every change reports what it changed, so
+//! the engine can tell the nodes that follow a room (`PresenceChanged`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -55,42 +56,77 @@ impl PresenceBook {
         self.timers.insert((at, node));
     }
 
-    /// A member of `node` joined `room`.
-    pub(crate) fn add(&mut self, node: NodeId, now_us: u64, room: RoomName, entry: PresenceEntry) {
+    /// A member of `node` joined `room`. Returns the entry when it is new
+    /// to the room (the same entry added again changes nothing).
+    pub(crate) fn add(
+        &mut self,
+        node: NodeId,
+        now_us: u64,
+        room: RoomName,
+        entry: PresenceEntry,
+    ) -> Option<PresenceEntry> {
         self.refresh(node, now_us);
         let entries = self.rooms.entry(room).or_default();
-        if let Some((owner, _)) = entries.insert(entry.conn, (node, entry.user)) {
+        let value = (node, entry.user.clone());
+        let old = entries.insert(entry.conn, value);
+        let new = old.as_ref().is_none_or(|(_, user)| *user != entry.user);
+        if let Some((owner, _)) = old {
             self.entry_gone(owner);
         }
         *self.counts.entry(node).or_default() += 1;
+        new.then_some(entry)
     }
 
-    /// A member left `room`.
-    pub(crate) fn remove(&mut self, room: &RoomName, conn: ConnectionId) {
-        let Some(entries) = self.rooms.get_mut(room) else {
-            return;
-        };
+    /// A member left `room`. Returns its entry when it had one.
+    pub(crate) fn remove(&mut self, room: &RoomName, conn: ConnectionId) -> Option<PresenceEntry> {
+        let entries = self.rooms.get_mut(room)?;
         let removed = entries.remove(&conn);
         if entries.is_empty() {
             self.rooms.remove(room);
         }
-        if let Some((owner, _)) = removed {
-            self.entry_gone(owner);
-        }
+        let (owner, user) = removed?;
+        self.entry_gone(owner);
+        Some(PresenceEntry { conn, user })
     }
 
-    /// Drops every entry of `node` (it shut down).
-    pub(crate) fn clear(&mut self, node: NodeId) {
+    /// Drops every entry of `node` (it shut down). Returns, per room in
+    /// name order, the entries removed.
+    pub(crate) fn clear(&mut self, node: NodeId) -> Vec<(RoomName, Vec<PresenceEntry>)> {
         if self.counts.remove(&node).is_none() {
-            return;
+            return Vec::new();
         }
         if let Some(at) = self.expiry.remove(&node) {
             self.timers.remove(&(at, node));
         }
-        for entries in self.rooms.values_mut() {
-            entries.retain(|_, (owner, _)| *owner != node);
+        self.drop_node(node)
+    }
+
+    /// Removes every entry of `node`, per room in name order.
+    fn drop_node(&mut self, node: NodeId) -> Vec<(RoomName, Vec<PresenceEntry>)> {
+        let mut removed = Vec::new();
+        for (room, entries) in self.rooms.iter_mut() {
+            let mut left = Vec::new();
+            entries.retain(|conn, (owner, user)| {
+                let keep = *owner != node;
+                if !keep {
+                    left.push(PresenceEntry {
+                        conn: *conn,
+                        user: user.clone(),
+                    });
+                }
+                keep
+            });
+            if !left.is_empty() {
+                removed.push((room.clone(), left));
+            }
         }
         self.rooms.retain(|_, entries| !entries.is_empty());
+        removed
+    }
+
+    /// Entries of `room`.
+    pub(crate) fn room_len(&self, room: &RoomName) -> usize {
+        self.rooms.get(room).map_or(0, BTreeMap::len)
     }
 
     /// Every entry of `room`, in connection order.
@@ -112,8 +148,10 @@ impl PresenceBook {
         self.timers.first().map(|(at, _)| *at)
     }
 
-    /// Drops the entries of every node silent until `now_us`.
-    pub(crate) fn expire_due(&mut self, now_us: u64) {
+    /// Drops the entries of every node silent until `now_us`. Returns, per
+    /// node in expiry order and per room in name order, the entries removed.
+    pub(crate) fn expire_due(&mut self, now_us: u64) -> Vec<(RoomName, Vec<PresenceEntry>)> {
+        let mut removed = Vec::new();
         while let Some(&(at, node)) = self.timers.first() {
             if at > now_us {
                 break;
@@ -121,11 +159,9 @@ impl PresenceBook {
             self.timers.remove(&(at, node));
             self.expiry.remove(&node);
             self.counts.remove(&node);
-            for entries in self.rooms.values_mut() {
-                entries.retain(|_, (owner, _)| *owner != node);
-            }
-            self.rooms.retain(|_, entries| !entries.is_empty());
+            removed.extend(self.drop_node(node));
         }
+        removed
     }
 
     /// Counts one entry less for `node`; a node with none left has no

@@ -3,6 +3,7 @@
 //! probe), with the checks serde cannot express and the password-free form
 //! of the URL for logs.
 
+use crate::error::ConfigError;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -93,7 +94,7 @@ impl EngineConfig {
     }
 
     /// The rules serde cannot express (part of [`ServerConfig::validate`](super::ServerConfig::validate)).
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.redis_prefix.is_empty()
             || self.redis_prefix.contains(['{', '}'])
             || self.redis_timeout_ms == 0
@@ -114,7 +115,7 @@ impl EngineConfig {
 
     /// Sentinel needs a plain `redis_url` of Sentinels and excludes a
     /// Redis Cluster (which fails over by itself).
-    fn validate_sentinel(&self) -> Result<(), String> {
+    fn validate_sentinel(&self) -> Result<(), ConfigError> {
         let Some(master) = &self.redis_sentinel_master else {
             if self.redis_sentinel_password.is_some() {
                 return Err(
@@ -127,7 +128,8 @@ impl EngineConfig {
         if master.is_empty() || master.contains(char::is_whitespace) {
             return Err(format!(
                 "engine: redis_sentinel_master must be a master name without spaces, not {master:?}"
-            ));
+            )
+            .into());
         }
         if self.redis_url.is_none() {
             return Err(
@@ -151,7 +153,7 @@ impl EngineConfig {
 
     /// The URL's scheme, and the TLS keys only where they take effect (a
     /// setting that would be ignored is an error, not a silent no-op).
-    fn validate_tls(&self) -> Result<(), String> {
+    fn validate_tls(&self) -> Result<(), ConfigError> {
         let tls_keys = [
             ("redis_tls_ca", &self.redis_tls_ca),
             ("redis_tls_cert", &self.redis_tls_cert),
@@ -159,7 +161,7 @@ impl EngineConfig {
         ];
         let Some(url) = &self.redis_url else {
             if let Some((key, _)) = tls_keys.iter().find(|(_, v)| v.is_some()) {
-                return Err(format!("engine: {key} is set but redis_url is not"));
+                return Err(format!("engine: {key} is set but redis_url is not").into());
             }
             return Ok(());
         };
@@ -167,7 +169,7 @@ impl EngineConfig {
             return Err(format!(
                 "engine: redis_url lists several URLs; set redis_cluster = true for a Redis Cluster, or redis_sentinel_master for Sentinels: {}",
                 redact_url(url)
-            ));
+            ).into());
         }
         // A cluster's seeds share one scheme: TLS is all or nothing.
         let scheme = if self.redis_tls() {
@@ -183,14 +185,15 @@ impl EngineConfig {
             return Err(format!(
                 "engine: redis_url must start with redis:// or rediss:// (TLS), the same for every seed: {}",
                 redact_url(seed)
-            ));
+            ).into());
         }
         if !self.redis_tls() {
             if let Some((key, _)) = tls_keys.iter().find(|(_, v)| v.is_some()) {
                 return Err(format!(
                     "engine: {key} needs a rediss:// (TLS) redis_url, not {}",
                     redact_url(url)
-                ));
+                )
+                .into());
             }
             return Ok(());
         }

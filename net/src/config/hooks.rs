@@ -2,6 +2,7 @@
 //! connection may join a `granted` room (`join_url`) and who a connection
 //! without a token is (`connect_url`). See [`crate::hooks`].
 
+use crate::error::ConfigError;
 use serde::Deserialize;
 
 use super::redact_url;
@@ -64,7 +65,7 @@ const NOT_FORWARDABLE: [&str; 7] = [
 ];
 
 impl HooksConfig {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
         for (key, url) in [
             ("join_url", &self.join_url),
             ("connect_url", &self.connect_url),
@@ -75,7 +76,8 @@ impl HooksConfig {
                     return Err(format!(
                         "hooks: {key} must be an http:// or https:// URL: {}",
                         redact_url(url)
-                    ));
+                    )
+                    .into());
                 }
             }
         }
@@ -87,14 +89,12 @@ impl HooksConfig {
         }
         for name in &self.forward_headers {
             if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(format!(
-                    "hooks: forward_headers: {name:?} is not a header name"
-                ));
+                return Err(
+                    format!("hooks: forward_headers: {name:?} is not a header name").into(),
+                );
             }
             if NOT_FORWARDABLE.contains(&name.to_ascii_lowercase().as_str()) {
-                return Err(format!(
-                    "hooks: forward_headers: {name:?} cannot be forwarded"
-                ));
+                return Err(format!("hooks: forward_headers: {name:?} cannot be forwarded").into());
             }
         }
         Ok(())

@@ -71,6 +71,9 @@ async fn run(
                 engine.on_timeout(clock.now().monotonic_us);
             }
         }
+        // Before the answers go out: a client that saw its join answered
+        // finds its room counted.
+        rooms.store(engine.room_count(), Ordering::Relaxed);
         while let Some((node, event)) = engine.poll_event() {
             debug_assert_eq!(node, NODE, "the engine answers only the node it serves");
             // Awaited, never dropped: answers must arrive, and the router
@@ -79,6 +82,5 @@ async fn run(
                 return;
             }
         }
-        rooms.store(engine.room_count(), Ordering::Relaxed);
     }
 }

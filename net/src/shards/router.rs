@@ -29,7 +29,8 @@
 //!
 //! Nothing is dropped: events are sent to a shard with backpressure (the
 //! router waits for a slow shard rather than losing an answer or a live
-//! message). No cycle can form: a shard never waits on the router (its
+//! message), and a call the engine can no longer take (its task is gone)
+//! is answered here with a failure. No cycle can form: a shard never waits on the router (its
 //! driver queues requests the full channel does not take).
 
 use std::collections::HashMap;
@@ -38,7 +39,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
-use roomcast_core::engine::{CallId, EngineEvent, EngineRequest};
+use roomcast_core::engine::{CallId, EngineError, EngineEvent, EngineRequest};
 use roomcast_core::RoomName;
 use tokio::sync::mpsc;
 
@@ -269,9 +270,38 @@ impl Router {
             }
             request @ (EngineRequest::PresenceRefresh | EngineRequest::Direct { .. }) => request,
         };
-        // A closed engine answers nothing more; each shard's driver then
-        // answers its own calls as failures when its channel closes.
-        let _ = self.engine.send(request).await;
+        if let Err(mpsc::error::SendError(request)) = self.engine.send(request).await {
+            // The engine task is gone: every call still gets its one
+            // answer, a failure.
+            self.refuse(request).await;
+        }
+    }
+
+    /// Answers a call the engine can no longer take with a failure.
+    async fn refuse(&mut self, request: EngineRequest) {
+        let error = || EngineError::Unavailable("the engine task stopped".into());
+        let (call, event): (CallId, fn(CallId, EngineError) -> EngineEvent) = match request {
+            EngineRequest::Append { call, .. } => (call, |call, error| EngineEvent::Appended {
+                call,
+                result: Err(error),
+                peer_members: 0,
+            }),
+            EngineRequest::Read { call, .. } => (call, |call, error| EngineEvent::Read {
+                call,
+                result: Err(error),
+            }),
+            EngineRequest::PresenceList { call, .. } => {
+                (call, |call, error| EngineEvent::Presence {
+                    call,
+                    result: Err(error),
+                })
+            }
+            // No answer is owed.
+            _ => return,
+        };
+        if let Some(caller) = self.answered(call) {
+            self.send(caller.shard, event(caller.call, error())).await;
+        }
     }
 
     /// A node-wide id for `shard`'s call.
@@ -340,7 +370,8 @@ impl Router {
             }
             EngineEvent::Live(message) => {
                 let room = message.room.clone();
-                self.send_to_followers(&room, EngineEvent::Live(message)).await;
+                self.send_to_followers(&room, EngineEvent::Live(message))
+                    .await;
             }
             EngineEvent::PresenceChanged {
                 room,
@@ -389,3 +420,7 @@ impl Router {
         let _ = self.shards[shard].send(event).await;
     }
 }
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;

@@ -281,7 +281,7 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
         jwt_secret: Some(SECRET.to_owned()),
         ..Default::default()
     })
-    .map_err(|e| failure(run, "setup", e, &world))?;
+    .map_err(|e| failure(run, "setup", e.to_string(), &world))?;
     let token = |sub: &str, scope: Option<&str>| {
         signer
             .sign(&Claims {
