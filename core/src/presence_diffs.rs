@@ -126,13 +126,6 @@ impl Core {
         let Some(state) = self.rooms.get_mut(&room) else {
             return;
         };
-        for entry in &left {
-            // The echo of an earlier membership's remove: the member's
-            // current add comes later (changes of a room keep their order).
-            if state.members.contains_key(&entry.conn) {
-                state.unechoed.insert(entry.conn);
-            }
-        }
         for entry in &joined {
             // A member's own add, echoed: later changes are news to it.
             state.unechoed.remove(&entry.conn);
