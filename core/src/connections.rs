@@ -223,7 +223,10 @@ impl Core {
             // Run it as if it just arrived: the wait is lifted for this one
             // message and put back if it waits for the engine again.
             let rest = connection.waiting.take();
-            self.run_message(now, conn, next.text.as_deref(), next.verdict);
+            match next.busy {
+                Some(id) => self.answer_busy(now, conn, id.as_ref()),
+                None => self.run_message(now, conn, next.text.as_deref(), next.verdict),
+            }
             let Some(connection) = self.conn_mut(conn) else {
                 return;
             };

@@ -37,6 +37,17 @@ pub enum Input<'a> {
         /// Sender.
         conn: ConnectionId,
     },
+    /// A text message the shell refused without handing it over (the
+    /// node's inbound byte budget was full): the core answers it with a
+    /// `SERVER_BUSY` error in its place among the connection's replies,
+    /// behind any that wait for the engine (docs/protocol.md). It is not
+    /// executed and does not count against the rate limit.
+    Busy {
+        /// Sender.
+        conn: ConnectionId,
+        /// The message's id, if the shell could read it.
+        id: Option<crate::request::RequestId>,
+    },
     /// A pong (or any other sign of life below the message layer).
     Pong {
         /// Sender.

@@ -170,6 +170,13 @@ impl Core {
                     "{name:?}: waits for a presence list that is not in flight"
                 ));
             }
+            if let Some(id) = room
+                .unechoed
+                .iter()
+                .find(|id| !room.members.contains_key(id))
+            {
+                return Err(format!("{name:?} awaits the echo of non-member {id:?}"));
+            }
             for (id, &slot) in &room.members {
                 let connection = self.conns.get(slot as usize).and_then(|c| c.as_ref());
                 if !connection.is_some_and(|c| c.id == *id && c.rooms.contains(name)) {

@@ -61,6 +61,9 @@ pub(crate) struct Connection {
 pub(crate) struct Deferred {
     pub(crate) text: Option<String>,
     pub(crate) verdict: crate::rate::Verdict,
+    /// Refused by the shell (`Input::Busy`, with the message's id): answered
+    /// `SERVER_BUSY` in its turn instead of run.
+    pub(crate) busy: Option<Option<RequestId>>,
 }
 
 /// One room this node has local business in: members, joins waiting for
@@ -92,6 +95,12 @@ pub(crate) struct Room {
     pub(crate) presence_stale: bool,
     /// That list is in flight.
     pub(crate) presence_resyncing: bool,
+    /// Diffs from the engine: members whose own add the engine has not
+    /// echoed yet. They are told no change until it is: a change applied
+    /// before their add is no news to them (a `presence` list they make
+    /// already shows it), and a member told one would keep its count
+    /// without itself (nobody hears a change about itself).
+    pub(crate) unechoed: BTreeSet<ConnectionId>,
 }
 
 /// The presence changes of one room during the current input, told to its
@@ -355,6 +364,7 @@ impl Core {
             Input::Open { conn, identity } => self.open(now, conn, identity),
             Input::Text { conn, text } => self.client_message(now, conn, Some(text)),
             Input::Binary { conn } => self.client_message(now, conn, None),
+            Input::Busy { conn, id } => self.busy_message(now, conn, id),
             Input::Pong { conn } => {
                 if let Some(c) = self.conn_mut(conn) {
                     c.last_heard_us = now.monotonic_us;

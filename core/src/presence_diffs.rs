@@ -75,7 +75,8 @@ impl Core {
     /// other members are told once the input is done
     /// ([`flush_presence`](Self::flush_presence)). Nothing is recorded
     /// while shutting down (everyone is leaving), nor when the diffs come
-    /// from the engine (the engine's echo of this change is told instead).
+    /// from the engine (the engine's echo of this change is told instead;
+    /// a joiner hears no change until that echo: `Room::unechoed`).
     pub(crate) fn notify_presence(
         &mut self,
         room: &RoomName,
@@ -83,10 +84,22 @@ impl Core {
         user: Option<&str>,
         change: Change,
     ) {
-        if self.shutting_down
-            || self.config.presence_diffs_from_engine
-            || !self.config.rooms.presence_diffs(room)
-        {
+        let diffs = self.config.rooms.presence_diffs(room);
+        if self.config.presence_diffs_from_engine {
+            if let Some(state) = self.rooms.get_mut(room) {
+                match change {
+                    Change::Joined if diffs && !self.shutting_down => {
+                        state.unechoed.insert(conn);
+                    }
+                    Change::Joined => {}
+                    Change::Left => {
+                        state.unechoed.remove(&conn);
+                    }
+                }
+            }
+            return;
+        }
+        if self.shutting_down || !diffs {
             return;
         }
         self.record_change(room, conn, user.map(str::to_owned), change);
@@ -137,6 +150,13 @@ impl Core {
             || self.member_count(&room) == 0
         {
             return;
+        }
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        for entry in &joined {
+            // A member's own add, echoed: later changes are news to it.
+            state.unechoed.remove(&entry.conn);
         }
         for entry in left {
             self.record_change(&room, entry.conn, entry.user, Change::Left);
@@ -289,6 +309,9 @@ impl Core {
         let frame = presence_diff(self.now, room, diff, connections, list_max, None)?;
         let mut sends = Outbox::default();
         for (&member, &slot) in &state.members {
+            if state.unechoed.contains(&member) {
+                continue; // its own add not echoed yet (`Room::unechoed`)
+            }
             let listed = diff.joined.contains_key(&member) || diff.left.contains_key(&member);
             let own;
             let frame = if listed {
@@ -318,6 +341,11 @@ impl Core {
     pub(crate) fn presence_stream_reset(&mut self) {
         if !self.config.presence_diffs_from_engine || self.shutting_down {
             return;
+        }
+        // The echoes awaited may be lost: the "ask again" diff below is
+        // every member's new start.
+        for state in self.rooms.values_mut() {
+            state.unechoed.clear();
         }
         let rooms: Vec<RoomName> = self
             .rooms

@@ -48,6 +48,7 @@ impl Core {
             waiting.push_back(Deferred {
                 text: text.map(str::to_owned),
                 verdict,
+                busy: None,
             });
             return;
         }
@@ -59,6 +60,39 @@ impl Core {
         });
         let message = "too many messages waiting behind an unanswered request; slow down";
         let frame = envelope::error(now.unix_ms, ErrorCode::RateLimited, message, id.as_ref());
+        self.send(slot, frame);
+    }
+
+    /// A message the shell refused (`Input::Busy`): answered `SERVER_BUSY`
+    /// now, or in its turn behind a request that waits for the engine.
+    /// When that queue is full it is answered at once, as any message
+    /// past `engine_deferred_messages_max` is.
+    pub(crate) fn busy_message(&mut self, now: Now, conn: ConnectionId, id: Option<RequestId>) {
+        let deferred_max = self.config.limits.engine_deferred_messages_max;
+        let Some(connection) = self.conn_mut(conn) else {
+            return;
+        };
+        connection.last_heard_us = now.monotonic_us;
+        if let Some(waiting) = connection.waiting.as_mut() {
+            if waiting.len() < deferred_max {
+                waiting.push_back(Deferred {
+                    text: None,
+                    verdict: Verdict::Allow,
+                    busy: Some(id),
+                });
+                return;
+            }
+        }
+        self.answer_busy(now, conn, id.as_ref());
+    }
+
+    /// The `SERVER_BUSY` answer to a refused message.
+    pub(crate) fn answer_busy(&mut self, now: Now, conn: ConnectionId, id: Option<&RequestId>) {
+        let Some(&slot) = self.slot_of.get(&conn) else {
+            return;
+        };
+        let message = "the server is busy: message not executed; retry later";
+        let frame = envelope::error(now.unix_ms, ErrorCode::ServerBusy, message, id);
         self.send(slot, frame);
     }
 

@@ -191,3 +191,31 @@ fn a_receipt_counts_the_members_on_the_other_shards() {
     let reply = frames.iter().find(|(_, f)| f["id"] == "q").unwrap();
     assert_eq!(reply.1["data"]["delivered"], 2);
 }
+
+#[test]
+fn a_busy_answer_waits_behind_a_join_that_waits_for_the_engine() {
+    let mut h = Harness::new();
+    let a = h.open(1);
+    h.text(
+        a,
+        json!({"action": "join", "id": "j", "data": {"room": "r"}}),
+    );
+    // The join waits for the room's read; the next message was refused by
+    // the shell (inbound budget full) and must be answered after it.
+    let busy = Some(roomcast_core::request::RequestId::Text("b".into()));
+    h.core.handle(h.now(), Input::Busy { conn: a, id: busy });
+    h.text(a, json!({"action": "ping", "id": "p"}));
+    assert!(h.frames().is_empty(), "nothing before the engine answers");
+    h.settle();
+    let frames = h.frames();
+    let ids: Vec<Value> = frames.iter().map(|(_, f)| f["id"].clone()).collect();
+    assert_eq!(ids, vec![json!("j"), json!("b"), json!("p")], "{frames:#?}");
+    assert_eq!(frames[0].1["type"], "system_info", "{frames:#?}");
+    assert_eq!(frames[1].1["type"], "error");
+    assert_eq!(frames[1].1["data"]["code"], "SERVER_BUSY");
+    // With nothing waiting, it is answered at once.
+    h.core.handle(h.now(), Input::Busy { conn: a, id: None });
+    let frames = h.frames();
+    assert_eq!(frames.len(), 1, "{frames:#?}");
+    assert_eq!(frames[0].1["data"]["code"], "SERVER_BUSY");
+}

@@ -171,6 +171,8 @@ fn conn(n: u128) -> ConnectionId {
 fn local_joins_and_leaves_are_told_only_through_the_engine() {
     let mut h = Harness::new(true);
     h.member(1, "team:x");
+    // The echo of member 1's own join: nobody else to tell.
+    h.feed(changed(&[1], &[], 1));
     h.member(2, "team:x");
     // Two local joins, and no diff yet: the engine's echo tells them.
     assert_eq!(h.diffs(), vec![]);
@@ -212,6 +214,8 @@ fn a_change_is_one_diff_listing_lists_and_truncated_beyond_the_page() {
     let mut h = Harness::new(true);
     h.member(1, "team:x");
     h.member(2, "team:x");
+    h.feed(changed(&[1, 2], &[], 2)); // their echoes
+    h.diffs();
     // Several changes in one event: one diff with lists. A member the
     // change lists (here: one whose entry expired while it is still
     // connected) hears the rest, never about itself.
@@ -249,6 +253,41 @@ fn a_change_is_one_diff_listing_lists_and_truncated_beyond_the_page() {
         diffs[0].1,
         json!({"room": "team:x", "connections": 2, "joined_count": 0, "left_count": 5, "truncated": true})
     );
+}
+
+#[test]
+fn a_joiner_hears_no_change_before_the_echo_of_its_own_add() {
+    let mut h = Harness::new(true);
+    h.member(1, "team:x");
+    h.feed(changed(&[1], &[], 1));
+    h.member(2, "team:x");
+    h.frames();
+    // A change the engine applied before member 2's add (told late): no
+    // news to member 2, whose count would otherwise stay without itself
+    // (it never hears its own join).
+    h.feed(changed(&[9], &[], 2));
+    let diffs = h.diffs();
+    assert_eq!(diffs.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [conn(1)]);
+    // Its echo: member 1 hears it; from now on member 2 hears every change.
+    h.feed(changed(&[2], &[], 3));
+    let diffs = h.diffs();
+    assert_eq!(diffs.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [conn(1)]);
+    assert_eq!(diffs[0].1["connections"], 3);
+    h.feed(changed(&[], &[9], 2));
+    let diffs = h.diffs();
+    assert_eq!(
+        diffs.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        [conn(1), conn(2)]
+    );
+    // A stream reset may have lost an echo: the joiner waiting for one
+    // hears changes again after it.
+    h.member(3, "team:x");
+    h.frames();
+    h.feed(EngineEvent::StreamReset);
+    h.diffs();
+    h.feed(changed(&[8], &[], 4));
+    let told: Vec<ConnectionId> = h.diffs().into_iter().map(|(c, _)| c).collect();
+    assert_eq!(told, [conn(1), conn(2), conn(3)]);
 }
 
 #[test]

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use roomcast_core::publish::DirectMessage;
 use roomcast_core::request::RequestId;
 use roomcast_core::{
-    CloseCode, ConnectionId, ErrorCode, Identity, Input, Output, Publish, PublishError,
-    PublishReceipt, Response, Ticket,
+    CloseCode, ConnectionId, Identity, Input, Output, Publish, PublishError, PublishReceipt,
+    Response, Ticket,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -374,25 +374,9 @@ impl Hub {
             HubInput::Busy { conn, id } => {
                 metrics.messages_in.inc();
                 metrics.server_busy.inc();
-                if let Some(writer) = self.writers.get_mut(&conn) {
-                    let frame = roomcast_core::envelope::error(
-                        now.unix_ms,
-                        ErrorCode::ServerBusy,
-                        "the server is busy: message not executed; retry later",
-                        id.as_ref(),
-                    );
-                    Self::list(&mut self.dirty, conn, writer);
-                    if !writer.push_own_text(frame) {
-                        // Refusals keep coming but the client does not read.
-                        shard.handle(
-                            now,
-                            Input::Abort {
-                                conn,
-                                code: CloseCode::SlowConsumer,
-                            },
-                        );
-                    }
-                }
+                // The core answers it in its place among the replies
+                // (behind any waiting for the engine).
+                shard.handle(now, Input::Busy { conn, id });
             }
             HubInput::Binary { conn } => {
                 metrics.messages_in.inc();

@@ -249,23 +249,6 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
         });
     }
 
-    /// Queues a text frame the shell made itself (the core does not know
-    /// it: a `SERVER_BUSY` error). It counts against [`CONTROL_QUEUE_MAX`];
-    /// returns false when too many such bytes are unwritten.
-    pub fn push_own_text(&mut self, frame: TextFrame) -> bool {
-        if self.stage != Stage::Open {
-            return true;
-        }
-        self.control_bytes += frame.len();
-        self.queue.push(Chunk {
-            bytes: frame.into_bytes(),
-            text: true,
-            counted: false,
-            sent: 0,
-        });
-        self.control_bytes <= CONTROL_QUEUE_MAX
-    }
-
     /// Queues a WebSocket ping.
     pub fn push_ping(&mut self) {
         self.push_control(Bytes::from_static(&[0x89, 0x00]));

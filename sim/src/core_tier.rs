@@ -9,6 +9,12 @@
 //! live messages, failed requests, data loss; a third of the seeds run
 //! fault-free) from its own generator, so the workload of a seed does not
 //! depend on its faults. The engine heals before the final settle.
+//!
+//! A third of the seeds (drawn from the same generator, after the faults)
+//! run with `presence_diffs_from_engine`: the in-memory engine tells every
+//! presence change (`MemoryEngine::with_presence_changes`) and the core
+//! builds its diffs from those, as the shards of one node do; the oracle
+//! checks them the same way (counts included).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -108,10 +114,12 @@ pub fn run(
     let mut limits = mix.limits.clone();
     limits.stream_check_interval_ms = fault_rng.range(200, 5_000);
     limits.engine_retry_ms = fault_rng.range(50, 1_000);
+    let presence_diffs_from_engine = fault_rng.below(3) == 0;
     let config = CoreConfig {
         limits,
         epoch_prefix: format!("s{seed}"),
         rooms: mix.room_options.clone(),
+        presence_diffs_from_engine,
         ..CoreConfig::default()
     };
     let engine = memory_engine(&config);
@@ -171,7 +179,11 @@ pub fn run(
         deliveries: sim.deliveries,
         closes: sim.closes,
         recoveries: sim.recoveries,
-        engine_faults: Some(fault_summary(&sim.faults, sim.core.engine())),
+        engine_faults: Some(fault_summary(
+            &sim.faults,
+            sim.core.engine(),
+            presence_diffs_from_engine,
+        )),
         nodes: None,
         shards: None,
         broker_faults: None,
@@ -208,11 +220,13 @@ fn draw_engine_faults(rng: &mut SimRng) -> EngineFaults {
     }
 }
 
-/// `<total>` and the mix, for the summary line.
-fn fault_summary(faults: &EngineFaults, engine: &FaultyEngine) -> String {
+/// `<total>` and the mix, for the summary line (and where presence diffs
+/// came from).
+fn fault_summary(faults: &EngineFaults, engine: &FaultyEngine, diffs_from_engine: bool) -> String {
     let counts = engine.counts();
+    let diffs = if diffs_from_engine { "engine" } else { "core" };
     format!(
-        "{}(delayed={},lost={},told={},failed={},resets={},roll_backs={};rates_per_mille={}/{}/{}/{})",
+        "{}(delayed={},lost={},told={},failed={},resets={},roll_backs={};rates_per_mille={}/{}/{}/{};diffs={diffs})",
         counts.total(),
         counts.delayed,
         counts.lost,

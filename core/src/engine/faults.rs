@@ -3,9 +3,10 @@
 //!
 //! Faults, each drawn per request or per event from a seeded generator
 //! (no global randomness, so a seed replays a run):
-//! - **delay**: an answer or live message arrives up to `max_delay_us`
-//!   later; answers reorder freely, live messages of one room never
-//!   overtake each other (the contract's one ordering promise);
+//! - **delay**: an answer, live message or presence change arrives up to
+//!   `max_delay_us` later; answers reorder freely, live messages of one
+//!   room never overtake each other, nor do presence changes of one room
+//!   (the contract's ordering promises);
 //! - **lost live message**: a live message never arrives (at-most-once);
 //!   a quarter of the time the node is told (`StreamReset`, as after a
 //!   pub/sub reconnect);
@@ -80,9 +81,10 @@ pub struct FaultyEngine {
     /// Events in flight: (due µs, order) → event.
     queue: BTreeMap<(u64, u64), (NodeId, EngineEvent)>,
     order: u64,
-    /// Per room, the due time of its latest live message in flight (live
-    /// messages of a room keep their order).
-    live_due: BTreeMap<(NodeId, RoomName), u64>,
+    /// Per node and room, the due time of its latest live message (`false`)
+    /// and of its latest presence change (`true`) in flight: each kind
+    /// keeps its order within a room.
+    live_due: BTreeMap<(NodeId, RoomName, bool), u64>,
     counts: FaultCounts,
     /// The point a roll back goes back to (marked at the start and after
     /// each data loss).
@@ -138,11 +140,28 @@ impl FaultyEngine {
             due += 1 + self.next() % self.faults.max_delay_us.max(1);
             self.counts.delayed += 1;
         }
-        if let EngineEvent::Live(message) = &event {
-            let key = (node, message.room.clone());
+        let ordered = match &event {
+            EngineEvent::Live(message) => Some((message.room.clone(), false)),
+            EngineEvent::PresenceChanged { room, .. } => Some((room.clone(), true)),
+            _ => None,
+        };
+        if let Some((room, presence)) = ordered {
+            let key = (node, room, presence);
             let last = self.live_due.get(&key).copied().unwrap_or(0);
             due = due.max(last);
             self.live_due.insert(key, due);
+        }
+        // A reset comes on the stream that carries presence changes, after
+        // every change sent on it before (as a pub/sub reader reports a
+        // reconnect behind what it already read): none of the node's older
+        // changes arrives after it.
+        if matches!(event, EngineEvent::StreamReset) {
+            let changes = self.live_due.iter();
+            let latest = changes
+                .filter(|((to, _, presence), _)| *to == node && *presence)
+                .map(|(_, &at)| at)
+                .max();
+            due = due.max(latest.unwrap_or(0));
         }
         self.order += 1;
         self.queue.insert((due, self.order), (node, event));
