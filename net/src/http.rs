@@ -31,7 +31,7 @@ use crate::hooks::ConnectRefusal;
 use crate::hub::{HubInput, StatusSnapshot};
 use crate::node::NodeRooms;
 use crate::server::{App, Refusal};
-use crate::session::{Held, ReadSide, Session};
+use crate::session::{ReadSide, Reservations, Session};
 use crate::shards::Seat;
 use crate::writer::ConnWriter;
 
@@ -266,7 +266,7 @@ async fn ws_connect(
     let app = app.clone();
     let guard = app.sessions.enter();
     tokio::spawn(async move {
-        let held = Held {
+        let reservations = Reservations {
             _permit: permit,
             _guard: guard,
             seat,
@@ -276,7 +276,7 @@ async fn ws_connect(
             identity,
             forwarded,
         };
-        if let Some(session) = open_session(&app, upgrade, opening, peer, held).await {
+        if let Some(session) = open_session(&app, upgrade, opening, peer, reservations).await {
             tokio::spawn(session.run());
         }
     });
@@ -321,7 +321,7 @@ async fn open_session(
     upgrade: hyper::upgrade::OnUpgrade,
     opening: Opening,
     peer: SocketAddr,
-    held: Held,
+    reservations: Reservations,
 ) -> Option<Session> {
     let Opening {
         conn,
@@ -354,7 +354,7 @@ async fn open_session(
         writer: ConnWriter::new(write, signal),
         forwarded: (!forwarded.is_empty()).then(|| Box::new(forwarded)),
     };
-    let hub = &app.hubs[held.seat.shard];
+    let hub = &app.hubs[reservations.seat.shard];
     hub.send(open).await.ok()?;
     Some(Session {
         socket,
@@ -364,7 +364,7 @@ async fn open_session(
         settings: app.session_settings.clone(),
         control_frames: None,
         user_id,
-        _held: held,
+        _reservations: reservations,
     })
 }
 

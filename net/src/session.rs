@@ -120,7 +120,7 @@ pub struct Session {
     /// Who it is, for the logs.
     pub user_id: Option<String>,
     /// What the connection holds until it ends.
-    pub _held: Held,
+    pub _reservations: Reservations,
     /// The token bucket of the client's ping and pong frames, made at the
     /// first one (most connections never send any).
     pub control_frames: Option<Box<RateLimiter>>,
@@ -146,9 +146,9 @@ pub struct SessionSettings {
     pub stop: Arc<crate::server::Cancel>,
 }
 
-/// What a connection holds until it ends: its admission slot and its
-/// place in the count that shutdown waits on.
-pub struct Held {
+/// What a connection reserves until it ends: its admission slot, its
+/// place in the count that shutdown waits on, and its seat on its shard.
+pub struct Reservations {
     pub(crate) _permit: crate::server::Permit,
     pub(crate) _guard: crate::server::SessionGuard,
     /// The socket's place on its shard (placement counts it while open).

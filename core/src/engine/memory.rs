@@ -343,7 +343,9 @@ impl MemoryEngine {
     /// Loses every room's data, as a shared engine restarted empty would:
     /// every room starts a new epoch with no history. Which nodes follow a
     /// room survives (a real node resubscribes when its pub/sub connection
-    /// comes back); rooms nobody follows are gone.
+    /// comes back); rooms nobody follows are gone. A fault for tests and
+    /// the simulator (`testing`).
+    #[cfg(any(test, feature = "testing"))]
     pub fn lose_everything(&mut self) {
         self.expiries.clear();
         self.oldest.clear();
