@@ -10,6 +10,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`server`] | [`serve`] (and [`serve_with_engine`], for an engine task the configuration cannot name): accept loop, admission control (503), graceful shutdown |
+//! | `publish_api` | `POST /api/broadcast` and `POST /api/send`: caller, body, the hubs' answers |
 //! | [`http`] | routing: `/ws/connect`, `/ws/status`, `/api/broadcast`, `/api/send`, `/metrics`, `/healthz`, `/readyz`, `/`, `/client/roomcast.js` |
 //! | `assets` | the console page and the browser client, embedded at build time |
 //! | [`devmode`] | first run: an ephemeral secret and a console link on loopback without a key |
@@ -50,6 +51,7 @@ mod jwks;
 pub mod listener;
 pub mod metrics;
 mod node;
+mod publish_api;
 pub mod server;
 mod session;
 mod shard_core;
