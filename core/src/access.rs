@@ -134,7 +134,7 @@ pub enum RoomAccess {
     /// Only connections with a verified token.
     Authenticated,
     /// Rooms named `<prefix><sub>`: only the user whose id is `<sub>`.
-    /// The `sub` is written with [`crate::names::encode_name_part`] (which
+    /// The `sub` is written with `names::encode_name_part` (which
     /// leaves ids such as `alice` unchanged), so any `sub` has its room:
     /// `user:auth0%7C5f1c` is the room of `auth0|5f1c`.
     PrivateUser,

@@ -7,7 +7,7 @@
 //! makes the connection *wait*, exactly like a request waiting for the
 //! engine: its later messages are deferred (bounded by
 //! `engine_deferred_messages_max`), so the reply keeps its place in the
-//! connection's order. The shell answers with [`Input::CheckDone`]
+//! connection's order. The shell answers with [`Input::CheckDone`](crate::Input::CheckDone)
 //! (`crate::Input::CheckDone`); the core then answers the request and runs
 //! the deferred messages. A connection has at most one check in flight.
 //!
@@ -24,8 +24,7 @@ use crate::envelope;
 use crate::machine::Core;
 use crate::names::{ConnectionId, RoomName};
 use crate::output::Output;
-use crate::request::{RequestId, Since};
-use crate::requests::unreachable_slot;
+use crate::parse::{RequestId, Since};
 use crate::time::Now;
 
 /// What the shell is asked to check (in [`Output::Check`]).
@@ -101,8 +100,9 @@ impl Core {
         since: &Option<Since>,
         id: &Option<RequestId>,
     ) -> bool {
-        let Some(connection) = self.conns[slot as usize].as_ref() else {
-            unreachable_slot()
+        let Some(connection) = self.conns.at(slot) else {
+            self.impossible("a join handled for an empty slot");
+            return false;
         };
         // A member asking again is answered as a member (grants are
         // checked when joining, and again on every refresh).
@@ -145,7 +145,7 @@ impl Core {
 
     /// The shell's answer to a connection's check.
     pub(crate) fn check_done(&mut self, now: Now, conn: ConnectionId, answer: CheckAnswer) {
-        let Some(&slot) = self.slot_of.get(&conn) else {
+        let Some(slot) = self.conns.slot(conn) else {
             return; // closed while waiting (which forgot its check)
         };
         let Some(pending) = self.checks.remove(&conn) else {
@@ -154,7 +154,7 @@ impl Core {
         };
         // The wait is lifted for the answer (a join may wait again, for
         // the room's read); the messages deferred meanwhile run after it.
-        let deferred = self.conn_mut(conn).and_then(|c| c.waiting.take());
+        let deferred = self.conns.get_mut(conn).and_then(|c| c.waiting.take());
         match (pending, answer) {
             (PendingCheck::Token { id }, CheckAnswer::Token(result)) => {
                 self.token_verified(now, slot, id, result)
@@ -180,7 +180,7 @@ impl Core {
                 let _ = (pending, answer);
             }
         }
-        let Some(connection) = self.conn_mut(conn) else {
+        let Some(connection) = self.conns.get_mut(conn) else {
             return; // closed by the answer (a slow consumer)
         };
         match (connection.waiting.as_mut(), deferred) {
@@ -204,8 +204,9 @@ impl Core {
         id: Option<RequestId>,
         result: Result<User, String>,
     ) {
-        let Some(connection) = self.conns[slot as usize].as_mut() else {
-            unreachable_slot()
+        let Some(connection) = self.conns.at_mut(slot) else {
+            self.impossible("a refresh answered for an empty slot");
+            return;
         };
         let current = connection.identity.user().map(|u| u.id.clone());
         let user = match result {
@@ -257,13 +258,13 @@ impl Core {
 
     /// Takes the connection in `slot` out of `room` and tells it why.
     fn revoke(&mut self, now: Now, slot: u32, room: RoomName) {
-        let Some(connection) = self.conns[slot as usize].as_mut() else {
+        let Some(connection) = self.conns.at_mut(slot) else {
             return; // closed as a slow consumer by an earlier frame
         };
         if !connection.rooms.remove(&room) {
             return;
         }
-        connection.held.drop_room(&room);
+        connection.conflated.drop_room(&room);
         let conn = connection.id;
         let user = connection.identity.user().map(|u| u.id.clone());
         self.remove_member(&room, conn, user.as_deref());

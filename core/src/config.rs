@@ -4,7 +4,7 @@
 use crate::access::AccessRules;
 use crate::limits::Limits;
 use crate::names::RoomName;
-use crate::publish::{MessageTypes, PublishError, PublishReceipt};
+use crate::validate::{MessageTypes, PublishError, PublishReceipt};
 
 /// Everything the core is configured with.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -53,7 +53,7 @@ struct Held {
 /// Boxed and absent while nothing is held (almost always): every open
 /// connection carries one, and the maps would otherwise cost it 64 bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HeldFrames(Option<Box<Holding>>);
+pub struct ConflatedFrames(Option<Box<Holding>>);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Holding {
@@ -65,7 +65,7 @@ struct Holding {
     flush_at_us: Option<u64>,
 }
 
-impl HeldFrames {
+impl ConflatedFrames {
     /// Whether anything is held.
     pub fn is_empty(&self) -> bool {
         self.0.as_ref().is_none_or(|h| h.held.is_empty())
@@ -154,6 +154,7 @@ impl HeldFrames {
     }
 
     /// Rooms something is held for (invariant checks).
+    #[cfg(any(test, feature = "testing"))]
     pub fn rooms(&self) -> impl Iterator<Item = &RoomName> {
         self.0
             .iter()
@@ -217,7 +218,7 @@ mod tests {
 
     #[test]
     fn newest_wins_and_is_flagged_and_order_is_kept() {
-        let mut held = HeldFrames::default();
+        let mut held = ConflatedFrames::default();
         held.hold(&room("r"), "a".into(), 3, frame(3), 100);
         held.hold(&room("r"), "b".into(), 4, frame(4), 200);
         held.hold(&room("r"), "a".into(), 5, frame(5), 300);
@@ -248,7 +249,7 @@ mod tests {
     fn the_flag_sits_where_the_jump_is_seen() {
         // 3 (series a) held, replaced by 6; 5 (series b) held: the member
         // gets 5 then 6, and the jump (3 missing) is seen at 5.
-        let mut held = HeldFrames::default();
+        let mut held = ConflatedFrames::default();
         held.hold(&room("r"), "a".into(), 3, frame(3), 100);
         held.hold(&room("r"), "b".into(), 5, frame(5), 100);
         held.hold(&room("r"), "a".into(), 6, frame(6), 100);
@@ -265,7 +266,7 @@ mod tests {
 
     #[test]
     fn take_and_drop_by_room() {
-        let mut held = HeldFrames::default();
+        let mut held = ConflatedFrames::default();
         held.hold(&room("r"), "a".into(), 1, frame(1), 10);
         held.hold(&room("s"), "a".into(), 1, frame(1), 10);
         assert_eq!(held.take(Some(&room("r"))).len(), 1);

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::codes::ErrorCode;
 use crate::output::TextFrame;
-use crate::request::RequestId;
+use crate::parse::RequestId;
 use crate::time::{format_rfc3339_ms, TIMESTAMP_LEN};
 
 /// The room fields of a broadcast envelope.

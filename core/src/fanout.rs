@@ -16,20 +16,21 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::calls::{Call, PendingPublish, Publisher};
 use crate::codes::{CloseCode, ErrorCode};
-use crate::config::{Response, Ticket};
+use crate::config::Response;
 use crate::conflation::series_of;
 use crate::engine::{CallId, EngineError, EngineRequest, Numbered, Unnumbered};
 use crate::envelope;
 use crate::input::SendTarget;
-use crate::machine::{Call, Core, PendingPublish, Publisher};
+use crate::machine::{impossible, Core};
 use crate::names::{ConnectionId, RoomName};
 use crate::output::TextFrame;
-use crate::publish::{
+use crate::parse::RequestId;
+use crate::time::Now;
+use crate::validate::{
     validate_message, DirectMessage, Publish, PublishError, PublishReceipt, RoomSeq,
 };
-use crate::request::RequestId;
-use crate::time::Now;
 
 /// Room for the envelope around a payload (type, timestamp, room, seq, id):
 /// a payload bigger than the outbound bound minus this could never be
@@ -40,7 +41,7 @@ impl Core {
     /// `POST /api/broadcast`: one append per room; the answer comes with
     /// [`Response::Pending`]'s ticket.
     pub(crate) fn api_broadcast(&mut self, now: Now, publish: Publish) -> Response {
-        let ticket = Ticket(self.next_publish + 1);
+        let ticket = self.engine.next_ticket();
         match self.append_all(now, publish, Publisher::Api(ticket)) {
             Ok(()) => Response::Pending(ticket),
             Err(error) => Response::Rejected(error),
@@ -57,7 +58,7 @@ impl Core {
         data: Map<String, Value>,
         id: Option<RequestId>,
     ) {
-        let Some(connection) = self.conns[slot as usize].as_ref() else {
+        let Some(connection) = self.conns.at(slot) else {
             return;
         };
         let conn = connection.id;
@@ -118,14 +119,13 @@ impl Core {
             return Err(PublishError::EngineUnavailable {
                 message: format!(
                     "the engine has {} requests in flight (engine_calls_max); try again",
-                    self.calls.len()
+                    self.engine.in_flight()
                 ),
                 appended: Vec::new(),
             });
         }
         let series = series_of(&publish.kind, &publish.data);
-        self.next_publish += 1;
-        let number = self.next_publish;
+        let number = self.engine.new_publish();
         let mut pending = PendingPublish {
             publisher,
             rooms: Vec::with_capacity(publish.rooms.len()),
@@ -134,14 +134,14 @@ impl Core {
         for (index, room) in publish.rooms.into_iter().enumerate() {
             let (head, tail) =
                 envelope::broadcast_parts(&publish.kind, now.unix_ms, &room, &payload);
-            let call = self.new_call(Call::Append {
+            let call = self.engine.call(Call::Append {
                 publish: number,
                 index,
             });
             // What this node has streamed of the room: the engine's
             // rollback check (a store behind it has lost messages).
             let known = self.rooms.get(&room).and_then(|r| r.cursor.clone());
-            self.engine_out.push_back(EngineRequest::Append {
+            self.engine.push(EngineRequest::Append {
                 call,
                 room: room.clone(),
                 message: Unnumbered {
@@ -153,7 +153,7 @@ impl Core {
             });
             pending.rooms.push((room, None));
         }
-        self.publishes.insert(number, pending);
+        self.engine.insert_publish(number, pending);
         Ok(())
     }
 
@@ -167,7 +167,7 @@ impl Core {
         result: Result<Numbered, EngineError>,
         peer_members: u64,
     ) {
-        let Some(Call::Append { publish, index }) = self.calls.remove(&call) else {
+        let Some(Call::Append { publish, index }) = self.engine.take(call) else {
             self.impossible("an append answer for no append in flight");
             return;
         };
@@ -180,9 +180,9 @@ impl Core {
                 let delivered = self.member_count(&room) as u64 + peer_members;
                 Ok((epoch, seq, delivered))
             }
-            Err(error) => Err(error.message().to_owned()),
+            Err(error) => Err(error),
         };
-        let Some(pending) = self.publishes.get_mut(&publish) else {
+        let Some(pending) = self.engine.publish_mut(publish) else {
             self.impossible("an append of an unknown publish");
             return;
         };
@@ -191,7 +191,7 @@ impl Core {
         if pending.outstanding > 0 {
             return;
         }
-        if let Some(pending) = self.publishes.remove(&publish) {
+        if let Some(pending) = self.engine.remove_publish(publish) {
             self.answer_publisher(now, pending);
         }
     }
@@ -212,7 +212,7 @@ impl Core {
                         seq,
                     });
                 }
-                Some(Err(why)) => failed.push(format!("{room} ({why})")),
+                Some(Err(why)) => failed.push(format!("{room} ({})", why.message())),
                 None => self.impossible("a publish answered before all its rooms"),
             }
         }
@@ -242,7 +242,7 @@ impl Core {
                     Ok(receipt) => Response::Published(receipt),
                     Err(error) => Response::Rejected(error),
                 };
-                self.answers.push_back((ticket, response));
+                self.engine.answer(ticket, response);
             }
             Publisher::Client { conn, id } => {
                 self.answer_client_publish(now, conn, id, result);
@@ -257,7 +257,7 @@ impl Core {
         id: Option<RequestId>,
         result: Result<PublishReceipt, PublishError>,
     ) {
-        let Some(&slot) = self.slot_of.get(&conn) else {
+        let Some(slot) = self.conns.slot(conn) else {
             return; // closed while waiting
         };
         self.finish_waiting(conn);
@@ -324,9 +324,9 @@ impl Core {
         let mut newly_holding: Vec<u32> = Vec::new();
         let mut overflowed = Vec::new();
         for &slot in state.members.values() {
-            let Some(connection) = self.conns[slot as usize].as_mut() else {
+            let Some(connection) = self.conns.at_mut(slot) else {
                 // Members always occupy their slot (`check_invariants`).
-                debug_assert!(false, "a member's slot is empty");
+                impossible(&mut self.broken, "a member's slot is empty");
                 continue;
             };
             if let Some(series) = conflating {
@@ -335,11 +335,11 @@ impl Core {
                 // wins). Bytes merely waiting for the shell's next write do
                 // not make a member behind.
                 let behind = connection.pushed_back || connection.queued_bytes > behind_bytes;
-                if behind || connection.held.holds(room, series) {
-                    if connection.held.is_empty() {
+                if behind || connection.conflated.holds(room, series) {
+                    if connection.conflated.is_empty() {
                         newly_holding.push(slot);
                     }
-                    connection.held.hold(
+                    connection.conflated.hold(
                         room,
                         series.clone(),
                         message.seq,
@@ -350,7 +350,7 @@ impl Core {
                 }
             }
             // Anything held for this room goes first: seq never goes backwards.
-            let ok = Self::send_held(
+            let ok = Self::send_conflated(
                 &mut self.outputs,
                 &self.config.limits,
                 connection,
@@ -372,9 +372,7 @@ impl Core {
             self.schedule(slot);
         }
         // Close overflowing members now so they get nothing after their gap.
-        for conn in overflowed {
-            self.close(conn, Some(CloseCode::SlowConsumer));
-        }
+        self.close_each(overflowed, CloseCode::SlowConsumer);
     }
 
     /// `POST /api/send`: a direct message (not numbered) to this node's
@@ -387,11 +385,11 @@ impl Core {
         let elsewhere = message.to_other_nodes
             && match &message.target {
                 SendTarget::User(_) => true,
-                SendTarget::Connection(conn) => !self.slot_of.contains_key(conn),
+                SendTarget::Connection(conn) => !self.conns.is_open(*conn),
             };
         let delivered = self.deliver_direct(&message.target, &frame);
         if elsewhere {
-            self.engine_out.push_back(EngineRequest::Direct {
+            self.engine.push(EngineRequest::Direct {
                 target: message.target,
                 frame,
             });
@@ -402,20 +400,18 @@ impl Core {
     /// A direct message to this node's connections among `target`.
     pub(crate) fn deliver_direct(&mut self, target: &SendTarget, frame: &TextFrame) -> u64 {
         let targets: Vec<ConnectionId> = match target {
-            SendTarget::Connection(conn) => self.conn(*conn).map(|c| c.id).into_iter().collect(),
-            SendTarget::User(user) => self
-                .users
-                .get(user)
-                .map(|set| set.iter().copied().collect())
-                .unwrap_or_default(),
+            SendTarget::Connection(conn) => {
+                self.conns.get(*conn).map(|c| c.id).into_iter().collect()
+            }
+            SendTarget::User(user) => self.conns.of_user(user),
         };
         let mut delivered = 0;
         for conn in targets {
-            let Some(&slot) = self.slot_of.get(&conn) else {
+            let Some(slot) = self.conns.slot(conn) else {
                 continue;
             };
             self.send(slot, frame.clone());
-            delivered += u64::from(self.slot_of.contains_key(&conn));
+            delivered += u64::from(self.conns.is_open(conn));
         }
         delivered
     }

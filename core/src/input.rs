@@ -3,7 +3,7 @@
 use crate::access::Identity;
 use crate::codes::CloseCode;
 use crate::names::ConnectionId;
-use crate::publish::{DirectMessage, Publish};
+use crate::validate::{DirectMessage, Publish};
 
 /// Who a direct message (`POST /api/send`) is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub enum Input<'a> {
         /// Sender.
         conn: ConnectionId,
         /// The message's id, if the shell could read it.
-        id: Option<crate::request::RequestId>,
+        id: Option<crate::parse::RequestId>,
     },
     /// A pong (or any other sign of life below the message layer).
     Pong {
@@ -64,7 +64,7 @@ pub enum Input<'a> {
     /// The connection's socket pushed back: a write returned `WouldBlock`
     /// or took only part of what was offered. For conflation the member
     /// counts as *behind* from now until a [`Input::Written`] report
-    /// brings its backlog to zero (see [`crate::conflation`]).
+    /// brings its backlog to zero (see `conflation`).
     Blocked {
         /// The connection.
         conn: ConnectionId,
@@ -83,10 +83,12 @@ pub enum Input<'a> {
         /// The connection.
         conn: ConnectionId,
     },
-    /// Server-side publish to one or more rooms (validated by `publish::parse_broadcast_body`).
+    /// Server-side publish to one or more rooms (validated by `validate::parse_broadcast_body`).
     Broadcast(Publish),
-    /// Server-side message to a user's connections or to one connection.
-    Send(DirectMessage),
+    /// Server-side direct message (`POST /api/send`) to a user's
+    /// connections or to one connection (not [`Output::Send`](crate::Output::Send),
+    /// which writes a frame to a connection).
+    Direct(DirectMessage),
     /// Time has passed: fire every deadline up to `now`.
     Timeout,
     /// The answer to the connection's `Output::Check` (see [`crate::checks`]).

@@ -38,7 +38,7 @@
 //! core keeps whatever the engine does:
 //! - **join barrier**: a member's first live message is the one after the
 //!   `seq` its join reply reports (a join that needs the room's position
-//!   waits for the room's read; live messages arriving meanwhile are held);
+//!   waits for the room's read; live messages arriving meanwhile are buffered);
 //! - **recovery**: a join with `since` is answered from one room-level
 //!   read merged with the live messages that arrived meanwhile: all missed
 //!   frames with `recovered: true`, or none with `recovered: false`;
@@ -58,31 +58,33 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`machine`] | [`Core`]: its state and input dispatch |
-//! | [`connections`] | opening, closing, queueing frames with the slow-consumer bound |
+//! | `machine` | [`Core`]: its parts and input dispatch |
+//! | `connections` | the connections part (slab, ids, timers, the close queue); opening, closing (one way: the close queue), queueing frames with the slow-consumer bound, reply order |
+//! | `calls` | the engine calls part: requests, calls in flight, publishes awaiting appends, answers to the caller |
+//! | `presence` | the presence part: the input's changes, throttle windows, the node's refresh |
 //! | `outbound` | the outbound queue and the node-wide byte budget (`outbound_bytes_max`) |
-//! | [`requests`] | client messages: rate limit, parse, the simple actions, deferral |
-//! | [`rooms`] | joins, leaves, presence diffs, a room's local lifetime |
-//! | [`stream`] | the engine conversation per room: reads, live messages, gaps, checks |
-//! | [`fanout`] | publishing (API and client) and delivery to members |
-//! | [`timers`] | heartbeats, token expiry, conflation flushes, stream checks, the end of presence-diff windows |
-//! | [`config`] | [`CoreConfig`], [`RoomOptions`], [`Response`] |
-//! | [`engine`] | the engine contract; [`engine::memory`] the in-memory engine |
+//! | `client_messages` | handling client messages: rate limit, parse, the simple actions, deferral |
+//! | `rooms` | the rooms part (rooms, stream-check timers); joins, leaves, a room's local lifetime |
+//! | `presence_diffs` | who is told which `presence_diff`, and presence lists |
+//! | `stream` | the engine conversation per room: reads, live messages, gaps, checks |
+//! | `fanout` | publishing (API and client) and delivery to members |
+//! | `timers` | heartbeats, token expiry, conflation flushes, stream checks, the end of presence-diff windows |
+//! | `config` | [`CoreConfig`], [`RoomOptions`], [`Response`] |
+//! | [`engine`] | the engine contract; [`engine::memory`] the in-memory engine (`engine/memory/room_log.rs`: a room's numbers and bounded history in it) |
 //! | [`standalone`] | [`Standalone`]: a core and its inline engine, driven together |
-//! | [`input`] / [`output`] | the vocabulary between caller and core |
-//! | [`request`] | parsing one client text frame into a [`request::Request`] or a protocol error |
+//! | `input` / `output` | the vocabulary between caller and core ([`Input`], [`Output`]) |
+//! | [`parse`] | parsing one client text frame into a [`parse::Request`] or a protocol error |
 //! | [`envelope`] | serializing server→client messages (the JSON envelope) |
-//! | [`publish`] | validating server-side publishes (HTTP API bodies, message types, series `key` rule) |
+//! | [`validate`] | validating publishes and direct messages before anything is sent (HTTP API bodies, message types, series `key` rule) |
 //! | [`access`] | who may join or publish to which room ([`AccessRules`], [`Identity`], [`Grants`]) |
 //! | [`checks`] | checks the shell makes off the hub (a refresh's token, the join hook), and their answers |
-//! | [`limits`] | the one table of limits, with defaults ([`Limits`]) |
+//! | `limits` | the one table of limits, with defaults ([`Limits`]) |
 //! | [`rate`] | the token bucket and violation counter behind `RATE_LIMITED` / 1008 |
-//! | [`room_log`] | a room's numbers and bounded history inside the in-memory engine |
-//! | [`conflation`] | holding back superseded progress events for members that are behind |
-//! | [`codes`] | error codes and close codes of the protocol |
-//! | [`names`] | validated room names and connection ids |
-//! | [`time`] | [`Now`] and the RFC 3339 timestamp formatter |
-//! | `invariants` | `Core::check_invariants` (feature `testing`) |
+//! | `conflation` | holding back superseded progress events for members that are behind |
+//! | `codes` | error codes and close codes of the protocol |
+//! | `names` | validated room names and connection ids |
+//! | `time` | [`Now`] and the RFC 3339 timestamp formatter |
+//! | `invariants` | `Core::check_invariants` and its typed failure, `Broken` (feature `testing`) |
 //! | `oracle` | the client-side delivery oracle of the simulator, property tests and fuzzers (feature `testing`) |
 //! | `engine::faults` | the in-memory engine behind a seeded fault layer (feature `testing`) |
 //!
@@ -102,42 +104,43 @@
 //! `WouldBlock` or was partial) with [`Input::Blocked`]: such a member, or one
 //! whose backlog passed [`Limits::conflation_behind_bytes`], is *behind*, and
 //! only a member that is behind has progress events conflated
-//! ([`conflation`]).
+//! (`conflation`).
 //!
 //! The backlogs of all connections together are bounded too
 //! ([`Limits::outbound_bytes_max`]): past it, the members that do not keep
 //! up are closed with 4008, the largest backlog first (`outbound`).
 
 pub mod access;
+mod calls;
 pub mod checks;
-pub mod codes;
-pub mod config;
-pub mod conflation;
-pub mod connections;
+mod client_messages;
+mod codes;
+mod config;
+mod conflation;
+mod connections;
 pub mod engine;
 pub mod envelope;
-pub mod fanout;
-pub mod input;
+mod fanout;
+mod input;
 #[cfg(any(test, feature = "testing"))]
 pub mod invariants;
-pub mod limits;
-pub mod machine;
-pub mod names;
+mod limits;
+mod machine;
+mod names;
 #[cfg(any(test, feature = "testing"))]
 pub mod oracle;
-pub(crate) mod outbound;
-pub mod output;
-pub mod presence_diffs;
-pub mod publish;
+mod outbound;
+mod output;
+pub mod parse;
+mod presence;
+mod presence_diffs;
 pub mod rate;
-pub mod request;
-pub mod requests;
-pub mod room_log;
-pub mod rooms;
+mod rooms;
 pub mod standalone;
-pub mod stream;
-pub mod time;
-pub mod timers;
+mod stream;
+mod time;
+mod timers;
+pub mod validate;
 
 pub use access::{AccessRules, Grants, Identity, RoomAccess, User};
 pub use checks::{Check, CheckAnswer, HookVerdict};
@@ -148,6 +151,6 @@ pub use limits::Limits;
 pub use machine::Core;
 pub use names::{ConnectionId, ConnectionMap, RoomName};
 pub use output::{Output, TextFrame};
-pub use publish::{MessageTypes, Publish, PublishError, PublishReceipt};
 pub use standalone::Standalone;
 pub use time::Now;
+pub use validate::{MessageTypes, Publish, PublishError, PublishReceipt};

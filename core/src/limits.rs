@@ -83,7 +83,7 @@ pub struct Limits {
     /// ms, so a lost last live message is noticed (the live stream is at
     /// most once).
     pub stream_check_interval_ms: u64,
-    /// Live messages held per room while its read is in flight; beyond it
+    /// Live messages buffered per room while its read is in flight; beyond it
     /// they are dropped and read again right after.
     pub stream_buffer_max: usize,
     /// Delay before a failed room read is retried, in ms.

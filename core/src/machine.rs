@@ -1,177 +1,34 @@
-//! [`Core`]: the roomcast state machine, its state and its input dispatch.
-//! The handlers live next to it, one job per file, each an `impl Core`
-//! block: [`connections`](crate::connections) (open, close, sending),
-//! [`requests`](crate::requests) (client messages), [`rooms`](crate::rooms)
+//! [`Core`]: the roomcast state machine and its input dispatch.
+//!
+//! Its state is in parts that own their data and keep their invariants
+//! (each checks its own, `check_invariants`):
+//! `Connections` (slab, ids, timers,
+//! the close queue, the reply order), `Rooms`
+//! (rooms and their stream checks),
+//! `EngineCalls` (requests, calls in flight,
+//! publishes, answers to the caller) and
+//! `Presence` (changes, throttle windows,
+//! refresh). The handlers are `impl Core` blocks, one job per file:
+//! [`connections`](crate::connections) (open, close, sending, reply order),
+//! [`client_messages`](crate::client_messages) (client messages), [`rooms`](crate::rooms)
 //! (joins and memberships), [`stream`](crate::stream) (the engine
-//! conversation), [`fanout`](crate::fanout) (publishing and delivery) and
-//! [`timers`](crate::timers).
+//! conversation per room), [`fanout`](crate::fanout) (publishing and
+//! delivery), [`presence_diffs`](crate::presence_diffs), [`checks`](crate::checks)
+//! and [`timers`](crate::timers). This file only dispatches.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 
-use crate::access::Identity;
+use crate::calls::EngineCalls;
 use crate::config::{CoreConfig, Response, Ticket};
-use crate::conflation::HeldFrames;
-use crate::engine::{CallId, EngineEvent, EngineRequest, Epoch, Numbered, Position};
+use crate::connections::Connections;
+use crate::engine::{EngineEvent, EngineRequest};
 use crate::input::Input;
-use crate::names::{ConnectionId, ConnectionMap, RoomName};
+use crate::names::{ConnectionId, RoomName};
 use crate::outbound::Outbox;
 use crate::output::Output;
-use crate::presence_diffs::PresenceWindow;
-use crate::rate::RateLimiter;
-use crate::request::{RequestId, Since};
+use crate::presence::Presence;
+use crate::rooms::Rooms;
 use crate::time::Now;
-
-/// One open connection.
-#[derive(Debug)]
-pub(crate) struct Connection {
-    pub(crate) id: ConnectionId,
-    pub(crate) identity: Identity,
-    pub(crate) rooms: BTreeSet<RoomName>,
-    /// Bytes of `Send` frames emitted but not yet reported written.
-    pub(crate) queued_bytes: usize,
-    /// The shell reported its socket full (`Input::Blocked`) and not all
-    /// of its backlog has been written since: behind, for conflation.
-    pub(crate) pushed_back: bool,
-    pub(crate) limiter: RateLimiter,
-    /// Last time anything (frame or pong) arrived.
-    pub(crate) last_heard_us: u64,
-    /// Last time we pinged (0 = never).
-    pub(crate) last_ping_us: u64,
-    /// When the token expires, on the monotonic clock.
-    pub(crate) token_deadline_us: Option<u64>,
-    /// Whether the client was already warned that this token is about to expire.
-    pub(crate) token_warned: bool,
-    /// The key of this connection's entry in `Core::timers`.
-    pub(crate) timer_at_us: u64,
-    /// Progress events held back while this member is behind (conflation).
-    pub(crate) held: HeldFrames,
-    /// Set while one of its requests waits for the engine: later messages
-    /// wait here, so replies keep the order of requests. Boxed on purpose:
-    /// every connection carries this field and almost all are idle, so it
-    /// costs 8 bytes instead of a 32-byte empty queue.
-    #[allow(clippy::box_collection)]
-    pub(crate) waiting: Option<Box<VecDeque<Deferred>>>,
-}
-
-/// A client message that arrived while an earlier one waited for the
-/// engine: its text (`None` for a binary frame) and the rate limiter's
-/// verdict at arrival (the allowance is about when messages arrive, not
-/// when they run).
-#[derive(Debug)]
-pub(crate) struct Deferred {
-    pub(crate) text: Option<String>,
-    pub(crate) verdict: crate::rate::Verdict,
-    /// Refused by the shell (`Input::Busy`, with the message's id): answered
-    /// `SERVER_BUSY` in its turn instead of run.
-    pub(crate) busy: Option<Option<RequestId>>,
-}
-
-/// One room this node has local business in: members, joins waiting for
-/// a read, or a read in flight.
-#[derive(Debug, Default)]
-pub(crate) struct Room {
-    /// Members, in id order, with their slot in `Core::conns` so fan-out
-    /// touches no map but the slab.
-    pub(crate) members: BTreeMap<ConnectionId, u32>,
-    /// What the members have been given: `(epoch, last seq)`. `None` until
-    /// the room's first read answers.
-    pub(crate) cursor: Option<Position>,
-    /// The room-level read in flight, and the position it reads after.
-    pub(crate) reading: Option<(CallId, Option<Position>)>,
-    /// Live messages that arrived while the read was in flight (bounded).
-    pub(crate) held_live: Vec<Numbered>,
-    /// Set when a live message had to be dropped or could not be placed
-    /// during the read: read again once it answers.
-    pub(crate) read_again: bool,
-    /// Joins the read in flight answers (they keep the room alive while
-    /// they are answered one by one).
-    pub(crate) joins: VecDeque<PendingJoin>,
-    /// Joins that need the next read (they reach further back).
-    pub(crate) next_joins: VecDeque<PendingJoin>,
-    /// Key in `Core::room_timers`: the next stream check (or read retry).
-    pub(crate) check_at_us: Option<u64>,
-    /// Diffs from the engine: the members may have missed presence changes
-    /// (a stream reset) and are told to ask again once the room is listed.
-    pub(crate) presence_stale: bool,
-    /// That list is in flight.
-    pub(crate) presence_resyncing: bool,
-    /// Diffs from the engine: members whose own add the engine has not
-    /// echoed yet. They are told no change until it is: a change applied
-    /// before their add is no news to them (a `presence` list they make
-    /// already shows it), and a member told one would keep its count
-    /// without itself (nobody hears a change about itself).
-    pub(crate) unechoed: BTreeSet<ConnectionId>,
-}
-
-/// The presence changes of one room during the current input, told to its
-/// members as one `presence_diff` once the input is done
-/// ([`Core::flush_presence`](crate::rooms)).
-#[derive(Debug)]
-pub(crate) struct PendingDiff {
-    /// Where in `Core::outputs` the room's first change of this input
-    /// happened: the diff is placed there, so a lone change goes out exactly
-    /// where it always did.
-    pub(crate) at: usize,
-    /// Connections that joined (with their user id), net of those that
-    /// also left during the input.
-    pub(crate) joined: BTreeMap<ConnectionId, Option<String>>,
-    /// Connections that left, net of those that also joined again.
-    pub(crate) left: BTreeMap<ConnectionId, Option<String>>,
-    /// The room's count after the changes, when the engine told it
-    /// (cluster-wide); `None`: this node's member count.
-    pub(crate) connections: Option<usize>,
-}
-
-/// A join waiting for its room's read.
-#[derive(Debug)]
-pub(crate) struct PendingJoin {
-    pub(crate) conn: ConnectionId,
-    pub(crate) since: Option<Since>,
-    pub(crate) id: Option<RequestId>,
-}
-
-/// Who waits for a publish's receipt.
-#[derive(Debug)]
-pub(crate) enum Publisher {
-    /// The caller (`POST /api/broadcast`), through `poll_answer`.
-    Api(Ticket),
-    /// A client's `publish` action, answered with a frame.
-    Client {
-        conn: ConnectionId,
-        id: Option<RequestId>,
-    },
-}
-
-/// A publish whose appends are in flight.
-#[derive(Debug)]
-pub(crate) struct PendingPublish {
-    pub(crate) publisher: Publisher,
-    /// Per target room in request order: its outcome, once answered.
-    pub(crate) rooms: Vec<(RoomName, Option<AppendOutcome>)>,
-    pub(crate) outstanding: usize,
-}
-
-/// One room of a publish, answered: where the engine numbered it and how
-/// many local members it went to, or why the engine did not append it.
-pub(crate) type AppendOutcome = Result<(Epoch, u64, u64), String>;
-
-/// What an engine call was for.
-#[derive(Debug)]
-pub(crate) enum Call {
-    /// Room `index` of publish `publish`.
-    Append { publish: u64, index: usize },
-    /// The room-level read of `room`.
-    Read { room: RoomName },
-    /// A client's `presence` request.
-    Presence {
-        conn: ConnectionId,
-        room: RoomName,
-        after: Option<String>,
-        id: Option<RequestId>,
-    },
-    /// The list of a room whose members may have missed presence changes.
-    PresenceResync { room: RoomName },
-}
 
 /// The state machine. Feed it with [`Core::handle`]; drain it with
 /// [`Core::poll_output`], [`Core::poll_engine`], [`Core::poll_answer`]
@@ -179,55 +36,41 @@ pub(crate) enum Call {
 #[derive(Debug)]
 pub struct Core {
     pub(crate) config: CoreConfig,
-    /// Connection slab: fan-out reaches a member's state by index.
-    pub(crate) conns: Vec<Option<Connection>>,
-    pub(crate) free_slots: Vec<u32>,
-    /// Id → slab slot. Only ever looked up, never iterated, so its order
-    /// cannot leak into outputs.
-    pub(crate) slot_of: ConnectionMap<u32>,
-    pub(crate) rooms: BTreeMap<RoomName, Room>,
-    /// User id → its open connections (for `/api/send` to a user and presence).
-    pub(crate) users: BTreeMap<String, BTreeSet<ConnectionId>>,
-    /// One entry per connection: when to look at it next (heartbeat, token).
-    pub(crate) timers: BTreeSet<(u64, ConnectionId)>,
-    /// Rooms with members: when to check their stream with the engine.
-    pub(crate) room_timers: BTreeSet<(u64, RoomName)>,
-    /// When to tell the engine this node is alive (while it has members).
-    pub(crate) presence_refresh_at_us: Option<u64>,
+    /// Open connections, their timers and the close queue.
+    pub(crate) conns: Connections,
+    /// Rooms this node has local business in, and their stream checks.
+    pub(crate) rooms: Rooms,
     /// Outputs in order, and the bytes queued to all connections.
     pub(crate) outputs: Outbox,
-    /// Requests for the engine, in the order decided.
-    pub(crate) engine_out: VecDeque<EngineRequest>,
-    /// Engine calls awaiting their answer.
-    pub(crate) calls: BTreeMap<CallId, Call>,
-    pub(crate) next_call: u64,
-    /// Publishes awaiting their appends, by number.
-    pub(crate) publishes: BTreeMap<u64, PendingPublish>,
-    pub(crate) next_publish: u64,
-    /// Answers to the caller's pending broadcasts.
-    pub(crate) answers: VecDeque<(Ticket, Response)>,
+    /// The engine conversation: requests, calls in flight, publishes
+    /// awaiting their appends, and the answers to the caller's broadcasts.
+    pub(crate) engine: EngineCalls,
     /// Set by `Input::Shutdown`: connections opened afterwards are closed with 1001 at once.
     pub(crate) shutting_down: bool,
-    /// Connections to close as slow consumers once the current input is done.
-    pub(crate) doomed: Vec<ConnectionId>,
-    /// Connections whose engine wait ended: their deferred messages run
-    /// once the current input is done.
-    pub(crate) resumable: Vec<ConnectionId>,
-    /// Presence changes of the current input, per room, told once it is
-    /// done (one diff per room per input, not one per change).
-    pub(crate) presence: BTreeMap<RoomName, PendingDiff>,
+    /// Presence: the changes of the current input, the rooms' throttle
+    /// windows and the node's refresh with the engine.
+    pub(crate) presence: Presence,
     /// Checks in flight ([`crate::checks`]), one per waiting connection.
     /// Looked up only, never iterated.
     pub(crate) checks: BTreeMap<ConnectionId, crate::checks::PendingCheck>,
-    /// Rooms whose last diff went out less than `presence_diff_interval_ms`
-    /// ago, with the changes told when their window ends.
-    pub(crate) presence_windows: BTreeMap<RoomName, PresenceWindow>,
-    /// When each window ends (one entry per window).
-    pub(crate) presence_timers: BTreeSet<(u64, RoomName)>,
     /// Latest `now` seen: time never goes backwards inside the core.
     pub(crate) now: Now,
     /// The first impossible state met (see [`Core::impossible`]).
     pub(crate) broken: Option<&'static str>,
+}
+
+/// The one way the core reports a state that cannot happen: a
+/// `debug_assert!` (tests and fuzzers stop there), and, for the simulator,
+/// which runs release builds, remembered in `broken` so that
+/// `check_invariants` fails. The core then carries on as safely as it can:
+/// never a panic in release. (For code that holds part of the core
+/// borrowed; otherwise [`Core::impossible`].) Pure helpers with no core at
+/// hand (`try_send`, `Outbox::forget`) check their callers' promises with
+/// a plain `debug_assert!` and stay safe when broken.
+#[track_caller]
+pub(crate) fn impossible(broken: &mut Option<&'static str>, what: &'static str) {
+    debug_assert!(false, "impossible state: {what}");
+    broken.get_or_insert(what);
 }
 
 impl Core {
@@ -235,28 +78,13 @@ impl Core {
     pub fn new(config: CoreConfig) -> Core {
         Core {
             config,
-            conns: Vec::new(),
-            free_slots: Vec::new(),
-            slot_of: ConnectionMap::default(),
-            rooms: BTreeMap::new(),
-            users: BTreeMap::new(),
-            timers: BTreeSet::new(),
-            room_timers: BTreeSet::new(),
-            presence_refresh_at_us: None,
+            conns: Connections::default(),
+            rooms: Rooms::default(),
+            engine: EngineCalls::default(),
             outputs: Outbox::default(),
-            engine_out: VecDeque::new(),
-            calls: BTreeMap::new(),
-            next_call: 0,
-            publishes: BTreeMap::new(),
-            next_publish: 0,
-            answers: VecDeque::new(),
             shutting_down: false,
-            doomed: Vec::new(),
-            resumable: Vec::new(),
-            presence: BTreeMap::new(),
+            presence: Presence::default(),
             checks: BTreeMap::new(),
-            presence_windows: BTreeMap::new(),
-            presence_timers: BTreeSet::new(),
             now: Now::default(),
             broken: None,
         }
@@ -269,12 +97,12 @@ impl Core {
 
     /// Open connections.
     pub fn connection_count(&self) -> usize {
-        self.slot_of.len()
+        self.conns.len()
     }
 
     /// Whether `conn` is open.
     pub fn is_open(&self, conn: ConnectionId) -> bool {
-        self.slot_of.contains_key(&conn)
+        self.conns.is_open(conn)
     }
 
     /// Rooms this node has local business in (members, pending joins or
@@ -290,7 +118,7 @@ impl Core {
 
     /// Engine calls awaiting their answer.
     pub fn engine_calls_pending(&self) -> usize {
-        self.calls.len()
+        self.engine.in_flight()
     }
 
     /// The next output for a connection, in the order decided.
@@ -300,24 +128,24 @@ impl Core {
 
     /// The next request for the engine, in the order decided.
     pub fn poll_engine(&mut self) -> Option<EngineRequest> {
-        self.engine_out.pop_front()
+        self.engine.poll_request()
     }
 
     /// The next answer to a broadcast that returned [`Response::Pending`].
     pub fn poll_answer(&mut self) -> Option<(Ticket, Response)> {
-        self.answers.pop_front()
+        self.engine.poll_answer()
     }
 
     /// When `handle(now, Input::Timeout)` is next needed (monotonic µs).
     pub fn poll_timeout(&self) -> Option<u64> {
-        let connections = self.timers.first().map(|(at, _)| *at);
-        let rooms = self.room_timers.first().map(|(at, _)| *at);
-        let presence = self.presence_timers.first().map(|(at, _)| *at);
+        let connections = self.conns.next_timer();
+        let rooms = self.rooms.next_check();
+        let presence = self.presence.next_window_end();
         connections
             .into_iter()
             .chain(rooms)
             .chain(presence)
-            .chain(self.presence_refresh_at_us)
+            .chain(self.presence.refresh_at())
             .min()
     }
 
@@ -325,20 +153,20 @@ impl Core {
     pub fn handle(&mut self, now: Now, input: Input<'_>) -> Response {
         let response = self.apply(now, input);
         loop {
-            // Members that overflowed while a notification was fanned out are
-            // closed here, iteratively (closing one is a presence change).
-            if let Some(conn) = self.doomed.pop() {
-                self.close(conn, Some(crate::codes::CloseCode::SlowConsumer));
+            // Members that overflowed while a presence diff was fanned out
+            // are closed here (closing one is a presence change).
+            if self.conns.closes_queued() > 0 {
+                self.run_closes(0);
                 continue;
             }
             // Connections whose engine wait ended run their deferred messages.
-            if let Some(conn) = self.resumable.pop() {
+            if let Some(conn) = self.conns.pop_resumable() {
                 self.resume(conn);
                 continue;
             }
             // One presence diff per room for all the input's changes (it
             // may overflow members, whose closes are told in the next round).
-            if !self.presence.is_empty() {
+            if self.presence.has_changes() {
                 self.flush_presence();
                 continue;
             }
@@ -365,31 +193,13 @@ impl Core {
             Input::Text { conn, text } => self.client_message(now, conn, Some(text)),
             Input::Binary { conn } => self.client_message(now, conn, None),
             Input::Busy { conn, id } => self.busy_message(now, conn, id),
-            Input::Pong { conn } => {
-                if let Some(c) = self.conn_mut(conn) {
-                    c.last_heard_us = now.monotonic_us;
-                }
-            }
-            Input::Written { conn, bytes } => {
-                if let Some(c) = self.conn_mut(conn) {
-                    let written = bytes.min(c.queued_bytes);
-                    c.queued_bytes -= written;
-                    // Everything it was given is written: it caught up.
-                    if c.queued_bytes == 0 {
-                        c.pushed_back = false;
-                    }
-                    self.outputs.forget(written);
-                }
-            }
-            Input::Blocked { conn } => {
-                if let Some(c) = self.conn_mut(conn) {
-                    c.pushed_back = true;
-                }
-            }
+            Input::Pong { conn } => self.heard(now, conn),
+            Input::Written { conn, bytes } => self.written(conn, bytes),
+            Input::Blocked { conn } => self.blocked(conn),
             Input::Abort { conn, code } => self.close(conn, Some(code)),
             Input::Closed { conn } => self.close(conn, None),
             Input::Broadcast(publish) => return self.api_broadcast(now, publish),
-            Input::Send(message) => {
+            Input::Direct(message) => {
                 return match self.direct(now, message) {
                     Ok(delivered) => Response::Sent { delivered },
                     Err(error) => Response::Rejected(error),
@@ -405,15 +215,7 @@ impl Core {
                     peer_members,
                 } => self.on_appended(now, call, result, peer_members),
                 EngineEvent::Read { call, result } => self.on_read(now, call, result),
-                EngineEvent::Presence { call, result } => {
-                    if let Some(Call::PresenceResync { room }) = self.calls.get(&call) {
-                        let room = room.clone();
-                        self.calls.remove(&call);
-                        self.on_presence_resync(now, room, result);
-                    } else {
-                        self.on_presence(now, call, result);
-                    }
-                }
+                EngineEvent::Presence { call, result } => self.on_presence_list(now, call, result),
                 EngineEvent::PresenceChanged {
                     room,
                     joined,
@@ -428,48 +230,19 @@ impl Core {
                     self.deliver_direct(&target, &frame);
                 }
             },
-            Input::Shutdown => {
-                // No presence diffs from here on: everyone is leaving.
-                let first = !self.shutting_down;
-                self.shutting_down = true;
-                self.close_presence_windows();
-                // One request removes every entry of this node, each room's
-                // in one step, instead of one remove per membership (which
-                // other nodes would hear as one diff each).
-                if first && self.rooms.values().any(|r| !r.members.is_empty()) {
-                    self.engine_out.push_back(EngineRequest::PresenceClear);
-                }
-                let mut all: Vec<ConnectionId> =
-                    self.conns.iter().flatten().map(|c| c.id).collect();
-                // Slab order depends on slot reuse; close in id order.
-                all.sort();
-                for conn in all {
-                    self.close(conn, Some(crate::codes::CloseCode::GoingAway));
-                }
-            }
+            Input::Shutdown => self.shut_down(),
         }
         Response::Done
     }
 
-    /// A fresh correlation id for an engine call.
-    pub(crate) fn new_call(&mut self, call: Call) -> CallId {
-        self.next_call += 1;
-        let id = CallId(self.next_call);
-        self.calls.insert(id, call);
-        id
-    }
-
-    /// Reports a state that cannot happen: a `debug_assert!`, and (for the
-    /// simulator, which runs release builds) remembered so that
-    /// `check_invariants` fails. The core carries on as safely as it can.
+    /// Reports a state that cannot happen (see [`impossible`]).
     #[track_caller]
     pub(crate) fn impossible(&mut self, what: &'static str) {
-        debug_assert!(false, "impossible state: {what}");
-        self.broken.get_or_insert(what);
+        impossible(&mut self.broken, what);
     }
 
-    /// Whether the bound on engine calls in flight leaves room for one more.
+    /// Whether the bound on engine calls in flight leaves room for `calls` more.
     pub(crate) fn engine_has_room(&self, calls: usize) -> bool {
-        self.calls.len() + calls <= self.config.limits.engine_calls_max
+        self.engine.in_flight() + calls <= self.config.limits.engine_calls_max
     }
 }

@@ -93,7 +93,6 @@ impl Core {
         let mut behind: Vec<(usize, ConnectionId)> = self
             .conns
             .iter()
-            .flatten()
             .filter(|c| c.pushed_back && c.queued_bytes > 0)
             .map(|c| (c.queued_bytes, c.id))
             .collect();

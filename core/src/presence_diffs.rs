@@ -27,41 +27,16 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::engine::{EngineError, EngineRequest, PresenceEntry};
+use crate::calls::Call;
+use crate::codes::CloseCode;
+use crate::engine::{CallId, EngineError, EngineRequest, PresenceEntry};
 use crate::envelope;
-use crate::machine::{Call, Core, PendingDiff};
+use crate::machine::Core;
 use crate::names::{ConnectionId, RoomName};
 use crate::outbound::Outbox;
 use crate::output::TextFrame;
+use crate::presence::PendingDiff;
 use crate::time::Now;
-
-/// A room's presence throttle: a diff went out and the next may not
-/// before `until_us`; the changes meanwhile wait here, merged.
-#[derive(Debug)]
-pub(crate) struct PresenceWindow {
-    pub(crate) until_us: u64,
-    pub(crate) pending: Option<PendingDiff>,
-}
-
-impl PendingDiff {
-    /// Adds a later diff of the same room, netting a connection that joined
-    /// in one and left in the other (or the reverse); the later count wins.
-    fn merge(&mut self, later: PendingDiff) {
-        for (conn, user) in later.left {
-            if self.joined.remove(&conn).is_none() {
-                self.left.insert(conn, user);
-            }
-        }
-        for (conn, user) in later.joined {
-            if self.left.remove(&conn).is_none() {
-                self.joined.insert(conn, user);
-            }
-        }
-        if later.connections.is_some() {
-            self.connections = later.connections;
-        }
-    }
-}
 
 /// A membership change, for presence diffs.
 #[derive(Clone, Copy, Debug)]
@@ -116,15 +91,12 @@ impl Core {
         change: Change,
     ) -> &mut PendingDiff {
         let at = self.outputs.len();
-        let diff = self
-            .presence
-            .entry(room.clone())
-            .or_insert_with(|| PendingDiff {
-                at,
-                joined: BTreeMap::new(),
-                left: BTreeMap::new(),
-                connections: None,
-            });
+        let diff = self.presence.change(room, || PendingDiff {
+            at,
+            joined: BTreeMap::new(),
+            left: BTreeMap::new(),
+            connections: None,
+        });
         let (this, opposite) = match change {
             Change::Joined => (&mut diff.joined, &mut diff.left),
             Change::Left => (&mut diff.left, &mut diff.joined),
@@ -164,7 +136,7 @@ impl Core {
         for entry in joined {
             self.record_change(&room, entry.conn, entry.user, Change::Joined);
         }
-        if let Some(diff) = self.presence.get_mut(&room) {
+        if let Some(diff) = self.presence.change_of(&room) {
             diff.connections = Some(connections);
         }
     }
@@ -180,28 +152,26 @@ impl Core {
     /// one per join. A member whose queue cannot take the diff is closed
     /// with 4008 once this is done.
     pub(crate) fn flush_presence(&mut self) {
-        let mut diffs: Vec<(RoomName, PendingDiff)> =
-            std::mem::take(&mut self.presence).into_iter().collect();
+        let mut diffs = self.presence.take_changes();
         // Stable: rooms changed at the same place keep their name order.
         diffs.sort_by_key(|(_, diff)| diff.at);
         let now_us = self.now.monotonic_us;
         let mut inserts: Vec<(usize, Outbox)> = Vec::new();
         for (room, diff) in diffs {
-            let diff = match self.presence_windows.remove(&room) {
+            let diff = match self.presence.take_window(&room) {
                 // Inside the room's window: told when it ends.
                 Some(mut window) if window.until_us > now_us => {
                     match window.pending.as_mut() {
                         Some(pending) => pending.merge(diff),
                         None => window.pending = Some(diff),
                     }
-                    self.presence_windows.insert(room, window);
+                    self.presence.put_window(room, window);
                     continue;
                 }
                 // A window that ended before its timer was handled: its
                 // changes go out now, with this input's.
                 Some(window) => {
-                    self.presence_timers
-                        .remove(&(window.until_us, room.clone()));
+                    self.presence.drop_window_timer(window.until_us, &room);
                     match window.pending {
                         Some(mut pending) => {
                             pending.at = diff.at;
@@ -255,26 +225,15 @@ impl Core {
             return;
         }
         let until_us = self.now.monotonic_us.saturating_add(interval_us);
-        self.presence_timers.insert((until_us, room.clone()));
-        self.presence_windows.insert(
-            room,
-            PresenceWindow {
-                until_us,
-                pending: None,
-            },
-        );
+        self.presence.open_window(room, until_us);
     }
 
     /// The windows that ended by `now_us`: each one's merged changes go out
     /// as one diff (at the end of the outputs), which opens the next
     /// window; a window without changes leaves the room quiet.
     pub(crate) fn fire_presence_windows(&mut self, now_us: u64) {
-        while let Some((at, room)) = self.presence_timers.first().cloned() {
-            if at > now_us {
-                break;
-            }
-            self.presence_timers.remove(&(at, room.clone()));
-            let Some(window) = self.presence_windows.remove(&room) else {
+        while let Some((room, window)) = self.presence.pop_due_window(now_us) {
+            let Some(window) = window else {
                 self.impossible("a presence timer without its window");
                 continue;
             };
@@ -293,15 +252,14 @@ impl Core {
 
     /// Forgets every window (shutting down: no more diffs).
     pub(crate) fn close_presence_windows(&mut self) {
-        self.presence_windows.clear();
-        self.presence_timers.clear();
+        self.presence.close_windows();
     }
 
     /// The `presence_diff` of `diff` for every member of `room`, in member
     /// order; `None` when nobody is left to tell. A member the diff lists
     /// (it joined during the window, or an engine change lists it) hears
     /// the rest, never about itself. Members whose queue is full are left
-    /// to close (`doomed`).
+    /// in the close queue, closed once the input is done.
     fn diff_sends(&mut self, room: &RoomName, diff: &PendingDiff) -> Option<Outbox> {
         let state = self.rooms.get(room)?;
         let connections = diff.connections.unwrap_or(state.members.len());
@@ -325,11 +283,12 @@ impl Core {
             } else {
                 &frame
             };
-            let Some(connection) = self.conns[slot as usize].as_mut() else {
+            let Some(connection) = self.conns.at_mut(slot) else {
                 continue;
             };
             if !Self::try_send(&mut sends, &self.config.limits, connection, frame) {
-                self.doomed.push(member);
+                self.conns
+                    .close_later(member, Some(CloseCode::SlowConsumer));
             }
         }
         (!sends.is_empty()).then_some(sends)
@@ -375,17 +334,36 @@ impl Core {
             return;
         }
         state.presence_resyncing = true;
-        let call = self.new_call(Call::PresenceResync { room: room.clone() });
-        self.engine_out.push_back(EngineRequest::PresenceList {
+        let call = self
+            .engine
+            .call(Call::PresenceResync { room: room.clone() });
+        self.engine.push(EngineRequest::PresenceList {
             call,
             room: room.clone(),
         });
     }
 
+    /// A presence list answered: a client's `presence` request, or the
+    /// list that follows a stream reset.
+    pub(crate) fn on_presence_list(
+        &mut self,
+        now: Now,
+        call: CallId,
+        result: Result<Vec<PresenceEntry>, EngineError>,
+    ) {
+        if let Some(Call::PresenceResync { room }) = self.engine.get(call) {
+            let room = room.clone();
+            self.engine.take(call);
+            self.on_presence_resync(now, room, result);
+        } else {
+            self.on_presence(now, call, result);
+        }
+    }
+
     /// The list that follows a stream reset: every member of the room is
     /// told to ask again, with the room's count. A failed list leaves the
     /// room stale: its next stream check lists it again.
-    pub(crate) fn on_presence_resync(
+    fn on_presence_resync(
         &mut self,
         now: Now,
         room: RoomName,
@@ -407,11 +385,12 @@ impl Core {
             return;
         };
         for (&member, &slot) in &state.members {
-            let Some(connection) = self.conns[slot as usize].as_mut() else {
+            let Some(connection) = self.conns.at_mut(slot) else {
                 continue;
             };
             if !Self::try_send(&mut self.outputs, &self.config.limits, connection, &frame) {
-                self.doomed.push(member);
+                self.conns
+                    .close_later(member, Some(CloseCode::SlowConsumer));
             }
         }
     }

@@ -7,17 +7,197 @@
 //! `interest off` when it goes. History outlives local members in the
 //! engine, not here.
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
 use serde::Serialize;
 
 use crate::codes::ErrorCode;
-use crate::engine::{EngineRequest, Position, PresenceEntry, ReadResult};
+use crate::engine::{CallId, EngineRequest, Numbered, Position, PresenceEntry, ReadResult};
 use crate::envelope;
-use crate::machine::{Core, PendingJoin, Room};
+#[cfg(any(test, feature = "testing"))]
+use crate::invariants::Broken;
+use crate::machine::{impossible, Core};
 use crate::names::{ConnectionId, RoomName};
+use crate::parse::{RequestId, Since};
 use crate::presence_diffs::Change;
-use crate::request::{RequestId, Since};
-use crate::requests::unreachable_slot;
 use crate::time::Now;
+
+/// One room this node has local business in: members, joins waiting for
+/// a read, or a read in flight.
+#[derive(Debug, Default)]
+pub(crate) struct Room {
+    /// Members, in id order, with their slot in `Connections` so fan-out
+    /// touches no map but the slab.
+    pub(crate) members: BTreeMap<ConnectionId, u32>,
+    /// What the members have been given: `(epoch, last seq)`. `None` until
+    /// the room's first read answers.
+    pub(crate) cursor: Option<Position>,
+    /// The room-level read in flight, and the position it reads after.
+    pub(crate) reading: Option<(CallId, Option<Position>)>,
+    /// Live messages that arrived while the read was in flight (bounded).
+    pub(crate) buffered_live: Vec<Numbered>,
+    /// Set when a live message had to be dropped or could not be placed
+    /// during the read: read again once it answers.
+    pub(crate) read_again: bool,
+    /// Joins the read in flight answers (they keep the room alive while
+    /// they are answered one by one).
+    pub(crate) joins: VecDeque<PendingJoin>,
+    /// Joins that need the next read (they reach further back).
+    pub(crate) next_joins: VecDeque<PendingJoin>,
+    /// Key in `Rooms::checks`: the next stream check (or read retry).
+    pub(crate) check_at_us: Option<u64>,
+    /// Diffs from the engine: the members may have missed presence changes
+    /// (a stream reset) and are told to ask again once the room is listed.
+    pub(crate) presence_stale: bool,
+    /// That list is in flight.
+    pub(crate) presence_resyncing: bool,
+    /// Diffs from the engine: members whose own add the engine has not
+    /// echoed yet. They are told no change until it is: a change applied
+    /// before their add is no news to them (a `presence` list they make
+    /// already shows it), and a member told one would keep its count
+    /// without itself (nobody hears a change about itself).
+    pub(crate) unechoed: BTreeSet<ConnectionId>,
+}
+
+/// A join waiting for its room's read.
+#[derive(Debug)]
+pub(crate) struct PendingJoin {
+    pub(crate) conn: ConnectionId,
+    pub(crate) since: Option<Since>,
+    pub(crate) id: Option<RequestId>,
+}
+
+/// The rooms part of [`Core`]: the rooms this node has local business in
+/// and one stream-check timer per room that has one. It keeps each room's
+/// `check_at_us` and the timer set in step; when a room exists is
+/// [`Core::ensure_room`] and [`Core::forget_if_idle`]'s.
+#[derive(Debug, Default)]
+pub(crate) struct Rooms {
+    rooms: BTreeMap<RoomName, Room>,
+    /// Rooms with a stream check due: when (one entry per room whose
+    /// `check_at_us` is set).
+    checks: BTreeSet<(u64, RoomName)>,
+}
+
+impl Rooms {
+    pub(crate) fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    pub(crate) fn get(&self, room: &RoomName) -> Option<&Room> {
+        self.rooms.get(room)
+    }
+
+    pub(crate) fn get_mut(&mut self, room: &RoomName) -> Option<&mut Room> {
+        self.rooms.get_mut(room)
+    }
+
+    /// Every room, in name order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&RoomName, &Room)> {
+        self.rooms.iter()
+    }
+
+    /// Every room's state, in name order.
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Room> {
+        self.rooms.values_mut()
+    }
+
+    /// Whether any room has a member here.
+    pub(crate) fn any_members(&self) -> bool {
+        self.rooms.values().any(|r| !r.members.is_empty())
+    }
+
+    /// The room, and whether it was created now.
+    pub(crate) fn entry(&mut self, room: &RoomName) -> (&mut Room, bool) {
+        let created = !self.rooms.contains_key(room);
+        if created {
+            self.rooms.insert(room.clone(), Room::default());
+        }
+        match self.rooms.get_mut(room) {
+            Some(state) => (state, created),
+            None => unreachable!("inserted above"),
+        }
+    }
+
+    /// Forgets a room and its stream check.
+    pub(crate) fn remove(&mut self, room: &RoomName) {
+        let Some(state) = self.rooms.remove(room) else {
+            return;
+        };
+        if let Some(at) = state.check_at_us {
+            self.checks.remove(&(at, room.clone()));
+        }
+    }
+
+    /// The room, its stream check taken down unless a read is in flight
+    /// (then it has none). One lookup: on the path of every join of a
+    /// room nobody else is in.
+    pub(crate) fn get_unchecked_mut(&mut self, room: &RoomName) -> Option<&mut Room> {
+        let state = self.rooms.get_mut(room)?;
+        if state.reading.is_none() {
+            if let Some(at) = state.check_at_us.take() {
+                self.checks.remove(&(at, room.clone()));
+            }
+        }
+        Some(state)
+    }
+
+    /// (Re)sets the room's stream check to `at`.
+    pub(crate) fn set_check(&mut self, room: &RoomName, at: u64) {
+        let Some(state) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if let Some(old) = state.check_at_us.replace(at) {
+            self.checks.remove(&(old, room.clone()));
+        }
+        self.checks.insert((at, room.clone()));
+    }
+
+    /// The earliest stream check.
+    pub(crate) fn next_check(&self) -> Option<u64> {
+        self.checks.first().map(|(at, _)| *at)
+    }
+
+    /// Takes the earliest stream check due by `now_us` off the timers (the
+    /// room's `check_at_us` is cleared by [`Core::check_stream`]).
+    pub(crate) fn pop_due_check(&mut self, now_us: u64) -> Option<RoomName> {
+        let (at, room) = self.checks.first()?.clone();
+        if at > now_us {
+            return None;
+        }
+        self.checks.remove(&(at, room.clone()));
+        Some(room)
+    }
+
+    /// The part's invariants: a timer exactly for each room with a check.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn check(&self) -> Result<(), Broken> {
+        for (name, room) in &self.rooms {
+            let timer = room.check_at_us.map(|at| (at, name.clone()));
+            let scheduled = timer.as_ref().is_some_and(|t| self.checks.contains(t));
+            if room.check_at_us.is_some() != scheduled {
+                return Err(format!("{name:?}: its stream check is not scheduled").into());
+            }
+        }
+        let with_check = self
+            .rooms
+            .values()
+            .filter(|r| r.check_at_us.is_some())
+            .count();
+        if self.checks.len() != with_check {
+            return Err(format!(
+                "{} room timers for the rooms with a stream check",
+                self.checks.len()
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
 
 impl Core {
     /// Joins `room`: answered at once when the room's stream is known here
@@ -45,8 +225,9 @@ impl Core {
         since: Option<Since>,
         id: Option<RequestId>,
     ) {
-        let Some(connection) = self.conns[slot as usize].as_mut() else {
-            unreachable_slot()
+        let Some(connection) = self.conns.at_mut(slot) else {
+            self.impossible("a join handled for an empty slot");
+            return;
         };
         let conn = connection.id;
         if connection.rooms.contains(&room) {
@@ -102,7 +283,7 @@ impl Core {
         join: PendingJoin,
         read: Option<&ReadResult>,
     ) {
-        let Some(&slot) = self.slot_of.get(&join.conn) else {
+        let Some(slot) = self.conns.slot(join.conn) else {
             return; // closed while waiting
         };
         self.finish_waiting(join.conn);
@@ -117,20 +298,23 @@ impl Core {
             };
             read.is_some_and(|r| r.epoch == cursor.epoch && r.top == cursor.seq && r.covers(&from))
         });
-        let Some(connection) = self.conns[slot as usize].as_mut() else {
-            unreachable_slot()
+        // Joins are answered from their room's read: it exists.
+        let Some(state) = self.rooms.get_mut(room) else {
+            impossible(&mut self.broken, "a join answered for a room that is gone");
+            return;
+        };
+        let Some(connection) = self.conns.at_mut(slot) else {
+            impossible(&mut self.broken, "a join answered for an empty slot");
+            return;
         };
         connection.rooms.insert(room.clone());
         let user = connection.identity.user().map(|u| u.id.clone());
-        let Some(state) = self.rooms.get_mut(room) else {
-            unreachable_slot()
-        };
         state.members.insert(join.conn, slot);
         let entry = PresenceEntry {
             conn: join.conn,
             user: user.clone(),
         };
-        self.engine_out.push_back(EngineRequest::PresenceAdd {
+        self.engine.push(EngineRequest::PresenceAdd {
             room: room.clone(),
             entry,
         });
@@ -140,7 +324,7 @@ impl Core {
         self.send(slot, reply);
         if let (Some(true), Some(since), Some(read)) = (recovered, &join.since, read) {
             for (_, frame) in read.frames_after(since.seq) {
-                if !self.slot_of.contains_key(&join.conn) {
+                if !self.conns.is_open(join.conn) {
                     break; // closed as a slow consumer mid-replay
                 }
                 self.send(slot, frame.clone());
@@ -150,7 +334,7 @@ impl Core {
 
     /// Answers a join that cannot be served (the room's first read failed).
     pub(crate) fn refuse_join(&mut self, now: Now, join: PendingJoin, why: &str) {
-        let Some(&slot) = self.slot_of.get(&join.conn) else {
+        let Some(slot) = self.conns.slot(join.conn) else {
             return;
         };
         self.finish_waiting(join.conn);
@@ -175,7 +359,7 @@ impl Core {
         }
         // At shutdown one `PresenceClear` (sent first) removes them all.
         if !self.shutting_down {
-            self.engine_out.push_back(EngineRequest::PresenceRemove {
+            self.engine.push(EngineRequest::PresenceRemove {
                 room: room.clone(),
                 conn,
             });
@@ -187,23 +371,23 @@ impl Core {
     /// Starts the periodic presence refresh when it is not running: the
     /// engine keeps this node's entries only while it hears from it.
     fn keep_presence_alive(&mut self) {
-        if self.presence_refresh_at_us.is_none() {
+        if self.presence.refresh_at().is_none() {
             let every_ms = (self.config.limits.presence_ttl_ms / 3).max(1);
             let at = self.now.monotonic_us.saturating_add(every_ms * 1000);
-            self.presence_refresh_at_us = Some(at);
+            self.presence.set_refresh_at(Some(at));
         }
     }
 
     /// The room, created (and the engine told `interest on`) when absent.
     pub(crate) fn ensure_room(&mut self, room: &RoomName) -> &mut Room {
-        if !self.rooms.contains_key(room) {
-            self.rooms.insert(room.clone(), Room::default());
-            self.engine_out.push_back(EngineRequest::Interest {
+        let (state, created) = self.rooms.entry(room);
+        if created {
+            self.engine.push(EngineRequest::Interest {
                 room: room.clone(),
                 on: true,
             });
         }
-        self.rooms.get_mut(room).expect("inserted above")
+        state
     }
 
     /// Forgets a room with no local business left (and tells the engine).
@@ -218,17 +402,14 @@ impl Core {
         if !idle {
             return;
         }
-        if let Some(at) = state.check_at_us {
-            self.room_timers.remove(&(at, room.clone()));
-        }
         self.rooms.remove(room);
-        self.engine_out.push_back(EngineRequest::Interest {
+        self.engine.push(EngineRequest::Interest {
             room: room.clone(),
             on: false,
         });
         if self.rooms.is_empty() {
             // No member left anywhere: nothing to keep alive.
-            self.presence_refresh_at_us = None;
+            self.presence.set_refresh_at(None);
         }
     }
 }

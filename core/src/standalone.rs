@@ -12,13 +12,13 @@
 //! [`Standalone::poll_answer`].
 
 use crate::config::{CoreConfig, Response, Ticket};
+use crate::engine::memory::HistoryBounds;
 use crate::engine::memory::{MemoryEngine, NodeId};
 use crate::engine::{EngineEvent, EngineRequest};
 use crate::input::Input;
 use crate::machine::Core;
 use crate::names::RoomName;
 use crate::output::Output;
-use crate::room_log::HistoryBounds;
 use crate::time::Now;
 
 /// An engine driven inline, in the caller's loop: requests in, answers and
@@ -151,8 +151,7 @@ impl<E: InlineEngine> Standalone<E> {
     }
 
     fn take_answer(&mut self, ticket: Ticket) -> Option<Response> {
-        let at = self.core.answers.iter().position(|(t, _)| *t == ticket)?;
-        self.core.answers.remove(at).map(|(_, response)| response)
+        self.core.take_answer(ticket)
     }
 
     /// The next output for a connection, in the order decided.
@@ -208,14 +207,17 @@ impl<E: InlineEngine> Standalone<E> {
     }
 
     /// The engine, for fault injection in tests.
+    #[cfg(any(test, feature = "testing"))]
     pub fn engine_mut(&mut self) -> &mut E {
         &mut self.engine
     }
 
     /// The core's and the engine's invariants.
     #[cfg(any(test, feature = "testing"))]
-    pub fn check_invariants(&self) -> Result<(), String> {
+    pub fn check_invariants(&self) -> Result<(), crate::invariants::Broken> {
         self.core.check_invariants()?;
-        self.engine.check()
+        self.engine
+            .check()
+            .map_err(crate::invariants::Broken::Engine)
     }
 }

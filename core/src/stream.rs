@@ -5,7 +5,7 @@
 //! have been given. A live message (or an append's answer) one past the
 //! cursor is fanned out; an older one is a duplicate and dropped; a jump or
 //! another epoch starts one room-level read (never one per member), during
-//! which live messages are held. The read's frames fill the gap; when
+//! which live messages are buffered. The read's frames fill the gap; when
 //! they cannot, every member is told with a `ROOM_GAP` warning carrying
 //! the position the read's frames resume from (after data loss: the start
 //! of the new epoch), and then gets those frames. Because the live stream
@@ -15,9 +15,10 @@
 
 use serde::Serialize;
 
+use crate::calls::Call;
 use crate::engine::{EngineError, EngineRequest, Numbered, Position, ReadResult};
 use crate::envelope;
-use crate::machine::{Call, Core};
+use crate::machine::{impossible, Core};
 use crate::names::RoomName;
 use crate::time::Now;
 
@@ -27,7 +28,8 @@ impl Core {
     pub(crate) fn start_read(&mut self, room: &RoomName) {
         let now = self.now;
         let has_room = self.engine_has_room(1);
-        let Some(state) = self.rooms.get_mut(room) else {
+        // A read answers what the room's check would have: it is taken down.
+        let Some(state) = self.rooms.get_unchecked_mut(room) else {
             self.impossible("read of an unknown room");
             return;
         };
@@ -35,15 +37,12 @@ impl Core {
             self.impossible("two reads of one room");
             return;
         }
-        if let Some(at) = state.check_at_us.take() {
-            self.room_timers.remove(&(at, room.clone()));
-        }
         state.joins.append(&mut state.next_joins);
         if !has_room {
             // The engine has too much in flight: refuse the joins, retry the
             // members' refill later.
             let joins: Vec<_> = state.joins.drain(..).collect();
-            state.held_live.clear();
+            state.buffered_live.clear();
             state.read_again = true;
             for join in joins {
                 self.refuse_join(now, join, "the engine is overloaded");
@@ -69,12 +68,12 @@ impl Core {
             }
         }
         state.read_again = false;
-        let call = self.new_call(Call::Read { room: room.clone() });
+        let call = self.engine.call(Call::Read { room: room.clone() });
         let Some(state) = self.rooms.get_mut(room) else {
             unreachable!("checked above")
         };
         state.reading = Some((call, after.clone()));
-        self.engine_out.push_back(EngineRequest::Read {
+        self.engine.push(EngineRequest::Read {
             call,
             room: room.clone(),
             after,
@@ -90,7 +89,7 @@ impl Core {
         call: crate::engine::CallId,
         result: Result<ReadResult, EngineError>,
     ) {
-        let Some(Call::Read { room }) = self.calls.remove(&call) else {
+        let Some(Call::Read { room }) = self.engine.take(call) else {
             self.impossible("a read answer for no read in flight");
             return;
         };
@@ -98,9 +97,14 @@ impl Core {
             self.impossible("a room forgotten while its read was in flight");
             return;
         };
-        debug_assert_eq!(state.reading.as_ref().map(|r| r.0), Some(call));
+        if state.reading.as_ref().map(|r| r.0) != Some(call) {
+            impossible(
+                &mut self.broken,
+                "a read answer that is not the room's read",
+            );
+        }
         state.reading = None;
-        let held = std::mem::take(&mut state.held_live);
+        let buffered = std::mem::take(&mut state.buffered_live);
         let failed = result.is_err();
         let mut stale = false;
         match result {
@@ -109,8 +113,8 @@ impl Core {
                 while let Some(join) = self.next_waiting_join(&room) {
                     self.complete_join(now, &room, join, Some(&read));
                 }
-                for message in held {
-                    // The read is the room's truth for its epoch: a held
+                for message in buffered {
+                    // The read is the room's truth for its epoch: a buffered
                     // message of another one is stale (or from a later
                     // reset, which the soon check below will find).
                     if message.epoch == read.epoch {
@@ -132,7 +136,7 @@ impl Core {
                     }
                 }
                 if let Some(state) = self.rooms.get_mut(&room) {
-                    // Held live messages are not lost: the retry reads them.
+                    // Buffered live messages are not lost: the retry reads them.
                     state.read_again = has_cursor;
                 }
             }
@@ -158,7 +162,7 @@ impl Core {
 
     /// The next join the answered read serves. Taken one at a time: the
     /// rest keep the room alive even if this one's joiner is closed.
-    fn next_waiting_join(&mut self, room: &RoomName) -> Option<crate::machine::PendingJoin> {
+    fn next_waiting_join(&mut self, room: &RoomName) -> Option<crate::rooms::PendingJoin> {
         self.rooms.get_mut(room)?.joins.pop_front()
     }
 
@@ -196,7 +200,12 @@ impl Core {
                 epoch: read.epoch.clone(),
                 seq: read.resume_after(),
             };
-            debug_assert!(cursor.epoch != resume.epoch || cursor.seq < resume.seq);
+            if cursor.epoch == resume.epoch && cursor.seq >= resume.seq {
+                impossible(
+                    &mut self.broken,
+                    "a gap that does not move the cursor forward",
+                );
+            }
             state.cursor = Some(resume.clone());
             self.announce_gap(room, &resume);
             resume
@@ -225,7 +234,7 @@ impl Core {
     }
 
     /// A numbered message for a room: fanned out when it is the next one,
-    /// dropped when already given, held when a read is in flight, or the
+    /// dropped when already given, buffered when a read is in flight, or the
     /// start of a refill when it jumps.
     pub(crate) fn on_stream(&mut self, message: Numbered) {
         let buffer_max = self.config.limits.stream_buffer_max;
@@ -233,8 +242,8 @@ impl Core {
             return; // nobody here follows the room (any more)
         };
         if state.reading.is_some() {
-            if state.held_live.len() < buffer_max {
-                state.held_live.push(message);
+            if state.buffered_live.len() < buffer_max {
+                state.buffered_live.push(message);
             } else {
                 // The read answers first; the next read picks this up.
                 state.read_again = true;
@@ -259,7 +268,7 @@ impl Core {
             return; // a retry read is scheduled and will carry this
         }
         let room = message.room.clone();
-        state.held_live.push(message);
+        state.buffered_live.push(message);
         self.start_read(&room);
     }
 
@@ -291,12 +300,12 @@ impl Core {
         };
         let mut overflowed = Vec::new();
         for (&member, &slot) in &state.members {
-            let Some(connection) = self.conns[slot as usize].as_mut() else {
+            let Some(connection) = self.conns.at_mut(slot) else {
                 continue;
             };
             // Held progress events are older than the gap: they go first.
             let ok =
-                Self::send_held(
+                Self::send_conflated(
                     &mut self.outputs,
                     &self.config.limits,
                     connection,
@@ -308,9 +317,7 @@ impl Core {
         }
         // Closed now, not later: a member that missed the warning must not
         // get the messages after it.
-        for conn in overflowed {
-            self.close(conn, Some(crate::codes::CloseCode::SlowConsumer));
-        }
+        self.close_each(overflowed, crate::codes::CloseCode::SlowConsumer);
     }
 
     /// (Re)schedules the room's stream check `after_ms` from now.
@@ -319,13 +326,7 @@ impl Core {
             .now
             .monotonic_us
             .saturating_add(after_ms.max(1).saturating_mul(1000));
-        let Some(state) = self.rooms.get_mut(room) else {
-            return;
-        };
-        if let Some(old) = state.check_at_us.replace(at) {
-            self.room_timers.remove(&(old, room.clone()));
-        }
-        self.room_timers.insert((at, room.clone()));
+        self.rooms.set_check(room, at);
     }
 
     /// A room's check is due: read it (which refills any gap).

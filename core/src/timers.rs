@@ -4,9 +4,9 @@
 
 use crate::codes::CloseCode;
 use crate::envelope;
-use crate::machine::{Connection, Core};
 use crate::output::Output;
 use crate::time::Now;
+use crate::{connections::Connection, machine::Core};
 
 impl Core {
     /// When the connection next needs a look: a ping, an idle close, a
@@ -19,7 +19,7 @@ impl Core {
             .max(connection.last_ping_us)
             .saturating_add(ping_us);
         let mut at = idle_at.min(ping_at);
-        if let Some(flush_at) = connection.held.flush_at_us() {
+        if let Some(flush_at) = connection.conflated.flush_at_us() {
             at = at.min(flush_at);
         }
         if let Some(deadline) = connection.token_deadline_us {
@@ -47,60 +47,51 @@ impl Core {
 
     /// (Re)computes the timer of the connection in `slot`.
     pub(crate) fn schedule(&mut self, slot: u32) {
-        let Some(connection) = self.conns[slot as usize].as_ref() else {
+        let Some(connection) = self.conns.at(slot) else {
             return;
         };
         let at = self.next_check_us(connection);
-        let (old, id) = (connection.timer_at_us, connection.id);
-        self.timers.remove(&(old, id));
-        self.timers.insert((at, id));
-        if let Some(connection) = self.conns[slot as usize].as_mut() {
-            connection.timer_at_us = at;
-        }
+        self.conns.set_timer(slot, at);
     }
 
     pub(crate) fn fire_timers(&mut self, now: Now) {
         let now_us = now.monotonic_us;
-        if self.presence_refresh_at_us.is_some_and(|at| at <= now_us) {
-            self.engine_out
-                .push_back(crate::engine::EngineRequest::PresenceRefresh);
+        if self.presence.refresh_at().is_some_and(|at| at <= now_us) {
+            self.engine
+                .push(crate::engine::EngineRequest::PresenceRefresh);
             // Keep refreshing while any member is here.
-            let members = self.rooms.values().any(|r| !r.members.is_empty());
+            let members = self.rooms.any_members();
             let every_ms = (self.config.limits.presence_ttl_ms / 3).max(1);
-            self.presence_refresh_at_us = members.then(|| now_us.saturating_add(every_ms * 1000));
+            self.presence
+                .set_refresh_at(members.then(|| now_us.saturating_add(every_ms * 1000)));
         }
         self.fire_presence_windows(now_us);
-        while let Some((at, room)) = self.room_timers.first().cloned() {
-            if at > now_us {
-                break;
-            }
-            self.room_timers.remove(&(at, room.clone()));
+        while let Some(room) = self.rooms.pop_due_check(now_us) {
             self.check_stream(&room);
         }
         let (idle_us, ping_us) = self.heartbeat_us();
-        while let Some(&(at, conn)) = self.timers.first() {
-            if at > now_us {
-                break;
-            }
-            self.timers.remove(&(at, conn));
-            let Some(&slot) = self.slot_of.get(&conn) else {
+        while let Some(conn) = self.conns.pop_due_timer(now_us) {
+            let Some(slot) = self.conns.slot(conn) else {
                 continue;
             };
-            let Some(connection) = self.conns[slot as usize].as_mut() else {
+            let Some(connection) = self.conns.at_mut(slot) else {
                 continue;
             };
             if connection.token_deadline_us.is_some_and(|d| d <= now_us) {
                 self.close(conn, Some(CloseCode::TokenExpired));
                 continue;
             }
-            let flush_due = connection.held.flush_at_us().is_some_and(|at| at <= now_us);
+            let flush_due = connection
+                .conflated
+                .flush_at_us()
+                .is_some_and(|at| at <= now_us);
             if flush_due
-                && !Self::send_held(&mut self.outputs, &self.config.limits, connection, None)
+                && !Self::send_conflated(&mut self.outputs, &self.config.limits, connection, None)
             {
                 self.close(conn, Some(CloseCode::SlowConsumer));
                 continue;
             }
-            let Some(connection) = self.conns[slot as usize].as_mut() else {
+            let Some(connection) = self.conns.at_mut(slot) else {
                 continue;
             };
             let warn_at = connection.token_deadline_us.map(|d| {
@@ -120,11 +111,11 @@ impl Core {
                 });
                 let frame = envelope::envelope("system_warning", now.unix_ms, None, &data, None);
                 self.send(slot, frame);
-                if !self.slot_of.contains_key(&conn) {
+                if !self.conns.is_open(conn) {
                     continue;
                 }
             }
-            let Some(connection) = self.conns[slot as usize].as_mut() else {
+            let Some(connection) = self.conns.at_mut(slot) else {
                 continue;
             };
             let silent_us = now_us.saturating_sub(connection.last_heard_us);

@@ -5,7 +5,7 @@
 //! join or publish that would create one more is refused with
 //! `ENGINE_UNAVAILABLE`, never a crash).
 
-use roomcast_core::publish::PublishError;
+use roomcast_core::validate::PublishError;
 use roomcast_core::{
     ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output, Publish, Response, RoomName,
     Standalone, TextFrame,

@@ -5,9 +5,9 @@
 //! The core is driven directly; its engine requests are answered by an
 //! in-memory engine, or held back and answered by hand.
 
+use roomcast_core::engine::memory::HistoryBounds;
 use roomcast_core::engine::memory::MemoryEngine;
 use roomcast_core::engine::{EngineEvent, EngineRequest};
-use roomcast_core::room_log::HistoryBounds;
 use roomcast_core::{
     ConnectionId, Core, CoreConfig, Identity, Input, Now, Output, Publish, Response, RoomName, User,
 };
@@ -202,7 +202,7 @@ fn a_busy_answer_waits_behind_a_join_that_waits_for_the_engine() {
     );
     // The join waits for the room's read; the next message was refused by
     // the shell (inbound budget full) and must be answered after it.
-    let busy = Some(roomcast_core::request::RequestId::Text("b".into()));
+    let busy = Some(roomcast_core::parse::RequestId::Text("b".into()));
     h.core.handle(h.now(), Input::Busy { conn: a, id: busy });
     h.text(a, json!({"action": "ping", "id": "p"}));
     assert!(h.frames().is_empty(), "nothing before the engine answers");

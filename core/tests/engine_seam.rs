@@ -2,13 +2,13 @@
 //! core is driven directly; its engine requests are answered by hand (from
 //! an in-memory engine, or planted), late, out of order, lost or failed.
 
+use roomcast_core::engine::memory::HistoryBounds;
 use roomcast_core::engine::memory::MemoryEngine;
 use roomcast_core::engine::{
     CallId, EngineError, EngineEvent, EngineRequest, Numbered, ReadResult,
 };
 use roomcast_core::oracle::{Observed, Oracle, Sent};
-use roomcast_core::publish::PublishError;
-use roomcast_core::room_log::HistoryBounds;
+use roomcast_core::validate::PublishError;
 use roomcast_core::{
     ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now, Output, Publish, Response,
     RoomName, User,

@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use roomcast_core::access::AccessRule;
-use roomcast_core::publish::DirectMessage;
+use roomcast_core::validate::DirectMessage;
 use roomcast_core::{
     AccessRules, CloseCode, ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output,
     Publish, Response, RoomAccess, RoomName, SendTarget, Standalone, User,
@@ -1063,13 +1063,13 @@ fn input<'a>(op: &Op, text: &'a mut String) -> Input<'a> {
             kind: kind.name().to_owned(),
             data: obj(kind.data(*n)),
         }),
-        Op::SendUser(u, n) => Input::Send(DirectMessage {
+        Op::SendUser(u, n) => Input::Direct(DirectMessage {
             target: SendTarget::User(USERS[*u as usize].to_owned()),
             kind: "system_info".to_owned(),
             data: obj(direct_data(*n)),
             to_other_nodes: true,
         }),
-        Op::SendConn(c, n) => Input::Send(DirectMessage {
+        Op::SendConn(c, n) => Input::Direct(DirectMessage {
             target: SendTarget::Connection(conn_id(*c)),
             kind: "system_info".to_owned(),
             data: obj(direct_data(*n)),

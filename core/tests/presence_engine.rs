@@ -4,9 +4,9 @@
 //! answered by an in-memory engine, and `PresenceChanged` events are
 //! planted as a shared engine would send them.
 
+use roomcast_core::engine::memory::HistoryBounds;
 use roomcast_core::engine::memory::MemoryEngine;
 use roomcast_core::engine::{EngineError, EngineEvent, EngineRequest, PresenceEntry};
-use roomcast_core::room_log::HistoryBounds;
 use roomcast_core::{
     ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now, Output, RoomName, RoomOptions,
     User,

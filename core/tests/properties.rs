@@ -1,10 +1,10 @@
-//! Properties of `roomcast_core::request::parse_request`: total (no input
+//! Properties of `roomcast_core::parse::parse_request`: total (no input
 //! panics, every input gets exactly one answer), and well-formed requests
 //! round-trip through `Request::to_json`.
 
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
-use roomcast_core::request::{parse_request, Action, Rejection, Request, RequestId, Since};
+use roomcast_core::parse::{parse_request, Action, Rejection, Request, RequestId, Since};
 use roomcast_core::{ErrorCode, RoomName};
 use serde_json::{Map, Number, Value};
 

@@ -3,7 +3,7 @@
 //! `poll_timeout` and `check_invariants` (checked after every step).
 
 use roomcast_core::access::AccessRule;
-use roomcast_core::publish::DirectMessage;
+use roomcast_core::validate::DirectMessage;
 use roomcast_core::{
     AccessRules, CloseCode, ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output,
     Publish, PublishReceipt, Response, RoomAccess, RoomName, SendTarget, Standalone, User,
@@ -106,7 +106,7 @@ fn publish(rooms: &[&str], kind: &str, data: Value) -> Input<'static> {
 }
 
 fn direct(target: SendTarget, kind: &str, data: Value) -> Input<'static> {
-    Input::Send(DirectMessage {
+    Input::Direct(DirectMessage {
         target,
         kind: kind.to_owned(),
         data: obj(data),

@@ -6,7 +6,7 @@
 //! The file interleaves inputs (`> at_us verb args`), the outputs each one
 //! produced (`< ...`) and the response (`= ...`).
 
-use roomcast_core::publish::parse_broadcast_body;
+use roomcast_core::validate::parse_broadcast_body;
 use roomcast_core::{
     ConnectionId, CoreConfig, Identity, Input, Limits, MessageTypes, Now, Output, Response,
     RoomOptions, Standalone, User,

@@ -1,3 +1,3 @@
 #![no_main]
-//! Fuzz target `client_message`: see `roomcast_net::fuzzing::client_message` for the properties it checks.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| roomcast_net::fuzzing::client_message(data));
+//! Fuzz target `client_message`: see `roomcast_testkit::fuzz::client_message` for the properties it checks.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| roomcast_testkit::fuzz::client_message(data));

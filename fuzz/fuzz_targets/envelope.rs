@@ -1,3 +1,3 @@
 #![no_main]
-//! Fuzz target `envelope`: see `roomcast_net::fuzzing::envelope_round_trip` for the properties it checks.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| roomcast_net::fuzzing::envelope_round_trip(data));
+//! Fuzz target `envelope`: see `roomcast_testkit::fuzz::envelope_round_trip` for the properties it checks.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| roomcast_testkit::fuzz::envelope_round_trip(data));

@@ -556,7 +556,7 @@ async fn broadcast(
     let body = read_body(app, request).await?;
     let inbound = inbound_share(app, body.len())?;
     let publish =
-        roomcast_core::publish::parse_broadcast_body(&body, &app.types, &app.config.limits)
+        roomcast_core::validate::parse_broadcast_body(&body, &app.types, &app.config.limits)
             .map_err(invalid)?;
     if let Some(room) = publish.rooms.iter().find(|room| !user.can_publish(room)) {
         return Err(ApiError::new(
@@ -619,7 +619,7 @@ async fn send(
     }
     let body = read_body(app, request).await?;
     let inbound = inbound_share(app, body.len())?;
-    let message = roomcast_core::publish::parse_send_body(&body, &app.types).map_err(invalid)?;
+    let message = roomcast_core::validate::parse_send_body(&body, &app.types).map_err(invalid)?;
     let mut answers = Vec::with_capacity(app.hubs.len());
     // This shard first: it passes the message on to other nodes, and holds
     // the body's share of the inbound budget.
@@ -655,7 +655,7 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roomcast_core::publish::RoomSeq;
+    use roomcast_core::validate::RoomSeq;
     use roomcast_core::{PublishError, RoomName};
 
     #[test]

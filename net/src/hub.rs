@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use roomcast_core::publish::DirectMessage;
-use roomcast_core::request::RequestId;
+use roomcast_core::parse::RequestId;
+use roomcast_core::validate::DirectMessage;
 use roomcast_core::{
     CloseCode, ConnectionId, Identity, Input, Output, Publish, PublishError, PublishReceipt,
     Response, Ticket,
@@ -437,7 +437,7 @@ impl Hub {
                 reply,
                 inbound: _inbound,
             } => {
-                let answer = match shard.handle(now, Input::Send(message)) {
+                let answer = match shard.handle(now, Input::Direct(message)) {
                     Response::Sent { delivered } => Ok(delivered),
                     Response::Rejected(error) => Err(error),
                     other => Err(PublishError::InvalidBody(format!(

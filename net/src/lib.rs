@@ -42,8 +42,6 @@ pub mod config;
 pub mod devmode;
 pub mod engine;
 pub mod error;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 mod hooks;
 mod http;
 mod http_client;

@@ -158,9 +158,10 @@ async fn serve_engine<L: Listener>(
         epoch_prefix: node_id.clone(),
         server_name: config.server_name.clone(),
         rooms: config.rooms.clone(),
-        // A shared engine tells every node's presence changes: diffs are
-        // built from those (cluster-wide), not from this node's own.
-        presence_diffs_from_engine: config.engine.redis_url.is_some(),
+        // A shared engine (Redis, or a link the caller gave, such as the
+        // simulator's broker) tells every node's presence changes: diffs
+        // are built from those (cluster-wide), not from this node's own.
+        presence_diffs_from_engine: config.engine.redis_url.is_some() || link.is_some(),
         join_hook: config.hooks.join_url.is_some(),
     };
     let hooks = Arc::new(Hooks::new(&config.hooks, &metrics));

@@ -362,7 +362,7 @@ fn step(
             // No room: refused, answered (in order) with SERVER_BUSY.
             None => HubInput::Busy {
                 conn,
-                id: match roomcast_core::request::parse_request(&text) {
+                id: match roomcast_core::parse::parse_request(&text) {
                     Ok(request) => request.id,
                     Err(rejection) => rejection.id,
                 },

@@ -21,11 +21,11 @@ use std::time::Instant;
 
 use roomcast_core::engine::faults::{EngineFaults, FaultyEngine};
 use roomcast_core::oracle::{ClientKey, Observed, Oracle, Sent, Violation};
-use roomcast_core::publish::DirectMessage;
 use roomcast_core::standalone::memory_engine;
+use roomcast_core::validate::DirectMessage;
 use roomcast_core::{
-    ConnectionId, CoreConfig, Identity, Input, Now, Output, Publish, PublishError, Response,
-    RoomName, SendTarget, Standalone, TextFrame, User,
+    ConnectionId, CoreConfig, Identity, Input, Now, Output, Publish, Response, RoomName,
+    SendTarget, Standalone, TextFrame, User,
 };
 use serde_json::{json, Map};
 
@@ -338,7 +338,7 @@ impl CoreSim {
     fn check_core(&self) -> Result<(), SimError> {
         self.core
             .check_invariants()
-            .map_err(|e| ("core invariants".to_owned(), e))
+            .map_err(|e| ("core invariants".to_owned(), e.to_string()))
     }
 
     /// Lets `ms` of virtual time pass deadline by deadline (clients answer

@@ -36,7 +36,41 @@ struct Args {
     shards: usize,
 }
 
-fn parse_args() -> Result<Args, String> {
+/// Why the command line was not understood (printed, exit status 2).
+#[derive(Debug)]
+enum ArgsError {
+    /// `-h` / `--help`: the usage alone.
+    Help,
+    /// A flag without its value.
+    Missing(String),
+    NotANumber(String),
+    /// `--seeds` without `..`.
+    SeedRange,
+    Unknown(String),
+    Tier,
+    NotOnOff {
+        flag: String,
+        value: String,
+    },
+}
+
+impl std::fmt::Display for ArgsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArgsError::Help => f.write_str(USAGE),
+            ArgsError::Missing(flag) => write!(f, "{flag} needs a value"),
+            ArgsError::NotANumber(v) => write!(f, "not a number: {v}"),
+            ArgsError::SeedRange => f.write_str("--seeds takes A..B"),
+            ArgsError::Unknown(other) => write!(f, "unknown argument {other}\n{USAGE}"),
+            ArgsError::Tier => write!(f, "--tier must be core, net or both\n{USAGE}"),
+            ArgsError::NotOnOff { flag, value } => {
+                write!(f, "{flag} takes on or off, not {value}")
+            }
+        }
+    }
+}
+
+fn parse_args() -> Result<Args, ArgsError> {
     let mut args = Args {
         seeds: 42..43,
         tier: "both".into(),
@@ -50,8 +84,8 @@ fn parse_args() -> Result<Args, String> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        let number = |v: String| v.parse::<u64>().map_err(|_| format!("not a number: {v}"));
+        let mut value = || it.next().ok_or_else(|| ArgsError::Missing(flag.clone()));
+        let number = |v: String| v.parse::<u64>().map_err(|_| ArgsError::NotANumber(v));
         match flag.as_str() {
             "--seed" => {
                 let seed = number(value()?)?;
@@ -59,7 +93,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--seeds" => {
                 let v = value()?;
-                let (a, b) = v.split_once("..").ok_or("--seeds takes A..B")?;
+                let (a, b) = v.split_once("..").ok_or(ArgsError::SeedRange)?;
                 args.seeds = number(a.to_owned())?..number(b.to_owned())?;
             }
             "--tier" => args.tier = value()?,
@@ -70,21 +104,24 @@ fn parse_args() -> Result<Args, String> {
             "--nodes" => args.nodes = number(value()?)?.max(1) as usize,
             "--broker-faults" => args.broker_faults = on_off(&flag, value()?)?,
             "--shards" => args.shards = number(value()?)?.max(1) as usize,
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+            "-h" | "--help" => return Err(ArgsError::Help),
+            other => return Err(ArgsError::Unknown(other.to_owned())),
         }
     }
     if !matches!(args.tier.as_str(), "core" | "net" | "both") {
-        return Err(format!("--tier must be core, net or both\n{USAGE}"));
+        return Err(ArgsError::Tier);
     }
     Ok(args)
 }
 
-fn on_off(flag: &str, value: String) -> Result<bool, String> {
+fn on_off(flag: &str, value: String) -> Result<bool, ArgsError> {
     match value.as_str() {
         "on" => Ok(true),
         "off" => Ok(false),
-        other => Err(format!("{flag} takes on or off, not {other}")),
+        _ => Err(ArgsError::NotOnOff {
+            flag: flag.to_owned(),
+            value,
+        }),
     }
 }
 

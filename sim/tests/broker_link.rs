@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use roomcast_core::engine::memory::HistoryBounds;
 use roomcast_core::engine::{CallId, EngineEvent, EngineRequest, Unnumbered};
-use roomcast_core::room_log::HistoryBounds;
 use roomcast_core::RoomName;
 use roomcast_sim::broker::host::{self, BrokerConfig, BrokerShared};
 use roomcast_sim::broker::link::{self, LinkConfig, LinkStats};
@@ -60,6 +60,7 @@ fn timeouts_answer_once_and_a_reconnect_resets_the_stream() -> turmoil::Result {
         epoch_prefix: "b1".into(),
         idle_timeout: Duration::from_secs(10),
         outbound_frames_max: 1_000,
+        presence_changes: Default::default(),
     };
     let shared = Rc::new(RefCell::new(BrokerShared::new(SimRng::new(1))));
     sim.host(BROKER, move || host::run(config.clone(), shared.clone()));

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use roomcast_net::fuzzing::TARGETS;
+use roomcast_testkit::fuzz::TARGETS;
 
 #[test]
 fn every_corpus_entry_and_artifact_passes() {

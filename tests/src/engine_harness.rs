@@ -9,12 +9,12 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::redis_server::{RedisCluster, RedisServer};
+use roomcast_core::engine::memory::HistoryBounds;
 use roomcast_core::engine::memory::MemoryEngine;
 use roomcast_core::engine::{
     CallId, EngineError, EngineEvent, EngineRequest, Epoch, Numbered, Position, PresenceEntry,
     ReadResult, Unnumbered,
 };
-use roomcast_core::room_log::HistoryBounds;
 use roomcast_core::{ConnectionId, RoomName, RoomOptions};
 use roomcast_net::engine::redis::{spawn, RedisSettings};
 use roomcast_net::engine::EngineLink;

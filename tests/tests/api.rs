@@ -482,7 +482,7 @@ async fn broadcast_metrics_count_publishes_and_deliveries() {
 /// PROTOCOL section 7: "Publishing to a room with no members is not an
 /// error (it is numbered and kept; delivered is 0)" and "History and seq
 /// outlive membership". The server drops a room's log as soon as it is
-/// empty (core/src/room_log.rs, `retain_when_empty` is `false`), so every
+/// empty (core/src/engine/memory/room_log.rs, `retain_when_empty` is `false`), so every
 /// publish to an empty room is seq 1 of a new epoch.
 #[tokio::test]
 async fn publishes_to_an_empty_room_are_numbered_and_kept() {

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use roomcast_core::request::{parse_request, Action};
+use roomcast_core::parse::{parse_request, Action};
 use roomcast_core::{CloseCode, ErrorCode, MessageTypes, WarningCode};
 use serde_json::Value;
 

@@ -1,6 +1,6 @@
 //! [`MemoryEngine`]: the engine of a single process, as a pure state machine.
 //!
-//! It keeps each room's [`RoomLog`] (epoch, top `seq`, bounded history) and
+//! It keeps each room's `RoomLog` (`memory/room_log.rs`) (epoch, top `seq`, bounded history) and
 //! which nodes follow the room, answers every request at once and never
 //! loses a live message. A room lives while a node follows it or while its
 //! history lasts; then it is dropped, and the next use creates it again
@@ -48,7 +48,11 @@ use super::{
 };
 use crate::config::RoomOptions;
 use crate::names::RoomName;
-use crate::room_log::{HistoryBounds, RoomLog};
+
+mod room_log;
+
+pub use room_log::HistoryBounds;
+use room_log::RoomLog;
 
 /// Identifies one node (one core) among those sharing an engine.
 pub type NodeId = u32;

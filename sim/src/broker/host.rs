@@ -31,9 +31,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::Duration;
 
+use roomcast_core::engine::memory::HistoryBounds;
 use roomcast_core::engine::memory::{MemoryEngine, NodeId};
 use roomcast_core::engine::{EngineEvent, EngineRequest, Epoch};
-use roomcast_core::room_log::HistoryBounds;
 use roomcast_core::RoomName;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -57,6 +57,10 @@ pub struct BrokerConfig {
     pub idle_timeout: Duration,
     /// Frames queued for one session at most; beyond, the session is dropped.
     pub outbound_frames_max: usize,
+    /// Rooms whose presence changes the broker tells the nodes that follow
+    /// them (`EngineEvent::PresenceChanged`), as Redis does for the rooms
+    /// with presence diffs.
+    pub presence_changes: roomcast_core::RoomOptions,
 }
 
 /// What outlives a broker lifetime and is shared with the controller: the
@@ -135,7 +139,8 @@ pub async fn run(config: BrokerConfig, shared: BrokerHandle) -> turmoil::Result 
         config.bounds,
         config.epoch_prefix.clone(),
         config.presence_ttl_us,
-    );
+    )
+    .with_presence_changes(config.presence_changes.clone());
     if shared.borrow().skip_rollback_check {
         engine.skip_rollback_check();
     }

@@ -58,20 +58,53 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
     bytes
 }
 
+/// Why a frame's body could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WireError {
+    /// Not JSON.
+    Json(String),
+    /// JSON, but not the shape of a frame: what did not fit.
+    Shape(String),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Json(why) | WireError::Shape(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+impl From<String> for WireError {
+    fn from(why: String) -> WireError {
+        WireError::Shape(why)
+    }
+}
+
+impl From<&str> for WireError {
+    fn from(why: &str) -> WireError {
+        WireError::Shape(why.to_owned())
+    }
+}
+
 /// Decodes a frame's JSON body.
-pub fn decode(body: &[u8]) -> Result<Frame, String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+pub fn decode(body: &[u8]) -> Result<Frame, WireError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| WireError::Json(e.to_string()))?;
     let Value::Object(map) = &value else {
         return Err("a frame is a JSON object".into());
     };
     let (kind, inner) = map.iter().next().ok_or("an empty frame")?;
     Ok(match kind.as_str() {
-        "hello" => Frame::Hello(u32::try_from(number(inner)?).map_err(|e| e.to_string())?),
+        "hello" => Frame::Hello(
+            u32::try_from(number(inner)?).map_err(|e| WireError::Shape(e.to_string()))?,
+        ),
         "ping" => Frame::Ping(number(inner)?),
         "pong" => Frame::Pong(number(inner)?),
         "req" => Frame::Request(request_from(inner)?),
         "ev" => Frame::Event(event_from(inner)?),
-        other => return Err(format!("unknown frame {other:?}")),
+        other => return Err(format!("unknown frame {other:?}").into()),
     })
 }
 
@@ -94,7 +127,7 @@ pub async fn read_frame(io: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Op
     }
     let mut body = vec![0u8; length];
     io.read_exact(&mut body).await?;
-    decode(&body).map(Some).map_err(invalid)
+    decode(&body).map(Some).map_err(|e| invalid(e.to_string()))
 }
 
 fn invalid(why: String) -> std::io::Error {
@@ -215,7 +248,7 @@ fn position_json(position: Option<&Position>) -> Value {
     position.map_or(Value::Null, |p| json!({"epoch": &*p.epoch, "seq": p.seq}))
 }
 
-fn position_from(value: &Value) -> Result<Option<Position>, String> {
+fn position_from(value: &Value) -> Result<Option<Position>, WireError> {
     Ok(match value {
         Value::Null => None,
         position => Some(Position {
@@ -225,7 +258,7 @@ fn position_from(value: &Value) -> Result<Option<Position>, String> {
     })
 }
 
-fn request_from(value: &Value) -> Result<EngineRequest, String> {
+fn request_from(value: &Value) -> Result<EngineRequest, WireError> {
     let (kind, v) = single(value)?;
     Ok(match kind {
         "append" => EngineRequest::Append {
@@ -270,11 +303,11 @@ fn request_from(value: &Value) -> Result<EngineRequest, String> {
             target: target_from(&v["target"])?,
             frame: TextFrame::from(string(&v["frame"])?),
         },
-        other => return Err(format!("unknown request {other:?}")),
+        other => return Err(format!("unknown request {other:?}").into()),
     })
 }
 
-fn event_from(value: &Value) -> Result<EngineEvent, String> {
+fn event_from(value: &Value) -> Result<EngineEvent, WireError> {
     let (kind, v) = single(value)?;
     Ok(match kind {
         "appended" => EngineEvent::Appended {
@@ -292,7 +325,7 @@ fn event_from(value: &Value) -> Result<EngineEvent, String> {
                     frames: frames
                         .iter()
                         .map(|pair| Ok((number(&pair[0])?, TextFrame::from(string(&pair[1])?))))
-                        .collect::<Result<_, String>>()?,
+                        .collect::<Result<_, WireError>>()?,
                 })
             })?,
         },
@@ -312,11 +345,11 @@ fn event_from(value: &Value) -> Result<EngineEvent, String> {
             frame: TextFrame::from(string(&v["frame"])?),
         },
         "stream_reset" => EngineEvent::StreamReset,
-        other => return Err(format!("unknown event {other:?}")),
+        other => return Err(format!("unknown event {other:?}").into()),
     })
 }
 
-fn entries_from(entries: &Value) -> Result<Vec<PresenceEntry>, String> {
+fn entries_from(entries: &Value) -> Result<Vec<PresenceEntry>, WireError> {
     entries
         .as_array()
         .ok_or("presence without entries")?
@@ -330,7 +363,7 @@ fn entries_from(entries: &Value) -> Result<Vec<PresenceEntry>, String> {
         .collect()
 }
 
-fn numbered_from(v: &Value) -> Result<Numbered, String> {
+fn numbered_from(v: &Value) -> Result<Numbered, WireError> {
     Ok(Numbered {
         room: room(v)?,
         epoch: string(&v["epoch"])?.into(),
@@ -342,8 +375,8 @@ fn numbered_from(v: &Value) -> Result<Numbered, String> {
 
 fn result<T>(
     v: &Value,
-    ok: impl FnOnce(&Value) -> Result<T, String>,
-) -> Result<Result<T, EngineError>, String> {
+    ok: impl FnOnce(&Value) -> Result<T, WireError>,
+) -> Result<Result<T, EngineError>, WireError> {
     match (v.get("ok"), v.get("err")) {
         (Some(value), None) => ok(value).map(Ok),
         (None, Some(why)) => Ok(Err(EngineError::Unavailable(string(why)?))),
@@ -351,7 +384,7 @@ fn result<T>(
     }
 }
 
-fn target_from(v: &Value) -> Result<SendTarget, String> {
+fn target_from(v: &Value) -> Result<SendTarget, WireError> {
     match (v.get("user"), v.get("conn")) {
         (Some(user), None) => Ok(SendTarget::User(string(user)?)),
         (None, Some(c)) => Ok(SendTarget::Connection(conn(c)?)),
@@ -359,46 +392,47 @@ fn target_from(v: &Value) -> Result<SendTarget, String> {
     }
 }
 
-fn single(value: &Value) -> Result<(&str, &Value), String> {
+fn single(value: &Value) -> Result<(&str, &Value), WireError> {
     match value {
         Value::Object(map) if map.len() == 1 => {
             let (kind, inner) = map.iter().next().ok_or("empty")?;
             Ok((kind.as_str(), inner))
         }
-        _ => Err(format!("expected one tagged object, got {value}")),
+        _ => Err(format!("expected one tagged object, got {value}").into()),
     }
 }
 
-fn number(v: &Value) -> Result<u64, String> {
+fn number(v: &Value) -> Result<u64, WireError> {
     v.as_u64()
-        .ok_or_else(|| format!("expected a number, got {v}"))
+        .ok_or_else(|| WireError::Shape(format!("expected a number, got {v}")))
 }
 
-fn string(v: &Value) -> Result<String, String> {
+fn string(v: &Value) -> Result<String, WireError> {
     v.as_str()
         .map(str::to_owned)
-        .ok_or_else(|| format!("expected a string, got {v}"))
+        .ok_or_else(|| WireError::Shape(format!("expected a string, got {v}")))
 }
 
-fn optional_string(v: &Value) -> Result<Option<String>, String> {
+fn optional_string(v: &Value) -> Result<Option<String>, WireError> {
     match v {
         Value::Null => Ok(None),
         other => string(other).map(Some),
     }
 }
 
-fn call(v: &Value) -> Result<CallId, String> {
+fn call(v: &Value) -> Result<CallId, WireError> {
     number(&v["call"]).map(CallId)
 }
 
-fn room(v: &Value) -> Result<RoomName, String> {
+fn room(v: &Value) -> Result<RoomName, WireError> {
     let name = string(&v["room"])?;
-    RoomName::new(&name).ok_or_else(|| format!("invalid room name {name:?}"))
+    RoomName::new(&name).ok_or_else(|| WireError::Shape(format!("invalid room name {name:?}")))
 }
 
-fn conn(v: &Value) -> Result<ConnectionId, String> {
+fn conn(v: &Value) -> Result<ConnectionId, WireError> {
     let text = string(v)?;
-    ConnectionId::parse(&text).ok_or_else(|| format!("invalid connection id {text:?}"))
+    ConnectionId::parse(&text)
+        .ok_or_else(|| WireError::Shape(format!("invalid connection id {text:?}")))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ impl CoreSim {
                 data: Map::new(),
                 to_other_nodes: true,
             };
-            self.input(0, "direct", Input::Send(message))?;
+            self.input(0, "direct", Input::Direct(message))?;
             return Ok(());
         }
         let Some(key) = self.pick_client() else {
@@ -151,16 +151,9 @@ impl CoreSim {
     }
 
     /// Tells the oracle what the publisher was told.
+    /// Tells the oracle what the publisher was told (the bookkeeping the
+    /// `core_events` fuzz target shares).
     pub(super) fn record_receipt(&mut self, response: Response) {
-        let rooms = match response {
-            Response::Published(receipt) => receipt.rooms,
-            // Rooms appended before the engine failed the rest were delivered.
-            Response::Rejected(PublishError::EngineUnavailable { appended, .. }) => appended,
-            _ => return,
-        };
-        for room in rooms {
-            self.oracle
-                .published(room.room.as_str(), &room.epoch, room.seq);
-        }
+        roomcast_testkit::record_receipt(&mut self.oracle, response);
     }
 }

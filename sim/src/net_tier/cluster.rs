@@ -175,6 +175,7 @@ pub(crate) fn add_broker(
     sim: &mut turmoil::Sim<'_>,
     limits: &Limits,
     timing: &ClusterTiming,
+    rooms: &roomcast_core::RoomOptions,
     shared: BrokerHandle,
 ) {
     let core_config = CoreConfig {
@@ -188,6 +189,7 @@ pub(crate) fn add_broker(
         epoch_prefix: String::new(),
         idle_timeout: Duration::from_millis(timing.broker_idle_ms),
         outbound_frames_max: 100_000,
+        presence_changes: rooms.clone(),
     };
     let lifetimes = Rc::new(Cell::new(0u64));
     sim.host(BROKER, move || {

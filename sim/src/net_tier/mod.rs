@@ -249,7 +249,7 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
     };
     let mut config = ServerConfig {
         limits: limits.clone(),
-        rooms: room_options,
+        rooms: room_options.clone(),
         close_flush_timeout_ms: 1_000,
         shutdown_drain_ms: 1_000,
         // Not drawn from the seed, so a seed's workload is the same at
@@ -268,7 +268,7 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
     let link_stats = Arc::new(LinkStats::default());
     match (&timing, &broker) {
         (Some(timing), Some(broker)) => {
-            cluster::add_broker(&mut sim, &limits, timing, broker.clone());
+            cluster::add_broker(&mut sim, &limits, timing, &room_options, broker.clone());
             for (index, host) in node_names.iter().enumerate() {
                 let config = config.clone();
                 cluster::add_node(&mut sim, index, host, config, timing, seed, &link_stats);

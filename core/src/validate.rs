@@ -203,7 +203,7 @@ pub fn validate_message(
     data: &Map<String, Value>,
 ) -> Result<(), PublishError> {
     if !types.contains(kind) || RESERVED_TYPES.contains(&kind) {
-        let shown = crate::request::truncate(kind, TYPE_NAME_MAX_BYTES);
+        let shown = crate::parse::truncate(kind, TYPE_NAME_MAX_BYTES);
         return Err(PublishError::UnknownType(format!(
             "unknown or reserved message type: {shown}"
         )));

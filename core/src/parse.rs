@@ -188,20 +188,18 @@ pub fn parse_request(text: &str) -> Result<Request, Rejection> {
                 .room
                 .and_then(|r| serde_json::from_str::<Value>(r.get()).ok());
             let room_value = data.get("room").or(top_level_room.as_ref());
-            let room =
-                subscription_room(room_value).map_err(|m| (ErrorCode::InvalidSubscription, m));
+            let room = subscription_room(room_value);
             match (action.as_str(), room) {
                 (_, Err(e)) => Err(e),
                 ("join", Ok(room)) => parse_since(data.get("since"))
                     .map(|since| Action::Join { room, since })
-                    .map_err(|m| (ErrorCode::InvalidMessage, m)),
+                    .map_err(|bad| (ErrorCode::InvalidMessage, bad.message())),
                 (_, Ok(room)) => Ok(Action::Leave { room }),
             }
         }
         "ping" => Ok(Action::Ping),
-        "presence" => subscription_room(data.get("room"))
-            .map_err(|m| (ErrorCode::InvalidSubscription, m))
-            .and_then(|room| match data.get("after") {
+        "presence" => {
+            subscription_room(data.get("room")).and_then(|room| match data.get("after") {
                 None | Some(Value::Null) => Ok(Action::Presence { room, after: None }),
                 Some(Value::String(after)) => Ok(Action::Presence {
                     room,
@@ -211,7 +209,8 @@ pub fn parse_request(text: &str) -> Result<Request, Rejection> {
                     ErrorCode::InvalidMessage,
                     "presence 'after' must be a string".into(),
                 )),
-            }),
+            })
+        }
         "publish" => parse_publish(data),
         "refresh" => match data.get("token") {
             Some(Value::String(token)) if !token.is_empty() => Ok(Action::Refresh {
@@ -244,21 +243,53 @@ fn parse_id(raw: &RawValue) -> Option<RequestId> {
     }
 }
 
-fn subscription_room(value: Option<&Value>) -> Result<RoomName, String> {
-    match value {
-        None | Some(Value::Null) => Err("Invalid room subscription: room is missing".into()),
-        Some(Value::String(name)) if name.is_empty() => {
-            Err("Invalid room subscription: room is empty".into())
+/// Why a request's `room` is not a room (answered `INVALID_SUBSCRIPTION`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BadRoom {
+    Missing,
+    Empty,
+    Invalid,
+    NotString,
+}
+
+impl BadRoom {
+    /// The error message sent to the client.
+    fn message(self) -> String {
+        match self {
+            BadRoom::Missing => "Invalid room subscription: room is missing",
+            BadRoom::Empty => "Invalid room subscription: room is empty",
+            BadRoom::Invalid => {
+                "Invalid room subscription: room names are 1-128 bytes of [A-Za-z0-9_.:-]"
+            }
+            BadRoom::NotString => "Invalid room subscription: room must be a string",
         }
-        Some(Value::String(name)) => RoomName::new(name).ok_or_else(|| {
-            "Invalid room subscription: room names are 1-128 bytes of [A-Za-z0-9_.:-]".into()
-        }),
-        Some(_) => Err("Invalid room subscription: room must be a string".into()),
+        .to_owned()
     }
 }
 
-fn parse_since(value: Option<&Value>) -> Result<Option<Since>, String> {
-    let bad = || "since must be {\"epoch\": string, \"seq\": non-negative integer}".to_owned();
+fn subscription_room(value: Option<&Value>) -> Result<RoomName, (ErrorCode, String)> {
+    let room = match value {
+        None | Some(Value::Null) => Err(BadRoom::Missing),
+        Some(Value::String(name)) if name.is_empty() => Err(BadRoom::Empty),
+        Some(Value::String(name)) => RoomName::new(name).ok_or(BadRoom::Invalid),
+        Some(_) => Err(BadRoom::NotString),
+    };
+    room.map_err(|bad| (ErrorCode::InvalidSubscription, bad.message()))
+}
+
+/// A `since` that is not `{"epoch": string, "seq": non-negative integer}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BadSince;
+
+impl BadSince {
+    /// The error message sent to the client (`INVALID_MESSAGE`).
+    fn message(self) -> String {
+        "since must be {\"epoch\": string, \"seq\": non-negative integer}".to_owned()
+    }
+}
+
+fn parse_since(value: Option<&Value>) -> Result<Option<Since>, BadSince> {
+    let bad = || BadSince;
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(since)) => match (since.get("epoch"), since.get("seq")) {
@@ -276,8 +307,7 @@ fn parse_since(value: Option<&Value>) -> Result<Option<Since>, String> {
 }
 
 fn parse_publish(mut data: Map<String, Value>) -> Result<Action, (ErrorCode, String)> {
-    let room =
-        subscription_room(data.get("room")).map_err(|m| (ErrorCode::InvalidSubscription, m))?;
+    let room = subscription_room(data.get("room"))?;
     let Some(Value::String(kind)) = data.remove("type") else {
         return Err((
             ErrorCode::InvalidMessage,

@@ -10,16 +10,17 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::access::User;
+use crate::calls::Call;
 use crate::checks::{Check, PendingCheck};
 use crate::codes::{CloseCode, ErrorCode};
+use crate::connections::Deferred;
 use crate::engine::{CallId, EngineError, EngineRequest, PresenceEntry};
 use crate::envelope;
-use crate::machine::{Call, Core, Deferred};
+use crate::machine::Core;
 use crate::names::{ConnectionId, RoomName};
 use crate::output::TextFrame;
+use crate::parse::{parse_request, Action, Rejection, RequestId};
 use crate::rate::Verdict;
-use crate::request::{parse_request, Action, Rejection, RequestId};
 use crate::time::Now;
 
 impl Core {
@@ -27,10 +28,10 @@ impl Core {
     /// that waits for the engine.
     pub(crate) fn client_message(&mut self, now: Now, conn: ConnectionId, text: Option<&str>) {
         let deferred_max = self.config.limits.engine_deferred_messages_max;
-        let Some(&slot) = self.slot_of.get(&conn) else {
+        let Some(slot) = self.conns.slot(conn) else {
             return;
         };
-        let Some(connection) = self.conns[slot as usize].as_mut() else {
+        let Some(connection) = self.conns.at_mut(slot) else {
             return;
         };
         connection.last_heard_us = now.monotonic_us;
@@ -69,7 +70,7 @@ impl Core {
     /// past `engine_deferred_messages_max` is.
     pub(crate) fn busy_message(&mut self, now: Now, conn: ConnectionId, id: Option<RequestId>) {
         let deferred_max = self.config.limits.engine_deferred_messages_max;
-        let Some(connection) = self.conn_mut(conn) else {
+        let Some(connection) = self.conns.get_mut(conn) else {
             return;
         };
         connection.last_heard_us = now.monotonic_us;
@@ -88,7 +89,7 @@ impl Core {
 
     /// The `SERVER_BUSY` answer to a refused message.
     pub(crate) fn answer_busy(&mut self, now: Now, conn: ConnectionId, id: Option<&RequestId>) {
-        let Some(&slot) = self.slot_of.get(&conn) else {
+        let Some(slot) = self.conns.slot(conn) else {
             return;
         };
         let message = "the server is busy: message not executed; retry later";
@@ -105,7 +106,7 @@ impl Core {
         text: Option<&str>,
         verdict: Verdict,
     ) {
-        let Some(&slot) = self.slot_of.get(&conn) else {
+        let Some(slot) = self.conns.slot(conn) else {
             return;
         };
         let parsed = match text {
@@ -157,7 +158,12 @@ impl Core {
                 return self.client_publish(now, slot, room, kind, data, request.id)
             }
             Action::Refresh { token } => {
-                if connection_user(&self.conns, slot).is_none() {
+                if self
+                    .conns
+                    .at(slot)
+                    .and_then(|c| c.identity.user())
+                    .is_none()
+                {
                     let message =
                         "an anonymous connection has no token to refresh; reconnect with a token";
                     envelope::error(now.unix_ms, ErrorCode::InvalidToken, message, id)
@@ -173,14 +179,17 @@ impl Core {
     }
 
     fn leave(&mut self, now: Now, slot: u32, room: RoomName, id: Option<&RequestId>) -> TextFrame {
-        let Some(connection) = self.conns[slot as usize].as_mut() else {
-            unreachable_slot()
-        };
-        if connection.rooms.remove(&room) {
-            connection.held.drop_room(&room);
-            let conn = connection.id;
-            let user = connection.identity.user().map(|u| u.id.clone());
-            self.remove_member(&room, conn, user.as_deref());
+        match self.conns.at_mut(slot) {
+            Some(connection) => {
+                if connection.rooms.remove(&room) {
+                    connection.conflated.drop_room(&room);
+                    let conn = connection.id;
+                    let user = connection.identity.user().map(|u| u.id.clone());
+                    self.remove_member(&room, conn, user.as_deref());
+                }
+            }
+            // The reply then finds no connection either (`send`).
+            None => self.impossible("a leave handled for an empty slot"),
         }
         #[derive(Serialize)]
         struct Left<'a> {
@@ -204,8 +213,9 @@ impl Core {
         after: Option<String>,
         id: Option<RequestId>,
     ) {
-        let Some(connection) = self.conns[slot as usize].as_ref() else {
-            unreachable_slot()
+        let Some(connection) = self.conns.at(slot) else {
+            self.impossible("a presence request handled for an empty slot");
+            return;
         };
         let conn = connection.id;
         if !connection.rooms.contains(&room) {
@@ -223,14 +233,13 @@ impl Core {
             );
             return self.send(slot, frame);
         }
-        let call = self.new_call(Call::Presence {
+        let call = self.engine.call(Call::Presence {
             conn,
             room: room.clone(),
             after,
             id,
         });
-        self.engine_out
-            .push_back(EngineRequest::PresenceList { call, room });
+        self.engine.push(EngineRequest::PresenceList { call, room });
         self.start_waiting(conn);
     }
 
@@ -246,12 +255,12 @@ impl Core {
             room,
             after,
             id,
-        }) = self.calls.remove(&call)
+        }) = self.engine.take(call)
         else {
             self.impossible("a presence answer for no presence request");
             return;
         };
-        let Some(&slot) = self.slot_of.get(&conn) else {
+        let Some(slot) = self.conns.slot(conn) else {
             return; // closed while waiting
         };
         self.finish_waiting(conn);
@@ -311,19 +320,4 @@ fn presence_reply(
         next: if more { page.last().copied() } else { None },
     };
     envelope::envelope("presence", now.unix_ms, None, &data, id)
-}
-
-/// The user behind the connection in `slot`, if authenticated.
-pub(crate) fn connection_user(
-    conns: &[Option<crate::machine::Connection>],
-    slot: u32,
-) -> Option<&User> {
-    conns.get(slot as usize)?.as_ref()?.identity.user()
-}
-
-#[track_caller]
-pub(crate) fn unreachable_slot() -> ! {
-    // Only called with the slot of the connection whose message is being
-    // handled, which is live for the whole call.
-    unreachable!("handler called for an empty slot")
 }
