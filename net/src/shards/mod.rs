@@ -3,7 +3,7 @@
 //! A shard is a hub (`crate::hub`) with its own core, and the sockets
 //! placed on it: their HTTP connections, WebSocket reading tasks and
 //! writes all run on the shard's runtime. In production each shard has a
-//! thread of its own (`roomcast-shard-<i>`) with a current-thread tokio
+//! thread of its own (`rc-shard-<i>`: Linux keeps 15 bytes of a thread name) with a current-thread tokio
 //! runtime; under the simulator the shards are tasks of the host's
 //! runtime ([`ShardRuntime::Tasks`]), the code otherwise the same.
 //!
@@ -63,7 +63,7 @@ impl Runtimes {
                     let (handle_tx, handle_rx) = std::sync::mpsc::channel();
                     let (stop, stopped) = oneshot::channel::<()>();
                     let thread = std::thread::Builder::new()
-                        .name(format!("roomcast-shard-{index}"))
+                        .name(format!("rc-shard-{index}"))
                         .spawn(move || {
                             let runtime = match tokio::runtime::Builder::new_current_thread()
                                 .enable_all()

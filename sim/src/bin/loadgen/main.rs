@@ -12,7 +12,7 @@
 //! `fanout --window W` keeps at most W broadcasts on their way (the next
 //! publish waits until every member has the one W back): a closed loop
 //! whose deliveries/s is the server's capacity, not the offered rate
-//! (`scripts/bench-shards`). `--thread-prefix roomcast-shard` reads the
+//! (`scripts/bench-shards`). `--thread-prefix rc-shard` reads the
 //! CPU time of the server's threads so named at every broadcast and
 //! reports each one's share of the server's CPU per broadcast
 //! (`procfs.rs`). `--threads N` gives loadgen itself N runtime threads

@@ -91,8 +91,8 @@ fn threads(pid: u32) -> Vec<Thread> {
 /// every thread's CPU time at each broadcast and computes, for each
 /// interval between two broadcasts, each shard thread's share of what the
 /// whole process spent in it. Shard threads are those whose name starts
-/// with the prefix (`roomcast-shard-<i>`; the kernel keeps 15 bytes of a
-/// name, so they are told apart by thread id, in creation order).
+/// with the prefix (`rc-shard-<i>`), told apart by thread id, in
+/// creation order.
 pub struct ThreadShares {
     pid: u32,
     prefix: String,
