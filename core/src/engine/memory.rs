@@ -49,6 +49,7 @@ use super::{
 use crate::config::RoomOptions;
 use crate::names::RoomName;
 
+mod invariants;
 mod room_log;
 
 pub use room_log::HistoryBounds;
@@ -553,92 +554,6 @@ impl MemoryEngine {
             "the server keeps at most {} rooms (rooms_max), all in use; room {room} cannot be created now",
             self.bounds.rooms_max
         ))
-    }
-
-    /// Checks the engine's own invariants (tests, simulator, fuzzers).
-    pub fn check(&self) -> Result<(), String> {
-        self.presence.check()?;
-        for (name, room) in &self.rooms {
-            room.log
-                .check(self.bounds)
-                .map_err(|e| format!("engine room {name:?}: {e}"))?;
-            if room.followers.is_empty() && !room.log.retain_when_empty() {
-                return Err(format!(
-                    "engine room {name:?} has no followers and no history but is kept"
-                ));
-            }
-            let scheduled = room
-                .expiry_at_us
-                .is_some_and(|at| self.expiries.contains(&(at, name.clone())));
-            if room.followers.is_empty() != scheduled {
-                return Err(format!(
-                    "engine room {name:?}: an expiry timer must run exactly while nobody follows it"
-                ));
-            }
-            if room.counted_bytes != room.log.bytes() {
-                return Err(format!(
-                    "engine room {name:?}: {} history bytes counted, {} kept",
-                    room.counted_bytes,
-                    room.log.bytes()
-                ));
-            }
-            let indexed = room
-                .oldest_us
-                .is_some_and(|at| self.oldest.contains(&(at, name.clone())));
-            if room.oldest_us != room.log.oldest_published_us()
-                || indexed != room.oldest_us.is_some()
-            {
-                return Err(format!(
-                    "engine room {name:?}: its oldest entry is not indexed for the byte budget"
-                ));
-            }
-        }
-        let unfollowed = self.rooms.values().filter(|r| r.followers.is_empty());
-        if self.expiries.len() != unfollowed.count() {
-            return Err(format!(
-                "{} engine expiry timers for the unfollowed rooms",
-                self.expiries.len()
-            ));
-        }
-        let with_history = self.rooms.values().filter(|r| r.oldest_us.is_some());
-        if self.oldest.len() != with_history.count() {
-            return Err(format!(
-                "{} oldest-entry index entries for the rooms with history",
-                self.oldest.len()
-            ));
-        }
-        let counted: usize = self.rooms.values().map(|r| r.counted_bytes).sum();
-        if counted != self.history_bytes {
-            return Err(format!(
-                "{} history bytes in total, {counted} in the rooms",
-                self.history_bytes
-            ));
-        }
-        if self.history_bytes > self.bounds.bytes_max {
-            return Err(format!(
-                "{} history bytes kept, over history_bytes_max {}",
-                self.history_bytes, self.bounds.bytes_max
-            ));
-        }
-        if self.rooms.len() > self.bounds.rooms_max {
-            return Err(format!(
-                "{} rooms kept, over rooms_max {}",
-                self.rooms.len(),
-                self.bounds.rooms_max
-            ));
-        }
-        for (node, name) in &self.refused {
-            if self
-                .rooms
-                .get(name)
-                .is_some_and(|r| r.followers.contains(node))
-            {
-                return Err(format!(
-                    "node {node} follows {name:?} but its interest is marked refused"
-                ));
-            }
-        }
-        Ok(())
     }
 }
 

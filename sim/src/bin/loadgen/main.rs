@@ -58,123 +58,13 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+mod args;
 mod procfs;
 
+use args::{parse_args, Args};
 use procfs::{peak_rss, server_usage, servers_usage, ThreadShares};
 
 type Ws = WebSocketStream<TcpStream>;
-
-struct Args {
-    mode: String,
-    /// The nodes (the first one for ping/pong and idle).
-    addrs: Vec<SocketAddr>,
-    /// The nodes' processes (their CPU is summed).
-    pids: Vec<u32>,
-    /// The shared engine's process, measured apart.
-    engine_pid: Option<u32>,
-    /// A Redis to count commands on (`INFO commandstats`).
-    redis_addr: Option<SocketAddr>,
-    token: String,
-    members: usize,
-    broadcasts: usize,
-    rate: f64,
-    payload: usize,
-    conns: usize,
-    seconds: u64,
-    steps: Vec<usize>,
-    room: String,
-    /// Fail (exit 1) when a fan-out misses any delivery (the CI smoke run).
-    require_all: bool,
-    /// Fan-out: at most this many broadcasts on their way at once (0: no
-    /// bound, only `--rate`); a closed loop that measures capacity.
-    window: usize,
-    /// Threads of loadgen's own runtime (1: one thread, as the
-    /// side-by-side benchmarks always ran).
-    threads: usize,
-    /// Fan-out: sample the CPU of the server threads whose name starts
-    /// with this, per broadcast (the first `--pid`).
-    thread_prefix: Option<String>,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1);
-    let mode = it
-        .next()
-        .ok_or("usage: loadgen fanout|pingpong|idle|joinstorm|connects [--flags]")?;
-    let mut args = Args {
-        mode,
-        addrs: vec!["127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?],
-        pids: Vec::new(),
-        engine_pid: None,
-        redis_addr: None,
-        token: String::new(),
-        members: 1000,
-        broadcasts: 200,
-        rate: 50.0,
-        payload: 100,
-        conns: 100,
-        seconds: 5,
-        steps: vec![1000, 5000, 15000],
-        room: "bench".into(),
-        require_all: false,
-        window: 0,
-        threads: 1,
-        thread_prefix: None,
-    };
-    while let Some(flag) = it.next() {
-        if flag == "--require-all" {
-            args.require_all = true;
-            continue;
-        }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = || {
-            value
-                .parse::<u64>()
-                .map_err(|_| format!("{flag}: not a number: {value}"))
-        };
-        match flag.as_str() {
-            "--addr" => {
-                args.addrs = value
-                    .split(',')
-                    .map(|a| a.trim().parse().map_err(|e| format!("--addr {a}: {e}")))
-                    .collect::<Result<_, _>>()?
-            }
-            "--pid" => {
-                args.pids = value
-                    .split(',')
-                    .map(|p| p.trim().parse().map_err(|_| format!("--pid: {p}")))
-                    .collect::<Result<_, _>>()?
-            }
-            "--engine-pid" => args.engine_pid = Some(number()? as u32),
-            "--redis-addr" => {
-                args.redis_addr = Some(value.parse().map_err(|e| format!("--redis-addr: {e}"))?)
-            }
-            "--token" => args.token = value.clone(),
-            "--members" => args.members = number()? as usize,
-            "--broadcasts" => args.broadcasts = number()? as usize,
-            "--rate" => {
-                args.rate = value
-                    .parse()
-                    .map_err(|_| "--rate: not a number".to_owned())?
-            }
-            "--payload" => args.payload = number()? as usize,
-            "--conns" => args.conns = number()? as usize,
-            "--seconds" => args.seconds = number()?,
-            "--steps" => {
-                args.steps = value
-                    .split(',')
-                    .map(|s| s.trim().parse().map_err(|_| format!("--steps: {s}")))
-                    .collect::<Result<_, _>>()?
-            }
-            "--room" => args.room = value.clone(),
-            "--window" => args.window = number()? as usize,
-            "--threads" => args.threads = (number()? as usize).max(1),
-            "--thread-prefix" => args.thread_prefix = Some(value.clone()),
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    Ok(args)
-}
 
 /// Opens one WebSocket from source address 127.0.0.(2 + n % 253).
 async fn connect(addr: SocketAddr, n: usize) -> Result<Ws, String> {
