@@ -186,24 +186,8 @@ impl Link {
     }
 }
 
-/// The answer to a call the engine cannot take.
+/// The answer to a call the engine cannot take (its task stopped).
 fn refuse(refused: &mut VecDeque<EngineEvent>, request: EngineRequest) {
-    let error = || EngineError::Unavailable("the engine task stopped".into());
-    let event = match request {
-        EngineRequest::Append { call, .. } => EngineEvent::Appended {
-            call,
-            result: Err(error()),
-            peer_members: 0,
-        },
-        EngineRequest::Read { call, .. } => EngineEvent::Read {
-            call,
-            result: Err(error()),
-        },
-        EngineRequest::PresenceList { call, .. } => EngineEvent::Presence {
-            call,
-            result: Err(error()),
-        },
-        _ => return,
-    };
-    refused.push_back(event);
+    let error = EngineError::Unavailable("the engine task stopped".into());
+    refused.extend(request.failed(error));
 }

@@ -181,35 +181,17 @@ impl InlineEngine for FaultyEngine {
             self.point = self.inner.tops();
         }
         let failure = || EngineError::Unavailable("injected engine failure".into());
-        match request {
-            EngineRequest::Append { call, .. } if self.strikes(self.faults.fail_per_mille) => {
+        // Only calls can fail (one draw each); the answer is the one the
+        // request is owed.
+        let failed = request
+            .failed(failure())
+            .filter(|_| self.strikes(self.faults.fail_per_mille));
+        match failed {
+            Some(event) => {
                 self.counts.failed += 1;
-                let event = EngineEvent::Appended {
-                    call,
-                    result: Err(failure()),
-                    peer_members: 0,
-                };
                 self.schedule(now_us, node, event);
             }
-            EngineRequest::PresenceList { call, .. }
-                if self.strikes(self.faults.fail_per_mille) =>
-            {
-                self.counts.failed += 1;
-                let event = EngineEvent::Presence {
-                    call,
-                    result: Err(failure()),
-                };
-                self.schedule(now_us, node, event);
-            }
-            EngineRequest::Read { call, .. } if self.strikes(self.faults.fail_per_mille) => {
-                self.counts.failed += 1;
-                let event = EngineEvent::Read {
-                    call,
-                    result: Err(failure()),
-                };
-                self.schedule(now_us, node, event);
-            }
-            request => {
+            None => {
                 self.inner.handle(node, now_us, request);
                 while let Some((to, event)) = self.inner.poll_event() {
                     if matches!(event, EngineEvent::Live(_))

@@ -232,6 +232,31 @@ pub enum EngineRequest {
     },
 }
 
+impl EngineRequest {
+    /// The answer this request is owed when it fails with `error` (the
+    /// engine refused it, is gone, or timed out): the same call with an
+    /// `Err` result. `None` for requests that get no answer.
+    pub fn failed(&self, error: EngineError) -> Option<EngineEvent> {
+        let event = match *self {
+            EngineRequest::Append { call, .. } => EngineEvent::Appended {
+                call,
+                result: Err(error),
+                peer_members: 0,
+            },
+            EngineRequest::Read { call, .. } => EngineEvent::Read {
+                call,
+                result: Err(error),
+            },
+            EngineRequest::PresenceList { call, .. } => EngineEvent::Presence {
+                call,
+                result: Err(error),
+            },
+            _ => return None,
+        };
+        Some(event)
+    }
+}
+
 /// One member as presence lists it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PresenceEntry {

@@ -64,11 +64,11 @@ async fn run(
                     break;
                 }
                 for request in batch.drain(..) {
-                    engine.handle(NODE, clock.now().monotonic_us, request);
+                    engine.handle(NODE, clock.monotonic_us(), request);
                 }
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                engine.on_timeout(clock.now().monotonic_us);
+                engine.on_timeout(clock.monotonic_us());
             }
         }
         // Before the answers go out: a client that saw its join answered

@@ -277,30 +277,12 @@ impl Router {
         }
     }
 
-    /// Answers a call the engine can no longer take with a failure.
+    /// Answers a call the engine can no longer take with a failure, as
+    /// if the engine had: [`Router::route`] takes it back to its shard.
     async fn refuse(&mut self, request: EngineRequest) {
-        let error = || EngineError::Unavailable("the engine task stopped".into());
-        let (call, event): (CallId, fn(CallId, EngineError) -> EngineEvent) = match request {
-            EngineRequest::Append { call, .. } => (call, |call, error| EngineEvent::Appended {
-                call,
-                result: Err(error),
-                peer_members: 0,
-            }),
-            EngineRequest::Read { call, .. } => (call, |call, error| EngineEvent::Read {
-                call,
-                result: Err(error),
-            }),
-            EngineRequest::PresenceList { call, .. } => {
-                (call, |call, error| EngineEvent::Presence {
-                    call,
-                    result: Err(error),
-                })
-            }
-            // No answer is owed.
-            _ => return,
-        };
-        if let Some(caller) = self.answered(call) {
-            self.send(caller.shard, event(caller.call, error())).await;
+        let error = EngineError::Unavailable("the engine task stopped".into());
+        if let Some(event) = request.failed(error) {
+            self.route(event).await;
         }
     }
 
