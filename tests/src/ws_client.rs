@@ -196,6 +196,26 @@ impl Client {
         }
     }
 
+    /// Reads the answers to `count` pings sent with ids `0..count`, in
+    /// order: each a `pong` or a `SERVER_BUSY` error. Returns how many were
+    /// refused.
+    pub async fn pongs_or_server_busy(&mut self, count: usize) -> usize {
+        let mut busy = 0;
+        for i in 0..count {
+            let reply = self.recv_json().await;
+            assert_eq!(reply["id"], i, "one answer per message, in order: {reply}");
+            match reply["type"].as_str() {
+                Some("pong") => {}
+                Some("error") => {
+                    assert_error(&reply, "SERVER_BUSY");
+                    busy += 1;
+                }
+                _ => panic!("{reply}"),
+            }
+        }
+        busy
+    }
+
     /// The next JSON text message (within [`TIMEOUT`]).
     pub async fn recv_json(&mut self) -> Value {
         self.recv_json_within(TIMEOUT)

@@ -158,19 +158,7 @@ async fn inbound_bytes_are_bounded_and_overflow_is_answered_server_busy() {
         c.ws.feed(Message::text(text)).await.expect("feed");
     }
     c.ws.flush().await.expect("flush");
-    let mut busy = 0;
-    for i in 0..MESSAGES {
-        let reply = c.recv_json().await;
-        assert_eq!(reply["id"], i, "one answer per message, in order: {reply}");
-        match reply["type"].as_str() {
-            Some("pong") => {}
-            Some("error") => {
-                roomcast_tests::assert_error(&reply, "SERVER_BUSY");
-                busy += 1;
-            }
-            _ => panic!("{reply}"),
-        }
-    }
+    let busy = c.pongs_or_server_busy(MESSAGES).await;
     eprintln!("inbound budget of 2 KiB: {busy} of {MESSAGES} 1 KiB messages refused");
     assert!(busy > 0, "the budget was never full");
     assert!(busy < MESSAGES, "nothing got through");

@@ -39,19 +39,7 @@ async fn server_busy_waits_behind_a_join_that_waits_for_redis() {
     c.ws.flush().await.expect("flush");
     let first = c.recv_json().await;
     assert_eq!(first["id"], "join", "the join's reply comes first: {first}");
-    let mut busy = 0;
-    for i in 0..PINGS {
-        let reply = c.recv_json().await;
-        assert_eq!(reply["id"], i, "one answer per message, in order: {reply}");
-        match reply["type"].as_str() {
-            Some("pong") => {}
-            Some("error") => {
-                roomcast_tests::assert_error(&reply, "SERVER_BUSY");
-                busy += 1;
-            }
-            _ => panic!("{reply}"),
-        }
-    }
+    let busy = c.pongs_or_server_busy(PINGS).await;
     eprintln!("{busy} of {PINGS} pings refused SERVER_BUSY behind the join");
     assert!(busy > 0, "the budget was never full: nothing was shown");
     c.close().await;
