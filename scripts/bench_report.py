@@ -41,6 +41,9 @@ for (server, mode, size), results in sorted(groups.items(), key=natural):
         print(f"| {server} | fan-out | {size} | latency p50 / p99 / max | {lat['p50']/1000:.1f} / {lat['p99']/1000:.1f} / {lat['max']/1000:.1f} ms | {len(results)} |")
         print(f"| {server} | fan-out | {size} | deliveries/s | {rate:.0f} | {len(results)} |")
         print(f"| {server} | fan-out | {size} | every delivery received | {'yes' if ok else 'NO'} | {len(results)} |")
+        fpw = [r["frames_per_write"] for r in results if r.get("frames_per_write")]
+        if fpw:
+            print(f"| {server} | fan-out | {size} | frames per socket write | {med(fpw):.1f} | {len(fpw)} |")
         if all("receipt_us" in r for r in results):
             rec = {p: med([r["receipt_us"][p] for r in results]) for p in ("p50", "p99")}
             print(f"| {server} | fan-out | {size} | publish receipt p50 / p99 | {rec['p50']/1000:.2f} / {rec['p99']/1000:.2f} ms | {len(results)} |")

@@ -548,6 +548,7 @@ impl Hub {
         if flushed.text_bytes > 0 {
             self.metrics.messages_out.inc_by(flushed.frames);
             self.metrics.bytes_out.inc_by(flushed.text_bytes as u64);
+            self.metrics.socket_writes.inc_by(flushed.writes);
             if let Some(at) = oldest_publish {
                 self.metrics
                     .publish_to_write_seconds

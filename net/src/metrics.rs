@@ -68,6 +68,9 @@ pub struct Metrics {
     pub messages_out: Counter,
     /// Bytes of frames written to clients.
     pub bytes_out: Counter,
+    /// Socket writes that carried frames (`messages_out / socket_writes`
+    /// is how many frames one write carries: the batching under load).
+    pub socket_writes: Counter,
     /// Broadcasts accepted (per room).
     pub broadcasts: Counter,
     /// Broadcast frames handed to members.
@@ -113,6 +116,7 @@ impl Metrics {
         let bytes_in = Counter::default();
         let messages_out = Counter::default();
         let bytes_out = Counter::default();
+        let socket_writes = Counter::default();
         let broadcasts = Counter::default();
         let deliveries = Counter::default();
         let server_busy = Counter::default();
@@ -199,6 +203,11 @@ impl Metrics {
             bytes_out.clone(),
         );
         registry.register(
+            "socket_writes",
+            "Socket writes that carried frames (messages_out / socket_writes: frames per write)",
+            socket_writes.clone(),
+        );
+        registry.register(
             "broadcasts",
             "Room broadcasts published",
             broadcasts.clone(),
@@ -239,6 +248,7 @@ impl Metrics {
             bytes_in,
             messages_out,
             bytes_out,
+            socket_writes,
             broadcasts,
             deliveries,
             server_busy,

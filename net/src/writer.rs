@@ -166,6 +166,9 @@ pub struct Flushed {
     pub text_bytes: usize,
     /// Text frames that left completely.
     pub frames: u64,
+    /// Write calls that took bytes (one per vectored write: several frames
+    /// each when the queue held several).
+    pub writes: u64,
     /// The socket failed; the connection is finished.
     pub failed: bool,
     /// The socket did not take everything (it pushed back): the rest waits
@@ -408,7 +411,10 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
                     done.failed = true;
                     return done;
                 }
-                Poll::Ready(Ok(written)) => self.advance(written, &mut done),
+                Poll::Ready(Ok(written)) => {
+                    done.writes += 1;
+                    self.advance(written, &mut done);
+                }
                 Poll::Pending if registered => {
                     self.blocked = true;
                     done.blocked = true;

@@ -64,6 +64,7 @@ fn partial_writes_and_full_sockets_keep_frames_whole_and_in_order() {
         let flushed = writer.flush(conn, &writable);
         total.text_bytes += flushed.text_bytes;
         total.frames += flushed.frames;
+        total.writes += flushed.writes;
         if !writer.wants_flush() && writer.queue.is_empty() {
             break;
         }
@@ -77,6 +78,9 @@ fn partial_writes_and_full_sockets_keep_frames_whole_and_in_order() {
     assert!(writer.queue.is_empty(), "everything was written");
     assert_eq!(total.frames, 3);
     assert_eq!(total.text_bytes, 5 + 3000 + 5);
+    // Every other call of the socket took bytes (the odd ones): each is
+    // one write (`roomcast_socket_writes_total`).
+    assert_eq!(total.writes, writer.io.calls.div_ceil(2) as u64);
     let mut expected = vec![0x81, 5];
     expected.extend_from_slice(b"first");
     expected.extend_from_slice(&[0x81, 126, 0x0b, 0xb8]);

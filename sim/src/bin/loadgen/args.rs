@@ -32,6 +32,11 @@ pub(crate) struct Args {
     /// Fan-out: sample the CPU of the server threads whose name starts
     /// with this, per broadcast (the first `--pid`).
     pub(crate) thread_prefix: Option<String>,
+    /// Fan-out: publish connections per node. 1: each publish waits for
+    /// the previous one's receipt (the publish rate then depends on the
+    /// server's answer time); more: the ticker never waits for a receipt
+    /// (an open loop at `--rate`), publish n going over connection n % N.
+    pub(crate) publishers: usize,
 }
 
 pub(crate) fn parse_args() -> Result<Args, String> {
@@ -58,6 +63,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
         window: 0,
         threads: 1,
         thread_prefix: None,
+        publishers: 1,
     };
     while let Some(flag) = it.next() {
         if flag == "--require-all" {
@@ -108,6 +114,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             "--window" => args.window = number()? as usize,
             "--threads" => args.threads = (number()? as usize).max(1),
             "--thread-prefix" => args.thread_prefix = Some(value.clone()),
+            "--publishers" => args.publishers = (number()? as usize).max(1),
             other => return Err(format!("unknown flag {other}")),
         }
     }

@@ -18,6 +18,10 @@
 //! (`procfs.rs`). `--threads N` gives loadgen itself N runtime threads
 //! (a bigger machine's server outruns one).
 //!
+//! `fanout --publishers N` publishes over N connections per node without
+//! waiting for receipts (an open loop; `publishers.rs` says why), and the
+//! fan-out reports `frames_per_write` from roomcast's `/metrics`.
+//!
 //! `connects`: `--conns` WebSockets opened as fast as they go; connects
 //! per second and the server's CPU per connect.
 //!
@@ -60,9 +64,11 @@ use tokio_tungstenite::WebSocketStream;
 
 mod args;
 mod procfs;
+mod publishers;
 
 use args::{parse_args, Args};
 use procfs::{peak_rss, server_usage, servers_usage, ThreadShares};
+use publishers::Publishers;
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -253,10 +259,7 @@ async fn fanout(args: &Args) -> Result<Value, String> {
             ws
         }));
     }
-    let mut publishers = Vec::with_capacity(args.addrs.len());
-    for &addr in &args.addrs {
-        publishers.push(api(addr).await?);
-    }
+    let mut publishers = Publishers::open(&args.addrs, args.publishers).await?;
     let pad = "x".repeat(args.payload.saturating_sub(40));
     let mut shares = args
         .thread_prefix
@@ -266,12 +269,10 @@ async fn fanout(args: &Args) -> Result<Value, String> {
     let (cpu_before, _) = servers_usage(&args.pids);
     let (engine_cpu_before, _) = server_usage(args.engine_pid);
     let commands_before = redis_commands(args.redis_addr).await?;
+    let writes_before = frames_and_writes(&args.addrs).await;
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
     let mut ticker = tokio::time::interval(interval);
-    // From sending a publish to its receipt (the HTTP answer, after the
-    // engine numbered it).
-    let mut receipts = Vec::with_capacity(args.broadcasts);
     for n in 0..args.broadcasts {
         ticker.tick().await;
         if args.window > 0 && n >= args.window {
@@ -298,8 +299,6 @@ async fn fanout(args: &Args) -> Result<Value, String> {
         if let Some(shares) = &mut shares {
             shares.sample();
         }
-        let publisher = &mut publishers[n % args.addrs.len()];
-        let sent = Instant::now();
         let body = json!({"room": args.room, "type": "download_progress", "data": {"key": "bench", "t": clock.elapsed().as_micros() as u64, "pad": pad}});
         let request = hyper::Request::post("/api/broadcast")
             .header("host", "bench")
@@ -307,18 +306,9 @@ async fn fanout(args: &Args) -> Result<Value, String> {
             .header("authorization", format!("Bearer {}", args.token))
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| e.to_string())?;
-        publisher.ready().await.map_err(|e| e.to_string())?;
-        let response = publisher
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let _ = response.into_body().collect().await;
-        if !status.is_success() {
-            return Err(format!("publish answered {status}"));
-        }
-        receipts.push(sent.elapsed().as_micros() as u64);
+        publishers.publish(n, request).await?;
     }
+    let mut receipts = publishers.finish().await?;
     let expected = (args.members * args.broadcasts) as u64;
     let deadline = Instant::now() + Duration::from_secs(30);
     while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
@@ -331,6 +321,7 @@ async fn fanout(args: &Args) -> Result<Value, String> {
     let (cpu_after, rss) = servers_usage(&args.pids);
     let (engine_cpu_after, _) = server_usage(args.engine_pid);
     let commands_after = redis_commands(args.redis_addr).await?;
+    let writes_after = frames_and_writes(&args.addrs).await;
     let got = received.load(Ordering::Relaxed);
     for reader in readers {
         reader.abort();
@@ -356,6 +347,9 @@ async fn fanout(args: &Args) -> Result<Value, String> {
         "deliveries_per_sec": (got as f64 / elapsed).round(),
         "latency_us": {"p50": percentile(&lat, 0.5), "p90": percentile(&lat, 0.9), "p99": percentile(&lat, 0.99), "max": lat.last().copied().unwrap_or(0)},
         "server_cpu_us_per_delivery": if got > 0 { cpu_us / got as f64 } else { 0.0 },
+        // How many frames one socket write carried (null for a server
+        // that does not export roomcast_socket_writes_total).
+        "frames_per_write": frames_per_write(writes_before, writes_after),
         "server_rss_bytes": rss,
         "window": args.window,
         "shard_threads": shares.map(|s| s.report()),
@@ -452,6 +446,28 @@ async fn get(addr: SocketAddr, path: &str) -> Result<(String, Duration), String>
         String::from_utf8_lossy(&body).into_owned(),
         started.elapsed(),
     ))
+}
+
+/// Frames written and socket writes so far, summed over the nodes
+/// (roomcast's `/metrics`; zeros for a server without them, e.g. the
+/// Node.js peer, which is measured all the same).
+async fn frames_and_writes(addrs: &[SocketAddr]) -> (f64, f64) {
+    let (mut frames, mut writes) = (0.0, 0.0);
+    for &addr in addrs {
+        frames += metric(addr, "roomcast_messages_out_total")
+            .await
+            .unwrap_or(0.0);
+        writes += metric(addr, "roomcast_socket_writes_total")
+            .await
+            .unwrap_or(0.0);
+    }
+    (frames, writes)
+}
+
+/// Frames per socket write between two readings of [`frames_and_writes`].
+fn frames_per_write(before: (f64, f64), after: (f64, f64)) -> Option<f64> {
+    let writes = after.1 - before.1;
+    (writes > 0.0).then(|| (after.0 - before.0) / writes)
 }
 
 /// A counter of the server's `/metrics` (0 when absent).
