@@ -506,3 +506,51 @@ async fn status_and_metrics_report_node_totals() {
     assert_eq!(status["active_connections"], 0, "{status}");
     stop(server).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_writes_are_counted_on_every_shard() {
+    let server = start(&[]).await;
+    let mut probe = Probe::new(server.addr).await;
+    let (mut a, a_shard) = probe.connect(server.addr, Auth::None).await;
+    let (mut b, spare) = probe.connect_on(server.addr, Auth::None, 1 - a_shard).await;
+    a.join("counted").await;
+    b.join("counted").await;
+    let before = probe.metrics().await;
+    let writes_before =
+        metric_value(&before, "roomcast_socket_writes_total").expect("socket_writes");
+    for n in 1..=3 {
+        broadcast(&mut probe.http, "counted", n).await;
+    }
+    for member in [&mut a, &mut b] {
+        let got: Vec<Value> = vec![
+            member.recv_json().await,
+            member.recv_json().await,
+            member.recv_json().await,
+        ];
+        assert_eq!(seqs(&got, "queue_status"), [1, 2, 3], "{got:?}");
+    }
+    // Counted right after the write each member just read: wait for both.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let text = probe.metrics().await;
+        let writes = metric_value(&text, "roomcast_socket_writes_total").expect("socket_writes");
+        let frames = metric_value(&text, "roomcast_messages_out_total").expect("messages_out");
+        assert!(
+            writes <= frames,
+            "a write without a frame: {writes} writes, {frames} frames"
+        );
+        if writes - writes_before >= 2.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the members on two shards got their frames, but {} socket writes were counted",
+            writes - writes_before
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for client in spare {
+        client.close().await;
+    }
+    stop(server).await;
+}
