@@ -192,20 +192,50 @@ impl Process {
     }
 }
 
-impl Drop for Process {
-    /// A failing test shows the tail of what the server logged.
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
+impl Process {
+    /// What a failing test prints: the tail of the log (at most
+    /// `LOG_TAIL_BYTES`), framed with the server's address.
+    pub fn log_tail(&self) -> String {
         let log = std::fs::read(&self.log).unwrap_or_default();
         let tail = &log[log.len().saturating_sub(LOG_TAIL_BYTES)..];
-        eprintln!(
+        format!(
             "--- roomcast on {} logged ({} of {} bytes, the last) ---\n{}--- end of its log ---",
             self.addr,
             tail.len(),
             log.len(),
             String::from_utf8_lossy(tail)
-        );
+        )
+    }
+}
+
+impl Drop for Process {
+    /// A failing test shows what the server said.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_log_is_kept_and_its_tail_is_what_a_failing_test_prints() {
+        let env = [("ROOMCAST_LOG", "info".to_owned())];
+        let mut process = Process::start(&[], &env).await;
+        let header = format!("--- roomcast on {} logged", process.addr);
+        let tail = process.log_tail();
+        assert!(tail.starts_with(&header), "{tail}");
+        assert!(tail.contains("roomcast listening"), "{tail}");
+        assert!(tail.ends_with("--- end of its log ---"), "{tail}");
+        // A long log is cut to its last bytes.
+        let filler = "x".repeat(LOG_TAIL_BYTES);
+        std::fs::write(&process.log, format!("first line\n{filler}last line\n")).unwrap();
+        let tail = process.log_tail();
+        assert!(!tail.contains("first line"), "the head is cut");
+        assert!(tail.contains("last line"), "the tail is kept");
+        process.kill().await;
     }
 }

@@ -481,10 +481,7 @@ async fn a_password_in_the_url_works() {
 async fn the_password_never_appears_in_the_logs() {
     let port = roomcast_tests::binary::free_port();
     let redis_url = format!("redis://user:pw-s3cret@127.0.0.1:{port}/0");
-    let mut node = Process::spawn(
-        &["--redis", &redis_url],
-        &[("ROOMCAST_JWT_SECRET", SECRET)],
-    );
+    let mut node = Process::spawn(&["--redis", &redis_url], &[("ROOMCAST_JWT_SECRET", SECRET)]);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     node.kill().await;
     let log = node.log();

@@ -86,7 +86,10 @@ async fn a_wrong_ca_keeps_the_node_not_ready_and_says_why() {
         &["--redis", &url],
         &[
             ("ROOMCAST_JWT_SECRET", SECRET),
-            ("ROOMCAST_ENGINE__REDIS_TLS_CA", &path(certs.cert("other-ca"))),
+            (
+                "ROOMCAST_ENGINE__REDIS_TLS_CA",
+                &path(certs.cert("other-ca")),
+            ),
         ],
     );
     let deadline = tokio::time::Instant::now() + TIMEOUT;
