@@ -38,7 +38,9 @@ mod ws_client;
 
 pub use http_client::{api_post, http, upgrade_request, HttpConn, HttpResponse};
 pub use server::{metric_value, TestServer};
-pub use ws_client::{assert_error, is_timestamp, is_uuid, Auth, Client, ConnectOptions, Ending};
+pub use ws_client::{
+    assert_error, is_timestamp, is_uuid, Auth, Client, CloseError, ConnectOptions, Ending,
+};
 
 pub use roomcast_net;
 pub use serde_json;
