@@ -58,7 +58,7 @@ pub enum ServeError {
     /// configuration names Redis too.
     TwoEngines,
     /// The engine could not be set up (a Redis URL or TLS file).
-    Engine(String),
+    Engine(crate::engine::redis::SetupError),
     /// The listener's address or the shard threads failed.
     Io(std::io::Error),
 }
@@ -70,7 +70,7 @@ impl fmt::Display for ServeError {
             ServeError::TwoEngines => {
                 f.write_str("an engine link was given and [engine] redis_url is set: choose one")
             }
-            ServeError::Engine(message) => write!(f, "engine: {message}"),
+            ServeError::Engine(error) => write!(f, "engine: {error}"),
             ServeError::Io(error) => write!(f, "{error}"),
         }
     }

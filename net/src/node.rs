@@ -20,7 +20,7 @@ use tracing::info;
 
 use crate::clock::Clock;
 use crate::config::{redact_url, ServerConfig};
-use crate::engine::redis::RedisSettings;
+use crate::engine::redis::{RedisSettings, SetupError};
 use crate::engine::tls::TlsFiles;
 use crate::engine::{EngineLink, Readiness};
 use crate::error::ServeError;
@@ -210,7 +210,7 @@ fn redis_engine(
     url: &str,
     node: &str,
     metrics: &Metrics,
-) -> Result<EngineLink, String> {
+) -> Result<EngineLink, SetupError> {
     let limits = &config.limits;
     let engine = &config.engine;
     let tls = TlsFiles {

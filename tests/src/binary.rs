@@ -71,54 +71,74 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
-/// `roomcast serve --listen <a free loopback port> <args>`, with none of
-/// the test's own `ROOMCAST_*` variables, no standard input or output,
-/// killed (SIGKILL) when dropped: what every test that runs the binary
-/// starts from. Returns the address it will listen on.
-pub fn serve_command(args: &[&str]) -> (std::net::SocketAddr, tokio::process::Command) {
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("an address");
-    let mut command = tokio::process::Command::new(path());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("ROOMCAST_") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .args(["serve", "--listen", &addr.to_string()])
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true);
-    (addr, command)
-}
+/// The most of a server's log printed when a test fails (its tail).
+const LOG_TAIL_BYTES: usize = 16 * 1024;
 
-/// A running `roomcast serve` process on a free loopback port.
+/// A running `roomcast serve` process on a free loopback port: the one
+/// launcher of the binary in tests. It starts with none of the test's own
+/// `ROOMCAST_*` variables and no standard input or output; its standard
+/// error (the log) goes to a file of its own, which [`Process::log`]
+/// reads and which is printed (its tail) when the process is dropped
+/// while the test panics, so a failing test shows what the server said.
+/// Killed (SIGKILL) when dropped.
 pub struct Process {
-    pub child: tokio::process::Child,
+    child: tokio::process::Child,
+    /// Where it listens.
     pub addr: std::net::SocketAddr,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Process {
-    /// Starts `roomcast serve` with `args` after `--listen` and only
-    /// the given `ROOMCAST_*` variables (the test's own are removed);
-    /// returns once `/healthz` answers.
-    pub async fn start(args: &[&str], env: &[(&str, String)]) -> Process {
-        let (addr, mut command) = serve_command(args);
-        command
-            .env("ROOMCAST_LOG", "error")
-            .stderr(std::process::Stdio::null());
-        for (key, value) in env {
-            command.env(key, value);
+    /// Spawns `roomcast serve --listen <addr> <args>` with the `env`
+    /// variables (its log at the server's default level unless `env` sets
+    /// `ROOMCAST_LOG`); returns at once (see [`crate::cluster::wait_ready`]).
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Process {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("an address");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log = dir.path().join("roomcast.log");
+        let log_file = std::fs::File::create(&log).expect("the log file");
+        let mut command = tokio::process::Command::new(path());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("ROOMCAST_") {
+                command.env_remove(key);
+            }
         }
+        command
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true);
         let child = command.spawn().expect("spawn roomcast");
+        Process {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Spawns it with `args` and `env` (logging warnings and errors unless
+    /// `env` sets `ROOMCAST_LOG`); returns once `/healthz` answers.
+    pub async fn start(args: &[&str], env: &[(&str, String)]) -> Process {
+        let mut with_level = vec![("ROOMCAST_LOG", "warn")];
+        with_level.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
+        let mut process = Process::spawn(args, &with_level);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
+            let addr = process.addr;
             let up = tokio::net::TcpStream::connect(addr).await.is_ok()
                 && super::http(addr, "GET", "/healthz", &[], "").await.status == 200;
             if up {
                 break;
+            }
+            if let Ok(Some(exit)) = process.child.try_wait() {
+                panic!("roomcast exited before it came up ({exit})");
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -126,7 +146,18 @@ impl Process {
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        Process { child, addr }
+        process
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills it with SIGKILL (`kill -9`) and waits for it to be gone.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("kill roomcast");
+        self.child.wait().await.expect("wait for roomcast");
     }
 
     /// (current, peak) resident memory of the process, in KiB.
@@ -158,5 +189,53 @@ impl Process {
             .expect("roomcast did not exit")
             .expect("wait");
         (exit, started.elapsed())
+    }
+}
+
+impl Process {
+    /// What a failing test prints: the tail of the log (at most
+    /// `LOG_TAIL_BYTES`), framed with the server's address.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read(&self.log).unwrap_or_default();
+        let tail = &log[log.len().saturating_sub(LOG_TAIL_BYTES)..];
+        format!(
+            "--- roomcast on {} logged ({} of {} bytes, the last) ---\n{}--- end of its log ---",
+            self.addr,
+            tail.len(),
+            log.len(),
+            String::from_utf8_lossy(tail)
+        )
+    }
+}
+
+impl Drop for Process {
+    /// A failing test shows what the server said.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_log_is_kept_and_its_tail_is_what_a_failing_test_prints() {
+        let env = [("ROOMCAST_LOG", "info".to_owned())];
+        let mut process = Process::start(&[], &env).await;
+        let header = format!("--- roomcast on {} logged", process.addr);
+        let tail = process.log_tail();
+        assert!(tail.starts_with(&header), "{tail}");
+        assert!(tail.contains("roomcast listening"), "{tail}");
+        assert!(tail.ends_with("--- end of its log ---"), "{tail}");
+        // A long log is cut to its last bytes.
+        let filler = "x".repeat(LOG_TAIL_BYTES);
+        std::fs::write(&process.log, format!("first line\n{filler}last line\n")).unwrap();
+        let tail = process.log_tail();
+        assert!(!tail.contains("first line"), "the head is cut");
+        assert!(tail.contains("last line"), "the tail is kept");
+        process.kill().await;
     }
 }

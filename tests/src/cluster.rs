@@ -1,13 +1,15 @@
-//! roomcast nodes sharing one Redis: in this process ([`redis_node`]) or
-//! as the real binary ([`BinaryNode`], for `kill -9` and log checks).
+//! roomcast nodes sharing one Redis: a [`Cluster`] of N nodes in this
+//! process, one node ([`redis_node`]), or the real binary
+//! ([`crate::binary::Process`], for `kill -9` and log checks).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::ops::Index;
 use std::time::Duration;
 
 use roomcast_net::ServerConfig;
 
-use crate::{binary, http, test_config, TestServer, SECRET, TIMEOUT};
+use crate::redis_server::RedisServer;
+use crate::{http, test_config, TestServer, TIMEOUT};
 
 /// Waits until `GET /readyz` on `addr` answers 200 (panics after [`TIMEOUT`]).
 pub async fn wait_ready(addr: SocketAddr) {
@@ -43,46 +45,47 @@ pub async fn redis_node(config: ServerConfig) -> TestServer {
     server
 }
 
-/// The real `roomcast serve` on a free loopback port, its log (text, at
-/// the default level) in a file; killed (SIGKILL) on drop.
-pub struct BinaryNode {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    child: tokio::process::Child,
-    _dir: tempfile::TempDir,
-    log: PathBuf,
+/// N nodes in this process on one Redis, their keys under one prefix:
+/// started one after the other, each ready before the next starts, and
+/// shut down together.
+pub struct Cluster {
+    nodes: Vec<TestServer>,
 }
 
-impl BinaryNode {
-    /// Starts it with `args` after `serve --listen ...` and the `env`
-    /// variables (the test's own `ROOMCAST_*` are removed; the JWT key is
-    /// [`SECRET`]). Returns at once: see [`wait_ready`].
-    pub fn start(args: &[&str], env: &[(&str, &str)]) -> BinaryNode {
-        let (addr, mut command) = binary::serve_command(args);
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let log = dir.path().join("roomcast.log");
-        let log_file = std::fs::File::create(&log).expect("the log file");
-        command
-            .env("ROOMCAST_JWT_SECRET", SECRET)
-            .envs(env.iter().copied())
-            .stderr(log_file);
-        let child = command.spawn().expect("spawn roomcast");
-        BinaryNode {
-            addr,
-            child,
-            _dir: dir,
-            log,
+impl Cluster {
+    /// `n` nodes on `redis`, keys under `prefix`, each ready.
+    pub async fn start(redis: &RedisServer, prefix: &str, n: usize) -> Cluster {
+        Cluster::start_with(n, || redis_config(&redis.url(), prefix)).await
+    }
+
+    /// `n` nodes, each on a configuration `config` makes, each ready.
+    pub async fn start_with(n: usize, config: impl Fn() -> ServerConfig) -> Cluster {
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            nodes.push(redis_node(config()).await);
+        }
+        Cluster { nodes }
+    }
+
+    /// Where each node listens, in start order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|node| node.addr).collect()
+    }
+
+    /// Shuts every node down (as SIGTERM does); each must stop cleanly.
+    pub async fn shutdown(self) {
+        for (i, node) in self.nodes.into_iter().enumerate() {
+            if let Err(error) = node.shutdown().await {
+                panic!("node {i} did not shut down cleanly: {error}");
+            }
         }
     }
+}
 
-    /// Kills it with SIGKILL (`kill -9`) and waits for it to be gone.
-    pub async fn kill(&mut self) {
-        self.child.start_kill().expect("kill roomcast");
-        self.child.wait().await.expect("wait for roomcast");
-    }
+impl Index<usize> for Cluster {
+    type Output = TestServer;
 
-    /// What it has logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+    fn index(&self, i: usize) -> &TestServer {
+        &self.nodes[i]
     }
 }

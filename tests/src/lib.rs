@@ -9,8 +9,8 @@
 //! | `ws_client.rs` | [`Client`]: a tokio-tungstenite WebSocket client that knows the protocol's shapes (reads `connected`, sends and receives JSON with a timeout, expects close codes) |
 //! | `http_client.rs` | [`http`] / [`HttpConn`]: a small HTTP/1.1 client returning status, headers and body |
 //! | [`tokens`] | JWTs: valid, expired, wrong secret, `alg: none`, string `exp`, future `nbf`, RS256 |
-//! | [`binary`] | the real `roomcast` executable, built if stale, and [`binary::Process`] running it |
-//! | [`cluster`] | nodes sharing one Redis (in this process, or the binary for `kill -9`) |
+//! | [`binary`] | the real `roomcast` executable, built if stale, and [`binary::Process`], the one launcher running it (its log in a file, printed when a test fails) |
+//! | [`cluster`] | nodes sharing one Redis: [`cluster::Cluster`], a fixture of N nodes in this process (start, ready, shut down), or one node |
 //! | [`redis_server`], [`tls_certs`] | `redis-server` processes (single, persistent, TLS, Cluster) and their certificates |
 //! | [`engine_harness`], [`oracle_client`] | the engine contract suite's harness; clients checked by the shared oracle |
 //! | [`fake_http`] | a fake HTTP service (replies set per path, requests recorded, can go down and come back) playing the identity provider's JWKS and the application's hooks |
@@ -38,7 +38,9 @@ mod ws_client;
 
 pub use http_client::{api_post, http, upgrade_request, HttpConn, HttpResponse};
 pub use server::{metric_value, TestServer};
-pub use ws_client::{assert_error, is_timestamp, is_uuid, Auth, Client, ConnectOptions, Ending};
+pub use ws_client::{
+    assert_error, is_timestamp, is_uuid, Auth, Client, CloseError, ConnectOptions, Ending,
+};
 
 pub use roomcast_net;
 pub use serde_json;

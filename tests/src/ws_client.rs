@@ -17,6 +17,35 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::TIMEOUT;
 
+/// How a client's close went wrong (see [`Client::close_normally`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseError {
+    /// The close frame could not be sent within [`TIMEOUT`].
+    SendTimedOut,
+    /// Sending the close frame failed (the WebSocket error).
+    SendFailed(String),
+    /// Nothing came back within [`TIMEOUT`].
+    NoAnswer,
+    /// The stream failed before a close frame came (the WebSocket error).
+    NoCloseFrame(String),
+    /// The stream ended before a close frame came.
+    StreamEnded,
+}
+
+impl std::fmt::Display for CloseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseError::SendTimedOut => f.write_str("close send timed out"),
+            CloseError::SendFailed(e) => write!(f, "close send failed: {e}"),
+            CloseError::NoAnswer => f.write_str("no answer to the close within the timeout"),
+            CloseError::NoCloseFrame(e) => write!(f, "no close frame in answer: {e}"),
+            CloseError::StreamEnded => f.write_str("stream ended without a close frame"),
+        }
+    }
+}
+
+impl std::error::Error for CloseError {}
+
 /// How a client presents its token.
 #[derive(Clone, Debug)]
 pub enum Auth {
@@ -324,29 +353,27 @@ impl Client {
 
     /// Closes with 1000; returns the code the server answered with, or how
     /// the stream ended instead.
-    pub async fn close_normally(&mut self) -> Result<u16, String> {
+    pub async fn close_normally(&mut self) -> Result<u16, CloseError> {
         let frame = CloseFrame {
             code: WsCloseCode::Normal,
             reason: "bye".into(),
         };
         tokio::time::timeout(TIMEOUT, self.ws.close(Some(frame)))
             .await
-            .map_err(|_| "close send timed out".to_owned())?
-            .map_err(|e| format!("close send failed: {e}"))?;
+            .map_err(|_| CloseError::SendTimedOut)?
+            .map_err(|e| CloseError::SendFailed(e.to_string()))?;
         let mut answer = None;
         loop {
             match tokio::time::timeout(TIMEOUT, self.ws.next()).await {
-                Err(_) => return Err("no answer to the close within the timeout".into()),
+                Err(_) => return Err(CloseError::NoAnswer),
                 Ok(Some(Ok(Message::Close(frame)))) => {
                     answer = Some(frame.map_or(1005, |f| u16::from(f.code)));
                 }
                 Ok(Some(Ok(_))) => continue,
                 Ok(Some(Err(e))) => {
-                    return answer.ok_or_else(|| format!("no close frame in answer: {e}"))
+                    return answer.ok_or_else(|| CloseError::NoCloseFrame(e.to_string()))
                 }
-                Ok(None) => {
-                    return answer.ok_or_else(|| "stream ended without a close frame".into())
-                }
+                Ok(None) => return answer.ok_or(CloseError::StreamEnded),
             }
         }
     }

@@ -10,16 +10,13 @@
 
 use std::time::Duration;
 
-use roomcast_tests::cluster::{redis_config, redis_node};
+use roomcast_tests::binary::Process;
+use roomcast_tests::cluster::{redis_config, redis_node, wait_ready, Cluster};
 use roomcast_tests::oracle_client::Observer;
 use roomcast_tests::redis_server::RedisServer;
 use roomcast_tests::serde_json::{json, Value};
 use roomcast_tests::tokens::{publisher, token};
-use roomcast_tests::{http, test_config, TestServer};
-
-async fn node(redis: &RedisServer, prefix: &str) -> TestServer {
-    redis_node(redis_config(&redis.url(), prefix)).await
-}
+use roomcast_tests::{http, test_config, TestServer, SECRET};
 
 fn seqs(messages: &[Value]) -> Vec<u64> {
     messages
@@ -43,9 +40,8 @@ async fn publish(on: &TestServer, room: &str, n: u64) -> Value {
 #[tokio::test]
 async fn three_nodes_share_order_history_and_presence() {
     let redis = RedisServer::start();
-    let a = node(&redis, "cluster").await;
-    let b = node(&redis, "cluster").await;
-    let c = node(&redis, "cluster").await;
+    let cluster = Cluster::start(&redis, "cluster", 3).await;
+    let (a, b, c) = (&cluster[0], &cluster[1], &cluster[2]);
     // /ws/status reports the deployment's nodes seen alive.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -102,24 +98,21 @@ async fn three_nodes_share_order_history_and_presence() {
         assert_eq!(seqs(&client.broadcasts("room", 3).await), vec![21, 22, 23]);
     }
 
-    let nodes = [a.addr, b.addr, c.addr];
     let mut members = [&mut back, &mut on_b, &mut on_c];
     observer
-        .settle(a.addr, &["room"], &mut members, &nodes)
+        .settle(a.addr, &["room"], &mut members, &cluster.addrs())
         .await;
     back.close().await;
     on_b.close().await;
     on_c.close().await;
-    for server in [a, b, c] {
-        server.shutdown().await.unwrap();
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test]
 async fn killed_pubsub_connections_are_refilled_with_no_silent_gap() {
     let redis = RedisServer::start();
-    let a = node(&redis, "pubsub").await;
-    let b = node(&redis, "pubsub").await;
+    let cluster = Cluster::start(&redis, "pubsub", 2).await;
+    let (a, b) = (&cluster[0], &cluster[1]);
     let observer = Observer::new();
     let mut member = observer.connect(b.addr, None).await;
     let mut on_a = observer.connect(a.addr, None).await;
@@ -144,15 +137,13 @@ async fn killed_pubsub_connections_are_refilled_with_no_silent_gap() {
     let got = member.broadcasts("room", 10).await;
     assert_eq!(seqs(&got), (6..=15).collect::<Vec<u64>>(), "{got:?}");
     assert!(got.iter().all(|m| m["type"] == "queue_status"), "{got:?}");
-    let nodes = [a.addr, b.addr];
     let mut members = [&mut member, &mut on_a];
     observer
-        .settle(a.addr, &["room"], &mut members, &nodes)
+        .settle(a.addr, &["room"], &mut members, &cluster.addrs())
         .await;
     member.close().await;
     on_a.close().await;
-    a.shutdown().await.unwrap();
-    b.shutdown().await.unwrap();
+    cluster.shutdown().await;
 }
 
 /// Every connection to Redis is cut (the data stays): members get every
@@ -160,10 +151,10 @@ async fn killed_pubsub_connections_are_refilled_with_no_silent_gap() {
 #[tokio::test]
 async fn cut_redis_connections_lose_nothing_when_the_data_stays() {
     let redis = RedisServer::start();
-    let a = node(&redis, "cut").await;
-    let b = node(&redis, "cut").await;
+    let cluster = Cluster::start(&redis, "cut", 2).await;
+    let a = &cluster[0];
     let observer = Observer::new();
-    let mut member = observer.connect(b.addr, None).await;
+    let mut member = observer.connect(cluster[1].addr, None).await;
     member.join("room").await;
     for n in 1..=5 {
         observer.publish(a.addr, "room", n).await;
@@ -184,11 +175,10 @@ async fn cut_redis_connections_lose_nothing_when_the_data_stays() {
     assert!(got.iter().all(|m| m["type"] == "queue_status"), "{got:?}");
     assert_eq!(seqs(&got), (6..=last).collect::<Vec<u64>>());
     observer
-        .settle(a.addr, &["room"], &mut [&mut member], &[a.addr, b.addr])
+        .settle(a.addr, &["room"], &mut [&mut member], &cluster.addrs())
         .await;
     member.close().await;
-    a.shutdown().await.unwrap();
-    b.shutdown().await.unwrap();
+    cluster.shutdown().await;
 }
 
 /// Redis killed (SIGKILL) mid-stream and restarted with its data (an
@@ -199,9 +189,8 @@ async fn redis_killed_and_restarted_with_its_data_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let port = roomcast_tests::binary::free_port();
     let mut redis = RedisServer::start_persistent(port, dir.path());
-    let a = node(&redis, "persist").await;
-    let b = node(&redis, "persist").await;
-    let c = node(&redis, "persist").await;
+    let cluster = Cluster::start(&redis, "persist", 3).await;
+    let (a, b, c) = (&cluster[0], &cluster[1], &cluster[2]);
     let observer = Observer::new();
     let mut on_b = observer.connect(b.addr, None).await;
     let mut on_c = observer.connect(c.addr, None).await;
@@ -240,24 +229,21 @@ async fn redis_killed_and_restarted_with_its_data_loses_nothing() {
         assert!(got.iter().all(|m| m["type"] == "queue_status"), "{got:?}");
         assert_eq!(seqs(&got), (6..=last).collect::<Vec<u64>>());
     }
-    let nodes = [a.addr, b.addr, c.addr];
     let mut members = [&mut on_b, &mut on_c];
     observer
-        .settle(a.addr, &["room"], &mut members, &nodes)
+        .settle(a.addr, &["room"], &mut members, &cluster.addrs())
         .await;
     on_b.close().await;
     on_c.close().await;
-    for server in [a, b, c] {
-        server.shutdown().await.unwrap();
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test]
 async fn redis_restarted_empty_is_announced_and_old_cursors_do_not_recover() {
     let mut redis = RedisServer::start();
     let port = redis.addr.port();
-    let a = node(&redis, "restart").await;
-    let b = node(&redis, "restart").await;
+    let cluster = Cluster::start(&redis, "restart", 2).await;
+    let (a, b) = (&cluster[0], &cluster[1]);
     let observer = Observer::new();
     let mut member = observer.connect(b.addr, None).await;
     let epoch = member.join("room").await["data"]["epoch"]
@@ -307,20 +293,18 @@ async fn redis_restarted_empty_is_announced_and_old_cursors_do_not_recover() {
     assert_eq!(reply["data"]["recovered"], false, "{reply}");
     let mut members = [&mut member, &mut back];
     observer
-        .settle(a.addr, &["room"], &mut members, &[a.addr, b.addr])
+        .settle(a.addr, &["room"], &mut members, &cluster.addrs())
         .await;
     back.close().await;
     member.close().await;
-    a.shutdown().await.unwrap();
-    b.shutdown().await.unwrap();
+    cluster.shutdown().await;
 }
 
 #[tokio::test]
 async fn api_send_reaches_a_user_on_every_node() {
     let redis = RedisServer::start();
-    let a = node(&redis, "send").await;
-    let b = node(&redis, "send").await;
-    let c = node(&redis, "send").await;
+    let cluster = Cluster::start(&redis, "send", 3).await;
+    let (a, b, c) = (&cluster[0], &cluster[1], &cluster[2]);
     let mut on_a = a.client_with_token(&token("ann", "")).await;
     let mut on_b = b.client_with_token(&token("ann", "")).await;
     let mut other = b.client_with_token(&token("bob", "")).await;
@@ -358,9 +342,7 @@ async fn api_send_reaches_a_user_on_every_node() {
     for client in [on_a, on_b, other] {
         client.close().await;
     }
-    for server in [a, b, c] {
-        server.shutdown().await.unwrap();
-    }
+    cluster.shutdown().await;
 }
 
 async fn users(client: &mut roomcast_tests::oracle_client::CheckedClient) -> Value {
@@ -373,11 +355,11 @@ async fn users(client: &mut roomcast_tests::oracle_client::CheckedClient) -> Val
 /// recovers what it missed.
 #[tokio::test]
 async fn a_killed_node_loses_its_presence_within_the_ttl() {
-    use roomcast_tests::cluster::{wait_ready, BinaryNode};
     let redis = RedisServer::start();
-    let mut doomed_node = BinaryNode::start(
+    let mut doomed_node = Process::spawn(
         &["--redis", &redis.url()],
         &[
+            ("ROOMCAST_JWT_SECRET", SECRET),
             ("ROOMCAST_ENGINE__REDIS_PREFIX", "killed"),
             ("ROOMCAST_LIMITS__PRESENCE_TTL_MS", "1500"),
         ],
@@ -498,23 +480,11 @@ async fn a_password_in_the_url_works() {
 #[tokio::test]
 async fn the_password_never_appears_in_the_logs() {
     let port = roomcast_tests::binary::free_port();
-    let mut child = tokio::process::Command::new(roomcast_tests::binary::path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args([
-            "--redis",
-            &format!("redis://user:pw-s3cret@127.0.0.1:{port}/0"),
-        ])
-        .env("ROOMCAST_JWT_SECRET", roomcast_tests::SECRET)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn roomcast");
+    let redis_url = format!("redis://user:pw-s3cret@127.0.0.1:{port}/0");
+    let mut node = Process::spawn(&["--redis", &redis_url], &[("ROOMCAST_JWT_SECRET", SECRET)]);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    child.start_kill().unwrap();
-    let output = child.wait_with_output().await.unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
+    node.kill().await;
+    let log = node.log();
     assert!(log.contains("redis://user:***@127.0.0.1"), "{log}");
     assert!(log.contains("retrying"), "{log}");
     assert!(!log.contains("pw-s3cret"), "{log}");
@@ -533,8 +503,8 @@ async fn the_in_memory_engine_is_always_ready() {
 #[tokio::test]
 async fn status_counts_the_connections_of_every_node() {
     let redis = RedisServer::start();
-    let a = node(&redis, "figures").await;
-    let b = node(&redis, "figures").await;
+    let cluster = Cluster::start(&redis, "figures", 2).await;
+    let (a, b) = (&cluster[0], &cluster[1]);
     let _on_a = [a.client().await, a.client().await];
     let on_b = b.client().await;
     // Each node reports its own connections and, from the heartbeats (one
@@ -554,11 +524,13 @@ async fn status_counts_the_connections_of_every_node() {
             }
         }
     };
-    let status = until_figures(&a, 2, 3).await;
+    let status = until_figures(a, 2, 3).await;
     assert_eq!(status["active_connections"], 2, "this node's own: {status}");
-    let status = until_figures(&b, 2, 3).await;
+    let status = until_figures(b, 2, 3).await;
     assert_eq!(status["active_connections"], 1, "{status}");
     // A connection closed on B leaves the cluster's count.
     on_b.close().await;
-    until_figures(&a, 2, 2).await;
+    until_figures(a, 2, 2).await;
+    drop(_on_a);
+    cluster.shutdown().await;
 }

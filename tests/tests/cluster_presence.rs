@@ -178,36 +178,18 @@ async fn a_killed_node_s_members_leave_in_diffs_within_the_bound() {
     use roomcast_tests::binary;
     const TTL_MS: u64 = 1_500;
     let redis = RedisServer::start();
-    let port = binary::free_port();
-    let mut child = tokio::process::Command::new(binary::path())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--redis", &redis.url()])
-        .env("ROOMCAST_JWT_SECRET", roomcast_tests::SECRET)
-        .env("ROOMCAST_ENGINE__REDIS_PREFIX", "killdiff")
-        .env("ROOMCAST_LIMITS__PRESENCE_TTL_MS", TTL_MS.to_string())
-        .env("ROOMCAST_ROOMS__PRESENCE_DIFF_PREFIXES", "[team:]")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn roomcast");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let up = tokio::time::timeout(Duration::from_secs(1), async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
-        if up == Ok(true) && http(addr, "GET", "/readyz", &[], "").await.status == 200 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the binary never got ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ttl = TTL_MS.to_string();
+    let mut node = binary::Process::spawn(
+        &["--redis", &redis.url()],
+        &[
+            ("ROOMCAST_JWT_SECRET", roomcast_tests::SECRET),
+            ("ROOMCAST_ENGINE__REDIS_PREFIX", "killdiff"),
+            ("ROOMCAST_LIMITS__PRESENCE_TTL_MS", &ttl),
+            ("ROOMCAST_ROOMS__PRESENCE_DIFF_PREFIXES", "[team:]"),
+        ],
+    );
+    let addr = node.addr;
+    roomcast_tests::cluster::wait_ready(addr).await;
     let b = diff_node(&redis, "killdiff", TTL_MS).await;
     let c = diff_node(&redis, "killdiff", TTL_MS).await;
     let mut on_b = b.client_with_token(&token("bob", "")).await;
@@ -239,8 +221,7 @@ async fn a_killed_node_s_members_leave_in_diffs_within_the_bound() {
         joined.sort();
         assert_eq!(joined, ["amy", "ann"]);
     }
-    child.start_kill().unwrap();
-    child.wait().await.unwrap();
+    node.kill().await;
     let killed_at = std::time::Instant::now();
     // On each surviving node: both of the dead node's members left (in one
     // diff, or two when their entries expired at different times).

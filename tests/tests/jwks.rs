@@ -435,7 +435,8 @@ async fn algorithm_confusion_and_unsigned_tokens_are_refused() {
 
 #[tokio::test]
 async fn the_binary_fetches_over_https_and_checks_the_certificate() {
-    use roomcast_tests::cluster::{wait_ready, BinaryNode};
+    use roomcast_tests::binary::Process;
+    use roomcast_tests::cluster::wait_ready;
     use roomcast_tests::tls_certs::TestCerts;
     let certs = TestCerts::generate();
     let idp = FakeHttp::start_tls(&certs.cert("server"), &certs.key("server")).await;
@@ -455,7 +456,7 @@ async fn the_binary_fetches_over_https_and_checks_the_certificate() {
     };
     let start = |env: Vec<(&'static str, String)>| {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        BinaryNode::start(&[], &env)
+        Process::spawn(&[], &env)
     };
     let trusting = start(env(&certs.cert("ca")));
     wait_ready(trusting.addr).await;

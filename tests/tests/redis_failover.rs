@@ -6,7 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use roomcast_tests::cluster::{redis_config, redis_node, wait_ready, BinaryNode};
+use roomcast_tests::binary::Process;
+use roomcast_tests::cluster::{redis_config, redis_node, wait_ready};
 use roomcast_tests::http;
 use roomcast_tests::oracle_client::Observer;
 use roomcast_tests::redis_proxy::RedisProxy;
@@ -54,9 +55,12 @@ async fn nodes_follow_a_sentinel_failover_and_never_write_to_the_old_master() {
     let replica = RedisServer::start_replica(&master);
     let sentinel = Sentinel::start(master.addr, 1);
     let args = ["--redis", &sentinel.url(), "--redis-sentinel", MASTER];
-    let env = [("ROOMCAST_ENGINE__REDIS_PREFIX", "failover")];
-    let mut a = BinaryNode::start(&args, &env);
-    let mut b = BinaryNode::start(&args, &env);
+    let env = [
+        ("ROOMCAST_JWT_SECRET", roomcast_tests::SECRET),
+        ("ROOMCAST_ENGINE__REDIS_PREFIX", "failover"),
+    ];
+    let mut a = Process::spawn(&args, &env);
+    let mut b = Process::spawn(&args, &env);
     wait_ready(a.addr).await;
     wait_ready(b.addr).await;
 

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use roomcast_tests::cluster::{redis_config, redis_node, wait_ready, BinaryNode};
+use roomcast_tests::binary::Process;
+use roomcast_tests::cluster::{redis_config, redis_node, wait_ready};
 use roomcast_tests::oracle_client::Observer;
 use roomcast_tests::redis_server::RedisServer;
 use roomcast_tests::tls_certs::TestCerts;
-use roomcast_tests::{http, TIMEOUT};
+use roomcast_tests::{http, SECRET, TIMEOUT};
 
 fn path(file: std::path::PathBuf) -> String {
     file.to_str().expect("a UTF-8 path").to_owned()
@@ -28,9 +29,10 @@ async fn rediss_with_a_private_ca_works_across_nodes() {
         path(certs.cert("client")),
         path(certs.key("client")),
     );
-    let a = BinaryNode::start(
+    let a = Process::spawn(
         &["--redis", &url],
         &[
+            ("ROOMCAST_JWT_SECRET", SECRET),
             ("ROOMCAST_ENGINE__REDIS_PREFIX", "tls"),
             ("ROOMCAST_ENGINE__REDIS_TLS_CA", &ca),
             ("ROOMCAST_ENGINE__REDIS_TLS_CERT", &cert),
@@ -80,12 +82,15 @@ async fn a_wrong_ca_keeps_the_node_not_ready_and_says_why() {
     let certs = TestCerts::generate();
     let redis = RedisServer::start_tls(&certs, "no", &[]);
     let url = redis.url();
-    let wrong = BinaryNode::start(
+    let wrong = Process::spawn(
         &["--redis", &url],
-        &[(
-            "ROOMCAST_ENGINE__REDIS_TLS_CA",
-            &path(certs.cert("other-ca")),
-        )],
+        &[
+            ("ROOMCAST_JWT_SECRET", SECRET),
+            (
+                "ROOMCAST_ENGINE__REDIS_TLS_CA",
+                &path(certs.cert("other-ca")),
+            ),
+        ],
     );
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while !wrong.log().contains("invalid peer certificate") {
@@ -108,9 +113,12 @@ async fn a_wrong_ca_keeps_the_node_not_ready_and_says_why() {
 
     // A Redis that requires client certificates, and a node without one.
     let strict = RedisServer::start_tls(&certs, "yes", &[]);
-    let anonymous = BinaryNode::start(
+    let anonymous = Process::spawn(
         &["--redis", &strict.url()],
-        &[("ROOMCAST_ENGINE__REDIS_TLS_CA", &path(certs.cert("ca")))],
+        &[
+            ("ROOMCAST_JWT_SECRET", SECRET),
+            ("ROOMCAST_ENGINE__REDIS_TLS_CA", &path(certs.cert("ca"))),
+        ],
     );
     while !anonymous.log().contains("CertificateRequired") {
         assert!(
@@ -123,7 +131,10 @@ async fn a_wrong_ca_keeps_the_node_not_ready_and_says_why() {
     let ready = http(anonymous.addr, "GET", "/readyz", &[], "").await;
     assert_eq!(ready.status, 503, "{}", ready.text());
 
-    let insecure = BinaryNode::start(&["--redis", &format!("{url}#insecure")], &[]);
+    let insecure = Process::spawn(
+        &["--redis", &format!("{url}#insecure")],
+        &[("ROOMCAST_JWT_SECRET", SECRET)],
+    );
     wait_ready(insecure.addr).await;
     let log = insecure.log();
     assert!(log.contains("without any certificate check"), "{log}");

@@ -427,3 +427,40 @@ fn planted_presence_count_left_stale() {
     lenient.received(1, &presence_diff("r", 7)).unwrap();
     lenient.check_quiescent(1).unwrap();
 }
+
+/// Planted: a member that never heard a diff while the room changed after
+/// its join (the diff of the third join never reached member 2). Before,
+/// a member that heard no diff at all was never checked.
+#[test]
+fn planted_member_that_heard_no_diff_of_a_change() {
+    // Members 1 and 2; 1 heard the diff of 2's join (r has diffs).
+    let mut oracle = presence_room(2);
+    oracle.check_quiescent(2).unwrap();
+    // Member 3 joins: 1 and 2 must hear it.
+    oracle.opened(3);
+    oracle.sent(3, "1".into(), Sent::Join("r".into())).unwrap();
+    let reply = msg(r#"{"type":"system_info","id":1,"data":{"room":"r","seq":0,"epoch":"e"}}"#);
+    oracle.received(3, &reply).unwrap();
+    oracle.received(1, &presence_diff("r", 3)).unwrap();
+    let missed = oracle.check_quiescent(3).unwrap_err();
+    assert_eq!(missed.invariant, "presence counts converge", "{missed}");
+    assert_eq!(missed.client, 2, "{missed}");
+    oracle.received(2, &presence_diff("r", 3)).unwrap();
+    oracle.check_quiescent(3).unwrap();
+    // A join and a leave that cancel out within one window are told to
+    // nobody: the count at the join still holds.
+    oracle.opened(4);
+    oracle.sent(4, "1".into(), Sent::Join("r".into())).unwrap();
+    oracle.received(4, &reply).unwrap();
+    oracle.ended(4, None).unwrap();
+    oracle.check_quiescent(3).unwrap();
+    // A room nobody heard a diff of has none: its members are not checked.
+    let mut quiet = joined();
+    quiet.expect_presence_counts();
+    quiet.opened(2);
+    quiet.sent(2, "1".into(), Sent::Join("r".into())).unwrap();
+    quiet.received(2, &reply).unwrap();
+    quiet.check_quiescent(2).unwrap();
+    quiet.ended(1, None).unwrap();
+    quiet.check_quiescent(1).unwrap();
+}

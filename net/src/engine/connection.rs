@@ -14,6 +14,7 @@
 //! - **Sentinel**: both connections go to the master the Sentinels name
 //!   ([`Sentinels`]), and move when it changes ([`Target::master_changes`]).
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +24,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::watch;
 
-use super::sentinel::{Master, Sentinels};
-use super::tls::{self, TlsFiles};
+use super::sentinel::{Master, SentinelUrlError, Sentinels};
+use super::tls::{self, TlsError, TlsFiles};
 
 /// The Redis (or Redis Cluster) a node's engine talks to.
 pub(crate) enum Target {
@@ -53,12 +54,41 @@ pub(crate) struct Topology<'a> {
     pub(crate) timeout: Duration,
 }
 
+/// Why the engine's URL names no usable Redis (never with a password).
+#[derive(Debug)]
+pub enum TargetError {
+    /// A URL or TLS file of one Redis or a cluster's seed.
+    Tls(TlsError),
+    /// The Sentinels' URLs.
+    Sentinel(SentinelUrlError),
+    /// The redis crate refused the cluster's seed URLs (its error's kind).
+    ClusterUrls(String),
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetError::Tls(error) => write!(f, "{error}"),
+            TargetError::Sentinel(error) => write!(f, "{error}"),
+            TargetError::ClusterUrls(kind) => write!(f, "invalid redis cluster urls: {kind}"),
+        }
+    }
+}
+
+impl std::error::Error for TargetError {}
+
+impl From<TlsError> for TargetError {
+    fn from(error: TlsError) -> TargetError {
+        TargetError::Tls(error)
+    }
+}
+
 impl Target {
     /// Parses the URL: one URL, or with `cluster` a comma-separated list
     /// of seed URLs, or with `sentinel` of Sentinels; `rediss://` ones with
     /// the TLS files. Errors never carry the password. A Sentinel target's
     /// task must be started ([`Target::spawn`]).
-    pub(crate) fn open(topology: Topology<'_>) -> Result<Target, String> {
+    pub(crate) fn open(topology: Topology<'_>) -> Result<Target, TargetError> {
         let Topology {
             url,
             cluster,
@@ -68,10 +98,11 @@ impl Target {
         } = topology;
         if let Some((name, password)) = sentinel {
             return Sentinels::new(url, name, password, timeout)
-                .map(|sentinels| Target::Sentinel(Arc::new(sentinels)));
+                .map(|sentinels| Target::Sentinel(Arc::new(sentinels)))
+                .map_err(TargetError::Sentinel);
         }
         if !cluster {
-            return tls::client(url, tls_files).map(Target::Single);
+            return Ok(Target::Single(tls::client(url, tls_files)?));
         }
         let urls: Vec<&str> = url.split(',').map(str::trim).collect();
         let seeds = urls
@@ -87,7 +118,7 @@ impl Target {
         }
         let cluster = builder
             .build()
-            .map_err(|e| format!("invalid redis cluster urls: {}", e.kind_text()))?;
+            .map_err(|e| TargetError::ClusterUrls(e.kind_text()))?;
         Ok(Target::Cluster { cluster, seeds })
     }
 

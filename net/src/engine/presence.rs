@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
 use super::connection::Commands;
-use super::redis::run_call;
+use super::redis::{run_call, CallError};
 use super::scripts::{presence_user, presence_value, RoomKeys, Scripts};
 
 /// Presence requests taken in one batch, at most.
@@ -123,7 +123,7 @@ impl PresenceLane {
                     if let Some(ops) = pending.remove(&room) {
                         self.change(&room, ops).await;
                     }
-                    let result = self.list(&room).await.map_err(EngineError::Unavailable);
+                    let result = self.list(&room).await.map_err(EngineError::from);
                     let answer = EngineEvent::Presence { call, result };
                     if self.events.send(answer).await.is_err() {
                         return false;
@@ -168,7 +168,7 @@ impl PresenceLane {
         }
     }
 
-    async fn run_change(&self, room: &RoomName, ops: &[Op]) -> Result<(), String> {
+    async fn run_change(&self, room: &RoomName, ops: &[Op]) -> Result<(), CallError> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -197,7 +197,7 @@ impl PresenceLane {
     }
 
     /// Every live entry of the room, on every node, in connection order.
-    async fn list(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, String> {
+    async fn list(&self, room: &RoomName) -> Result<Vec<PresenceEntry>, CallError> {
         let keys = RoomKeys::new(&self.prefix, room);
         let channel = self.change_channel(room, &keys);
         let scripts = self.scripts.clone();

@@ -77,6 +77,22 @@ pub(crate) struct Subscriber {
 }
 
 /// Why a connected session ended.
+/// Why a call on the pub/sub connection failed.
+#[derive(Debug)]
+enum SubscriberCallError {
+    Redis(redis::RedisError),
+    TimedOut,
+}
+
+impl std::fmt::Display for SubscriberCallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubscriberCallError::Redis(error) => write!(f, "{error}"),
+            SubscriberCallError::TimedOut => f.write_str("timed out"),
+        }
+    }
+}
+
 enum Ended {
     /// The engine is gone: stop.
     Stop,
@@ -173,7 +189,7 @@ impl Subscriber {
         let probe_channel = probe_channel(&self.prefix, &self.node);
         channels.push(probe_channel.clone());
         if let Err(why) = self.call(sink.subscribe(&channels)).await {
-            return Ended::Lost(why);
+            return Ended::Lost(why.to_string());
         }
         self.connected.store(true, Ordering::SeqCst);
         info!(redis = %self.shown_url, rooms = channels.len() - 2, "redis pub/sub connected");
@@ -260,12 +276,12 @@ impl Subscriber {
                         .collect();
                     if !off.is_empty() {
                         if let Err(why) = self.call(sink.unsubscribe(&off)).await {
-                            return Ended::Lost(why);
+                            return Ended::Lost(why.to_string());
                         }
                     }
                     if !on.is_empty() {
                         if let Err(why) = self.call(sink.subscribe(&on)).await {
-                            return Ended::Lost(why);
+                            return Ended::Lost(why.to_string());
                         }
                     }
                     debug!(on = on.len(), off = off.len(), "redis pub/sub subscriptions changed");
@@ -324,11 +340,11 @@ impl Subscriber {
     async fn call(
         &self,
         request: impl std::future::Future<Output = redis::RedisResult<()>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SubscriberCallError> {
         match tokio::time::timeout(self.timeout, request).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err("timed out".to_owned()),
+            Ok(Err(error)) => Err(SubscriberCallError::Redis(error)),
+            Err(_) => Err(SubscriberCallError::TimedOut),
         }
     }
 

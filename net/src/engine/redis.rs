@@ -17,6 +17,7 @@
 //! `/readyz` says not ready (the command connection and its health check:
 //! [`health`](super::health)).
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +33,7 @@ use std::future::Future;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::debug;
 
-use super::connection::{Commands, KindText, Target, Topology};
+use super::connection::{Commands, KindText, Target, TargetError, Topology};
 use super::health;
 use super::presence::PresenceLane;
 use super::pubsub::{Probe, Subscriber, Subscription};
@@ -103,10 +104,58 @@ const EVENTS_CAPACITY: usize = 8192;
 /// Presence requests waiting for their lane, at most.
 const PRESENCE_CAPACITY: usize = 4096;
 
+/// Why the Redis engine could not start: its URL or a TLS file (the URL
+/// shown without its password).
+#[derive(Debug)]
+pub struct SetupError {
+    error: TargetError,
+    url: String,
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.error, self.url)
+    }
+}
+
+impl std::error::Error for SetupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// Why one Redis call failed, as clients are told (never the server's
+/// address or credentials; the cause is logged where it happens).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CallError {
+    NotConnected,
+    Failed,
+    TimedOut,
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CallError::NotConnected => "the engine (redis) is not connected",
+            CallError::Failed => "the engine (redis) failed the call",
+            CallError::TimedOut => "the engine (redis) did not answer in time",
+        })
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// A failed call is an unavailable engine to the core.
+impl From<CallError> for EngineError {
+    fn from(error: CallError) -> EngineError {
+        EngineError::Unavailable(error.to_string())
+    }
+}
+
 /// Starts the engine's tasks. Fails only on a malformed URL or TLS file;
 /// an unreachable Redis (or a failing TLS handshake) is retried in the
 /// background.
-pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
+pub fn spawn(settings: RedisSettings) -> Result<EngineLink, SetupError> {
     let shown_url = redact_url(&settings.url);
     let target = Arc::new(
         Target::open(Topology {
@@ -119,7 +168,10 @@ pub fn spawn(settings: RedisSettings) -> Result<EngineLink, String> {
             tls_files: &settings.tls,
             timeout: settings.timeout,
         })
-        .map_err(|e| format!("{e}: {shown_url}"))?,
+        .map_err(|error| SetupError {
+            error,
+            url: shown_url.clone(),
+        })?,
     );
     target.spawn();
     let (requests_tx, requests) = mpsc::channel(settings.calls_max.max(1) + PRESENCE_CAPACITY);
@@ -365,13 +417,12 @@ fn was_confirmed(ack: Result<(), oneshot::error::RecvError>) -> bool {
 }
 
 /// Runs one Redis call on the command connection within `timeout`.
-/// Failures are logged here and come back as a sentence for clients
-/// (never the server's address or credentials).
+/// Failures are logged here and come back as a [`CallError`].
 pub(crate) async fn run_call<T, F, Fut>(
     connection: &watch::Receiver<Option<Commands>>,
     timeout: Duration,
     call: F,
-) -> Result<T, String>
+) -> Result<T, CallError>
 where
     F: FnOnce(Commands) -> Fut,
     Fut: Future<Output = RedisResult<T>>,
@@ -385,15 +436,15 @@ where
             _ => None,
         };
     let Some(manager) = manager else {
-        return Err("the engine (redis) is not connected".into());
+        return Err(CallError::NotConnected);
     };
     match tokio::time::timeout_at(deadline, call(manager)).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => {
             debug!(error = %error.kind_text(), "redis call failed");
-            Err("the engine (redis) failed the call".into())
+            Err(CallError::Failed)
         }
-        Err(_) => Err("the engine (redis) did not answer in time".into()),
+        Err(_) => Err(CallError::TimedOut),
     }
 }
 
@@ -434,8 +485,7 @@ async fn append(
                 .await
         }
     })
-    .await
-    .map_err(EngineError::Unavailable)?;
+    .await?;
     let seq: u64 = seq
         .parse()
         .map_err(|_| EngineError::Unavailable("the engine (redis) answered nonsense".into()))?;
@@ -496,8 +546,7 @@ async fn read(
                 .await
         }
     })
-    .await
-    .map_err(EngineError::Unavailable)?;
+    .await?;
     parse_read(&flat)
         .ok_or_else(|| EngineError::Unavailable("the engine (redis) answered nonsense".into()))
 }

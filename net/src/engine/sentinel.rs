@@ -13,6 +13,7 @@
 //! every [`RECHECK_INTERVAL`] in case both were missed, and with backoff
 //! while no Sentinel names a master that says it is one.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,54 @@ use super::Backoff;
 
 /// How often the master is asked for even without a reason.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Why the Sentinels' URLs are unusable (shown without passwords).
+#[derive(Debug)]
+pub enum SentinelUrlError {
+    /// The redis crate refused one.
+    Invalid {
+        url: String,
+        source: redis::RedisError,
+    },
+    /// Not a `redis://host:port` one.
+    NotTcp { url: String },
+    /// None at all.
+    None,
+}
+
+impl fmt::Display for SentinelUrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SentinelUrlError::Invalid { url, source } => {
+                write!(f, "invalid redis sentinel url {url}: {source}")
+            }
+            SentinelUrlError::NotTcp { url } => write!(
+                f,
+                "redis sentinel url {url}: only redis://host:port is supported"
+            ),
+            SentinelUrlError::None => f.write_str("no sentinel url"),
+        }
+    }
+}
+
+impl std::error::Error for SentinelUrlError {}
+
+/// Why one command to a Sentinel or a master failed.
+#[derive(Debug)]
+enum QueryError {
+    /// Redis answered with an error, or the connection failed (its kind).
+    Failed(String),
+    TimedOut,
+}
+
+impl fmt::Display for QueryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueryError::Failed(kind) => f.write_str(kind),
+            QueryError::TimedOut => f.write_str("timed out"),
+        }
+    }
+}
 
 /// The Sentinels of one master name.
 pub(crate) struct Sentinels {
@@ -83,18 +132,19 @@ impl Sentinels {
         name: &str,
         sentinel_password: Option<&str>,
         timeout: Duration,
-    ) -> Result<Sentinels, String> {
+    ) -> Result<Sentinels, SentinelUrlError> {
         let mut sentinels = Vec::new();
         let mut master_settings = None;
         for url in urls.split(',').map(str::trim) {
             let shown = crate::config::redact_url(url);
             let info = url
                 .into_connection_info()
-                .map_err(|e| format!("invalid redis sentinel url {shown}: {e}"))?;
+                .map_err(|source| SentinelUrlError::Invalid {
+                    url: shown.clone(),
+                    source,
+                })?;
             if !matches!(info.addr(), ConnectionAddr::Tcp(..)) {
-                return Err(format!(
-                    "redis sentinel url {shown}: only redis://host:port is supported"
-                ));
+                return Err(SentinelUrlError::NotTcp { url: shown });
             }
             // The first URL's credentials and database are the master's.
             master_settings.get_or_insert_with(|| info.redis_settings().clone());
@@ -103,10 +153,10 @@ impl Sentinels {
                 own = own.set_password(password);
             }
             let client = redis::Client::open(info.set_redis_settings(own))
-                .map_err(|e| format!("invalid redis sentinel url {shown}: {e}"))?;
+                .map_err(|source| SentinelUrlError::Invalid { url: shown, source })?;
             sentinels.push(client);
         }
-        let master_settings = master_settings.ok_or("no sentinel url")?;
+        let master_settings = master_settings.ok_or(SentinelUrlError::None)?;
         Ok(Sentinels {
             sentinels,
             name: name.to_owned(),
@@ -183,7 +233,7 @@ impl Sentinels {
                     continue;
                 }
                 Err(why) => {
-                    failure = Unresolved::NoSentinel(why);
+                    failure = Unresolved::NoSentinel(why.to_string());
                     continue;
                 }
             };
@@ -221,15 +271,15 @@ impl Sentinels {
         &self,
         client: &redis::Client,
         command: &mut redis::Cmd,
-    ) -> Result<T, String> {
+    ) -> Result<T, QueryError> {
         let call = async {
             let mut connection = client.get_multiplexed_async_connection().await?;
             command.query_async::<T>(&mut connection).await
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(error.kind_text()),
-            Err(_) => Err("timed out".into()),
+            Ok(Err(error)) => Err(QueryError::Failed(error.kind_text())),
+            Err(_) => Err(QueryError::TimedOut),
         }
     }
 
@@ -301,7 +351,8 @@ mod tests {
         }
         let error = Sentinels::new("redis://:hunter2@", "m", None, Duration::from_secs(1))
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(!error.contains("hunter2"), "{error}");
     }
 }

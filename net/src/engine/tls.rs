@@ -6,6 +6,7 @@
 //! `rediss://host:port/db#insecure` fragment turns every certificate check
 //! off (logged as a warning at startup); there is no other verification knob.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use redis::{Client, ClientTlsConfig, TlsCertificates};
@@ -33,28 +34,96 @@ impl TlsFiles {
     }
 }
 
+/// Why a Redis client could not be set up (the URL shown without its password).
+#[derive(Debug)]
+pub enum TlsError {
+    /// TLS files are set for a URL that is not `rediss://`.
+    NotRediss { url: String },
+    /// A file could not be read.
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The CA file is not PEM.
+    BadPem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The CA file holds no certificate.
+    NoCertificate { path: PathBuf },
+    /// The redis crate refused the URL.
+    InvalidUrl {
+        url: String,
+        source: redis::RedisError,
+    },
+    /// The redis crate refused the TLS settings.
+    Settings {
+        url: String,
+        source: redis::RedisError,
+    },
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::NotRediss { url } => write!(
+                f,
+                "redis TLS files are set but {url} is not a rediss:// url"
+            ),
+            TlsError::Read { key, path, source } => {
+                write!(f, "cannot read {key} {}: {source}", path.display())
+            }
+            TlsError::BadPem { path, source } => {
+                write!(f, "redis_tls_ca {}: {source}", path.display())
+            }
+            TlsError::NoCertificate { path } => {
+                write!(
+                    f,
+                    "redis_tls_ca {}: no PEM certificate in it",
+                    path.display()
+                )
+            }
+            TlsError::InvalidUrl { url, source } => write!(f, "invalid redis url {url}: {source}"),
+            TlsError::Settings { url, source } => {
+                write!(f, "redis TLS settings for {url}: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
 /// The client for `url`. Files are read and parsed here, at startup, so a
 /// missing or malformed one stops the server with a clear error instead of
 /// failing every connection later.
-pub(crate) fn client(url: &str, files: &TlsFiles) -> Result<Client, String> {
+pub(crate) fn client(url: &str, files: &TlsFiles) -> Result<Client, TlsError> {
     let shown_url = redact_url(url);
     match certificates(url, files)? {
-        None => Client::open(url).map_err(|e| format!("invalid redis url {shown_url}: {e}")),
-        Some(certificates) => Client::build_with_tls(url, certificates)
-            .map_err(|e| format!("redis TLS settings for {shown_url}: {e}")),
+        None => Client::open(url).map_err(|source| TlsError::InvalidUrl {
+            url: shown_url,
+            source,
+        }),
+        Some(certificates) => {
+            Client::build_with_tls(url, certificates).map_err(|source| TlsError::Settings {
+                url: shown_url,
+                source,
+            })
+        }
     }
 }
 
 /// The certificates `files` name, read and checked (`None`: no files, the
 /// URL's own defaults). Shared by one Redis and a cluster's seeds.
-pub(crate) fn certificates(url: &str, files: &TlsFiles) -> Result<Option<TlsCertificates>, String> {
+pub(crate) fn certificates(
+    url: &str,
+    files: &TlsFiles,
+) -> Result<Option<TlsCertificates>, TlsError> {
     let shown_url = redact_url(url);
     let tls = url.starts_with("rediss://");
     // Checked by the configuration too; here for other callers of the engine.
     if !tls && !files.is_empty() {
-        return Err(format!(
-            "redis TLS files are set but {shown_url} is not a rediss:// url"
-        ));
+        return Err(TlsError::NotRediss { url: shown_url });
     }
     if tls {
         // rustls needs one process-wide crypto provider; the redis crate
@@ -73,12 +142,12 @@ pub(crate) fn certificates(url: &str, files: &TlsFiles) -> Result<Option<TlsCert
             let pem = read(path, "redis_tls_ca")?;
             let certificates = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("redis_tls_ca {}: {e}", path.display()))?;
+                .map_err(|source| TlsError::BadPem {
+                    path: path.clone(),
+                    source,
+                })?;
             if certificates.is_empty() {
-                return Err(format!(
-                    "redis_tls_ca {}: no PEM certificate in it",
-                    path.display()
-                ));
+                return Err(TlsError::NoCertificate { path: path.clone() });
             }
             Some(pem)
         }
@@ -97,8 +166,12 @@ pub(crate) fn certificates(url: &str, files: &TlsFiles) -> Result<Option<TlsCert
     }))
 }
 
-fn read(path: &Path, key: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {key} {}: {e}", path.display()))
+fn read(path: &Path, key: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        key,
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -116,16 +189,18 @@ mod tests {
             ca: Some(dir.join("missing.pem")),
             client: None,
         };
-        let error = client(url, &missing).unwrap_err();
+        let error = client(url, &missing).unwrap_err().to_string();
         assert!(error.contains("cannot read redis_tls_ca"), "{error}");
         let no_certificate = TlsFiles {
             ca: Some(empty),
             client: None,
         };
-        let error = client(url, &no_certificate).unwrap_err();
+        let error = client(url, &no_certificate).unwrap_err().to_string();
         assert!(error.contains("no PEM certificate"), "{error}");
         assert!(!error.contains("hunter2"), "{error}");
-        let plain = client("redis://127.0.0.1:6379/0", &no_certificate).unwrap_err();
+        let plain = client("redis://127.0.0.1:6379/0", &no_certificate)
+            .unwrap_err()
+            .to_string();
         assert!(plain.contains("not a rediss://"), "{plain}");
         // No files: the system's trust store (nothing is read yet).
         assert!(client(url, &TlsFiles::default()).is_ok());

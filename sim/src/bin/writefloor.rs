@@ -29,7 +29,29 @@ struct Args {
     bytes: usize,
 }
 
-fn parse_args() -> Result<Args, String> {
+/// A command line writefloor cannot run.
+#[derive(Debug)]
+enum ArgError {
+    NeedsValue(String),
+    NotANumber { flag: String, value: String },
+    UnknownFlag(String),
+    NotPositive,
+}
+
+impl std::fmt::Display for ArgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArgError::NeedsValue(flag) => write!(f, "{flag} needs a value"),
+            ArgError::NotANumber { flag, value } => write!(f, "{flag}: not a number: {value}"),
+            ArgError::UnknownFlag(flag) => write!(f, "unknown flag {flag}"),
+            ArgError::NotPositive => f.write_str("--sockets, --rounds and --rate must be > 0"),
+        }
+    }
+}
+
+impl std::error::Error for ArgError {}
+
+fn parse_args() -> Result<Args, ArgError> {
     let mut args = Args {
         sockets: 9000,
         rate: 20.0,
@@ -38,22 +60,25 @@ fn parse_args() -> Result<Args, String> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let value = it
+            .next()
+            .ok_or_else(|| ArgError::NeedsValue(flag.clone()))?;
         let number = || {
-            value
-                .parse::<f64>()
-                .map_err(|_| format!("{flag}: not a number: {value}"))
+            value.parse::<f64>().map_err(|_| ArgError::NotANumber {
+                flag: flag.clone(),
+                value: value.clone(),
+            })
         };
         match flag.as_str() {
             "--sockets" => args.sockets = number()? as usize,
             "--rate" => args.rate = number()?,
             "--rounds" => args.rounds = number()? as usize,
             "--bytes" => args.bytes = number()? as usize,
-            other => return Err(format!("unknown flag {other}")),
+            other => return Err(ArgError::UnknownFlag(other.to_owned())),
         }
     }
     if args.sockets == 0 || args.rounds == 0 || args.rate <= 0.0 {
-        return Err("--sockets, --rounds and --rate must be > 0".into());
+        return Err(ArgError::NotPositive);
     }
     Ok(args)
 }

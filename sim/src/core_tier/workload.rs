@@ -1,159 +1,114 @@
-//! The core tier's workload: each drawn [`Action`] as inputs to the core,
-//! and the publisher's broadcasts with their receipts told to the oracle.
+//! The core tier's workload: each step draws a wait and an [`Action`] from
+//! the seed's generator and turns it into the driver's [`Event`]s (the
+//! same events the `core_events` fuzz target decodes from bytes); dropped
+//! clients come back with the positions they heard.
+
+use roomcast_testkit::driver::{Event, Opening};
 
 use super::*;
+use crate::swarm::{Action, ACTIONS};
 
 impl CoreSim {
-    pub(super) fn act(&mut self, action: Action) -> Result<(), SimError> {
-        if action == Action::Open {
-            return self.open_client(false).map(drop);
+    /// One step: time passes, a drawn action happens, dropped clients return.
+    pub(super) fn step(&mut self) -> Result<(), DriverError> {
+        let us = self.watch.rng.below(self.mix.event_gap_us_max) + 1;
+        let us = u16::try_from(us).expect("event gaps are at most 2 ms");
+        self.driver.apply(Event::Wait { us }, &mut self.watch)?;
+        let action = ACTIONS[self.watch.rng.weighted(&self.mix.weights)];
+        if let Some(event) = self.draw(action) {
+            self.driver.apply(event, &mut self.watch)?;
         }
-        if action == Action::Broadcast {
-            return self.broadcast();
+        while let Some(positions) = self.watch.returning.pop() {
+            let opening = self.opening();
+            let event = Event::Return { opening, positions };
+            self.driver.apply(event, &mut self.watch)?;
         }
-        if action == Action::Direct {
-            let user = format!("user-{}", self.rng.below(self.mix.users as u64));
-            let message = DirectMessage {
-                target: SendTarget::User(user),
-                kind: "system_info".into(),
-                data: Map::new(),
-                to_other_nodes: true,
-            };
-            self.input(0, "direct", Input::Direct(message))?;
-            return Ok(());
-        }
-        let Some(key) = self.pick_client() else {
-            return Ok(());
-        };
-        match action {
-            Action::Join | Action::Leave | Action::Presence => {
-                let room = self.room();
-                let (verb, sent) = match action {
-                    Action::Join => ("join", Sent::Join(room.clone())),
-                    Action::Leave => ("leave", Sent::Leave(room.clone())),
-                    _ => ("presence", Sent::Other),
-                };
-                let top_level = action != Action::Presence && self.rng.chance(200_000);
-                let id = self.next_request(key);
-                let text = if top_level {
-                    json!({"action": verb, "room": room, "id": id}).to_string()
-                } else {
-                    json!({"action": verb, "data": {"room": room}, "id": id}).to_string()
-                };
-                self.request(key, verb_tag(verb), id, sent, &text)
-            }
-            Action::Ping => {
-                let id = self.next_request(key);
-                self.request(
-                    key,
-                    "ping",
-                    id,
-                    Sent::Other,
-                    &format!("{{\"action\":\"ping\",\"id\":{id}}}"),
-                )
-            }
-            Action::Garbage => {
-                let (template, has_id) = GARBAGE[self.rng.below(GARBAGE.len() as u64) as usize];
-                if has_id {
-                    let id = self.next_request(key);
-                    self.request(
-                        key,
-                        "garbage",
-                        id,
-                        Sent::Other,
-                        &template.replace("ID", &id.to_string()),
-                    )
-                } else {
-                    let conn = self.clients[&key].conn;
-                    self.input(
-                        key,
-                        "garbage",
-                        Input::Text {
-                            conn,
-                            text: template,
-                        },
-                    )
-                    .map(drop)
-                }
-            }
-            Action::Binary => {
-                let conn = self.clients[&key].conn;
-                self.input(key, "binary", Input::Binary { conn }).map(drop)
-            }
-            Action::Crash => self.crash(key),
-            Action::Stall => {
-                if let Some(client) = self.clients.get_mut(&key) {
-                    client.stalled = true;
-                }
-                self.recent.push(self.now_us, key, "stall", 0);
-                Ok(())
-            }
-            Action::Unstall => {
-                // Unstall a random stalled client, if any (a random open client would rarely be one).
-                let stalled = self.stalled_clients();
-                match stalled.len() {
-                    0 => Ok(()),
-                    n => {
-                        let pick = stalled[self.rng.below(n as u64) as usize];
-                        self.unstall(pick)
-                    }
-                }
-            }
-            Action::Burst => {
-                for _ in 0..self.rng.range(10, 80) {
-                    if !self.clients.contains_key(&key) {
-                        break;
-                    }
-                    let id = self.next_request(key);
-                    self.request(
-                        key,
-                        "burst-ping",
-                        id,
-                        Sent::Other,
-                        &format!("{{\"action\":\"ping\",\"id\":{id}}}"),
-                    )?;
-                }
-                Ok(())
-            }
-            Action::Open | Action::Broadcast | Action::Direct => Ok(()),
-        }
-    }
-
-    fn broadcast(&mut self) -> Result<(), SimError> {
-        let count = self.rng.range(1, 3);
-        let mut rooms = Vec::new();
-        for _ in 0..count {
-            let room = RoomName::new(&self.room()).expect("generated room names are valid");
-            if !rooms.contains(&room) {
-                rooms.push(room);
-            }
-        }
-        let (kind, data) = if self.rng.chance(500_000) {
-            (
-                "download_progress",
-                // A few series, so conflation has something to replace.
-                json!({"key": "attack-on-titan", "download_id": self.rng.below(3), "percent": self.events % 100}),
-            )
-        } else {
-            ("queue_status", json!({"pending": self.events}))
-        };
-        let serde_json::Value::Object(data) = data else {
-            unreachable!("json! object")
-        };
-        let publish = Publish {
-            rooms,
-            kind: kind.into(),
-            data,
-        };
-        let response = self.input(0, "broadcast", Input::Broadcast(publish))?;
-        self.record_receipt(response);
         Ok(())
     }
 
-    /// Tells the oracle what the publisher was told.
-    /// Tells the oracle what the publisher was told (the bookkeeping the
-    /// `core_events` fuzz target shares).
-    pub(super) fn record_receipt(&mut self, response: Response) {
-        roomcast_testkit::record_receipt(&mut self.oracle, response);
+    /// The event of `action`, drawn (none when it cannot happen now).
+    fn draw(&mut self, action: Action) -> Option<Event> {
+        let rng = &mut self.watch.rng;
+        match action {
+            Action::Open => {
+                if self.driver.open_count() >= self.mix.clients {
+                    return None;
+                }
+                return Some(Event::Open(self.opening()));
+            }
+            Action::Broadcast => {
+                let rooms = (0..rng.range(1, 3))
+                    .map(|_| rng.below(self.mix.rooms as u64))
+                    .collect();
+                let progress = rng.chance(500_000).then(|| rng.below(3));
+                return Some(Event::Broadcast { rooms, progress });
+            }
+            Action::Direct => {
+                let user = rng.below(self.mix.users as u64);
+                return Some(Event::Direct { user });
+            }
+            _ => {}
+        }
+        let open = self.driver.open_count() as u64;
+        if open == 0 {
+            return None;
+        }
+        let client = rng.below(open);
+        let event = match action {
+            Action::Join | Action::Leave | Action::Presence => {
+                let room = rng.below(self.mix.rooms as u64);
+                let top_level = action != Action::Presence && rng.chance(200_000);
+                match action {
+                    Action::Join => Event::Join {
+                        client,
+                        room,
+                        top_level,
+                    },
+                    Action::Leave => Event::Leave {
+                        client,
+                        room,
+                        top_level,
+                    },
+                    _ => Event::Presence { client, room },
+                }
+            }
+            Action::Ping => Event::Ping { client },
+            Action::Garbage => Event::Garbage {
+                client,
+                which: rng.below(8) as u8,
+            },
+            Action::Binary => Event::Binary { client },
+            Action::Crash => Event::Crash { client },
+            Action::Stall => Event::Stall { client },
+            Action::Unstall => {
+                // A random stalled client, if any (a random open client
+                // would rarely be one).
+                let stalled = self.driver.stalled_clients().len() as u64;
+                if stalled == 0 {
+                    return None;
+                }
+                Event::Unstall {
+                    stalled: rng.below(stalled),
+                }
+            }
+            Action::Burst => Event::Burst {
+                client,
+                pings: rng.range(10, 80) as u8,
+            },
+            Action::Open | Action::Broadcast | Action::Direct => unreachable!("drawn above"),
+        };
+        Some(event)
+    }
+
+    /// A connection's id salt and identity.
+    fn opening(&mut self) -> Opening {
+        let rng = &mut self.watch.rng;
+        let salt = rng.next_u64();
+        let user = (rng.below(100) < self.mix.authenticated_percent).then(|| {
+            let expires_in_ms =
+                (rng.below(100) < self.mix.expiring_percent).then(|| rng.range(100, 20_000) as u16);
+            (rng.below(self.mix.users as u64), expires_in_ms)
+        });
+        Opening { salt, user }
     }
 }

@@ -1,5 +1,6 @@
 //! loadgen's command line: the flags of every mode (see the crate docs).
 
+use std::fmt;
 use std::net::SocketAddr;
 
 pub(crate) struct Args {
@@ -39,14 +40,46 @@ pub(crate) struct Args {
     pub(crate) publishers: usize,
 }
 
-pub(crate) fn parse_args() -> Result<Args, String> {
+/// A command line loadgen cannot run.
+#[derive(Debug)]
+pub(crate) enum ArgError {
+    /// No mode given.
+    Usage,
+    NeedsValue(String),
+    NotANumber {
+        flag: String,
+        value: String,
+    },
+    /// An item of a comma-separated list (or an address) that does not parse.
+    BadItem {
+        flag: &'static str,
+        item: String,
+    },
+    UnknownFlag(String),
+}
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgError::Usage => {
+                f.write_str("usage: loadgen fanout|pingpong|idle|joinstorm|connects [--flags]")
+            }
+            ArgError::NeedsValue(flag) => write!(f, "{flag} needs a value"),
+            ArgError::NotANumber { flag, value } => write!(f, "{flag}: not a number: {value}"),
+            ArgError::BadItem { flag, item } => write!(f, "{flag}: {item}"),
+            ArgError::UnknownFlag(flag) => write!(f, "unknown flag {flag}"),
+        }
+    }
+}
+
+impl std::error::Error for ArgError {}
+
+pub(crate) fn parse_args() -> Result<Args, ArgError> {
     let mut it = std::env::args().skip(1);
-    let mode = it
-        .next()
-        .ok_or("usage: loadgen fanout|pingpong|idle|joinstorm|connects [--flags]")?;
+    let mode = it.next().ok_or(ArgError::Usage)?;
     let mut args = Args {
         mode,
-        addrs: vec!["127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?],
+        addrs: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
         pids: Vec::new(),
         engine_pid: None,
         redis_addr: None,
@@ -70,36 +103,44 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             args.require_all = true;
             continue;
         }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let value = it
+            .next()
+            .ok_or_else(|| ArgError::NeedsValue(flag.clone()))?;
         let number = || {
-            value
-                .parse::<u64>()
-                .map_err(|_| format!("{flag}: not a number: {value}"))
+            value.parse::<u64>().map_err(|_| ArgError::NotANumber {
+                flag: flag.clone(),
+                value: value.clone(),
+            })
+        };
+        let bad = |flag: &'static str, item: &str| ArgError::BadItem {
+            flag,
+            item: item.to_owned(),
         };
         match flag.as_str() {
             "--addr" => {
                 args.addrs = value
                     .split(',')
-                    .map(|a| a.trim().parse().map_err(|e| format!("--addr {a}: {e}")))
+                    .map(|a| a.trim().parse().map_err(|_| bad("--addr", a)))
                     .collect::<Result<_, _>>()?
             }
             "--pid" => {
                 args.pids = value
                     .split(',')
-                    .map(|p| p.trim().parse().map_err(|_| format!("--pid: {p}")))
+                    .map(|p| p.trim().parse().map_err(|_| bad("--pid", p)))
                     .collect::<Result<_, _>>()?
             }
             "--engine-pid" => args.engine_pid = Some(number()? as u32),
             "--redis-addr" => {
-                args.redis_addr = Some(value.parse().map_err(|e| format!("--redis-addr: {e}"))?)
+                args.redis_addr = Some(value.parse().map_err(|_| bad("--redis-addr", &value))?)
             }
             "--token" => args.token = value.clone(),
             "--members" => args.members = number()? as usize,
             "--broadcasts" => args.broadcasts = number()? as usize,
             "--rate" => {
-                args.rate = value
-                    .parse()
-                    .map_err(|_| "--rate: not a number".to_owned())?
+                args.rate = value.parse().map_err(|_| ArgError::NotANumber {
+                    flag: flag.clone(),
+                    value: value.clone(),
+                })?
             }
             "--payload" => args.payload = number()? as usize,
             "--conns" => args.conns = number()? as usize,
@@ -107,7 +148,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             "--steps" => {
                 args.steps = value
                     .split(',')
-                    .map(|s| s.trim().parse().map_err(|_| format!("--steps: {s}")))
+                    .map(|s| s.trim().parse().map_err(|_| bad("--steps", s)))
                     .collect::<Result<_, _>>()?
             }
             "--room" => args.room = value.clone(),
@@ -115,7 +156,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             "--threads" => args.threads = (number()? as usize).max(1),
             "--thread-prefix" => args.thread_prefix = Some(value.clone()),
             "--publishers" => args.publishers = (number()? as usize).max(1),
-            other => return Err(format!("unknown flag {other}")),
+            other => return Err(ArgError::UnknownFlag(other.to_owned())),
         }
     }
     Ok(args)

@@ -63,45 +63,44 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 mod args;
+mod error;
 mod procfs;
 mod publishers;
 
 use args::{parse_args, Args};
+use error::{io, LoadError};
 use procfs::{peak_rss, server_usage, servers_usage, ThreadShares};
 use publishers::Publishers;
 
 type Ws = WebSocketStream<TcpStream>;
 
 /// Opens one WebSocket from source address 127.0.0.(2 + n % 253).
-async fn connect(addr: SocketAddr, n: usize) -> Result<Ws, String> {
+async fn connect(addr: SocketAddr, n: usize) -> Result<Ws, LoadError> {
     let source = SocketAddr::V4(SocketAddrV4::new(
         Ipv4Addr::new(127, 0, 0, 2 + (n % 253) as u8),
         0,
     ));
-    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket
-        .bind(source)
-        .map_err(|e| format!("bind {source}: {e}"))?;
-    let stream = socket
-        .connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let socket = TcpSocket::new_v4().map_err(io("socket"))?;
+    socket.bind(source).map_err(|e| LoadError::Bind {
+        source_addr: source,
+        source: e,
+    })?;
+    let stream = socket.connect(addr).await.map_err(io("connect"))?;
     let _ = stream.set_nodelay(true);
     let mut config = WebSocketConfig::default();
     config.read_buffer_size = 16 * 1024;
     let url = format!("ws://{addr}/ws/connect");
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     // The `connected` message.
     match ws.next().await {
         Some(Ok(Message::Text(_))) => Ok(ws),
-        other => Err(format!("no connected message: {other:?}")),
+        other => Err(LoadError::NoConnected(format!("{other:?}"))),
     }
 }
 
 /// Opens `count` WebSockets, spread round-robin over `addrs`.
-async fn connect_many(addrs: &[SocketAddr], count: usize) -> Result<(Vec<Ws>, f64), String> {
+async fn connect_many(addrs: &[SocketAddr], count: usize) -> Result<(Vec<Ws>, f64), LoadError> {
     let started = Instant::now();
     let mut sockets = Vec::with_capacity(count);
     // Bounded concurrency keeps the accept backlog sane.
@@ -114,17 +113,16 @@ async fn connect_many(addrs: &[SocketAddr], count: usize) -> Result<(Vec<Ws>, f6
     Ok((sockets, count as f64 / started.elapsed().as_secs_f64()))
 }
 
-async fn join(ws: &mut Ws, room: &str) -> Result<(), String> {
+async fn join(ws: &mut Ws, room: &str) -> Result<(), LoadError> {
     ws.send(Message::text(
         json!({"action": "join", "data": {"room": room}}).to_string(),
     ))
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) if text.contains("Joined room") => return Ok(()),
             Some(Ok(_)) => continue,
-            other => return Err(format!("join failed: {other:?}")),
+            other => return Err(LoadError::JoinFailed(format!("{other:?}"))),
         }
     }
 }
@@ -132,11 +130,9 @@ async fn join(ws: &mut Ws, room: &str) -> Result<(), String> {
 /// A keep-alive HTTP/1.1 connection for the publish API.
 async fn api(
     addr: SocketAddr,
-) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, LoadError> {
+    let stream = TcpStream::connect(addr).await.map_err(io("connect"))?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     Ok(sender)
 }
@@ -148,26 +144,21 @@ struct RedisCommands {
 }
 
 /// `INFO commandstats` of the Redis at `addr`, summed (`None` without one).
-async fn redis_commands(addr: Option<SocketAddr>) -> Result<Option<RedisCommands>, String> {
+async fn redis_commands(addr: Option<SocketAddr>) -> Result<Option<RedisCommands>, LoadError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(addr) = addr else { return Ok(None) };
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("redis: {e}"))?;
+    let mut stream = TcpStream::connect(addr).await.map_err(io("redis"))?;
     stream
         .write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
         .await
-        .map_err(|e| format!("redis: {e}"))?;
+        .map_err(io("redis"))?;
     // One bulk string: `$<length>\r\n<text>\r\n`.
     let mut reply = Vec::new();
     let mut buffer = [0u8; 8192];
     loop {
-        let n = stream
-            .read(&mut buffer)
-            .await
-            .map_err(|e| format!("redis: {e}"))?;
+        let n = stream.read(&mut buffer).await.map_err(io("redis"))?;
         if n == 0 {
-            return Err("redis closed during INFO".into());
+            return Err(LoadError::RedisClosed);
         }
         reply.extend_from_slice(&buffer[..n]);
         let text = String::from_utf8_lossy(&reply);
@@ -177,7 +168,7 @@ async fn redis_commands(addr: Option<SocketAddr>) -> Result<Option<RedisCommands
         let length: usize = head
             .trim_start_matches('$')
             .parse()
-            .map_err(|_| format!("redis answered {head}"))?;
+            .map_err(|_| LoadError::RedisAnswered(head.to_owned()))?;
         if body.len() < length {
             continue;
         }
@@ -211,7 +202,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn fanout(args: &Args) -> Result<Value, String> {
+async fn fanout(args: &Args) -> Result<Value, LoadError> {
     let (sockets, connects_per_sec) = connect_many(&args.addrs, args.members).await?;
     let clock = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
@@ -291,9 +282,7 @@ async fn fanout(args: &Args) -> Result<Value, String> {
                 .await
                 .is_err()
             {
-                return Err(format!(
-                    "broadcast {waited} did not reach every member within 30 s"
-                ));
+                return Err(LoadError::NotDelivered { broadcast: waited });
             }
         }
         if let Some(shares) = &mut shares {
@@ -304,8 +293,7 @@ async fn fanout(args: &Args) -> Result<Value, String> {
             .header("host", "bench")
             .header("content-type", "application/json")
             .header("authorization", format!("Bearer {}", args.token))
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| e.to_string())?;
+            .body(Full::new(Bytes::from(body.to_string())))?;
         publishers.publish(n, request).await?;
     }
     let mut receipts = publishers.finish().await?;
@@ -327,7 +315,7 @@ async fn fanout(args: &Args) -> Result<Value, String> {
         reader.abort();
     }
     if args.require_all && got != expected {
-        return Err(format!("received {got} of {expected} deliveries"));
+        return Err(LoadError::MissingDeliveries { got, expected });
     }
     let mut lat = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
     lat.sort_unstable();
@@ -356,7 +344,7 @@ async fn fanout(args: &Args) -> Result<Value, String> {
     }))
 }
 
-async fn pingpong(args: &Args) -> Result<Value, String> {
+async fn pingpong(args: &Args) -> Result<Value, LoadError> {
     let (sockets, _) = connect_many(&args.addrs, args.conns).await?;
     let replies = Arc::new(AtomicU64::new(0));
     // Replies that were not pongs (e.g. RATE_LIMITED: raise the server's rate limit for benchmarks).
@@ -407,7 +395,7 @@ async fn pingpong(args: &Args) -> Result<Value, String> {
     }))
 }
 
-async fn idle(args: &Args) -> Result<Value, String> {
+async fn idle(args: &Args) -> Result<Value, LoadError> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, baseline) = servers_usage(&args.pids);
     let mut held: Vec<Ws> = Vec::new();
@@ -425,23 +413,14 @@ async fn idle(args: &Args) -> Result<Value, String> {
 }
 
 /// One `GET path` on a fresh connection: the body, and how long it took.
-async fn get(addr: SocketAddr, path: &str) -> Result<(String, Duration), String> {
+async fn get(addr: SocketAddr, path: &str) -> Result<(String, Duration), LoadError> {
     let started = Instant::now();
     let mut sender = api(addr).await?;
     let request = hyper::Request::get(path)
         .header("host", addr.to_string())
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+        .body(Full::new(Bytes::new()))?;
+    let response = sender.send_request(request).await?;
+    let body = response.into_body().collect().await?.to_bytes();
     Ok((
         String::from_utf8_lossy(&body).into_owned(),
         started.elapsed(),
@@ -471,7 +450,7 @@ fn frames_per_write(before: (f64, f64), after: (f64, f64)) -> Option<f64> {
 }
 
 /// A counter of the server's `/metrics` (0 when absent).
-async fn metric(addr: SocketAddr, name: &str) -> Result<f64, String> {
+async fn metric(addr: SocketAddr, name: &str) -> Result<f64, LoadError> {
     let (text, _) = get(addr, "/metrics").await?;
     Ok(text
         .lines()
@@ -479,7 +458,7 @@ async fn metric(addr: SocketAddr, name: &str) -> Result<f64, String> {
         .unwrap_or(0.0))
 }
 
-async fn joinstorm(args: &Args) -> Result<Value, String> {
+async fn joinstorm(args: &Args) -> Result<Value, LoadError> {
     let addr = args.addrs[0];
     let pid = args.pids.first().copied();
     let (mut sockets, connects_per_s) = connect_many(&args.addrs, args.members).await?;
@@ -490,9 +469,7 @@ async fn joinstorm(args: &Args) -> Result<Value, String> {
     let started = Instant::now();
     let join = json!({"action": "join", "data": {"room": args.room}}).to_string();
     for ws in &mut sockets {
-        ws.send(Message::text(join.clone()))
-            .await
-            .map_err(|e| e.to_string())?;
+        ws.send(Message::text(join.clone())).await?;
     }
     let joins_sent_s = started.elapsed().as_secs_f64();
     // Quiet: under 2% of a core for two seconds in a row.
@@ -519,7 +496,7 @@ async fn joinstorm(args: &Args) -> Result<Value, String> {
             quiet_since = None;
         }
         if started.elapsed() > Duration::from_secs(600) {
-            return Err("the server did not go quiet within 600 s".into());
+            return Err(LoadError::NeverQuiet);
         }
     };
     let (cpu_after, _) = server_usage(pid);
@@ -547,7 +524,7 @@ async fn joinstorm(args: &Args) -> Result<Value, String> {
 /// `--conns` WebSockets opened (256 handshakes in flight) and held until
 /// the last one is up: connects per second, and the server's CPU per
 /// connect (upgrade, admission, registration, the `connected` message).
-async fn connects(args: &Args) -> Result<Value, String> {
+async fn connects(args: &Args) -> Result<Value, LoadError> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (cpu_before, _) = servers_usage(&args.pids);
     let (sockets, per_sec) = connect_many(&args.addrs, args.conns).await?;
@@ -588,7 +565,7 @@ fn main() -> std::process::ExitCode {
             "idle" => idle(&args).await,
             "joinstorm" => joinstorm(&args).await,
             "connects" => connects(&args).await,
-            other => Err(format!("unknown mode {other}")),
+            other => Err(LoadError::UnknownMode(other.to_owned())),
         }
     });
     match result {

@@ -19,11 +19,13 @@ use hyper::client::conn::http1::SendRequest;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::error::LoadError;
+
 type Request = hyper::Request<Full<Bytes>>;
 
 /// What each publish connection reports when the run ends: the
 /// microseconds from sending each publish to its receipt.
-type Receipts = Result<Vec<u64>, String>;
+type Receipts = Result<Vec<u64>, LoadError>;
 
 pub(crate) enum Publishers {
     /// One connection per node, each publish awaited in turn.
@@ -40,7 +42,10 @@ pub(crate) enum Publishers {
 
 impl Publishers {
     /// Opens `per_node` connections to every node in `addrs`.
-    pub(crate) async fn open(addrs: &[SocketAddr], per_node: usize) -> Result<Publishers, String> {
+    pub(crate) async fn open(
+        addrs: &[SocketAddr],
+        per_node: usize,
+    ) -> Result<Publishers, LoadError> {
         let mut connections = Vec::with_capacity(addrs.len() * per_node);
         // Node-major order, so consecutive publishes go to different nodes
         // as they did with one connection per node.
@@ -73,7 +78,7 @@ impl Publishers {
 
     /// Sends publish number `n` (waits for its receipt with one connection
     /// per node).
-    pub(crate) async fn publish(&mut self, n: usize, request: Request) -> Result<(), String> {
+    pub(crate) async fn publish(&mut self, n: usize, request: Request) -> Result<(), LoadError> {
         match self {
             Publishers::Waiting {
                 connections,
@@ -87,20 +92,20 @@ impl Publishers {
                 let count = queues.len();
                 queues[n % count]
                     .send(request)
-                    .map_err(|_| "a publish connection failed".to_owned())
+                    .map_err(|_| LoadError::PublisherGone)
             }
         }
     }
 
     /// Waits for every publish's receipt; returns their latencies (µs).
-    pub(crate) async fn finish(self) -> Result<Vec<u64>, String> {
+    pub(crate) async fn finish(self) -> Result<Vec<u64>, LoadError> {
         match self {
             Publishers::Waiting { receipts, .. } => Ok(receipts),
             Publishers::Open { queues, tasks } => {
                 drop(queues);
                 let mut all = Vec::new();
                 for task in tasks {
-                    all.extend(task.await.map_err(|e| e.to_string())??);
+                    all.extend(task.await.map_err(LoadError::PublisherTask)??);
                 }
                 Ok(all)
             }
@@ -109,17 +114,17 @@ impl Publishers {
 }
 
 /// Sends one publish and reads its answer; the time to its receipt (µs).
-async fn send(connection: &mut SendRequest<Full<Bytes>>, request: Request) -> Result<u64, String> {
+async fn send(
+    connection: &mut SendRequest<Full<Bytes>>,
+    request: Request,
+) -> Result<u64, LoadError> {
     let sent = Instant::now();
-    connection.ready().await.map_err(|e| e.to_string())?;
-    let response = connection
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
+    connection.ready().await?;
+    let response = connection.send_request(request).await?;
     let status = response.status();
     let _ = response.into_body().collect().await;
     if !status.is_success() {
-        return Err(format!("publish answered {status}"));
+        return Err(LoadError::PublishRefused(status));
     }
     Ok(sent.elapsed().as_micros() as u64)
 }
