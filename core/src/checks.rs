@@ -154,7 +154,7 @@ impl Core {
         };
         // The wait is lifted for the answer (a join may wait again, for
         // the room's read); the messages deferred meanwhile run after it.
-        let deferred = self.conns.get_mut(conn).and_then(|c| c.waiting.take());
+        let deferred = self.lift_wait(conn);
         match (pending, answer) {
             (PendingCheck::Token { id }, CheckAnswer::Token(result)) => {
                 self.token_verified(now, slot, id, result)
@@ -180,18 +180,7 @@ impl Core {
                 let _ = (pending, answer);
             }
         }
-        let Some(connection) = self.conns.get_mut(conn) else {
-            return; // closed by the answer (a slow consumer)
-        };
-        match (connection.waiting.as_mut(), deferred) {
-            // Waiting again: the deferred messages stay behind it.
-            (Some(again), Some(deferred)) => again.extend(*deferred),
-            (Some(_), None) => {}
-            (None, deferred) => {
-                connection.waiting = deferred;
-                self.finish_waiting(conn);
-            }
-        }
+        self.restore_wait(conn, deferred, true);
     }
 
     /// The verdict on a `refresh`: same user → new expiry, scopes and

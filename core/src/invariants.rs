@@ -93,11 +93,10 @@ impl Core {
             {
                 return Err(format!("{id:?} holds frames for {room:?}, which it is not in").into());
             }
-            if connection
-                .waiting
-                .as_ref()
-                .is_some_and(|w| w.len() > limits.engine_deferred_messages_max)
-            {
+            if connection.waiting.as_ref().is_some_and(|w| {
+                w.runs() > limits.engine_deferred_messages_max
+                    || w.refusals() > limits.engine_deferred_messages_max
+            }) {
                 return Err(format!("{id:?} defers more messages than allowed").into());
             }
             if connection.conflated.is_empty() != connection.conflated.flush_at_us().is_none() {

@@ -59,11 +59,12 @@
 //! | module | job |
 //! |---|---|
 //! | `machine` | [`Core`]: its parts and input dispatch |
-//! | `connections` | the connections part (slab, ids, timers, the close queue); opening, closing (one way: the close queue), queueing frames with the slow-consumer bound, reply order |
+//! | `connections` | the connections part (slab, ids, timers, the close queue); opening, closing (one way: the close queue), queueing frames with the slow-consumer bound |
+//! | `reply_order` | a connection's reply order: the messages (and refusals: `SERVER_BUSY`, `RATE_LIMITED`) queued behind a request that waits for the engine or a check, and their resumption |
 //! | `calls` | the engine calls part: requests, calls in flight, publishes awaiting appends, answers to the caller |
 //! | `presence` | the presence part: the input's changes, throttle windows, the node's refresh |
 //! | `outbound` | the outbound queue and the node-wide byte budget (`outbound_bytes_max`) |
-//! | `client_messages` | handling client messages: rate limit, parse, the simple actions, deferral |
+//! | `client_messages` | handling client messages: rate limit verdict, parse, the simple actions |
 //! | `rooms` | the rooms part (rooms, stream-check timers); joins, leaves, a room's local lifetime |
 //! | `presence_diffs` | who is told which `presence_diff`, and presence lists |
 //! | `stream` | the engine conversation per room: reads, live messages, gaps, checks |
@@ -135,6 +136,7 @@ pub mod parse;
 mod presence;
 mod presence_diffs;
 pub mod rate;
+mod reply_order;
 mod rooms;
 pub mod standalone;
 mod stream;

@@ -10,8 +10,8 @@ use roomcast_core::engine::{
 use roomcast_core::oracle::{Observed, Oracle, Sent};
 use roomcast_core::validate::PublishError;
 use roomcast_core::{
-    ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now, Output, Publish, Response,
-    RoomName, User,
+    CloseCode, ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now, Output, Publish,
+    Response, RoomName, User,
 };
 use serde_json::{json, Value};
 
@@ -643,13 +643,10 @@ fn messages_waiting_behind_the_engine_are_bounded() {
     let pings: Vec<u64> = (0..3)
         .map(|_| h.request(a, json!({"action": "ping"}), Sent::Other))
         .collect();
+    // The third ping is refused (two wait already), but in its place:
+    // its answer must not overtake the replies before it.
     let frames = h.frames();
-    assert_eq!(
-        frames.len(),
-        1,
-        "only the third ping is answered now: {frames:#?}"
-    );
-    assert_eq!(reply(&frames, a, pings[2])["data"]["code"], "RATE_LIMITED");
+    assert!(frames.is_empty(), "nothing answered ahead: {frames:#?}");
     h.settle();
     let frames = h.frames();
     let order: Vec<Value> = frames.iter().map(|(_, f)| f["id"].clone()).collect();
@@ -659,9 +656,73 @@ fn messages_waiting_behind_the_engine_are_bounded() {
             Value::Null,
             json!(published),
             json!(pings[0]),
-            json!(pings[1])
+            json!(pings[1]),
+            json!(pings[2])
         ]
     );
+    assert_eq!(reply(&frames, a, pings[1])["type"], "pong");
+    assert_eq!(reply(&frames, a, pings[2])["data"]["code"], "RATE_LIMITED");
+}
+
+#[test]
+fn a_client_that_keeps_sending_behind_a_wait_is_closed_with_1008() {
+    let limits = Limits {
+        engine_deferred_messages_max: 2,
+        ..Limits::default()
+    };
+    let (mut h, a) = Harness::with_member(limits);
+    let publish =
+        json!({"action": "publish", "data": {"room": "r", "type": "queue_status", "data": {}}});
+    h.request(a, publish, Sent::Other);
+    // Two wait to run, two wait for their refusal: the queue is full.
+    for _ in 0..4 {
+        h.request(a, json!({"action": "ping"}), Sent::Other);
+    }
+    assert!(
+        h.frames().is_empty(),
+        "still within both bounds, nothing answered"
+    );
+    h.request(a, json!({"action": "ping"}), Sent::Other);
+    let outputs: Vec<Output> = std::iter::from_fn(|| h.core.poll_output()).collect();
+    assert!(
+        matches!(
+            outputs.as_slice(),
+            [Output::Close { conn, code: CloseCode::PolicyViolation }] if *conn == a
+        ),
+        "{outputs:?}"
+    );
+}
+
+#[test]
+fn server_busy_behind_a_full_queue_keeps_its_place() {
+    let limits = Limits {
+        engine_deferred_messages_max: 1,
+        ..Limits::default()
+    };
+    let (mut h, a) = Harness::with_member(limits);
+    let publish =
+        json!({"action": "publish", "data": {"room": "r", "type": "queue_status", "data": {}}});
+    let published = h.request(a, publish, Sent::Other);
+    let ping = h.request(a, json!({"action": "ping"}), Sent::Other);
+    // The shell refused the next message (its inbound budget was full).
+    let busy = roomcast_core::parse::RequestId::Number(99.into());
+    h.oracle.sent(1, "99".into(), Sent::Other).unwrap();
+    h.core.handle(
+        h.now(),
+        Input::Busy {
+            conn: a,
+            id: Some(busy),
+        },
+    );
+    assert!(h.frames().is_empty(), "SERVER_BUSY waits for its turn");
+    h.settle();
+    let frames = h.frames();
+    let order: Vec<Value> = frames.iter().map(|(_, f)| f["id"].clone()).collect();
+    assert_eq!(
+        order,
+        vec![Value::Null, json!(published), json!(ping), json!(99)]
+    );
+    assert_eq!(frames[3].1["data"]["code"], "SERVER_BUSY");
 }
 
 #[test]
