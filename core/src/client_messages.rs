@@ -1,6 +1,6 @@
 //! Client messages: the rate limiter's verdict, parsing, and the handlers
 //! of every action but `join` (in [`rooms`](crate::rooms)) and `publish`
-//! (in [`fanout`](crate::fanout)). Whether a message runs now or waits
+//! (in [`publishing`](crate::publishing)). Whether a message runs now or waits
 //! behind an earlier request is `reply_order`'s.
 
 use std::collections::BTreeSet;

@@ -68,7 +68,8 @@
 //! | `rooms` | the rooms part (rooms, stream-check timers); joins, leaves, a room's local lifetime |
 //! | `presence_diffs` | who is told which `presence_diff`, and presence lists |
 //! | `stream` | the engine conversation per room: reads, live messages, gaps, checks |
-//! | `fanout` | publishing (API and client) and delivery to members |
+//! | `publishing` | publishing (API and client): the engine appends and their answers, receipts; direct messages (`/api/send`) |
+//! | `delivery` | a numbered message to a room's members (shared bytes, conflation, the slow-consumer close) and a direct message to its connections |
 //! | `timers` | heartbeats, token expiry, conflation flushes, stream checks, the end of presence-diff windows |
 //! | `config` | [`CoreConfig`], [`RoomOptions`], [`Response`] |
 //! | [`engine`] | the engine contract; [`engine::memory`] the in-memory engine (`engine/memory/room_log.rs`: a room's numbers and bounded history in it) |
@@ -119,9 +120,9 @@ mod codes;
 mod config;
 mod conflation;
 mod connections;
+mod delivery;
 pub mod engine;
 pub mod envelope;
-mod fanout;
 mod input;
 #[cfg(any(test, feature = "testing"))]
 pub mod invariants;
@@ -135,6 +136,7 @@ mod output;
 pub mod parse;
 mod presence;
 mod presence_diffs;
+mod publishing;
 pub mod rate;
 mod reply_order;
 mod rooms;

@@ -11,7 +11,7 @@
 //! same queue behind the replies before it.
 //!
 //! Everything that starts, ends or lifts a wait is here; the handlers
-//! (`client_messages`, `rooms`, `fanout`, `checks`) only say when a
+//! (`client_messages`, `rooms`, `publishing`, `checks`) only say when a
 //! request starts or stops waiting.
 
 use std::collections::VecDeque;
