@@ -50,10 +50,23 @@ pub enum Check {
 pub enum CheckAnswer {
     /// The verified token's user, or why it was refused (expired, bad
     /// signature...).
-    Token(Result<User, String>),
+    Token(Result<User, TokenRefused>),
     /// The join hook's verdict.
     Join(HookVerdict),
 }
+
+/// Why the shell refused a `refresh` token: a sentence for the client
+/// (`token refused: ...`), which never contains the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRefused(pub String);
+
+impl std::fmt::Display for TokenRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TokenRefused {}
 
 /// What the join hook decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,7 +204,7 @@ impl Core {
         now: Now,
         slot: u32,
         id: Option<RequestId>,
-        result: Result<User, String>,
+        result: Result<User, TokenRefused>,
     ) {
         let Some(connection) = self.conns.at_mut(slot) else {
             self.impossible("a refresh answered for an empty slot");

@@ -6,6 +6,7 @@
 use std::fmt;
 
 use crate::calls::Call;
+use crate::engine::EngineBroken;
 use crate::machine::Core;
 
 /// Why [`Core::check_invariants`] (or [`Standalone::check_invariants`](crate::Standalone::check_invariants))
@@ -18,14 +19,15 @@ pub enum Broken {
     /// A structural invariant of the core does not hold.
     Invariant(String),
     /// The engine's own check failed.
-    Engine(String),
+    Engine(EngineBroken),
 }
 
 impl fmt::Display for Broken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Broken::Impossible(what) => write!(f, "an impossible state was met: {what}"),
-            Broken::Invariant(what) | Broken::Engine(what) => f.write_str(what),
+            Broken::Invariant(what) => f.write_str(what),
+            Broken::Engine(broken) => broken.fmt(f),
         }
     }
 }

@@ -147,7 +147,7 @@ mod timers;
 pub mod validate;
 
 pub use access::{AccessRules, Grants, Identity, RoomAccess, User};
-pub use checks::{Check, CheckAnswer, HookVerdict};
+pub use checks::{Check, CheckAnswer, HookVerdict, TokenRefused};
 pub use codes::{CloseCode, ErrorCode, WarningCode};
 pub use config::{CoreConfig, Response, RoomOptions, Ticket};
 pub use input::{Input, SendTarget};
