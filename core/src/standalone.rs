@@ -55,7 +55,7 @@ impl InlineEngine for MemoryEngine {
         MemoryEngine::room_count(self)
     }
     fn check(&self) -> Result<(), EngineBroken> {
-        MemoryEngine::check(self)
+        MemoryEngine::invariants(self)
     }
 }
 

@@ -235,6 +235,6 @@ impl InlineEngine for FaultyEngine {
     }
 
     fn check(&self) -> Result<(), EngineBroken> {
-        self.inner.check()
+        self.inner.invariants()
     }
 }
