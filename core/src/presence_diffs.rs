@@ -23,7 +23,7 @@
 //! ends. A diff goes to every member; a member it lists hears the rest,
 //! never about itself. Nothing is sent while the node shuts down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
@@ -336,11 +336,11 @@ impl Core {
         if !self.config.presence_diffs_from_engine || self.shutting_down {
             return;
         }
-        // The echoes awaited may be lost: the "ask again" diff below is
-        // every member's new start.
-        for state in self.rooms.values_mut() {
-            state.unechoed.clear();
-        }
+        // The echoes awaited may be lost: the room's list settles them
+        // (`on_presence_resync`), not the reset. A member whose add the
+        // list does not show yet keeps waiting for its echo, which comes
+        // after the list: told the list's count, it would keep a count
+        // without itself (its own echo tells it nothing).
         let rooms: Vec<RoomName> = self
             .rooms
             .iter()
@@ -415,11 +415,20 @@ impl Core {
         if self.shutting_down {
             return;
         }
+        // The members the list shows are echoed (their echo may have been
+        // lost in the reset); the others still wait for theirs.
+        if !state.unechoed.is_empty() {
+            let listed: BTreeSet<ConnectionId> = entries.iter().map(|entry| entry.conn).collect();
+            state.unechoed.retain(|conn| !listed.contains(conn));
+        }
         let frame = ask_again(now, &room, entries.len());
         let Some(state) = self.rooms.get(&room) else {
             return;
         };
         for (&member, &slot) in &state.members {
+            if state.unechoed.contains(&member) {
+                continue; // told once its add is echoed
+            }
             let Some(connection) = self.conns.at_mut(slot) else {
                 continue;
             };

@@ -101,11 +101,6 @@ impl Rooms {
         self.rooms.iter()
     }
 
-    /// Every room's state, in name order.
-    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Room> {
-        self.rooms.values_mut()
-    }
-
     /// Whether any room has a member here.
     pub(crate) fn any_members(&self) -> bool {
         self.rooms.values().any(|r| !r.members.is_empty())

@@ -309,3 +309,65 @@ fn after_a_stream_reset_members_are_told_to_ask_again() {
     assert!(h.kept.is_empty(), "{:?}", h.kept);
     assert!(h.diffs().is_empty());
 }
+
+/// A stream reset while a member's own add is not echoed yet: a list
+/// that does not show it yet tells it nothing (its echo, after the list,
+/// starts its view, with a count that includes it); one that shows it
+/// stands for the echo the reset may have lost.
+#[test]
+fn a_reset_before_a_joiners_echo_leaves_it_waiting_for_the_echo() {
+    let mut h = Harness::new(true);
+    h.member(1, "team:x");
+    h.tell(changed(&[1], &[], 1));
+    h.member(2, "team:x");
+    h.sends();
+    h.core
+        .handle(h.now(), Input::Engine(EngineEvent::StreamReset));
+    h.settle_with(true);
+    let kept = std::mem::take(&mut h.kept);
+    let [EngineRequest::PresenceList { call, .. }] = kept.as_slice() else {
+        panic!("{kept:?}")
+    };
+    // The list was taken before member 2's add was applied.
+    h.tell(EngineEvent::Presence {
+        call: *call,
+        result: Ok(vec![entry(1)]),
+    });
+    assert_eq!(
+        h.diffs(),
+        vec![(
+            conn(1),
+            json!({"room": "team:x", "connections": 1, "truncated": true})
+        )],
+        "member 2 is not told a count without itself"
+    );
+    // Its echo: member 1 hears of it; member 2's view starts after it.
+    h.tell(changed(&[2], &[], 2));
+    let diffs = h.diffs();
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    assert_eq!(
+        (diffs[0].0, &diffs[0].1["connections"]),
+        (conn(1), &json!(2))
+    );
+    h.tell(changed(&[9], &[], 3));
+    assert_eq!(h.diffs().len(), 2, "both members hear the next change");
+
+    // A list that shows the joiner's add stands for its (lost) echo.
+    h.member(3, "team:x");
+    h.sends();
+    h.core
+        .handle(h.now(), Input::Engine(EngineEvent::StreamReset));
+    h.settle_with(true);
+    let kept = std::mem::take(&mut h.kept);
+    let [EngineRequest::PresenceList { call, .. }] = kept.as_slice() else {
+        panic!("{kept:?}")
+    };
+    h.tell(EngineEvent::Presence {
+        call: *call,
+        result: Ok(vec![entry(1), entry(2), entry(3), entry(9)]),
+    });
+    let told: Vec<ConnectionId> = h.diffs().into_iter().map(|(c, _)| c).collect();
+    assert_eq!(told, [conn(1), conn(2), conn(3)]);
+    h.tell(changed(&[10], &[], 5));
+    assert_eq!(h.diffs().len(), 3, "member 3 hears changes from here on");
+}
