@@ -126,6 +126,9 @@ impl Core {
         let Some(state) = self.rooms.get_mut(&room) else {
             return;
         };
+        if state.presence_resyncing {
+            state.presence_overtaken = true;
+        }
         for entry in &joined {
             // A member's own add, echoed: later changes are news to it.
             state.unechoed.remove(&entry.conn);
@@ -397,7 +400,8 @@ impl Core {
 
     /// The list that follows a stream reset: every member of the room is
     /// told to ask again, with the room's count. A failed list leaves the
-    /// room stale: its next stream check lists it again.
+    /// room stale: its next stream check lists it again. A list that a
+    /// presence change overtook is asked again at once.
     fn on_presence_resync(
         &mut self,
         now: Now,
@@ -408,9 +412,14 @@ impl Core {
             return; // forgotten meanwhile: nobody to tell
         };
         state.presence_resyncing = false;
+        let overtaken = std::mem::take(&mut state.presence_overtaken);
         let Ok(entries) = result else {
             return;
         };
+        if overtaken {
+            // Told last, its older count would be the one members keep.
+            return self.resync_presence(&room);
+        }
         state.presence_stale = false;
         if self.shutting_down {
             return;

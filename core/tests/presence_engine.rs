@@ -371,3 +371,46 @@ fn a_reset_before_a_joiners_echo_leaves_it_waiting_for_the_echo() {
     h.tell(changed(&[10], &[], 5));
     assert_eq!(h.diffs().len(), 3, "member 3 hears changes from here on");
 }
+
+/// A change told while the list after a reset is in flight: the list's
+/// count may be older (answers are not ordered with changes), so it is
+/// not told; the room is listed again and that list's count is.
+#[test]
+fn a_list_that_a_change_overtook_is_asked_again() {
+    let mut h = Harness::new(true);
+    h.member(1, "team:x");
+    h.tell(changed(&[1], &[], 1));
+    h.sends();
+    h.core
+        .handle(h.now(), Input::Engine(EngineEvent::StreamReset));
+    h.settle_with(true);
+    let kept = std::mem::take(&mut h.kept);
+    let [EngineRequest::PresenceList { call, .. }] = kept.as_slice() else {
+        panic!("{kept:?}")
+    };
+    // Another node's member joins; its change is told before the list
+    // (taken before the join) answers.
+    h.feed(changed(&[9], &[], 2));
+    assert_eq!(h.diffs().len(), 1);
+    h.feed(EngineEvent::Presence {
+        call: *call,
+        result: Ok(vec![entry(1)]),
+    });
+    assert!(h.diffs().is_empty(), "the older count is not told last");
+    h.settle_with(true);
+    let kept = std::mem::take(&mut h.kept);
+    let [EngineRequest::PresenceList { call, .. }] = kept.as_slice() else {
+        panic!("listed again at once: {kept:?}")
+    };
+    h.tell(EngineEvent::Presence {
+        call: *call,
+        result: Ok(vec![entry(1), entry(9)]),
+    });
+    assert_eq!(
+        h.diffs(),
+        vec![(
+            conn(1),
+            json!({"room": "team:x", "connections": 2, "truncated": true})
+        )]
+    );
+}
