@@ -2,7 +2,7 @@
 //! order decided, the calls awaiting their answer (each with what it was
 //! for), the publishes awaiting their appends, and the answers to the
 //! caller's broadcasts. What an answer means is the handlers' (`stream`,
-//! `fanout`, `presence_diffs`, `client_messages`); this part keeps the calls,
+//! `publishing`, `presence_diffs`, `client_messages`); this part keeps the calls,
 //! their ids and the publishes' counts in step.
 
 use std::collections::{BTreeMap, VecDeque};

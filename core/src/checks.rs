@@ -50,10 +50,23 @@ pub enum Check {
 pub enum CheckAnswer {
     /// The verified token's user, or why it was refused (expired, bad
     /// signature...).
-    Token(Result<User, String>),
+    Token(Result<User, TokenRefused>),
     /// The join hook's verdict.
     Join(HookVerdict),
 }
+
+/// Why the shell refused a `refresh` token: a sentence for the client
+/// (`token refused: ...`), which never contains the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRefused(pub String);
+
+impl std::fmt::Display for TokenRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TokenRefused {}
 
 /// What the join hook decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,7 +167,7 @@ impl Core {
         };
         // The wait is lifted for the answer (a join may wait again, for
         // the room's read); the messages deferred meanwhile run after it.
-        let deferred = self.conns.get_mut(conn).and_then(|c| c.waiting.take());
+        let deferred = self.lift_wait(conn);
         match (pending, answer) {
             (PendingCheck::Token { id }, CheckAnswer::Token(result)) => {
                 self.token_verified(now, slot, id, result)
@@ -180,18 +193,7 @@ impl Core {
                 let _ = (pending, answer);
             }
         }
-        let Some(connection) = self.conns.get_mut(conn) else {
-            return; // closed by the answer (a slow consumer)
-        };
-        match (connection.waiting.as_mut(), deferred) {
-            // Waiting again: the deferred messages stay behind it.
-            (Some(again), Some(deferred)) => again.extend(*deferred),
-            (Some(_), None) => {}
-            (None, deferred) => {
-                connection.waiting = deferred;
-                self.finish_waiting(conn);
-            }
-        }
+        self.restore_wait(conn, deferred, true);
     }
 
     /// The verdict on a `refresh`: same user → new expiry, scopes and
@@ -202,7 +204,7 @@ impl Core {
         now: Now,
         slot: u32,
         id: Option<RequestId>,
-        result: Result<User, String>,
+        result: Result<User, TokenRefused>,
     ) {
         let Some(connection) = self.conns.at_mut(slot) else {
             self.impossible("a refresh answered for an empty slot");

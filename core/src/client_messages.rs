@@ -1,10 +1,7 @@
-//! Client messages: rate limiting, parsing, and the handlers of every
-//! action but `join` (in [`rooms`](crate::rooms)) and `publish` (in
-//! [`fanout`](crate::fanout)).
-//!
-//! Replies keep the order of requests: while a request waits for the
-//! engine (a join that needs a read, a publish), the connection's later
-//! messages wait behind it (at most `engine_deferred_messages_max`).
+//! Client messages: the rate limiter's verdict, parsing, and the handlers
+//! of every action but `join` (in [`rooms`](crate::rooms)) and `publish`
+//! (in [`publishing`](crate::publishing)). Whether a message runs now or waits
+//! behind an earlier request is `reply_order`'s.
 
 use std::collections::BTreeSet;
 
@@ -13,7 +10,6 @@ use serde::Serialize;
 use crate::calls::Call;
 use crate::checks::{Check, PendingCheck};
 use crate::codes::{CloseCode, ErrorCode};
-use crate::connections::Deferred;
 use crate::engine::{CallId, EngineError, EngineRequest, PresenceEntry};
 use crate::envelope;
 use crate::machine::Core;
@@ -24,79 +20,6 @@ use crate::rate::Verdict;
 use crate::time::Now;
 
 impl Core {
-    /// A message from the client: run now, or deferred behind a request
-    /// that waits for the engine.
-    pub(crate) fn client_message(&mut self, now: Now, conn: ConnectionId, text: Option<&str>) {
-        let deferred_max = self.config.limits.engine_deferred_messages_max;
-        let Some(slot) = self.conns.slot(conn) else {
-            return;
-        };
-        let Some(connection) = self.conns.at_mut(slot) else {
-            return;
-        };
-        connection.last_heard_us = now.monotonic_us;
-        let verdict = connection
-            .limiter
-            .check(&self.config.limits, now.monotonic_us);
-        let Some(waiting) = connection.waiting.as_mut() else {
-            return self.run_message(now, conn, text, verdict);
-        };
-        if verdict == Verdict::Close {
-            // Closing needs no reply order.
-            return self.close(conn, Some(CloseCode::PolicyViolation));
-        }
-        if waiting.len() < deferred_max {
-            waiting.push_back(Deferred {
-                text: text.map(str::to_owned),
-                verdict,
-                busy: None,
-            });
-            return;
-        }
-        // Too many messages behind a slow answer (engine or check): refuse this one
-        // (with its id, so the client knows which) instead of growing.
-        let id = text.and_then(|t| match parse_request(t) {
-            Ok(request) => request.id,
-            Err(rejection) => rejection.id,
-        });
-        let message = "too many messages waiting behind an unanswered request; slow down";
-        let frame = envelope::error(now.unix_ms, ErrorCode::RateLimited, message, id.as_ref());
-        self.send(slot, frame);
-    }
-
-    /// A message the shell refused (`Input::Busy`): answered `SERVER_BUSY`
-    /// now, or in its turn behind a request that waits for the engine.
-    /// When that queue is full it is answered at once, as any message
-    /// past `engine_deferred_messages_max` is.
-    pub(crate) fn busy_message(&mut self, now: Now, conn: ConnectionId, id: Option<RequestId>) {
-        let deferred_max = self.config.limits.engine_deferred_messages_max;
-        let Some(connection) = self.conns.get_mut(conn) else {
-            return;
-        };
-        connection.last_heard_us = now.monotonic_us;
-        if let Some(waiting) = connection.waiting.as_mut() {
-            if waiting.len() < deferred_max {
-                waiting.push_back(Deferred {
-                    text: None,
-                    verdict: Verdict::Allow,
-                    busy: Some(id),
-                });
-                return;
-            }
-        }
-        self.answer_busy(now, conn, id.as_ref());
-    }
-
-    /// The `SERVER_BUSY` answer to a refused message.
-    pub(crate) fn answer_busy(&mut self, now: Now, conn: ConnectionId, id: Option<&RequestId>) {
-        let Some(slot) = self.conns.slot(conn) else {
-            return;
-        };
-        let message = "the server is busy: message not executed; retry later";
-        let frame = envelope::error(now.unix_ms, ErrorCode::ServerBusy, message, id);
-        self.send(slot, frame);
-    }
-
     /// Parses and handles one client message, given the rate limiter's
     /// verdict on it.
     pub(crate) fn run_message(

@@ -1,9 +1,8 @@
 //! Connections: the part of [`Core`] that owns them (`Connections`),
 //! and opening, closing (the close queue), queueing frames with the
-//! slow-consumer bound, and the reply order (a connection's messages wait
-//! behind its request that waits for the engine).
+//! slow-consumer bound. A connection's reply order is `reply_order`'s.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
@@ -19,8 +18,8 @@ use crate::machine::Core;
 use crate::names::{ConnectionId, ConnectionMap, RoomName};
 use crate::outbound::Outbox;
 use crate::output::{Output, TextFrame};
-use crate::parse::RequestId;
 use crate::rate::RateLimiter;
+use crate::reply_order::ReplyQueue;
 use crate::time::Now;
 
 /// One open connection.
@@ -47,25 +46,12 @@ pub(crate) struct Connection {
     pub(crate) timer_at_us: u64,
     /// Progress events held back while this member is behind (conflation).
     pub(crate) conflated: ConflatedFrames,
-    /// Set while one of its requests waits for the engine: later messages
-    /// wait here, so replies keep the order of requests. Boxed on purpose:
-    /// every connection carries this field and almost all are idle, so it
-    /// costs 8 bytes instead of a 32-byte empty queue.
-    #[allow(clippy::box_collection)]
-    pub(crate) waiting: Option<Box<VecDeque<Deferred>>>,
-}
-
-/// A client message that arrived while an earlier one waited for the
-/// engine: its text (`None` for a binary frame) and the rate limiter's
-/// verdict at arrival (the allowance is about when messages arrive, not
-/// when they run).
-#[derive(Debug)]
-pub(crate) struct Deferred {
-    pub(crate) text: Option<String>,
-    pub(crate) verdict: crate::rate::Verdict,
-    /// Refused by the shell (`Input::Busy`, with the message's id): answered
-    /// `SERVER_BUSY` in its turn instead of run.
-    pub(crate) busy: Option<Option<RequestId>>,
+    /// Set while one of its requests waits (for the engine or a check):
+    /// later messages queue here, so replies keep the order of requests
+    /// (`reply_order`). Boxed on purpose: every connection carries this
+    /// field and almost all are idle, so it costs 8 bytes instead of an
+    /// empty queue's 40.
+    pub(crate) waiting: Option<Box<ReplyQueue>>,
 }
 
 /// The connections part of [`Core`]: the slab of open connections, its
@@ -514,64 +500,6 @@ impl Core {
         if !Self::try_send(&mut self.outputs, &self.config.limits, connection, &frame) {
             let id = connection.id;
             self.close(id, Some(CloseCode::SlowConsumer));
-        }
-    }
-
-    /// Marks the connection as waiting for the engine: its next messages
-    /// are deferred until [`finish_waiting`](Self::finish_waiting).
-    pub(crate) fn start_waiting(&mut self, conn: ConnectionId) {
-        let Some(connection) = self.conns.get_mut(conn) else {
-            return;
-        };
-        if connection.waiting.is_some() {
-            // One engine wait at a time: the deferred messages stay.
-            self.impossible("two engine waits for one connection");
-            return;
-        }
-        connection.waiting = Some(Box::default());
-    }
-
-    /// Ends the connection's engine wait; its deferred messages run once
-    /// the current input is done.
-    pub(crate) fn finish_waiting(&mut self, conn: ConnectionId) {
-        if self.conns.get(conn).is_some_and(|c| c.waiting.is_some()) {
-            self.conns.push_resumable(conn);
-        }
-    }
-
-    /// Runs deferred messages in order until one waits for the engine again.
-    pub(crate) fn resume(&mut self, conn: ConnectionId) {
-        loop {
-            let now = self.now;
-            let Some(connection) = self.conns.get_mut(conn) else {
-                return;
-            };
-            let Some(waiting) = connection.waiting.as_mut() else {
-                return;
-            };
-            let Some(next) = waiting.pop_front() else {
-                connection.waiting = None;
-                return;
-            };
-            // Run it as if it just arrived: the wait is lifted for this one
-            // message and put back if it waits for the engine again.
-            let rest = connection.waiting.take();
-            match next.busy {
-                Some(id) => self.answer_busy(now, conn, id.as_ref()),
-                None => self.run_message(now, conn, next.text.as_deref(), next.verdict),
-            }
-            let Some(connection) = self.conns.get_mut(conn) else {
-                return;
-            };
-            match (connection.waiting.as_mut(), rest) {
-                // Waiting again: the rest stays deferred behind it.
-                (Some(now_waiting), Some(rest)) => {
-                    now_waiting.extend(*rest);
-                    return;
-                }
-                (Some(_), None) => return,
-                (None, rest) => connection.waiting = rest,
-            }
         }
     }
 }

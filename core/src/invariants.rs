@@ -6,6 +6,7 @@
 use std::fmt;
 
 use crate::calls::Call;
+use crate::engine::EngineBroken;
 use crate::machine::Core;
 
 /// Why [`Core::check_invariants`] (or [`Standalone::check_invariants`](crate::Standalone::check_invariants))
@@ -18,14 +19,15 @@ pub enum Broken {
     /// A structural invariant of the core does not hold.
     Invariant(String),
     /// The engine's own check failed.
-    Engine(String),
+    Engine(EngineBroken),
 }
 
 impl fmt::Display for Broken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Broken::Impossible(what) => write!(f, "an impossible state was met: {what}"),
-            Broken::Invariant(what) | Broken::Engine(what) => f.write_str(what),
+            Broken::Invariant(what) => f.write_str(what),
+            Broken::Engine(broken) => broken.fmt(f),
         }
     }
 }
@@ -93,11 +95,10 @@ impl Core {
             {
                 return Err(format!("{id:?} holds frames for {room:?}, which it is not in").into());
             }
-            if connection
-                .waiting
-                .as_ref()
-                .is_some_and(|w| w.len() > limits.engine_deferred_messages_max)
-            {
+            if connection.waiting.as_ref().is_some_and(|w| {
+                w.runs() > limits.engine_deferred_messages_max
+                    || w.refusals() > limits.engine_deferred_messages_max
+            }) {
                 return Err(format!("{id:?} defers more messages than allowed").into());
             }
             if connection.conflated.is_empty() != connection.conflated.flush_at_us().is_none() {

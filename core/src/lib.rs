@@ -59,15 +59,17 @@
 //! | module | job |
 //! |---|---|
 //! | `machine` | [`Core`]: its parts and input dispatch |
-//! | `connections` | the connections part (slab, ids, timers, the close queue); opening, closing (one way: the close queue), queueing frames with the slow-consumer bound, reply order |
+//! | `connections` | the connections part (slab, ids, timers, the close queue); opening, closing (one way: the close queue), queueing frames with the slow-consumer bound |
+//! | `reply_order` | a connection's reply order: the messages (and refusals: `SERVER_BUSY`, `RATE_LIMITED`) queued behind a request that waits for the engine or a check, and their resumption |
 //! | `calls` | the engine calls part: requests, calls in flight, publishes awaiting appends, answers to the caller |
 //! | `presence` | the presence part: the input's changes, throttle windows, the node's refresh |
 //! | `outbound` | the outbound queue and the node-wide byte budget (`outbound_bytes_max`) |
-//! | `client_messages` | handling client messages: rate limit, parse, the simple actions, deferral |
+//! | `client_messages` | handling client messages: rate limit verdict, parse, the simple actions |
 //! | `rooms` | the rooms part (rooms, stream-check timers); joins, leaves, a room's local lifetime |
 //! | `presence_diffs` | who is told which `presence_diff`, and presence lists |
 //! | `stream` | the engine conversation per room: reads, live messages, gaps, checks |
-//! | `fanout` | publishing (API and client) and delivery to members |
+//! | `publishing` | publishing (API and client): the engine appends and their answers, receipts; direct messages (`/api/send`) |
+//! | `delivery` | a numbered message to a room's members (shared bytes, conflation, the slow-consumer close) and a direct message to its connections |
 //! | `timers` | heartbeats, token expiry, conflation flushes, stream checks, the end of presence-diff windows |
 //! | `config` | [`CoreConfig`], [`RoomOptions`], [`Response`] |
 //! | [`engine`] | the engine contract; [`engine::memory`] the in-memory engine (`engine/memory/room_log.rs`: a room's numbers and bounded history in it) |
@@ -118,9 +120,9 @@ mod codes;
 mod config;
 mod conflation;
 mod connections;
+mod delivery;
 pub mod engine;
 pub mod envelope;
-mod fanout;
 mod input;
 #[cfg(any(test, feature = "testing"))]
 pub mod invariants;
@@ -134,7 +136,9 @@ mod output;
 pub mod parse;
 mod presence;
 mod presence_diffs;
+mod publishing;
 pub mod rate;
+mod reply_order;
 mod rooms;
 pub mod standalone;
 mod stream;
@@ -143,7 +147,7 @@ mod timers;
 pub mod validate;
 
 pub use access::{AccessRules, Grants, Identity, RoomAccess, User};
-pub use checks::{Check, CheckAnswer, HookVerdict};
+pub use checks::{Check, CheckAnswer, HookVerdict, TokenRefused};
 pub use codes::{CloseCode, ErrorCode, WarningCode};
 pub use config::{CoreConfig, Response, RoomOptions, Ticket};
 pub use input::{Input, SendTarget};

@@ -3,17 +3,19 @@
 //! Its state is in parts that own their data and keep their invariants
 //! (each checks its own, `check_invariants`):
 //! `Connections` (slab, ids, timers,
-//! the close queue, the reply order), `Rooms`
+//! the close queue; each connection's reply queue), `Rooms`
 //! (rooms and their stream checks),
 //! `EngineCalls` (requests, calls in flight,
 //! publishes, answers to the caller) and
 //! `Presence` (changes, throttle windows,
 //! refresh). The handlers are `impl Core` blocks, one job per file:
-//! [`connections`](crate::connections) (open, close, sending, reply order),
+//! [`connections`](crate::connections) (open, close, sending),
+//! [`reply_order`](crate::reply_order) (messages waiting behind a request),
 //! [`client_messages`](crate::client_messages) (client messages), [`rooms`](crate::rooms)
 //! (joins and memberships), [`stream`](crate::stream) (the engine
-//! conversation per room), [`fanout`](crate::fanout) (publishing and
-//! delivery), [`presence_diffs`](crate::presence_diffs), [`checks`](crate::checks)
+//! conversation per room), [`publishing`](crate::publishing) (appends and
+//! receipts), [`delivery`](crate::delivery) (frames to members),
+//! [`presence_diffs`](crate::presence_diffs), [`checks`](crate::checks)
 //! and [`timers`](crate::timers). This file only dispatches.
 
 use std::collections::BTreeMap;

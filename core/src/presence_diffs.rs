@@ -23,7 +23,7 @@
 //! ends. A diff goes to every member; a member it lists hears the rest,
 //! never about itself. Nothing is sent while the node shuts down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
@@ -126,6 +126,9 @@ impl Core {
         let Some(state) = self.rooms.get_mut(&room) else {
             return;
         };
+        if state.presence_resyncing {
+            state.presence_overtaken = true;
+        }
         for entry in &joined {
             // A member's own add, echoed: later changes are news to it.
             state.unechoed.remove(&entry.conn);
@@ -151,13 +154,27 @@ impl Core {
     /// the next. A join storm so costs one diff per member per window, not
     /// one per join. A member whose queue cannot take the diff is closed
     /// with 4008 once this is done.
+    ///
+    /// A member that joined during this input (core-built diffs: its join
+    /// reply was just sent, after the room's first change) gets its copy
+    /// after everything of the input instead, so that it never hears of a
+    /// room before its join reply (its copy carries others' changes only
+    /// when its join ends an overdue window, or joins another change).
     pub(crate) fn flush_presence(&mut self) {
         let mut diffs = self.presence.take_changes();
         // Stable: rooms changed at the same place keep their name order.
         diffs.sort_by_key(|(_, diff)| diff.at);
         let now_us = self.now.monotonic_us;
         let mut inserts: Vec<(usize, Outbox)> = Vec::new();
+        let mut after_replies = Outbox::default();
         for (room, diff) in diffs {
+            // With diffs from the engine a joiner hears nothing until its
+            // add is echoed, in a later input (`Room::unechoed`).
+            let joiners: Vec<ConnectionId> = if self.config.presence_diffs_from_engine {
+                Vec::new()
+            } else {
+                diff.joined.keys().copied().collect()
+            };
             let diff = match self.presence.take_window(&room) {
                 // Inside the room's window: told when it ends.
                 Some(mut window) if window.until_us > now_us => {
@@ -188,11 +205,19 @@ impl Core {
             }
             // Only a diff someone was told opens a window (the echo of a
             // lone member's own join leaves the room quiet).
-            if let Some(sends) = self.diff_sends(&room, &diff) {
+            if let Some((sends, joiners_sends)) = self.diff_sends(&room, &diff, &joiners) {
                 inserts.push((diff.at, sends));
+                after_replies.append(joiners_sends);
                 self.open_presence_window(room);
             }
         }
+        self.splice_diffs(inserts);
+        self.outputs.append(after_replies);
+    }
+
+    /// Puts each room's diffs in at its place in the outputs (which only
+    /// grew since), in order.
+    fn splice_diffs(&mut self, inserts: Vec<(usize, Outbox)>) {
         let Some(&(first, _)) = inserts.first() else {
             return;
         };
@@ -243,7 +268,7 @@ impl Core {
             if diff.joined.is_empty() && diff.left.is_empty() {
                 continue; // the window's changes cancelled out
             }
-            if let Some(sends) = self.diff_sends(&room, &diff) {
+            if let Some((sends, _)) = self.diff_sends(&room, &diff, &[]) {
                 self.outputs.append(sends);
                 self.open_presence_window(room);
             }
@@ -256,16 +281,24 @@ impl Core {
     }
 
     /// The `presence_diff` of `diff` for every member of `room`, in member
-    /// order; `None` when nobody is left to tell. A member the diff lists
-    /// (it joined during the window, or an engine change lists it) hears
-    /// the rest, never about itself. Members whose queue is full are left
-    /// in the close queue, closed once the input is done.
-    fn diff_sends(&mut self, room: &RoomName, diff: &PendingDiff) -> Option<Outbox> {
+    /// order: those of the `joiners` (members that joined during this
+    /// input) apart, in the second box; `None` when nobody is left to
+    /// tell. A member the diff lists (it joined during the window, or an
+    /// engine change lists it) hears the rest, never about itself. Members
+    /// whose queue is full are left in the close queue, closed once the
+    /// input is done.
+    fn diff_sends(
+        &mut self,
+        room: &RoomName,
+        diff: &PendingDiff,
+        joiners: &[ConnectionId],
+    ) -> Option<(Outbox, Outbox)> {
         let state = self.rooms.get(room)?;
         let connections = diff.connections.unwrap_or(state.members.len());
         let list_max = self.config.limits.presence_page_max;
         let frame = presence_diff(self.now, room, diff, connections, list_max, None)?;
         let mut sends = Outbox::default();
+        let mut joiners_sends = Outbox::default();
         for (&member, &slot) in &state.members {
             if state.unechoed.contains(&member) {
                 continue; // its own add not echoed yet (`Room::unechoed`)
@@ -286,12 +319,17 @@ impl Core {
             let Some(connection) = self.conns.at_mut(slot) else {
                 continue;
             };
-            if !Self::try_send(&mut sends, &self.config.limits, connection, frame) {
+            let into = if joiners.contains(&member) {
+                &mut joiners_sends
+            } else {
+                &mut sends
+            };
+            if !Self::try_send(into, &self.config.limits, connection, frame) {
                 self.conns
                     .close_later(member, Some(CloseCode::SlowConsumer));
             }
         }
-        (!sends.is_empty()).then_some(sends)
+        (!sends.is_empty() || !joiners_sends.is_empty()).then_some((sends, joiners_sends))
     }
 
     /// After a stream reset (diffs from the engine): the members of every
@@ -301,11 +339,11 @@ impl Core {
         if !self.config.presence_diffs_from_engine || self.shutting_down {
             return;
         }
-        // The echoes awaited may be lost: the "ask again" diff below is
-        // every member's new start.
-        for state in self.rooms.values_mut() {
-            state.unechoed.clear();
-        }
+        // The echoes awaited may be lost: the room's list settles them
+        // (`on_presence_resync`), not the reset. A member whose add the
+        // list does not show yet keeps waiting for its echo, which comes
+        // after the list: told the list's count, it would keep a count
+        // without itself (its own echo tells it nothing).
         let rooms: Vec<RoomName> = self
             .rooms
             .iter()
@@ -362,7 +400,8 @@ impl Core {
 
     /// The list that follows a stream reset: every member of the room is
     /// told to ask again, with the room's count. A failed list leaves the
-    /// room stale: its next stream check lists it again.
+    /// room stale: its next stream check lists it again. A list that a
+    /// presence change overtook is asked again at once.
     fn on_presence_resync(
         &mut self,
         now: Now,
@@ -373,18 +412,32 @@ impl Core {
             return; // forgotten meanwhile: nobody to tell
         };
         state.presence_resyncing = false;
+        let overtaken = std::mem::take(&mut state.presence_overtaken);
         let Ok(entries) = result else {
             return;
         };
+        if overtaken {
+            // Told last, its older count would be the one members keep.
+            return self.resync_presence(&room);
+        }
         state.presence_stale = false;
         if self.shutting_down {
             return;
+        }
+        // The members the list shows are echoed (their echo may have been
+        // lost in the reset); the others still wait for theirs.
+        if !state.unechoed.is_empty() {
+            let listed: BTreeSet<ConnectionId> = entries.iter().map(|entry| entry.conn).collect();
+            state.unechoed.retain(|conn| !listed.contains(conn));
         }
         let frame = ask_again(now, &room, entries.len());
         let Some(state) = self.rooms.get(&room) else {
             return;
         };
         for (&member, &slot) in &state.members {
+            if state.unechoed.contains(&member) {
+                continue; // told once its add is echoed
+            }
             let Some(connection) = self.conns.at_mut(slot) else {
                 continue;
             };

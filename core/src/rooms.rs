@@ -51,6 +51,10 @@ pub(crate) struct Room {
     pub(crate) presence_stale: bool,
     /// That list is in flight.
     pub(crate) presence_resyncing: bool,
+    /// A presence change of the room was told while that list was in
+    /// flight: the list's count may be older than the change's (answers
+    /// are not ordered with changes), so it is listed again.
+    pub(crate) presence_overtaken: bool,
     /// Diffs from the engine: members whose own add the engine has not
     /// echoed yet. They are told no change until it is: a change applied
     /// before their add is no news to them (a `presence` list they make
@@ -99,11 +103,6 @@ impl Rooms {
     /// Every room, in name order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&RoomName, &Room)> {
         self.rooms.iter()
-    }
-
-    /// Every room's state, in name order.
-    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Room> {
-        self.rooms.values_mut()
     }
 
     /// Whether any room has a member here.

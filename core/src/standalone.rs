@@ -14,7 +14,7 @@
 use crate::config::{CoreConfig, Response, Ticket};
 use crate::engine::memory::HistoryBounds;
 use crate::engine::memory::{MemoryEngine, NodeId};
-use crate::engine::{EngineEvent, EngineRequest};
+use crate::engine::{EngineBroken, EngineEvent, EngineRequest};
 use crate::input::Input;
 use crate::machine::Core;
 use crate::names::RoomName;
@@ -35,7 +35,7 @@ pub trait InlineEngine {
     /// Rooms the engine keeps (followed, or holding history).
     fn room_count(&self) -> usize;
     /// The engine's own invariants (tests, simulator, fuzzers).
-    fn check(&self) -> Result<(), String>;
+    fn check(&self) -> Result<(), EngineBroken>;
 }
 
 impl InlineEngine for MemoryEngine {
@@ -54,8 +54,8 @@ impl InlineEngine for MemoryEngine {
     fn room_count(&self) -> usize {
         MemoryEngine::room_count(self)
     }
-    fn check(&self) -> Result<(), String> {
-        MemoryEngine::check(self)
+    fn check(&self) -> Result<(), EngineBroken> {
+        MemoryEngine::invariants(self)
     }
 }
 

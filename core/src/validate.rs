@@ -2,6 +2,8 @@
 //! parsing of the HTTP API bodies (`POST /api/broadcast`, `POST /api/send`).
 //! The client `publish` action goes through the same [`validate_message`].
 
+use std::fmt;
+
 use serde_json::{Map, Value};
 
 use crate::input::SendTarget;
@@ -55,12 +57,29 @@ impl Default for MessageTypes {
     }
 }
 
+/// A custom message type name that is not 1-64 bytes of `[a-z0-9_]`
+/// ([`MessageTypes::with_custom`]): the name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidTypeName(pub String);
+
+impl fmt::Display for InvalidTypeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid type name {:?} (use [a-z0-9_], 1-64 bytes)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InvalidTypeName {}
+
 impl MessageTypes {
     /// The builtin types plus `custom` ones. A custom name must be 1-64 bytes
-    /// of `[a-z0-9_]`; returns the first invalid name as the error.
+    /// of `[a-z0-9_]`; the error names the first invalid one.
     pub fn with_custom<'a>(
         custom: impl IntoIterator<Item = &'a str>,
-    ) -> Result<MessageTypes, String> {
+    ) -> Result<MessageTypes, InvalidTypeName> {
         let mut types = MessageTypes::default();
         for name in custom {
             let valid = !name.is_empty()
@@ -69,7 +88,7 @@ impl MessageTypes {
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
             if !valid {
-                return Err(name.to_owned());
+                return Err(InvalidTypeName(name.to_owned()));
             }
             if !types.contains(name) {
                 types.names.push(name.to_owned());
@@ -413,7 +432,7 @@ mod tests {
         assert!(types.contains("build_done"));
         assert_eq!(
             MessageTypes::with_custom(["Bad-Name"]),
-            Err("Bad-Name".into())
+            Err(InvalidTypeName("Bad-Name".into()))
         );
     }
 }

@@ -5,113 +5,22 @@
 //! The core is driven directly; its engine requests are answered by an
 //! in-memory engine, or held back and answered by hand.
 
-use roomcast_core::engine::memory::HistoryBounds;
-use roomcast_core::engine::memory::MemoryEngine;
-use roomcast_core::engine::{EngineEvent, EngineRequest};
-use roomcast_core::{
-    ConnectionId, Core, CoreConfig, Identity, Input, Now, Output, Publish, Response, RoomName, User,
-};
+use roomcast_core::engine::EngineEvent;
+use roomcast_core::{ConnectionId, CoreConfig, Input, Publish, Response, RoomName};
 use serde_json::{json, Value};
 
-const BOUNDS: HistoryBounds = HistoryBounds {
-    messages_max: 100,
-    age_max_us: 3_600_000_000,
-    bytes_max: usize::MAX,
-    rooms_max: usize::MAX,
-};
+mod support;
 
-struct Harness {
-    core: Core,
-    engine: MemoryEngine,
-}
+use support::Harness;
 
 fn room() -> RoomName {
     RoomName::new("r").unwrap()
 }
 
+/// What only these tests need of the harness.
 impl Harness {
     fn new() -> Harness {
-        Harness {
-            core: Core::new(CoreConfig::default()),
-            engine: MemoryEngine::new(BOUNDS, "e".into(), 60_000_000),
-        }
-    }
-
-    fn now(&self) -> Now {
-        Now::from_start(1_760_000_000_000, 0)
-    }
-
-    /// Opens connection `n` (user `u<n>`, may publish).
-    fn open(&mut self, n: u128) -> ConnectionId {
-        let conn = ConnectionId::from_u128(n);
-        let identity = Identity::User(User {
-            id: format!("u{n}"),
-            scopes: vec!["publish".into()],
-            expires_unix_ms: None,
-            grants: roomcast_core::Grants::none(),
-        });
-        self.core.handle(self.now(), Input::Open { conn, identity });
-        self.frames(); // `connected`
-        conn
-    }
-
-    fn text(&mut self, conn: ConnectionId, action: Value) {
-        let text = action.to_string();
-        self.core
-            .handle(self.now(), Input::Text { conn, text: &text });
-    }
-
-    /// The core's engine requests so far.
-    fn requests(&mut self) -> Vec<EngineRequest> {
-        std::iter::from_fn(|| self.core.poll_engine()).collect()
-    }
-
-    /// Hands requests to the in-memory engine and returns its events.
-    fn engine_events(&mut self, requests: Vec<EngineRequest>) -> Vec<EngineEvent> {
-        for request in requests {
-            self.engine.handle(0, 0, request);
-        }
-        std::iter::from_fn(|| self.engine.poll_event())
-            .map(|(_, event)| event)
-            .collect()
-    }
-
-    fn feed(&mut self, event: EngineEvent) {
-        self.core.handle(self.now(), Input::Engine(event));
-    }
-
-    /// Runs requests through the engine and its events back, until quiet.
-    fn settle(&mut self) {
-        loop {
-            let requests = self.requests();
-            let events = self.engine_events(requests);
-            if events.is_empty() {
-                return;
-            }
-            for event in events {
-                self.feed(event);
-            }
-        }
-    }
-
-    /// Every frame sent since the last call, in order.
-    fn frames(&mut self) -> Vec<(ConnectionId, Value)> {
-        let mut frames = Vec::new();
-        while let Some(output) = self.core.poll_output() {
-            let Output::Send { conn, frame } = output else {
-                panic!("unexpected output {output:?}")
-            };
-            self.core.handle(
-                self.now(),
-                Input::Written {
-                    conn,
-                    bytes: frame.len(),
-                },
-            );
-            frames.push((conn, serde_json::from_str(frame.as_str()).unwrap()));
-        }
-        self.core.check_invariants().unwrap();
-        frames
+        Harness::with_config(CoreConfig::default())
     }
 
     /// A member of room r, settled.

@@ -2,50 +2,32 @@
 //! core is driven directly; its engine requests are answered by hand (from
 //! an in-memory engine, or planted), late, out of order, lost or failed.
 
-use roomcast_core::engine::memory::HistoryBounds;
 use roomcast_core::engine::memory::MemoryEngine;
 use roomcast_core::engine::{
     CallId, EngineError, EngineEvent, EngineRequest, Numbered, ReadResult,
 };
-use roomcast_core::oracle::{Observed, Oracle, Sent};
+use roomcast_core::oracle::Sent;
 use roomcast_core::validate::PublishError;
 use roomcast_core::{
-    ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now, Output, Publish, Response,
-    RoomName, User,
+    CloseCode, ConnectionId, CoreConfig, Input, Limits, Output, Publish, Response, RoomName,
 };
 use serde_json::{json, Value};
 
-const BOUNDS: HistoryBounds = HistoryBounds {
-    messages_max: 100,
-    age_max_us: 3_600_000_000,
-    bytes_max: usize::MAX,
-    rooms_max: usize::MAX,
-};
+mod support;
 
-struct Harness {
-    core: Core,
-    engine: MemoryEngine,
-    now_us: u64,
-    oracle: Oracle,
-    next_id: u64,
-}
+use support::Harness;
 
 fn room() -> RoomName {
     RoomName::new("r").unwrap()
 }
 
+/// What only these tests need of the harness.
 impl Harness {
     fn new(limits: Limits) -> Harness {
-        Harness {
-            core: Core::new(CoreConfig {
-                limits,
-                ..CoreConfig::default()
-            }),
-            engine: MemoryEngine::new(BOUNDS, "e".into(), 60_000_000),
-            now_us: 0,
-            oracle: Oracle::new(),
-            next_id: 0,
-        }
+        Harness::checked(CoreConfig {
+            limits,
+            ..CoreConfig::default()
+        })
     }
 
     /// A harness whose connection 1 is a member of room r, settled.
@@ -74,38 +56,6 @@ impl Harness {
         }])
     }
 
-    fn now(&self) -> Now {
-        Now::from_start(1_760_000_000_000, self.now_us)
-    }
-
-    fn open(&mut self, n: u128) -> ConnectionId {
-        let conn = ConnectionId::from_u128(n);
-        let identity = Identity::User(User {
-            id: format!("u{n}"),
-            scopes: vec!["publish".into()],
-            expires_unix_ms: None,
-            grants: roomcast_core::Grants::none(),
-        });
-        self.oracle.opened(n as u64);
-        self.core.handle(self.now(), Input::Open { conn, identity });
-        self.frames(); // `connected`
-        conn
-    }
-
-    /// Sends a request with a fresh id, telling the oracle what it is.
-    fn request(&mut self, conn: ConnectionId, action: Value, sent: Sent) -> u64 {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut text = action;
-        text["id"] = json!(id);
-        let key = conn.0.as_u128() as u64;
-        self.oracle.sent(key, id.to_string(), sent).unwrap();
-        let text = text.to_string();
-        self.core
-            .handle(self.now(), Input::Text { conn, text: &text });
-        id
-    }
-
     fn join(&mut self, conn: ConnectionId) -> u64 {
         let join = json!({"action": "join", "data": {"room": "r"}});
         self.request(conn, join, Sent::Join("r".into()))
@@ -115,65 +65,6 @@ impl Harness {
         let join =
             json!({"action": "join", "data": {"room": "r", "since": {"epoch": epoch, "seq": seq}}});
         self.request(conn, join, Sent::Recover("r".into(), epoch.into(), seq))
-    }
-
-    /// The core's engine requests so far.
-    fn requests(&mut self) -> Vec<EngineRequest> {
-        std::iter::from_fn(|| self.core.poll_engine()).collect()
-    }
-
-    /// Hands requests to the in-memory engine and returns its events
-    /// (without feeding them to the core).
-    fn engine_events(&mut self, requests: Vec<EngineRequest>) -> Vec<EngineEvent> {
-        for request in requests {
-            self.engine.handle(0, self.now_us, request);
-        }
-        std::iter::from_fn(|| self.engine.poll_event())
-            .map(|(_, event)| event)
-            .collect()
-    }
-
-    fn feed(&mut self, event: EngineEvent) -> Response {
-        self.core.handle(self.now(), Input::Engine(event))
-    }
-
-    /// Runs requests through the engine and its events back, until quiet.
-    fn settle(&mut self) {
-        loop {
-            let requests = self.requests();
-            let events = self.engine_events(requests);
-            if events.is_empty() {
-                return;
-            }
-            for event in events {
-                self.feed(event);
-            }
-        }
-    }
-
-    /// Every frame sent since the last call, checked by the oracle.
-    fn frames(&mut self) -> Vec<(ConnectionId, Value)> {
-        let mut frames = Vec::new();
-        while let Some(output) = self.core.poll_output() {
-            let Output::Send { conn, frame } = output else {
-                panic!("unexpected output {output:?}")
-            };
-            let key = conn.0.as_u128() as u64;
-            let observed = Observed::parse(frame.as_str()).unwrap();
-            if let Err(violation) = self.oracle.received(key, &observed) {
-                panic!("{violation}");
-            }
-            self.core.handle(
-                self.now(),
-                Input::Written {
-                    conn,
-                    bytes: frame.len(),
-                },
-            );
-            frames.push((conn, serde_json::from_str(frame.as_str()).unwrap()));
-        }
-        self.core.check_invariants().unwrap();
-        frames
     }
 
     /// A broadcast of `n` to room r, returning the core's response.
@@ -468,7 +359,7 @@ fn after_data_loss_a_node_reading_late_refills_the_new_epoch_from_the_engine() {
     // The engine restarts empty (this node's subscription survives, as a
     // pub/sub connection resubscribes); three messages are appended
     // elsewhere and their live messages are lost; the fourth arrives.
-    h.engine = MemoryEngine::new(BOUNDS, "f".into(), 60_000_000);
+    h.engine = MemoryEngine::new(support::BOUNDS, "f".into(), 60_000_000);
     h.engine_events(vec![EngineRequest::Interest {
         room: room(),
         on: true,
@@ -643,13 +534,10 @@ fn messages_waiting_behind_the_engine_are_bounded() {
     let pings: Vec<u64> = (0..3)
         .map(|_| h.request(a, json!({"action": "ping"}), Sent::Other))
         .collect();
+    // The third ping is refused (two wait already), but in its place:
+    // its answer must not overtake the replies before it.
     let frames = h.frames();
-    assert_eq!(
-        frames.len(),
-        1,
-        "only the third ping is answered now: {frames:#?}"
-    );
-    assert_eq!(reply(&frames, a, pings[2])["data"]["code"], "RATE_LIMITED");
+    assert!(frames.is_empty(), "nothing answered ahead: {frames:#?}");
     h.settle();
     let frames = h.frames();
     let order: Vec<Value> = frames.iter().map(|(_, f)| f["id"].clone()).collect();
@@ -659,9 +547,77 @@ fn messages_waiting_behind_the_engine_are_bounded() {
             Value::Null,
             json!(published),
             json!(pings[0]),
-            json!(pings[1])
+            json!(pings[1]),
+            json!(pings[2])
         ]
     );
+    assert_eq!(reply(&frames, a, pings[1])["type"], "pong");
+    assert_eq!(reply(&frames, a, pings[2])["data"]["code"], "RATE_LIMITED");
+}
+
+#[test]
+fn a_client_that_keeps_sending_behind_a_wait_is_closed_with_1008() {
+    let limits = Limits {
+        engine_deferred_messages_max: 2,
+        ..Limits::default()
+    };
+    let (mut h, a) = Harness::with_member(limits);
+    let publish =
+        json!({"action": "publish", "data": {"room": "r", "type": "queue_status", "data": {}}});
+    h.request(a, publish, Sent::Other);
+    // Two wait to run, two wait for their refusal: the queue is full.
+    for _ in 0..4 {
+        h.request(a, json!({"action": "ping"}), Sent::Other);
+    }
+    assert!(
+        h.frames().is_empty(),
+        "still within both bounds, nothing answered"
+    );
+    h.request(a, json!({"action": "ping"}), Sent::Other);
+    let outputs: Vec<Output> = std::iter::from_fn(|| h.core.poll_output()).collect();
+    assert!(
+        matches!(
+            outputs.as_slice(),
+            [Output::Close { conn, code: CloseCode::PolicyViolation }] if *conn == a
+        ),
+        "{outputs:?}"
+    );
+}
+
+#[test]
+fn server_busy_behind_a_full_queue_keeps_its_place() {
+    let limits = Limits {
+        engine_deferred_messages_max: 1,
+        ..Limits::default()
+    };
+    let (mut h, a) = Harness::with_member(limits);
+    let publish =
+        json!({"action": "publish", "data": {"room": "r", "type": "queue_status", "data": {}}});
+    let published = h.request(a, publish, Sent::Other);
+    let ping = h.request(a, json!({"action": "ping"}), Sent::Other);
+    // The shell refused the next message (its inbound budget was full).
+    let busy = roomcast_core::parse::RequestId::Number(99.into());
+    h.oracle
+        .as_mut()
+        .unwrap()
+        .sent(1, "99".into(), Sent::Other)
+        .unwrap();
+    h.core.handle(
+        h.now(),
+        Input::Busy {
+            conn: a,
+            id: Some(busy),
+        },
+    );
+    assert!(h.frames().is_empty(), "SERVER_BUSY waits for its turn");
+    h.settle();
+    let frames = h.frames();
+    let order: Vec<Value> = frames.iter().map(|(_, f)| f["id"].clone()).collect();
+    assert_eq!(
+        order,
+        vec![Value::Null, json!(published), json!(ping), json!(99)]
+    );
+    assert_eq!(frames[3].1["data"]["code"], "SERVER_BUSY");
 }
 
 #[test]

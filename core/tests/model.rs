@@ -960,58 +960,65 @@ impl Model {
 
     /// A broadcast receipt's epoch: a live room's known epoch, or (for a
     /// room without members, created for this one broadcast) a fresh one.
-    fn check_receipt_epoch(&mut self, room: &str, epoch: String) -> Result<(), String> {
+    fn check_receipt_epoch(&mut self, room: &str, epoch: String) -> Result<(), Mismatch> {
         let index = ROOMS
             .iter()
             .position(|r| *r == room)
-            .ok_or_else(|| format!("receipt for an unknown room {room}"))?;
+            .ok_or_else(|| Mismatch(format!("receipt for an unknown room {room}")))?;
         match self.rooms.get(&(index as u8)).map(|r| &r.epoch) {
             Some(Some(known)) if *known == epoch => Ok(()),
-            Some(Some(known)) => Err(format!(
+            Some(Some(known)) => Err(Mismatch(format!(
                 "receipt epoch {epoch} of {room} differs from its join replies' {known}"
-            )),
-            Some(None) => Err(format!("{room} lives but no join reply named its epoch")),
+            ))),
+            Some(None) => Err(Mismatch(format!(
+                "{room} lives but no join reply named its epoch"
+            ))),
             None if self.seen_epochs.insert(epoch.clone()) => Ok(()),
-            None => Err(format!("{room} was recreated with an old epoch {epoch}")),
+            None => Err(Mismatch(format!(
+                "{room} was recreated with an old epoch {epoch}"
+            ))),
         }
     }
 
     /// Makes the core's output comparable with the model's: checks and
     /// blanks what the model leaves open (error texts, epochs).
-    fn normalize(&mut self, ev: &mut Ev) -> Result<(), String> {
+    fn normalize(&mut self, ev: &mut Ev) -> Result<(), Mismatch> {
         let Ev::Send(_, v) = ev else {
             return Ok(());
         };
         if v["type"] == "error" && v["data"]["code"] != "UNKNOWN_ACTION" {
             match v["data"]["message"].as_str() {
                 Some(m) if !m.is_empty() => v["data"]["message"] = json!("<any>"),
-                _ => return Err(format!("error without a message: {v}")),
+                _ => return Err(Mismatch(format!("error without a message: {v}"))),
             }
         }
         if v["type"] == "system_info" && v["data"].get("epoch").is_some() {
             let Some(epoch) = v["data"]["epoch"].as_str().map(str::to_owned) else {
-                return Err(format!("epoch is not a string: {v}"));
+                return Err(Mismatch(format!("epoch is not a string: {v}")));
             };
             let name = v["data"]["room"].as_str().unwrap_or_default();
             let index = ROOMS
                 .iter()
                 .position(|r| *r == name)
-                .ok_or_else(|| format!("join reply for an unknown room: {v}"))?;
-            let state = self
-                .rooms
-                .get_mut(&(index as u8))
-                .ok_or_else(|| format!("join reply for a room the model does not hold: {v}"))?;
+                .ok_or_else(|| Mismatch(format!("join reply for an unknown room: {v}")))?;
+            let state = self.rooms.get_mut(&(index as u8)).ok_or_else(|| {
+                Mismatch(format!(
+                    "join reply for a room the model does not hold: {v}"
+                ))
+            })?;
             match &state.epoch {
                 Some(known) if *known != epoch => {
-                    return Err(format!(
+                    return Err(Mismatch(format!(
                         "epoch of {name} changed while it lived: {known} -> {epoch}"
-                    ))
+                    )))
                 }
                 Some(_) => {}
                 None => {
                     self.epochs_learned += 1;
                     if !self.seen_epochs.insert(epoch.clone()) {
-                        return Err(format!("{name} was recreated with an old epoch {epoch}"));
+                        return Err(Mismatch(format!(
+                            "{name} was recreated with an old epoch {epoch}"
+                        )));
                     }
                     state.epoch = Some(epoch);
                 }
@@ -1088,16 +1095,28 @@ fn conn_index(id: ConnectionId) -> u8 {
     (n - 1) as u8
 }
 
-fn decode(output: Output) -> Result<Ev, String> {
+/// Where the core's output and the model's part ways: what differs.
+#[derive(Debug)]
+struct Mismatch(String);
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn decode(output: Output) -> Result<Ev, Mismatch> {
     Ok(match output {
         Output::Send { conn, frame } => Ev::Send(
             conn_index(conn),
             serde_json::from_str(frame.as_str())
-                .map_err(|e| format!("frame is not JSON ({e}): {frame:?}"))?,
+                .map_err(|e| Mismatch(format!("frame is not JSON ({e}): {frame:?}")))?,
         ),
         Output::Ping { conn } => Ev::Ping(conn_index(conn)),
         Output::Close { conn, code } => Ev::Close(conn_index(conn), code),
-        Output::Check { .. } => return Err("a Check must be answered by the harness".into()),
+        Output::Check { .. } => {
+            return Err(Mismatch("a Check must be answered by the harness".into()))
+        }
     })
 }
 
@@ -1198,12 +1217,13 @@ fn run_against_model(case: &Case, coverage: &Coverage) -> Result<(), TestCaseErr
         while let Some(output) = core.poll_output() {
             if let Output::Check { conn, .. } = output {
                 // The shell's part of `refresh`: this harness refuses every token.
-                let result = Err("the model harness refuses every token".to_owned());
+                let why = "the model harness refuses every token";
+                let result = Err(roomcast_core::TokenRefused(why.to_owned()));
                 let answer = roomcast_core::CheckAnswer::Token(result);
                 core.handle(model.now(), Input::CheckDone { conn, answer });
                 continue;
             }
-            let mut ev = decode(output).map_err(TestCaseError::fail)?;
+            let mut ev = decode(output).map_err(|e| TestCaseError::fail(e.0))?;
             model
                 .normalize(&mut ev)
                 .map_err(|e| TestCaseError::fail(format!("{step}: {e}")))?;
@@ -1251,7 +1271,7 @@ fn run_against_model(case: &Case, coverage: &Coverage) -> Result<(), TestCaseErr
     core.handle(model.now(), Input::Shutdown);
     let mut closes = Vec::new();
     while let Some(output) = core.poll_output() {
-        closes.push(decode(output).map_err(TestCaseError::fail)?);
+        closes.push(decode(output).map_err(|e| TestCaseError::fail(e.0))?);
     }
     let expected: Vec<Ev> = model
         .conns

@@ -4,29 +4,13 @@
 //! answered by an in-memory engine, and `PresenceChanged` events are
 //! planted as a shared engine would send them.
 
-use roomcast_core::engine::memory::HistoryBounds;
-use roomcast_core::engine::memory::MemoryEngine;
 use roomcast_core::engine::{EngineError, EngineEvent, EngineRequest, PresenceEntry};
-use roomcast_core::{
-    ConnectionId, Core, CoreConfig, Identity, Input, Limits, Now, Output, RoomName, RoomOptions,
-    User,
-};
+use roomcast_core::{ConnectionId, CoreConfig, Input, Limits, RoomName, RoomOptions};
 use serde_json::{json, Value};
 
-const BOUNDS: HistoryBounds = HistoryBounds {
-    messages_max: 100,
-    age_max_us: 3_600_000_000,
-    bytes_max: usize::MAX,
-    rooms_max: usize::MAX,
-};
+mod support;
 
-struct Harness {
-    core: Core,
-    engine: MemoryEngine,
-    now_us: u64,
-    /// Requests the harness kept back instead of answering.
-    kept: Vec<EngineRequest>,
-}
+use support::Harness;
 
 fn team() -> RoomName {
     RoomName::new("team:x").unwrap()
@@ -48,114 +32,43 @@ fn changed(joined: &[u128], left: &[u128], connections: usize) -> EngineEvent {
     }
 }
 
+/// What only these tests need of the harness.
 impl Harness {
     fn new(from_engine: bool) -> Harness {
-        Harness {
-            core: Core::new(CoreConfig {
-                limits: Limits {
-                    presence_page_max: 3,
-                    ..Limits::default()
-                },
-                rooms: RoomOptions {
-                    presence_diff_prefixes: vec!["team:".into()],
-                    // One diff per input, as these tests pin (windows:
-                    // `presence_windows.rs`, engine-driven ones included).
-                    presence_diff_interval_ms: 0,
-                    ..RoomOptions::default()
-                },
-                presence_diffs_from_engine: from_engine,
-                ..CoreConfig::default()
-            }),
-            engine: MemoryEngine::new(BOUNDS, "e".into(), 60_000_000),
-            now_us: 0,
-            kept: Vec::new(),
-        }
-    }
-
-    fn now(&self) -> Now {
-        Now::from_start(1_760_000_000_000, self.now_us)
+        Harness::with_config(CoreConfig {
+            limits: Limits {
+                presence_page_max: 3,
+                ..Limits::default()
+            },
+            rooms: RoomOptions {
+                presence_diff_prefixes: vec!["team:".into()],
+                // One diff per input, as these tests pin (windows:
+                // `presence_windows.rs`, engine-driven ones included).
+                presence_diff_interval_ms: 0,
+                ..RoomOptions::default()
+            },
+            presence_diffs_from_engine: from_engine,
+            ..CoreConfig::default()
+        })
     }
 
     /// Opens connection `n` (user `u<n>`) and joins it to `room`, settled.
     fn member(&mut self, n: u128, room: &str) -> ConnectionId {
-        let conn = ConnectionId::from_u128(n);
-        let identity = Identity::User(User {
-            id: format!("u{n}"),
-            scopes: Vec::new(),
-            expires_unix_ms: None,
-            grants: roomcast_core::Grants::none(),
-        });
-        self.core.handle(self.now(), Input::Open { conn, identity });
+        let conn = self.open(n);
         self.text(conn, json!({"action": "join", "data": {"room": room}}));
         self.settle();
         conn
     }
 
-    fn text(&mut self, conn: ConnectionId, value: Value) {
-        let text = value.to_string();
-        self.core
-            .handle(self.now(), Input::Text { conn, text: &text });
-    }
-
-    fn feed(&mut self, event: EngineEvent) {
-        self.core.handle(self.now(), Input::Engine(event));
+    /// One engine event to the core, then settled.
+    fn tell(&mut self, event: EngineEvent) {
+        self.feed(event);
         self.settle();
-    }
-
-    /// Answers the core's requests with the engine until quiet; presence
-    /// lists are kept back (see `kept`) when `keep_lists`.
-    fn settle_with(&mut self, keep_lists: bool) {
-        loop {
-            let requests: Vec<EngineRequest> = std::iter::from_fn(|| self.core.poll_engine())
-                .filter(|request| {
-                    let keep = keep_lists && matches!(request, EngineRequest::PresenceList { .. });
-                    if keep {
-                        self.kept.push(request.clone());
-                    }
-                    !keep
-                })
-                .collect();
-            let mut events = Vec::new();
-            for request in requests {
-                self.engine.handle(0, self.now_us, request);
-                events.extend(std::iter::from_fn(|| self.engine.poll_event()).map(|(_, e)| e));
-            }
-            if events.is_empty() {
-                return;
-            }
-            for event in events {
-                self.core.handle(self.now(), Input::Engine(event));
-            }
-        }
-    }
-
-    fn settle(&mut self) {
-        self.settle_with(false)
-    }
-
-    /// Every frame since the last call, with the connection it is for
-    /// (each reported written at once).
-    fn frames(&mut self) -> Vec<(ConnectionId, Value)> {
-        let mut frames = Vec::new();
-        while let Some(output) = self.core.poll_output() {
-            if let Output::Send { conn, frame } = output {
-                self.core.handle(
-                    self.now(),
-                    Input::Written {
-                        conn,
-                        bytes: frame.len(),
-                    },
-                );
-                frames.push((conn, serde_json::from_str(frame.as_str()).unwrap()));
-            }
-        }
-        self.core.check_invariants().unwrap();
-        frames
     }
 
     /// The presence diffs since the last call.
     fn diffs(&mut self) -> Vec<(ConnectionId, Value)> {
-        self.frames()
+        self.sends()
             .into_iter()
             .filter(|(_, f)| f["type"] == "presence_diff")
             .map(|(c, f)| (c, f["data"].clone()))
@@ -172,12 +85,12 @@ fn local_joins_and_leaves_are_told_only_through_the_engine() {
     let mut h = Harness::new(true);
     h.member(1, "team:x");
     // The echo of member 1's own join: nobody else to tell.
-    h.feed(changed(&[1], &[], 1));
+    h.tell(changed(&[1], &[], 1));
     h.member(2, "team:x");
     // Two local joins, and no diff yet: the engine's echo tells them.
     assert_eq!(h.diffs(), vec![]);
     // The echo of member 2's join: member 1 is told, member 2 is not.
-    h.feed(changed(&[2], &[], 2));
+    h.tell(changed(&[2], &[], 2));
     let diffs = h.diffs();
     assert_eq!(diffs.len(), 1, "{diffs:?}");
     assert_eq!(diffs[0].0, conn(1));
@@ -187,7 +100,7 @@ fn local_joins_and_leaves_are_told_only_through_the_engine() {
                "joined": {"connection_id": conn(2).to_string(), "user_id": "u2"}})
     );
     // A member of another node joins: both hear it, with the engine's count.
-    h.feed(changed(&[9], &[], 7));
+    h.tell(changed(&[9], &[], 7));
     let diffs = h.diffs();
     assert_eq!(
         diffs.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
@@ -201,7 +114,7 @@ fn local_joins_and_leaves_are_told_only_through_the_engine() {
     );
     h.settle();
     assert_eq!(h.diffs(), vec![]);
-    h.feed(changed(&[], &[2], 6));
+    h.tell(changed(&[], &[2], 6));
     let diffs = h.diffs();
     assert_eq!(diffs.len(), 1);
     assert_eq!(diffs[0].0, conn(1));
@@ -214,12 +127,12 @@ fn a_change_is_one_diff_listing_lists_and_truncated_beyond_the_page() {
     let mut h = Harness::new(true);
     h.member(1, "team:x");
     h.member(2, "team:x");
-    h.feed(changed(&[1, 2], &[], 2)); // their echoes
+    h.tell(changed(&[1, 2], &[], 2)); // their echoes
     h.diffs();
     // Several changes in one event: one diff with lists. A member the
     // change lists (here: one whose entry expired while it is still
     // connected) hears the rest, never about itself.
-    h.feed(changed(&[7, 8], &[2], 4));
+    h.tell(changed(&[7, 8], &[2], 4));
     let diffs = h.diffs();
     assert_eq!(diffs.len(), 2, "{diffs:?}");
     let ids = |list: &Value| -> Vec<Value> {
@@ -238,15 +151,15 @@ fn a_change_is_one_diff_listing_lists_and_truncated_beyond_the_page() {
     // Its own join's echo merged with another node's join: the joiner is
     // told of the other (its join reply went out before either).
     h.member(3, "team:x");
-    h.frames();
-    h.feed(changed(&[3, 9], &[], 5));
+    h.sends();
+    h.tell(changed(&[3, 9], &[], 5));
     let diffs = h.diffs();
     assert_eq!(diffs.len(), 3, "{diffs:?}");
     assert_eq!(diffs[2].0, conn(3));
     assert_eq!(diffs[2].1["joined"]["user_id"], "u9", "{diffs:?}");
     assert_eq!(diffs[2].1["connections"], 5);
     // Beyond presence_page_max (3 here): counts and truncated.
-    h.feed(changed(&[], &[10, 11, 12, 13, 14], 2));
+    h.tell(changed(&[], &[10, 11, 12, 13, 14], 2));
     let diffs = h.diffs();
     assert_eq!(diffs.len(), 3);
     assert_eq!(
@@ -259,21 +172,21 @@ fn a_change_is_one_diff_listing_lists_and_truncated_beyond_the_page() {
 fn a_joiner_hears_no_change_before_the_echo_of_its_own_add() {
     let mut h = Harness::new(true);
     h.member(1, "team:x");
-    h.feed(changed(&[1], &[], 1));
+    h.tell(changed(&[1], &[], 1));
     h.member(2, "team:x");
-    h.frames();
+    h.sends();
     // A change the engine applied before member 2's add (told late): no
     // news to member 2, whose count would otherwise stay without itself
     // (it never hears its own join).
-    h.feed(changed(&[9], &[], 2));
+    h.tell(changed(&[9], &[], 2));
     let diffs = h.diffs();
     assert_eq!(diffs.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [conn(1)]);
     // Its echo: member 1 hears it; from now on member 2 hears every change.
-    h.feed(changed(&[2], &[], 3));
+    h.tell(changed(&[2], &[], 3));
     let diffs = h.diffs();
     assert_eq!(diffs.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [conn(1)]);
     assert_eq!(diffs[0].1["connections"], 3);
-    h.feed(changed(&[], &[9], 2));
+    h.tell(changed(&[], &[9], 2));
     let diffs = h.diffs();
     assert_eq!(
         diffs.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
@@ -282,10 +195,10 @@ fn a_joiner_hears_no_change_before_the_echo_of_its_own_add() {
     // A stream reset may have lost an echo: the joiner waiting for one
     // hears changes again after it.
     h.member(3, "team:x");
-    h.frames();
-    h.feed(EngineEvent::StreamReset);
+    h.sends();
+    h.tell(EngineEvent::StreamReset);
     h.diffs();
-    h.feed(changed(&[8], &[], 4));
+    h.tell(changed(&[8], &[], 4));
     let told: Vec<ConnectionId> = h.diffs().into_iter().map(|(c, _)| c).collect();
     assert_eq!(told, [conn(1), conn(2), conn(3)]);
 }
@@ -294,14 +207,14 @@ fn a_joiner_hears_no_change_before_the_echo_of_its_own_add() {
 fn changes_of_rooms_without_diffs_or_members_here_are_ignored() {
     let mut h = Harness::new(true);
     h.member(1, "plain");
-    h.feed(EngineEvent::PresenceChanged {
+    h.tell(EngineEvent::PresenceChanged {
         room: RoomName::new("plain").unwrap(),
         joined: vec![entry(5)],
         left: Vec::new(),
         connections: 2,
     });
     // A diff room this node has no member in.
-    h.feed(changed(&[5], &[], 1));
+    h.tell(changed(&[5], &[], 1));
     assert_eq!(h.diffs(), vec![]);
 }
 
@@ -313,7 +226,7 @@ fn with_diffs_from_this_node_engine_changes_are_ignored() {
     let diffs = h.diffs();
     assert_eq!(diffs.len(), 1, "the local join is told at once");
     assert_eq!(diffs[0].1["connections"], 2);
-    h.feed(changed(&[9], &[], 3));
+    h.tell(changed(&[9], &[], 3));
     assert_eq!(h.diffs(), vec![]);
 }
 
@@ -323,7 +236,7 @@ fn shutdown_clears_presence_in_one_request_and_tells_nothing() {
     h.member(1, "team:x");
     h.member(2, "team:x");
     h.member(3, "plain");
-    h.frames();
+    h.sends();
     assert_eq!(h.engine.presence_count(), 3);
     h.core.handle(h.now(), Input::Shutdown);
     let requests: Vec<EngineRequest> = std::iter::from_fn(|| h.core.poll_engine()).collect();
@@ -342,7 +255,7 @@ fn shutdown_clears_presence_in_one_request_and_tells_nothing() {
     }
     assert_eq!(h.engine.presence_count(), 0);
     // The engine's echo of the clear arrives during the shutdown: no diff.
-    h.feed(changed(&[], &[1, 2], 0));
+    h.tell(changed(&[], &[1, 2], 0));
     assert!(h.diffs().is_empty());
     // A second shutdown sends nothing more.
     h.core.handle(h.now(), Input::Shutdown);
@@ -354,7 +267,7 @@ fn after_a_stream_reset_members_are_told_to_ask_again() {
     let mut h = Harness::new(true);
     h.member(1, "team:x");
     h.member(2, "plain");
-    h.frames();
+    h.sends();
     h.core
         .handle(h.now(), Input::Engine(EngineEvent::StreamReset));
     h.settle_with(true);
@@ -365,7 +278,7 @@ fn after_a_stream_reset_members_are_told_to_ask_again() {
     };
     assert_eq!(*room, team());
     // It fails: nothing yet; the room's next stream check lists it again.
-    h.feed(EngineEvent::Presence {
+    h.tell(EngineEvent::Presence {
         call: *call,
         result: Err(EngineError::Unavailable("down".into())),
     });
@@ -377,7 +290,7 @@ fn after_a_stream_reset_members_are_told_to_ask_again() {
     let [EngineRequest::PresenceList { call, .. }] = kept.as_slice() else {
         panic!("{kept:?}")
     };
-    h.feed(EngineEvent::Presence {
+    h.tell(EngineEvent::Presence {
         call: *call,
         result: Ok(vec![entry(1), entry(40), entry(41)]),
     });
@@ -395,4 +308,109 @@ fn after_a_stream_reset_members_are_told_to_ask_again() {
     h.settle_with(true);
     assert!(h.kept.is_empty(), "{:?}", h.kept);
     assert!(h.diffs().is_empty());
+}
+
+/// A stream reset while a member's own add is not echoed yet: a list
+/// that does not show it yet tells it nothing (its echo, after the list,
+/// starts its view, with a count that includes it); one that shows it
+/// stands for the echo the reset may have lost.
+#[test]
+fn a_reset_before_a_joiners_echo_leaves_it_waiting_for_the_echo() {
+    let mut h = Harness::new(true);
+    h.member(1, "team:x");
+    h.tell(changed(&[1], &[], 1));
+    h.member(2, "team:x");
+    h.sends();
+    h.core
+        .handle(h.now(), Input::Engine(EngineEvent::StreamReset));
+    h.settle_with(true);
+    let kept = std::mem::take(&mut h.kept);
+    let [EngineRequest::PresenceList { call, .. }] = kept.as_slice() else {
+        panic!("{kept:?}")
+    };
+    // The list was taken before member 2's add was applied.
+    h.tell(EngineEvent::Presence {
+        call: *call,
+        result: Ok(vec![entry(1)]),
+    });
+    assert_eq!(
+        h.diffs(),
+        vec![(
+            conn(1),
+            json!({"room": "team:x", "connections": 1, "truncated": true})
+        )],
+        "member 2 is not told a count without itself"
+    );
+    // Its echo: member 1 hears of it; member 2's view starts after it.
+    h.tell(changed(&[2], &[], 2));
+    let diffs = h.diffs();
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    assert_eq!(
+        (diffs[0].0, &diffs[0].1["connections"]),
+        (conn(1), &json!(2))
+    );
+    h.tell(changed(&[9], &[], 3));
+    assert_eq!(h.diffs().len(), 2, "both members hear the next change");
+
+    // A list that shows the joiner's add stands for its (lost) echo.
+    h.member(3, "team:x");
+    h.sends();
+    h.core
+        .handle(h.now(), Input::Engine(EngineEvent::StreamReset));
+    h.settle_with(true);
+    let kept = std::mem::take(&mut h.kept);
+    let [EngineRequest::PresenceList { call, .. }] = kept.as_slice() else {
+        panic!("{kept:?}")
+    };
+    h.tell(EngineEvent::Presence {
+        call: *call,
+        result: Ok(vec![entry(1), entry(2), entry(3), entry(9)]),
+    });
+    let told: Vec<ConnectionId> = h.diffs().into_iter().map(|(c, _)| c).collect();
+    assert_eq!(told, [conn(1), conn(2), conn(3)]);
+    h.tell(changed(&[10], &[], 5));
+    assert_eq!(h.diffs().len(), 3, "member 3 hears changes from here on");
+}
+
+/// A change told while the list after a reset is in flight: the list's
+/// count may be older (answers are not ordered with changes), so it is
+/// not told; the room is listed again and that list's count is.
+#[test]
+fn a_list_that_a_change_overtook_is_asked_again() {
+    let mut h = Harness::new(true);
+    h.member(1, "team:x");
+    h.tell(changed(&[1], &[], 1));
+    h.sends();
+    h.core
+        .handle(h.now(), Input::Engine(EngineEvent::StreamReset));
+    h.settle_with(true);
+    let kept = std::mem::take(&mut h.kept);
+    let [EngineRequest::PresenceList { call, .. }] = kept.as_slice() else {
+        panic!("{kept:?}")
+    };
+    // Another node's member joins; its change is told before the list
+    // (taken before the join) answers.
+    h.feed(changed(&[9], &[], 2));
+    assert_eq!(h.diffs().len(), 1);
+    h.feed(EngineEvent::Presence {
+        call: *call,
+        result: Ok(vec![entry(1)]),
+    });
+    assert!(h.diffs().is_empty(), "the older count is not told last");
+    h.settle_with(true);
+    let kept = std::mem::take(&mut h.kept);
+    let [EngineRequest::PresenceList { call, .. }] = kept.as_slice() else {
+        panic!("listed again at once: {kept:?}")
+    };
+    h.tell(EngineEvent::Presence {
+        call: *call,
+        result: Ok(vec![entry(1), entry(9)]),
+    });
+    assert_eq!(
+        h.diffs(),
+        vec![(
+            conn(1),
+            json!({"room": "team:x", "connections": 2, "truncated": true})
+        )]
+    );
 }

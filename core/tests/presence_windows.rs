@@ -263,3 +263,43 @@ fn a_shutdown_forgets_pending_windows() {
         "no presence window is left"
     );
 }
+
+/// A joiner's own reply comes before any `presence_diff` of that room,
+/// also when its join ends an overdue window whose changes (others')
+/// go out with it: its copy of that diff follows its join reply.
+#[test]
+fn a_joiner_hears_no_diff_before_its_join_reply() {
+    let mut node = Node::new(false);
+    node.open_and_join(1);
+    node.open_and_join(2);
+    assert_eq!(node.diffs().len(), 1, "a quiet room tells at once");
+    let window_end = node.now_us + WINDOW_MS * 1000;
+    // c joins within the window: told when it ends.
+    node.now_us += 100_000;
+    node.open_and_join(3);
+    assert!(node.diffs().is_empty());
+    // The window's timer is not handled before d's join (the shell was
+    // late): the window's changes go out with d's.
+    node.now_us = window_end + 1;
+    let d = node.open_and_join(4);
+    let mut to_d = Vec::new();
+    while let Some(output) = node.core.poll_output() {
+        if let Output::Send { conn, frame } = output {
+            let bytes = frame.len();
+            node.core.handle(node.now(), Input::Written { conn, bytes });
+            if conn == d {
+                let value: Value = serde_json::from_str(frame.as_str()).unwrap();
+                to_d.push(value);
+            }
+        }
+    }
+    let kinds: Vec<&str> = to_d.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["connected", "system_info", "presence_diff"],
+        "{to_d:#?}"
+    );
+    assert_eq!(to_d[1]["data"]["room"], "team:x", "the join reply");
+    assert_eq!(ids(&to_d[2]["data"]["joined"]), [id(3)], "c, not itself");
+    node.core.check_invariants().unwrap();
+}

@@ -894,7 +894,9 @@ fn refresh_is_refused_with_invalid_token_and_the_connection_stays_open() {
     // ...and answers the shell's verdict (the request id is the core's).
     let outs = h.run(Input::CheckDone {
         conn: c(1),
-        answer: roomcast_core::CheckAnswer::Token(Err("bad signature".into())),
+        answer: roomcast_core::CheckAnswer::Token(Err(roomcast_core::TokenRefused(
+            "bad signature".into(),
+        ))),
     });
     assert_eq!(outs.len(), 1, "{outs:?}");
     let reply = outs[0].msg();

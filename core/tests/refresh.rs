@@ -4,7 +4,7 @@
 
 use roomcast_core::{
     Check, CheckAnswer, CloseCode, ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output,
-    Standalone, User,
+    Standalone, TokenRefused, User,
 };
 use serde_json::Value;
 
@@ -100,7 +100,7 @@ impl Session {
         }
     }
 
-    fn verdict(&mut self, result: Result<User, String>) -> Value {
+    fn verdict(&mut self, result: Result<User, TokenRefused>) -> Value {
         let conn = self.conn;
         let answer = CheckAnswer::Token(result);
         self.core
@@ -170,7 +170,7 @@ fn a_valid_refresh_moves_the_expiry() {
 fn an_invalid_or_foreign_token_leaves_the_old_one_in_force() {
     let mut s = Session::new();
     s.refresh();
-    let reply = s.verdict(Err("token expired".into()));
+    let reply = s.verdict(Err(TokenRefused("token expired".into())));
     assert_eq!(reply["data"]["code"], "INVALID_TOKEN");
     assert_eq!(reply["id"], "r1");
     s.refresh();

@@ -200,9 +200,7 @@ impl ServerConfig {
     /// Checks cross-field rules that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         roomcast_core::MessageTypes::with_custom(self.custom_types.iter().map(String::as_str))
-            .map_err(|bad| {
-                format!("custom_types: invalid type name {bad:?} (use [a-z0-9_], 1-64 bytes)")
-            })?;
+            .map_err(|bad| format!("custom_types: {bad}"))?;
         let l = &self.limits;
         if l.message_bytes_max == 0 || l.outbound_queue_bytes_max == 0 || l.read_buffer_bytes == 0 {
             return Err("limits: message_bytes_max, outbound_queue_bytes_max and read_buffer_bytes must be > 0".into());

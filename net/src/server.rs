@@ -142,7 +142,7 @@ async fn serve_engine<L: Listener>(
         );
     }
     let types = MessageTypes::with_custom(config.custom_types.iter().map(String::as_str))
-        .map_err(|bad| ConfigError::new(format!("invalid custom type {bad:?}")))?;
+        .map_err(|bad| ConfigError::new(format!("invalid custom type {:?}", bad.0)))?;
     let ServeOptions {
         clock,
         mut ids,

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use hyper::HeaderMap;
-use roomcast_core::{Check, CheckAnswer, ConnectionId, HookVerdict};
+use roomcast_core::{Check, CheckAnswer, ConnectionId, HookVerdict, TokenRefused};
 use tokio::sync::mpsc;
 
 use crate::auth::TokenVerifier;
@@ -229,7 +229,7 @@ fn run(verifier: &Arc<TokenVerifier>, job: Job) {
     verifier.verify_then(token, now_unix_ms, move |result| {
         let _ = results.send(Checked {
             conn,
-            answer: CheckAnswer::Token(result.map_err(|e| e.to_string())),
+            answer: CheckAnswer::Token(result.map_err(|e| TokenRefused(e.to_string()))),
         });
     });
 }

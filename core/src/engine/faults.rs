@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 
 use super::memory::{MemoryEngine, NodeId};
-use super::{EngineError, EngineEvent, EngineRequest, Epoch};
+use super::{EngineBroken, EngineError, EngineEvent, EngineRequest, Epoch};
 use crate::names::RoomName;
 use crate::standalone::InlineEngine;
 
@@ -234,7 +234,7 @@ impl InlineEngine for FaultyEngine {
         self.inner.room_count()
     }
 
-    fn check(&self) -> Result<(), String> {
-        self.inner.check()
+    fn check(&self) -> Result<(), EngineBroken> {
+        self.inner.invariants()
     }
 }

@@ -72,7 +72,7 @@ fn appends_are_numbered_and_streamed_to_followers_before_the_answer() {
     // One engine, one core per node: no other shards' members.
     assert_eq!((*to, *call, *peer_members), (2, CallId(7), 0));
     assert_eq!(result.as_ref().unwrap().frame, live.frame);
-    engine.check().unwrap();
+    engine.invariants().unwrap();
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn reads_cover_within_history_and_rooms_die_with_it() {
     assert_eq!(result.frames.len(), 3);
     let (covered, _) = read_after(&mut engine, 1);
     assert!(!covered, "seq 2 left the history");
-    engine.check().unwrap();
+    engine.invariants().unwrap();
     // Nobody follows it: it lives until its newest message ages out.
     assert_eq!(engine.poll_timeout(), Some(1_050));
     engine.on_timeout(1_050);
@@ -121,7 +121,7 @@ fn reads_cover_within_history_and_rooms_die_with_it() {
         }
         other => panic!("{other:?}"),
     }
-    engine.check().unwrap();
+    engine.invariants().unwrap();
 }
 
 #[test]
@@ -145,7 +145,7 @@ fn losing_everything_starts_new_epochs() {
         }
         other => panic!("{other:?}"),
     }
-    engine.check().unwrap();
+    engine.invariants().unwrap();
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn presence_lists_every_node_and_forgets_a_silent_one() {
         },
     );
     assert_eq!(engine.presence_count(), 0);
-    engine.check().unwrap();
+    engine.invariants().unwrap();
 }
 
 fn interest(engine: &mut MemoryEngine, node: NodeId, name: &str, on: bool) {
@@ -232,7 +232,7 @@ fn a_refused_interest_fails_the_nodes_reads_until_it_is_turned_off() {
     interest(&mut engine, 1, "a", true);
     interest(&mut engine, 2, "b", true); // refused: "a" is in use
     assert_eq!(engine.room_count(), 1);
-    engine.check().unwrap();
+    engine.invariants().unwrap();
     interest(&mut engine, 1, "a", false); // room for "b" now...
     assert!(
         !read_of(&mut engine, 2, "b"),
@@ -241,7 +241,7 @@ fn a_refused_interest_fails_the_nodes_reads_until_it_is_turned_off() {
     interest(&mut engine, 2, "b", false);
     interest(&mut engine, 2, "b", true);
     assert!(read_of(&mut engine, 2, "b"), "asked again: followed");
-    engine.check().unwrap();
+    engine.invariants().unwrap();
 }
 
 #[test]
@@ -258,12 +258,12 @@ fn the_byte_budget_is_kept_across_rooms_and_reset_by_data_loss() {
     for n in 1..=3 {
         append(&mut engine, 0, n, n);
         assert!(engine.history_bytes() <= 2 * frame);
-        engine.check().unwrap();
+        engine.invariants().unwrap();
     }
     assert_eq!(engine.history_bytes(), 2 * frame);
     engine.lose_everything();
     assert_eq!(engine.history_bytes(), 0);
-    engine.check().unwrap();
+    engine.invariants().unwrap();
 }
 
 /// An engine telling the presence changes of rooms under `team:`.
@@ -341,7 +341,7 @@ fn presence_changes_reach_every_follower_once_in_order_with_the_count_after_them
     interest(&mut engine, 1, "team:x", false);
     add_member(&mut engine, 2, 0, "team:x", 21);
     assert_eq!(changes(&mut engine), vec![(2, x(), vec![21], vec![], 2)]);
-    engine.check().unwrap();
+    engine.invariants().unwrap();
 }
 
 #[test]
@@ -379,7 +379,7 @@ fn a_clear_and_an_expiry_are_one_change_per_room() {
             (2, x, vec![], vec![20], 0)
         ]
     );
-    engine.check().unwrap();
+    engine.invariants().unwrap();
 }
 
 #[test]
@@ -397,5 +397,5 @@ fn presence_changes_are_told_only_when_asked_and_only_for_rooms_with_diffs() {
     // A room with diffs that nobody follows: nobody to tell.
     add_member(&mut engine, 1, 0, "team:z", 11);
     assert!(drain(&mut engine).is_empty());
-    engine.check().unwrap();
+    engine.invariants().unwrap();
 }

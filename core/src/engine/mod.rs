@@ -282,6 +282,19 @@ impl EngineError {
     }
 }
 
+/// An engine's own invariant that does not hold (its `check`, run by
+/// tests, the simulator and the fuzzers): what was found broken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineBroken(pub String);
+
+impl std::fmt::Display for EngineBroken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EngineBroken {}
+
 /// One numbered message of a room's stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Numbered {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::memory::NodeId;
-use super::PresenceEntry;
+use super::{EngineBroken, PresenceEntry};
 use crate::names::{ConnectionId, RoomName};
 
 /// Presence entries by room, with per-node expiry. See the module docs.
@@ -180,32 +180,38 @@ impl PresenceBook {
     }
 
     /// The book's own invariants.
-    pub(crate) fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), EngineBroken> {
         for (room, entries) in &self.rooms {
             if entries.is_empty() {
-                return Err(format!("engine presence of {room:?} kept empty"));
+                return Err(EngineBroken(format!(
+                    "engine presence of {room:?} kept empty"
+                )));
             }
             if let Some((_, (node, _))) = entries
                 .iter()
                 .find(|(_, (node, _))| !self.expiry.contains_key(node))
             {
-                return Err(format!(
+                return Err(EngineBroken(format!(
                     "engine presence of {room:?} has an entry of expired node {node}"
-                ));
+                )));
             }
         }
         if self.timers.len() != self.expiry.len() {
-            return Err("one presence timer per node".into());
+            return Err(EngineBroken("one presence timer per node".into()));
         }
         let mut counted: BTreeMap<NodeId, usize> = BTreeMap::new();
         for (node, _) in self.rooms.values().flat_map(BTreeMap::values) {
             *counted.entry(*node).or_default() += 1;
         }
         if counted != self.counts {
-            return Err("engine presence counts per node are off".into());
+            return Err(EngineBroken(
+                "engine presence counts per node are off".into(),
+            ));
         }
         if self.counts.keys().ne(self.expiry.keys()) {
-            return Err("a node with presence entries must have an expiry, and only then".into());
+            return Err(EngineBroken(
+                "a node with presence entries must have an expiry, and only then".into(),
+            ));
         }
         Ok(())
     }

@@ -347,14 +347,23 @@ impl Oracle {
         if message.kind == "presence_diff" {
             let room = message.data.room.as_ref().and_then(Value::as_str);
             let count = message.data.connections.as_ref().and_then(Value::as_u64);
-            if let (Some(room), Some(count)) = (room, count) {
-                // Before its join reply a joiner may hear its window's diff
-                // (without itself): its view starts at its join.
-                if view.rooms.contains_key(room) {
-                    view.presence_counts.insert(room.to_owned(), count);
-                }
-                self.diff_rooms.insert(room.to_owned());
+            let Some(room) = room else {
+                return Ok(());
+            };
+            // Only a member hears a room's diffs: never before its join
+            // reply (its copy of a diff it joined in follows the reply),
+            // never after its leave reply.
+            if !view.rooms.contains_key(room) {
+                return Err(violation(
+                    client,
+                    "no presence_diff before the join reply",
+                    format!("a presence_diff of room {room}, which it has no join reply for"),
+                ));
             }
+            if let Some(count) = count {
+                view.presence_counts.insert(room.to_owned(), count);
+            }
+            self.diff_rooms.insert(room.to_owned());
             return Ok(());
         }
         let Some(id) = &message.id else { return Ok(()) };

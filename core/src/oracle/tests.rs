@@ -464,3 +464,24 @@ fn planted_member_that_heard_no_diff_of_a_change() {
     quiet.ended(1, None).unwrap();
     quiet.check_quiescent(1).unwrap();
 }
+
+/// Planted: a joiner's copy of a diff arrives before its join reply (or
+/// a diff after its leave reply, or of a room it never joined).
+#[test]
+fn planted_presence_diff_before_the_join_reply() {
+    let mut oracle = Oracle::new();
+    oracle.opened(1);
+    oracle.sent(1, "1".into(), Sent::Join("r".into())).unwrap();
+    let early = oracle.received(1, &presence_diff("r", 2)).unwrap_err();
+    assert_eq!(early.invariant, "no presence_diff before the join reply");
+    let mut oracle = joined();
+    oracle.received(1, &presence_diff("r", 2)).unwrap();
+    let stray = oracle.received(1, &presence_diff("other", 2)).unwrap_err();
+    assert_eq!(stray.invariant, "no presence_diff before the join reply");
+    let mut oracle = joined();
+    oracle.sent(1, "2".into(), Sent::Leave("r".into())).unwrap();
+    let left = msg(r#"{"type":"system_info","id":2,"data":{"room":"r","message":"Left room: r"}}"#);
+    oracle.received(1, &left).unwrap();
+    let after = oracle.received(1, &presence_diff("r", 1)).unwrap_err();
+    assert_eq!(after.invariant, "no presence_diff before the join reply");
+}

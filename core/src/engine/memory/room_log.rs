@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 
+use crate::engine::EngineBroken;
 use crate::output::TextFrame;
 
 /// How much history the in-memory engine keeps: per room (count, age) and
@@ -140,28 +141,28 @@ impl RoomLog {
     }
 
     /// Checks the log's own invariants (used by `Core::check_invariants`).
-    pub fn check(&self, bounds: HistoryBounds) -> Result<(), String> {
+    pub fn check(&self, bounds: HistoryBounds) -> Result<(), EngineBroken> {
         if self.history.len() > bounds.messages_max {
-            return Err(format!(
+            return Err(EngineBroken(format!(
                 "history holds {} entries, over {}",
                 self.history.len(),
                 bounds.messages_max
-            ));
+            )));
         }
         let bytes: usize = self.history.iter().map(|e| e.frame.len()).sum();
         if bytes != self.bytes {
-            return Err(format!(
+            return Err(EngineBroken(format!(
                 "history counts {} bytes but holds {bytes}",
                 self.bytes
-            ));
+            )));
         }
         let expected = self.last_seq + 1 - self.history.len() as u64;
         for (offset, entry) in self.history.iter().enumerate() {
             if entry.seq != expected + offset as u64 {
-                return Err(format!(
+                return Err(EngineBroken(format!(
                     "history is not consecutive ending at {}",
                     self.last_seq
-                ));
+                )));
             }
         }
         Ok(())

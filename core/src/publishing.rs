@@ -1,8 +1,10 @@
-//! Publishing and delivery: a broadcast (HTTP API or client `publish`)
-//! becomes one engine append per room; the engine's numbered frame is
-//! fanned out to the room's members when it reaches this node (as the
-//! append's answer or as a live message, whichever comes first), and the
-//! publisher is answered once every room's append has been answered.
+//! Publishing: a broadcast (HTTP API or client `publish`) becomes one
+//! engine append per room; the engine's answer hands the numbered frame
+//! to the room's stream (`stream`, which delivers it to the members with
+//! `delivery` when it is next), and the publisher is answered once every
+//! room's append has been answered. A direct message (`/api/send`) is
+//! built here and delivered by `delivery`, through the engine to other
+//! nodes.
 //!
 //! `delivered` in a receipt counts this node's members of the room when
 //! the engine's answer was handled: each of them receives the message in
@@ -17,15 +19,14 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::calls::{Call, PendingPublish, Publisher};
-use crate::codes::{CloseCode, ErrorCode};
+use crate::codes::ErrorCode;
 use crate::config::Response;
 use crate::conflation::series_of;
 use crate::engine::{CallId, EngineError, EngineRequest, Numbered, Unnumbered};
 use crate::envelope;
 use crate::input::SendTarget;
-use crate::machine::{impossible, Core};
+use crate::machine::Core;
 use crate::names::{ConnectionId, RoomName};
-use crate::output::TextFrame;
 use crate::parse::RequestId;
 use crate::time::Now;
 use crate::validate::{
@@ -307,74 +308,6 @@ impl Core {
         Ok(raw)
     }
 
-    /// Hands one numbered frame to every member of `room`: every member
-    /// shares the same bytes. Progress events may be held (conflation).
-    pub(crate) fn fan_out(&mut self, room: &RoomName, message: &Numbered) {
-        let now = self.now;
-        // Split borrow: the room (here) and the connection slab (in the loop).
-        let Some(state) = self.rooms.get(room) else {
-            return;
-        };
-        let conflating = message
-            .series
-            .as_ref()
-            .filter(|_| self.config.rooms.conflates(room));
-        let flush_at_us = now.monotonic_us + self.config.rooms.conflation_window_ms.max(1) * 1000;
-        let behind_bytes = self.config.limits.conflation_behind_bytes;
-        let mut newly_holding: Vec<u32> = Vec::new();
-        let mut overflowed = Vec::new();
-        for &slot in state.members.values() {
-            let Some(connection) = self.conns.at_mut(slot) else {
-                // Members always occupy their slot (`check_invariants`).
-                impossible(&mut self.broken, "a member's slot is empty");
-                continue;
-            };
-            if let Some(series) = conflating {
-                // Behind (its socket pushed back, or its backlog is past the
-                // threshold), or already holding this series: hold (newest
-                // wins). Bytes merely waiting for the shell's next write do
-                // not make a member behind.
-                let behind = connection.pushed_back || connection.queued_bytes > behind_bytes;
-                if behind || connection.conflated.holds(room, series) {
-                    if connection.conflated.is_empty() {
-                        newly_holding.push(slot);
-                    }
-                    connection.conflated.hold(
-                        room,
-                        series.clone(),
-                        message.seq,
-                        message.frame.clone(),
-                        flush_at_us,
-                    );
-                    continue;
-                }
-            }
-            // Anything held for this room goes first: seq never goes backwards.
-            let ok = Self::send_conflated(
-                &mut self.outputs,
-                &self.config.limits,
-                connection,
-                Some(room),
-            );
-            if !(ok
-                && Self::try_send(
-                    &mut self.outputs,
-                    &self.config.limits,
-                    connection,
-                    &message.frame,
-                ))
-            {
-                overflowed.push(connection.id);
-            }
-        }
-        // Members that started holding frames need their flush timer.
-        for slot in newly_holding {
-            self.schedule(slot);
-        }
-        // Close overflowing members now so they get nothing after their gap.
-        self.close_each(overflowed, CloseCode::SlowConsumer);
-    }
-
     /// `POST /api/send`: a direct message (not numbered) to this node's
     /// targets, and through the engine to every other node's (a user's
     /// connections, or a connection that is not here). Returns how many
@@ -395,24 +328,5 @@ impl Core {
             });
         }
         Ok(delivered)
-    }
-
-    /// A direct message to this node's connections among `target`.
-    pub(crate) fn deliver_direct(&mut self, target: &SendTarget, frame: &TextFrame) -> u64 {
-        let targets: Vec<ConnectionId> = match target {
-            SendTarget::Connection(conn) => {
-                self.conns.get(*conn).map(|c| c.id).into_iter().collect()
-            }
-            SendTarget::User(user) => self.conns.of_user(user),
-        };
-        let mut delivered = 0;
-        for conn in targets {
-            let Some(slot) = self.conns.slot(conn) else {
-                continue;
-            };
-            self.send(slot, frame.clone());
-            delivered += u64::from(self.conns.is_open(conn));
-        }
-        delivered
     }
 }
