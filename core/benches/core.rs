@@ -136,7 +136,7 @@ fn broadcast(c: &mut Criterion) {
     group.throughput(Throughput::Elements(MEMBERS as u64));
     group.bench_function("10k_members", |b| {
         b.iter(|| {
-            core.handle(now(), Input::Broadcast(publish.clone()));
+            core.broadcast(now(), publish.clone());
             assert_eq!(drain(&mut core), MEMBERS);
         })
     });

@@ -104,7 +104,7 @@ fn main() {
                 data,
             };
             for _ in 0..count {
-                core.handle(now(), Input::Broadcast(publish.clone()));
+                core.broadcast(now(), publish.clone());
                 assert_eq!(drain(&mut core), 10_000);
             }
         }

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::config::{Response, Ticket};
+use crate::config::{BroadcastAnswer, Ticket};
 use crate::engine::{CallId, EngineError, EngineRequest, Epoch};
 #[cfg(any(test, feature = "testing"))]
 use crate::invariants::Broken;
@@ -70,7 +70,7 @@ pub(crate) struct EngineCalls {
     publishes: BTreeMap<u64, PendingPublish>,
     next_publish: u64,
     /// Answers to the caller's pending broadcasts.
-    answers: VecDeque<(Ticket, Response)>,
+    answers: VecDeque<(Ticket, BroadcastAnswer)>,
 }
 
 impl EngineCalls {
@@ -135,20 +135,20 @@ impl EngineCalls {
         self.publishes.remove(&number)
     }
 
-    /// Answers a broadcast that returned [`Response::Pending`].
-    pub(crate) fn answer(&mut self, ticket: Ticket, response: Response) {
-        self.answers.push_back((ticket, response));
+    /// Answers the broadcast `ticket` names.
+    pub(crate) fn answer(&mut self, ticket: Ticket, answer: BroadcastAnswer) {
+        self.answers.push_back((ticket, answer));
     }
 
-    pub(crate) fn poll_answer(&mut self) -> Option<(Ticket, Response)> {
+    pub(crate) fn poll_answer(&mut self) -> Option<(Ticket, BroadcastAnswer)> {
         self.answers.pop_front()
     }
 
     /// The answer to `ticket`, taken out of order (a driver that answers
     /// the engine inline, [`crate::Standalone`]).
-    pub(crate) fn take_answer(&mut self, ticket: Ticket) -> Option<Response> {
+    pub(crate) fn take_answer(&mut self, ticket: Ticket) -> Option<BroadcastAnswer> {
         let at = self.answers.iter().position(|(t, _)| *t == ticket)?;
-        self.answers.remove(at).map(|(_, response)| response)
+        self.answers.remove(at).map(|(_, answer)| answer)
     }
 
     /// The part's invariants: the calls in flight within `calls_max`, and
@@ -180,7 +180,7 @@ impl EngineCalls {
 impl Core {
     /// The answer to `ticket`, taken out of order (see
     /// [`EngineCalls::take_answer`]).
-    pub(crate) fn take_answer(&mut self, ticket: Ticket) -> Option<Response> {
+    pub(crate) fn take_answer(&mut self, ticket: Ticket) -> Option<BroadcastAnswer> {
         self.engine.take_answer(ticket)
     }
 }

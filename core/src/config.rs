@@ -101,27 +101,14 @@ impl Default for CoreConfig {
     }
 }
 
-/// The answer to the caller's own inputs (clients get outputs instead).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Response {
-    /// Nothing to report.
-    Done,
-    /// A broadcast was numbered by the engine and fanned out.
-    Published(PublishReceipt),
-    /// The broadcast waits for the engine: its answer (`Published` or
-    /// `Rejected`) comes later from `Core::poll_answer` with this ticket.
-    Pending(Ticket),
-    /// A direct message reached this many connections.
-    Sent {
-        /// Frames handed to connections.
-        delivered: u64,
-    },
-    /// The publish or send was refused. For a broadcast to several rooms
-    /// that the engine failed part-way, the message names the rooms that
-    /// were appended (they are delivered) and those that were not.
-    Rejected(PublishError),
-}
+/// The answer to a broadcast ([`Core::broadcast`](crate::Core::broadcast)):
+/// the rooms' seqs once the engine numbered it, or why it was refused. For
+/// a broadcast to several rooms that the engine failed part-way, the error
+/// names the rooms that were appended (they are delivered) and those that
+/// were not.
+pub type BroadcastAnswer = Result<PublishReceipt, PublishError>;
 
-/// Names one pending broadcast of the caller (see [`Response::Pending`]).
+/// Names one broadcast waiting for its answer (see
+/// [`Core::poll_answer`](crate::Core::poll_answer)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ticket(pub u64);

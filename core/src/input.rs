@@ -3,7 +3,6 @@
 use crate::access::Identity;
 use crate::codes::CloseCode;
 use crate::names::ConnectionId;
-use crate::validate::{DirectMessage, Publish};
 
 /// Who a direct message (`POST /api/send`) is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,12 +82,6 @@ pub enum Input<'a> {
         /// The connection.
         conn: ConnectionId,
     },
-    /// Server-side publish to one or more rooms (validated by `validate::parse_broadcast_body`).
-    Broadcast(Publish),
-    /// Server-side direct message (`POST /api/send`) to a user's
-    /// connections or to one connection (not [`Output::Send`](crate::Output::Send),
-    /// which writes a frame to a connection).
-    Direct(DirectMessage),
     /// Time has passed: fire every deadline up to `now`.
     Timeout,
     /// The answer to the connection's `Output::Check` (see [`crate::checks`]).

@@ -71,7 +71,7 @@
 //! | `publishing` | publishing (API and client): the engine appends and their answers, receipts; direct messages (`/api/send`) |
 //! | `delivery` | a numbered message to a room's members (shared bytes, conflation, the slow-consumer close) and a direct message to its connections |
 //! | `timers` | heartbeats, token expiry, conflation flushes, stream checks, the end of presence-diff windows |
-//! | `config` | [`CoreConfig`], [`RoomOptions`], [`Response`] |
+//! | `config` | [`CoreConfig`], [`RoomOptions`], [`BroadcastAnswer`], [`Ticket`] |
 //! | [`engine`] | the engine contract; [`engine::memory`] the in-memory engine (`engine/memory/room_log.rs`: a room's numbers and bounded history in it) |
 //! | [`standalone`] | [`Standalone`]: a core and its inline engine, driven together |
 //! | `input` / `output` | the vocabulary between caller and core ([`Input`], [`Output`]) |
@@ -149,12 +149,12 @@ pub mod validate;
 pub use access::{AccessRules, Grants, Identity, RoomAccess, User};
 pub use checks::{Check, CheckAnswer, HookVerdict, TokenRefused};
 pub use codes::{CloseCode, ErrorCode, WarningCode};
-pub use config::{CoreConfig, Response, RoomOptions, Ticket};
+pub use config::{BroadcastAnswer, CoreConfig, RoomOptions, Ticket};
 pub use input::{Input, SendTarget};
 pub use limits::Limits;
 pub use machine::Core;
 pub use names::{ConnectionId, ConnectionMap, RoomName};
 pub use output::{Output, TextFrame};
-pub use standalone::Standalone;
+pub use standalone::{BroadcastOutcome, Standalone};
 pub use time::Now;
 pub use validate::{MessageTypes, Publish, PublishError, PublishReceipt};

@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 
 use crate::calls::EngineCalls;
-use crate::config::{CoreConfig, Response, Ticket};
+use crate::config::{BroadcastAnswer, CoreConfig, Ticket};
 use crate::connections::Connections;
 use crate::engine::{EngineEvent, EngineRequest};
 use crate::input::Input;
@@ -133,8 +133,9 @@ impl Core {
         self.engine.poll_request()
     }
 
-    /// The next answer to a broadcast that returned [`Response::Pending`].
-    pub fn poll_answer(&mut self) -> Option<(Ticket, Response)> {
+    /// The next answer to a broadcast (the ticket [`Core::broadcast`]
+    /// returned), in the order the engine answered.
+    pub fn poll_answer(&mut self) -> Option<(Ticket, BroadcastAnswer)> {
         self.engine.poll_answer()
     }
 
@@ -151,9 +152,53 @@ impl Core {
             .min()
     }
 
-    /// Applies one input at `now`.
-    pub fn handle(&mut self, now: Now, input: Input<'_>) -> Response {
-        let response = self.apply(now, input);
+    /// Applies one input at `now`. What it produces is polled: outputs
+    /// for connections, requests for the engine, answers to broadcasts.
+    pub fn handle(&mut self, now: Now, input: Input<'_>) {
+        self.apply(now, input);
+        self.settle();
+    }
+
+    /// `POST /api/broadcast` (validated by `validate::parse_broadcast_body`):
+    /// one append per room. Refused at once, or answered later through
+    /// [`Core::poll_answer`] with the returned ticket.
+    pub fn broadcast(
+        &mut self,
+        now: Now,
+        publish: crate::validate::Publish,
+    ) -> Result<Ticket, crate::validate::PublishError> {
+        let now = self.advance(now);
+        let ticket = self.api_broadcast(now, publish);
+        self.settle();
+        ticket
+    }
+
+    /// `POST /api/send`: a direct message to a user's connections or to
+    /// one connection (not [`Output::Send`], which writes a frame to a
+    /// connection). Answers how many connections of this core got it.
+    pub fn send_direct(
+        &mut self,
+        now: Now,
+        message: crate::validate::DirectMessage,
+    ) -> Result<u64, crate::validate::PublishError> {
+        let now = self.advance(now);
+        let delivered = self.direct(now, message);
+        self.settle();
+        delivered
+    }
+
+    /// Time only moves forward, whatever the caller passes: the core's
+    /// `now` after this call.
+    fn advance(&mut self, now: Now) -> Now {
+        if now.monotonic_us >= self.now.monotonic_us {
+            self.now = now;
+        }
+        self.now
+    }
+
+    /// What every input leaves to do before the next: queued closes,
+    /// resumed connections, presence diffs, the outbound budget.
+    fn settle(&mut self) {
         loop {
             // Members that overflowed while a presence diff was fanned out
             // are closed here (closing one is a presence change).
@@ -181,15 +226,10 @@ impl Core {
             }
             break;
         }
-        response
     }
 
-    fn apply(&mut self, now: Now, input: Input<'_>) -> Response {
-        // Time only moves forward, whatever the caller passes.
-        if now.monotonic_us >= self.now.monotonic_us {
-            self.now = now;
-        }
-        let now = self.now;
+    fn apply(&mut self, now: Now, input: Input<'_>) {
+        let now = self.advance(now);
         match input {
             Input::Open { conn, identity } => self.open(now, conn, identity),
             Input::Text { conn, text } => self.client_message(now, conn, Some(text)),
@@ -200,13 +240,6 @@ impl Core {
             Input::Blocked { conn } => self.blocked(conn),
             Input::Abort { conn, code } => self.close(conn, Some(code)),
             Input::Closed { conn } => self.close(conn, None),
-            Input::Broadcast(publish) => return self.api_broadcast(now, publish),
-            Input::Direct(message) => {
-                return match self.direct(now, message) {
-                    Ok(delivered) => Response::Sent { delivered },
-                    Err(error) => Response::Rejected(error),
-                }
-            }
             Input::Timeout => self.fire_timers(now),
             Input::CheckDone { conn, answer } => self.check_done(now, conn, answer),
             Input::Engine(event) => match event {
@@ -234,7 +267,6 @@ impl Core {
             },
             Input::Shutdown => self.shut_down(),
         }
-        Response::Done
     }
 
     /// Reports a state that cannot happen (see [`impossible`]).

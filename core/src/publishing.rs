@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::calls::{Call, PendingPublish, Publisher};
 use crate::codes::ErrorCode;
-use crate::config::Response;
+use crate::config::Ticket;
 use crate::conflation::series_of;
 use crate::engine::{CallId, EngineError, EngineRequest, Numbered, Unnumbered};
 use crate::envelope;
@@ -39,14 +39,16 @@ use crate::validate::{
 const ENVELOPE_OVERHEAD_MAX: usize = 512;
 
 impl Core {
-    /// `POST /api/broadcast`: one append per room; the answer comes with
-    /// [`Response::Pending`]'s ticket.
-    pub(crate) fn api_broadcast(&mut self, now: Now, publish: Publish) -> Response {
+    /// `POST /api/broadcast`: one append per room; the answer comes later
+    /// with the returned ticket.
+    pub(crate) fn api_broadcast(
+        &mut self,
+        now: Now,
+        publish: Publish,
+    ) -> Result<Ticket, PublishError> {
         let ticket = self.engine.next_ticket();
-        match self.append_all(now, publish, Publisher::Api(ticket)) {
-            Ok(()) => Response::Pending(ticket),
-            Err(error) => Response::Rejected(error),
-        }
+        self.append_all(now, publish, Publisher::Api(ticket))?;
+        Ok(ticket)
     }
 
     /// A client's `publish` action: validated here, answered once appended.
@@ -238,13 +240,7 @@ impl Core {
             })
         };
         match pending.publisher {
-            Publisher::Api(ticket) => {
-                let response = match result {
-                    Ok(receipt) => Response::Published(receipt),
-                    Err(error) => Response::Rejected(error),
-                };
-                self.engine.answer(ticket, response);
-            }
+            Publisher::Api(ticket) => self.engine.answer(ticket, result),
             Publisher::Client { conn, id } => {
                 self.answer_client_publish(now, conn, id, result);
             }

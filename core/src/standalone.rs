@@ -7,11 +7,11 @@
 //! After each input the core's engine requests go to the engine, and the
 //! engine's answers and live messages go back to the core, until both are
 //! quiet. A broadcast whose answer is already there is answered at once
-//! ([`Response::Published`]); one whose answer is delayed (only with a
-//! fault layer) answers [`Response::Pending`] and comes later from
-//! [`Standalone::poll_answer`].
+//! ([`BroadcastOutcome::Answered`]); one whose answer is delayed (only with
+//! a fault layer) is [`BroadcastOutcome::Pending`] and its answer comes
+//! later from [`Standalone::poll_answer`].
 
-use crate::config::{CoreConfig, Response, Ticket};
+use crate::config::{BroadcastAnswer, CoreConfig, Ticket};
 use crate::engine::memory::HistoryBounds;
 use crate::engine::memory::{MemoryEngine, NodeId};
 use crate::engine::{EngineBroken, EngineEvent, EngineRequest};
@@ -20,6 +20,16 @@ use crate::machine::Core;
 use crate::names::RoomName;
 use crate::output::Output;
 use crate::time::Now;
+
+/// What a broadcast gets from [`Standalone::broadcast`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BroadcastOutcome {
+    /// Answered at once: the engine numbered it inline, or it was refused.
+    Answered(BroadcastAnswer),
+    /// The engine's answer is delayed (only with a fault layer): it comes
+    /// later from [`Standalone::poll_answer`] with this ticket.
+    Pending(Ticket),
+}
 
 /// An engine driven inline, in the caller's loop: requests in, answers and
 /// live messages out once due.
@@ -140,18 +150,37 @@ impl<E: InlineEngine> Standalone<E> {
     }
 
     /// Applies one input at `now`, then lets core and engine talk until quiet.
-    pub fn handle(&mut self, now: Now, input: Input<'_>) -> Response {
+    pub fn handle(&mut self, now: Now, input: Input<'_>) {
         let timeout = matches!(input, Input::Timeout);
-        let response = self.core.handle(now, input);
+        self.core.handle(now, input);
         settle(&mut self.core, &mut self.engine, now, timeout);
-        match response {
-            Response::Pending(ticket) => self.take_answer(ticket).unwrap_or(response),
-            other => other,
+    }
+
+    /// `POST /api/broadcast` ([`Core::broadcast`]), then core and engine
+    /// talk until quiet: answered at once unless the engine's answer is
+    /// delayed.
+    pub fn broadcast(&mut self, now: Now, publish: crate::validate::Publish) -> BroadcastOutcome {
+        let ticket = self.core.broadcast(now, publish);
+        settle(&mut self.core, &mut self.engine, now, false);
+        match ticket {
+            Err(refused) => BroadcastOutcome::Answered(Err(refused)),
+            Ok(ticket) => match self.core.take_answer(ticket) {
+                Some(answer) => BroadcastOutcome::Answered(answer),
+                None => BroadcastOutcome::Pending(ticket),
+            },
         }
     }
 
-    fn take_answer(&mut self, ticket: Ticket) -> Option<Response> {
-        self.core.take_answer(ticket)
+    /// `POST /api/send` ([`Core::send_direct`]), then core and engine talk
+    /// until quiet.
+    pub fn send_direct(
+        &mut self,
+        now: Now,
+        message: crate::validate::DirectMessage,
+    ) -> Result<u64, crate::validate::PublishError> {
+        let delivered = self.core.send_direct(now, message);
+        settle(&mut self.core, &mut self.engine, now, false);
+        delivered
     }
 
     /// The next output for a connection, in the order decided.
@@ -159,8 +188,9 @@ impl<E: InlineEngine> Standalone<E> {
         self.core.poll_output()
     }
 
-    /// The next answer to a broadcast that returned [`Response::Pending`].
-    pub fn poll_answer(&mut self) -> Option<(Ticket, Response)> {
+    /// The next answer to a broadcast that was
+    /// [`BroadcastOutcome::Pending`].
+    pub fn poll_answer(&mut self) -> Option<(Ticket, BroadcastAnswer)> {
         self.core.poll_answer()
     }
 

@@ -7,8 +7,8 @@
 
 use roomcast_core::validate::PublishError;
 use roomcast_core::{
-    ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output, Publish, Response, RoomName,
-    Standalone, TextFrame,
+    BroadcastOutcome, ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output, Publish,
+    RoomName, Standalone, TextFrame,
 };
 use serde_json::{json, Value};
 
@@ -84,20 +84,20 @@ impl Node {
     }
 
     /// Publishes one small message a second after the previous one.
-    fn publish(&mut self, room: &str) -> Response {
+    fn publish(&mut self, room: &str) -> BroadcastOutcome {
         self.now_us += 1_000_000;
         let publish = Publish {
             rooms: vec![RoomName::new(room).unwrap()],
             kind: "queue_status".into(),
             data: json!({"n": 1}).as_object().unwrap().clone(),
         };
-        let response = self.core.handle(self.now(), Input::Broadcast(publish));
+        let response = self.core.broadcast(self.now(), publish);
         self.drain();
         response
     }
 
-    fn epoch_of(response: &Response) -> String {
-        let Response::Published(receipt) = response else {
+    fn epoch_of(response: &BroadcastOutcome) -> String {
+        let BroadcastOutcome::Answered(Ok(receipt)) = response else {
             panic!("not published: {response:?}")
         };
         receipt.rooms[0].epoch.clone()
@@ -178,18 +178,24 @@ fn rooms_max_refuses_a_new_room_when_every_room_is_in_use() {
     let message = out[0]["data"]["message"].as_str().unwrap();
     assert!(message.contains("rooms_max"), "{message}");
     assert_eq!(node.core.member_count(&RoomName::new("r3").unwrap()), 0);
-    let Response::Rejected(PublishError::EngineUnavailable { message, appended }) =
+    let BroadcastOutcome::Answered(Err(PublishError::EngineUnavailable { message, appended })) =
         node.publish("r3")
     else {
         panic!("a publish creating a room is refused")
     };
     assert!(message.contains("rooms_max"), "{message}");
     assert!(appended.is_empty());
-    assert!(matches!(node.publish("r1"), Response::Published(_)));
+    assert!(matches!(
+        node.publish("r1"),
+        BroadcastOutcome::Answered(Ok(_))
+    ));
     assert_eq!(node.core.room_count(), 2);
 
     // y leaves r2, which keeps its history: kept, but only for history.
-    assert!(matches!(node.publish("r2"), Response::Published(_)));
+    assert!(matches!(
+        node.publish("r2"),
+        BroadcastOutcome::Answered(Ok(_))
+    ));
     node.send(y, r#"{"action":"leave","data":{"room":"r2"}}"#);
     assert_eq!(node.core.room_count(), 2);
     // So r3 can be created: r2 makes way (its history is gone).

@@ -99,7 +99,7 @@ impl Room {
             kind: kind.into(),
             data: data.as_object().unwrap().clone(),
         };
-        self.core.handle(self.now(), Input::Broadcast(publish));
+        self.core.broadcast(self.now(), publish);
         self.drain()
     }
 
@@ -241,7 +241,7 @@ fn readers_that_keep_up_get_every_progress_event_at_ten_thousand_members() {
                 .unwrap()
                 .clone(),
         };
-        core.handle(now, Input::Broadcast(publish));
+        core.broadcast(now, publish);
     }
     let mut got = std::collections::BTreeMap::<ConnectionId, Vec<(u64, bool)>>::new();
     while let Some(output) = core.poll_output() {

@@ -6,7 +6,7 @@
 //! in-memory engine, or held back and answered by hand.
 
 use roomcast_core::engine::EngineEvent;
-use roomcast_core::{ConnectionId, CoreConfig, Input, Publish, Response, RoomName};
+use roomcast_core::{ConnectionId, CoreConfig, Input, Publish, RoomName};
 use serde_json::{json, Value};
 
 mod support;
@@ -64,12 +64,12 @@ fn a_receipt_counts_the_members_on_the_other_shards() {
         kind: "queue_status".into(),
         data,
     };
-    let Response::Pending(ticket) = h.core.handle(h.now(), Input::Broadcast(publish)) else {
+    let Ok(ticket) = h.core.broadcast(h.now(), publish) else {
         panic!("a broadcast waits for its append")
     };
     h.answer_with_peers(3);
     match h.core.poll_answer() {
-        Some((t, Response::Published(receipt))) => {
+        Some((t, Ok(receipt))) => {
             assert_eq!(t, ticket);
             assert_eq!(receipt.delivered, 2 + 3, "two here, three on other shards");
         }

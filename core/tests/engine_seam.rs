@@ -9,7 +9,7 @@ use roomcast_core::engine::{
 use roomcast_core::oracle::Sent;
 use roomcast_core::validate::PublishError;
 use roomcast_core::{
-    CloseCode, ConnectionId, CoreConfig, Input, Limits, Output, Publish, Response, RoomName,
+    CloseCode, ConnectionId, CoreConfig, Input, Limits, Output, Publish, RoomName, Ticket,
 };
 use serde_json::{json, Value};
 
@@ -68,7 +68,7 @@ impl Harness {
     }
 
     /// A broadcast of `n` to room r, returning the core's response.
-    fn broadcast(&mut self, n: u64) -> Response {
+    fn broadcast(&mut self, n: u64) -> Result<Ticket, PublishError> {
         let Value::Object(data) = json!({"n": n}) else {
             unreachable!()
         };
@@ -77,7 +77,7 @@ impl Harness {
             kind: "queue_status".into(),
             data,
         };
-        self.core.handle(self.now(), Input::Broadcast(publish))
+        self.core.broadcast(self.now(), publish)
     }
 }
 
@@ -166,7 +166,7 @@ fn recovery_merges_the_read_with_live_messages_without_duplicates() {
     h.join(b);
     h.settle();
     for n in 1..=4 {
-        assert!(matches!(h.broadcast(n), Response::Pending(_)));
+        assert!(h.broadcast(n).is_ok());
         h.settle();
     }
     assert_eq!(seqs(&h.frames(), b), vec![1, 2, 3, 4]);
@@ -176,7 +176,7 @@ fn recovery_merges_the_read_with_live_messages_without_duplicates() {
     read_call(&read_request);
     // Seq 5 is appended (elsewhere) while the read is in flight; the read
     // already saw it, and its live message arrives too.
-    h.broadcast(5);
+    h.broadcast(5).expect("accepted");
     let append = h.requests();
     let events = h.engine_events(append);
     let read = h.engine_events(read_request).pop().unwrap();
@@ -446,13 +446,13 @@ fn publish_receipts_wait_for_the_engine_and_failures_are_errors() {
         ..Limits::default()
     };
     let (mut h, _member) = Harness::with_member(limits);
-    let Response::Pending(ticket) = h.broadcast(1) else {
+    let Ok(ticket) = h.broadcast(1) else {
         panic!("a broadcast waits for its append")
     };
     assert!(h.core.poll_answer().is_none());
     h.settle();
     match h.core.poll_answer() {
-        Some((t, Response::Published(receipt))) => {
+        Some((t, Ok(receipt))) => {
             assert_eq!(t, ticket);
             assert_eq!(receipt.delivered, 1);
             assert_eq!(receipt.rooms[0].seq, 1);
@@ -461,9 +461,7 @@ fn publish_receipts_wait_for_the_engine_and_failures_are_errors() {
     }
     h.frames();
     // A failed append: 503-shaped error, nothing delivered.
-    let Response::Pending(ticket) = h.broadcast(2) else {
-        panic!()
-    };
+    let Ok(ticket) = h.broadcast(2) else { panic!() };
     let requests = h.requests();
     let EngineRequest::Append { call, .. } = &requests[0] else {
         panic!("{requests:?}")
@@ -474,7 +472,7 @@ fn publish_receipts_wait_for_the_engine_and_failures_are_errors() {
         peer_members: 0,
     });
     match h.core.poll_answer() {
-        Some((t, Response::Rejected(error))) => {
+        Some((t, Err(error))) => {
             assert_eq!(t, ticket);
             assert_eq!(error.code(), "ENGINE_UNAVAILABLE");
             assert!(error.message().contains("timed out"));
@@ -483,10 +481,10 @@ fn publish_receipts_wait_for_the_engine_and_failures_are_errors() {
     }
     assert!(h.frames().is_empty());
     // Bounded: two appends in flight fill `engine_calls_max`.
-    assert!(matches!(h.broadcast(3), Response::Pending(_)));
-    assert!(matches!(h.broadcast(4), Response::Pending(_)));
+    assert!(h.broadcast(3).is_ok());
+    assert!(h.broadcast(4).is_ok());
     match h.broadcast(5) {
-        Response::Rejected(PublishError::EngineUnavailable { .. }) => {}
+        Err(PublishError::EngineUnavailable { .. }) => {}
         other => panic!("a full engine queue refuses: {other:?}"),
     }
 }
@@ -683,12 +681,12 @@ fn presence_comes_from_the_engine_and_counts_every_node() {
 fn a_rolled_back_engine_moves_the_room_to_a_new_epoch() {
     let (mut h, a) = Harness::with_member(Limits::default());
     for n in 1..=2 {
-        h.broadcast(n);
+        h.broadcast(n).expect("accepted");
         h.settle();
     }
     let point = h.engine.tops();
     for n in 3..=4 {
-        h.broadcast(n);
+        h.broadcast(n).expect("accepted");
         h.settle();
     }
     while h.core.poll_answer().is_some() {}
@@ -717,10 +715,10 @@ fn a_rolled_back_engine_moves_the_room_to_a_new_epoch() {
         (Some("e-2"), Some(0))
     );
     // A publish after the loss carries the new epoch, and seq 1 of it.
-    h.broadcast(5);
+    h.broadcast(5).expect("accepted");
     h.settle();
     match h.core.poll_answer() {
-        Some((_, Response::Published(receipt))) => {
+        Some((_, Ok(receipt))) => {
             assert_eq!((&*receipt.rooms[0].epoch, receipt.rooms[0].seq), ("e-2", 1));
         }
         other => panic!("{other:?}"),

@@ -3,8 +3,8 @@
 //! byte-identical, or says `recovered: false` and replays nothing.
 
 use roomcast_core::{
-    ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output, Publish, Response, RoomName,
-    Standalone, TextFrame,
+    BroadcastOutcome, ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output, Publish,
+    RoomName, Standalone, TextFrame,
 };
 use serde_json::{json, Value};
 
@@ -71,7 +71,7 @@ impl Room {
             kind: "queue_status".into(),
             data: json!({"n": n}).as_object().unwrap().clone(),
         };
-        let Response::Published(receipt) = self.core.handle(self.now(), Input::Broadcast(publish))
+        let BroadcastOutcome::Answered(Ok(receipt)) = self.core.broadcast(self.now(), publish)
         else {
             panic!("not published")
         };

@@ -1,7 +1,7 @@
 //! Model-based test: random operation sequences run against the core and
 //! against a small reference model built from plain `BTreeMap`s; after every
 //! step both must agree on the exact list of outputs (decoded JSON, closes,
-//! pings) and on the caller's `Response`.
+//! pings) and on the caller's answers (broadcast receipts, sends).
 //!
 //! Also: the same sequence on two fresh cores gives byte-identical outputs.
 //!
@@ -23,8 +23,8 @@ use proptest::prelude::*;
 use roomcast_core::access::AccessRule;
 use roomcast_core::validate::DirectMessage;
 use roomcast_core::{
-    AccessRules, CloseCode, ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output,
-    Publish, Response, RoomAccess, RoomName, SendTarget, Standalone, User,
+    AccessRules, BroadcastOutcome, CloseCode, ConnectionId, CoreConfig, Identity, Input, Limits,
+    Now, Output, Publish, RoomAccess, RoomName, SendTarget, Standalone, User,
 };
 use serde_json::{json, Map, Value};
 
@@ -1062,27 +1062,61 @@ fn input<'a>(op: &Op, text: &'a mut String) -> Input<'a> {
             conn: conn_id(*c),
             code: *code,
         },
-        Op::Broadcast(rooms, kind, n) => Input::Broadcast(Publish {
-            rooms: rooms
-                .iter()
-                .map(|r| RoomName::new(ROOMS[*r as usize]).expect("valid"))
-                .collect(),
-            kind: kind.name().to_owned(),
-            data: obj(kind.data(*n)),
-        }),
-        Op::SendUser(u, n) => Input::Direct(DirectMessage {
-            target: SendTarget::User(USERS[*u as usize].to_owned()),
-            kind: "system_info".to_owned(),
-            data: obj(direct_data(*n)),
-            to_other_nodes: true,
-        }),
-        Op::SendConn(c, n) => Input::Direct(DirectMessage {
-            target: SendTarget::Connection(conn_id(*c)),
-            kind: "system_info".to_owned(),
-            data: obj(direct_data(*n)),
-            to_other_nodes: true,
-        }),
         Op::Advance(_) => Input::Timeout,
+        Op::Broadcast(..) | Op::SendUser(..) | Op::SendConn(..) => {
+            unreachable!("publishes are not inputs: see `apply`")
+        }
+    }
+}
+
+/// What the core answered to one op: the broadcast's and the send's typed
+/// answers, nothing for every other input.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Done,
+    Broadcast(BroadcastOutcome),
+    Sent(Result<u64, roomcast_core::validate::PublishError>),
+}
+
+/// Applies `op` to the core at `now`.
+fn apply(core: &mut Standalone, now: Now, op: &Op) -> Answer {
+    match op {
+        Op::Broadcast(rooms, kind, n) => Answer::Broadcast(
+            core.broadcast(
+                now,
+                Publish {
+                    rooms: rooms
+                        .iter()
+                        .map(|r| RoomName::new(ROOMS[*r as usize]).expect("valid"))
+                        .collect(),
+                    kind: kind.name().to_owned(),
+                    data: obj(kind.data(*n)),
+                },
+            ),
+        ),
+        Op::SendUser(u, n) => Answer::Sent(core.send_direct(
+            now,
+            DirectMessage {
+                target: SendTarget::User(USERS[*u as usize].to_owned()),
+                kind: "system_info".to_owned(),
+                data: obj(direct_data(*n)),
+                to_other_nodes: true,
+            },
+        )),
+        Op::SendConn(c, n) => Answer::Sent(core.send_direct(
+            now,
+            DirectMessage {
+                target: SendTarget::Connection(conn_id(*c)),
+                kind: "system_info".to_owned(),
+                data: obj(direct_data(*n)),
+                to_other_nodes: true,
+            },
+        )),
+        _ => {
+            let mut text = String::new();
+            core.handle(now, input(op, &mut text));
+            Answer::Done
+        }
     }
 }
 
@@ -1121,10 +1155,10 @@ fn decode(output: Output) -> Result<Ev, Mismatch> {
 }
 
 /// The response in the model's terms, and the (room, epoch) pairs of a receipt.
-fn resp(response: Response) -> (Resp, Vec<(String, String)>) {
-    match response {
-        Response::Done => (Resp::Done, Vec::new()),
-        Response::Published(receipt) => (
+fn resp(answer: Answer) -> (Resp, Vec<(String, String)>) {
+    match answer {
+        Answer::Done => (Resp::Done, Vec::new()),
+        Answer::Broadcast(BroadcastOutcome::Answered(Ok(receipt))) => (
             Resp::Published {
                 delivered: receipt.delivered,
                 seqs: receipt
@@ -1139,10 +1173,14 @@ fn resp(response: Response) -> (Resp, Vec<(String, String)>) {
                 .map(|r| (r.room.as_str().to_owned(), r.epoch))
                 .collect(),
         ),
-        Response::Sent { delivered } => (Resp::Sent { delivered }, Vec::new()),
-        Response::Rejected(error) => (Resp::Rejected(error.code().to_owned()), Vec::new()),
+        Answer::Sent(Ok(delivered)) => (Resp::Sent { delivered }, Vec::new()),
+        Answer::Broadcast(BroadcastOutcome::Answered(Err(error))) | Answer::Sent(Err(error)) => {
+            (Resp::Rejected(error.code().to_owned()), Vec::new())
+        }
         // The in-memory engine answers inline: a broadcast is never pending.
-        Response::Pending(ticket) => (Resp::Rejected(format!("pending {ticket:?}")), Vec::new()),
+        Answer::Broadcast(BroadcastOutcome::Pending(ticket)) => {
+            (Resp::Rejected(format!("pending {ticket:?}")), Vec::new())
+        }
     }
 }
 
@@ -1209,8 +1247,7 @@ fn run_against_model(case: &Case, coverage: &Coverage) -> Result<(), TestCaseErr
             continue; // a caller bug the core asserts against: ids are new
         }
         let (expected, expected_resp) = model.step(op);
-        let mut text = String::new();
-        let response = core.handle(model.now(), input(op, &mut text));
+        let response = apply(&mut core, model.now(), op);
         let step = format!("step {i} ({op:?})");
         check_invariants(&core, &step)?;
         let mut actual = Vec::new();
@@ -1287,7 +1324,7 @@ fn run_against_model(case: &Case, coverage: &Coverage) -> Result<(), TestCaseErr
 }
 
 /// Every output and response of one run, raw (frames as bytes).
-fn raw_run(case: &Case) -> Vec<(Vec<Output>, Response)> {
+fn raw_run(case: &Case) -> Vec<(Vec<Output>, Answer)> {
     let mut core = Standalone::new(config(case.tight));
     let mut now_us = 0;
     let mut log = Vec::new();
@@ -1298,15 +1335,14 @@ fn raw_run(case: &Case) -> Vec<(Vec<Output>, Response)> {
         if reopens(&core, op) {
             continue;
         }
-        let mut text = String::new();
-        let response = core.handle(Now::from_start(START_MS, now_us), input(op, &mut text));
+        let response = apply(&mut core, Now::from_start(START_MS, now_us), op);
         let outputs = std::iter::from_fn(|| core.poll_output()).collect();
         log.push((outputs, response));
     }
     core.handle(Now::from_start(START_MS, now_us), Input::Shutdown);
     log.push((
         std::iter::from_fn(|| core.poll_output()).collect(),
-        Response::Done,
+        Answer::Done,
     ));
     log
 }

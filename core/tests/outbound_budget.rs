@@ -63,7 +63,7 @@ impl Node {
             kind: "queue_status".into(),
             data: json!({"pad": "x".repeat(950)}).as_object().unwrap().clone(),
         };
-        self.core.handle(self.now(), Input::Broadcast(publish));
+        self.core.broadcast(self.now(), publish);
     }
 
     /// The outputs since the last call: bytes sent per connection, and

@@ -5,8 +5,9 @@
 use roomcast_core::access::AccessRule;
 use roomcast_core::validate::DirectMessage;
 use roomcast_core::{
-    AccessRules, CloseCode, ConnectionId, CoreConfig, Identity, Input, Limits, Now, Output,
-    Publish, PublishReceipt, Response, RoomAccess, RoomName, SendTarget, Standalone, User,
+    AccessRules, BroadcastOutcome, CloseCode, ConnectionId, CoreConfig, Identity, Input, Limits,
+    Now, Output, Publish, PublishError, PublishReceipt, RoomAccess, RoomName, SendTarget,
+    Standalone, User,
 };
 use serde_json::{json, Map, Value};
 
@@ -97,21 +98,21 @@ fn obj(value: Value) -> Map<String, Value> {
     }
 }
 
-fn publish(rooms: &[&str], kind: &str, data: Value) -> Input<'static> {
-    Input::Broadcast(Publish {
+fn publish(rooms: &[&str], kind: &str, data: Value) -> Publish {
+    Publish {
         rooms: rooms.iter().map(|r| room(r)).collect(),
         kind: kind.to_owned(),
         data: obj(data),
-    })
+    }
 }
 
-fn direct(target: SendTarget, kind: &str, data: Value) -> Input<'static> {
-    Input::Direct(DirectMessage {
+fn direct(target: SendTarget, kind: &str, data: Value) -> DirectMessage {
+    DirectMessage {
         target,
         kind: kind.to_owned(),
         data: obj(data),
         to_other_nodes: true,
-    })
+    }
 }
 
 /// Whether `s` has the exact shape `YYYY-MM-DDTHH:MM:SS.mmmZ`.
@@ -174,17 +175,17 @@ impl Harness {
     }
 
     /// Handles one input and drains what it produced.
-    fn step(&mut self, input: Input<'_>) -> (Response, Vec<Out>) {
-        let response = self.core.handle(self.now(), input);
+    fn run(&mut self, input: Input<'_>) -> Vec<Out> {
+        self.core.handle(self.now(), input);
         self.check();
-        let outs = self.drain();
-        (response, outs)
+        self.drain()
     }
 
-    fn run(&mut self, input: Input<'_>) -> Vec<Out> {
-        let (response, outs) = self.step(input);
-        assert_eq!(response, Response::Done);
-        outs
+    /// `POST /api/send`: how many connections got it, and what it produced.
+    fn send(&mut self, message: DirectMessage) -> (Result<u64, PublishError>, Vec<Out>) {
+        let delivered = self.core.send_direct(self.now(), message);
+        self.check();
+        (delivered, self.drain())
     }
 
     /// Opens `conn` and returns its `connected` message.
@@ -224,8 +225,10 @@ impl Harness {
     }
 
     fn broadcast(&mut self, rooms: &[&str], kind: &str, data: Value) -> (PublishReceipt, Vec<Out>) {
-        match self.step(publish(rooms, kind, data)) {
-            (Response::Published(receipt), outs) => (receipt, outs),
+        let outcome = self.core.broadcast(self.now(), publish(rooms, kind, data));
+        self.check();
+        match outcome {
+            BroadcastOutcome::Answered(Ok(receipt)) => (receipt, self.drain()),
             other => panic!("not a receipt: {other:?}"),
         }
     }
@@ -1186,31 +1189,31 @@ fn direct_send_to_every_connection_of_a_user() {
     h.open(c(2), user("bob", &[]));
     h.open(c(1), user("alice", &[]));
     h.open(c(4), anon());
-    let (response, outs) = h.step(direct(
+    let (response, outs) = h.send(direct(
         SendTarget::User("alice".into()),
         "system_info",
         json!({"message": "hi"}),
     ));
-    assert_eq!(response, Response::Sent { delivered: 2 });
+    assert_eq!(response, Ok(2));
     let expected = json!({"type": "system_info", "timestamp": "2025-10-17T10:30:00.000Z",
                           "data": {"message": "hi"}});
     assert_eq!(outs.len(), 2);
     assert_eq!((outs[0].conn(), outs[0].msg()), (c(1), &expected));
     assert_eq!((outs[1].conn(), outs[1].msg()), (c(3), &expected));
-    let (response, outs) = h.step(direct(
+    let (response, outs) = h.send(direct(
         SendTarget::User("nobody".into()),
         "system_info",
         json!({}),
     ));
-    assert_eq!((response, outs.len()), (Response::Sent { delivered: 0 }, 0));
+    assert_eq!((response, outs.len()), (Ok(0), 0));
     // After one of alice's connections goes, only the other gets it.
     h.run(Input::Closed { conn: c(1) });
-    let (response, outs) = h.step(direct(
+    let (response, outs) = h.send(direct(
         SendTarget::User("alice".into()),
         "system_info",
         json!({}),
     ));
-    assert_eq!(response, Response::Sent { delivered: 1 });
+    assert_eq!(response, Ok(1));
     assert_eq!(outs[0].conn(), c(3));
     h.finish();
 }
@@ -1220,23 +1223,23 @@ fn direct_send_to_one_connection() {
     let mut h = Harness::new(CoreConfig::default());
     h.open(c(1), user("alice", &[]));
     h.open(c(2), user("alice", &[]));
-    let (response, outs) = h.step(direct(
+    let (response, outs) = h.send(direct(
         SendTarget::Connection(c(2)),
         "download_complete",
         json!({"key": "k"}),
     ));
-    assert_eq!(response, Response::Sent { delivered: 1 });
+    assert_eq!(response, Ok(1));
     assert_eq!(outs.len(), 1);
     assert_eq!(outs[0].conn(), c(2));
     assert_eq!(outs[0].msg()["type"], "download_complete");
     assert_eq!(outs[0].msg()["data"], json!({"key": "k"}));
     assert!(outs[0].msg().get("room").is_none() && outs[0].msg().get("seq").is_none());
-    let (response, outs) = h.step(direct(
+    let (response, outs) = h.send(direct(
         SendTarget::Connection(c(9)),
         "system_info",
         json!({}),
     ));
-    assert_eq!((response, outs.len()), (Response::Sent { delivered: 0 }, 0));
+    assert_eq!((response, outs.len()), (Ok(0), 0));
     h.finish();
 }
 
@@ -1535,12 +1538,12 @@ fn closed_produces_no_output_and_releases_every_room() {
     let (receipt, outs) = h.broadcast(&["a", "b"], "queue_status", json!({}));
     assert_eq!(receipt.delivered, 1);
     assert!(outs.iter().all(|o| o.conn() == c(2)));
-    let (response, outs) = h.step(direct(
+    let (response, outs) = h.send(direct(
         SendTarget::User("alice".into()),
         "system_info",
         json!({}),
     ));
-    assert_eq!((response, outs), (Response::Sent { delivered: 0 }, vec![]));
+    assert_eq!((response, outs), (Ok(0), vec![]));
     assert_eq!(h.run(Input::Closed { conn: c(1) }), vec![]);
     // The id may be reused by a new connection.
     h.open(c(1), anon());

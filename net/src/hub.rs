@@ -17,8 +17,8 @@ use bytes::Bytes;
 use roomcast_core::parse::RequestId;
 use roomcast_core::validate::DirectMessage;
 use roomcast_core::{
-    CloseCode, ConnectionId, Identity, Input, Output, Publish, PublishError, PublishReceipt,
-    Response, Ticket,
+    BroadcastAnswer, CloseCode, ConnectionId, Identity, Input, Output, Publish, PublishError,
+    PublishReceipt, Ticket,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -424,11 +424,11 @@ impl Hub {
                 inbound: _inbound,
             } => {
                 let rooms = publish.rooms.len() as u64;
-                match shard.handle(now, Input::Broadcast(publish)) {
-                    Response::Pending(ticket) => {
+                match shard.broadcast(now, publish) {
+                    Ok(ticket) => {
                         self.pending.insert(ticket, (reply, rooms));
                     }
-                    response => answer_broadcast(metrics, reply, rooms, response),
+                    Err(refused) => answer_broadcast(metrics, reply, rooms, Err(refused)),
                 }
                 return Some(received);
             }
@@ -437,14 +437,7 @@ impl Hub {
                 reply,
                 inbound: _inbound,
             } => {
-                let answer = match shard.handle(now, Input::Direct(message)) {
-                    Response::Sent { delivered } => Ok(delivered),
-                    Response::Rejected(error) => Err(error),
-                    other => Err(PublishError::InvalidBody(format!(
-                        "unexpected core answer {other:?}"
-                    ))),
-                };
-                let _ = reply.send(answer);
+                let _ = reply.send(shard.send_direct(now, message));
             }
             HubInput::Status { reply } => {
                 let _ = reply.send(StatusSnapshot {
@@ -469,9 +462,9 @@ impl Hub {
     /// Queues every pending core output on its connection's writer, and
     /// answers broadcasts the engine has now answered.
     fn route(&mut self, published_at: Option<Instant>) {
-        while let Some((ticket, response)) = self.shard.core.poll_answer() {
+        while let Some((ticket, answer)) = self.shard.core.poll_answer() {
             if let Some((reply, rooms)) = self.pending.remove(&ticket) {
-                answer_broadcast(&self.metrics, reply, rooms, response);
+                answer_broadcast(&self.metrics, reply, rooms, answer);
             }
         }
         while let Some(output) = self.shard.core.poll_output() {
@@ -586,21 +579,10 @@ impl Hub {
 type BroadcastReply = oneshot::Sender<Result<PublishReceipt, PublishError>>;
 
 /// Answers a broadcast's caller (and counts it when it was published).
-fn answer_broadcast(metrics: &Metrics, reply: BroadcastReply, rooms: u64, response: Response) {
-    let answer = match response {
-        Response::Published(receipt) => {
-            metrics.broadcasts.inc_by(rooms);
-            metrics.deliveries.inc_by(receipt.delivered);
-            Ok(receipt)
-        }
-        Response::Rejected(error) => Err(error),
-        other => {
-            debug_assert!(false, "a broadcast answered with {other:?}");
-            Err(PublishError::EngineUnavailable {
-                message: format!("unexpected core answer {other:?}"),
-                appended: Vec::new(),
-            })
-        }
-    };
+fn answer_broadcast(metrics: &Metrics, reply: BroadcastReply, rooms: u64, answer: BroadcastAnswer) {
+    if let Ok(receipt) = &answer {
+        metrics.broadcasts.inc_by(rooms);
+        metrics.deliveries.inc_by(receipt.delivered);
+    }
     let _ = reply.send(answer);
 }

@@ -17,7 +17,8 @@ use std::collections::VecDeque;
 use roomcast_core::engine::memory::MemoryEngine;
 use roomcast_core::engine::{EngineError, EngineEvent, EngineRequest};
 use roomcast_core::standalone::{memory_engine, settle};
-use roomcast_core::{Core, CoreConfig, Input, Now, Response};
+use roomcast_core::validate::{DirectMessage, Publish, PublishError};
+use roomcast_core::{Core, CoreConfig, Input, Now, Ticket};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -74,14 +75,38 @@ impl ShardCore {
     }
 
     /// Applies one input at `now` and lets the engine hear what it must.
-    pub(crate) fn handle(&mut self, now: Now, input: Input<'_>) -> Response {
+    pub(crate) fn handle(&mut self, now: Now, input: Input<'_>) {
         let timeout = matches!(input, Input::Timeout);
-        let response = self.core.handle(now, input);
+        self.core.handle(now, input);
+        self.engine_step(now, timeout);
+    }
+
+    /// `POST /api/broadcast` ([`Core::broadcast`]): its answer comes from
+    /// `core.poll_answer()` with the ticket (at once with the inline engine).
+    pub(crate) fn broadcast(&mut self, now: Now, publish: Publish) -> Result<Ticket, PublishError> {
+        let ticket = self.core.broadcast(now, publish);
+        self.engine_step(now, false);
+        ticket
+    }
+
+    /// `POST /api/send` ([`Core::send_direct`]): this shard's deliveries.
+    pub(crate) fn send_direct(
+        &mut self,
+        now: Now,
+        message: DirectMessage,
+    ) -> Result<u64, PublishError> {
+        let delivered = self.core.send_direct(now, message);
+        self.engine_step(now, false);
+        delivered
+    }
+
+    /// After an input: the inline engine answers until quiet, or the
+    /// linked engine hears the core's requests.
+    fn engine_step(&mut self, now: Now, timeout: bool) {
         match &mut self.engine {
             EngineSide::Inline(engine) => settle(&mut self.core, engine, now, timeout),
             EngineSide::Linked(link) => link.pump(&mut self.core, now),
         }
-        response
     }
 
     /// When `handle(now, Input::Timeout)` is next needed (monotonic µs).

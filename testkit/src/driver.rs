@@ -17,7 +17,7 @@ use std::fmt;
 use roomcast_core::engine::faults::FaultyEngine;
 use roomcast_core::invariants::Broken;
 use roomcast_core::oracle::{ClientKey, Observed, Oracle, Violation};
-use roomcast_core::{ConnectionId, Input, Now, Output, Response, Standalone, TextFrame};
+use roomcast_core::{ConnectionId, Input, Now, Output, Standalone, TextFrame};
 
 use crate::record_receipt;
 
@@ -308,18 +308,31 @@ impl Driver {
         what: &'static str,
         input: Input<'_>,
         watch: &mut impl Observer,
-    ) -> Result<Response, DriverError> {
+    ) -> Result<(), DriverError> {
+        self.call(client, what, |core, now| core.handle(now, input), watch)
+    }
+
+    /// One input, made by `apply` (a broadcast or a send answers; other
+    /// inputs do not), then its outputs routed.
+    fn call<T>(
+        &mut self,
+        client: ClientKey,
+        what: &'static str,
+        apply: impl FnOnce(&mut Standalone<FaultyEngine>, Now) -> T,
+        watch: &mut impl Observer,
+    ) -> Result<T, DriverError> {
         self.events += 1;
         watch.input(self.now_us, client, what);
-        let response = self.core.handle(self.now(), input);
+        let now = self.now();
+        let answer = apply(&mut self.core, now);
         self.route(watch)?;
-        Ok(response)
+        Ok(answer)
     }
 
     fn route(&mut self, watch: &mut impl Observer) -> Result<(), DriverError> {
         // Receipts of broadcasts the engine answered late.
-        while let Some((_, response)) = self.core.poll_answer() {
-            record_receipt(&mut self.oracle, response);
+        while let Some((_, answer)) = self.core.poll_answer() {
+            record_receipt(&mut self.oracle, answer);
         }
         // Broadcast frames are shared: parse each distinct frame once. The
         // map holds the frame so its address cannot be reused meanwhile.
@@ -399,8 +412,8 @@ impl Driver {
             self.core.handle(now, Input::Pong { conn });
         }
         // Receipts the engine answered while the writes were reported.
-        while let Some((_, response)) = self.core.poll_answer() {
-            record_receipt(&mut self.oracle, response);
+        while let Some((_, answer)) = self.core.poll_answer() {
+            record_receipt(&mut self.oracle, answer);
         }
         Ok(())
     }

@@ -2,16 +2,16 @@
 //! tell the delivery oracle about publishes: one bookkeeping, not two.
 
 use roomcast_core::oracle::Oracle;
-use roomcast_core::{PublishError, Response};
+use roomcast_core::{BroadcastAnswer, PublishError};
 
 /// Tells the oracle what the publisher was told: every room a publish was
 /// appended to (and delivered in), with its `epoch` and `seq`.
-pub fn record_receipt(oracle: &mut Oracle, response: Response) {
-    let rooms = match response {
-        Response::Published(receipt) => receipt.rooms,
+pub fn record_receipt(oracle: &mut Oracle, answer: BroadcastAnswer) {
+    let rooms = match answer {
+        Ok(receipt) => receipt.rooms,
         // Rooms appended before the engine failed the rest were delivered.
-        Response::Rejected(PublishError::EngineUnavailable { appended, .. }) => appended,
-        _ => return,
+        Err(PublishError::EngineUnavailable { appended, .. }) => appended,
+        Err(_) => return,
     };
     for r in rooms {
         oracle.published(r.room.as_str(), &r.epoch, r.seq);

@@ -11,7 +11,7 @@
 use roomcast_core::engine::memory::{HistoryBounds, MemoryEngine};
 use roomcast_core::engine::{EngineEvent, EngineRequest};
 use roomcast_core::oracle::{Observed, Oracle, Sent};
-use roomcast_core::{ConnectionId, Core, CoreConfig, Identity, Input, Now, Output, Response, User};
+use roomcast_core::{ConnectionId, Core, CoreConfig, Identity, Input, Now, Output, User};
 use serde_json::{json, Value};
 
 /// History bounds large enough that no test meets them by accident.
@@ -120,7 +120,7 @@ impl Harness {
     }
 
     /// One engine event to the core.
-    pub fn feed(&mut self, event: EngineEvent) -> Response {
+    pub fn feed(&mut self, event: EngineEvent) {
         self.core.handle(self.now(), Input::Engine(event))
     }
 

@@ -11,7 +11,8 @@ use roomcast_core::oracle::{ClientKey, Sent};
 use roomcast_core::parse::parse_request;
 use roomcast_core::validate::DirectMessage;
 use roomcast_core::{
-    CloseCode, ConnectionId, Grants, Identity, Input, Publish, RoomName, SendTarget, User,
+    BroadcastOutcome, CloseCode, ConnectionId, Grants, Identity, Input, Publish, RoomName,
+    SendTarget, User,
 };
 use serde_json::{json, Map};
 
@@ -168,8 +169,13 @@ impl Driver {
                     data: Map::new(),
                     to_other_nodes: true,
                 };
-                self.input(0, "direct", Input::Direct(message), watch)
-                    .map(drop)
+                self.call(
+                    0,
+                    "direct",
+                    |core, now| core.send_direct(now, message),
+                    watch,
+                )
+                .map(drop)
             }
             Event::Wait { us } => self.wait(u64::from(us), watch),
             Event::Settle { ms } => self.settle_for(u64::from(ms), watch),
@@ -421,8 +427,16 @@ impl Driver {
             kind: kind.into(),
             data,
         };
-        let response = self.input(0, "broadcast", Input::Broadcast(publish), watch)?;
-        crate::record_receipt(&mut self.oracle, response);
+        let outcome = self.call(
+            0,
+            "broadcast",
+            |core, now| core.broadcast(now, publish),
+            watch,
+        )?;
+        // A delayed answer is recorded when it comes (`route`).
+        if let BroadcastOutcome::Answered(answer) = outcome {
+            crate::record_receipt(&mut self.oracle, answer);
+        }
         Ok(())
     }
 }
