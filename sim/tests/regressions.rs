@@ -72,7 +72,10 @@ const ENGINE_FAULT_SEEDS: &[(u64, &str)] = &[
     // Presence counts did not converge: members that heard no diff were
     // left with a count the room no longer had (`--tier core --seed 92
     // --clients 0 --events 200000 --engine-faults on`).
-    (92, "presence counts converge for members that heard no diff"),
+    (
+        92,
+        "presence counts converge for members that heard no diff",
+    ),
 ];
 
 #[test]
