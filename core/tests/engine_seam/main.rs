@@ -1,6 +1,9 @@
 //! The engine seam: what the core keeps whatever the engine does. The
 //! core is driven directly; its engine requests are answered by hand (from
 //! an in-memory engine, or planted), late, out of order, lost or failed.
+//!
+//! One test binary: the helpers here, one file per topic (`joins`, `gaps`,
+//! `publishes`, `presence_and_rollback`).
 
 use roomcast_core::engine::memory::MemoryEngine;
 use roomcast_core::engine::{

@@ -13,6 +13,10 @@
 //! except `UNKNOWN_ACTION`'s, which the protocol fixes. Epochs are opaque: a
 //! string that stays the same while a room lives and is new when it is
 //! created again.
+//!
+//! One test binary in four files: `ops` (the operations and their client
+//! input), `strategies` (drawing cases, the configurations), `reference` (the
+//! model), `driving` (running both and comparing; the tests).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -1,6 +1,10 @@
 //! One test per row of `PROTOCOL.md` sections 2-5 that the core owns, driven
 //! through the public API only: `Core::new`, `handle`, `poll_output`,
 //! `poll_timeout` and `check_invariants` (checked after every step).
+//!
+//! One test binary: the harness here, one file per protocol topic
+//! (`connected`, `joins`, `ids`, `errors`, `access_rules`, `broadcasts`,
+//! `slow_consumers`, `timers`, `closing`).
 
 use roomcast_core::access::AccessRule;
 use roomcast_core::validate::DirectMessage;

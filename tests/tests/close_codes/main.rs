@@ -1,5 +1,8 @@
 //! PROTOCOL section 4, close codes: who closes, with what, and what the
 //! client sees before the close frame.
+//!
+//! One test binary, one file per topic (`closing`, `limits`, `liveness`,
+//! `slow_consumers`, `framing`).
 
 use std::time::Duration;
 

@@ -1,5 +1,8 @@
 //! PROTOCOL sections 2-4: the connected message, client actions, replies,
 //! id echo and every error code a client can provoke.
+//!
+//! One test binary, one file per topic (`joins`, `errors`, `access`,
+//! `limits`, `messages`).
 
 use std::time::Duration;
 
