@@ -87,7 +87,7 @@
 //! | `names` | validated room names and connection ids |
 //! | `time` | [`Now`] and the RFC 3339 timestamp formatter |
 //! | `invariants` | `Core::check_invariants` and its typed failure, `Broken` (feature `testing`) |
-//! | `oracle` | the client-side delivery oracle of the simulator, property tests and fuzzers (feature `testing`) |
+//! | `oracle` | the client-side delivery oracle of the simulator, property tests and fuzzers (feature `testing`): its promises and bookkeeping in `oracle/mod.rs`, what one received message tells it in `oracle/received.rs`, the presence-count check in `oracle/presence.rs` |
 //! | `engine::faults` | the in-memory engine behind a seeded fault layer (feature `testing`) |
 //!
 //! Test support that production does not use is behind the `testing`

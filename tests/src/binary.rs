@@ -177,18 +177,28 @@ impl Process {
 
     /// SIGTERM; the exit status and how long the exit took.
     pub async fn stop(mut self) -> (std::process::ExitStatus, std::time::Duration) {
-        let pid = self.child.id().expect("pid");
         let started = tokio::time::Instant::now();
+        self.signal("TERM");
+        let exit = self.wait(std::time::Duration::from_secs(30)).await;
+        (exit, started.elapsed())
+    }
+
+    /// Sends it `signal` (a name `kill` knows: `TERM`, `INT`, …).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("pid");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([format!("-{signal}"), pid.to_string()])
             .status()
             .expect("kill");
-        assert!(status.success());
-        let exit = tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait())
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// Waits for it to exit, at most `within` (then the test fails).
+    pub async fn wait(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
             .await
-            .expect("roomcast did not exit")
-            .expect("wait");
-        (exit, started.elapsed())
+            .unwrap_or_else(|_| panic!("roomcast did not exit within {within:?}"))
+            .expect("wait")
     }
 }
 

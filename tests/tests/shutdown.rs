@@ -1,88 +1,28 @@
 //! Graceful shutdown of the real `roomcast` binary on SIGTERM: every client
 //! gets close 1001, the process exits 0 within the drain time.
 
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use roomcast_tests::binary;
+use roomcast_tests::binary::Process;
 use roomcast_tests::tokens::{publisher, token};
-use roomcast_tests::{http, Client, HttpResponse, SECRET};
+use roomcast_tests::{Client, SECRET};
 use serde_json::json;
-use tokio::process::{Child, Command};
 
 const DRAIN_MS: u64 = 5_000;
 
-fn command(addr: SocketAddr, extra_env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(binary::path());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("ROOMCAST_") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .args(["serve", "--listen", &addr.to_string()])
-        .env("ROOMCAST_JWT_SECRET", SECRET)
-        .env("ROOMCAST_SHUTDOWN_DRAIN_MS", DRAIN_MS.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
-    for (key, value) in extra_env {
-        command.env(key, value);
-    }
-    command
-}
-
-fn free_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", binary::free_port())
-        .parse()
-        .unwrap()
-}
-
-async fn spawn_server(signal_name: &str) -> (Child, SocketAddr) {
-    let addr = free_addr();
-    let mut child = command(addr, &[])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn roomcast");
-    // Wait until it answers /healthz.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Ok(response)) =
-            tokio::time::timeout(Duration::from_secs(2), try_health(addr)).await
-        {
-            if response.status == 200 {
-                break;
-            }
-        }
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            panic!("roomcast ({signal_name} test) exited early with {status}");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "roomcast did not come up on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (child, addr)
-}
-
-async fn try_health(addr: SocketAddr) -> Result<HttpResponse, std::io::Error> {
-    tokio::net::TcpStream::connect(addr).await?;
-    Ok(http(addr, "GET", "/healthz", &[], "").await)
-}
-
-fn send_signal(child: &Child, signal: &str) {
-    let pid = child.id().expect("pid");
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+/// The binary, started with the test secret and the drain time, plus `env`.
+async fn start(env: &[(&str, &str)]) -> Process {
+    let mut all = vec![
+        ("ROOMCAST_JWT_SECRET", SECRET.to_owned()),
+        ("ROOMCAST_SHUTDOWN_DRAIN_MS", DRAIN_MS.to_string()),
+    ];
+    all.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    Process::start(&[], &all).await
 }
 
 async fn run(signal: &str) {
-    let (mut child, addr) = spawn_server(signal).await;
+    let mut server = start(&[]).await;
+    let addr = server.addr;
     let mut clients = Vec::new();
     for i in 0..4 {
         let mut c = if i % 2 == 0 {
@@ -110,15 +50,12 @@ async fn run(signal: &str) {
         assert_eq!(c.recv_json().await["seq"], 1);
     }
 
-    send_signal(&child, signal);
+    server.signal(signal);
     let closes = clients.iter_mut().map(|c| c.expect_close(1001));
     for before in futures_util::future::join_all(closes).await {
         assert!(before.is_empty(), "{before:?}");
     }
-    let status = tokio::time::timeout(Duration::from_millis(DRAIN_MS + 10_000), child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("roomcast did not exit after {signal}"))
-        .expect("wait");
+    let status = server.wait(Duration::from_millis(DRAIN_MS + 10_000)).await;
     assert!(status.success(), "exit status after {signal}: {status}");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
@@ -137,15 +74,13 @@ async fn sigint_closes_clients_with_1001_and_exits_0() {
 /// still exits 0 once the drain time is over.
 #[tokio::test]
 async fn a_stalled_client_does_not_block_exit_beyond_the_drain() {
-    let (mut child, addr) = spawn_server("TERM").await;
+    let mut server = start(&[]).await;
+    let addr = server.addr;
     let _stalled = Client::connect(addr, roomcast_tests::Auth::None).await;
     let mut reader = Client::connect(addr, roomcast_tests::Auth::None).await;
-    send_signal(&child, "TERM");
+    server.signal("TERM");
     reader.expect_close(1001).await;
-    let status = tokio::time::timeout(Duration::from_millis(DRAIN_MS + 10_000), child.wait())
-        .await
-        .expect("roomcast did not exit within the drain time")
-        .expect("wait");
+    let status = server.wait(Duration::from_millis(DRAIN_MS + 10_000)).await;
     assert!(status.success(), "{status}");
 }
 
@@ -156,39 +91,9 @@ async fn a_stalled_client_does_not_block_exit_beyond_the_drain() {
 /// `log`".
 #[tokio::test]
 async fn the_roomcast_log_filter_variable_does_not_break_startup() {
-    let addr = free_addr();
-    let mut child = command(addr, &[("ROOMCAST_LOG", "warn")])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn roomcast");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                use tokio::io::AsyncReadExt;
-                let _ = pipe.read_to_string(&mut stderr).await;
-            }
-            panic!("roomcast with ROOMCAST_LOG=warn exited at start with {status}: {stderr}");
-        }
-        if let Ok(Ok(response)) =
-            tokio::time::timeout(Duration::from_secs(2), try_health(addr)).await
-        {
-            if response.status == 200 {
-                break;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "roomcast did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    send_signal(&child, "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exit")
-        .expect("wait");
+    // A refused start fails `Process::start`, which prints the log.
+    let server = start(&[("ROOMCAST_LOG", "warn")]).await;
+    let (status, _) = server.stop().await;
     assert!(status.success(), "{status}");
 }
 
@@ -206,47 +111,15 @@ async fn kubernetes_service_variables_do_not_stop_startup() {
         ("ROOMCAST_PORT_8080_TCP_PORT", "8080"),
         ("ROOMCAST_PORT_8080_TCP_PROTO", "tcp"),
     ];
-    let addr = free_addr();
-    let mut child = command(addr, &KUBERNETES)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn roomcast");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                use tokio::io::AsyncReadExt;
-                let _ = pipe.read_to_string(&mut stderr).await;
-            }
-            panic!(
-                "roomcast with the Kubernetes variables exited at start with {status}: {stderr}"
-            );
-        }
-        if let Ok(Ok(response)) =
-            tokio::time::timeout(Duration::from_secs(2), try_health(addr)).await
-        {
-            if response.status == 200 {
-                break;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "roomcast did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    send_signal(&child, "TERM");
-    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
-        .await
-        .expect("exit")
-        .expect("wait");
-    assert!(output.status.success(), "{}", output.status);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut server = start(&KUBERNETES).await;
+    server.signal("TERM");
+    let status = server.wait(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}");
+    let log = server.log();
     for (name, _) in KUBERNETES {
         assert!(
-            stderr.contains(&format!("ignoring environment variable {name}:")),
-            "no warning names {name}: {stderr}"
+            log.contains(&format!("ignoring environment variable {name}:")),
+            "no warning names {name}: {log}"
         );
     }
 }

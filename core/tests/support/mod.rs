@@ -2,7 +2,7 @@
 //! directly and answer its engine requests themselves: from an in-memory
 //! engine (`settle`), or by hand (`requests`, `engine_events`, `feed`),
 //! late, out of order, lost or failed. Used with `mod support;` by
-//! `engine_seam.rs`, `engine_answers.rs` and `presence_engine.rs`; a test
+//! `engine_seam/`, `engine_answers.rs` and `presence_engine.rs`; a test
 //! file adds what only it needs as its own `impl Harness` block.
 
 // Each test binary uses part of the harness.

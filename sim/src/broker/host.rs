@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use roomcast_core::engine::memory::HistoryBounds;
 use roomcast_core::engine::memory::{MemoryEngine, NodeId};
-use roomcast_core::engine::{EngineEvent, EngineRequest, Epoch};
+use roomcast_core::engine::{EngineBroken, EngineEvent, EngineRequest, Epoch};
 use roomcast_core::RoomName;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -85,7 +85,7 @@ pub struct BrokerShared {
     /// Lifetimes started.
     pub lifetimes: u64,
     /// The first engine invariant found broken.
-    pub violation: Option<String>,
+    pub violation: Option<EngineBroken>,
     /// The controller asks for a point to roll back to (taken at the next tick).
     pub snapshot_due: bool,
     /// The controller asks for the roll back to the point (at the next tick).
@@ -353,7 +353,7 @@ impl Broker {
     }
 
     fn check(&mut self) {
-        if let Err(broken) = self.engine.check() {
+        if let Err(broken) = self.engine.invariants() {
             let mut shared = self.shared.borrow_mut();
             shared.violation.get_or_insert(broken);
         }

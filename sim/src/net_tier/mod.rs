@@ -397,7 +397,7 @@ pub fn run_with(run: &NetRun) -> Result<Summary, Failure> {
             if let Some(broken) = shared.violation.clone() {
                 world
                     .borrow_mut()
-                    .fail("engine invariants (broker)", broken);
+                    .fail("engine invariants (broker)", broken.to_string());
             }
         }
         let done = match sim.step() {

@@ -6,13 +6,6 @@ use super::MemoryEngine;
 use crate::engine::EngineBroken;
 
 impl MemoryEngine {
-    /// [`invariants`](Self::invariants) with the error as text: what the
-    /// simulator's broker host (`sim/src/broker/host.rs`) calls. To go once
-    /// it calls `invariants`.
-    pub fn check(&self) -> Result<(), String> {
-        self.invariants().map_err(|broken| broken.0)
-    }
-
     /// Checks the engine's own invariants (tests, simulator, fuzzers).
     pub fn invariants(&self) -> Result<(), EngineBroken> {
         self.presence.check()?;
