@@ -13,9 +13,10 @@
 //! 1. Create it once with a [`CoreConfig`] (limits, access rules, epoch prefix).
 //! 2. For every event, call [`Core::handle`]`(now, input)`. `now` must never go
 //!    backwards (a smaller `monotonic_us` is treated as equal to the last one).
-//!    The return value answers the caller's own requests (a direct send, an
-//!    API validation error, or the ticket of a broadcast waiting for the
-//!    engine); everything for clients is an output.
+//!    It returns nothing: everything for clients is an output. The caller's
+//!    own requests have their own calls, each with its typed answer:
+//!    [`Core::broadcast`] (the refusal, or the ticket of a broadcast waiting
+//!    for the engine) and [`Core::send_direct`] (connections reached).
 //! 3. After each `handle` (or batch of them), drain [`Core::poll_output`] until
 //!    `None`, in order: `Send`s, `Ping`s and `Close`s must reach each
 //!    connection in the order they were polled.
