@@ -317,7 +317,7 @@ struct Hub {
     shard: ShardCore,
     /// Broadcasts waiting for the engine, with their caller's reply
     /// channel and room count (for metrics).
-    pending: HashMap<Ticket, (BroadcastReply, u64)>,
+    pending: HashMap<Ticket, PendingBroadcast>,
     clock: Clock,
     metrics: Metrics,
     gauges: Gauges,
@@ -426,7 +426,14 @@ impl Hub {
                 let rooms = publish.rooms.len() as u64;
                 match shard.broadcast(now, publish) {
                     Ok(ticket) => {
-                        self.pending.insert(ticket, (reply, rooms));
+                        self.pending.insert(
+                            ticket,
+                            PendingBroadcast {
+                                reply,
+                                rooms,
+                                received,
+                            },
+                        );
                     }
                     Err(refused) => answer_broadcast(metrics, reply, rooms, Err(refused)),
                 }
@@ -461,10 +468,22 @@ impl Hub {
 
     /// Queues every pending core output on its connection's writer, and
     /// answers broadcasts the engine has now answered.
-    fn route(&mut self, published_at: Option<Instant>) {
+    ///
+    /// `published_at`: when the broadcast whose frames these are reached
+    /// the server (`publish_to_write_seconds`). With an engine that answers
+    /// later, this shard fans a broadcast it published out on the engine's
+    /// answer (the router sends the answer before the live message), so
+    /// the answered broadcast's arrival stands for the frames queued with
+    /// it. Frames from a live message alone (another shard's or node's
+    /// broadcast) are not timed: their publish time is not known here.
+    fn route(&mut self, mut published_at: Option<Instant>) {
         while let Some((ticket, answer)) = self.shard.core.poll_answer() {
-            if let Some((reply, rooms)) = self.pending.remove(&ticket) {
-                answer_broadcast(&self.metrics, reply, rooms, answer);
+            if let Some(pending) = self.pending.remove(&ticket) {
+                if answer.is_ok() {
+                    let received = pending.received;
+                    published_at = Some(published_at.map_or(received, |at| at.min(received)));
+                }
+                answer_broadcast(&self.metrics, pending.reply, pending.rooms, answer);
             }
         }
         while let Some(output) = self.shard.core.poll_output() {
@@ -577,6 +596,15 @@ impl Hub {
 
 /// Where a broadcast's receipt goes.
 type BroadcastReply = oneshot::Sender<Result<PublishReceipt, PublishError>>;
+
+/// A broadcast waiting for the engine's answer.
+struct PendingBroadcast {
+    reply: BroadcastReply,
+    /// Rooms it was published to (counted once it is answered).
+    rooms: u64,
+    /// When it reached the server (`publish_to_write_seconds`).
+    received: Instant,
+}
 
 /// Answers a broadcast's caller (and counts it when it was published).
 fn answer_broadcast(metrics: &Metrics, reply: BroadcastReply, rooms: u64, answer: BroadcastAnswer) {

@@ -161,7 +161,8 @@ pub(crate) fn start(parts: NodeParts<'_>) -> Result<Node, ServeError> {
     };
     let ready = link.ready.clone();
     let presence_written = link.presence_written.take();
-    let (links, followed, router_task) = router::spawn(link, shards);
+    let only_node = engine_rooms.is_some();
+    let (links, followed, router_task) = router::spawn(link, shards, only_node);
     engine_tasks.push(router_task);
     let runtimes = Runtimes::start(shards, runtime)?;
     let mut hubs = Vec::with_capacity(shards);

@@ -508,13 +508,16 @@ async fn status_and_metrics_report_node_totals() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn socket_writes_are_counted_on_every_shard() {
+async fn socket_writes_and_publish_to_write_are_observed_with_two_shards() {
     let server = start(&[]).await;
     let mut probe = Probe::new(server.addr).await;
     let (mut a, a_shard) = probe.connect(server.addr, Auth::None).await;
     let (mut b, spare) = probe.connect_on(server.addr, Auth::None, 1 - a_shard).await;
     a.join("counted").await;
     b.join("counted").await;
+    // Published over the probe's connection: its shard (which holds one
+    // of the members) hears each append's answer before the live message,
+    // and times its member's write from the request's arrival.
     let before = probe.metrics().await;
     let writes_before =
         metric_value(&before, "roomcast_socket_writes_total").expect("socket_writes");
@@ -539,12 +542,14 @@ async fn socket_writes_are_counted_on_every_shard() {
             writes <= frames,
             "a write without a frame: {writes} writes, {frames} frames"
         );
-        if writes - writes_before >= 2.0 {
+        let timed = metric_value(&text, "roomcast_publish_to_write_seconds_count").unwrap_or(0.0);
+        if writes - writes_before >= 2.0 && timed >= 1.0 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the members on two shards got their frames, but {} socket writes were counted",
+            "the members on two shards got their frames, but {} socket writes were counted \
+             and {timed} publish-to-write observations made",
             writes - writes_before
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

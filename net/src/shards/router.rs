@@ -27,13 +27,24 @@
 //!   every local shard itself (so it can count them). Direct messages and
 //!   stream resets from the engine go to every shard.
 //!
+//! - **The asking shard hears its answer first** when the engine is the
+//!   in-memory engine's task (this node is its only node): each live
+//!   message of a room is then the echo of the oldest append to that room
+//!   still unanswered, so the router holds the asking shard's copy and
+//!   sends it just after the append's answer. The shard then fans the
+//!   message out on the answer, where it knows which broadcast it was
+//!   (its hub times `publish_to_write_seconds` from it), and ignores the
+//!   copy. The engine sends the two back to back, so nothing waits
+//!   behind the held copy. With Redis or the broker, live messages also
+//!   come from other nodes, and the engine's order is kept.
+//!
 //! Nothing is dropped: events are sent to a shard with backpressure (the
 //! router waits for a slow shard rather than losing an answer or a live
 //! message), and a call the engine can no longer take (its task is gone)
 //! is answered here with a failure. No cycle can form: a shard never waits on the router (its
 //! driver queues requests the full channel does not take).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -55,9 +66,14 @@ pub(crate) type FollowedRooms = Arc<AtomicUsize>;
 /// shard's link (in shard order), the followed-room count and the task.
 /// The task ends once every shard has dropped its requests sender, after
 /// which the engine sees its own requests channel close.
+///
+/// `only_node`: the engine serves this node alone (the in-memory engine's
+/// task), so its live messages echo this node's appends in order (see the
+/// module docs).
 pub(crate) fn spawn(
     engine: EngineLink,
     shards: usize,
+    only_node: bool,
 ) -> (Vec<EngineLink>, FollowedRooms, tokio::task::JoinHandle<()>) {
     debug_assert!(
         shards > 1,
@@ -87,6 +103,8 @@ pub(crate) fn spawn(
         rooms: HashMap::new(),
         clears: 0,
         followed: followed.clone(),
+        appends: only_node.then(HashMap::new),
+        held: HashMap::new(),
     };
     let task = tokio::spawn(router.run(inboxes, engine.events));
     (links, followed, task)
@@ -127,6 +145,13 @@ struct Router {
     /// Shards that sent their `PresenceClear`.
     clears: usize,
     followed: FollowedRooms,
+    /// With an engine of this node alone: per room, the node-wide ids of
+    /// its appends not yet answered, in the order they went to the engine.
+    /// Lookup only; never iterated.
+    appends: Option<HashMap<RoomName, VecDeque<u64>>>,
+    /// The asking shard's copy of a live message, by the append it echoes,
+    /// until that append's answer has gone to the shard. Lookup only.
+    held: HashMap<u64, EngineEvent>,
 }
 
 impl Router {
@@ -183,12 +208,18 @@ impl Router {
                 room,
                 message,
                 known,
-            } => EngineRequest::Append {
-                call: self.call(shard, call, Some(room.clone())),
-                room,
-                message,
-                known,
-            },
+            } => {
+                let call = self.call(shard, call, Some(room.clone()));
+                if let Some(appends) = self.appends.as_mut() {
+                    appends.entry(room.clone()).or_default().push_back(call.0);
+                }
+                EngineRequest::Append {
+                    call,
+                    room,
+                    message,
+                    known,
+                }
+            }
             EngineRequest::Read {
                 call,
                 room,
@@ -312,6 +343,17 @@ impl Router {
                     debug_assert!(false, "an answer to an unknown call {call:?}");
                     return;
                 };
+                // Answered: no later live message echoes it (one that did
+                // was held, and follows the answer below).
+                if let (Some(appends), Some(room)) = (self.appends.as_mut(), &caller.append_room) {
+                    if let Some(queue) = appends.get_mut(room) {
+                        queue.retain(|&c| c != call.0);
+                        if queue.is_empty() {
+                            appends.remove(room);
+                        }
+                    }
+                }
+                let held = self.held.remove(&call.0);
                 let others = caller
                     .append_room
                     .as_ref()
@@ -331,6 +373,9 @@ impl Router {
                     peer_members: peer_members + others,
                 };
                 self.send(caller.shard, event).await;
+                if let Some(live) = held {
+                    self.send(caller.shard, live).await;
+                }
             }
             EngineEvent::Read { call, result } => {
                 if let Some(caller) = self.answered(call) {
@@ -352,7 +397,13 @@ impl Router {
             }
             EngineEvent::Live(message) => {
                 let room = message.room.clone();
-                self.send_to_followers(&room, EngineEvent::Live(message))
+                // The append it echoes (an engine of this node alone).
+                let echoed = self
+                    .appends
+                    .as_mut()
+                    .and_then(|appends| appends.get(&room)?.front().copied());
+                let asker = echoed.and_then(|call| Some((call, self.calls.get(&call)?.shard)));
+                self.send_to_followers(&room, EngineEvent::Live(message), asker)
                     .await;
             }
             EngineEvent::PresenceChanged {
@@ -367,7 +418,7 @@ impl Router {
                     left,
                     connections,
                 };
-                self.send_to_followers(&room, event).await;
+                self.send_to_followers(&room, event, None).await;
             }
             event @ (EngineEvent::Direct { .. } | EngineEvent::StreamReset) => {
                 for shard in 0..self.shards.len() {
@@ -383,17 +434,26 @@ impl Router {
         caller
     }
 
-    async fn send_to_followers(&mut self, room: &RoomName, event: EngineEvent) {
+    /// Sends `event` to the shards following `room`; the copy of `hold`'s
+    /// shard is held until the answer of `hold`'s call (see the module docs).
+    async fn send_to_followers(
+        &mut self,
+        room: &RoomName,
+        event: EngineEvent,
+        hold: Option<(u64, usize)>,
+    ) {
         let followers = match self.rooms.get(room) {
             Some(state) if !state.followers.is_empty() => state.followers.clone(),
             // Nobody follows it any more (an interest-off crossed it).
             _ => return,
         };
-        if let Some((last, rest)) = followers.split_last() {
-            for &shard in rest {
-                self.send(shard, event.clone()).await;
+        for shard in followers {
+            match hold {
+                Some((call, asker)) if asker == shard => {
+                    self.held.insert(call, event.clone());
+                }
+                _ => self.send(shard, event.clone()).await,
             }
-            self.send(*last, event).await;
         }
     }
 

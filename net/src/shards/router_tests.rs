@@ -53,6 +53,11 @@ struct Rig {
 }
 
 fn rig(shards: usize) -> Rig {
+    rig_with(shards, false)
+}
+
+/// `only_node`: the engine serves this node alone (the in-memory engine).
+fn rig_with(shards: usize, only_node: bool) -> Rig {
     let (requests, engine_requests) = mpsc::channel(64);
     let (engine_events, events) = mpsc::channel(64);
     let link = EngineLink {
@@ -61,7 +66,7 @@ fn rig(shards: usize) -> Rig {
         ready: Readiness::always(),
         presence_written: None,
     };
-    let (links, _followed, _task) = spawn(link, shards);
+    let (links, _followed, _task) = spawn(link, shards, only_node);
     Rig {
         engine_requests,
         engine_events,
@@ -222,5 +227,55 @@ async fn a_call_the_gone_engine_cannot_take_is_answered_with_a_failure() {
             assert!(result.is_err());
         }
         other => panic!("not an append's answer: {other:?}"),
+    }
+}
+
+/// With an engine of this node alone, the shard that appended hears the
+/// answer before the live message that echoes its append (its hub times
+/// the broadcast from the answer); the other followers get the live
+/// message as it comes; with any other engine the engine's order is kept.
+#[tokio::test]
+async fn the_asking_shard_hears_its_answer_before_the_echo_of_its_append() {
+    for only_node in [true, false] {
+        let mut rig = rig_with(2, only_node);
+        for shard in 0..2 {
+            rig.shard_asks(shard, interest("r", true)).await;
+            rig.shard_asks(shard, EngineRequest::PresenceRefresh).await;
+        }
+        assert_eq!(rig.engine_hears().await, interest("r", true));
+        for _ in 0..2 {
+            assert_eq!(rig.engine_hears().await, EngineRequest::PresenceRefresh);
+        }
+        rig.shard_asks(1, append(1, "r")).await;
+        let EngineRequest::Append { call, .. } = rig.engine_hears().await else {
+            panic!("not the append")
+        };
+        let numbered = Numbered {
+            room: room("r"),
+            epoch: "e-1".into(),
+            seq: 1,
+            frame: String::from("{\"seq\":1}").into(),
+            series: None,
+        };
+        let live = EngineEvent::Live(numbered.clone());
+        rig.engine_events.send(live.clone()).await.unwrap();
+        let answer = EngineEvent::Appended {
+            call,
+            result: Ok(numbered),
+            peer_members: 0,
+        };
+        rig.engine_events.send(answer).await.unwrap();
+        assert_eq!(rig.shard_gets(0).await, live, "the other follower");
+        let first = rig.shard_gets(1).await;
+        let second = rig.shard_gets(1).await;
+        let answered = |event: &EngineEvent| matches!(event, EngineEvent::Appended { call, .. } if call.0 == 1);
+        if only_node {
+            assert!(answered(&first), "the answer first: {first:?}");
+            assert_eq!(second, live);
+        } else {
+            assert_eq!(first, live);
+            assert!(answered(&second), "then the answer: {second:?}");
+        }
+        assert!(rig.shard_has_nothing(0) && rig.shard_has_nothing(1));
     }
 }
