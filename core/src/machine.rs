@@ -167,10 +167,7 @@ impl Core {
         now: Now,
         publish: crate::validate::Publish,
     ) -> Result<Ticket, crate::validate::PublishError> {
-        let now = self.advance(now);
-        let ticket = self.api_broadcast(now, publish);
-        self.settle();
-        ticket
+        self.api_call(now, |core, now| core.api_broadcast(now, publish))
     }
 
     /// `POST /api/send`: a direct message to a user's connections or to
@@ -181,10 +178,16 @@ impl Core {
         now: Now,
         message: crate::validate::DirectMessage,
     ) -> Result<u64, crate::validate::PublishError> {
+        self.api_call(now, |core, now| core.direct(now, message))
+    }
+
+    /// One of the caller's own requests at `now`, then what every input
+    /// leaves to do; its answer.
+    fn api_call<T>(&mut self, now: Now, request: impl FnOnce(&mut Core, Now) -> T) -> T {
         let now = self.advance(now);
-        let delivered = self.direct(now, message);
+        let answer = request(self, now);
         self.settle();
-        delivered
+        answer
     }
 
     /// Time only moves forward, whatever the caller passes: the core's

@@ -447,12 +447,23 @@ impl Router {
             // Nobody follows it any more (an interest-off crossed it).
             _ => return,
         };
-        for shard in followers {
+        // The last follower takes the event itself: one clone fewer per
+        // live message.
+        let mut event = Some(event);
+        let last = followers.len() - 1;
+        for (i, shard) in followers.into_iter().enumerate() {
+            let Some(copy) = (if i == last {
+                event.take()
+            } else {
+                event.clone()
+            }) else {
+                break;
+            };
             match hold {
                 Some((call, asker)) if asker == shard => {
-                    self.held.insert(call, event.clone());
+                    self.held.insert(call, copy);
                 }
-                _ => self.send(shard, event.clone()).await,
+                _ => self.send(shard, copy).await,
             }
         }
     }
